@@ -1,0 +1,114 @@
+//! Prediction sets: the in-memory form of one `.npz` file (DESIGN.md section 1),
+//! its validation, the npz/npy reader and writer, and the Camelyon17-shaped generator.
+
+use ndarray::{Array1, Array2};
+
+use crate::error::{Error, Result};
+
+/// One prediction set: `logits` `[N, K]` (row-major), optional labels (-1 = unknown)
+/// and optional group ids.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PredictionSet {
+    /// Name used in reports and errors (the file stem for sets read from disk).
+    pub name: String,
+    /// `[N, K]` logits in standard (row-major) layout.
+    pub logits: Array2<f32>,
+    /// `[N]` class index in `0..K`, or -1 where unknown. `None` = all unknown.
+    pub labels: Option<Array1<i64>>,
+    /// `[N]` hospital (WILDS centre) ids.
+    pub hospital: Option<Array1<i64>>,
+    /// `[N]` slide ids.
+    pub slide: Option<Array1<i64>>,
+}
+
+impl PredictionSet {
+    /// A set with logits only.
+    pub fn new(name: impl Into<String>, logits: Array2<f32>) -> Self {
+        PredictionSet {
+            name: name.into(),
+            logits: logits.as_standard_layout().into_owned(),
+            labels: None,
+            hospital: None,
+            slide: None,
+        }
+    }
+
+    /// Adds labels.
+    pub fn with_labels(mut self, labels: Array1<i64>) -> Self {
+        self.labels = Some(labels);
+        self
+    }
+
+    /// Number of rows.
+    pub fn n(&self) -> usize {
+        self.logits.nrows()
+    }
+
+    /// Number of classes.
+    pub fn k(&self) -> usize {
+        self.logits.ncols()
+    }
+
+    /// The logits as one row-major slice (what the GPU uploads).
+    pub fn logits_slice(&self) -> &[f32] {
+        self.logits
+            .as_slice()
+            .expect("PredictionSet keeps logits in standard layout")
+    }
+
+    /// Number of rows with a known label.
+    pub fn n_labelled(&self) -> usize {
+        self.labels
+            .as_ref()
+            .map_or(0, |l| l.iter().filter(|&&y| y >= 0).count())
+    }
+
+    /// Checks DESIGN.md section 6: K >= 2, finite logits, labels in range, lengths agree.
+    /// Errors name the set, the array and the first offending row.
+    pub fn validate(&self) -> Result<()> {
+        let (n, k) = self.logits.dim();
+        if k < 2 {
+            return Err(Error::TooFewClasses {
+                what: format!("{}: logits", self.name),
+                k,
+            });
+        }
+        if let Some(i) = self.logits.iter().position(|v| !v.is_finite()) {
+            return Err(Error::NonFinite {
+                what: format!("{}: logits", self.name),
+                row: i / k,
+                col: i % k,
+                value: self.logits.as_slice().map_or(f32::NAN, |s| s[i]),
+            });
+        }
+        for (arr, label) in [
+            (&self.labels, "labels"),
+            (&self.hospital, "hospital"),
+            (&self.slide, "slide"),
+        ] {
+            if let Some(a) = arr {
+                if a.len() != n {
+                    return Err(Error::LengthMismatch {
+                        what: format!("{}: {label}", self.name),
+                        detail: format!("{} entries for {n} logit rows", a.len()),
+                    });
+                }
+            }
+        }
+        if let Some(labels) = &self.labels {
+            if let Some((row, &label)) = labels
+                .iter()
+                .enumerate()
+                .find(|(_, &y)| y < -1 || y >= k as i64)
+            {
+                return Err(Error::LabelOutOfRange {
+                    what: format!("{}: labels", self.name),
+                    row,
+                    label,
+                    k,
+                });
+            }
+        }
+        Ok(())
+    }
+}
