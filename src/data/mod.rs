@@ -49,11 +49,13 @@ impl PredictionSet {
         self.logits.ncols()
     }
 
-    /// The logits as one row-major slice (what the GPU uploads).
-    pub fn logits_slice(&self) -> &[f32] {
-        self.logits
-            .as_slice()
-            .expect("PredictionSet keeps logits in standard layout")
+    /// The logits as one row-major slice (what the GPU uploads); copies only when a
+    /// caller replaced `logits` with a non-standard layout.
+    pub fn logits_slice(&self) -> std::borrow::Cow<'_, [f32]> {
+        match self.logits.as_slice() {
+            Some(s) => std::borrow::Cow::Borrowed(s),
+            None => std::borrow::Cow::Owned(self.logits.iter().copied().collect()),
+        }
     }
 
     /// Number of rows with a known label.
@@ -78,7 +80,7 @@ impl PredictionSet {
                 what: format!("{}: logits", self.name),
                 row: i / k,
                 col: i % k,
-                value: self.logits.as_slice().map_or(f32::NAN, |s| s[i]),
+                value: self.logits_slice()[i],
             });
         }
         for (arr, label) in [
