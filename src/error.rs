@@ -9,6 +9,7 @@ use std::path::PathBuf;
 /// Every failure the crate reports. Never a panic on user input.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
+#[allow(missing_docs)] // fields are named by the messages
 pub enum Error {
     /// Reading or writing a file failed at the OS level.
     #[error("{path}: {source}")]

@@ -1,0 +1,41 @@
+// softmax.wgsl: row-wise softmax at temperature T, one thread per row.
+// p_k = exp((z_k - m) / T) / sum_j exp((z_j - m) / T), m = max_j z_j (DESIGN.md 2.1):
+// shift first, then scale, so rows equal up to a shift give bit-identical probabilities.
+// CPU mirror: src/cpu/softmax.rs.
+
+// Keep in sync with `SoftmaxParams` in src/gpu/softmax.rs.
+struct Params {
+    rows: u32,
+    k: u32,
+    t: f32,
+    _pad: u32,
+}
+
+@group(0) @binding(0) var<uniform> params: Params;
+@group(0) @binding(1) var<storage, read> logits: array<f32>;
+@group(0) @binding(2) var<storage, read_write> probs: array<f32>;
+
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) wid: vec3<u32>,
+        @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+    let row = group_id(wid, nwg) * WG + lid;
+    if (row >= params.rows) {
+        return;
+    }
+    let k = params.k;
+    let base = row * k;
+    var m = logits[base];
+    for (var j = 1u; j < k; j++) {
+        m = max(m, logits[base + j]);
+    }
+    var s = 0.0;
+    for (var j = 0u; j < k; j++) {
+        let e = exp((logits[base + j] - m) / params.t);
+        probs[base + j] = e;
+        s += e;
+    }
+    for (var j = 0u; j < k; j++) {
+        probs[base + j] = probs[base + j] / s;
+    }
+}

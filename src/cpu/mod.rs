@@ -1,0 +1,12 @@
+//! The CPU path: one mirror per WGSL kernel (same name), reproducing its outputs with a
+//! plain loop in the same partition (per-256-row workgroup partials), plus f64 helpers.
+//! Mirrors run workgroups in parallel with rayon; each workgroup is a serial loop, so the
+//! results do not depend on the thread count.
+
+pub mod calibration;
+pub mod common;
+pub mod softmax;
+pub mod temperature_nll;
+
+/// Rows per workgroup, as in the shaders.
+pub const WG: usize = 256;

@@ -1,0 +1,102 @@
+//! CPU mirror of shaders/temperature_nll.wgsl, and the f64 sums the CPU path fits with.
+
+use rayon::prelude::*;
+
+use super::common::row_max;
+use super::WG;
+
+/// One row's `[nll, grad, hess]` at inverse temperature `b`, in f32 exactly as the shader.
+fn row_terms_f32(row: &[f32], y: usize, b: f32) -> [f32; 3] {
+    let (m, _) = row_max(row);
+    let mut s = 0.0f32;
+    let mut sd = 0.0f32;
+    for &z in row {
+        let d = z - m;
+        let e = (b * d).exp();
+        s += e;
+        sd += e * d;
+    }
+    let mu = sd / s;
+    let mut sv = 0.0f32;
+    for &z in row {
+        let c = (z - m) - mu;
+        sv += (b * (z - m)).exp() * c * c;
+    }
+    let dy = row[y] - m;
+    [s.ln() - b * dy, mu - dy, sv / s]
+}
+
+/// Tree-sums 256 lanes in the shader's order (stride 128, 64, ..., 1).
+pub fn tree_sum<const L: usize>(lanes: &mut [[f32; L]; WG]) -> [f32; L] {
+    let mut stride = WG / 2;
+    while stride > 0 {
+        for i in 0..stride {
+            for c in 0..L {
+                lanes[i][c] += lanes[i + stride][c];
+            }
+        }
+        stride /= 2;
+    }
+    lanes[0]
+}
+
+/// Per-workgroup `[nll, grad, hess, labelled]` partials, as the shader writes them.
+pub fn temperature_nll(logits: &[f32], labels: &[i32], k: usize, b: f32) -> Vec<[f32; 4]> {
+    let n = labels.len();
+    (0..n.div_ceil(WG))
+        .into_par_iter()
+        .map(|g| {
+            let mut lanes = [[0.0f32; 4]; WG];
+            for (lane, acc) in lanes.iter_mut().enumerate() {
+                let row = g * WG + lane;
+                if row < n && labels[row] >= 0 {
+                    let r = row_terms_f32(&logits[row * k..(row + 1) * k], labels[row] as usize, b);
+                    *acc = [r[0], r[1], r[2], 1.0];
+                }
+            }
+            tree_sum(&mut lanes)
+        })
+        .collect()
+}
+
+/// Sums `[nll, grad, hess, rows]` over labelled rows, with every row computed in f64
+/// (the CPU path's temperature must match an f64 minimiser to 1e-7 relative).
+pub fn nll_sums_f64(logits: &[f32], labels: &[i32], k: usize, b: f64) -> [f64; 4] {
+    logits
+        .par_chunks(k * 4096)
+        .zip(labels.par_chunks(4096))
+        .map(|(l, y)| {
+            let mut acc = [0.0f64; 4];
+            for (row, &yi) in l.chunks_exact(k).zip(y) {
+                if yi < 0 {
+                    continue;
+                }
+                let m = row.iter().fold(f64::NEG_INFINITY, |a, &z| a.max(z as f64));
+                let (mut s, mut sd) = (0.0f64, 0.0f64);
+                for &z in row {
+                    let d = z as f64 - m;
+                    let e = (b * d).exp();
+                    s += e;
+                    sd += e * d;
+                }
+                let mu = sd / s;
+                let sv: f64 = row
+                    .iter()
+                    .map(|&z| {
+                        let d = z as f64 - m;
+                        (b * d).exp() * (d - mu) * (d - mu)
+                    })
+                    .sum();
+                let dy = row[yi as usize] as f64 - m;
+                acc[0] += s.ln() - b * dy;
+                acc[1] += mu - dy;
+                acc[2] += sv / s;
+                acc[3] += 1.0;
+            }
+            acc
+        })
+        .reduce(
+            || [0.0; 4],
+            |a, b| [a[0] + b[0], a[1] + b[1], a[2] + b[2], a[3] + b[3]],
+        )
+}

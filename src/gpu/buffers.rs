@@ -1,0 +1,382 @@
+//! Buffers and submissions: upload, readback, 2-D dispatch past 65535 workgroups,
+//! timestamp queries, and waiting on the exact submission.
+
+use std::sync::mpsc;
+
+use wgpu::util::DeviceExt;
+
+use super::context::{Fault, GpuContext};
+use crate::error::{Error, Result};
+
+/// Threads per workgroup in every 1-D kernel (keep in sync with `WG` in common.wgsl).
+pub const WG: u32 = 256;
+
+/// Splits `groups` workgroups into an `(x, y)` grid within the per-dimension limit.
+/// Shaders rebuild the linear id as `wid.x + wid.y * nwg.x` and skip ids past the end.
+pub fn grid(groups: u64, max_per_dim: u32) -> Result<(u32, u32)> {
+    if groups == 0 {
+        return Ok((0, 0));
+    }
+    let max = max_per_dim as u64;
+    let x = groups.min(max);
+    let y = groups.div_ceil(x);
+    if y > max {
+        return Err(Error::Invalid(format!(
+            "{groups} workgroups exceed a {max}x{max} grid: chunk the input"
+        )));
+    }
+    Ok((x as u32, y as u32))
+}
+
+/// Number of `WG`-wide workgroups covering `n` items.
+pub fn groups_for(n: u64) -> u64 {
+    n.div_ceil(WG as u64)
+}
+
+impl GpuContext {
+    fn oom_fault(&self, what: &str) -> Result<()> {
+        if self.take_fault(&[Fault::OutOfMemory]).is_some() {
+            return Err(Error::GpuOutOfMemory(format!(
+                "injected fault allocating {what}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// A storage buffer holding `data` (STORAGE | COPY_SRC | COPY_DST).
+    pub fn upload<T: bytemuck::Pod>(&self, label: &str, data: &[T]) -> Result<wgpu::Buffer> {
+        self.oom_fault(label)?;
+        // wgpu rejects zero-sized bindings; keep one element so empty inputs still bind.
+        let bytes: &[u8] = bytemuck::cast_slice(data);
+        let buf = if bytes.is_empty() {
+            self.storage(label, 4)?
+        } else {
+            self.device
+                .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                    label: Some(label),
+                    contents: bytes,
+                    usage: wgpu::BufferUsages::STORAGE
+                        | wgpu::BufferUsages::COPY_SRC
+                        | wgpu::BufferUsages::COPY_DST,
+                })
+        };
+        self.check()?;
+        Ok(buf)
+    }
+
+    /// An uninitialised-by-us (wgpu zeroes it) storage buffer of `bytes` bytes.
+    pub fn storage(&self, label: &str, bytes: u64) -> Result<wgpu::Buffer> {
+        self.oom_fault(label)?;
+        let size = bytes.max(4).div_ceil(4) * 4;
+        if size > self.limits().max_buffer_bytes {
+            return Err(Error::GpuOutOfMemory(format!(
+                "{label}: {size} bytes exceed the device's max buffer size {}",
+                self.limits().max_buffer_bytes
+            )));
+        }
+        let buf = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size,
+            usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_SRC
+                | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        self.check()?;
+        Ok(buf)
+    }
+
+    /// A uniform buffer holding one params struct.
+    pub fn uniform<T: bytemuck::Pod>(&self, label: &str, value: &T) -> wgpu::Buffer {
+        self.device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some(label),
+                contents: bytemuck::bytes_of(value),
+                usage: wgpu::BufferUsages::UNIFORM,
+            })
+    }
+
+    /// Reads `len` elements of `T` starting at element `offset` of `buf` back to the host.
+    pub fn readback<T: bytemuck::Pod>(
+        &self,
+        buf: &wgpu::Buffer,
+        offset: u64,
+        len: usize,
+    ) -> Result<Vec<T>> {
+        let size = (len * std::mem::size_of::<T>()) as u64;
+        if size == 0 {
+            return Ok(Vec::new());
+        }
+        let elem = std::mem::size_of::<T>() as u64;
+        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("readback"),
+            size: size.div_ceil(4) * 4,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mut enc = self
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("readback"),
+            });
+        enc.copy_buffer_to_buffer(buf, offset * elem, &staging, 0, size.div_ceil(4) * 4);
+        let idx = self.queue.submit(Some(enc.finish()));
+        self.map_and_read(&staging, idx, len)
+    }
+
+    /// Maps `staging` after submission `idx` completes and copies `len` elements out.
+    pub(crate) fn map_and_read<T: bytemuck::Pod>(
+        &self,
+        staging: &wgpu::Buffer,
+        idx: wgpu::SubmissionIndex,
+        len: usize,
+    ) -> Result<Vec<T>> {
+        let (tx, rx) = mpsc::channel();
+        let slice = staging.slice(..);
+        slice.map_async(wgpu::MapMode::Read, move |r| {
+            let _ = tx.send(r);
+        });
+        self.wait(idx)?;
+        let mapped = rx
+            .recv()
+            .map_err(|_| Error::Gpu("map callback never ran".into()))?;
+        if self.take_fault(&[Fault::MapFailure]).is_some() {
+            staging.unmap();
+            return Err(Error::Gpu("injected fault: buffer map failed".into()));
+        }
+        mapped.map_err(|e| Error::Gpu(format!("buffer map failed: {e}")))?;
+        let out = {
+            let view = slice
+                .get_mapped_range()
+                .map_err(|e| Error::Gpu(format!("mapped range: {e}")))?;
+            let bytes = &view[..len * std::mem::size_of::<T>()];
+            // The staging buffer is 4-aligned but T may need more; copy through pod_collect.
+            bytemuck::pod_collect_to_vec::<u8, T>(bytes)
+        };
+        staging.unmap();
+        Ok(out)
+    }
+
+    /// Blocks until submission `idx` has finished (no busy loop: the driver waits).
+    pub(crate) fn wait(&self, idx: wgpu::SubmissionIndex) -> Result<()> {
+        self.device
+            .poll(wgpu::PollType::Wait {
+                submission_index: Some(idx),
+                timeout: None,
+            })
+            .map_err(|e| Error::Gpu(format!("waiting for the GPU: {e}")))?;
+        self.check()
+    }
+
+    /// Starts a batch of dispatches recorded into one command buffer.
+    pub(crate) fn batch(&self, label: &str) -> Batch<'_> {
+        Batch {
+            ctx: self,
+            encoder: self
+                .device
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(label) }),
+            queries: None,
+            used_queries: 0,
+        }
+    }
+}
+
+/// Timestamp pairs one batch can record.
+const MAX_TIMED_PASSES: u32 = 512;
+
+/// Dispatches recorded into one command encoder and submitted together.
+pub(crate) struct Batch<'a> {
+    ctx: &'a GpuContext,
+    encoder: wgpu::CommandEncoder,
+    queries: Option<wgpu::QuerySet>,
+    used_queries: u32,
+}
+
+impl<'a> Batch<'a> {
+    /// Records one dispatch of `pipeline` over `groups` workgroups (any count: the grid
+    /// goes 2-D past the per-dimension limit). One pass per dispatch: passes order
+    /// dependent dispatches and give each its own timestamps.
+    pub fn dispatch(
+        &mut self,
+        pipeline: &wgpu::ComputePipeline,
+        entries: &[wgpu::BindingResource<'_>],
+        groups: u64,
+    ) -> Result<()> {
+        if groups == 0 {
+            return Ok(());
+        }
+        let (x, y) = grid(groups, self.ctx.limits().max_workgroups_per_dim)?;
+        let layout = pipeline.get_bind_group_layout(0);
+        let bind_entries: Vec<wgpu::BindGroupEntry<'_>> = entries
+            .iter()
+            .enumerate()
+            .map(|(i, r)| wgpu::BindGroupEntry {
+                binding: i as u32,
+                resource: r.clone(),
+            })
+            .collect();
+        let bind = self
+            .ctx
+            .device
+            .create_bind_group(&wgpu::BindGroupDescriptor {
+                label: None,
+                layout: &layout,
+                entries: &bind_entries,
+            });
+        if self.ctx.timestamps_enabled() && self.queries.is_none() {
+            self.queries = Some(self.ctx.device.create_query_set(&wgpu::QuerySetDescriptor {
+                label: Some("timestamps"),
+                ty: wgpu::QueryType::Timestamp,
+                count: 2 * MAX_TIMED_PASSES,
+            }));
+        }
+        let timestamp_writes = match &self.queries {
+            Some(q) if self.used_queries < MAX_TIMED_PASSES => {
+                let i = self.used_queries;
+                self.used_queries += 1;
+                Some(wgpu::ComputePassTimestampWrites {
+                    query_set: q,
+                    beginning_of_pass_write_index: Some(2 * i),
+                    end_of_pass_write_index: Some(2 * i + 1),
+                })
+            }
+            _ => None,
+        };
+        let mut pass = self
+            .encoder
+            .begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: None,
+                timestamp_writes,
+            });
+        pass.set_pipeline(pipeline);
+        pass.set_bind_group(0, &bind, &[]);
+        pass.dispatch_workgroups(x, y, 1);
+        Ok(())
+    }
+
+    /// Submits and waits for exactly this submission; records kernel time if timed.
+    pub fn submit(self) -> Result<()> {
+        self.submit_then_read::<u8>(None).map(|_| ())
+    }
+
+    /// Submits, waits, and reads `len` elements of `T` from `src` starting at byte `offset`.
+    pub fn submit_and_read<T: bytemuck::Pod>(
+        self,
+        src: &wgpu::Buffer,
+        offset: u64,
+        len: usize,
+    ) -> Result<Vec<T>> {
+        self.submit_then_read(Some((src, offset, len)))
+    }
+
+    fn submit_then_read<T: bytemuck::Pod>(
+        mut self,
+        read: Option<(&wgpu::Buffer, u64, usize)>,
+    ) -> Result<Vec<T>> {
+        let ctx = self.ctx;
+        // Readback staging is recorded in the same command buffer: one submit, one wait.
+        let staging = match read {
+            Some((src, offset, len)) if len > 0 => {
+                let bytes = (len * std::mem::size_of::<T>()) as u64;
+                let padded = bytes.div_ceil(4) * 4;
+                let staging = ctx.device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("readback"),
+                    size: padded,
+                    usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                    mapped_at_creation: false,
+                });
+                self.encoder
+                    .copy_buffer_to_buffer(src, offset, &staging, 0, padded);
+                Some((staging, len))
+            }
+            _ => None,
+        };
+        let timing = match &self.queries {
+            Some(q) if self.used_queries > 0 => {
+                let n = 2 * self.used_queries;
+                let resolve = ctx.device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("timestamps"),
+                    size: n as u64 * 8,
+                    usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+                    mapped_at_creation: false,
+                });
+                let read = ctx.device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("timestamps-read"),
+                    size: n as u64 * 8,
+                    usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                    mapped_at_creation: false,
+                });
+                self.encoder.resolve_query_set(q, 0..n, &resolve, 0);
+                self.encoder
+                    .copy_buffer_to_buffer(&resolve, 0, &read, 0, n as u64 * 8);
+                Some((read, n as usize))
+            }
+            _ => None,
+        };
+        let idx = ctx.queue.submit(Some(self.encoder.finish()));
+        let out = match staging {
+            Some((staging, len)) => ctx.map_and_read::<T>(&staging, idx.clone(), len)?,
+            None => {
+                ctx.wait(idx.clone())?;
+                Vec::new()
+            }
+        };
+        if let Some((read, n)) = timing {
+            let stamps: Vec<u64> = ctx.map_and_read(&read, idx, n)?;
+            let period = ctx.queue.get_timestamp_period() as f64;
+            let ticks: u64 = stamps
+                .chunks_exact(2)
+                .map(|p| p[1].saturating_sub(p[0]))
+                .sum();
+            ctx.add_kernel_ns((ticks as f64 * period) as u64);
+        }
+        Ok(out)
+    }
+}
+
+/// A prediction set resident on the device: logits and labels in row chunks that each
+/// fit one storage binding. Uploaded once, reused by every pass (the temperature fit makes
+/// several).
+pub struct DeviceRows {
+    /// Classes per row.
+    pub k: usize,
+    /// Total rows.
+    pub n: usize,
+    /// `(first row, rows, logits buffer, labels buffer)` per chunk.
+    pub chunks: Vec<(usize, usize, wgpu::Buffer, wgpu::Buffer)>,
+}
+
+impl GpuContext {
+    /// Rows per chunk so that `row_bytes * rows` fits one binding (and 2^32 indices).
+    pub fn rows_per_chunk(&self, row_bytes: u64) -> Result<usize> {
+        let max = self.limits().max_binding_bytes.min(u32::MAX as u64);
+        let rows = max / row_bytes.max(1);
+        if rows == 0 {
+            return Err(Error::Invalid(format!(
+                "one row of {row_bytes} bytes exceeds the {max}-byte storage binding limit"
+            )));
+        }
+        Ok(rows as usize)
+    }
+
+    /// Uploads `logits` (`n * k`, row-major) and `labels` (`n` entries, -1 = unknown, or
+    /// empty for all unknown) in binding-sized chunks.
+    pub fn upload_rows(&self, logits: &[f32], labels: &[i32], k: usize) -> Result<DeviceRows> {
+        let n = logits.len() / k.max(1);
+        let per = self.rows_per_chunk(4 * k as u64)?;
+        let mut chunks = Vec::new();
+        let mut start = 0;
+        while start < n {
+            let rows = per.min(n - start);
+            let l = self.upload("logits", &logits[start * k..(start + rows) * k])?;
+            let y = if labels.is_empty() {
+                self.upload("labels", &vec![-1i32; rows])?
+            } else {
+                self.upload("labels", &labels[start..start + rows])?
+            };
+            chunks.push((start, rows, l, y));
+            start += rows;
+        }
+        Ok(DeviceRows { k, n, chunks })
+    }
+}

@@ -1,0 +1,62 @@
+//! ECE bins and accuracy counts (shaders/calibration.wgsl; CPU mirror: cpu::calibration).
+
+use super::buffers::{groups_for, DeviceRows};
+use super::context::GpuContext;
+use crate::cpu::calibration::{CalibrationPartial, NCOUNT, NSUM};
+use crate::error::Result;
+
+/// Uniform parameters. Keep in sync with `Params` in shaders/calibration.wgsl.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct CalibrationParams {
+    /// Rows in this chunk.
+    pub rows: u32,
+    /// Classes per row.
+    pub k: u32,
+    /// Temperature.
+    pub t: f32,
+    /// Padding to 16 bytes.
+    pub _pad: u32,
+}
+
+/// Per-workgroup calibration partials of every chunk, in order.
+pub fn calibration(ctx: &GpuContext, rows: &DeviceRows, t: f32) -> Result<Vec<CalibrationPartial>> {
+    let pipeline = ctx.pipeline("calibration")?;
+    let mut out = Vec::new();
+    for (_, n, logits, labels) in &rows.chunks {
+        let groups = groups_for(*n as u64);
+        let counts = ctx.storage("calib-counts", groups * NCOUNT as u64 * 4)?;
+        let sums = ctx.storage("calib-sums", groups * NSUM as u64 * 4)?;
+        let params = ctx.uniform(
+            "calib-params",
+            &CalibrationParams {
+                rows: *n as u32,
+                k: rows.k as u32,
+                t,
+                _pad: 0,
+            },
+        );
+        let mut batch = ctx.batch("calibration");
+        batch.dispatch(
+            &pipeline,
+            &[
+                params.as_entire_binding(),
+                logits.as_entire_binding(),
+                labels.as_entire_binding(),
+                counts.as_entire_binding(),
+                sums.as_entire_binding(),
+            ],
+            groups,
+        )?;
+        batch.submit()?;
+        let c: Vec<u32> = ctx.readback(&counts, 0, groups as usize * NCOUNT)?;
+        let s: Vec<f32> = ctx.readback(&sums, 0, groups as usize * NSUM)?;
+        for (cc, ss) in c.chunks_exact(NCOUNT).zip(s.chunks_exact(NSUM)) {
+            let mut p = CalibrationPartial::default();
+            p.counts.copy_from_slice(cc);
+            p.sums.copy_from_slice(ss);
+            out.push(p);
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,348 @@
+//! `GpuContext`: adapter choice, device limits, the pipeline cache, error capture.
+//!
+//! Built once per process (or from a caller's own device/queue); every kernel wrapper
+//! borrows it. Pipelines are compiled the first time a kernel runs and kept for the
+//! context's lifetime (`warm_up` compiles all of them up front).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::error::{Error, Result};
+use crate::shaders;
+
+/// Options for building a [`GpuContext`].
+#[derive(Debug, Clone, Default)]
+pub struct GpuOptions {
+    /// Accept a software adapter (llvmpipe, lavapipe, WARP). `GpuContext::new` with
+    /// `allow_software = false` fails with `NoAdapter` when only a software adapter exists.
+    pub allow_software: bool,
+    /// Cap on the bytes one storage binding may cover (the device limit applies anyway).
+    /// Tests set it small so chunk boundaries are crossed on small inputs.
+    pub max_binding_bytes: Option<u64>,
+    /// Record timestamp queries around every dispatch when the adapter supports them.
+    pub timestamps: bool,
+    /// Make the next GPU operation fail with this fault (tests of the CPU fallback).
+    pub inject_fault: Option<Fault>,
+}
+
+/// GPU failures that can be injected to test fallbacks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Buffer creation reports out-of-memory.
+    OutOfMemory,
+    /// The device is reported lost.
+    DeviceLost,
+    /// Mapping a readback buffer fails.
+    MapFailure,
+}
+
+/// What the kernels need to know about the device's limits.
+#[derive(Debug, Clone, Copy)]
+pub struct ContextLimits {
+    /// Largest byte length of one storage binding (after `max_binding_bytes`), a multiple of 256.
+    pub max_binding_bytes: u64,
+    /// Largest buffer the device can create.
+    pub max_buffer_bytes: u64,
+    /// Workgroups per dispatch dimension (65535 on most adapters).
+    pub max_workgroups_per_dim: u32,
+    /// Storage-offset alignment for binding sub-ranges.
+    pub offset_alignment: u64,
+}
+
+/// Device, queue and compiled pipelines.
+pub struct GpuContext {
+    /// The device (shared with the caller when built from theirs).
+    pub device: wgpu::Device,
+    /// The queue.
+    pub queue: wgpu::Queue,
+    info: wgpu::AdapterInfo,
+    limits: ContextLimits,
+    pipelines: Mutex<HashMap<&'static str, Arc<wgpu::ComputePipeline>>>,
+    captured: Arc<Mutex<Option<Error>>>,
+    lost: Arc<AtomicBool>,
+    fault: Mutex<Option<Fault>>,
+    timestamps: bool,
+    kernel_ns: AtomicU64,
+}
+
+impl std::fmt::Debug for GpuContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GpuContext")
+            .field("adapter", &self.info.name)
+            .field("backend", &self.info.backend)
+            .field("limits", &self.limits)
+            .finish()
+    }
+}
+
+/// Ranks adapters: discrete first, software last (`auto` wants real hardware).
+fn preference(t: wgpu::DeviceType) -> u8 {
+    match t {
+        wgpu::DeviceType::DiscreteGpu => 0,
+        wgpu::DeviceType::IntegratedGpu => 1,
+        wgpu::DeviceType::VirtualGpu => 2,
+        wgpu::DeviceType::Other => 3,
+        wgpu::DeviceType::Cpu => 4,
+    }
+}
+
+/// True for adapters that run on the CPU (llvmpipe/lavapipe report `DeviceType::Cpu`).
+pub fn is_software(info: &wgpu::AdapterInfo) -> bool {
+    info.device_type == wgpu::DeviceType::Cpu
+        || info.name.to_lowercase().contains("llvmpipe")
+        || info.name.to_lowercase().contains("swiftshader")
+}
+
+impl GpuContext {
+    /// Picks an adapter and creates the device.
+    ///
+    /// Honours wgpu's environment variables: `WGPU_BACKEND` (e.g. `vulkan`),
+    /// `WGPU_ADAPTER_NAME` (substring of the adapter name), `WGPU_POWER_PREF`.
+    pub fn new(options: GpuOptions) -> Result<Self> {
+        let instance =
+            wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+        let backends = wgpu::Backends::from_env().unwrap_or(wgpu::Backends::all());
+        let mut adapters = pollster::block_on(instance.enumerate_adapters(backends));
+        if adapters.is_empty() {
+            return Err(Error::NoAdapter(
+                "wgpu found no adapter (install a Vulkan driver, e.g. Debian's mesa-vulkan-drivers for a software one)".into(),
+            ));
+        }
+        if let Ok(want) = std::env::var("WGPU_ADAPTER_NAME") {
+            let want = want.to_lowercase();
+            adapters.retain(|a| a.get_info().name.to_lowercase().contains(&want));
+            if adapters.is_empty() {
+                return Err(Error::NoAdapter(format!(
+                    "no adapter name contains WGPU_ADAPTER_NAME={want:?}"
+                )));
+            }
+        }
+        adapters.sort_by_key(|a| {
+            let info = a.get_info();
+            // Vulkan first: the backend this crate is tested on.
+            (
+                preference(info.device_type),
+                info.backend != wgpu::Backend::Vulkan,
+            )
+        });
+        let adapter = adapters.swap_remove(0);
+        let info = adapter.get_info();
+        if !options.allow_software && is_software(&info) {
+            return Err(Error::NoAdapter(format!(
+                "only a software adapter is present ({}); use --device gpu to run on it anyway",
+                info.name
+            )));
+        }
+        let supported = adapter.limits();
+        let mut limits = wgpu::Limits::downlevel_defaults();
+        limits.max_storage_buffer_binding_size = supported.max_storage_buffer_binding_size;
+        limits.max_buffer_size = supported.max_buffer_size;
+        limits.max_storage_buffers_per_shader_stage =
+            supported.max_storage_buffers_per_shader_stage.min(8);
+        limits.max_compute_workgroup_storage_size =
+            supported.max_compute_workgroup_storage_size.min(32 * 1024);
+        limits.max_compute_invocations_per_workgroup =
+            supported.max_compute_invocations_per_workgroup.min(256);
+        limits.max_compute_workgroup_size_x = supported.max_compute_workgroup_size_x.min(256);
+        limits.max_compute_workgroups_per_dimension =
+            supported.max_compute_workgroups_per_dimension;
+        let mut features = wgpu::Features::empty();
+        let timestamps = options.timestamps
+            && adapter.features().contains(wgpu::Features::TIMESTAMP_QUERY)
+            && !matches!(info.backend, wgpu::Backend::Gl);
+        if timestamps {
+            features |= wgpu::Features::TIMESTAMP_QUERY;
+        }
+        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            label: Some("conformal-gpu"),
+            required_features: features,
+            required_limits: limits,
+            ..Default::default()
+        }))
+        .map_err(|e| Error::Gpu(format!("request_device on {}: {e}", info.name)))?;
+        Self::from_device(
+            device,
+            queue,
+            info,
+            GpuOptions {
+                timestamps,
+                ..options
+            },
+        )
+    }
+
+    /// Wraps a caller's own device and queue (embedding). `info` is used for reports
+    /// (`adapter.get_info()`). Timestamps are recorded only if the device has
+    /// `TIMESTAMP_QUERY` enabled and `options.timestamps` asks for them.
+    pub fn from_device(
+        device: wgpu::Device,
+        queue: wgpu::Queue,
+        info: wgpu::AdapterInfo,
+        options: GpuOptions,
+    ) -> Result<Self> {
+        let dl = device.limits();
+        if dl.max_compute_invocations_per_workgroup < 256 || dl.max_compute_workgroup_size_x < 256 {
+            return Err(Error::Gpu(format!(
+                "device allows {} invocations per workgroup; the kernels need 256",
+                dl.max_compute_invocations_per_workgroup
+            )));
+        }
+        let mut max_binding = dl.max_storage_buffer_binding_size.min(dl.max_buffer_size);
+        if let Some(cap) = options.max_binding_bytes {
+            max_binding = max_binding.min(cap);
+        }
+        // Multiples of 256 bytes keep every chunk offset storage-aligned.
+        max_binding = (max_binding / 256) * 256;
+        if max_binding < 1024 {
+            return Err(Error::Invalid(format!(
+                "max binding size {max_binding} bytes is too small (need >= 1024)"
+            )));
+        }
+        let limits = ContextLimits {
+            max_binding_bytes: max_binding,
+            max_buffer_bytes: dl.max_buffer_size,
+            max_workgroups_per_dim: dl.max_compute_workgroups_per_dimension.max(1),
+            offset_alignment: dl.min_storage_buffer_offset_alignment.max(4) as u64,
+        };
+        let captured: Arc<Mutex<Option<Error>>> = Arc::new(Mutex::new(None));
+        let sink = captured.clone();
+        // Without a handler wgpu panics on validation and OOM errors; we turn them into
+        // typed errors that the next `check()` returns.
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+            let err = match &e {
+                wgpu::Error::OutOfMemory { .. } => Error::GpuOutOfMemory(e.to_string()),
+                _ => Error::Gpu(e.to_string()),
+            };
+            if let Ok(mut slot) = sink.lock() {
+                slot.get_or_insert(err);
+            }
+        }));
+        let lost = Arc::new(AtomicBool::new(false));
+        let lost_flag = lost.clone();
+        device.set_device_lost_callback(move |_reason, _msg| {
+            lost_flag.store(true, Ordering::SeqCst);
+        });
+        let timestamps =
+            options.timestamps && device.features().contains(wgpu::Features::TIMESTAMP_QUERY);
+        Ok(GpuContext {
+            device,
+            queue,
+            info,
+            limits,
+            pipelines: Mutex::new(HashMap::new()),
+            captured,
+            lost,
+            fault: Mutex::new(options.inject_fault),
+            timestamps,
+            kernel_ns: AtomicU64::new(0),
+        })
+    }
+
+    /// Adapter name, backend and driver, e.g. `llvmpipe (LLVM 15.0.6, 256 bits) (Vulkan, Mesa 22.3.6)`.
+    pub fn adapter_name(&self) -> String {
+        self.info.name.clone()
+    }
+
+    /// Adapter info as wgpu reports it.
+    pub fn adapter_info(&self) -> &wgpu::AdapterInfo {
+        &self.info
+    }
+
+    /// True when the adapter is a CPU rasteriser (llvmpipe): correct but slower than the CPU path.
+    pub fn is_software(&self) -> bool {
+        is_software(&self.info)
+    }
+
+    /// Limits the kernels chunk against.
+    pub fn limits(&self) -> ContextLimits {
+        self.limits
+    }
+
+    /// Whether dispatches are being timed with timestamp queries.
+    pub fn timestamps_enabled(&self) -> bool {
+        self.timestamps
+    }
+
+    /// GPU time (ns) spent inside compute passes since the last call; 0 without timestamps.
+    pub fn take_kernel_ns(&self) -> u64 {
+        self.kernel_ns.swap(0, Ordering::SeqCst)
+    }
+
+    pub(crate) fn add_kernel_ns(&self, ns: u64) {
+        self.kernel_ns.fetch_add(ns, Ordering::SeqCst);
+    }
+
+    /// Makes the next GPU operation fail with `fault` (tests of fallbacks).
+    pub fn inject_fault(&self, fault: Fault) {
+        if let Ok(mut f) = self.fault.lock() {
+            *f = Some(fault);
+        }
+    }
+
+    /// Consumes an injected fault of the given kind, if one is pending.
+    pub(crate) fn take_fault(&self, kinds: &[Fault]) -> Option<Fault> {
+        let mut f = self.fault.lock().ok()?;
+        match *f {
+            Some(k) if kinds.contains(&k) => f.take(),
+            _ => None,
+        }
+    }
+
+    /// Returns the first GPU error captured since the last check (validation, OOM) or a
+    /// device-lost error; injected `DeviceLost` faults surface here too.
+    pub fn check(&self) -> Result<()> {
+        if self.take_fault(&[Fault::DeviceLost]).is_some() {
+            self.lost.store(true, Ordering::SeqCst);
+        }
+        if self.lost.load(Ordering::SeqCst) {
+            return Err(Error::DeviceLost(format!("{} was lost", self.info.name)));
+        }
+        let taken = self.captured.lock().ok().and_then(|mut s| s.take());
+        match taken {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// The pipeline for shader `name` (a file in `shaders/`), compiled on first use.
+    pub(crate) fn pipeline(&self, name: &'static str) -> Result<Arc<wgpu::ComputePipeline>> {
+        let mut cache = self
+            .pipelines
+            .lock()
+            .map_err(|_| Error::Gpu("pipeline cache poisoned".into()))?;
+        if let Some(p) = cache.get(name) {
+            return Ok(p.clone());
+        }
+        let source =
+            shaders::source(name).ok_or_else(|| Error::Gpu(format!("no shader named {name}")))?;
+        let module = self
+            .device
+            .create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: Some(name),
+                source: wgpu::ShaderSource::Wgsl(source.into()),
+            });
+        let pipeline = self
+            .device
+            .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(name),
+                layout: None,
+                module: &module,
+                entry_point: Some("main"),
+                compilation_options: Default::default(),
+                cache: None,
+            });
+        self.check()?;
+        let p = Arc::new(pipeline);
+        cache.insert(name, p.clone());
+        Ok(p)
+    }
+
+    /// Compiles every shader now, so the first real call is not the slow one.
+    pub fn warm_up(&self) -> Result<()> {
+        for name in shaders::NAMES {
+            self.pipeline(name)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,11 @@
+//! The GPU path: context, buffers, and one wrapper per WGSL kernel (same names as the
+//! shaders in `shaders/` and the CPU mirrors in `cpu/`).
+
+pub mod buffers;
+pub mod calibration;
+pub mod context;
+pub mod softmax;
+pub mod temperature_nll;
+
+pub use buffers::DeviceRows;
+pub use context::{is_software, ContextLimits, Fault, GpuContext, GpuOptions};

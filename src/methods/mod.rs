@@ -1,0 +1,3 @@
+//! Estimators and fits, written once over [`crate::backend::Backend`].
+
+pub mod temperature;

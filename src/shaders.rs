@@ -1,0 +1,34 @@
+//! WGSL sources, embedded at compile time. Every shader gets `common.wgsl` prepended
+//! (WGSL has no includes); the naga test in `tests/shaders.rs` validates each composed source.
+
+/// `common.wgsl`: constants and helpers shared by every kernel.
+pub const COMMON: &str = include_str!("../shaders/common.wgsl");
+
+/// `(name, body)` of every kernel shader, one entry point `main` each.
+pub const SHADERS: &[(&str, &str)] = &[
+    ("softmax", include_str!("../shaders/softmax.wgsl")),
+    (
+        "temperature_nll",
+        include_str!("../shaders/temperature_nll.wgsl"),
+    ),
+    ("calibration", include_str!("../shaders/calibration.wgsl")),
+];
+
+/// Names of every kernel shader.
+pub const NAMES: [&str; SHADERS.len()] = {
+    let mut names = [""; SHADERS.len()];
+    let mut i = 0;
+    while i < SHADERS.len() {
+        names[i] = SHADERS[i].0;
+        i += 1;
+    }
+    names
+};
+
+/// The composed source (common + body) of shader `name`.
+pub fn source(name: &str) -> Option<String> {
+    SHADERS
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, body)| format!("{COMMON}\n{body}"))
+}
