@@ -28,6 +28,7 @@
 pub mod backend;
 pub mod cpu;
 pub mod data;
+pub mod device;
 pub mod error;
 #[cfg(feature = "gpu")]
 pub mod gpu;

@@ -1,0 +1,39 @@
+//! Every shader parses and validates with naga (no GPU needed).
+
+use conformal_gpu::shaders::{source, NAMES};
+
+#[test]
+fn every_shader_validates_with_naga() {
+    assert!(!NAMES.is_empty());
+    for name in NAMES {
+        let src = source(name).expect("registered shader has a source");
+        let module = naga::front::wgsl::parse_str(&src)
+            .unwrap_or_else(|e| panic!("{name}.wgsl does not parse:\n{}", e.emit_to_string(&src)));
+        naga::valid::Validator::new(
+            naga::valid::ValidationFlags::all(),
+            naga::valid::Capabilities::empty(),
+        )
+        .validate(&module)
+        .unwrap_or_else(|e| panic!("{name}.wgsl does not validate: {e:?}"));
+        assert!(
+            module.entry_points.iter().any(|e| e.name == "main"),
+            "{name}.wgsl has no entry point `main`"
+        );
+    }
+}
+
+#[test]
+fn every_shader_file_is_registered() {
+    // A .wgsl file that is not in SHADERS would never be validated or compiled.
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("shaders");
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let stem = path.file_stem().unwrap().to_str().unwrap().to_string();
+        if path.extension().is_some_and(|e| e == "wgsl") && stem != "common" {
+            assert!(
+                NAMES.contains(&stem.as_str()),
+                "shaders/{stem}.wgsl is not in SHADERS"
+            );
+        }
+    }
+}
