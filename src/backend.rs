@@ -1,10 +1,9 @@
 //! The backend trait: the kernels the estimators need, implemented by the CPU path and
 //! the GPU path. Methods in `methods/` are written once, generic over `Backend`.
 
-use std::borrow::Cow;
-
 use crate::cpu;
 use crate::cpu::calibration::CalibrationStats;
+use crate::cpu::row_stats::RowStats;
 use crate::data::PredictionSet;
 use crate::error::Result;
 
@@ -42,8 +41,14 @@ pub trait Backend {
     /// `"cpu"` or `"gpu: <adapter name>"`.
     fn device_name(&self) -> String;
 
-    /// Prepares (uploads) a set once for several passes.
-    fn prepare<'a>(&'a self, set: &'a PredictionSet) -> Result<Self::Rows<'a>>;
+    /// Prepares (uploads) `logits` (`n * k`, row-major) and `labels` (`n`, -1 = unknown)
+    /// once for several passes.
+    fn prepare<'a>(
+        &'a self,
+        logits: &'a [f32],
+        labels: &'a [i32],
+        k: usize,
+    ) -> Result<Self::Rows<'a>>;
 
     /// Temperature-fit sums at inverse temperature `b`.
     fn nll_sums(&self, rows: &Self::Rows<'_>, b: f64) -> Result<NllSums>;
@@ -53,16 +58,56 @@ pub trait Backend {
 
     /// Row-wise softmax of `logits` (`n * k`) at temperature `t`.
     fn softmax(&self, logits: &[f32], k: usize, t: f32) -> Result<Vec<f32>>;
+
+    /// Per-row summaries at temperature `t` with set sizes at each of `qhats`
+    /// (`None` = +inf), any number of thresholds.
+    fn row_stats(&self, rows: &Self::Rows<'_>, t: f32, qhats: &[Option<f32>]) -> Result<RowStats> {
+        // Thresholds in batches the kernel takes; the first pass also carries the stats.
+        let q: Vec<f32> = qhats.iter().map(|q| q.unwrap_or(INF_QHAT)).collect();
+        let mut batches = q.chunks(MAX_ALPHA_PER_PASS);
+        let first = batches.next().unwrap_or(&[]);
+        let mut out = self.row_stats_pass(rows, t, first)?;
+        for batch in batches {
+            let more = self.row_stats_pass(rows, t, batch)?;
+            out = merge_sizes(out, &more);
+        }
+        Ok(out)
+    }
+
+    /// One row_stats pass with at most [`MAX_ALPHA_PER_PASS`] finite thresholds.
+    fn row_stats_pass(&self, rows: &Self::Rows<'_>, t: f32, qhats: &[f32]) -> Result<RowStats>;
+}
+
+/// Thresholds per row_stats pass: `(1 + A) * 4` output bytes per row stay within the 128
+/// bytes per row that `GpuContext::upload_rows` budgets for outputs.
+pub const MAX_ALPHA_PER_PASS: usize = 31;
+
+/// Stand-in for `qhat = +inf`: every `1 - p_k` lies in [0, 1], so 2.0 admits every class.
+pub const INF_QHAT: f32 = 2.0;
+
+/// Appends `more`'s set sizes to `out`'s (same rows).
+fn merge_sizes(out: RowStats, more: &RowStats) -> RowStats {
+    let (a, b) = (out.n_alpha, more.n_alpha);
+    let mut info = Vec::with_capacity(out.len() * (1 + a + b));
+    for i in 0..out.len() {
+        info.extend_from_slice(&out.info[i * (1 + a)..(i + 1) * (1 + a)]);
+        info.extend_from_slice(&more.info[i * (1 + b) + 1..(i + 1) * (1 + b)]);
+    }
+    RowStats {
+        stats: out.stats,
+        info,
+        n_alpha: a + b,
+    }
 }
 
 /// The CPU path (rayon over workgroups; f64 sums for the temperature fit).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct CpuBackend;
 
-/// A set as the CPU path reads it.
+/// A set as the CPU path reads it (borrowed).
 pub struct CpuRows<'a> {
-    logits: Cow<'a, [f32]>,
-    labels: Vec<i32>,
+    logits: &'a [f32],
+    labels: &'a [i32],
     k: usize,
 }
 
@@ -73,16 +118,17 @@ impl Backend for CpuBackend {
         "cpu".into()
     }
 
-    fn prepare<'a>(&'a self, set: &'a PredictionSet) -> Result<CpuRows<'a>> {
-        Ok(CpuRows {
-            logits: set.logits_slice(),
-            labels: labels_i32(set),
-            k: set.k(),
-        })
+    fn prepare<'a>(
+        &'a self,
+        logits: &'a [f32],
+        labels: &'a [i32],
+        k: usize,
+    ) -> Result<CpuRows<'a>> {
+        Ok(CpuRows { logits, labels, k })
     }
 
     fn nll_sums(&self, rows: &CpuRows<'_>, b: f64) -> Result<NllSums> {
-        let s = cpu::temperature_nll::nll_sums_f64(&rows.logits, &rows.labels, rows.k, b);
+        let s = cpu::temperature_nll::nll_sums_f64(rows.logits, rows.labels, rows.k, b);
         Ok(NllSums {
             nll: s[0],
             grad: s[1],
@@ -92,12 +138,22 @@ impl Backend for CpuBackend {
     }
 
     fn calibration(&self, rows: &CpuRows<'_>, t: f32) -> Result<CalibrationStats> {
-        let parts = cpu::calibration::calibration(&rows.logits, &rows.labels, rows.k, t);
+        let parts = cpu::calibration::calibration(rows.logits, rows.labels, rows.k, t);
         Ok(CalibrationStats::from_partials(&parts))
     }
 
     fn softmax(&self, logits: &[f32], k: usize, t: f32) -> Result<Vec<f32>> {
         Ok(cpu::softmax::softmax(logits, k, t))
+    }
+
+    fn row_stats_pass(&self, rows: &CpuRows<'_>, t: f32, qhats: &[f32]) -> Result<RowStats> {
+        Ok(cpu::row_stats::row_stats(
+            rows.logits,
+            rows.labels,
+            rows.k,
+            t,
+            qhats,
+        ))
     }
 }
 
@@ -133,9 +189,13 @@ mod gpu_backend {
             format!("gpu: {}", self.ctx.adapter_name())
         }
 
-        fn prepare<'a>(&'a self, set: &'a PredictionSet) -> Result<DeviceRows> {
-            self.ctx
-                .upload_rows(&set.logits_slice(), &labels_i32(set), set.k())
+        fn prepare<'a>(
+            &'a self,
+            logits: &'a [f32],
+            labels: &'a [i32],
+            k: usize,
+        ) -> Result<DeviceRows> {
+            self.ctx.upload_rows(logits, labels, k)
         }
 
         fn nll_sums(&self, rows: &DeviceRows, b: f64) -> Result<NllSums> {
@@ -157,6 +217,10 @@ mod gpu_backend {
 
         fn softmax(&self, logits: &[f32], k: usize, t: f32) -> Result<Vec<f32>> {
             gpu::softmax::softmax(self.ctx, logits, k, t)
+        }
+
+        fn row_stats_pass(&self, rows: &DeviceRows, t: f32, qhats: &[f32]) -> Result<RowStats> {
+            gpu::row_stats::row_stats(self.ctx, rows, t, qhats)
         }
     }
 }

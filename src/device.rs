@@ -41,7 +41,7 @@ pub enum Engine {
     Cpu,
     /// A GPU context.
     #[cfg(feature = "gpu")]
-    Gpu(GpuContext),
+    Gpu(Box<GpuContext>),
 }
 
 impl Engine {
@@ -58,7 +58,7 @@ impl Engine {
                     ..Default::default()
                 })?;
                 let note = format!("device: gpu: {}", ctx.adapter_name());
-                Ok((Engine::Gpu(ctx), note))
+                Ok((Engine::Gpu(Box::new(ctx)), note))
             }
             #[cfg(not(feature = "gpu"))]
             DeviceChoice::Gpu => Err(Error::NoAdapter(
@@ -71,7 +71,7 @@ impl Engine {
             }) {
                 Ok(ctx) => {
                     let note = format!("device: gpu: {} (auto)", ctx.adapter_name());
-                    Ok((Engine::Gpu(ctx), note))
+                    Ok((Engine::Gpu(Box::new(ctx)), note))
                 }
                 Err(e) => Ok((Engine::Cpu, format!("device: cpu (auto: {e})"))),
             },

@@ -12,6 +12,7 @@ pub const SHADERS: &[(&str, &str)] = &[
         include_str!("../shaders/temperature_nll.wgsl"),
     ),
     ("calibration", include_str!("../shaders/calibration.wgsl")),
+    ("row_stats", include_str!("../shaders/row_stats.wgsl")),
 ];
 
 /// Names of every kernel shader.

@@ -5,7 +5,7 @@
 mod common;
 
 use common::*;
-use conformal_gpu::backend::{Backend, CpuBackend};
+use conformal_gpu::backend::{labels_i32, Backend, CpuBackend};
 use conformal_gpu::data::PredictionSet;
 use conformal_gpu::methods::temperature::{fit_temperature, temperature_report, T_MAX, T_MIN};
 use ndarray::{Array1, Array2};
@@ -64,6 +64,12 @@ fn overconfident(seed: u64, n: usize, k: usize, scale: f32) -> PredictionSet {
     PredictionSet::new("synthetic", logits).with_labels(labels)
 }
 
+fn cpu_fit(set: &PredictionSet) -> conformal_gpu::methods::temperature::TemperatureFit {
+    let (l, y) = (set.logits_slice(), labels_i32(set));
+    let rows = CpuBackend.prepare(&l, &y, set.k()).unwrap();
+    fit_temperature(&CpuBackend, &rows).unwrap()
+}
+
 fn oracle_t(set: &PredictionSet) -> f64 {
     let l = set.logits_slice();
     let y = set.labels.as_ref().unwrap().to_vec();
@@ -79,7 +85,8 @@ fn cpu_fit_matches_golden_section_to_1e7() {
     ] {
         let set = overconfident(seed, n, k, scale);
         let want = oracle_t(&set);
-        let rows = CpuBackend.prepare(&set).unwrap();
+        let (l, y) = (set.logits_slice(), labels_i32(&set));
+        let rows = CpuBackend.prepare(&l, &y, k).unwrap();
         let fit = fit_temperature(&CpuBackend, &rows).unwrap();
         assert!(fit.converged, "{fit:?}");
         let rel = (fit.temperature - want).abs() / want;
@@ -110,8 +117,7 @@ fn separable_data_returns_t_min_unconverged() {
     let logits = Array2::from_shape_fn((300, 2), |(i, j)| if (i % 2) == j { 5.0 } else { -5.0 });
     let labels = Array1::from_shape_fn(300, |i| (i % 2) as i64);
     let set = PredictionSet::new("separable", logits).with_labels(labels);
-    let rows = CpuBackend.prepare(&set).unwrap();
-    let fit = fit_temperature(&CpuBackend, &rows).unwrap();
+    let fit = cpu_fit(&set);
     assert!(!fit.converged);
     assert_eq!(fit.temperature, T_MIN);
     assert!(fit.warning.is_some());
@@ -123,8 +129,7 @@ fn worse_than_chance_returns_t_max_unconverged() {
     let logits = Array2::from_shape_fn((300, 2), |(i, j)| if (i % 2) == j { 2.0 } else { -1.0 });
     let labels = Array1::from_shape_fn(300, |i| ((i + 1) % 2) as i64);
     let set = PredictionSet::new("wrong", logits).with_labels(labels);
-    let rows = CpuBackend.prepare(&set).unwrap();
-    let fit = fit_temperature(&CpuBackend, &rows).unwrap();
+    let fit = cpu_fit(&set);
     assert!(!fit.converged);
     assert_eq!(fit.temperature, T_MAX);
 }
@@ -148,7 +153,7 @@ fn unlabelled_source_is_rejected() {
 #[cfg(feature = "gpu")]
 mod gpu_path {
     use super::*;
-    use conformal_gpu::backend::{labels_i32, GpuBackend};
+    use conformal_gpu::backend::GpuBackend;
     use conformal_gpu::cpu;
     use conformal_gpu::gpu::{self, GpuOptions};
 
@@ -163,7 +168,8 @@ mod gpu_path {
         ] {
             let set = overconfident(seed, n, k, scale);
             let want = oracle_t(&set);
-            let rows = gb.prepare(&set).unwrap();
+            let (l, y) = (set.logits_slice(), labels_i32(&set));
+            let rows = gb.prepare(&l, &y, k).unwrap();
             let fit = fit_temperature(&gb, &rows).unwrap();
             assert!(fit.converged);
             let rel = (fit.temperature - want).abs() / want;
@@ -196,11 +202,15 @@ mod gpu_path {
             Array2::from_shape_fn((300, 2), |(i, j)| if (i % 2) == j { 5.0 } else { -5.0 });
         let labels = Array1::from_shape_fn(300, |i| (i % 2) as i64);
         let sep = PredictionSet::new("separable", logits.clone()).with_labels(labels.clone());
-        let fit = fit_temperature(&gb, &gb.prepare(&sep).unwrap()).unwrap();
+        let gpu_fit = |set: &PredictionSet| {
+            let (l, y) = (set.logits_slice(), labels_i32(set));
+            fit_temperature(&gb, &gb.prepare(&l, &y, 2).unwrap()).unwrap()
+        };
+        let fit = gpu_fit(&sep);
         assert!(!fit.converged);
         assert_eq!(fit.temperature, T_MIN);
         let wrong = PredictionSet::new("wrong", logits).with_labels(labels.mapv(|y| 1 - y));
-        let fit = fit_temperature(&gb, &gb.prepare(&wrong).unwrap()).unwrap();
+        let fit = gpu_fit(&wrong);
         assert!(!fit.converged);
         assert_eq!(fit.temperature, T_MAX);
     }

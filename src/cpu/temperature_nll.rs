@@ -31,8 +31,9 @@ pub fn tree_sum<const L: usize>(lanes: &mut [[f32; L]; WG]) -> [f32; L] {
     let mut stride = WG / 2;
     while stride > 0 {
         for i in 0..stride {
-            for c in 0..L {
-                lanes[i][c] += lanes[i + stride][c];
+            let hi = lanes[i + stride];
+            for (lo, h) in lanes[i].iter_mut().zip(hi) {
+                *lo += h;
             }
         }
         stride /= 2;

@@ -363,7 +363,9 @@ impl GpuContext {
     /// empty for all unknown) in binding-sized chunks.
     pub fn upload_rows(&self, logits: &[f32], labels: &[i32], k: usize) -> Result<DeviceRows> {
         let n = logits.len() / k.max(1);
-        let per = self.rows_per_chunk(4 * k as u64)?;
+        // Chunks also bound the per-row outputs of later passes (row_stats writes up to
+        // 16 + 128 bytes per row), so those fit one binding too.
+        let per = self.rows_per_chunk((4 * k as u64).max(128))?;
         let mut chunks = Vec::new();
         let mut start = 0;
         while start < n {

@@ -1,3 +1,5 @@
 //! Estimators and fits, written once over [`crate::backend::Backend`].
 
+pub mod evaluate;
+pub mod quantile;
 pub mod temperature;

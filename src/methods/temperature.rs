@@ -189,7 +189,9 @@ pub fn temperature_report<B: Backend>(
     set: &PredictionSet,
 ) -> Result<TemperatureReport> {
     validate_source(set)?;
-    let rows = backend.prepare(set)?;
+    let logits = set.logits_slice();
+    let labels = crate::backend::labels_i32(set);
+    let rows = backend.prepare(&logits, &labels, set.k())?;
     let before = backend.nll_sums(&rows, 1.0)?;
     let fit = fit_temperature(backend, &rows)?;
     let cal_before = backend.calibration(&rows, 1.0)?;

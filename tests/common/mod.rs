@@ -56,7 +56,11 @@ pub fn random_logits(seed: u64, n: usize, k: usize, scale: f32) -> Vec<f32> {
 pub fn assert_close_by(what: &str, a: &[f32], b: &[f32], tol: impl Fn(usize, f32, f32) -> f64) {
     assert_eq!(a.len(), b.len(), "{what}: lengths differ");
     let bad: Vec<usize> = (0..a.len())
-        .filter(|&i| !((a[i] as f64 - b[i] as f64).abs() <= tol(i, a[i], b[i])))
+        // NaN differences count as failures.
+        .filter(|&i| {
+            let d = (a[i] as f64 - b[i] as f64).abs();
+            d.is_nan() || d > tol(i, a[i], b[i])
+        })
         .collect();
     if !bad.is_empty() {
         let show: Vec<String> = bad

@@ -1,0 +1,107 @@
+//! CPU mirror of shaders/row_stats.wgsl: per-row summaries for the estimators.
+
+use rayon::prelude::*;
+
+use super::common::row_max;
+
+/// Per-row outputs of the row_stats kernel, for `n` rows and `A` thresholds.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RowStats {
+    /// `(p_(1), p_(2), ne, lac)` per row; lac = 1 - p_y, or -1 when the label is unknown.
+    pub stats: Vec<[f32; 4]>,
+    /// `[yhat, |C_0|, ..., |C_{A-1}|]` per row (stride `1 + A`).
+    pub info: Vec<u32>,
+    /// Number of thresholds `A`.
+    pub n_alpha: usize,
+}
+
+impl RowStats {
+    /// Rows.
+    pub fn len(&self) -> usize {
+        self.stats.len()
+    }
+
+    /// True when there are no rows.
+    pub fn is_empty(&self) -> bool {
+        self.stats.is_empty()
+    }
+
+    /// Predicted class of row `i`.
+    pub fn yhat(&self, i: usize) -> u32 {
+        self.info[i * (1 + self.n_alpha)]
+    }
+
+    /// Set size of row `i` at threshold `a`.
+    pub fn set_size(&self, i: usize, a: usize) -> u32 {
+        self.info[i * (1 + self.n_alpha) + 1 + a]
+    }
+
+    /// Appends another chunk's rows (same `n_alpha`).
+    pub fn extend(&mut self, other: RowStats) {
+        self.n_alpha = other.n_alpha;
+        self.stats.extend(other.stats);
+        self.info.extend(other.info);
+    }
+}
+
+/// One row, exactly as the shader computes it. `info` has `1 + qhats.len()` slots.
+pub fn row_stats_row(row: &[f32], y: i32, t: f32, qhats: &[f32], info: &mut [u32]) -> [f32; 4] {
+    let (m, arg) = row_max(row);
+    let mut s = 0.0f32;
+    for &z in row {
+        s += ((z - m) / t).exp();
+    }
+    let (mut e1, mut e2, mut ne) = (-1.0f32, -1.0f32, 0.0f32);
+    info[1..].fill(0);
+    for &z in row {
+        let e = ((z - m) / t).exp();
+        if e > e1 {
+            e2 = e1;
+            e1 = e;
+        } else if e > e2 {
+            e2 = e;
+        }
+        let p = e / s;
+        if p > 0.0 {
+            ne += p * p.ln();
+        }
+        let r = 1.0 - p;
+        for (slot, &q) in info[1..].iter_mut().zip(qhats) {
+            if r <= q {
+                *slot += 1;
+            }
+        }
+    }
+    info[0] = arg as u32;
+    let lac = if y >= 0 {
+        1.0 - ((row[y as usize] - m) / t).exp() / s
+    } else {
+        -1.0
+    };
+    [e1 / s, e2 / s, ne, lac]
+}
+
+/// Row summaries of `labels.len()` rows at temperature `t` and thresholds `qhats`
+/// (+inf should be passed as 2.0, as the GPU path does).
+pub fn row_stats(logits: &[f32], labels: &[i32], k: usize, t: f32, qhats: &[f32]) -> RowStats {
+    let n = labels.len();
+    let stride = 1 + qhats.len();
+    let mut stats = vec![[0.0f32; 4]; n];
+    let mut info = vec![0u32; n * stride];
+    const BLOCK: usize = 4096;
+    stats
+        .par_chunks_mut(BLOCK)
+        .zip(info.par_chunks_mut(BLOCK * stride))
+        .enumerate()
+        .for_each(|(b, (st, inf))| {
+            for (i, (s, slot)) in st.iter_mut().zip(inf.chunks_exact_mut(stride)).enumerate() {
+                let row = b * BLOCK + i;
+                *s = row_stats_row(&logits[row * k..(row + 1) * k], labels[row], t, qhats, slot);
+            }
+        });
+    RowStats {
+        stats,
+        info,
+        n_alpha: qhats.len(),
+    }
+}
