@@ -144,7 +144,12 @@ fn small_scale_structure_and_balance() {
 
 #[test]
 fn accuracy_per_split_and_slide_spread() {
-    let cfg = GeneratorConfig {
+    // Labelled splits at full scale (456k rows, fast); the big unlabelled ones at 0.1.
+    let full = GeneratorConfig {
+        scale: 1.0,
+        seed: 0,
+    };
+    let tenth = GeneratorConfig {
         scale: 0.1,
         seed: 0,
     };
@@ -158,9 +163,14 @@ fn accuracy_per_split_and_slide_spread() {
         ("unlabeled_test", 0.703),
     ];
     let mut slide_acc = Vec::new();
-    for (spec, (name, target)) in split_specs(cfg.scale).iter().zip(targets) {
+    let specs = split_specs(1.0)
+        .into_iter()
+        .take(4)
+        .map(|s| (full, s))
+        .chain(split_specs(0.1).into_iter().skip(4).map(|s| (tenth, s)));
+    for ((cfg, spec), (name, target)) in specs.zip(targets) {
         assert_eq!(spec.name, name);
-        let set = generate_split(&cfg, spec);
+        let set = generate_split(&cfg, &spec);
         let acc = accuracy(&set);
         println!("{name}: n = {}, accuracy = {:.4}", set.n(), acc);
         assert!((acc - target).abs() < 0.015, "{name}: {acc} vs {target}");

@@ -325,3 +325,62 @@ pub fn generate_dataset(
     }
     Ok(paths)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slide_layout_covers_rows_in_order() {
+        for n in [0usize, 1, 7, 29, 30, 31, 1000, 33_560] {
+            let spec = SplitSpec {
+                name: "x".into(),
+                n,
+                hospitals: vec![0, 3, 4],
+                labelled: true,
+            };
+            let l = Layout::new(&spec);
+            let mut counts = vec![0usize; l.slides.len()];
+            let mut last = 0;
+            for i in 0..n {
+                let s = l.slide_of(i);
+                assert!(s >= last, "slides are contiguous");
+                last = s;
+                counts[s] += 1;
+            }
+            let (lo, hi) = (counts.iter().min(), counts.iter().max());
+            assert!(
+                hi.zip(lo).is_none_or(|(h, l)| h - l <= 1),
+                "{n}: {counts:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn inverse_normal() {
+        for p in [0.5, 0.7, 0.932, 0.99] {
+            assert!((phi(phi_inv(p)) - p).abs() < 1e-9);
+        }
+        assert!(phi_inv(0.5).abs() < 1e-6);
+        assert!((phi(1.959_963_985) - 0.975).abs() < 1e-6);
+    }
+
+    #[test]
+    fn odd_hospital_ids_do_not_panic() {
+        let cfg = GeneratorConfig {
+            scale: 1.0,
+            seed: 3,
+        };
+        for hospitals in [vec![], vec![7], vec![-2, 1]] {
+            let spec = SplitSpec {
+                name: "odd".into(),
+                n: 50,
+                hospitals,
+                labelled: false,
+            };
+            let set = generate_split(&cfg, &spec);
+            assert_eq!(set.n(), 50);
+            set.validate().unwrap();
+        }
+    }
+}

@@ -876,3 +876,85 @@ pub fn load_npy_scores(path: &Path) -> Result<Vec<f32>> {
     }
     Ok(d.data)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(bytes: &[u8]) -> Result<NpyHeader> {
+        read_npy_header(&mut &bytes[..], "f.npz", "a")
+    }
+
+    #[test]
+    fn written_headers_are_aligned_and_parse_back() {
+        for shape in [vec![0usize], vec![7], vec![3, 2], vec![1 << 40, 5]] {
+            let h = npy_header("<f4", &shape);
+            assert_eq!(h.len() % 64, 0, "{shape:?}");
+            assert_eq!(h.last(), Some(&b'\n'));
+            let p = parse(&h).unwrap();
+            assert_eq!(p.shape, shape);
+            assert!(!p.fortran);
+            assert_eq!(p.dtype, Some((Dtype::F32, false)));
+        }
+    }
+
+    #[test]
+    fn header_variants() {
+        // Python 2 long suffixes, double quotes, keys in another order, scalar shape.
+        let dict = b"{\"shape\": (3L, 2L), \"fortran_order\": True, \"descr\": \">f8\"}\n";
+        let mut b = b"\x93NUMPY\x01\x00".to_vec();
+        b.extend_from_slice(&(dict.len() as u16).to_le_bytes());
+        b.extend_from_slice(dict);
+        let p = parse(&b).unwrap();
+        assert_eq!(p.shape, vec![3, 2]);
+        assert!(p.fortran);
+        assert_eq!(p.dtype, Some((Dtype::F64, true)));
+
+        let dict = b"{'descr': '<i4', 'fortran_order': False, 'shape': (), }\n";
+        let mut b = b"\x93NUMPY\x03\x00".to_vec();
+        b.extend_from_slice(&(dict.len() as u32).to_le_bytes());
+        b.extend_from_slice(dict);
+        let p = parse(&b).unwrap();
+        assert_eq!(p.shape, Vec::<usize>::new());
+        assert_eq!(p.count(), Some(1));
+    }
+
+    #[test]
+    fn malformed_headers_are_errors() {
+        let cases: [&[u8]; 6] = [
+            b"\x93NUMPY\x01\x00\x05\x00{'de",
+            b"\x93NUMPY\x09\x00\x00\x00",
+            b"\x93NUMPY\x01\x00\x10\x00not a dict here\n",
+            b"\x93NUMPY\x01\x00\x12\x00{'shape': (2,), }\n",
+            b"\x93NUMPY\x01\x00\x14\x00{'descr': '<f4', }\n",
+            b"\x93NUMPY\x01\x00\x1c\x00{'descr': '<f4', 'shape': (-1,)}\n",
+        ];
+        for c in cases {
+            match parse(c) {
+                Err(e @ Error::Format { .. }) => {
+                    let m = e.to_string();
+                    assert!(m.contains("f.npz") && m.contains("'a'"), "{m}");
+                }
+                other => panic!("{:?}: {other:?}", String::from_utf8_lossy(c)),
+            }
+        }
+    }
+
+    #[test]
+    fn dtypes() {
+        assert_eq!(parse_dtype("<f2"), Some((Dtype::F16, false)));
+        assert_eq!(parse_dtype("<i8"), Some((Dtype::I64, false)));
+        assert_eq!(parse_dtype(">i4"), Some((Dtype::I32, true)));
+        assert_eq!(parse_dtype("|b1"), None);
+        assert_eq!(parse_dtype("<u8"), None);
+        assert_eq!(parse_dtype(""), None);
+    }
+
+    #[test]
+    fn temp_paths_are_unique_and_beside_the_target() {
+        let p = Path::new("/some/dir/out.npz");
+        let (a, b) = (temp_path(p), temp_path(p));
+        assert_ne!(a, b);
+        assert_eq!(a.parent(), p.parent());
+    }
+}
