@@ -609,7 +609,7 @@ fn atomic_write_leaves_nothing_on_error() {
     let dir = tmp();
     let path = dir.path().join("report.json");
     std::fs::write(&path, "old").unwrap();
-    let r = write_atomic(&path, &mut |w: &mut dyn Write| {
+    let r = write_atomic(&path, |w: &mut dyn Write| {
         w.write_all(b"partial").map_err(|e| Error::io("x", e))?;
         Err(Error::Invalid("boom".into()))
     });
