@@ -37,8 +37,16 @@
 //! the source hospitals and more on the harder ones, as a real DenseNet is under shift.
 //!
 //! # Measured (seed 0, scale 1; see `tests/generator.rs`)
-//! Accuracy: train 93.2, id_val 93.2, ood_val 84.9, test 70.3 (each within 0.2 points);
-//! unlabelled splits (hidden labels) likewise. Temperature fitted on id_val: about 2.
+//! | split | accuracy (%) | | split | accuracy (%, hidden labels) |
+//! |-------|--------------|-|-------|-----------------------------|
+//! | train | 93.21 | | unlabeled_train | 93.19 |
+//! | id_val | 93.19 | | unlabeled_ood_val | 84.86 |
+//! | ood_val | 85.05 | | unlabeled_test | 70.29 |
+//! | test | 70.35 | | | |
+//!
+//! Per-slide accuracies range from 50.8% to 99.0%. The temperature fitted on id_val is
+//! T = 2.16 (the softmax is overconfident, as intended). All seven files (3,455,261 rows)
+//! are generated in about 0.3 s and written in about 0.15 s more (release, 2 cores).
 //!
 //! # Determinism
 //! Rows are generated in fixed blocks of [`BLOCK`] rows; block `b` of split `name` draws
