@@ -33,6 +33,7 @@ pub mod error;
 #[cfg(feature = "gpu")]
 pub mod gpu;
 pub mod methods;
+pub mod report;
 pub mod shaders;
 
 pub use error::{Error, Result};

@@ -83,6 +83,8 @@ pub enum NpzArray<'a> {
     F32(&'a [f32]),
     /// float32, 2-D row-major with the given `(rows, cols)`; `data.len()` must be `rows * cols`.
     F32x2(&'a [f32], usize, usize),
+    /// int64, 2-D row-major with the given `(rows, cols)`.
+    I64x2(&'a [i64], usize, usize),
     /// float64, 1-D.
     F64(&'a [f64]),
     /// int64, 1-D.
@@ -96,7 +98,7 @@ impl NpzArray<'_> {
         match self {
             NpzArray::F32(_) | NpzArray::F32x2(..) => "<f4",
             NpzArray::F64(_) => "<f8",
-            NpzArray::I64(_) => "<i8",
+            NpzArray::I64(_) | NpzArray::I64x2(..) => "<i8",
             NpzArray::U32(_) => "<u4",
         }
     }
@@ -107,6 +109,7 @@ impl NpzArray<'_> {
             NpzArray::F32x2(_, r, c) => vec![*r, *c],
             NpzArray::F64(d) => vec![d.len()],
             NpzArray::I64(d) => vec![d.len()],
+            NpzArray::I64x2(_, r, c) => vec![*r, *c],
             NpzArray::U32(d) => vec![d.len()],
         }
     }
@@ -116,7 +119,7 @@ impl NpzArray<'_> {
             NpzArray::F32(d) => d.len() * 4,
             NpzArray::F32x2(d, ..) => d.len() * 4,
             NpzArray::F64(d) => d.len() * 8,
-            NpzArray::I64(d) => d.len() * 8,
+            NpzArray::I64(d) | NpzArray::I64x2(d, ..) => d.len() * 8,
             NpzArray::U32(d) => d.len() * 4,
         };
         n as u64
@@ -142,7 +145,7 @@ impl NpzArray<'_> {
         match self {
             NpzArray::F32(d) | NpzArray::F32x2(d, ..) => chunked(w, d, f32::to_le_bytes),
             NpzArray::F64(d) => chunked(w, d, f64::to_le_bytes),
-            NpzArray::I64(d) => chunked(w, d, i64::to_le_bytes),
+            NpzArray::I64(d) | NpzArray::I64x2(d, ..) => chunked(w, d, i64::to_le_bytes),
             NpzArray::U32(d) => chunked(w, d, u32::to_le_bytes),
         }
     }
@@ -205,11 +208,16 @@ pub fn save_npz_arrays(
     compressed: bool,
 ) -> Result<()> {
     for (name, arr) in arrays {
-        if let NpzArray::F32x2(d, r, c) = arr {
-            if r.checked_mul(*c) != Some(d.len()) {
+        let shape_len = match arr {
+            NpzArray::F32x2(d, r, c) => Some((d.len(), r, c)),
+            NpzArray::I64x2(d, r, c) => Some((d.len(), r, c)),
+            _ => None,
+        };
+        if let Some((len, r, c)) = shape_len {
+            if r.checked_mul(*c) != Some(len) {
                 return Err(Error::LengthMismatch {
                     what: format!("{}: {name}", path.display()),
-                    detail: format!("{} values for shape ({r}, {c})", d.len()),
+                    detail: format!("{len} values for shape ({r}, {c})"),
                 });
             }
         }

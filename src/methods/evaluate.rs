@@ -13,6 +13,7 @@ use std::time::Instant;
 use serde::Serialize;
 
 use crate::backend::{labels_i32, Backend};
+use crate::cpu::calibration::CalibrationStats;
 use crate::cpu::row_stats::RowStats;
 use crate::data::PredictionSet;
 use crate::error::{Error, Result};
@@ -190,6 +191,9 @@ pub struct SourceReport {
     /// Warning from the fit, if any.
     #[serde(skip)]
     pub warning: Option<String>,
+    /// ECE bins before (`raw`) and after (`ts`) scaling, for reliability diagrams.
+    #[serde(skip)]
+    pub calibration: Modes<CalibrationStats>,
 }
 
 /// MAE per method (`None` when no target has labels).
@@ -709,6 +713,10 @@ pub fn evaluate<B: Backend>(
                 ts: cal.ts.qhats.iter().map(|q| q.map(|v| v as f64)).collect(),
             },
             warning: fit.warning,
+            calibration: Modes {
+                raw: cal_before,
+                ts: cal_after,
+            },
         },
         targets: reports,
         mae,
