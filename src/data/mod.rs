@@ -1,6 +1,12 @@
 //! Prediction sets: the in-memory form of one `.npz` file (DESIGN.md section 1),
 //! its validation, the npz/npy reader and writer, and the Camelyon17-shaped generator.
 
+pub mod camelyon;
+pub mod npz;
+
+pub use camelyon::{generate_dataset, generate_split, split_specs, GeneratorConfig, SplitSpec};
+pub use npz::{load_npy_scores, load_npz, save_npz, save_npz_arrays, write_atomic, NpzArray};
+
 use ndarray::{Array1, Array2};
 
 use crate::error::{Error, Result};
