@@ -10,7 +10,7 @@
 //! Everything is f64: logits are converted from f32 once, probabilities are
 //! `exp((z_k - m) / T) / sum_j exp((z_j - m) / T)` with `m = max_j z_j` (shift, then scale),
 //! and every threshold comparison (`1 - p_k <= q`, `g > t`, `g == t`) is on the same f64
-//! values. The only crate types used are none: inputs are plain slices.
+//! values. No crate code is used: inputs are plain slices.
 
 #![allow(dead_code)]
 
