@@ -1,11 +1,13 @@
 // row_stats.wgsl: per-row summaries every estimator is built from (DESIGN.md 2.1-2.9), at
 // temperature T, one thread per row. Probabilities exactly as softmax.wgsl computes them:
 // m = max z, e_k = exp((z_k - m)/T), S = sum_k e_k (in order k = 0..K-1), p_k = e_k / S.
-// Per row:
-//   stats = (p_(1), p_(2), ne, lac): the largest and second-largest probability,
-//           ne = sum_k p_k ln p_k (0 ln 0 = 0), lac = 1 - p_y (-1 when the label is unknown);
+// Per row, with r_k = 1 - p_k computed once and reused by every comparison (a compiler
+// may round `1 - e/s` differently in two places; ties on quantised logits must stay ties):
+//   stats = (p_(1), ne, lac, r_(1), r_(2)): the largest probability, ne = sum_k p_k ln p_k
+//           (0 ln 0 = 0), lac = r_y (-1 when the label is unknown), the smallest and
+//           second-smallest r_k (= 1 - p_(1), 1 - p_(2));
 //   info  = [yhat, |C_a| for each requested qhat_a], yhat = argmax of the logits (lowest index
-//           on ties), |C_a| = #{k : 1 - p_k <= qhat_a}.
+//           on ties), |C_a| = #{k : r_k <= qhat_a}.
 // CPU mirror: src/cpu/row_stats.rs.
 
 // Keep in sync with `RowStatsParams` in src/gpu/row_stats.rs.
@@ -21,7 +23,8 @@ struct Params {
 @group(0) @binding(2) var<storage, read> labels: array<i32>;
 // n_alpha thresholds (+inf is passed as 2.0: every 1 - p_k <= 1 < 2).
 @group(0) @binding(3) var<storage, read> qhats: array<f32>;
-@group(0) @binding(4) var<storage, read_write> stats: array<vec4<f32>>;
+// 5 floats per row (see above).
+@group(0) @binding(4) var<storage, read_write> stats: array<f32>;
 @group(0) @binding(5) var<storage, read_write> info: array<u32>;
 
 @compute @workgroup_size(256)
@@ -47,38 +50,42 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
     for (var j = 0u; j < k; j++) {
         s += exp((logits[base + j] - m) / params.t);
     }
-    // Top two of e_k (p_k = e_k / s is monotone in e_k), entropy term, set sizes.
-    var e1 = -1.0;
-    var e2 = -1.0;
+    var p1 = -1.0;
+    var r1 = 2.0;
+    var r2 = 2.0;
     var ne = 0.0;
+    var lac = -1.0;
+    let y = labels[row];
     let stride = 1u + params.n_alpha;
     for (var a = 0u; a < params.n_alpha; a++) {
         info[row * stride + 1u + a] = 0u;
     }
     for (var j = 0u; j < k; j++) {
-        let e = exp((logits[base + j] - m) / params.t);
-        if (e > e1) {
-            e2 = e1;
-            e1 = e;
-        } else if (e > e2) {
-            e2 = e;
+        let p = exp((logits[base + j] - m) / params.t) / s;
+        let r = 1.0 - p;
+        p1 = max(p1, p);
+        if (r < r1) {
+            r2 = r1;
+            r1 = r;
+        } else if (r < r2) {
+            r2 = r;
         }
-        let p = e / s;
         if (p > 0.0) {
             ne += p * log(p);
         }
-        let r = 1.0 - p;
+        if (i32(j) == y) {
+            lac = r;
+        }
         for (var a = 0u; a < params.n_alpha; a++) {
             if (r <= qhats[a]) {
                 info[row * stride + 1u + a] += 1u;
             }
         }
     }
-    let y = labels[row];
-    var lac = -1.0;
-    if (y >= 0) {
-        lac = 1.0 - exp((logits[base + u32(y)] - m) / params.t) / s;
-    }
-    stats[row] = vec4<f32>(e1 / s, e2 / s, ne, lac);
+    stats[5u * row] = p1;
+    stats[5u * row + 1u] = ne;
+    stats[5u * row + 2u] = lac;
+    stats[5u * row + 3u] = r1;
+    stats[5u * row + 4u] = r2;
     info[row * stride] = arg;
 }

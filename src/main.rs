@@ -167,7 +167,6 @@ struct EvalJob<'a> {
     seed: Option<u64>,
 }
 
-
 fn run_evaluate(job: EvalJob<'_>) -> Result<()> {
     let started = Instant::now();
     if job.rows && job.out.is_none() {

@@ -7,8 +7,9 @@ use super::common::row_max;
 /// Per-row outputs of the row_stats kernel, for `n` rows and `A` thresholds.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct RowStats {
-    /// `(p_(1), p_(2), ne, lac)` per row; lac = 1 - p_y, or -1 when the label is unknown.
-    pub stats: Vec<[f32; 4]>,
+    /// `(p_(1), ne, lac, r_(1), r_(2))` per row: largest probability, negative entropy,
+    /// lac = 1 - p_y (-1 when the label is unknown), `1 - p_(1)` and `1 - p_(2)`.
+    pub stats: Vec<[f32; 5]>,
     /// `[yhat, |C_0|, ..., |C_{A-1}|]` per row (stride `1 + A`).
     pub info: Vec<u32>,
     /// Number of thresholds `A`.
@@ -44,28 +45,45 @@ impl RowStats {
     }
 }
 
+/// Index of each value in a `RowStats::stats` record.
+pub mod col {
+    /// Largest probability.
+    pub const P1: usize = 0;
+    /// `sum_k p_k ln p_k`.
+    pub const NE: usize = 1;
+    /// `1 - p_y`, or -1 when the label is unknown.
+    pub const LAC: usize = 2;
+    /// `1 - p_(1)`.
+    pub const R1: usize = 3;
+    /// `1 - p_(2)`.
+    pub const R2: usize = 4;
+}
+
 /// One row, exactly as the shader computes it. `info` has `1 + qhats.len()` slots.
-pub fn row_stats_row(row: &[f32], y: i32, t: f32, qhats: &[f32], info: &mut [u32]) -> [f32; 4] {
+pub fn row_stats_row(row: &[f32], y: i32, t: f32, qhats: &[f32], info: &mut [u32]) -> [f32; 5] {
     let (m, arg) = row_max(row);
     let mut s = 0.0f32;
     for &z in row {
         s += ((z - m) / t).exp();
     }
-    let (mut e1, mut e2, mut ne) = (-1.0f32, -1.0f32, 0.0f32);
+    let (mut p1, mut r1, mut r2, mut ne, mut lac) = (-1.0f32, 2.0f32, 2.0f32, 0.0f32, -1.0f32);
     info[1..].fill(0);
-    for &z in row {
-        let e = ((z - m) / t).exp();
-        if e > e1 {
-            e2 = e1;
-            e1 = e;
-        } else if e > e2 {
-            e2 = e;
+    for (j, &z) in row.iter().enumerate() {
+        let p = ((z - m) / t).exp() / s;
+        let r = 1.0 - p;
+        p1 = p1.max(p);
+        if r < r1 {
+            r2 = r1;
+            r1 = r;
+        } else if r < r2 {
+            r2 = r;
         }
-        let p = e / s;
         if p > 0.0 {
             ne += p * p.ln();
         }
-        let r = 1.0 - p;
+        if j as i32 == y {
+            lac = r;
+        }
         for (slot, &q) in info[1..].iter_mut().zip(qhats) {
             if r <= q {
                 *slot += 1;
@@ -73,12 +91,7 @@ pub fn row_stats_row(row: &[f32], y: i32, t: f32, qhats: &[f32], info: &mut [u32
         }
     }
     info[0] = arg as u32;
-    let lac = if y >= 0 {
-        1.0 - ((row[y as usize] - m) / t).exp() / s
-    } else {
-        -1.0
-    };
-    [e1 / s, e2 / s, ne, lac]
+    [p1, ne, lac, r1, r2]
 }
 
 /// Row summaries of `labels.len()` rows at temperature `t` and thresholds `qhats`
@@ -86,7 +99,7 @@ pub fn row_stats_row(row: &[f32], y: i32, t: f32, qhats: &[f32], info: &mut [u32
 pub fn row_stats(logits: &[f32], labels: &[i32], k: usize, t: f32, qhats: &[f32]) -> RowStats {
     let n = labels.len();
     let stride = 1 + qhats.len();
-    let mut stats = vec![[0.0f32; 4]; n];
+    let mut stats = vec![[0.0f32; 5]; n];
     let mut info = vec![0u32; n * stride];
     const BLOCK: usize = 4096;
     stats

@@ -37,7 +37,7 @@ pub fn row_stats(ctx: &GpuContext, rows: &DeviceRows, t: f32, qhats: &[f32]) -> 
         ..Default::default()
     };
     for (_, n, logits, labels) in &rows.chunks {
-        let stats = ctx.storage("row-stats", *n as u64 * 16)?;
+        let stats = ctx.storage("row-stats", *n as u64 * 20)?;
         let info = ctx.storage("row-info", (*n * stride) as u64 * 4)?;
         let params = ctx.uniform(
             "row-stats-params",
@@ -62,9 +62,9 @@ pub fn row_stats(ctx: &GpuContext, rows: &DeviceRows, t: f32, qhats: &[f32]) -> 
             groups_for(*n as u64),
         )?;
         batch.submit()?;
-        let s: Vec<f32> = ctx.readback(&stats, 0, *n * 4)?;
+        let s: Vec<f32> = ctx.readback(&stats, 0, *n * 5)?;
         out.stats
-            .extend(s.chunks_exact(4).map(|c| [c[0], c[1], c[2], c[3]]));
+            .extend(s.chunks_exact(5).map(|c| [c[0], c[1], c[2], c[3], c[4]]));
         out.info.extend(ctx.readback::<u32>(&info, 0, *n * stride)?);
     }
     Ok(out)

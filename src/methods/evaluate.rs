@@ -14,7 +14,7 @@ use serde::Serialize;
 
 use crate::backend::{labels_i32, Backend};
 use crate::cpu::calibration::CalibrationStats;
-use crate::cpu::row_stats::RowStats;
+use crate::cpu::row_stats::{col, RowStats};
 use crate::data::PredictionSet;
 use crate::error::{Error, Result};
 use crate::methods::quantile::{conformal_k, validate_alpha};
@@ -361,12 +361,13 @@ fn calibrate_source(stats: &RowStats, labels: &[i32], t: f32, alphas: &[f64]) ->
     let correct = (0..n)
         .filter(|&i| stats.yhat(i) as i32 == labels[i])
         .count();
-    let ac = stats.stats.iter().map(|s| s[0] as f64).sum::<f64>() / n as f64;
-    let mc = sorted(stats.stats.iter().map(|s| s[0]).collect());
-    let ne = sorted(stats.stats.iter().map(|s| s[2]).collect());
-    let lac = sorted(stats.stats.iter().map(|s| s[3]).collect());
-    let a = sorted(stats.stats.iter().map(|s| 1.0 - s[0]).collect());
-    let b = sorted(stats.stats.iter().map(|s| 1.0 - s[1]).collect());
+    let column = |c: usize| sorted(stats.stats.iter().map(|s| s[c]).collect());
+    let ac = stats.stats.iter().map(|s| s[col::P1] as f64).sum::<f64>() / n as f64;
+    let mc = column(col::P1);
+    let ne = column(col::NE);
+    let lac = column(col::LAC);
+    let a = column(col::R1);
+    let b = column(col::R2);
     let qhats = alphas
         .iter()
         .map(|&alpha| conformal_k(n, alpha).map(|k| lac[k - 1]))
@@ -429,7 +430,7 @@ impl TargetCounts {
     }
 
     fn add_row(&mut self, st: &RowStats, i: usize, y: i32, cal: &SourceCal) {
-        let [p1, p2, ne, lac] = st.stats[i];
+        let [p1, ne, lac, r1, r2] = st.stats[i];
         self.n += 1;
         self.sum_p1 += p1 as f64;
         if y >= 0 {
@@ -445,7 +446,7 @@ impl TargetCounts {
             self.ne_equal += (ne == t) as u64;
         }
         if let Some(q) = cal.cpc_q {
-            self.cpc += (1.0 - p1 <= q && q < 1.0 - p2) as u64;
+            self.cpc += (r1 <= q && q < r2) as u64;
         }
         for (a, q) in cal.qhats.iter().enumerate() {
             let size = st.set_size(i, a);
@@ -763,17 +764,16 @@ fn tally_chunk(
 /// the runner-up (p-values fall as `1 - p_k` grows, so these are the largest two).
 fn append_rows(out: &mut RowOutputs, st: &RowStats, sorted_lac: &[f32]) {
     let n = sorted_lac.len();
-    let pvalue = |p: f32| {
-        let r = 1.0 - p;
+    let pvalue = |r: f32| {
         let at_least = n - sorted_lac.partition_point(|&s| s < r);
         (1 + at_least) as f64 / (n + 1) as f64
     };
     for i in 0..st.len() {
-        let [p1, p2, _, _] = st.stats[i];
+        let s = st.stats[i];
         out.yhat.push(st.yhat(i) as i64);
-        out.max_prob.push(p1);
-        out.credibility.push(pvalue(p1) as f32);
-        out.confidence.push((1.0 - pvalue(p2)) as f32);
+        out.max_prob.push(s[col::P1]);
+        out.credibility.push(pvalue(s[col::R1]) as f32);
+        out.confidence.push((1.0 - pvalue(s[col::R2])) as f32);
         for a in 0..st.n_alpha {
             out.set_size.push(st.set_size(i, a) as i64);
         }
