@@ -13,6 +13,7 @@ pub const SHADERS: &[(&str, &str)] = &[
     ),
     ("calibration", include_str!("../shaders/calibration.wgsl")),
     ("row_stats", include_str!("../shaders/row_stats.wgsl")),
+    ("copy", include_str!("../shaders/copy.wgsl")),
 ];
 
 /// Names of every kernel shader.

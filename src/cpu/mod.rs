@@ -5,6 +5,7 @@
 
 pub mod calibration;
 pub mod common;
+pub mod copy;
 pub mod row_stats;
 pub mod softmax;
 pub mod temperature_nll;

@@ -4,6 +4,7 @@
 pub mod buffers;
 pub mod calibration;
 pub mod context;
+pub mod copy;
 pub mod row_stats;
 pub mod softmax;
 pub mod temperature_nll;
