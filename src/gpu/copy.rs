@@ -17,7 +17,7 @@ pub struct CopyParams {
 
 /// Copies the first `bytes` (a multiple of 16 that fits one binding) of `src` into `dst`.
 pub fn copy(ctx: &GpuContext, src: &wgpu::Buffer, dst: &wgpu::Buffer, bytes: u64) -> Result<()> {
-    if bytes % 16 != 0 || bytes > ctx.limits().max_binding_bytes {
+    if !bytes.is_multiple_of(16) || bytes > ctx.limits().max_binding_bytes {
         return Err(Error::Invalid(format!(
             "copy of {bytes} bytes: need a multiple of 16 within one binding"
         )));
