@@ -5,6 +5,13 @@
 
 pub mod calibration;
 pub mod common;
+pub mod lac_scores;
+pub mod pvalues;
+pub mod radix_histogram;
+pub mod radix_scan;
+pub mod radix_scatter;
+pub mod radix_sort;
+pub mod select_histogram;
 pub mod softmax;
 pub mod temperature_nll;
 

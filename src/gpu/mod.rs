@@ -4,6 +4,10 @@
 pub mod buffers;
 pub mod calibration;
 pub mod context;
+pub mod lac_scores;
+pub mod pvalues;
+pub mod radix_sort;
+pub mod select_histogram;
 pub mod softmax;
 pub mod temperature_nll;
 

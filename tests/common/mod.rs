@@ -12,7 +12,10 @@ use conformal_gpu::gpu::{GpuContext, GpuOptions};
 /// exists. With `CONFORMAL_GPU_REQUIRED=1` (set by CI) a missing adapter panics instead.
 #[cfg(feature = "gpu")]
 pub fn gpu_with(opts: GpuOptions) -> Option<GpuContext> {
-    match GpuContext::new(GpuOptions { allow_software: true, ..opts }) {
+    match GpuContext::new(GpuOptions {
+        allow_software: true,
+        ..opts
+    }) {
         Ok(ctx) => Some(ctx),
         Err(e) => {
             if std::env::var("CONFORMAL_GPU_REQUIRED").is_ok_and(|v| v == "1") {
@@ -59,20 +62,47 @@ pub fn assert_close_by(what: &str, a: &[f32], b: &[f32], tol: impl Fn(usize, f32
         let show: Vec<String> = bad
             .iter()
             .take(8)
-            .map(|&i| format!("[{i}] {:e} vs {:e} (diff {:e}, tol {:e})", a[i], b[i], (a[i] - b[i]).abs(), tol(i, a[i], b[i])))
+            .map(|&i| {
+                format!(
+                    "[{i}] {:e} vs {:e} (diff {:e}, tol {:e})",
+                    a[i],
+                    b[i],
+                    (a[i] - b[i]).abs(),
+                    tol(i, a[i], b[i])
+                )
+            })
             .collect();
-        panic!("{what}: {} of {} differ:\n  {}", bad.len(), a.len(), show.join("\n  "));
+        panic!(
+            "{what}: {} of {} differ:\n  {}",
+            bad.len(),
+            a.len(),
+            show.join("\n  ")
+        );
     }
 }
 
 /// Asserts bit-for-bit equality, printing the first offending indices.
 #[track_caller]
-pub fn assert_bits_eq<T: PartialEq + std::fmt::Debug + Copy>(what: &str, a: &[T], b: &[T], eq: impl Fn(T, T) -> bool) {
+pub fn assert_bits_eq<T: PartialEq + std::fmt::Debug + Copy>(
+    what: &str,
+    a: &[T],
+    b: &[T],
+    eq: impl Fn(T, T) -> bool,
+) {
     assert_eq!(a.len(), b.len(), "{what}: lengths differ");
     let bad: Vec<usize> = (0..a.len()).filter(|&i| !eq(a[i], b[i])).collect();
     if !bad.is_empty() {
-        let show: Vec<String> = bad.iter().take(8).map(|&i| format!("[{i}] {:?} vs {:?}", a[i], b[i])).collect();
-        panic!("{what}: {} of {} differ:\n  {}", bad.len(), a.len(), show.join("\n  "));
+        let show: Vec<String> = bad
+            .iter()
+            .take(8)
+            .map(|&i| format!("[{i}] {:?} vs {:?}", a[i], b[i]))
+            .collect();
+        panic!(
+            "{what}: {} of {} differ:\n  {}",
+            bad.len(),
+            a.len(),
+            show.join("\n  ")
+        );
     }
 }
 
@@ -88,5 +118,7 @@ pub fn ulp(x: f32) -> f64 {
 
 /// Path of a tiny4 fixture file (`shared/` sits beside the crate root).
 pub fn tiny4(name: &str) -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/tiny4").join(name)
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/fixtures/tiny4")
+        .join(name)
 }
