@@ -86,7 +86,11 @@ fn qhat_equals_sorted_k_for_every_n_up_to_2000() {
         }
         let few = [alphas[19], alphas[9], alphas[139]];
         let fw: Vec<Option<u32>> = vec![want[19], want[9], want[139]];
-        assert_eq!(bits(qhat(&CpuBackend, &scores, &few).unwrap()), fw, "auto n={n}");
+        assert_eq!(
+            bits(qhat(&CpuBackend, &scores, &few).unwrap()),
+            fw,
+            "auto n={n}"
+        );
     }
 }
 
@@ -94,9 +98,15 @@ fn qhat_equals_sorted_k_for_every_n_up_to_2000() {
 fn qhat_validates_input() {
     let s = [0.1f32, 0.2, 0.3];
     for a in [0.0, 1.0, -0.1, 1.5, f64::NAN, f64::INFINITY] {
-        assert!(matches!(qhat(&CpuBackend, &s, &[0.1, a]), Err(Error::BadAlpha(_))), "{a}");
+        assert!(
+            matches!(qhat(&CpuBackend, &s, &[0.1, a]), Err(Error::BadAlpha(_))),
+            "{a}"
+        );
     }
-    assert!(matches!(qhat(&CpuBackend, &[], &[0.1]), Err(Error::Empty { .. })));
+    assert!(matches!(
+        qhat(&CpuBackend, &[], &[0.1]),
+        Err(Error::Empty { .. })
+    ));
     assert!(matches!(
         qhat(&CpuBackend, &[0.1, f32::NAN], &[0.9]),
         Err(Error::NonFinite { row: 1, .. })
@@ -124,15 +134,27 @@ fn quantile_json_report() {
 #[test]
 fn gpu_qhat_equals_cpu() {
     use conformal_gpu::backend::GpuBackend;
-    let Some(ctx) = common::shared_gpu() else { return };
+    let Some(ctx) = common::shared_gpu() else {
+        return;
+    };
     let g = GpuBackend::new(ctx);
     let alphas: Vec<f64> = (1..100).map(|j| j as f64 / 100.0).collect();
     let mut r = rng(9);
     for n in [1usize, 2, 9, 255, 256, 257, 4097, 100_000] {
-        let scores: Vec<f32> = (0..n).map(|_| (r.random_range(0..1000) as f32) / 999.0).collect();
+        let scores: Vec<f32> = (0..n)
+            .map(|_| (r.random_range(0..1000) as f32) / 999.0)
+            .collect();
         let cpu = qhat(&CpuBackend, &scores, &alphas).unwrap();
-        for m in [QuantileMethod::Sort, QuantileMethod::Select, QuantileMethod::Auto] {
-            assert_eq!(qhat_with(&g, &scores, &alphas, m).unwrap(), cpu, "n={n} {m:?}");
+        for m in [
+            QuantileMethod::Sort,
+            QuantileMethod::Select,
+            QuantileMethod::Auto,
+        ] {
+            assert_eq!(
+                qhat_with(&g, &scores, &alphas, m).unwrap(),
+                cpu,
+                "n={n} {m:?}"
+            );
         }
         assert_eq!(qhat(&g, &scores, &alphas[..3]).unwrap(), cpu[..3].to_vec());
     }
