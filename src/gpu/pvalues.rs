@@ -49,7 +49,7 @@ pub fn pvalues(
     qhats: &[f32],
     want_numerators: bool,
 ) -> Result<PValueRows> {
-    if !probs && !(t.is_finite() && t > 0.0) {
+    if !(probs || (t.is_finite() && t > 0.0)) {
         return Err(Error::BadTemperature(t as f64));
     }
     if sorted.len() >= u32::MAX as usize {

@@ -91,6 +91,8 @@ fn storage_chunks(ctx: &GpuContext, label: &str, lens: &[usize]) -> Result<Vec<w
         .collect()
 }
 
+// Chunk indices address several parallel lists (keys, payloads, histograms, lengths).
+#[allow(clippy::needless_range_loop)]
 /// Sorts `keys` by `f32::total_cmp` (so -0.0 before +0.0), stably carrying `payload`
 /// (same length) along. NaN keys are rejected (`Error::NonFinite` naming the first index).
 pub fn radix_sort(
