@@ -3,9 +3,10 @@
 
 use crate::cpu;
 use crate::cpu::calibration::CalibrationStats;
+pub use crate::cpu::pvalues::PValueRows;
 use crate::cpu::row_stats::RowStats;
 use crate::data::PredictionSet;
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// Sums over labelled rows for the temperature fit at one `b = 1/T` (f64 totals).
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -76,6 +77,46 @@ pub trait Backend {
 
     /// One row_stats pass with at most [`MAX_ALPHA_PER_PASS`] finite thresholds.
     fn row_stats_pass(&self, rows: &Self::Rows<'_>, t: f32, qhats: &[f32]) -> Result<RowStats>;
+
+    /// `keys` sorted ascending by `f32::total_cmp` (-0.0 before +0.0); NaN is rejected
+    /// (`Error::NonFinite` naming the first index).
+    fn sort_keys(&self, keys: &[f32]) -> Result<Vec<f32>>;
+
+    /// Stable sort of `keys` (as [`Backend::sort_keys`]) carrying `payload` along.
+    fn sort_pairs(&self, keys: &[f32], payload: &[u32]) -> Result<(Vec<f32>, Vec<u32>)>;
+
+    /// Sorted keys and the original index of each (stable: ties keep index order).
+    fn argsort(&self, keys: &[f32]) -> Result<(Vec<f32>, Vec<u32>)> {
+        if keys.len() > u32::MAX as usize {
+            return Err(Error::Invalid(format!(
+                "argsort of {} keys: indices are u32",
+                keys.len()
+            )));
+        }
+        let idx: Vec<u32> = (0..keys.len() as u32).collect();
+        self.sort_pairs(keys, &idx)
+    }
+
+    /// The `ks[j]`-th smallest key for each j (1-based ranks in `1..=n`, `total_cmp`
+    /// order), without a full sort. NaN is rejected; a rank outside `1..=n` is
+    /// `Error::Invalid`.
+    fn select(&self, keys: &[f32], ks: &[usize]) -> Result<Vec<f32>>;
+
+    /// LAC scores `1 - p_y` of every row at temperature `t` (every label must be known:
+    /// `Error::UnlabelledSource` otherwise).
+    fn lac_scores(&self, rows: &Self::Rows<'_>, t: f32) -> Result<Vec<f32>>;
+
+    /// Conformal p-value summaries of every row at temperature `t` against the ascending
+    /// calibration scores `sorted`, set sizes at each of `qhats` (+inf allowed), and every
+    /// numerator when `want_numerators`.
+    fn pvalues(
+        &self,
+        rows: &Self::Rows<'_>,
+        t: f32,
+        sorted: &[f32],
+        qhats: &[f32],
+        want_numerators: bool,
+    ) -> Result<PValueRows>;
 }
 
 /// Thresholds per row_stats pass: `(1 + A) * 4` output bytes per row stay within the 128
@@ -98,6 +139,45 @@ fn merge_sizes(out: RowStats, more: &RowStats) -> RowStats {
         info,
         n_alpha: a + b,
     }
+}
+
+/// `Error::UnlabelledSource` for the first NaN score (a row whose label is unknown).
+fn check_scores(scores: Vec<f32>) -> Result<Vec<f32>> {
+    match scores.iter().position(|s| s.is_nan()) {
+        Some(row) => Err(Error::UnlabelledSource {
+            what: "LAC scores".into(),
+            row,
+        }),
+        None => Ok(scores),
+    }
+}
+
+fn check_t(t: f32) -> Result<()> {
+    if t.is_finite() && t > 0.0 {
+        Ok(())
+    } else {
+        Err(Error::BadTemperature(t as f64))
+    }
+}
+
+fn check_sorted_scores(sorted: &[f32]) -> Result<()> {
+    if sorted.is_empty() {
+        return Err(Error::Empty {
+            what: "calibration scores".into(),
+            detail: "p-values need at least one score".into(),
+        });
+    }
+    crate::cpu::radix_sort::check_no_nan("calibration scores", sorted)?;
+    if let Some(i) = sorted
+        .windows(2)
+        .position(|w| w[0].total_cmp(&w[1]).is_gt())
+    {
+        return Err(Error::Invalid(format!(
+            "calibration scores are not sorted ascending at index {}",
+            i + 1
+        )));
+    }
+    Ok(())
 }
 
 /// The CPU path (rayon over workgroups; f64 sums for the temperature fit).
@@ -153,6 +233,75 @@ impl Backend for CpuBackend {
             rows.k,
             t,
             qhats,
+        ))
+    }
+
+    // The CPU path sorts and selects with the plain oracles (rayon sort of sortable u32 /
+    // (key, index) u64, select_nth_unstable_by): faster on a CPU than emulating the
+    // GPU's tiles; the mirrors (cpu::radix_sort, cpu::select_histogram) exist to check
+    // the GPU stage by stage. The output of a stable sort and of a selection is unique,
+    // so both paths give the same bits.
+    fn sort_keys(&self, keys: &[f32]) -> Result<Vec<f32>> {
+        cpu::radix_sort::check_no_nan("sort keys", keys)?;
+        Ok(cpu::radix_sort::sort_keys(keys))
+    }
+
+    fn sort_pairs(&self, keys: &[f32], payload: &[u32]) -> Result<(Vec<f32>, Vec<u32>)> {
+        cpu::radix_sort::check_no_nan("sort keys", keys)?;
+        if payload.len() != keys.len() {
+            return Err(Error::LengthMismatch {
+                what: "sort payload".into(),
+                detail: format!("{} payload entries for {} keys", payload.len(), keys.len()),
+            });
+        }
+        if keys.len() > u32::MAX as usize {
+            return Err(Error::Invalid(format!(
+                "{} keys: at most 2^32 - 1",
+                keys.len()
+            )));
+        }
+        Ok(cpu::radix_sort::sort_pairs(keys, payload))
+    }
+
+    fn select(&self, keys: &[f32], ks: &[usize]) -> Result<Vec<f32>> {
+        cpu::radix_sort::check_no_nan("select keys", keys)?;
+        if let Some(&k) = ks.iter().find(|&&k| k == 0 || k > keys.len()) {
+            return Err(Error::Invalid(format!(
+                "rank {k} is outside 1..={} (the number of keys)",
+                keys.len()
+            )));
+        }
+        Ok(cpu::select_histogram::select_oracle(keys, ks))
+    }
+
+    fn lac_scores(&self, rows: &CpuRows<'_>, t: f32) -> Result<Vec<f32>> {
+        check_t(t)?;
+        check_scores(cpu::lac_scores::lac_scores(
+            rows.logits,
+            rows.labels,
+            rows.k,
+            t,
+        ))
+    }
+
+    fn pvalues(
+        &self,
+        rows: &CpuRows<'_>,
+        t: f32,
+        sorted: &[f32],
+        qhats: &[f32],
+        want_numerators: bool,
+    ) -> Result<PValueRows> {
+        check_t(t)?;
+        check_sorted_scores(sorted)?;
+        Ok(cpu::pvalues::pvalues(
+            rows.logits,
+            rows.k,
+            t,
+            false,
+            sorted,
+            qhats,
+            want_numerators,
         ))
     }
 }
@@ -221,6 +370,36 @@ mod gpu_backend {
 
         fn row_stats_pass(&self, rows: &DeviceRows, t: f32, qhats: &[f32]) -> Result<RowStats> {
             gpu::row_stats::row_stats(self.ctx, rows, t, qhats)
+        }
+
+        fn sort_keys(&self, keys: &[f32]) -> Result<Vec<f32>> {
+            gpu::radix_sort::sort_keys(self.ctx, keys)
+        }
+
+        fn sort_pairs(&self, keys: &[f32], payload: &[u32]) -> Result<(Vec<f32>, Vec<u32>)> {
+            gpu::radix_sort::sort_pairs(self.ctx, keys, payload)
+        }
+
+        fn select(&self, keys: &[f32], ks: &[usize]) -> Result<Vec<f32>> {
+            gpu::select_histogram::select(self.ctx, keys, ks)
+        }
+
+        fn lac_scores(&self, rows: &DeviceRows, t: f32) -> Result<Vec<f32>> {
+            check_t(t)?;
+            check_scores(gpu::lac_scores::lac_scores(self.ctx, rows, t)?)
+        }
+
+        fn pvalues(
+            &self,
+            rows: &DeviceRows,
+            t: f32,
+            sorted: &[f32],
+            qhats: &[f32],
+            want_numerators: bool,
+        ) -> Result<PValueRows> {
+            check_t(t)?;
+            check_sorted_scores(sorted)?;
+            gpu::pvalues::pvalues(self.ctx, rows, t, false, sorted, qhats, want_numerators)
         }
     }
 }

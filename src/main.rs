@@ -82,6 +82,17 @@ enum Command {
         #[command(flatten)]
         common: Common,
     },
+    /// Conformal quantiles qhat(alpha) of a 1-D score array (`.npy`, float32 or float64).
+    Quantile {
+        /// The scores.
+        #[arg(long)]
+        scores: PathBuf,
+        /// Miscoverage levels, comma-separated.
+        #[arg(long, default_value = "0.1", value_delimiter = ',')]
+        alpha: Vec<String>,
+        #[command(flatten)]
+        common: Common,
+    },
     /// Fit the temperature on a labelled set; report NLL and ECE before and after.
     Temperature {
         /// The `.npz` prediction set (every label known).
@@ -135,7 +146,7 @@ fn parse_alphas(list: &[String]) -> Result<Vec<f64>> {
                 .trim()
                 .parse()
                 .map_err(|_| Error::Invalid(format!("--alpha {a:?} is not a number")))?;
-            conformal_gpu::methods::quantile::validate_alpha(v)?;
+            conformal_gpu::methods::quantile::check_alpha(v)?;
             Ok(v)
         })
         .collect()
@@ -389,6 +400,31 @@ fn run(cli: Cli) -> Result<()> {
                 common: &common,
                 seed: None,
             })
+        }
+        Command::Quantile {
+            scores,
+            alpha,
+            common,
+        } => {
+            let alphas = parse_alphas(&alpha)?;
+            let scores = npz::load_npy_scores(&scores)?;
+            let (engine, choice) = open(&common)?;
+            let report = with_backend!(&engine, choice, |b| {
+                conformal_gpu::methods::quantile::quantile_report(b, &scores, &alphas)
+            })?;
+            for (a, q) in report.alphas.iter().zip(&report.qhat) {
+                if q.is_none() {
+                    eprintln!(
+                        "warning: alpha = {a}: too few scores (k > n = {}), qhat = +inf",
+                        report.n
+                    );
+                }
+            }
+            let v = serde_json::to_value(&report)
+                .map_err(|e| Error::Invalid(format!("JSON encoding: {e}")))?;
+            // JSON is this subcommand's output: stdout unless --json FILE says otherwise.
+            let target = common.json.clone().or_else(|| Some("-".into()));
+            emit_json(&v, &target)
         }
         Command::Temperature { data, common } => {
             let set = npz::load_npz(&data)?;

@@ -14,6 +14,21 @@ pub const SHADERS: &[(&str, &str)] = &[
     ("calibration", include_str!("../shaders/calibration.wgsl")),
     ("row_stats", include_str!("../shaders/row_stats.wgsl")),
     ("copy", include_str!("../shaders/copy.wgsl")),
+    (
+        "radix_histogram",
+        include_str!("../shaders/radix_histogram.wgsl"),
+    ),
+    ("radix_scan", include_str!("../shaders/radix_scan.wgsl")),
+    (
+        "radix_scatter",
+        include_str!("../shaders/radix_scatter.wgsl"),
+    ),
+    (
+        "select_histogram",
+        include_str!("../shaders/select_histogram.wgsl"),
+    ),
+    ("lac_scores", include_str!("../shaders/lac_scores.wgsl")),
+    ("pvalues", include_str!("../shaders/pvalues.wgsl")),
 ];
 
 /// Names of every kernel shader.

@@ -6,7 +6,14 @@
 pub mod calibration;
 pub mod common;
 pub mod copy;
+pub mod lac_scores;
+pub mod pvalues;
+pub mod radix_histogram;
+pub mod radix_scan;
+pub mod radix_scatter;
+pub mod radix_sort;
 pub mod row_stats;
+pub mod select_histogram;
 pub mod softmax;
 pub mod temperature_nll;
 

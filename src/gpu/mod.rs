@@ -5,7 +5,11 @@ pub mod buffers;
 pub mod calibration;
 pub mod context;
 pub mod copy;
+pub mod lac_scores;
+pub mod pvalues;
+pub mod radix_sort;
 pub mod row_stats;
+pub mod select_histogram;
 pub mod softmax;
 pub mod temperature_nll;
 

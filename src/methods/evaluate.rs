@@ -17,7 +17,7 @@ use crate::cpu::calibration::CalibrationStats;
 use crate::cpu::row_stats::{col, RowStats};
 use crate::data::PredictionSet;
 use crate::error::{Error, Result};
-use crate::methods::quantile::{conformal_k, validate_alpha};
+use crate::methods::quantile::{check_alpha, conformal_k};
 use crate::methods::temperature::{fit_temperature, validate_source, TemperatureFit};
 
 /// Rows per target chunk: bounds host and device memory for huge targets.
@@ -351,29 +351,32 @@ impl SourceCal {
     }
 }
 
-fn sorted(mut v: Vec<f32>) -> Vec<f32> {
-    v.sort_unstable_by(f32::total_cmp);
-    v
-}
-
-fn calibrate_source(stats: &RowStats, labels: &[i32], t: f32, alphas: &[f64]) -> SourceCal {
+fn calibrate_source<B: Backend>(
+    backend: &B,
+    stats: &RowStats,
+    labels: &[i32],
+    t: f32,
+    alphas: &[f64],
+) -> Result<SourceCal> {
     let n = stats.len();
     let correct = (0..n)
         .filter(|&i| stats.yhat(i) as i32 == labels[i])
         .count();
-    let column = |c: usize| sorted(stats.stats.iter().map(|s| s[c]).collect());
+    // Sorted by the backend (the radix sort on the GPU path): the same bits either way.
+    let column =
+        |c: usize| backend.sort_keys(&stats.stats.iter().map(|s| s[c]).collect::<Vec<_>>());
     let ac = stats.stats.iter().map(|s| s[col::P1] as f64).sum::<f64>() / n as f64;
-    let mc = column(col::P1);
-    let ne = column(col::NE);
-    let lac = column(col::LAC);
-    let a = column(col::R1);
-    let b = column(col::R2);
+    let mc = column(col::P1)?;
+    let ne = column(col::NE)?;
+    let lac = column(col::LAC)?;
+    let a = column(col::R1)?;
+    let b = column(col::R2)?;
     let qhats = alphas
         .iter()
         .map(|&alpha| conformal_k(n, alpha).map(|k| lac[k - 1]))
         .collect();
     let (cpc_q, i) = cpc_sweep(&lac, &a, &b, correct);
-    SourceCal {
+    Ok(SourceCal {
         t,
         n,
         correct,
@@ -384,7 +387,7 @@ fn calibrate_source(stats: &RowStats, labels: &[i32], t: f32, alphas: &[f64]) ->
         cpc_q,
         cpc_alpha: 1.0 - i as f64 / (n as f64 + 1.0),
         sorted_lac: lac,
-    }
+    })
 }
 
 /// Mergeable counts over target rows in one mode (chunks and shards add up).
@@ -544,7 +547,7 @@ fn validate_inputs(
         return Err(Error::Invalid("no alpha level given".into()));
     }
     for &a in alphas {
-        validate_alpha(a)?;
+        check_alpha(a)?;
     }
     for t in targets {
         t.validate()?;
@@ -633,17 +636,19 @@ pub fn evaluate<B: Backend>(
     let phase = Instant::now();
     let cal = Modes {
         raw: calibrate_source(
+            backend,
             &backend.row_stats(&src_rows, 1.0, &[])?,
             &src_labels,
             1.0,
             alphas,
-        ),
+        )?,
         ts: calibrate_source(
+            backend,
             &backend.row_stats(&src_rows, t_ts, &[])?,
             &src_labels,
             t_ts,
             alphas,
-        ),
+        )?,
     };
     drop(src_rows);
     let t_sort = ms(phase);

@@ -1,0 +1,141 @@
+//! CPU mirror of shaders/pvalues.wgsl: conformal p-value numerators by binary search in
+//! sorted calibration scores (DESIGN.md 2.6), per-row summaries and set sizes.
+
+use rayon::prelude::*;
+
+use super::common::row_max;
+
+/// Per-row p-value summaries of a target set against `n_cal` calibration scores.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PValueRows {
+    /// Calibration scores `n` (p-values are numerators over `n + 1`).
+    pub n_cal: usize,
+    /// Levels (qhats) the set sizes were counted at.
+    pub nalpha: usize,
+    /// Predicted class per row (argmax of the logits, lowest index on ties).
+    pub yhat: Vec<u32>,
+    /// Largest p-value numerator per row (credibility = top / (n + 1)).
+    pub top: Vec<u32>,
+    /// Second largest numerator per row (confidence = 1 - second / (n + 1)).
+    pub second: Vec<u32>,
+    /// `#{k : 1 - p_k <= qhat_a}`, row-major `[row * nalpha + a]`.
+    pub set_sizes: Vec<u32>,
+    /// Every numerator `1 + #{i : s_i >= 1 - p_k}`, `[row * k + class]`, when asked for.
+    pub numerators: Option<Vec<u32>>,
+}
+
+impl PValueRows {
+    /// Rows.
+    pub fn rows(&self) -> usize {
+        self.yhat.len()
+    }
+    /// Credibility of row `i`: the largest p-value.
+    pub fn credibility(&self, i: usize) -> f64 {
+        self.top[i] as f64 / (self.n_cal as f64 + 1.0)
+    }
+    /// Confidence of row `i`: 1 - the second largest p-value.
+    pub fn confidence(&self, i: usize) -> f64 {
+        1.0 - self.second[i] as f64 / (self.n_cal as f64 + 1.0)
+    }
+    /// Set size of row `i` at level index `a`.
+    pub fn set_size(&self, i: usize, a: usize) -> u32 {
+        self.set_sizes[i * self.nalpha + a]
+    }
+}
+
+/// `#{i : sorted[i] >= v}` (lower-bound search, as the shader).
+#[inline]
+pub fn count_ge(sorted: &[f32], v: f32) -> usize {
+    let (mut lo, mut hi) = (0usize, sorted.len());
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        if sorted[mid] < v {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    sorted.len() - lo
+}
+
+/// One row: `(yhat, top, second, sizes, numerators)`; `probs` = the row holds probabilities.
+fn row_pvalues(
+    row: &[f32],
+    t: f32,
+    probs: bool,
+    sorted: &[f32],
+    qhats: &[f32],
+    sizes: &mut [u32],
+    nums: &mut [u32],
+) -> (u32, u32, u32) {
+    let (m, yhat) = row_max(row);
+    let mut s = 0.0f32;
+    if !probs {
+        for &z in row {
+            s += ((z - m) / t).exp();
+        }
+    }
+    sizes.iter_mut().for_each(|x| *x = 0);
+    let (mut best, mut second) = (0u32, 0u32);
+    for (j, &z) in row.iter().enumerate() {
+        let p = if probs { z } else { ((z - m) / t).exp() / s };
+        let v = 1.0 - p;
+        let num = 1 + count_ge(sorted, v) as u32;
+        nums[j] = num;
+        if num > best {
+            second = best;
+            best = num;
+        } else if num > second {
+            second = num;
+        }
+        for (sz, &q) in sizes.iter_mut().zip(qhats) {
+            if v <= q {
+                *sz += 1;
+            }
+        }
+    }
+    (yhat as u32, best, second)
+}
+
+/// P-value summaries of every row of `rows` (`n * k`: logits at temperature `t`, or
+/// probabilities when `probs`) against ascending `sorted` calibration scores, with set
+/// sizes at each of `qhats` (+inf allowed).
+pub fn pvalues(
+    rows: &[f32],
+    k: usize,
+    t: f32,
+    probs: bool,
+    sorted: &[f32],
+    qhats: &[f32],
+    want_numerators: bool,
+) -> PValueRows {
+    let n = rows.len() / k.max(1);
+    let a = qhats.len();
+    let mut out = PValueRows {
+        n_cal: sorted.len(),
+        nalpha: a,
+        yhat: vec![0; n],
+        top: vec![0; n],
+        second: vec![0; n],
+        // One slot per row even with no levels (keeps the chunking simple); cut below.
+        set_sizes: vec![0; n * a.max(1)],
+        numerators: None,
+    };
+    let mut nums = vec![0u32; n * k];
+    let res: Vec<(u32, u32, u32)> = rows
+        .par_chunks(k.max(1))
+        .zip(out.set_sizes.par_chunks_mut(a.max(1)))
+        .zip(nums.par_chunks_mut(k.max(1)))
+        .map(|((row, sizes), nu)| row_pvalues(row, t, probs, sorted, qhats, &mut sizes[..a], nu))
+        .collect();
+    out.set_sizes.truncate(n * a);
+    for (i, (y, b, s)) in res.into_iter().enumerate() {
+        out.yhat[i] = y;
+        out.top[i] = b;
+        out.second[i] = s;
+    }
+    if want_numerators {
+        out.numerators = Some(nums);
+    }
+    out
+}

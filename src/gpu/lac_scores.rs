@@ -1,0 +1,55 @@
+//! LAC conformity scores `1 - p_y` straight from logits at temperature T
+//! (shaders/lac_scores.wgsl; CPU mirror: cpu::lac_scores).
+
+use super::buffers::{groups_for, DeviceRows};
+use super::context::GpuContext;
+use crate::error::{Error, Result};
+
+/// Uniform parameters. Keep in sync with `Params` in shaders/lac_scores.wgsl.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct LacParams {
+    /// Rows in this chunk.
+    pub rows: u32,
+    /// Classes per row.
+    pub k: u32,
+    /// Temperature.
+    pub t: f32,
+    /// Padding to 16 bytes.
+    pub _pad: u32,
+}
+
+/// Scores of every row of `rows` at temperature `t`. A row with an unknown label gets
+/// NaN (callers turn it into `Error::UnlabelledSource`).
+pub fn lac_scores(ctx: &GpuContext, rows: &DeviceRows, t: f32) -> Result<Vec<f32>> {
+    if !(t.is_finite() && t > 0.0) {
+        return Err(Error::BadTemperature(t as f64));
+    }
+    let pipeline = ctx.pipeline("lac_scores")?;
+    let mut out = Vec::with_capacity(rows.n);
+    for (_, n, logits, labels) in &rows.chunks {
+        let scores = ctx.storage("lac-scores", 4 * *n as u64)?;
+        let params = ctx.uniform(
+            "lac-params",
+            &LacParams {
+                rows: *n as u32,
+                k: rows.k as u32,
+                t,
+                _pad: 0,
+            },
+        );
+        let mut batch = ctx.batch("lac_scores");
+        batch.dispatch(
+            &pipeline,
+            &[
+                params.as_entire_binding(),
+                logits.as_entire_binding(),
+                labels.as_entire_binding(),
+                scores.as_entire_binding(),
+            ],
+            groups_for(*n as u64),
+        )?;
+        out.extend(batch.submit_and_read::<f32>(&scores, 0, *n)?);
+    }
+    Ok(out)
+}
