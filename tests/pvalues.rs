@@ -41,7 +41,11 @@ fn set(logits: Vec<f32>, k: usize, labels: Option<Vec<i64>>) -> Rows {
         Some(l) => s.with_labels(Array1::from(l)),
         None => s,
     };
-    Rows { logits: s.logits_slice().into_owned(), labels: labels_i32(&s), k }
+    Rows {
+        logits: s.logits_slice().into_owned(),
+        labels: labels_i32(&s),
+        k,
+    }
 }
 
 #[test]
@@ -190,7 +194,9 @@ mod gpu {
                 })
                 .collect();
             let s = set(logits, k, Some(labels));
-            let gs = g.lac_scores(&g.prepare(&s.logits, &s.labels, s.k).unwrap(), t).unwrap();
+            let gs = g
+                .lac_scores(&g.prepare(&s.logits, &s.labels, s.k).unwrap(), t)
+                .unwrap();
             let cs = CpuBackend
                 .lac_scores(&CpuBackend.prepare(&s.logits, &s.labels, s.k).unwrap(), t)
                 .unwrap();
