@@ -200,12 +200,19 @@ fn run_evaluate(job: EvalJob<'_>) -> Result<()> {
         files.len(),
         job.data.display()
     ));
+    // Files load and hash in parallel; the first error in name order is reported.
+    let loaded: Vec<(PredictionSet, InputFile)> = {
+        use rayon::prelude::*;
+        files
+            .par_iter()
+            .map(|f| Ok((npz::load_npz(f)?, InputFile::hash(f)?)))
+            .collect::<Result<Vec<_>>>()?
+    };
     let mut inputs = Vec::new();
     let mut source = None;
     let mut targets: Vec<PredictionSet> = Vec::new();
-    for f in &files {
-        let set = npz::load_npz(f)?;
-        inputs.push(InputFile::hash(f)?);
+    for (f, (set, input)) in files.iter().zip(loaded) {
+        inputs.push(input);
         if *f == source_path {
             source = Some(set);
         } else {

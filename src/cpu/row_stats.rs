@@ -62,14 +62,23 @@ pub mod col {
 /// One row, exactly as the shader computes it. `info` has `1 + qhats.len()` slots.
 pub fn row_stats_row(row: &[f32], y: i32, t: f32, qhats: &[f32], info: &mut [u32]) -> [f32; 5] {
     let (m, arg) = row_max(row);
+    // exp is deterministic: computing e_k once (small K) gives the shader's values with
+    // half the exps.
+    let mut cache = [0.0f32; 16];
+    let small = row.len() <= cache.len();
     let mut s = 0.0f32;
-    for &z in row {
-        s += ((z - m) / t).exp();
+    for (j, &z) in row.iter().enumerate() {
+        let e = ((z - m) / t).exp();
+        if small {
+            cache[j] = e;
+        }
+        s += e;
     }
     let (mut p1, mut r1, mut r2, mut ne, mut lac) = (-1.0f32, 2.0f32, 2.0f32, 0.0f32, -1.0f32);
     info[1..].fill(0);
     for (j, &z) in row.iter().enumerate() {
-        let p = ((z - m) / t).exp() / s;
+        let e = if small { cache[j] } else { ((z - m) / t).exp() };
+        let p = e / s;
         let r = 1.0 - p;
         p1 = p1.max(p);
         if r < r1 {

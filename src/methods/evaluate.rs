@@ -390,130 +390,177 @@ fn calibrate_source<B: Backend>(
     })
 }
 
+/// Indices into [`TargetCounts::counts`].
+pub mod count {
+    /// Rows.
+    pub const N: usize = 0;
+    /// Rows with a known label.
+    pub const LABELLED: usize = 1;
+    /// Labelled rows predicted correctly.
+    pub const CORRECT: usize = 2;
+    /// Rows whose max probability is above the ATC-MC threshold.
+    pub const MC_ABOVE: usize = 3;
+    /// Rows whose max probability equals it.
+    pub const MC_EQUAL: usize = 4;
+    /// Rows whose negative entropy is above the ATC-NE threshold.
+    pub const NE_ABOVE: usize = 5;
+    /// Rows whose negative entropy equals it.
+    pub const NE_EQUAL: usize = 6;
+    /// Singleton rows at CPC's q*.
+    pub const CPC: usize = 7;
+}
+
+/// Indices into each [`TargetCounts::levels`] entry.
+pub mod level {
+    /// Sum of set sizes.
+    pub const SIZE_SUM: usize = 0;
+    /// Singleton sets.
+    pub const SINGLETON: usize = 1;
+    /// Empty sets.
+    pub const EMPTY: usize = 2;
+    /// Labelled rows whose label is in the set.
+    pub const COVERED: usize = 3;
+}
+
 /// Mergeable counts over target rows in one mode (chunks and shards add up).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct TargetCounts {
-    /// Rows.
-    pub n: u64,
-    /// Rows with a known label.
-    pub labelled: u64,
-    /// Labelled rows predicted correctly.
-    pub correct: u64,
+    /// Integer counters, indexed by [`count`].
+    pub counts: [u64; 8],
     /// Sum of the largest probability.
     pub sum_p1: f64,
-    /// Rows with max probability above / equal to the ATC-MC threshold.
-    pub mc_above: u64,
-    /// See `mc_above`.
-    pub mc_equal: u64,
-    /// Rows with negative entropy above / equal to the ATC-NE threshold.
-    pub ne_above: u64,
-    /// See `ne_above`.
-    pub ne_equal: u64,
-    /// Singleton rows at CPC's q*.
-    pub cpc: u64,
-    /// Per level: sum of set sizes.
-    pub size_sum: Vec<u64>,
-    /// Per level: singleton sets.
-    pub singleton: Vec<u64>,
-    /// Per level: empty sets.
-    pub empty: Vec<u64>,
-    /// Per level: labelled rows whose label is in the set.
-    pub covered: Vec<u64>,
+    /// Per level, counters indexed by [`level`].
+    pub levels: Vec<[u64; 4]>,
+}
+
+/// One row's contribution, computed once and added to the whole-target counts and to
+/// each group's.
+#[derive(Clone, Debug)]
+struct RowContribution {
+    counts: [u64; 8],
+    p1: f64,
+    levels: Vec<[u64; 4]>,
+}
+
+impl RowContribution {
+    fn new(n_alpha: usize) -> Self {
+        RowContribution {
+            counts: [0; 8],
+            p1: 0.0,
+            levels: vec![[0; 4]; n_alpha],
+        }
+    }
+
+    fn fill(&mut self, st: &RowStats, i: usize, y: i32, cal: &SourceCal) {
+        let [p1, ne, lac, r1, r2] = st.stats[i];
+        let c = &mut self.counts;
+        c[count::N] = 1;
+        c[count::LABELLED] = (y >= 0) as u64;
+        c[count::CORRECT] = (y >= 0 && st.yhat(i) as i32 == y) as u64;
+        let (mc_above, mc_equal) = cal
+            .atc_mc
+            .t
+            .map_or((0, 0), |t| ((p1 > t) as u64, (p1 == t) as u64));
+        let (ne_above, ne_equal) = cal
+            .atc_ne
+            .t
+            .map_or((0, 0), |t| ((ne > t) as u64, (ne == t) as u64));
+        c[count::MC_ABOVE] = mc_above;
+        c[count::MC_EQUAL] = mc_equal;
+        c[count::NE_ABOVE] = ne_above;
+        c[count::NE_EQUAL] = ne_equal;
+        c[count::CPC] = cal.cpc_q.is_some_and(|q| r1 <= q && q < r2) as u64;
+        self.p1 = p1 as f64;
+        let stride = 1 + st.n_alpha;
+        let sizes = &st.info[i * stride + 1..(i + 1) * stride];
+        for ((lv, &size), q) in self.levels.iter_mut().zip(sizes).zip(&cal.qhats) {
+            lv[level::SIZE_SUM] = size as u64;
+            lv[level::SINGLETON] = (size == 1) as u64;
+            lv[level::EMPTY] = (size == 0) as u64;
+            lv[level::COVERED] = (y >= 0 && q.is_none_or(|q| lac <= q)) as u64;
+        }
+    }
 }
 
 impl TargetCounts {
     fn with_levels(a: usize) -> Self {
         TargetCounts {
-            size_sum: vec![0; a],
-            singleton: vec![0; a],
-            empty: vec![0; a],
-            covered: vec![0; a],
+            levels: vec![[0; 4]; a],
             ..Default::default()
         }
     }
 
-    fn add_row(&mut self, st: &RowStats, i: usize, y: i32, cal: &SourceCal) {
-        let [p1, ne, lac, r1, r2] = st.stats[i];
-        self.n += 1;
-        self.sum_p1 += p1 as f64;
-        if y >= 0 {
-            self.labelled += 1;
-            self.correct += (st.yhat(i) as i32 == y) as u64;
+    fn add(&mut self, r: &RowContribution) {
+        for (d, s) in self.counts.iter_mut().zip(&r.counts) {
+            *d += s;
         }
-        if let Some(t) = cal.atc_mc.t {
-            self.mc_above += (p1 > t) as u64;
-            self.mc_equal += (p1 == t) as u64;
-        }
-        if let Some(t) = cal.atc_ne.t {
-            self.ne_above += (ne > t) as u64;
-            self.ne_equal += (ne == t) as u64;
-        }
-        if let Some(q) = cal.cpc_q {
-            self.cpc += (r1 <= q && q < r2) as u64;
-        }
-        for (a, q) in cal.qhats.iter().enumerate() {
-            let size = st.set_size(i, a);
-            self.size_sum[a] += size as u64;
-            self.singleton[a] += (size == 1) as u64;
-            self.empty[a] += (size == 0) as u64;
-            if y >= 0 {
-                self.covered[a] += q.is_none_or(|q| lac <= q) as u64;
+        self.sum_p1 += r.p1;
+        for (d, s) in self.levels.iter_mut().zip(&r.levels) {
+            for (a, b) in d.iter_mut().zip(s) {
+                *a += b;
             }
         }
     }
 
     /// Adds another partial (same levels).
     pub fn merge(&mut self, o: &TargetCounts) {
-        self.n += o.n;
-        self.labelled += o.labelled;
-        self.correct += o.correct;
+        for (d, s) in self.counts.iter_mut().zip(&o.counts) {
+            *d += s;
+        }
         self.sum_p1 += o.sum_p1;
-        self.mc_above += o.mc_above;
-        self.mc_equal += o.mc_equal;
-        self.ne_above += o.ne_above;
-        self.ne_equal += o.ne_equal;
-        self.cpc += o.cpc;
-        for (dst, src) in [
-            (&mut self.size_sum, &o.size_sum),
-            (&mut self.singleton, &o.singleton),
-            (&mut self.empty, &o.empty),
-            (&mut self.covered, &o.covered),
-        ] {
-            for (d, s) in dst.iter_mut().zip(src) {
-                *d += s;
+        for (d, s) in self.levels.iter_mut().zip(&o.levels) {
+            for (a, b) in d.iter_mut().zip(s) {
+                *a += b;
             }
         }
     }
 
+    /// Rows counted.
+    pub fn n(&self) -> u64 {
+        self.counts[count::N]
+    }
+
+    /// Labelled rows counted.
+    pub fn labelled(&self) -> u64 {
+        self.counts[count::LABELLED]
+    }
+
     fn estimates(&self, cal: &SourceCal) -> Estimates {
-        let n = self.n as f64;
-        let ac = self.sum_p1 / n;
+        let c = &self.counts;
+        let n = self.n();
+        let ac = self.sum_p1 / n as f64;
         Estimates {
             ac,
             doc: cal.accuracy() + ac - cal.ac,
-            atc_mc: cal.atc_mc.estimate(self.mc_above, self.mc_equal, self.n),
-            atc_ne: cal.atc_ne.estimate(self.ne_above, self.ne_equal, self.n),
-            cpc: self.cpc as f64 / n,
+            atc_mc: cal
+                .atc_mc
+                .estimate(c[count::MC_ABOVE], c[count::MC_EQUAL], n),
+            atc_ne: cal
+                .atc_ne
+                .estimate(c[count::NE_ABOVE], c[count::NE_EQUAL], n),
+            cpc: c[count::CPC] as f64 / n as f64,
         }
     }
 
     fn true_accuracy(&self) -> Option<f64> {
-        (self.labelled > 0).then(|| self.correct as f64 / self.labelled as f64)
+        let l = self.labelled();
+        (l > 0).then(|| self.counts[count::CORRECT] as f64 / l as f64)
     }
 
     fn conformal(&self, cal: &SourceCal, alphas: &[f64]) -> Vec<ConformalStats> {
-        let n = self.n as f64;
+        let n = self.n() as f64;
+        let labelled = self.labelled();
         alphas
             .iter()
+            .zip(&self.levels)
             .enumerate()
-            .map(|(a, &alpha)| ConformalStats {
+            .map(|(a, (&alpha, lv))| ConformalStats {
                 alpha,
                 qhat: cal.qhats[a].map(|q| q as f64),
-                mean_set_size: self.size_sum[a] as f64 / n,
-                singleton_rate: self.singleton[a] as f64 / n,
-                empty_rate: self.empty[a] as f64 / n,
-                coverage: (self.labelled > 0)
-                    .then(|| self.covered[a] as f64 / self.labelled as f64),
+                mean_set_size: lv[level::SIZE_SUM] as f64 / n,
+                singleton_rate: lv[level::SINGLETON] as f64 / n,
+                empty_rate: lv[level::EMPTY] as f64 / n,
+                coverage: (labelled > 0).then(|| lv[level::COVERED] as f64 / labelled as f64),
             })
             .collect()
     }
@@ -737,6 +784,32 @@ pub fn evaluate<B: Backend>(
     })
 }
 
+/// Rows per counting block: blocks are counted in parallel and merged in block order, so
+/// the f64 sums do not depend on the thread count.
+const COUNT_BLOCK: usize = 1 << 16;
+
+/// Per-group counts of one block: a short list (tens of slides) with a cache of the last
+/// group, since rows of a group usually come together.
+struct BlockGroups {
+    list: Vec<(i64, TargetCounts)>,
+    last: usize,
+}
+
+impl BlockGroups {
+    fn slot(&mut self, id: i64, n_alpha: usize) -> &mut TargetCounts {
+        if self.list.get(self.last).is_none_or(|(g, _)| *g != id) {
+            self.last = match self.list.iter().position(|(g, _)| *g == id) {
+                Some(i) => i,
+                None => {
+                    self.list.push((id, TargetCounts::with_levels(n_alpha)));
+                    self.list.len() - 1
+                }
+            };
+        }
+        &mut self.list[self.last].1
+    }
+}
+
 fn tally_chunk(
     tally: &mut TargetTally,
     st: &RowStats,
@@ -746,20 +819,50 @@ fn tally_chunk(
     cal: &SourceCal,
     n_alpha: usize,
 ) {
-    if tally.all.size_sum.len() != n_alpha {
+    use rayon::prelude::*;
+    if tally.all.levels.len() != n_alpha {
         tally.all = TargetCounts::with_levels(n_alpha);
     }
-    for (i, &y) in labels.iter().enumerate() {
-        tally.all.add_row(st, i, y, cal);
-    }
-    for name in GROUP_ARRAYS {
-        if let Some(ids) = group_ids(target, name) {
-            let groups = tally.groups.entry(name).or_default();
-            for (i, &y) in labels.iter().enumerate() {
-                groups
-                    .entry(ids[offset + i])
-                    .or_insert_with(|| TargetCounts::with_levels(n_alpha))
-                    .add_row(st, i, y, cal);
+    let arrays: Vec<(&'static str, &ndarray::Array1<i64>)> = GROUP_ARRAYS
+        .iter()
+        .filter_map(|&name| group_ids(target, name).map(|ids| (name, ids)))
+        .collect();
+    let blocks: Vec<(TargetCounts, Vec<BlockGroups>)> = labels
+        .par_chunks(COUNT_BLOCK)
+        .enumerate()
+        .map(|(b, ys)| {
+            let start = b * COUNT_BLOCK;
+            let mut all = TargetCounts::with_levels(n_alpha);
+            let mut groups: Vec<BlockGroups> = arrays
+                .iter()
+                .map(|_| BlockGroups {
+                    list: Vec::new(),
+                    last: 0,
+                })
+                .collect();
+            let mut row = RowContribution::new(n_alpha);
+            for (j, &y) in ys.iter().enumerate() {
+                let i = start + j;
+                row.fill(st, i, y, cal);
+                all.add(&row);
+                for ((_, ids), g) in arrays.iter().zip(groups.iter_mut()) {
+                    g.slot(ids[offset + i], n_alpha).add(&row);
+                }
+            }
+            (all, groups)
+        })
+        .collect();
+    for (all, groups) in blocks {
+        tally.all.merge(&all);
+        for ((name, _), g) in arrays.iter().zip(groups) {
+            let map = tally.groups.entry(name).or_default();
+            for (id, counts) in g.list {
+                match map.get_mut(&id) {
+                    Some(c) => c.merge(&counts),
+                    None => {
+                        map.insert(id, counts);
+                    }
+                }
             }
         }
     }
@@ -801,7 +904,7 @@ fn target_report(
             .zip(ts.values())
             .map(|((&id, r), t)| GroupReport {
                 id,
-                n: r.n as usize,
+                n: r.n() as usize,
                 true_accuracy: r.true_accuracy(),
                 estimates: Modes {
                     raw: r.estimates(&cal.raw),
@@ -819,8 +922,8 @@ fn target_report(
     TargetReport {
         name: target.name.clone(),
         n: target.n(),
-        n_labelled: all.labelled as usize,
-        labelled: all.labelled == all.n,
+        n_labelled: all.labelled() as usize,
+        labelled: all.labelled() == all.n(),
         true_accuracy: all.true_accuracy(),
         estimates: Modes {
             raw: tally.raw.all.estimates(&cal.raw),
