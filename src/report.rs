@@ -228,11 +228,13 @@ fn groups_svg(eval: &Evaluation, group: &str, ts: bool) -> Result<Option<String>
             .map_err(plot_err)?;
         for (i, name) in ["AC", "DoC", "ATC-MC", "ATC-NE", "CPC"].iter().enumerate() {
             let c = COLORS[i];
+            // Shrinking markers keep coinciding methods visible (CPC = ATC-MC for K = 2).
+            let r = 7 - i as i32;
             chart
                 .draw_series(
                     points[i]
                         .iter()
-                        .map(|&(x, y)| Circle::new((x, y), 3, c.filled())),
+                        .map(|&(x, y)| Circle::new((x, y), r, c.filled())),
                 )
                 .map_err(plot_err)?
                 .label(*name)
