@@ -8,19 +8,18 @@ use std::hint::black_box;
 use conformal_gpu::backend::{Backend, CpuBackend};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 
-#[path = "util/mod.rs"]
-mod bench_util;
+mod common;
 
 fn bench(c: &mut Criterion) {
     #[cfg(feature = "gpu")]
-    let ctx = bench_util::gpu();
-    let mut cal = bench_util::scores(33_560, 3);
+    let ctx = common::gpu();
+    let mut cal = common::scores(33_560, 3);
     cal.sort_by(f32::total_cmp);
     let q = [0.9f32, 0.95, f32::INFINITY];
     let mut g = c.benchmark_group("pvalues");
     g.sample_size(10);
-    for n in bench_util::sizes() {
-        let logits: Vec<f32> = bench_util::scores(2 * n, 4)
+    for n in common::sizes() {
+        let logits: Vec<f32> = common::scores(2 * n, 4)
             .iter()
             .map(|x| 8.0 * x - 4.0)
             .collect();

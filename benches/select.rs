@@ -9,8 +9,7 @@ use conformal_gpu::backend::{Backend, CpuBackend};
 use conformal_gpu::methods::quantile::{qhat_with, QuantileMethod};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 
-#[path = "util/mod.rs"]
-mod bench_util;
+mod common;
 
 fn run<B: Backend>(
     g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
@@ -41,11 +40,11 @@ fn run<B: Backend>(
 
 fn bench(c: &mut Criterion) {
     #[cfg(feature = "gpu")]
-    let ctx = bench_util::gpu();
+    let ctx = common::gpu();
     let mut g = c.benchmark_group("select");
     g.sample_size(10);
-    for n in bench_util::sizes() {
-        let k = bench_util::scores(n, 2);
+    for n in common::sizes() {
+        let k = common::scores(n, 2);
         g.throughput(Throughput::Elements(n as u64));
         run(&mut g, "cpu", &CpuBackend, &k);
         #[cfg(feature = "gpu")]

@@ -3,7 +3,7 @@
 //! timestamp queries, and its bandwidth is printed as a fraction of the copy kernel's.
 //!
 //! `cargo bench --bench softmax -- --sample-size 10`
-//! (sizes: `CONFORMAL_BENCH_ROWS=1000000,10000000`, cap: `CONFORMAL_BENCH_MAX_ELEMS`).
+//! (sizes: `CONFORMAL_BENCH_SIZES=1000000,10000000`, cap: `CONFORMAL_BENCH_MAX_ELEMS`).
 
 mod common;
 
@@ -16,7 +16,7 @@ fn bench(c: &mut Criterion) {
         .and_then(|ctx| common::copy_ceiling(ctx, 256 << 20));
     let mut group = c.benchmark_group("softmax");
     group.sample_size(10);
-    for n in common::rows() {
+    for n in common::sizes() {
         for k in [2usize, 100] {
             if n * k > common::max_elems() {
                 eprintln!("skipped softmax n={n} K={k}: over CONFORMAL_BENCH_MAX_ELEMS");

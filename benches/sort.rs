@@ -7,16 +7,15 @@ use std::hint::black_box;
 use conformal_gpu::backend::{Backend, CpuBackend};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 
-#[path = "util/mod.rs"]
-mod bench_util;
+mod common;
 
 fn bench(c: &mut Criterion) {
     #[cfg(feature = "gpu")]
-    let ctx = bench_util::gpu();
+    let ctx = common::gpu();
     let mut g = c.benchmark_group("sort");
     g.sample_size(10);
-    for n in bench_util::sizes() {
-        let k = bench_util::scores(n, 1);
+    for n in common::sizes() {
+        let k = common::scores(n, 1);
         g.throughput(Throughput::Elements(n as u64));
         g.bench_with_input(BenchmarkId::new("cpu_keys", n), &k, |b, k| {
             b.iter(|| CpuBackend.sort_keys(black_box(k)).unwrap())

@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use conformal_gpu::gpu::{GpuContext, GpuOptions};
 
-/// Rows to bench at: `CONFORMAL_BENCH_ROWS` (comma-separated), default 1M and 10M.
-pub fn rows() -> Vec<usize> {
-    std::env::var("CONFORMAL_BENCH_ROWS")
+/// Sizes to bench at: `CONFORMAL_BENCH_SIZES` (comma-separated), default 1M and 10M.
+pub fn sizes() -> Vec<usize> {
+    std::env::var("CONFORMAL_BENCH_SIZES")
         .ok()
         .map(|s| s.split(',').filter_map(|v| v.trim().parse().ok()).collect())
         .unwrap_or_else(|| vec![1_000_000, 10_000_000])
@@ -43,6 +43,19 @@ pub fn gpu() -> Option<GpuContext> {
             None
         }
     }
+}
+
+/// `n` pseudo-random scores in [0, 1) with some ties (xorshift; no NaN).
+pub fn scores(n: usize, seed: u64) -> Vec<f32> {
+    let mut x = seed | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            ((x >> 40) as u32 % (1 << 22)) as f32 / (1 << 22) as f32
+        })
+        .collect()
 }
 
 /// Seeded logits without pulling the test helpers into benches.
