@@ -50,7 +50,7 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
         /// Multiplies every split size (100 gives ~350M predictions).
-        #[arg(long, default_value_t = 1.0)]
+        #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
         scale: f64,
         /// Seed: same seed, same bytes.
         #[arg(long, default_value_t = 0)]
@@ -65,10 +65,19 @@ enum Command {
         #[arg(long, default_value = "id_val")]
         source: String,
         /// Miscoverage levels, comma-separated.
-        #[arg(long, default_value = "0.1", value_delimiter = ',')]
+        #[arg(
+            long,
+            default_value = "0.1",
+            value_delimiter = ',',
+            allow_negative_numbers = true
+        )]
         alpha: Vec<String>,
         /// Use this temperature instead of fitting one.
-        #[arg(long, conflicts_with = "temperature_source")]
+        #[arg(
+            long,
+            conflicts_with = "temperature_source",
+            allow_negative_numbers = true
+        )]
         temperature: Option<f64>,
         /// Fit the temperature on this set of DIR instead of the source.
         #[arg(long)]
