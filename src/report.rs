@@ -427,6 +427,8 @@ fn write_text(path: &Path, text: &str) -> Result<()> {
 
 /// Renders every output in memory first, then writes `report.json`, the plots and (when
 /// present) per-row `.npz` files into `dir`, each atomically. Returns the paths written.
+/// All or nothing: on an error the files already written (and `dir`, when this call
+/// created it) are removed again.
 pub fn write_outputs(
     eval: &Evaluation,
     meta: &Meta,
