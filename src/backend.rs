@@ -32,6 +32,38 @@ pub fn labels_i32(set: &PredictionSet) -> Vec<i32> {
     }
 }
 
+/// Checks the shapes a backend is handed: `k >= 1`, `logits.len()` a multiple of `k`,
+/// and `labels` either empty (all unknown) or one per row, each in `-1..k`. Returns the
+/// row count.
+pub fn check_rows(logits: &[f32], labels: &[i32], k: usize) -> Result<usize> {
+    if k == 0 || !logits.len().is_multiple_of(k) {
+        return Err(Error::Invalid(format!(
+            "{} logit values do not make rows of K = {k}",
+            logits.len()
+        )));
+    }
+    let n = logits.len() / k;
+    if !labels.is_empty() && labels.len() != n {
+        return Err(Error::LengthMismatch {
+            what: "labels".into(),
+            detail: format!("{} entries for {n} logit rows", labels.len()),
+        });
+    }
+    if let Some((row, &y)) = labels
+        .iter()
+        .enumerate()
+        .find(|(_, &y)| y < -1 || y as i64 >= k as i64)
+    {
+        return Err(Error::LabelOutOfRange {
+            what: "labels".into(),
+            row,
+            label: y as i64,
+            k,
+        });
+    }
+    Ok(n)
+}
+
 /// The kernels every estimator is built from.
 pub trait Backend {
     /// A prediction set prepared for this backend (resident on the device for the GPU).
@@ -204,6 +236,13 @@ impl Backend for CpuBackend {
         labels: &'a [i32],
         k: usize,
     ) -> Result<CpuRows<'a>> {
+        let n = check_rows(logits, labels, k)?;
+        if labels.len() != n {
+            return Err(Error::LengthMismatch {
+                what: "labels".into(),
+                detail: format!("{} entries for {n} logit rows", labels.len()),
+            });
+        }
         Ok(CpuRows { logits, labels, k })
     }
 
@@ -223,6 +262,7 @@ impl Backend for CpuBackend {
     }
 
     fn softmax(&self, logits: &[f32], k: usize, t: f32) -> Result<Vec<f32>> {
+        check_rows(logits, &[], k)?;
         Ok(cpu::softmax::softmax(logits, k, t))
     }
 
@@ -344,6 +384,7 @@ mod gpu_backend {
             labels: &'a [i32],
             k: usize,
         ) -> Result<DeviceRows> {
+            check_rows(logits, labels, k)?;
             self.ctx.upload_rows(logits, labels, k)
         }
 
@@ -365,6 +406,7 @@ mod gpu_backend {
         }
 
         fn softmax(&self, logits: &[f32], k: usize, t: f32) -> Result<Vec<f32>> {
+            check_rows(logits, &[], k)?;
             gpu::softmax::softmax(self.ctx, logits, k, t)
         }
 

@@ -48,6 +48,8 @@ impl Engine {
     /// Opens the engine for `choice`, returning it and a sentence for stderr saying which
     /// device is used and why.
     pub fn open(choice: DeviceChoice, timestamps: bool) -> Result<(Engine, String)> {
+        #[cfg(not(feature = "gpu"))]
+        let _ = timestamps;
         match choice {
             DeviceChoice::Cpu => Ok((Engine::Cpu, "device: cpu (--device cpu)".into())),
             #[cfg(feature = "gpu")]

@@ -23,7 +23,7 @@
 //! # Ok::<(), conformal_gpu::Error>(())
 //! ```
 #![warn(missing_docs)]
-#![cfg_attr(not(test), warn(clippy::unwrap_used))]
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod backend;
 pub mod cpu;

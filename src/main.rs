@@ -50,7 +50,7 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
         /// Multiplies every split size (100 gives ~350M predictions).
-        #[arg(long, default_value_t = 1.0)]
+        #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
         scale: f64,
         /// Seed: same seed, same bytes.
         #[arg(long, default_value_t = 0)]
@@ -65,10 +65,19 @@ enum Command {
         #[arg(long, default_value = "id_val")]
         source: String,
         /// Miscoverage levels, comma-separated.
-        #[arg(long, default_value = "0.1", value_delimiter = ',')]
+        #[arg(
+            long,
+            default_value = "0.1",
+            value_delimiter = ',',
+            allow_negative_numbers = true
+        )]
         alpha: Vec<String>,
         /// Use this temperature instead of fitting one.
-        #[arg(long, conflicts_with = "temperature_source")]
+        #[arg(
+            long,
+            conflicts_with = "temperature_source",
+            allow_negative_numbers = true
+        )]
         temperature: Option<f64>,
         /// Fit the temperature on this set of DIR instead of the source.
         #[arg(long)]
@@ -116,6 +125,74 @@ fn emit_json(value: &serde_json::Value, json: &Option<String>) -> Result<()> {
         Some(path) => npz::write_atomic(Path::new(path), |w| {
             writeln!(w, "{text}").map_err(|e| Error::io(path, e))
         }),
+    }
+}
+
+/// Fails early (before any work) when `dir` cannot receive output files: it, or its
+/// nearest existing ancestor when it is still to be created, must be a writable directory.
+fn check_writable_dir(dir: &Path) -> Result<()> {
+    let mut probe_dir = dir;
+    while !probe_dir.as_os_str().is_empty() && !probe_dir.exists() {
+        match probe_dir.parent() {
+            Some(p) => probe_dir = p,
+            None => break,
+        }
+    }
+    let probe_dir = if probe_dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        probe_dir
+    };
+    if !probe_dir.is_dir() {
+        return Err(Error::io(
+            dir,
+            std::io::Error::new(
+                std::io::ErrorKind::NotADirectory,
+                format!("{} is not a directory", probe_dir.display()),
+            ),
+        ));
+    }
+    let probe = probe_dir.join(format!(".conformal-gpu-probe.{}", std::process::id()));
+    std::fs::File::create(&probe).map_err(|e| Error::io(dir, e))?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
+}
+
+/// Fails early when the `--json FILE` destination cannot be written.
+fn check_json_target(json: &Option<String>) -> Result<()> {
+    match json.as_deref() {
+        None | Some("-") => Ok(()),
+        Some(file) => {
+            let path = Path::new(file);
+            if path.is_dir() {
+                return Err(Error::io(
+                    path,
+                    std::io::Error::new(
+                        std::io::ErrorKind::IsADirectory,
+                        "--json FILE is a directory",
+                    ),
+                ));
+            }
+            let parent = path.parent().unwrap_or(Path::new(""));
+            let parent = if parent.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                parent
+            };
+            if !parent.is_dir() {
+                return Err(Error::io(
+                    path,
+                    std::io::Error::new(
+                        std::io::ErrorKind::NotFound,
+                        format!("directory {} does not exist", parent.display()),
+                    ),
+                ));
+            }
+            check_writable_dir(parent).map_err(|e| match e {
+                Error::Io { source, .. } => Error::io(path, source),
+                other => other,
+            })
+        }
     }
 }
 
@@ -185,6 +262,11 @@ fn run_evaluate(job: EvalJob<'_>) -> Result<()> {
             "--rows writes per-row files: give --out DIR".into(),
         ));
     }
+    // Output destinations are checked before any work: a long run must not fail at the end.
+    if let Some(dir) = job.out {
+        check_writable_dir(dir)?;
+    }
+    check_json_target(&job.common.json)?;
     let files = dataset_files(job.data)?;
     let source_path = job.data.join(format!("{}.npz", job.source));
     if !files.contains(&source_path) {
@@ -295,12 +377,23 @@ fn run_evaluate(job: EvalJob<'_>) -> Result<()> {
     } else {
         print!("{table}");
     }
+    let json = match &job.common.json {
+        Some(_) => Some(report::to_json(&eval, &meta)?),
+        None => None,
+    };
+    let mut written = Vec::new();
     if let Some(dir) = job.out {
-        let written = report::write_outputs(&eval, &meta, dir)?;
+        written = report::write_outputs(&eval, &meta, dir)?;
         eprintln!("wrote {} files into {}", written.len(), dir.display());
     }
-    if job.common.json.is_some() {
-        emit_json(&report::to_json(&eval, &meta)?, &job.common.json)?;
+    if let Some(json) = json {
+        if let Err(e) = emit_json(&json, &job.common.json) {
+            // All or nothing: no report files from a run that failed.
+            for f in &written {
+                let _ = std::fs::remove_file(f);
+            }
+            return Err(e);
+        }
     }
     Ok(())
 }
@@ -370,6 +463,7 @@ fn run(cli: Cli) -> Result<()> {
     };
     match command {
         Command::Generate { out, scale, seed } => {
+            check_writable_dir(&out)?;
             let pb = phase(&format!("generating into {}", out.display()));
             let show = |m: &str| pb.set_message(m.to_string());
             let files =
@@ -392,9 +486,7 @@ fn run(cli: Cli) -> Result<()> {
         } => {
             let alphas = parse_alphas(&alpha)?;
             if let Some(t) = temperature {
-                if !(t.is_finite() && t > 0.0) {
-                    return Err(Error::BadTemperature(t));
-                }
+                conformal_gpu::methods::temperature::validate_temperature(t)?;
             }
             run_evaluate(EvalJob {
                 data: &data,
@@ -434,6 +526,7 @@ fn run(cli: Cli) -> Result<()> {
             emit_json(&v, &target)
         }
         Command::Temperature { data, common } => {
+            check_json_target(&common.json)?;
             let set = npz::load_npz(&data)?;
             let (engine, choice) = open(&common)?;
             let report = with_backend!(&engine, choice, |b| temperature_report(b, &set))?;
@@ -471,7 +564,8 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e}");
+            // One line, whatever an OS or zip message carries.
+            eprintln!("error: {}", e.to_string().replace(['\n', '\r'], " "));
             ExitCode::from(e.exit_code() as u8)
         }
     }

@@ -429,6 +429,8 @@ fn write_text(path: &Path, text: &str) -> Result<()> {
 
 /// Renders every output in memory first, then writes `report.json`, the plots and (when
 /// present) per-row `.npz` files into `dir`, each atomically. Returns the paths written.
+/// All or nothing: on an error the files already written (and `dir`, when this call
+/// created it) are removed again.
 pub fn write_outputs(
     eval: &Evaluation,
     meta: &Meta,
@@ -450,9 +452,29 @@ pub fn write_outputs(
     files.push(("reliability.svg".into(), reliability_svg(eval)?));
     files.push(("coverage_vs_alpha.svg".into(), conformal_svg(eval, true)?));
     files.push(("set_size_vs_alpha.svg".into(), conformal_svg(eval, false)?));
+    let created = !dir.is_dir();
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let mut written = Vec::new();
-    for (name, text) in &files {
+    let result = write_all(eval, dir, &files, &mut written);
+    if result.is_err() {
+        // All or nothing: a failed run leaves no output file (DESIGN.md section 6).
+        for path in &written {
+            let _ = std::fs::remove_file(path);
+        }
+        if created {
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+    result.map(|()| written)
+}
+
+fn write_all(
+    eval: &Evaluation,
+    dir: &Path,
+    files: &[(String, String)],
+    written: &mut Vec<std::path::PathBuf>,
+) -> Result<()> {
+    for (name, text) in files {
         let path = dir.join(name);
         write_text(&path, text)?;
         written.push(path);
@@ -475,5 +497,5 @@ pub fn write_outputs(
         )?;
         written.push(path);
     }
-    Ok(written)
+    Ok(())
 }

@@ -309,9 +309,11 @@ pub fn generate_dataset(
     out_dir: &Path,
     progress: Option<&dyn Fn(&str)>,
 ) -> Result<Vec<PathBuf>> {
-    if !cfg.scale.is_finite() || cfg.scale <= 0.0 {
+    // Above 1000 (3.4e9 rows, ~27 GB of logits per copy) the generator would only abort
+    // on a failed allocation; refuse clearly instead.
+    if !cfg.scale.is_finite() || cfg.scale <= 0.0 || cfg.scale > 1000.0 {
         return Err(Error::Invalid(format!(
-            "generator scale {} must be finite and > 0",
+            "generator scale {} must be finite, > 0 and <= 1000",
             cfg.scale
         )));
     }

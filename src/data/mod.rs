@@ -5,7 +5,9 @@ pub mod camelyon;
 pub mod npz;
 
 pub use camelyon::{generate_dataset, generate_split, split_specs, GeneratorConfig, SplitSpec};
-pub use npz::{load_npy_scores, load_npz, save_npz, save_npz_arrays, write_atomic, NpzArray};
+pub use npz::{
+    load_npy_scores, load_npz, load_npz_bytes, save_npz, save_npz_arrays, write_atomic, NpzArray,
+};
 
 use ndarray::{Array1, Array2};
 

@@ -11,7 +11,7 @@
 //! renamed into place only when everything was written, removed on error.
 
 use std::fs::File;
-use std::io::{BufReader, BufWriter, Read, Write};
+use std::io::{BufReader, BufWriter, Read, Seek, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -670,8 +670,8 @@ where
 
 /// Reads member `array` (stored as `array.npy`, or bare `array`) of an open archive,
 /// or `None` when it is absent.
-fn read_member<T: Clone>(
-    zip: &mut zip::ZipArchive<BufReader<File>>,
+fn read_member<T: Clone, R: Read + Seek>(
+    zip: &mut zip::ZipArchive<R>,
     file_len: u64,
     file: &str,
     array: &str,
@@ -713,8 +713,8 @@ fn is_int(t: Dtype) -> bool {
 }
 
 /// Reads one optional 1-D int64/int32 array.
-fn read_ids(
-    zip: &mut zip::ZipArchive<BufReader<File>>,
+fn read_ids<R: Read + Seek>(
+    zip: &mut zip::ZipArchive<R>,
     file_len: u64,
     file: &str,
     array: &str,
@@ -747,12 +747,41 @@ fn read_ids(
 pub fn load_npz(path: &Path) -> Result<PredictionSet> {
     let file = path.display().to_string();
     let f = File::open(path).map_err(|e| Error::io(path, e))?;
-    let file_len = f.metadata().map_err(|e| Error::io(path, e))?.len();
-    let mut zip = zip::ZipArchive::new(BufReader::new(f)).map_err(|e| match e {
-        zip::result::ZipError::Io(io) if io.kind() != std::io::ErrorKind::UnexpectedEof => {
+    let len = f.metadata().map_err(|e| Error::io(path, e))?.len();
+    let name = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| file.clone());
+    load_npz_from(BufReader::new(f), len, &file, name, Some(path))
+}
+
+/// Loads a prediction set from the bytes of a `.npz` file held in memory (same checks
+/// and errors as [`load_npz`]; `name` names the set and stands for the file in messages).
+pub fn load_npz_bytes(bytes: &[u8], name: &str) -> Result<PredictionSet> {
+    load_npz_from(
+        std::io::Cursor::new(bytes),
+        bytes.len() as u64,
+        name,
+        name.to_string(),
+        None,
+    )
+}
+
+fn load_npz_from<R: Read + Seek>(
+    reader: R,
+    file_len: u64,
+    file: &str,
+    name: String,
+    path: Option<&Path>,
+) -> Result<PredictionSet> {
+    let file = file.to_string();
+    let mut zip = zip::ZipArchive::new(reader).map_err(|e| match (e, path) {
+        (zip::result::ZipError::Io(io), Some(path))
+            if io.kind() != std::io::ErrorKind::UnexpectedEof =>
+        {
             Error::io(path, io)
         }
-        other => Error::format(&file, format!("not a readable .npz (zip) file: {other}")),
+        (other, _) => Error::format(&file, format!("not a readable .npz (zip) file: {other}")),
     })?;
     let logits = read_member(
         &mut zip,
@@ -791,10 +820,6 @@ pub fn load_npz(path: &Path) -> Result<PredictionSet> {
     let labels = read_ids(&mut zip, file_len, &file, "labels")?;
     let hospital = read_ids(&mut zip, file_len, &file, "hospital")?;
     let slide = read_ids(&mut zip, file_len, &file, "slide")?;
-    let name = path
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_else(|| file.clone());
     let set = PredictionSet {
         name,
         logits,

@@ -18,7 +18,9 @@ use crate::cpu::row_stats::{col, RowStats};
 use crate::data::PredictionSet;
 use crate::error::{Error, Result};
 use crate::methods::quantile::{check_alpha, conformal_k};
-use crate::methods::temperature::{fit_temperature, validate_source, TemperatureFit};
+use crate::methods::temperature::{
+    fit_temperature, validate_source, validate_temperature, TemperatureFit,
+};
 
 /// Rows per target chunk: bounds host and device memory for huge targets.
 pub const TARGET_CHUNK_ROWS: usize = 1 << 22;
@@ -269,6 +271,7 @@ impl AtcThreshold {
             };
         }
         let n = sorted.len();
+        let c = c.min(n);
         let t = sorted[n - c];
         let upper = sorted.partition_point(|&x| x <= t);
         let lower = sorted.partition_point(|&x| x < t);
@@ -587,14 +590,35 @@ fn group_ids<'s>(set: &'s PredictionSet, name: &str) -> Option<&'s ndarray::Arra
 fn validate_inputs(
     source: &PredictionSet,
     targets: &[PredictionSet],
-    alphas: &[f64],
+    temperature_set: Option<&PredictionSet>,
+    options: &EvalOptions,
 ) -> Result<()> {
+    let alphas = &options.alphas;
     validate_source(source)?;
     if alphas.is_empty() {
         return Err(Error::Invalid("no alpha level given".into()));
     }
     for &a in alphas {
         check_alpha(a)?;
+    }
+    match &options.temperature {
+        TemperatureChoice::FitSource => {}
+        TemperatureChoice::Fixed(t) => validate_temperature(*t)?,
+        TemperatureChoice::FitOther => {
+            let other = temperature_set.ok_or_else(|| {
+                Error::Invalid("a temperature set was asked for but none given".into())
+            })?;
+            validate_source(other)?;
+            if other.k() != source.k() {
+                return Err(Error::Invalid(format!(
+                    "{}: K = {} but the source {} has K = {}",
+                    other.name,
+                    other.k(),
+                    source.name,
+                    source.k()
+                )));
+            }
+        }
     }
     for t in targets {
         t.validate()?;
@@ -633,7 +657,7 @@ pub fn evaluate<B: Backend>(
 ) -> Result<Evaluation> {
     let start = Instant::now();
     let alphas = &options.alphas;
-    validate_inputs(source, targets, alphas)?;
+    validate_inputs(source, targets, temperature_set, options)?;
 
     // Temperature and calibration statistics on the source.
     let phase = Instant::now();
@@ -644,9 +668,7 @@ pub fn evaluate<B: Backend>(
     let fit: TemperatureFit = match &options.temperature {
         TemperatureChoice::FitSource => fit_temperature(backend, &src_rows)?,
         TemperatureChoice::Fixed(t) => {
-            if !(t.is_finite() && *t > 0.0) {
-                return Err(Error::BadTemperature(*t));
-            }
+            validate_temperature(*t)?;
             TemperatureFit {
                 temperature: *t,
                 iterations: 0,

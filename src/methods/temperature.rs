@@ -63,6 +63,16 @@ pub struct TemperatureReport {
     pub warning: Option<String>,
 }
 
+/// Checks a given temperature: finite, > 0, and a normal f32 (the kernels divide by it
+/// in f32, so 1e-300 or 1e300 would silently become 0 or inf).
+pub fn validate_temperature(t: f64) -> Result<()> {
+    if t.is_finite() && t > 0.0 && (t as f32).is_normal() {
+        Ok(())
+    } else {
+        Err(Error::BadTemperature(t))
+    }
+}
+
 /// Checks that `set` can calibrate: valid, non-empty, every label known.
 pub fn validate_source(set: &PredictionSet) -> Result<()> {
     set.validate()?;
