@@ -4,7 +4,7 @@
 // Per row, with r_k = 1 - p_k computed once and reused by every comparison (a compiler
 // may round `1 - e/s` differently in two places; ties on quantised logits must stay ties):
 //   stats = (p_(1), ne, lac, r_(1), r_(2)): the largest probability, ne = sum_k p_k ln p_k
-//           (0 ln 0 = 0), lac = r_y (-1 when the label is unknown), the smallest and
+//           (0 ln 0 = 0; ln p_k = (z_k - m)/T - ln S), lac = r_y (-1 when the label is unknown), the smallest and
 //           second-smallest r_k (= 1 - p_(1), 1 - p_(2));
 //   info  = [yhat, |C_a| for each requested qhat_a], yhat = argmax of the logits (lowest index
 //           on ties), |C_a| = #{k : r_k <= qhat_a}.
@@ -50,6 +50,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
     for (var j = 0u; j < k; j++) {
         s += exp((logits[base + j] - m) / params.t);
     }
+    let log_s = log(s);
     var p1 = -1.0;
     var r1 = 2.0;
     var r2 = 2.0;
@@ -61,7 +62,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
         info[row * stride + 1u + a] = 0u;
     }
     for (var j = 0u; j < k; j++) {
-        let p = exp((logits[base + j] - m) / params.t) / s;
+        let x = (logits[base + j] - m) / params.t;
+        let p = exp(x) / s;
         let r = 1.0 - p;
         p1 = max(p1, p);
         if (r < r1) {
@@ -71,7 +73,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
             r2 = r;
         }
         if (p > 0.0) {
-            ne += p * log(p);
+            // ln p_k = x_k - ln S: one log per row, and accurate for tiny p_k.
+            ne += p * (x - log_s);
         }
         if (i32(j) == y) {
             lac = r;

@@ -74,10 +74,12 @@ pub fn row_stats_row(row: &[f32], y: i32, t: f32, qhats: &[f32], info: &mut [u32
         }
         s += e;
     }
+    let log_s = s.ln();
     let (mut p1, mut r1, mut r2, mut ne, mut lac) = (-1.0f32, 2.0f32, 2.0f32, 0.0f32, -1.0f32);
     info[1..].fill(0);
     for (j, &z) in row.iter().enumerate() {
-        let e = if small { cache[j] } else { ((z - m) / t).exp() };
+        let x = (z - m) / t;
+        let e = if small { cache[j] } else { x.exp() };
         let p = e / s;
         let r = 1.0 - p;
         p1 = p1.max(p);
@@ -88,7 +90,8 @@ pub fn row_stats_row(row: &[f32], y: i32, t: f32, qhats: &[f32], info: &mut [u32
             r2 = r;
         }
         if p > 0.0 {
-            ne += p * p.ln();
+            // ln p_k = x_k - ln S: one log per row, and accurate for tiny p_k.
+            ne += p * (x - log_s);
         }
         if j as i32 == y {
             lac = r;
