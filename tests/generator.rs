@@ -246,36 +246,3 @@ fn bad_scale_is_an_error() {
     }
 }
 
-/// Full scale, timed: run with `cargo test --release --test generator -- --ignored --nocapture`.
-#[test]
-#[ignore]
-fn full_scale_timing() {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = GeneratorConfig::default();
-    let t0 = std::time::Instant::now();
-    let sets: Vec<_> = split_specs(1.0)
-        .iter()
-        .map(|s| generate_split(&cfg, s))
-        .collect();
-    let gen = t0.elapsed();
-    for s in &sets {
-        println!("{}: n = {}, accuracy = {:.4}", s.name, s.n(), accuracy(s));
-    }
-    println!(
-        "id_val fitted temperature T = {:.3}",
-        fit_temperature(&sets[1])
-    );
-    drop(sets);
-    let t1 = std::time::Instant::now();
-    let paths = generate_dataset(&cfg, dir.path(), None).unwrap();
-    let write = t1.elapsed();
-    let t2 = std::time::Instant::now();
-    let rows: usize = paths.iter().map(|p| load_npz(p).unwrap().n()).sum();
-    assert_eq!(rows, 3_455_261);
-    println!(
-        "generate in memory: {:.2} s; generate + write all files: {:.2} s; load all: {:.2} s",
-        gen.as_secs_f64(),
-        write.as_secs_f64(),
-        t2.elapsed().as_secs_f64()
-    );
-}
