@@ -509,7 +509,7 @@ fn read_npy_header(r: &mut dyn Read, file: &str, array: &str) -> Result<NpyHeade
 /// Reads exactly `count` elements of `dtype` in bounded chunks, converting with `conv`.
 /// A short read (truncated or lying header) is an error, not a panic or an allocation
 /// of the claimed size.
-fn read_elems<T>(
+fn read_elems<T: bytemuck::Pod>(
     r: &mut dyn Read,
     count: usize,
     dtype: Dtype,
@@ -519,8 +519,16 @@ fn read_elems<T>(
     array: &str,
 ) -> Result<Vec<T>> {
     let size = dtype.size();
+    // Little-endian data already in T's layout (f32 logits, i64 labels: the common case)
+    // is copied as a slice instead of element by element.
+    let native = !big
+        && ((dtype == Dtype::F32 && std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>())
+            || (dtype == Dtype::I64
+                && std::any::TypeId::of::<T>() == std::any::TypeId::of::<i64>()));
     let mut out = Vec::with_capacity(count);
-    let mut buf = vec![0u8; CHUNK_ELEMS.min(count.max(1)) * size];
+    // u64 storage keeps the byte buffer 8-aligned, so it can be viewed as &[T].
+    let mut store = vec![0u64; (CHUNK_ELEMS.min(count.max(1)) * size).div_ceil(8)];
+    let buf: &mut [u8] = bytemuck::cast_slice_mut(&mut store);
     let mut left = count;
     while left > 0 {
         let m = left.min(CHUNK_ELEMS);
@@ -534,7 +542,11 @@ fn read_elems<T>(
                 ),
             )
         })?;
-        out.extend(bytes.chunks_exact(size).map(|c| conv(c, dtype, big)));
+        if native {
+            out.extend_from_slice(bytemuck::cast_slice::<u8, T>(bytes));
+        } else {
+            out.extend(bytes.chunks_exact(size).map(|c| conv(c, dtype, big)));
+        }
         left -= m;
     }
     Ok(out)
@@ -631,7 +643,7 @@ fn read_npy<T>(
     conv: impl Fn(&[u8], Dtype, bool) -> T,
 ) -> Result<Decoded<T>>
 where
-    T: Clone,
+    T: Clone + bytemuck::Pod,
 {
     let h = read_npy_header(r, file, array)?;
     let fmt = |msg: String| Error::format(file, format!("array '{array}': {msg}"));
@@ -670,7 +682,7 @@ where
 
 /// Reads member `array` (stored as `array.npy`, or bare `array`) of an open archive,
 /// or `None` when it is absent.
-fn read_member<T: Clone, R: Read + Seek>(
+fn read_member<T: Clone + bytemuck::Pod, R: Read + Seek>(
     zip: &mut zip::ZipArchive<R>,
     file_len: u64,
     file: &str,
