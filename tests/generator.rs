@@ -245,4 +245,3 @@ fn bad_scale_is_an_error() {
         assert!(generate_dataset(&cfg, dir.path(), None).is_err());
     }
 }
-
