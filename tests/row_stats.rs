@@ -50,7 +50,7 @@ fn check(
     let what = format!("row_stats n={n} k={k} t={t} quantised={quantise}");
     assert_eq!(g.len(), n, "{what}");
     assert_eq!(g.n_alpha, 40);
-    for i in 0..n {
+    for (i, &y) in labels.iter().enumerate() {
         // yhat is the logits' argmax: exact.
         assert_eq!(g.yhat(i), c.yhat(i), "{what} row {i} yhat");
         let (gs, cs) = (g.stats[i], c.stats[i]);
@@ -67,7 +67,7 @@ fn check(
             (gs[col::NE] - cs[col::NE]).abs() <= 1e-5 * (1.0 + cs[col::NE].abs()),
             "{what} row {i} ne"
         );
-        if labels[i] < 0 {
+        if y < 0 {
             assert_eq!(gs[col::LAC], -1.0, "{what} row {i}: unknown label");
         }
         let sizes_equal = (0..40).all(|a| g.set_size(i, a) == c.set_size(i, a));
