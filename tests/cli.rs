@@ -351,7 +351,7 @@ fn target_with_another_k_aborts_the_whole_run() {
     ws.good("id_val", 20).good("a_first", 10);
     save_npz(&ws.file("test"), &set("test", 10, 4), false).expect("save");
     let o = ws.evaluate(&[]);
-    assert_error(&o, 2, &["test", "K = 4"]);
+    assert_error(&o, 5, &["test", "K = 4"]);
     ws.assert_no_outputs();
     assert!(o.stdout.is_empty(), "no table for an aborted run");
 }

@@ -586,6 +586,22 @@ fn group_ids<'s>(set: &'s PredictionSet, name: &str) -> Option<&'s ndarray::Arra
     }
 }
 
+/// Every set must have the source's number of classes (an invalid-data error, exit 5).
+fn same_k(set: &PredictionSet, source: &PredictionSet) -> Result<()> {
+    if set.k() == source.k() {
+        return Ok(());
+    }
+    Err(Error::LengthMismatch {
+        what: format!("{}: logits", set.name),
+        detail: format!(
+            "rows have K = {} classes but the source {} has K = {}",
+            set.k(),
+            source.name,
+            source.k()
+        ),
+    })
+}
+
 /// Validates the evaluation inputs; every message names the offending set.
 fn validate_inputs(
     source: &PredictionSet,
@@ -609,15 +625,7 @@ fn validate_inputs(
                 Error::Invalid("a temperature set was asked for but none given".into())
             })?;
             validate_source(other)?;
-            if other.k() != source.k() {
-                return Err(Error::Invalid(format!(
-                    "{}: K = {} but the source {} has K = {}",
-                    other.name,
-                    other.k(),
-                    source.name,
-                    source.k()
-                )));
-            }
+            same_k(other, source)?;
         }
     }
     for t in targets {
@@ -628,15 +636,7 @@ fn validate_inputs(
                 detail: "the target set has no rows".into(),
             });
         }
-        if t.k() != source.k() {
-            return Err(Error::Invalid(format!(
-                "{}: K = {} but the source {} has K = {}",
-                t.name,
-                t.k(),
-                source.name,
-                source.k()
-            )));
-        }
+        same_k(t, source)?;
     }
     Ok(())
 }
@@ -681,14 +681,7 @@ pub fn evaluate<B: Backend>(
             let other = temperature_set.ok_or_else(|| {
                 Error::Invalid("a temperature set was asked for but none given".into())
             })?;
-            validate_source(other)?;
-            if other.k() != k {
-                return Err(Error::Invalid(format!(
-                    "{}: K = {} but the source has K = {k}",
-                    other.name,
-                    other.k()
-                )));
-            }
+            // Validated (labels, K) by validate_inputs above.
             let (l, y) = (other.logits_slice(), labels_i32(other));
             let rows = backend.prepare(&l, &y, k)?;
             fit_temperature(backend, &rows)?
