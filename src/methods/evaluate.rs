@@ -887,10 +887,9 @@ fn tally_chunk(
 /// the runner-up (p-values fall as `1 - p_k` grows, so these are the largest two).
 fn append_rows(out: &mut RowOutputs, st: &RowStats, sorted_lac: &[f32]) {
     let n = sorted_lac.len();
-    let pvalue = |r: f32| {
-        let at_least = n - sorted_lac.partition_point(|&s| s < r);
-        (1 + at_least) as f64 / (n + 1) as f64
-    };
+    // The p-value kernel's own count (mirror of shaders/pvalues.wgsl's binary search).
+    let pvalue =
+        |r: f32| (1 + crate::cpu::pvalues::count_ge(sorted_lac, r)) as f64 / (n + 1) as f64;
     for i in 0..st.len() {
         let s = st.stats[i];
         out.yhat.push(st.yhat(i) as i64);
