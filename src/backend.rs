@@ -4,7 +4,7 @@
 use crate::cpu;
 use crate::cpu::calibration::CalibrationStats;
 pub use crate::cpu::pvalues::PValueRows;
-use crate::cpu::row_stats::RowStats;
+use crate::cpu::row_stats::{RowBlock, RowStats};
 use crate::data::PredictionSet;
 use crate::error::{Error, Result};
 
@@ -107,6 +107,35 @@ pub trait Backend {
         Ok(out)
     }
 
+    /// Row statistics (as [`Backend::row_stats`]) handed to `f(first_row, block)` for
+    /// consecutive blocks of [`ROW_BLOCK`] rows; the results come back in block order.
+    /// Estimators fold over this: the blocks are the same on every backend, so sums
+    /// merged in block order do not depend on the backend's thread count. The default
+    /// computes every row first (the GPU downloads them); the CPU path computes each
+    /// block where it is consumed, in cache, with no whole-set arrays.
+    fn map_row_blocks<R, F>(
+        &self,
+        rows: &Self::Rows<'_>,
+        t: f32,
+        qhats: &[Option<f32>],
+        f: F,
+    ) -> Result<Vec<R>>
+    where
+        R: Send,
+        F: Fn(usize, RowBlock<'_>) -> R + Sync,
+    {
+        use rayon::prelude::*;
+        let st = self.row_stats(rows, t, qhats)?;
+        let n = st.len();
+        Ok((0..n.div_ceil(ROW_BLOCK))
+            .into_par_iter()
+            .map(|b| {
+                let start = b * ROW_BLOCK;
+                f(start, st.block(start..(start + ROW_BLOCK).min(n)))
+            })
+            .collect())
+    }
+
     /// One row_stats pass with at most [`MAX_ALPHA_PER_PASS`] finite thresholds.
     fn row_stats_pass(&self, rows: &Self::Rows<'_>, t: f32, qhats: &[f32]) -> Result<RowStats>;
 
@@ -150,6 +179,10 @@ pub trait Backend {
         want_numerators: bool,
     ) -> Result<PValueRows>;
 }
+
+/// Rows per block of [`Backend::map_row_blocks`]: small enough that a block's
+/// statistics (`(5 + 1 + A) * 4` bytes per row) stay in a core's L2 cache.
+pub const ROW_BLOCK: usize = 1 << 14;
 
 /// Thresholds per row_stats pass: `(1 + A) * 4` output bytes per row stay within the 128
 /// bytes per row that `GpuContext::upload_rows` budgets for outputs.
@@ -274,6 +307,33 @@ impl Backend for CpuBackend {
             t,
             qhats,
         ))
+    }
+
+    fn map_row_blocks<R, F>(
+        &self,
+        rows: &CpuRows<'_>,
+        t: f32,
+        qhats: &[Option<f32>],
+        f: F,
+    ) -> Result<Vec<R>>
+    where
+        R: Send,
+        F: Fn(usize, RowBlock<'_>) -> R + Sync,
+    {
+        use rayon::prelude::*;
+        check_t(t)?;
+        // The CPU kernel takes any number of thresholds in one pass.
+        let q: Vec<f32> = qhats.iter().map(|q| q.unwrap_or(INF_QHAT)).collect();
+        let (k, n) = (rows.k, rows.labels.len());
+        Ok((0..n.div_ceil(ROW_BLOCK))
+            .into_par_iter()
+            .map_init(RowStats::default, |buf, b| {
+                let r = b * ROW_BLOCK..((b + 1) * ROW_BLOCK).min(n);
+                let logits = &rows.logits[r.start * k..r.end * k];
+                cpu::row_stats::row_stats_into(logits, &rows.labels[r.clone()], k, t, &q, buf);
+                f(r.start, buf.block(0..r.len()))
+            })
+            .collect())
     }
 
     // The CPU path sorts and selects with the plain oracles (rayon sort of sortable u32 /

@@ -37,11 +37,55 @@ impl RowStats {
         self.info[i * (1 + self.n_alpha) + 1 + a]
     }
 
+    /// Rows `range` as a borrowed block.
+    pub fn block(&self, range: std::ops::Range<usize>) -> RowBlock<'_> {
+        let stride = 1 + self.n_alpha;
+        RowBlock {
+            stats: &self.stats[range.clone()],
+            info: &self.info[range.start * stride..range.end * stride],
+            n_alpha: self.n_alpha,
+        }
+    }
+
     /// Appends another chunk's rows (same `n_alpha`).
     pub fn extend(&mut self, other: RowStats) {
         self.n_alpha = other.n_alpha;
         self.stats.extend(other.stats);
         self.info.extend(other.info);
+    }
+}
+
+/// Consecutive rows of a [`RowStats`], borrowed (what estimators fold over).
+#[derive(Clone, Copy, Debug)]
+pub struct RowBlock<'a> {
+    /// As [`RowStats::stats`].
+    pub stats: &'a [[f32; 5]],
+    /// As [`RowStats::info`].
+    pub info: &'a [u32],
+    /// Number of thresholds `A`.
+    pub n_alpha: usize,
+}
+
+impl RowBlock<'_> {
+    /// Rows.
+    pub fn len(&self) -> usize {
+        self.stats.len()
+    }
+
+    /// True when there are no rows.
+    pub fn is_empty(&self) -> bool {
+        self.stats.is_empty()
+    }
+
+    /// Predicted class of row `i`.
+    pub fn yhat(&self, i: usize) -> u32 {
+        self.info[i * (1 + self.n_alpha)]
+    }
+
+    /// Set sizes of row `i`, one per threshold.
+    pub fn sizes(&self, i: usize) -> &[u32] {
+        let stride = 1 + self.n_alpha;
+        &self.info[i * stride + 1..(i + 1) * stride]
     }
 }
 
@@ -68,7 +112,10 @@ pub fn row_stats_row(row: &[f32], y: i32, t: f32, qhats: &[f32], info: &mut [u32
     let small = row.len() <= cache.len();
     let mut s = 0.0f32;
     for (j, &z) in row.iter().enumerate() {
-        let e = ((z - m) / t).exp();
+        let x = (z - m) / t;
+        // exp(0) = 1 exactly (here and in the shader): skipping the call at the max
+        // changes no bit and saves one exp per row (half of them for K = 2).
+        let e = if x == 0.0 { 1.0 } else { x.exp() };
         if small {
             cache[j] = e;
         }
@@ -79,7 +126,13 @@ pub fn row_stats_row(row: &[f32], y: i32, t: f32, qhats: &[f32], info: &mut [u32
     info[1..].fill(0);
     for (j, &z) in row.iter().enumerate() {
         let x = (z - m) / t;
-        let e = if small { cache[j] } else { x.exp() };
+        let e = if small {
+            cache[j]
+        } else if x == 0.0 {
+            1.0
+        } else {
+            x.exp()
+        };
         let p = e / s;
         let r = 1.0 - p;
         p1 = p1.max(p);
@@ -119,14 +172,55 @@ pub fn row_stats(logits: &[f32], labels: &[i32], k: usize, t: f32, qhats: &[f32]
         .zip(info.par_chunks_mut(BLOCK * stride))
         .enumerate()
         .for_each(|(b, (st, inf))| {
-            for (i, (s, slot)) in st.iter_mut().zip(inf.chunks_exact_mut(stride)).enumerate() {
-                let row = b * BLOCK + i;
-                *s = row_stats_row(&logits[row * k..(row + 1) * k], labels[row], t, qhats, slot);
-            }
+            let rows = b * BLOCK..b * BLOCK + st.len();
+            fill(
+                &logits[rows.start * k..rows.end * k],
+                &labels[rows],
+                k,
+                t,
+                qhats,
+                st,
+                inf,
+            );
         });
     RowStats {
         stats,
         info,
         n_alpha: qhats.len(),
+    }
+}
+
+/// [`row_stats`] of a few rows, serially, into `out` (resized; its buffers are reused).
+pub fn row_stats_into(
+    logits: &[f32],
+    labels: &[i32],
+    k: usize,
+    t: f32,
+    qhats: &[f32],
+    out: &mut RowStats,
+) {
+    let n = labels.len();
+    out.n_alpha = qhats.len();
+    out.stats.resize(n, [0.0; 5]);
+    out.info.resize(n * (1 + qhats.len()), 0);
+    fill(logits, labels, k, t, qhats, &mut out.stats, &mut out.info);
+}
+
+fn fill(
+    logits: &[f32],
+    labels: &[i32],
+    k: usize,
+    t: f32,
+    qhats: &[f32],
+    stats: &mut [[f32; 5]],
+    info: &mut [u32],
+) {
+    let rows = logits.chunks_exact(k).zip(labels);
+    for ((s, slot), (row, &y)) in stats
+        .iter_mut()
+        .zip(info.chunks_exact_mut(1 + qhats.len()))
+        .zip(rows)
+    {
+        *s = row_stats_row(row, y, t, qhats, slot);
     }
 }

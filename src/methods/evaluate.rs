@@ -14,7 +14,7 @@ use serde::Serialize;
 
 use crate::backend::{labels_i32, Backend};
 use crate::cpu::calibration::CalibrationStats;
-use crate::cpu::row_stats::{col, RowStats};
+use crate::cpu::row_stats::{col, RowBlock, RowStats};
 use crate::data::PredictionSet;
 use crate::error::{Error, Result};
 use crate::methods::quantile::{check_alpha, conformal_k};
@@ -216,6 +216,17 @@ pub struct RowOutputs {
     pub confidence: Vec<f32>,
     /// Set size per row and level, `[n, A]` row-major.
     pub set_size: Vec<i64>,
+}
+
+impl RowOutputs {
+    /// Appends the rows of `more` (same levels).
+    fn append(&mut self, mut more: RowOutputs) {
+        self.yhat.append(&mut more.yhat);
+        self.max_prob.append(&mut more.max_prob);
+        self.credibility.append(&mut more.credibility);
+        self.confidence.append(&mut more.confidence);
+        self.set_size.append(&mut more.set_size);
+    }
 }
 
 /// Milliseconds per phase.
@@ -436,55 +447,6 @@ pub struct TargetCounts {
     pub levels: Vec<[u64; 4]>,
 }
 
-/// One row's contribution, computed once and added to the whole-target counts and to
-/// each group's.
-#[derive(Clone, Debug)]
-struct RowContribution {
-    counts: [u64; 8],
-    p1: f64,
-    levels: Vec<[u64; 4]>,
-}
-
-impl RowContribution {
-    fn new(n_alpha: usize) -> Self {
-        RowContribution {
-            counts: [0; 8],
-            p1: 0.0,
-            levels: vec![[0; 4]; n_alpha],
-        }
-    }
-
-    fn fill(&mut self, st: &RowStats, i: usize, y: i32, cal: &SourceCal) {
-        let [p1, ne, lac, r1, r2] = st.stats[i];
-        let c = &mut self.counts;
-        c[count::N] = 1;
-        c[count::LABELLED] = (y >= 0) as u64;
-        c[count::CORRECT] = (y >= 0 && st.yhat(i) as i32 == y) as u64;
-        let (mc_above, mc_equal) = cal
-            .atc_mc
-            .t
-            .map_or((0, 0), |t| ((p1 > t) as u64, (p1 == t) as u64));
-        let (ne_above, ne_equal) = cal
-            .atc_ne
-            .t
-            .map_or((0, 0), |t| ((ne > t) as u64, (ne == t) as u64));
-        c[count::MC_ABOVE] = mc_above;
-        c[count::MC_EQUAL] = mc_equal;
-        c[count::NE_ABOVE] = ne_above;
-        c[count::NE_EQUAL] = ne_equal;
-        c[count::CPC] = cal.cpc_q.is_some_and(|q| r1 <= q && q < r2) as u64;
-        self.p1 = p1 as f64;
-        let stride = 1 + st.n_alpha;
-        let sizes = &st.info[i * stride + 1..(i + 1) * stride];
-        for ((lv, &size), q) in self.levels.iter_mut().zip(sizes).zip(&cal.qhats) {
-            lv[level::SIZE_SUM] = size as u64;
-            lv[level::SINGLETON] = (size == 1) as u64;
-            lv[level::EMPTY] = (size == 0) as u64;
-            lv[level::COVERED] = (y >= 0 && q.is_none_or(|q| lac <= q)) as u64;
-        }
-    }
-}
-
 impl TargetCounts {
     fn with_levels(a: usize) -> Self {
         TargetCounts {
@@ -493,15 +455,30 @@ impl TargetCounts {
         }
     }
 
-    fn add(&mut self, r: &RowContribution) {
-        for (d, s) in self.counts.iter_mut().zip(&r.counts) {
-            *d += s;
+    /// Counts one row: its statistics `s`, predicted class, set sizes (one per level)
+    /// and label `y` (-1 = unknown).
+    fn add_row(&mut self, s: &[f32; 5], yhat: u32, sizes: &[u32], y: i32, cal: &SourceCal) {
+        let [p1, ne, lac, r1, r2] = *s;
+        let c = &mut self.counts;
+        let known = y >= 0;
+        c[count::N] += 1;
+        c[count::LABELLED] += known as u64;
+        c[count::CORRECT] += (known && yhat as i32 == y) as u64;
+        if let Some(t) = cal.atc_mc.t {
+            c[count::MC_ABOVE] += (p1 > t) as u64;
+            c[count::MC_EQUAL] += (p1 == t) as u64;
         }
-        self.sum_p1 += r.p1;
-        for (d, s) in self.levels.iter_mut().zip(&r.levels) {
-            for (a, b) in d.iter_mut().zip(s) {
-                *a += b;
-            }
+        if let Some(t) = cal.atc_ne.t {
+            c[count::NE_ABOVE] += (ne > t) as u64;
+            c[count::NE_EQUAL] += (ne == t) as u64;
+        }
+        c[count::CPC] += cal.cpc_q.is_some_and(|q| r1 <= q && q < r2) as u64;
+        self.sum_p1 += p1 as f64;
+        for ((lv, &size), q) in self.levels.iter_mut().zip(sizes).zip(&cal.qhats) {
+            lv[level::SIZE_SUM] += size as u64;
+            lv[level::SINGLETON] += (size == 1) as u64;
+            lv[level::EMPTY] += (size == 0) as u64;
+            lv[level::COVERED] += (known && q.is_none_or(|q| lac <= q)) as u64;
         }
     }
 
@@ -737,18 +714,20 @@ pub fn evaluate<B: Backend>(
                 (&cal.raw, &mut tally.raw, false),
                 (&cal.ts, &mut tally.ts, true),
             ] {
-                let st = backend.row_stats(&rows, mode_cal.t, &mode_cal.qhats)?;
-                tally_chunk(
-                    mode_tally,
-                    &st,
-                    y,
-                    target,
-                    start_row,
-                    mode_cal,
-                    alphas.len(),
-                );
-                if is_ts && options.rows {
-                    append_rows(&mut rows_out, &st, &mode_cal.sorted_lac);
+                let want_rows = is_ts && options.rows;
+                let blocks =
+                    backend.map_row_blocks(&rows, mode_cal.t, &mode_cal.qhats, |first, blk| {
+                        let first = start_row + first;
+                        (
+                            tally_block(blk, first, target, &labels, mode_cal, alphas.len()),
+                            want_rows.then(|| block_rows(blk, &mode_cal.sorted_lac)),
+                        )
+                    })?;
+                for (counts, out) in blocks {
+                    merge_block(mode_tally, counts, alphas.len());
+                    if let Some(out) = out {
+                        rows_out.append(out);
+                    }
                 }
             }
             start_row = end;
@@ -799,107 +778,92 @@ pub fn evaluate<B: Backend>(
     })
 }
 
-/// Rows per counting block: blocks are counted in parallel and merged in block order, so
-/// the f64 sums do not depend on the thread count.
-const COUNT_BLOCK: usize = 1 << 16;
-
-/// Per-group counts of one block: a short list (tens of slides) with a cache of the last
-/// group, since rows of a group usually come together.
-struct BlockGroups {
-    list: Vec<(i64, TargetCounts)>,
+/// Counts of one block of rows, per (hospital, slide) pair: each row goes to exactly one
+/// pair, and the whole-target, per-hospital and per-slide counts are sums of pairs, so a
+/// row is counted once whatever the groups. A short list (tens of pairs) with a cache of
+/// the last pair, since rows of a slide usually come together.
+struct BlockTally {
+    pairs: Vec<([Option<i64>; 2], TargetCounts)>,
     last: usize,
 }
 
-impl BlockGroups {
-    fn slot(&mut self, id: i64, n_alpha: usize) -> &mut TargetCounts {
-        if self.list.get(self.last).is_none_or(|(g, _)| *g != id) {
-            self.last = match self.list.iter().position(|(g, _)| *g == id) {
+impl BlockTally {
+    fn slot(&mut self, key: [Option<i64>; 2], n_alpha: usize) -> &mut TargetCounts {
+        if self.pairs.get(self.last).is_none_or(|(g, _)| *g != key) {
+            self.last = match self.pairs.iter().position(|(g, _)| *g == key) {
                 Some(i) => i,
                 None => {
-                    self.list.push((id, TargetCounts::with_levels(n_alpha)));
-                    self.list.len() - 1
+                    self.pairs.push((key, TargetCounts::with_levels(n_alpha)));
+                    self.pairs.len() - 1
                 }
             };
         }
-        &mut self.list[self.last].1
+        &mut self.pairs[self.last].1
     }
 }
 
-fn tally_chunk(
-    tally: &mut TargetTally,
-    st: &RowStats,
-    labels: &[i32],
+/// Counts one block of `target` rows starting at `first` (an offset into the whole
+/// target) in one mode.
+fn tally_block(
+    blk: RowBlock<'_>,
+    first: usize,
     target: &PredictionSet,
-    offset: usize,
+    labels: &[i32],
     cal: &SourceCal,
     n_alpha: usize,
-) {
-    use rayon::prelude::*;
+) -> BlockTally {
+    let ids = GROUP_ARRAYS.map(|name| group_ids(target, name));
+    let mut tally = BlockTally {
+        pairs: Vec::new(),
+        last: 0,
+    };
+    for (j, s) in blk.stats.iter().enumerate() {
+        let i = first + j;
+        let key = ids.map(|a| a.map(|a| a[i]));
+        tally
+            .slot(key, n_alpha)
+            .add_row(s, blk.yhat(j), blk.sizes(j), labels[i], cal);
+    }
+    tally
+}
+
+/// Adds a block's counts (blocks in row order) to the target's.
+fn merge_block(tally: &mut TargetTally, block: BlockTally, n_alpha: usize) {
     if tally.all.levels.len() != n_alpha {
         tally.all = TargetCounts::with_levels(n_alpha);
     }
-    let arrays: Vec<(&'static str, &ndarray::Array1<i64>)> = GROUP_ARRAYS
-        .iter()
-        .filter_map(|&name| group_ids(target, name).map(|ids| (name, ids)))
-        .collect();
-    let blocks: Vec<(TargetCounts, Vec<BlockGroups>)> = labels
-        .par_chunks(COUNT_BLOCK)
-        .enumerate()
-        .map(|(b, ys)| {
-            let start = b * COUNT_BLOCK;
-            let mut all = TargetCounts::with_levels(n_alpha);
-            let mut groups: Vec<BlockGroups> = arrays
-                .iter()
-                .map(|_| BlockGroups {
-                    list: Vec::new(),
-                    last: 0,
-                })
-                .collect();
-            let mut row = RowContribution::new(n_alpha);
-            for (j, &y) in ys.iter().enumerate() {
-                let i = start + j;
-                row.fill(st, i, y, cal);
-                all.add(&row);
-                for ((_, ids), g) in arrays.iter().zip(groups.iter_mut()) {
-                    g.slot(ids[offset + i], n_alpha).add(&row);
-                }
-            }
-            (all, groups)
-        })
-        .collect();
-    for (all, groups) in blocks {
-        tally.all.merge(&all);
-        for ((name, _), g) in arrays.iter().zip(groups) {
-            let map = tally.groups.entry(name).or_default();
-            for (id, counts) in g.list {
-                match map.get_mut(&id) {
-                    Some(c) => c.merge(&counts),
-                    None => {
-                        map.insert(id, counts);
-                    }
-                }
-            }
+    for (key, counts) in block.pairs {
+        tally.all.merge(&counts);
+        for (name, id) in GROUP_ARRAYS.iter().zip(key) {
+            let Some(id) = id else { continue };
+            tally
+                .groups
+                .entry(name)
+                .or_default()
+                .entry(id)
+                .and_modify(|c| c.merge(&counts))
+                .or_insert_with(|| counts.clone());
         }
     }
 }
 
-/// Per-row outputs: credibility = p-value of the top class, confidence = 1 - p-value of
-/// the runner-up (p-values fall as `1 - p_k` grows, so these are the largest two).
-fn append_rows(out: &mut RowOutputs, st: &RowStats, sorted_lac: &[f32]) {
+/// Per-row outputs of one block: credibility = p-value of the top class, confidence =
+/// 1 - p-value of the runner-up (p-values fall as `1 - p_k` grows, so these are the
+/// largest two).
+fn block_rows(blk: RowBlock<'_>, sorted_lac: &[f32]) -> RowOutputs {
     let n = sorted_lac.len();
     // The p-value kernel's own count (mirror of shaders/pvalues.wgsl's binary search).
     let pvalue =
         |r: f32| (1 + crate::cpu::pvalues::count_ge(sorted_lac, r)) as f64 / (n + 1) as f64;
-    for i in 0..st.len() {
-        let s = st.stats[i];
-        out.yhat.push(st.yhat(i) as i64);
+    let mut out = RowOutputs::default();
+    for (i, s) in blk.stats.iter().enumerate() {
+        out.yhat.push(blk.yhat(i) as i64);
         out.max_prob.push(s[col::P1]);
         out.credibility.push(pvalue(s[col::R1]) as f32);
         out.confidence.push((1.0 - pvalue(s[col::R2])) as f32);
-        for a in 0..st.n_alpha {
-            out.set_size.push(st.set_size(i, a) as i64);
-        }
+        out.set_size.extend(blk.sizes(i).iter().map(|&c| c as i64));
     }
+    out
 }
 
 fn target_report(
