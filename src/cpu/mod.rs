@@ -7,6 +7,7 @@ pub mod calibration;
 pub mod common;
 pub mod copy;
 pub mod lac_scores;
+pub mod math;
 pub mod pvalues;
 pub mod radix_histogram;
 pub mod radix_scan;

@@ -3,6 +3,7 @@
 use rayon::prelude::*;
 
 use super::common::row_max;
+use super::math::{exp, exp_in_place, ln, ln_in_place};
 
 /// Per-row outputs of the row_stats kernel, for `n` rows and `A` thresholds.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -104,58 +105,58 @@ pub mod col {
 }
 
 /// One row, exactly as the shader computes it. `info` has `1 + qhats.len()` slots.
+/// The plain per-row statement of the kernel; [`row_stats`] computes the same bits a
+/// block of rows at a time.
 pub fn row_stats_row(row: &[f32], y: i32, t: f32, qhats: &[f32], info: &mut [u32]) -> [f32; 5] {
     let (m, arg) = row_max(row);
-    // exp is deterministic: computing e_k once (small K) gives the shader's values with
-    // half the exps.
-    let mut cache = [0.0f32; 16];
-    let small = row.len() <= cache.len();
-    let mut s = 0.0f32;
-    for (j, &z) in row.iter().enumerate() {
-        let x = (z - m) / t;
-        // exp(0) = 1 exactly (here and in the shader): skipping the call at the max
-        // changes no bit and saves one exp per row (half of them for K = 2).
-        let e = if x == 0.0 { 1.0 } else { x.exp() };
-        if small {
-            cache[j] = e;
-        }
-        s += e;
-    }
-    let log_s = s.ln();
-    let (mut p1, mut r1, mut r2, mut ne, mut lac) = (-1.0f32, 2.0f32, 2.0f32, 0.0f32, -1.0f32);
-    info[1..].fill(0);
-    for (j, &z) in row.iter().enumerate() {
-        let x = (z - m) / t;
-        let e = if small {
-            cache[j]
-        } else if x == 0.0 {
-            1.0
-        } else {
-            x.exp()
-        };
-        let p = e / s;
-        let r = 1.0 - p;
+    let x: Vec<f32> = row.iter().map(|&z| (z - m) / t).collect();
+    let e: Vec<f32> = x.iter().map(|&x| exp(x)).collect();
+    let s = e.iter().fold(0.0f32, |s, &e| s + e);
+    let p: Vec<f32> = e.iter().map(|&e| e / s).collect();
+    let r: Vec<f32> = p.iter().map(|&p| 1.0 - p).collect();
+    finish_row(&x, &p, &r, ln(s), arg, y, qhats, info)
+}
+
+/// The rest of a row once `x_k = (z_k - m)/T`, `p_k = exp(x_k) / S` (`S` summed in
+/// order), `r_k = 1 - p_k` and `ln S` are known: the transcendental and the division
+/// work is done, in bulk, by the caller. No data-dependent branches: for K = 2 which
+/// class wins is a coin flip that a branch predictor would lose.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn finish_row(
+    x: &[f32],
+    p: &[f32],
+    r: &[f32],
+    log_s: f32,
+    arg: usize,
+    y: i32,
+    qhats: &[f32],
+    info: &mut [u32],
+) -> [f32; 5] {
+    let (mut p1, mut r1, mut r2, mut ne) = (-1.0f32, 2.0f32, 2.0f32, 0.0f32);
+    for ((&x, &p), &r) in x.iter().zip(p).zip(r) {
         p1 = p1.max(p);
-        if r < r1 {
-            r2 = r1;
-            r1 = r;
+        // Smallest two r (never NaN, never -0.0): r < r1 moves r1 down to r2.
+        r2 = if r < r1 {
+            r1
         } else if r < r2 {
-            r2 = r;
-        }
-        if p > 0.0 {
-            // ln p_k = x_k - ln S: one log per row, and accurate for tiny p_k.
-            ne += p * (x - log_s);
-        }
-        if j as i32 == y {
-            lac = r;
-        }
-        for (slot, &q) in info[1..].iter_mut().zip(qhats) {
-            if r <= q {
-                *slot += 1;
-            }
-        }
+            r
+        } else {
+            r2
+        };
+        r1 = if r < r1 { r } else { r1 };
+        // ln p_k = x_k - ln S: one log per row, and accurate for tiny p_k (0 ln 0 = 0).
+        ne += if p > 0.0 { p * (x - log_s) } else { 0.0 };
     }
+    let lac = usize::try_from(y)
+        .ok()
+        .and_then(|y| r.get(y))
+        .copied()
+        .unwrap_or(-1.0);
     info[0] = arg as u32;
+    for (slot, &q) in info[1..].iter_mut().zip(qhats) {
+        *slot = r.iter().map(|&r| (r <= q) as u32).sum();
+    }
     [p1, ne, lac, r1, r2]
 }
 
@@ -215,12 +216,149 @@ fn fill(
     stats: &mut [[f32; 5]],
     info: &mut [u32],
 ) {
-    let rows = logits.chunks_exact(k).zip(labels);
-    for ((s, slot), (row, &y)) in stats
-        .iter_mut()
-        .zip(info.chunks_exact_mut(1 + qhats.len()))
-        .zip(rows)
-    {
-        *s = row_stats_row(row, y, t, qhats, slot);
+    match k {
+        2 => fill_with(Fixed::<2>, logits, labels, t, qhats, stats, info),
+        3 => fill_with(Fixed::<3>, logits, labels, t, qhats, stats, info),
+        4 => fill_with(Fixed::<4>, logits, labels, t, qhats, stats, info),
+        _ => fill_with(k, logits, labels, t, qhats, stats, info),
+    }
+}
+
+/// A row width: a `usize`, or [`Fixed`] to let the row loops of the common small K
+/// unroll (the same code, so the same bits).
+trait Width: Copy {
+    fn get(self) -> usize;
+}
+
+impl Width for usize {
+    fn get(self) -> usize {
+        self
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Fixed<const K: usize>;
+
+impl<const K: usize> Width for Fixed<K> {
+    #[inline(always)]
+    fn get(self) -> usize {
+        K
+    }
+}
+
+/// Values per sub-block: `x` and `e` of a sub-block stay in L1.
+const SUB_VALUES: usize = 2048;
+
+/// Sub-block by sub-block: the x_k of every row, then every exp at once (vectorised, see
+/// `math`), the sums in order, p = e / S and r = 1 - p at once, every log at once, then
+/// the per-row rest.
+fn fill_with<W: Width>(
+    width: W,
+    logits: &[f32],
+    labels: &[i32],
+    t: f32,
+    qhats: &[f32],
+    stats: &mut [[f32; 5]],
+    info: &mut [u32],
+) {
+    let k = width.get();
+    let rows_per = (SUB_VALUES / k).max(1);
+    let stride = 1 + qhats.len();
+    let (mut x, mut p, mut r) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut s, mut log_s, mut arg) = (Vec::new(), Vec::new(), Vec::new());
+    for (b, rows) in logits.chunks(rows_per * k).enumerate() {
+        x.clear();
+        arg.clear();
+        for row in rows.chunks_exact(k) {
+            let (m, a) = row_max(row);
+            arg.push(a);
+            x.extend(row.iter().map(|&z| (z - m) / t));
+        }
+        p.clone_from(&x);
+        exp_in_place(&mut p);
+        s.clear();
+        s.extend(
+            p.chunks_exact(k)
+                .map(|e| e.iter().fold(0.0f32, |s, &e| s + e)),
+        );
+        for (row, &s) in p.chunks_exact_mut(k).zip(&s) {
+            for e in row {
+                *e /= s;
+            }
+        }
+        r.clear();
+        r.extend(p.iter().map(|&p| 1.0 - p));
+        log_s.clone_from(&s);
+        ln_in_place(&mut log_s);
+        let first = b * rows_per;
+        let rows = x
+            .chunks_exact(k)
+            .zip(p.chunks_exact(k))
+            .zip(r.chunks_exact(k));
+        for (j, ((xr, pr), rr)) in rows.enumerate() {
+            let i = first + j;
+            stats[i] = finish_row(
+                xr,
+                pr,
+                rr,
+                log_s[j],
+                arg[j],
+                labels[i],
+                qhats,
+                &mut info[i * stride..(i + 1) * stride],
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    /// The block path (`row_stats`: bulk exp, sums, divisions, logs) against the plain
+    /// per-row statement (`row_stats_row`), bit for bit. Sizes straddle a sub-block
+    /// (SUB_VALUES / K rows) and a rayon block; K = 2, 3, 4 take the unrolled path, 5 and
+    /// 1000 the general one. Quantised logits make ties (equal r_k, several maxima).
+    #[test]
+    fn blocks_equal_rows_bit_for_bit() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+        for k in [2usize, 3, 4, 5, 1000] {
+            let sub = (SUB_VALUES / k).max(1);
+            for n in [0, 1, sub - 1, sub, sub + 1, 4096 + 1] {
+                for t in [1e-3f32, 0.7, 1.0, 1e3] {
+                    let logits: Vec<f32> = (0..n * k)
+                        .map(|_| (rng.random_range(-8.0f32..8.0) * 2.0).round() / 2.0)
+                        .collect();
+                    let labels: Vec<i32> = (0..n).map(|_| rng.random_range(-1..k as i32)).collect();
+                    let qhats = [0.05f32, 0.5, 0.999, 2.0];
+                    let got = row_stats(&logits, &labels, k, t, &qhats);
+                    let mut info = vec![0u32; 1 + qhats.len()];
+                    for i in 0..n {
+                        let want = row_stats_row(
+                            &logits[i * k..(i + 1) * k],
+                            labels[i],
+                            t,
+                            &qhats,
+                            &mut info,
+                        );
+                        let same = want
+                            .iter()
+                            .zip(&got.stats[i])
+                            .all(|(a, b)| a.to_bits() == b.to_bits());
+                        assert!(
+                            same,
+                            "k={k} n={n} t={t} row {i}: {:?} vs {want:?}",
+                            got.stats[i]
+                        );
+                        assert_eq!(
+                            got.block(i..i + 1).info,
+                            &info[..],
+                            "k={k} n={n} t={t} row {i}"
+                        );
+                    }
+                }
+            }
+        }
     }
 }
