@@ -2,7 +2,7 @@
 """numpy peer of `conformal-gpu evaluate`: DESIGN.md section 2 end to end, vectorised.
 
     python3 benches/peers/numpy_evaluate.py --data DIR [--source id_val] [--alpha 0.1,0.05]
-        [--json REPORT.json] [--repeat R] [--pvalues]
+        [--json REPORT.json] [--repeat R] [--pvalues] [--timings T.json]
 
 Source = DIR/<source>.npz (every label known), targets = every other .npz in DIR in name
 order. T is fitted on the source (safeguarded Newton on b = 1/T, float64 sums); the `raw`
@@ -322,6 +322,7 @@ def main():
     ap.add_argument("--json", help="write the report here")
     ap.add_argument("--repeat", type=int, default=1, help="run the whole job R times")
     ap.add_argument("--pvalues", action="store_true", help="also compute per-row p-values")
+    ap.add_argument("--timings", help="write the (median) timings_ms as JSON here")
     args = ap.parse_args()
     alphas = [float(a) for a in args.alpha.split(",")]
     if not all(0.0 < a < 1.0 for a in alphas):
@@ -337,6 +338,9 @@ def main():
         print(f"median of {args.repeat}: " + "  ".join(f"{k} {v:8.1f} ms" for k, v in med.items()))
         report["timings_ms"] = med
         report["timings_ms_runs"] = runs
+    if args.timings:
+        with open(args.timings, "w") as f:
+            json.dump(report["timings_ms"], f)
     s = report["source"]
     print(f"source {s['name']}: n = {s['n']}, K = {s['k']}, accuracy {s['accuracy']:.6f}, "
           f"T = {s['temperature']:.9g} ({s['iterations']} passes), NLL {s['nll_before']:.6f} -> "

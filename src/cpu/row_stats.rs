@@ -216,6 +216,41 @@ fn fill(
     stats: &mut [[f32; 5]],
     info: &mut [u32],
 ) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: AVX2 is present (checked just above).
+        unsafe { fill_avx2(logits, labels, k, t, qhats, stats, info) };
+        return;
+    }
+    fill_plain(logits, labels, k, t, qhats, stats, info);
+}
+
+/// The same code compiled for AVX2 (wider lanes for the bulk passes). No "fma" feature:
+/// the arithmetic, and so every bit, is the plain build's.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn fill_avx2(
+    logits: &[f32],
+    labels: &[i32],
+    k: usize,
+    t: f32,
+    qhats: &[f32],
+    stats: &mut [[f32; 5]],
+    info: &mut [u32],
+) {
+    fill_plain(logits, labels, k, t, qhats, stats, info);
+}
+
+#[inline(always)]
+fn fill_plain(
+    logits: &[f32],
+    labels: &[i32],
+    k: usize,
+    t: f32,
+    qhats: &[f32],
+    stats: &mut [[f32; 5]],
+    info: &mut [u32],
+) {
     match k {
         2 => fill_with(Fixed::<2>, logits, labels, t, qhats, stats, info),
         3 => fill_with(Fixed::<3>, logits, labels, t, qhats, stats, info),
@@ -249,9 +284,10 @@ impl<const K: usize> Width for Fixed<K> {
 /// Values per sub-block: `x` and `e` of a sub-block stay in L1.
 const SUB_VALUES: usize = 2048;
 
-/// Sub-block by sub-block: the x_k of every row, then every exp at once (vectorised, see
-/// `math`), the sums in order, p = e / S and r = 1 - p at once, every log at once, then
+/// Sub-block by sub-block, in passes a compiler vectorises: row maxima, every x_k, every
+/// exp at once (see `math`), the sums in order, p = e / S and r = 1 - p, every log, then
 /// the per-row rest.
+#[inline(always)]
 fn fill_with<W: Width>(
     width: W,
     logits: &[f32],
@@ -264,32 +300,42 @@ fn fill_with<W: Width>(
     let k = width.get();
     let rows_per = (SUB_VALUES / k).max(1);
     let stride = 1 + qhats.len();
-    let (mut x, mut p, mut r) = (Vec::new(), Vec::new(), Vec::new());
-    let (mut s, mut log_s, mut arg) = (Vec::new(), Vec::new(), Vec::new());
-    for (b, rows) in logits.chunks(rows_per * k).enumerate() {
-        x.clear();
-        arg.clear();
-        for row in rows.chunks_exact(k) {
-            let (m, a) = row_max(row);
-            arg.push(a);
-            x.extend(row.iter().map(|&z| (z - m) / t));
+    let mut x = vec![0.0f32; rows_per * k];
+    let mut p = vec![0.0f32; rows_per * k];
+    let mut r = vec![0.0f32; rows_per * k];
+    let (mut m, mut s, mut log_s) = (
+        vec![0.0f32; rows_per],
+        vec![0.0f32; rows_per],
+        vec![0.0f32; rows_per],
+    );
+    let mut arg = vec![0usize; rows_per];
+    for (b, z) in logits.chunks(rows_per * k).enumerate() {
+        let n = z.len() / k;
+        let (x, p, r) = (&mut x[..n * k], &mut p[..n * k], &mut r[..n * k]);
+        let (m, s, log_s, arg) = (&mut m[..n], &mut s[..n], &mut log_s[..n], &mut arg[..n]);
+        for ((row, m), a) in z.chunks_exact(k).zip(m.iter_mut()).zip(arg.iter_mut()) {
+            (*m, *a) = row_max(row);
         }
-        p.clone_from(&x);
-        exp_in_place(&mut p);
-        s.clear();
-        s.extend(
-            p.chunks_exact(k)
-                .map(|e| e.iter().fold(0.0f32, |s, &e| s + e)),
-        );
-        for (row, &s) in p.chunks_exact_mut(k).zip(&s) {
+        for ((xr, zr), &m) in x.chunks_exact_mut(k).zip(z.chunks_exact(k)).zip(m.iter()) {
+            for (x, &z) in xr.iter_mut().zip(zr) {
+                *x = (z - m) / t;
+            }
+        }
+        p.copy_from_slice(x);
+        exp_in_place(p);
+        for (s, e) in s.iter_mut().zip(p.chunks_exact(k)) {
+            *s = e.iter().fold(0.0f32, |s, &e| s + e);
+        }
+        for (row, &s) in p.chunks_exact_mut(k).zip(s.iter()) {
             for e in row {
                 *e /= s;
             }
         }
-        r.clear();
-        r.extend(p.iter().map(|&p| 1.0 - p));
-        log_s.clone_from(&s);
-        ln_in_place(&mut log_s);
+        for (r, &p) in r.iter_mut().zip(p.iter()) {
+            *r = 1.0 - p;
+        }
+        log_s.copy_from_slice(s);
+        ln_in_place(log_s);
         let first = b * rows_per;
         let rows = x
             .chunks_exact(k)

@@ -525,6 +525,25 @@ fn read_elems<T: bytemuck::Pod>(
         && ((dtype == Dtype::F32 && std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>())
             || (dtype == Dtype::I64
                 && std::any::TypeId::of::<T>() == std::any::TypeId::of::<i64>()));
+    let read_err = |e: std::io::Error, done: usize| {
+        Error::format(
+            file,
+            format!(
+                "array '{array}': truncated or corrupt data after {done} of {count} values ({e})"
+            ),
+        )
+    };
+    if native {
+        // Straight into the output (zeroed pages come from the allocator without a
+        // write): one copy from the file, no staging buffer. `count` was bounded by the
+        // bytes the file really has before this allocation (check_claim).
+        let mut out = vec![T::zeroed(); count];
+        for (c, chunk) in out.chunks_mut(CHUNK_ELEMS).enumerate() {
+            r.read_exact(bytemuck::cast_slice_mut(chunk))
+                .map_err(|e| read_err(e, c * CHUNK_ELEMS))?;
+        }
+        return Ok(out);
+    }
     let mut out = Vec::with_capacity(count);
     // u64 storage keeps the byte buffer 8-aligned, so it can be viewed as &[T].
     let mut store = vec![0u64; (CHUNK_ELEMS.min(count.max(1)) * size).div_ceil(8)];
@@ -533,20 +552,8 @@ fn read_elems<T: bytemuck::Pod>(
     while left > 0 {
         let m = left.min(CHUNK_ELEMS);
         let bytes = &mut buf[..m * size];
-        r.read_exact(bytes).map_err(|e| {
-            Error::format(
-                file,
-                format!(
-                    "array '{array}': truncated or corrupt data after {} of {count} values ({e})",
-                    count - left
-                ),
-            )
-        })?;
-        if native {
-            out.extend_from_slice(bytemuck::cast_slice::<u8, T>(bytes));
-        } else {
-            out.extend(bytes.chunks_exact(size).map(|c| conv(c, dtype, big)));
-        }
+        r.read_exact(bytes).map_err(|e| read_err(e, count - left))?;
+        out.extend(bytes.chunks_exact(size).map(|c| conv(c, dtype, big)));
         left -= m;
     }
     Ok(out)

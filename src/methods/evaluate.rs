@@ -455,30 +455,51 @@ impl TargetCounts {
         }
     }
 
-    /// Counts one row: its statistics `s`, predicted class, set sizes (one per level)
-    /// and label `y` (-1 = unknown).
-    fn add_row(&mut self, s: &[f32; 5], yhat: u32, sizes: &[u32], y: i32, cal: &SourceCal) {
-        let [p1, ne, lac, r1, r2] = *s;
-        let c = &mut self.counts;
-        let known = y >= 0;
-        c[count::N] += 1;
-        c[count::LABELLED] += known as u64;
-        c[count::CORRECT] += (known && yhat as i32 == y) as u64;
-        if let Some(t) = cal.atc_mc.t {
-            c[count::MC_ABOVE] += (p1 > t) as u64;
-            c[count::MC_EQUAL] += (p1 == t) as u64;
+    /// Counts rows `rows` of `blk` (labels `labels`, -1 = unknown). Absent thresholds
+    /// become NaN (no row above or equal, no CPC singleton) and an absent qhat +inf
+    /// (every labelled row covered), so the loops have no branches.
+    fn add_rows(
+        &mut self,
+        blk: RowBlock<'_>,
+        rows: std::ops::Range<usize>,
+        labels: &[i32],
+        cal: &SourceCal,
+    ) {
+        let t_mc = cal.atc_mc.t.unwrap_or(f32::NAN);
+        let t_ne = cal.atc_ne.t.unwrap_or(f32::NAN);
+        let q_cpc = cal.cpc_q.unwrap_or(f32::NAN);
+        let mut c = [0u64; 8];
+        let mut sum_p1 = 0.0f64;
+        for (j, &y) in rows.clone().zip(labels) {
+            let [p1, ne, _, r1, r2] = blk.stats[j];
+            let known = y >= 0;
+            c[count::LABELLED] += known as u64;
+            c[count::CORRECT] += (known && blk.yhat(j) as i32 == y) as u64;
+            c[count::MC_ABOVE] += (p1 > t_mc) as u64;
+            c[count::MC_EQUAL] += (p1 == t_mc) as u64;
+            c[count::NE_ABOVE] += (ne > t_ne) as u64;
+            c[count::NE_EQUAL] += (ne == t_ne) as u64;
+            c[count::CPC] += (r1 <= q_cpc && q_cpc < r2) as u64;
+            sum_p1 += p1 as f64;
         }
-        if let Some(t) = cal.atc_ne.t {
-            c[count::NE_ABOVE] += (ne > t) as u64;
-            c[count::NE_EQUAL] += (ne == t) as u64;
+        c[count::N] = rows.len() as u64;
+        for (d, s) in self.counts.iter_mut().zip(c) {
+            *d += s;
         }
-        c[count::CPC] += cal.cpc_q.is_some_and(|q| r1 <= q && q < r2) as u64;
-        self.sum_p1 += p1 as f64;
-        for ((lv, &size), q) in self.levels.iter_mut().zip(sizes).zip(&cal.qhats) {
-            lv[level::SIZE_SUM] += size as u64;
-            lv[level::SINGLETON] += (size == 1) as u64;
-            lv[level::EMPTY] += (size == 0) as u64;
-            lv[level::COVERED] += (known && q.is_none_or(|q| lac <= q)) as u64;
+        self.sum_p1 += sum_p1;
+        for (a, lv) in self.levels.iter_mut().enumerate() {
+            let q = cal.qhats[a].unwrap_or(f32::INFINITY);
+            let mut l = [0u64; 4];
+            for (j, &y) in rows.clone().zip(labels) {
+                let size = blk.sizes(j)[a];
+                l[level::SIZE_SUM] += size as u64;
+                l[level::SINGLETON] += (size == 1) as u64;
+                l[level::EMPTY] += (size == 0) as u64;
+                l[level::COVERED] += (y >= 0 && blk.stats[j][col::LAC] <= q) as u64;
+            }
+            for (d, s) in lv.iter_mut().zip(l) {
+                *d += s;
+            }
         }
     }
 
@@ -699,6 +720,7 @@ pub fn evaluate<B: Backend>(
     for target in targets {
         let logits = target.logits_slice();
         let labels = labels_i32(target);
+        let groups = group_cols(target);
         let mut tally = Modes::<TargetTally>::default();
         let mut rows_out = RowOutputs {
             name: target.name.clone(),
@@ -719,7 +741,7 @@ pub fn evaluate<B: Backend>(
                     backend.map_row_blocks(&rows, mode_cal.t, &mode_cal.qhats, |first, blk| {
                         let first = start_row + first;
                         (
-                            tally_block(blk, first, target, &labels, mode_cal, alphas.len()),
+                            tally_block(blk, first, &groups, &labels, mode_cal, alphas.len()),
                             want_rows.then(|| block_rows(blk, &mode_cal.sorted_lac)),
                         )
                     })?;
@@ -802,27 +824,46 @@ impl BlockTally {
     }
 }
 
-/// Counts one block of `target` rows starting at `first` (an offset into the whole
-/// target) in one mode.
+/// Group ids of a target, one column per [`GROUP_ARRAYS`] entry, as contiguous slices.
+type GroupCols<'s> = [Option<std::borrow::Cow<'s, [i64]>>; 2];
+
+fn group_cols(target: &PredictionSet) -> GroupCols<'_> {
+    GROUP_ARRAYS.map(|name| {
+        group_ids(target, name).map(|a| match a.as_slice() {
+            Some(s) => std::borrow::Cow::Borrowed(s),
+            None => std::borrow::Cow::Owned(a.to_vec()),
+        })
+    })
+}
+
+/// Counts one block of a target's rows starting at `first` (an offset into the whole
+/// target) in one mode, run by run of equal (hospital, slide): rows of a slide usually
+/// come together.
 fn tally_block(
     blk: RowBlock<'_>,
     first: usize,
-    target: &PredictionSet,
+    groups: &GroupCols<'_>,
     labels: &[i32],
     cal: &SourceCal,
     n_alpha: usize,
 ) -> BlockTally {
-    let ids = GROUP_ARRAYS.map(|name| group_ids(target, name));
+    let key = |i: usize| [0, 1].map(|g| groups[g].as_ref().map(|a| a[i]));
     let mut tally = BlockTally {
         pairs: Vec::new(),
         last: 0,
     };
-    for (j, s) in blk.stats.iter().enumerate() {
-        let i = first + j;
-        let key = ids.map(|a| a.map(|a| a[i]));
+    let n = blk.len();
+    let mut j = 0;
+    while j < n {
+        let run_key = key(first + j);
+        let mut end = j + 1;
+        while end < n && key(first + end) == run_key {
+            end += 1;
+        }
         tally
-            .slot(key, n_alpha)
-            .add_row(s, blk.yhat(j), blk.sizes(j), labels[i], cal);
+            .slot(run_key, n_alpha)
+            .add_rows(blk, j..end, &labels[first + j..first + end], cal);
+        j = end;
     }
     tally
 }
