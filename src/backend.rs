@@ -505,3 +505,103 @@ mod gpu_backend {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A backend that keeps only the required methods: `map_row_blocks` takes the
+    /// trait's default (row_stats, then blocks), the path the GPU uses.
+    struct DefaultPath(CpuBackend);
+
+    impl Backend for DefaultPath {
+        type Rows<'a> = CpuRows<'a>;
+        fn device_name(&self) -> String {
+            "default".into()
+        }
+        fn prepare<'a>(&'a self, l: &'a [f32], y: &'a [i32], k: usize) -> Result<CpuRows<'a>> {
+            self.0.prepare(l, y, k)
+        }
+        fn nll_sums(&self, r: &CpuRows<'_>, b: f64) -> Result<NllSums> {
+            self.0.nll_sums(r, b)
+        }
+        fn calibration(&self, r: &CpuRows<'_>, t: f32) -> Result<CalibrationStats> {
+            self.0.calibration(r, t)
+        }
+        fn softmax(&self, l: &[f32], k: usize, t: f32) -> Result<Vec<f32>> {
+            self.0.softmax(l, k, t)
+        }
+        fn row_stats_pass(&self, r: &CpuRows<'_>, t: f32, q: &[f32]) -> Result<RowStats> {
+            self.0.row_stats_pass(r, t, q)
+        }
+        fn sort_keys(&self, keys: &[f32]) -> Result<Vec<f32>> {
+            self.0.sort_keys(keys)
+        }
+        fn sort_pairs(&self, keys: &[f32], p: &[u32]) -> Result<(Vec<f32>, Vec<u32>)> {
+            self.0.sort_pairs(keys, p)
+        }
+        fn select(&self, keys: &[f32], ks: &[usize]) -> Result<Vec<f32>> {
+            self.0.select(keys, ks)
+        }
+        fn lac_scores(&self, r: &CpuRows<'_>, t: f32) -> Result<Vec<f32>> {
+            self.0.lac_scores(r, t)
+        }
+        fn pvalues(
+            &self,
+            r: &CpuRows<'_>,
+            t: f32,
+            sorted: &[f32],
+            qhats: &[f32],
+            num: bool,
+        ) -> Result<PValueRows> {
+            self.0.pvalues(r, t, sorted, qhats, num)
+        }
+    }
+
+    fn blocks<B: Backend>(
+        b: &B,
+        logits: &[f32],
+        labels: &[i32],
+        q: &[Option<f32>],
+    ) -> Vec<(usize, RowStats)> {
+        let rows = b.prepare(logits, labels, 3).unwrap();
+        b.map_row_blocks(&rows, 0.8, q, |first, blk| {
+            let stats = RowStats {
+                stats: blk.stats.to_vec(),
+                info: blk.info.to_vec(),
+                n_alpha: blk.n_alpha,
+            };
+            (first, stats)
+        })
+        .unwrap()
+    }
+
+    /// The CPU override (each block computed where it is consumed, every threshold in one
+    /// pass) hands out the same blocks, bit for bit, as the default (whole row_stats in
+    /// passes of MAX_ALPHA_PER_PASS thresholds, then sliced): sizes around one block, and
+    /// more thresholds than one pass takes.
+    #[test]
+    fn cpu_blocks_equal_default_blocks() {
+        let q: Vec<Option<f32>> = (0..40)
+            .map(|i| (i != 5).then_some(i as f32 / 40.0))
+            .collect();
+        for n in [
+            0,
+            1,
+            ROW_BLOCK - 1,
+            ROW_BLOCK,
+            ROW_BLOCK + 1,
+            2 * ROW_BLOCK + 7,
+        ] {
+            // Deterministic pseudo-random logits with ties (multiples of 1/4).
+            let logits: Vec<f32> = (0..n * 3)
+                .map(|i| ((i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 59) as f32 / 4.0)
+                .collect();
+            let labels: Vec<i32> = (0..n).map(|i| (i % 4) as i32 - 1).collect();
+            let got = blocks(&CpuBackend, &logits, &labels, &q);
+            let want = blocks(&DefaultPath(CpuBackend), &logits, &labels, &q);
+            assert_eq!(got.len(), n.div_ceil(ROW_BLOCK), "n={n}");
+            assert_eq!(got, want, "n={n}");
+        }
+    }
+}

@@ -366,12 +366,18 @@ fn check_against_oracle<B: Backend>(
                     want.true_accuracy,
                     1e-12,
                 );
-                if a == 0 {
-                    // Per slide: every group's estimates against the oracle on its rows.
-                    let slides = tset.slide.as_ref().unwrap().as_slice().unwrap();
-                    let by =
-                        oracle::target_alpha_by_group(&fit, oracle_target(tset), alpha, slides);
-                    let groups = &got.groups["slide"];
+                // Per slide (and hospital, where given): every group's estimates against
+                // the oracle on its rows.
+                let arrays = [("slide", &tset.slide), ("hospital", &tset.hospital)];
+                for (name, ids) in arrays.into_iter().filter(|_| a == 0) {
+                    let Some(ids) = ids else { continue };
+                    let by = oracle::target_alpha_by_group(
+                        &fit,
+                        oracle_target(tset),
+                        alpha,
+                        ids.as_slice().unwrap(),
+                    );
+                    let groups = &got.groups[name];
                     assert_eq!(groups.len(), by.len());
                     for g in groups {
                         let w = &by[&g.id];
@@ -380,7 +386,7 @@ fn check_against_oracle<B: Backend>(
                         } else {
                             &g.estimates.raw
                         };
-                        let gw = format!("{what} slide {}", g.id);
+                        let gw = format!("{what} {name} {}", g.id);
                         c.close(&format!("{gw} AC"), est.ac, w.ac, 1e-5);
                         c.close(&format!("{gw} DoC"), est.doc, w.doc, 1e-5);
                         c.rate(&format!("{gw} ATC-MC"), est.atc_mc, w.atc_mc, g.n);
@@ -437,6 +443,17 @@ fn oracle_cases() -> Vec<(PredictionSet, Vec<PredictionSet>, Vec<f64>)> {
         ];
         cases.push((source, targets, vec![0.1, 0.05, 0.2, 0.5]));
     }
+    // A target longer than two row blocks (backend::ROW_BLOCK = 16384 rows), with slides
+    // and hospitals in runs that cross the block boundaries: the counts of a group are
+    // merged from several blocks.
+    let mut long = random_set(9, "long", 2 * 16384 + 3, 2, 0.8, false, 0.7);
+    long.slide = Some((0..long.n() as i64).map(|i| i / 5000).collect());
+    long.hospital = Some((0..long.n() as i64).map(|i| 7 - i / 12000).collect());
+    cases.push((
+        random_set(10, "source", 700, 2, 1.2, false, 1.0),
+        vec![long],
+        vec![0.1, 0.05],
+    ));
     // A 9-row source: alpha = 0.7 gives k = 3 (not 4), alpha = 0.05 gives k > n (+inf).
     let source = random_set(7, "source", 9, 3, 1.0, false, 1.0);
     cases.push((
