@@ -3,6 +3,7 @@
 use rayon::prelude::*;
 
 use super::common::row_max;
+use super::math::exp;
 use super::WG;
 
 /// ECE bins (DESIGN.md 2.2).
@@ -42,7 +43,7 @@ pub fn row_confidence(row: &[f32], t: f32) -> (f32, usize) {
     let (m, arg) = row_max(row);
     let mut s = 0.0f32;
     for &z in row {
-        s += ((z - m) / t).exp();
+        s += exp((z - m) / t);
     }
     (1.0 / s, arg)
 }

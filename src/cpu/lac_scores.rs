@@ -3,6 +3,7 @@
 use rayon::prelude::*;
 
 use super::common::row_max;
+use super::math::exp;
 
 /// LAC score of one row with known label `y`, in f32 exactly as the shader (and as
 /// `softmax_row`) computes `p_y`.
@@ -12,7 +13,7 @@ pub fn lac_score_row(row: &[f32], y: usize, t: f32) -> f32 {
     let mut s = 0.0f32;
     let mut ey = 0.0f32;
     for (j, &z) in row.iter().enumerate() {
-        let e = ((z - m) / t).exp();
+        let e = exp((z - m) / t);
         s += e;
         if j == y {
             ey = e;

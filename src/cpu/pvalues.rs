@@ -4,6 +4,7 @@
 use rayon::prelude::*;
 
 use super::common::row_max;
+use super::math::exp;
 
 /// Per-row p-value summaries of a target set against `n_cal` calibration scores.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -72,13 +73,13 @@ fn row_pvalues(
     let mut s = 0.0f32;
     if !probs {
         for &z in row {
-            s += ((z - m) / t).exp();
+            s += exp((z - m) / t);
         }
     }
     sizes.iter_mut().for_each(|x| *x = 0);
     let (mut best, mut second) = (0u32, 0u32);
     for (j, &z) in row.iter().enumerate() {
-        let p = if probs { z } else { ((z - m) / t).exp() / s };
+        let p = if probs { z } else { exp((z - m) / t) / s };
         let v = 1.0 - p;
         let num = 1 + count_ge(sorted, v) as u32;
         nums[j] = num;

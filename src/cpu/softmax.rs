@@ -3,6 +3,7 @@
 use rayon::prelude::*;
 
 use super::common::row_max;
+use super::math::{exp, exp_in_place};
 
 /// Softmax of one row at temperature `t` into `out` (shift, then scale; f32 as the shader).
 #[inline]
@@ -10,7 +11,7 @@ pub fn softmax_row(row: &[f32], t: f32, out: &mut [f32]) {
     let (m, _) = row_max(row);
     let mut s = 0.0f32;
     for (o, &z) in out.iter_mut().zip(row) {
-        let e = ((z - m) / t).exp();
+        let e = exp((z - m) / t);
         *o = e;
         s += e;
     }
@@ -25,12 +26,50 @@ pub fn softmax(logits: &[f32], k: usize, t: f32) -> Vec<f32> {
     if k == 0 {
         return out;
     }
+    // Per chunk of rows: every x_k, then every exp at once (vectorised, see `math`), then
+    // the sums in order and the divisions: the bits of `softmax_row`, row by row.
     out.par_chunks_mut(k * 4096)
         .zip(logits.par_chunks(k * 4096))
         .for_each(|(o, l)| {
             for (orow, lrow) in o.chunks_exact_mut(k).zip(l.chunks_exact(k)) {
-                softmax_row(lrow, t, orow);
+                let (m, _) = row_max(lrow);
+                for (o, &z) in orow.iter_mut().zip(lrow) {
+                    *o = (z - m) / t;
+                }
+            }
+            exp_in_place(o);
+            for orow in o.chunks_exact_mut(k) {
+                let s = orow.iter().fold(0.0f32, |s, &e| s + e);
+                for o in orow {
+                    *o /= s;
+                }
             }
         });
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The bulk path (all x, then all exps) gives `softmax_row`'s bits, across the
+    /// 4096-row chunks; logits with ties and a huge spread (exp underflows to 0).
+    #[test]
+    fn bulk_equals_rows_bit_for_bit() {
+        for k in [2usize, 3, 1000] {
+            for n in [0usize, 1, 4095, 4096, 4097] {
+                let logits: Vec<f32> = (0..n * k)
+                    .map(|i| ((i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 56) as f32 - 128.0)
+                    .collect();
+                let got = softmax(&logits, k, 0.37);
+                let mut want = vec![0.0f32; k];
+                for (i, row) in logits.chunks_exact(k).enumerate() {
+                    softmax_row(row, 0.37, &mut want);
+                    let g = &got[i * k..(i + 1) * k];
+                    let same = g.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits());
+                    assert!(same, "k={k} n={n} row {i}");
+                }
+            }
+        }
+    }
 }
