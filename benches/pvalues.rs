@@ -1,6 +1,8 @@
 //! Conformal p-values of a K = 2 target set (1M and 10M rows; `CONFORMAL_BENCH_SIZES`
 //! overrides) against 33,560 sorted calibration scores (Camelyon17 id_val), set sizes at
-//! 3 levels; GPU rows prepared (uploaded) outside the timed loop.
+//! 3 levels; GPU rows prepared (uploaded) outside the timed loop. With
+//! `CONFORMAL_BENCH_DATA` the rows and the calibration scores come from that file, as in
+//! `numpy_kernels.py --data`.
 //! `cargo bench --bench pvalues -- --sample-size 10`
 
 use std::hint::black_box;
@@ -19,10 +21,7 @@ fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("pvalues");
     g.sample_size(10);
     for n in common::sizes() {
-        let logits: Vec<f32> = common::scores(2 * n, 4)
-            .iter()
-            .map(|x| 8.0 * x - 4.0)
-            .collect();
+        let logits = common::logits(n, 2);
         let labels = vec![-1i32; n];
         g.throughput(Throughput::Elements(n as u64));
         let rows = CpuBackend.prepare(&logits, &labels, 2).unwrap();

@@ -1,5 +1,5 @@
-//! Exact order statistics: radix select (GPU) and select_nth_unstable_by (CPU) for 1, 16
-//! and 64 ranks, next to qhat through a full sort, at 1M and 10M
+//! Exact order statistics: radix select (GPU) and select_nth_unstable_by (CPU) for 1, 10,
+//! 16 and 64 ranks, next to qhat through a full sort, at 1M and 10M
 //! (`CONFORMAL_BENCH_SIZES` overrides). This is the measurement behind
 //! `methods::quantile::SELECT_MAX_RANKS`. `cargo bench --bench select -- --sample-size 10`
 
@@ -18,9 +18,19 @@ fn run<B: Backend>(
     k: &[f32],
 ) {
     let n = k.len();
-    for r in [1usize, 16, 64] {
-        // Ranks spread over the upper tail, as conformal levels are.
-        let alphas: Vec<f64> = (0..r).map(|i| 0.01 + 0.3 * i as f64 / r as f64).collect();
+    // The levels of numpy_kernels.py / torch_kernels.py (`LEVELS`) for 10 ranks, alpha =
+    // 0.1 alone for 1; 16 and 64 ranks spread over the upper tail, as conformal levels are.
+    let spread = |r: usize| (0..r).map(|i| 0.01 + 0.3 * i as f64 / r as f64).collect();
+    let cases: [(usize, Vec<f64>); 4] = [
+        (1, vec![0.1]),
+        (
+            10,
+            vec![0.5, 0.4, 0.3, 0.25, 0.2, 0.15, 0.1, 0.05, 0.02, 0.01],
+        ),
+        (16, spread(16)),
+        (64, spread(64)),
+    ];
+    for (r, alphas) in cases {
         g.bench_with_input(
             BenchmarkId::new(format!("{name}_select_{r}"), n),
             k,

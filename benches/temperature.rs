@@ -2,6 +2,7 @@
 //! and GPU side by side at 1M and 10M labelled rows, K = 2. `gpu-resident` fits rows
 //! already on the device (as the PyTorch LBFGS peer, whose logits are on the GPU);
 //! `gpu-total` includes the upload. The fitted T and the number of passes are printed.
+//! With `CONFORMAL_BENCH_DATA` the rows and labels come from that file (tiled).
 //!
 //! `cargo bench --bench temperature -- --sample-size 10`
 //! (sizes: `CONFORMAL_BENCH_SIZES`, cap: `CONFORMAL_BENCH_MAX_ELEMS`).
@@ -37,7 +38,7 @@ fn bench(c: &mut Criterion) {
             continue;
         }
         let logits = common::logits(n, k);
-        let y = labels(&logits, k);
+        let y = common::data_labels(n).unwrap_or_else(|| labels(&logits, k));
         let id = format!("n={n}/K={k}");
         // Per pass the fit reads the logits and labels once.
         group.throughput(Throughput::Bytes((4 * n * (k + 1)) as u64));

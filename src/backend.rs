@@ -336,14 +336,15 @@ impl Backend for CpuBackend {
             .collect())
     }
 
-    // The CPU path sorts and selects with the plain oracles (rayon sort of sortable u32 /
-    // (key, index) u64, select_nth_unstable_by): faster on a CPU than emulating the
-    // GPU's tiles; the mirrors (cpu::radix_sort, cpu::select_histogram) exist to check
-    // the GPU stage by stage. The output of a stable sort and of a selection is unique,
-    // so both paths give the same bits.
+    // The CPU path sorts and selects with radix algorithms shaped for a CPU
+    // (cpu::host_radix: an 11-bit MSD pass then buckets in parallel; a 16-bit histogram
+    // then the few buckets asked for), not by emulating the GPU's tiles; the mirrors
+    // (cpu::radix_sort, cpu::select_histogram) exist to check the GPU stage by stage.
+    // The output of a stable sort and of a selection is unique, so both paths give the
+    // same bits.
     fn sort_keys(&self, keys: &[f32]) -> Result<Vec<f32>> {
         cpu::radix_sort::check_no_nan("sort keys", keys)?;
-        Ok(cpu::radix_sort::sort_keys(keys))
+        Ok(cpu::host_radix::sort_keys(keys))
     }
 
     fn sort_pairs(&self, keys: &[f32], payload: &[u32]) -> Result<(Vec<f32>, Vec<u32>)> {
@@ -360,7 +361,7 @@ impl Backend for CpuBackend {
                 keys.len()
             )));
         }
-        Ok(cpu::radix_sort::sort_pairs(keys, payload))
+        Ok(cpu::host_radix::sort_pairs(keys, payload))
     }
 
     fn select(&self, keys: &[f32], ks: &[usize]) -> Result<Vec<f32>> {
@@ -371,7 +372,7 @@ impl Backend for CpuBackend {
                 keys.len()
             )));
         }
-        Ok(cpu::select_histogram::select_oracle(keys, ks))
+        Ok(cpu::host_radix::select(keys, ks))
     }
 
     fn lac_scores(&self, rows: &CpuRows<'_>, t: f32) -> Result<Vec<f32>> {

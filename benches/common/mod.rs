@@ -45,8 +45,66 @@ pub fn gpu() -> Option<GpuContext> {
     }
 }
 
-/// `n` pseudo-random scores in [0, 1) with some ties (xorshift; no NaN).
+/// `CONFORMAL_BENCH_DATA`: a prediction set `.npz` whose rows (the first n, or the file
+/// tiled in order up to n rows, as `benches/peers/*_kernels.py --data` do) replace the
+/// synthetic inputs, so the benches and the peer scripts time the same numbers.
+pub fn data() -> Option<&'static conformal_gpu::data::PredictionSet> {
+    static DATA: std::sync::OnceLock<Option<conformal_gpu::data::PredictionSet>> =
+        std::sync::OnceLock::new();
+    DATA.get_or_init(|| {
+        let path = std::env::var("CONFORMAL_BENCH_DATA").ok()?;
+        match conformal_gpu::data::load_npz(std::path::Path::new(&path)) {
+            Ok(set) => {
+                eprintln!(
+                    "bench data: {path} ({} rows, K = {}), tiled",
+                    set.n(),
+                    set.k()
+                );
+                Some(set)
+            }
+            Err(e) => {
+                eprintln!("CONFORMAL_BENCH_DATA={path}: {e}");
+                std::process::exit(2)
+            }
+        }
+    })
+    .as_ref()
+}
+
+/// The first `n` values of `a` repeated in order.
+fn tile<T: Copy>(a: &[T], n: usize) -> Vec<T> {
+    a.iter().copied().cycle().take(n).collect()
+}
+
+/// Labels of the data file's rows tiled to `n` (unknown labels replaced by the argmax,
+/// for timing only, as the peer scripts do); `None` without a data file.
+pub fn data_labels(n: usize) -> Option<Vec<i32>> {
+    let set = data()?;
+    let k = set.k();
+    let z = set.logits_slice();
+    let y = conformal_gpu::backend::labels_i32(set);
+    let fixed: Vec<i32> = y
+        .iter()
+        .enumerate()
+        .map(|(i, &y)| {
+            if y >= 0 {
+                return y;
+            }
+            let row = &z[i * k..(i + 1) * k];
+            (0..k).fold(0, |a, j| if row[j] > row[a] { j } else { a }) as i32
+        })
+        .collect();
+    Some(tile(&fixed, n))
+}
+
+/// `n` scores in [0, 1]: with a data file, its LAC scores `1 - p_y` at T = 1 (rows tiled
+/// to `n`, what the peers sort and select); otherwise pseudo-random with some ties
+/// (xorshift; no NaN).
 pub fn scores(n: usize, seed: u64) -> Vec<f32> {
+    if let (Some(set), Some(y)) = (data(), data_labels(n)) {
+        let z = tile(&set.logits_slice(), n * set.k());
+        return conformal_gpu::cpu::lac_scores::lac_scores(&z, &y, set.k(), 1.0);
+    }
     let mut x = seed | 1;
     (0..n)
         .map(|_| {
@@ -58,8 +116,12 @@ pub fn scores(n: usize, seed: u64) -> Vec<f32> {
         .collect()
 }
 
-/// Seeded logits without pulling the test helpers into benches.
+/// `n * k` logits: the data file's rows tiled (when its K is `k`), otherwise seeded
+/// pseudo-random values in [-8, 8).
 pub fn logits(n: usize, k: usize) -> Vec<f32> {
+    if let Some(set) = data().filter(|s| s.k() == k) {
+        return tile(&set.logits_slice(), n * k);
+    }
     let mut s = 0x9e37_79b9_7f4a_7c15u64;
     (0..n * k)
         .map(|_| {

@@ -6,6 +6,7 @@
 pub mod calibration;
 pub mod common;
 pub mod copy;
+pub mod host_radix;
 pub mod lac_scores;
 pub mod math;
 pub mod pvalues;
