@@ -5,7 +5,9 @@
 # benches/peers/nvidia/run.sh can run there without Rust. Usage, from the repo root:
 #   bash benches/peers/nvidia/prepare.sh
 set -euo pipefail
-grep -qx '/.gpu/' .git/info/exclude 2>/dev/null || echo /.gpu/ >> .git/info/exclude
+ex="$(git rev-parse --git-dir)/info/exclude"
+mkdir -p "$(dirname "$ex")"
+grep -qx '/.gpu/' "$ex" 2>/dev/null || echo /.gpu/ >> "$ex"
 rm -rf .gpu && mkdir -p .gpu/bin
 (cd .gpu && apt-get download libvulkan1 >/dev/null)
 cargo build --release --bin conformal-gpu

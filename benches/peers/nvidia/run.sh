@@ -23,7 +23,7 @@ date -u; nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,c
 lscpu | grep 'Model name'; nproc; git rev-parse --short HEAD 2>/dev/null || true
 D=/tmp/cg-data
 [ -f $D/s1/.complete ] || $B/conformal-gpu generate --out $D/s1 --scale 1 --seed 0
-SIZES=1000000,10000000,100000000
+SIZES=${SIZES:-1000000,10000000,100000000}
 C="--sample-size 10 --warm-up-time 1 --measurement-time 3"
 case $part in
 kernels)
