@@ -44,7 +44,9 @@ impl PValueRows {
     }
 }
 
-/// `#{i : sorted[i] >= v}` (lower-bound search, as the shader).
+/// `#{i : sorted[i] >= v}` (lower-bound search, as the shader). A branch-free variant
+/// (a select per halving) measured slower here (150 -> 178 ms for the 1M-row p-value
+/// bench): the predicted branch lets loads of both halves start early.
 #[inline]
 pub fn count_ge(sorted: &[f32], v: f32) -> usize {
     let (mut lo, mut hi) = (0usize, sorted.len());
@@ -139,4 +141,31 @@ pub fn pvalues(
         out.numerators = Some(nums);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Against a plain count: lengths 0..=40 (every halving pattern of small arrays),
+    /// heavy ties, queries equal to each element, between them, beyond both ends, NaN.
+    #[test]
+    fn count_ge_equals_plain_count() {
+        for n in 0..=40usize {
+            let sorted: Vec<f32> = (0..n).map(|i| (i / 3) as f32 * 0.5).collect();
+            let mut queries: Vec<f32> = sorted
+                .iter()
+                .flat_map(|&s| [s, s + 0.25, s - 0.25])
+                .collect();
+            queries.extend([f32::NEG_INFINITY, f32::INFINITY, -0.0, 0.0, f32::NAN]);
+            for v in queries {
+                let want = if v.is_nan() {
+                    n
+                } else {
+                    sorted.iter().filter(|&&s| s >= v).count()
+                };
+                assert_eq!(count_ge(&sorted, v), want, "n={n} v={v}");
+            }
+        }
+    }
 }
