@@ -38,7 +38,7 @@ fn bench(c: &mut Criterion) {
             continue;
         }
         let logits = common::logits(n, k);
-        let y = common::data_labels(n).unwrap_or_else(|| labels(&logits, k));
+        let y = common::data_labels(n, k).unwrap_or_else(|| labels(&logits, k));
         let id = format!("n={n}/K={k}");
         // Per pass the fit reads the logits and labels once.
         group.throughput(Throughput::Bytes((4 * n * (k + 1)) as u64));

@@ -77,10 +77,10 @@ fn tile<T: Copy>(a: &[T], n: usize) -> Vec<T> {
 }
 
 /// Labels of the data file's rows tiled to `n` (unknown labels replaced by the argmax,
-/// for timing only, as the peer scripts do); `None` without a data file.
-pub fn data_labels(n: usize) -> Option<Vec<i32>> {
-    let set = data()?;
-    let k = set.k();
+/// for timing only, as the peer scripts do); `None` without a data file or when its K is
+/// not `k` (the logits are synthetic then, see [`logits`]).
+pub fn data_labels(n: usize, k: usize) -> Option<Vec<i32>> {
+    let set = data().filter(|s| s.k() == k)?;
     let z = set.logits_slice();
     let y = conformal_gpu::backend::labels_i32(set);
     let fixed: Vec<i32> = y
@@ -101,7 +101,7 @@ pub fn data_labels(n: usize) -> Option<Vec<i32>> {
 /// to `n`, what the peers sort and select); otherwise pseudo-random with some ties
 /// (xorshift; no NaN).
 pub fn scores(n: usize, seed: u64) -> Vec<f32> {
-    if let (Some(set), Some(y)) = (data(), data_labels(n)) {
+    if let Some((set, y)) = data().and_then(|s| Some((s, data_labels(n, s.k())?))) {
         let z = tile(&set.logits_slice(), n * set.k());
         return conformal_gpu::cpu::lac_scores::lac_scores(&z, &y, set.k(), 1.0);
     }

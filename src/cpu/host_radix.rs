@@ -134,7 +134,7 @@ pub fn select(keys: &[f32], ks: &[usize]) -> Vec<f32> {
     let hist = keys
         .par_chunks(1 << 16)
         .fold(
-            || vec![0u32; BUCKETS],
+            || vec![0usize; BUCKETS],
             |mut h, c| {
                 for &k in c {
                     h[(f32_to_sortable(k) >> 16) as usize] += 1;
@@ -143,7 +143,7 @@ pub fn select(keys: &[f32], ks: &[usize]) -> Vec<f32> {
             },
         )
         .reduce(
-            || vec![0u32; BUCKETS],
+            || vec![0usize; BUCKETS],
             |mut a, b| {
                 a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
                 a
@@ -155,8 +155,8 @@ pub fn select(keys: &[f32], ks: &[usize]) -> Vec<f32> {
     let mut want = vec![(0usize, 0usize); ks.len()];
     let (mut b, mut below) = (0usize, 0usize);
     for &j in &order {
-        while below + (hist[b] as usize) < ks[j] {
-            below += hist[b] as usize;
+        while below + hist[b] < ks[j] {
+            below += hist[b];
             b += 1;
         }
         want[j] = (b, ks[j] - below);
@@ -167,7 +167,7 @@ pub fn select(keys: &[f32], ks: &[usize]) -> Vec<f32> {
     for &(b, _) in &want {
         if slot[b] == u32::MAX {
             slot[b] = members.len() as u32;
-            members.push(Vec::with_capacity(hist[b] as usize));
+            members.push(Vec::with_capacity(hist[b]));
         }
     }
     for &k in keys {

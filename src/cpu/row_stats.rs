@@ -192,7 +192,8 @@ pub fn row_stats(logits: &[f32], labels: &[i32], k: usize, t: f32, qhats: &[f32]
 }
 
 /// [`row_stats`] of a few rows, serially, into `out` (resized; its buffers are reused).
-pub fn row_stats_into(
+/// `logits` holds exactly `labels.len()` rows of `k`.
+pub(crate) fn row_stats_into(
     logits: &[f32],
     labels: &[i32],
     k: usize,
@@ -201,6 +202,11 @@ pub fn row_stats_into(
     out: &mut RowStats,
 ) {
     let n = labels.len();
+    debug_assert_eq!(
+        logits.len(),
+        n * k,
+        "row_stats_into: logits are not n rows of k"
+    );
     out.n_alpha = qhats.len();
     out.stats.resize(n, [0.0; 5]);
     out.info.resize(n * (1 + qhats.len()), 0);

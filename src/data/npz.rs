@@ -533,18 +533,31 @@ fn read_elems<T: bytemuck::Pod>(
             ),
         )
     };
+    // `count` is bounded by the member's size as the zip directory claims it, which for a
+    // deflated member may be ~1000x the file: reserve fallibly (a typed error, not an
+    // abort) and touch memory only chunk by chunk as data really arrives, so a lying
+    // header fails at its first missing chunk.
+    let mut out: Vec<T> = Vec::new();
+    out.try_reserve_exact(count).map_err(|_| {
+        Error::format(
+            file,
+            format!(
+                "array '{array}': header claims {count} values ({} bytes), more than can be allocated",
+                count.saturating_mul(size)
+            ),
+        )
+    })?;
     if native {
-        // Straight into the output (zeroed pages come from the allocator without a
-        // write): one copy from the file, no staging buffer. `count` was bounded by the
-        // bytes the file really has before this allocation (check_claim).
-        let mut out = vec![T::zeroed(); count];
-        for (c, chunk) in out.chunks_mut(CHUNK_ELEMS).enumerate() {
-            r.read_exact(bytemuck::cast_slice_mut(chunk))
-                .map_err(|e| read_err(e, c * CHUNK_ELEMS))?;
+        // Straight into the output, chunk by chunk: one copy from the file, no staging
+        // buffer (the zeroing is of a cache-sized chunk about to be overwritten).
+        while out.len() < count {
+            let done = out.len();
+            out.resize(done + (count - done).min(CHUNK_ELEMS), T::zeroed());
+            r.read_exact(bytemuck::cast_slice_mut(&mut out[done..]))
+                .map_err(|e| read_err(e, done))?;
         }
         return Ok(out);
     }
-    let mut out = Vec::with_capacity(count);
     // u64 storage keeps the byte buffer 8-aligned, so it can be viewed as &[T].
     let mut store = vec![0u64; (CHUNK_ELEMS.min(count.max(1)) * size).div_ceil(8)];
     let buf: &mut [u8] = bytemuck::cast_slice_mut(&mut store);
