@@ -126,13 +126,8 @@ pub trait Backend {
     {
         use rayon::prelude::*;
         let st = self.row_stats(rows, t, qhats)?;
-        let n = st.len();
-        Ok((0..n.div_ceil(ROW_BLOCK))
-            .into_par_iter()
-            .map(|b| {
-                let start = b * ROW_BLOCK;
-                f(start, st.block(start..(start + ROW_BLOCK).min(n)))
-            })
+        Ok(row_blocks(st.len())
+            .map(|r| f(r.start, st.block(r)))
             .collect())
     }
 
@@ -183,6 +178,16 @@ pub trait Backend {
 /// Rows per block of [`Backend::map_row_blocks`]: small enough that a block's
 /// statistics (`(5 + 1 + A) * 4` bytes per row) stay in a core's L2 cache.
 pub const ROW_BLOCK: usize = 1 << 14;
+
+/// The row ranges of [`Backend::map_row_blocks`] over `n` rows, in parallel.
+fn row_blocks(
+    n: usize,
+) -> impl rayon::iter::IndexedParallelIterator<Item = std::ops::Range<usize>> {
+    use rayon::prelude::*;
+    (0..n.div_ceil(ROW_BLOCK))
+        .into_par_iter()
+        .map(move |b| b * ROW_BLOCK..((b + 1) * ROW_BLOCK).min(n))
+}
 
 /// Thresholds per row_stats pass: `(1 + A) * 4` output bytes per row stay within the 128
 /// bytes per row that `GpuContext::upload_rows` budgets for outputs.
@@ -324,11 +329,9 @@ impl Backend for CpuBackend {
         check_t(t)?;
         // The CPU kernel takes any number of thresholds in one pass.
         let q: Vec<f32> = qhats.iter().map(|q| q.unwrap_or(INF_QHAT)).collect();
-        let (k, n) = (rows.k, rows.labels.len());
-        Ok((0..n.div_ceil(ROW_BLOCK))
-            .into_par_iter()
-            .map_init(RowStats::default, |buf, b| {
-                let r = b * ROW_BLOCK..((b + 1) * ROW_BLOCK).min(n);
+        let k = rows.k;
+        Ok(row_blocks(rows.labels.len())
+            .map_init(RowStats::default, |buf, r| {
                 let logits = &rows.logits[r.start * k..r.end * k];
                 cpu::row_stats::row_stats_into(logits, &rows.labels[r.clone()], k, t, &q, buf);
                 f(r.start, buf.block(0..r.len()))

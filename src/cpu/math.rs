@@ -82,52 +82,40 @@ pub fn ln(x: f32) -> f32 {
 
 /// `v[i] = exp(v[i])` for every element (bit-identical to [`exp`]).
 pub fn exp_in_place(v: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: AVX2 is present (checked just above).
-        unsafe { exp_in_place_avx2(v) };
-        return;
-    }
-    exp_in_place_plain(v);
+    map_in_place(v, exp);
 }
 
 /// `v[i] = ln(v[i])` for every element (bit-identical to [`ln`]).
 pub fn ln_in_place(v: &mut [f32]) {
+    map_in_place(v, ln);
+}
+
+/// `v[i] = f(v[i])`, through the AVX2 build of the loop where the CPU has it (`f` a
+/// generic, so each function is inlined into its own copy of the loop).
+#[inline(always)]
+fn map_in_place<F: Fn(f32) -> f32>(v: &mut [f32], f: F) {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") {
         // SAFETY: AVX2 is present (checked just above).
-        unsafe { ln_in_place_avx2(v) };
+        unsafe { map_avx2(v, f) };
         return;
     }
-    ln_in_place_plain(v);
+    map_plain(v, f);
 }
 
 #[inline(always)]
-fn exp_in_place_plain(v: &mut [f32]) {
+fn map_plain<F: Fn(f32) -> f32>(v: &mut [f32], f: F) {
     for x in v {
-        *x = exp(*x);
+        *x = f(*x);
     }
 }
 
-#[inline(always)]
-fn ln_in_place_plain(v: &mut [f32]) {
-    for x in v {
-        *x = ln(*x);
-    }
-}
-
-// The same loops compiled for AVX2: four f64 lanes instead of two. No "fma" feature, so
+// The same loop compiled for AVX2: four f64 lanes instead of two. No "fma" feature, so
 // the arithmetic (and so every bit) is the plain build's.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-fn exp_in_place_avx2(v: &mut [f32]) {
-    exp_in_place_plain(v)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-fn ln_in_place_avx2(v: &mut [f32]) {
-    ln_in_place_plain(v)
+fn map_avx2<F: Fn(f32) -> f32>(v: &mut [f32], f: F) {
+    map_plain(v, f)
 }
 
 #[cfg(test)]

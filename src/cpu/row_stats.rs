@@ -30,12 +30,21 @@ impl RowStats {
 
     /// Predicted class of row `i`.
     pub fn yhat(&self, i: usize) -> u32 {
-        self.info[i * (1 + self.n_alpha)]
+        self.all().yhat(i)
     }
 
     /// Set size of row `i` at threshold `a`.
     pub fn set_size(&self, i: usize, a: usize) -> u32 {
-        self.info[i * (1 + self.n_alpha) + 1 + a]
+        self.all().sizes(i)[a]
+    }
+
+    /// Every row as one borrowed block.
+    pub fn all(&self) -> RowBlock<'_> {
+        RowBlock {
+            stats: &self.stats,
+            info: &self.info,
+            n_alpha: self.n_alpha,
+        }
     }
 
     /// Rows `range` as a borrowed block.
