@@ -10,6 +10,9 @@ use std::process::{Command, Output};
 use conformal_gpu::data::{save_npz, save_npz_arrays, NpzArray, PredictionSet};
 use ndarray::{Array1, Array2};
 
+mod common;
+use common::{f32s, npy};
+
 // ----------------------------------------------------------------------------- helpers
 
 fn bin() -> Command {
@@ -129,24 +132,6 @@ fn logits_rows(n: usize, k: usize) -> Vec<f32> {
 
 fn labels(n: usize, k: usize) -> Vec<i64> {
     (0..n).map(|i| (i % k) as i64).collect()
-}
-
-/// An `.npy` member: format 1.0 header padded like numpy's, then `data`.
-fn npy(descr: &str, shape: &str, data: &[u8]) -> Vec<u8> {
-    let dict = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
-    let pad = (64 - (10 + dict.len() + 1) % 64) % 64;
-    let hlen = (dict.len() + pad + 1) as u16;
-    let mut out = b"\x93NUMPY\x01\x00".to_vec();
-    out.extend_from_slice(&hlen.to_le_bytes());
-    out.extend_from_slice(dict.as_bytes());
-    out.extend(std::iter::repeat_n(b' ', pad));
-    out.push(b'\n');
-    out.extend_from_slice(data);
-    out
-}
-
-fn f32_bytes(v: &[f32]) -> Vec<u8> {
-    v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
 fn stderr(o: &Output) -> String {
@@ -452,7 +437,10 @@ fn wrong_rank_and_shape() {
     let ws = Ws::new();
     ws.good("id_val", 20).members(
         "test",
-        &[("logits.npy", npy("<f4", "(2, 2, 2)", &f32_bytes(&[0.0; 8])))],
+        &[(
+            "logits.npy",
+            npy("<f4", false, "(2, 2, 2)", &f32s(&[0.0; 8])),
+        )],
     );
     let o = ws.evaluate(&[]);
     assert_error(&o, 4, &["test.npz", "logits", "shape"]);
@@ -478,7 +466,7 @@ fn absurd_header_size() {
         "test",
         &[(
             "logits.npy",
-            npy("<f4", "(4000000000000, 3)", &f32_bytes(&[0.0; 6])),
+            npy("<f4", false, "(4000000000000, 3)", &f32s(&[0.0; 6])),
         )],
     );
     let o = ws.evaluate(&[]);

@@ -11,29 +11,15 @@ use conformal_gpu::data::{
 use conformal_gpu::Error;
 use ndarray::{array, Array1, Array2};
 
+mod common;
+use common::{f32s, npy};
+
 // ----------------------------------------------------------------------------- helpers
 
-/// An `.npy` file: header dict (format 1.0, padded to 64 bytes like numpy) + raw data.
-fn npy(descr: &str, fortran: bool, shape: &str, data: &[u8]) -> Vec<u8> {
-    let f = if fortran { "True" } else { "False" };
-    let dict = format!("{{'descr': '{descr}', 'fortran_order': {f}, 'shape': {shape}, }}");
-    let pad = (64 - (10 + dict.len() + 1) % 64) % 64;
-    let hlen = (dict.len() + pad + 1) as u16;
-    let mut out = b"\x93NUMPY\x01\x00".to_vec();
-    out.extend_from_slice(&hlen.to_le_bytes());
-    out.extend_from_slice(dict.as_bytes());
-    out.extend(std::iter::repeat_n(b' ', pad));
-    out.push(b'\n');
-    out.extend_from_slice(data);
-    out
-}
-
-fn f32s(v: &[f32]) -> Vec<u8> {
-    v.iter().flat_map(|x| x.to_le_bytes()).collect()
-}
 fn f64s(v: &[f64]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
+
 fn i64s(v: &[i64]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
