@@ -94,28 +94,33 @@ pub fn ln_in_place(v: &mut [f32]) {
 /// generic, so each function is inlined into its own copy of the loop).
 #[inline(always)]
 fn map_in_place<F: Fn(f32) -> f32>(v: &mut [f32], f: F) {
+    with_avx2(
+        #[inline(always)]
+        || {
+            for x in v {
+                *x = f(*x);
+            }
+        },
+    )
+}
+
+/// Runs `work` compiled for AVX2 where the CPU has it (wider lanes for the loops a
+/// compiler vectorises), else as built. `work` and what it inlines get the AVX2 build;
+/// no "fma" feature, so the arithmetic, and so every bit, is the plain build's.
+#[inline(always)]
+pub(crate) fn with_avx2<R, W: FnOnce() -> R>(work: W) -> R {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") {
         // SAFETY: AVX2 is present (checked just above).
-        unsafe { map_avx2(v, f) };
-        return;
+        return unsafe { run_avx2(work) };
     }
-    map_plain(v, f);
+    work()
 }
 
-#[inline(always)]
-fn map_plain<F: Fn(f32) -> f32>(v: &mut [f32], f: F) {
-    for x in v {
-        *x = f(*x);
-    }
-}
-
-// The same loop compiled for AVX2: four f64 lanes instead of two. No "fma" feature, so
-// the arithmetic (and so every bit) is the plain build's.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-fn map_avx2<F: Fn(f32) -> f32>(v: &mut [f32], f: F) {
-    map_plain(v, f)
+fn run_avx2<R, W: FnOnce() -> R>(work: W) -> R {
+    work()
 }
 
 #[cfg(test)]

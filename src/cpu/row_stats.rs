@@ -3,7 +3,7 @@
 use rayon::prelude::*;
 
 use super::common::row_max;
-use super::math::{exp, exp_in_place, ln, ln_in_place};
+use super::math::{exp, exp_in_place, ln, ln_in_place, with_avx2};
 
 /// Per-row outputs of the row_stats kernel, for `n` rows and `A` thresholds.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -231,47 +231,15 @@ fn fill(
     stats: &mut [[f32; 5]],
     info: &mut [u32],
 ) {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: AVX2 is present (checked just above).
-        unsafe { fill_avx2(logits, labels, k, t, qhats, stats, info) };
-        return;
-    }
-    fill_plain(logits, labels, k, t, qhats, stats, info);
-}
-
-/// The same code compiled for AVX2 (wider lanes for the bulk passes). No "fma" feature:
-/// the arithmetic, and so every bit, is the plain build's.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-fn fill_avx2(
-    logits: &[f32],
-    labels: &[i32],
-    k: usize,
-    t: f32,
-    qhats: &[f32],
-    stats: &mut [[f32; 5]],
-    info: &mut [u32],
-) {
-    fill_plain(logits, labels, k, t, qhats, stats, info);
-}
-
-#[inline(always)]
-fn fill_plain(
-    logits: &[f32],
-    labels: &[i32],
-    k: usize,
-    t: f32,
-    qhats: &[f32],
-    stats: &mut [[f32; 5]],
-    info: &mut [u32],
-) {
-    match k {
-        2 => fill_with(Fixed::<2>, logits, labels, t, qhats, stats, info),
-        3 => fill_with(Fixed::<3>, logits, labels, t, qhats, stats, info),
-        4 => fill_with(Fixed::<4>, logits, labels, t, qhats, stats, info),
-        _ => fill_with(k, logits, labels, t, qhats, stats, info),
-    }
+    with_avx2(
+        #[inline(always)]
+        || match k {
+            2 => fill_with(Fixed::<2>, logits, labels, t, qhats, stats, info),
+            3 => fill_with(Fixed::<3>, logits, labels, t, qhats, stats, info),
+            4 => fill_with(Fixed::<4>, logits, labels, t, qhats, stats, info),
+            _ => fill_with(k, logits, labels, t, qhats, stats, info),
+        },
+    )
 }
 
 /// A row width: a `usize`, or [`Fixed`] to let the row loops of the common small K
