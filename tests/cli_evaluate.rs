@@ -16,8 +16,8 @@ fn bin() -> Command {
 
 fn tiny4_dir(dst: &Path) {
     for name in ["id_val", "shifted", "unlabeled"] {
-        let src = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join(format!("../shared/fixtures/tiny4/{name}.npz"));
+        let src =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/fixtures/tiny4/{name}.npz"));
         let set = load_npz(&src).unwrap();
         save_npz(&dst.join(format!("{name}.npz")), &set, false).unwrap();
     }
@@ -263,7 +263,7 @@ fn quantile_prints_k_and_qhat() {
 
 #[test]
 fn temperature_json_fields() {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/tiny4/id_val.npz");
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny4/id_val.npz");
     let out = bin()
         .args([
             "temperature",

@@ -632,7 +632,7 @@ fn save_npz_refuses_invalid_sets_and_bad_dirs() {
 
 // ----------------------------------------------------------------------------- shared fixtures
 
-const TINY4: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures/tiny4");
+const TINY4: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tiny4");
 
 #[test]
 fn tiny4_fixtures() {

@@ -10,7 +10,7 @@ use conformal_gpu::data::{load_npz, PredictionSet};
 use oracle::{Source, Target, TargetAlpha};
 use serde_json::Value;
 
-const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures/tiny4");
+const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tiny4");
 
 fn load(name: &str) -> PredictionSet {
     let path = Path::new(FIXTURE).join(format!("{name}.npz"));
@@ -418,4 +418,45 @@ fn cpc_brute_force_small_example() {
     // +inf is a candidate and gives R = 0 for K >= 2.
     let probs = oracle::softmax(&logits, 2, 1.0);
     assert_eq!(oracle::singleton_count(&probs, None), 0);
+}
+
+/// The fixture is vendored under tests/fixtures (CI clones the repository alone). Its
+/// bytes must be the project's `../shared/fixtures/tiny4`: the SHA-256 of each file as
+/// shared has it, and, where shared sits beside the checkout, the files themselves.
+#[test]
+fn vendored_fixture_matches_shared() {
+    use sha2::{Digest, Sha256};
+    let want = [
+        (
+            "id_val.npz",
+            "7c5813a4568ab9c8f46c36aba560fb79638281ec606d9b539531a78564b13c97",
+        ),
+        (
+            "shifted.npz",
+            "5dd0a7b555034efc2d8e5eb1827b4952e4d66d9ae2b4f0da63d1eaffdfaa8f9f",
+        ),
+        (
+            "unlabeled.npz",
+            "f3e2c3191b5ea2e3acb9d77c49af6bb88f91b06013e892b6d366c7786ce272b1",
+        ),
+        (
+            "expected.json",
+            "854a3d36607b7be7a9979c47bf0eae6699e18a42b9e3a48ffb59c77913448258",
+        ),
+    ];
+    let shared = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/tiny4");
+    for (name, sha) in want {
+        let bytes = std::fs::read(Path::new(FIXTURE).join(name)).unwrap();
+        let got: String = Sha256::digest(&bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(got, sha, "tests/fixtures/tiny4/{name}");
+        if let Ok(original) = std::fs::read(shared.join(name)) {
+            assert!(
+                bytes == original,
+                "tests/fixtures/tiny4/{name} differs from ../shared's"
+            );
+        }
+    }
 }

@@ -123,7 +123,7 @@ pub fn ulp(x: f32) -> f64 {
 /// Path of a tiny4 fixture file (`shared/` sits beside the crate root).
 pub fn tiny4(name: &str) -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/fixtures/tiny4")
+        .join("tests/fixtures/tiny4")
         .join(name)
 }
 
