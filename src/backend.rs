@@ -4,9 +4,10 @@
 use crate::cpu;
 use crate::cpu::calibration::CalibrationStats;
 pub use crate::cpu::pvalues::PValueRows;
-use crate::cpu::row_stats::{RowBlock, RowStats};
+use crate::cpu::row_stats::RowStats;
 use crate::data::PredictionSet;
 use crate::error::{Error, Result};
+use crate::kernel::tally::{count_block, merge_pairs, PairCounts, TallyPlan};
 
 /// Sums over labelled rows for the temperature fit at one `b = 1/T` (f64 totals).
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -107,28 +108,31 @@ pub trait Backend {
         Ok(out)
     }
 
-    /// Row statistics (as [`Backend::row_stats`]) handed to `f(first_row, block)` for
-    /// consecutive blocks of [`ROW_BLOCK`] rows; the results come back in block order.
-    /// Estimators fold over this: the blocks are the same on every backend, so sums
-    /// merged in block order do not depend on the backend's thread count. The default
-    /// computes every row first (the GPU downloads them); the CPU path computes each
-    /// block where it is consumed, in cache, with no whole-set arrays.
-    fn map_row_blocks<R, F>(
-        &self,
-        rows: &Self::Rows<'_>,
-        t: f32,
-        qhats: &[Option<f32>],
-        f: F,
-    ) -> Result<Vec<R>>
-    where
-        R: Send,
-        F: Fn(usize, RowBlock<'_>) -> R + Sync,
-    {
+    /// Counts one prepared chunk of target rows in one mode (DESIGN.md 3: the seam
+    /// between the estimators and a backend is the tally, not per-row arrays). `plan`'s
+    /// labels and group ids are the chunk's, one per row. The default computes the row
+    /// statistics (the GPU downloads them) and counts them on the host, block by block;
+    /// the CPU path computes each block where it is counted, in cache.
+    fn tally(&self, rows: &Self::Rows<'_>, plan: &TallyPlan<'_>) -> Result<PairCounts> {
         use rayon::prelude::*;
-        let st = self.row_stats(rows, t, qhats)?;
+        check_plan(plan)?;
+        let st = self.row_stats(rows, plan.t, plan.qhats)?;
+        if st.len() != plan.labels.len() {
+            return Err(Error::LengthMismatch {
+                what: "tally labels".into(),
+                detail: format!("{} labels for {} rows", plan.labels.len(), st.len()),
+            });
+        }
         Ok(row_blocks(st.len())
-            .map(|r| f(r.start, st.block(r)))
-            .collect())
+            .map(|r| {
+                let mut part = PairCounts::new();
+                count_block(st.block(r.clone()), r.start, plan, &mut part);
+                part
+            })
+            .reduce(PairCounts::new, |mut a, b| {
+                merge_pairs(&mut a, b);
+                a
+            }))
     }
 
     /// One row_stats pass with at most [`MAX_ALPHA_PER_PASS`] finite thresholds.
@@ -175,11 +179,11 @@ pub trait Backend {
     ) -> Result<PValueRows>;
 }
 
-/// Rows per block of [`Backend::map_row_blocks`]: small enough that a block's
-/// statistics (`(5 + 1 + A) * 4` bytes per row) stay in a core's L2 cache.
+/// Rows per block of a host tally: small enough that a block's statistics
+/// (`(5 + 1 + A) * 4` bytes per row) stay in a core's L2 cache.
 pub const ROW_BLOCK: usize = 1 << 14;
 
-/// The row ranges of [`Backend::map_row_blocks`] over `n` rows, in parallel.
+/// The row ranges of a host tally over `n` rows, in parallel.
 fn row_blocks(
     n: usize,
 ) -> impl rayon::iter::IndexedParallelIterator<Item = std::ops::Range<usize>> {
@@ -220,6 +224,21 @@ fn check_scores(scores: Vec<f32>) -> Result<Vec<f32>> {
         }),
         None => Ok(scores),
     }
+}
+
+/// Group id arrays must have one entry per label.
+fn check_plan(plan: &TallyPlan<'_>) -> Result<()> {
+    for (g, name) in plan.groups.iter().zip(crate::kernel::tally::GROUP_ARRAYS) {
+        if let Some(g) = g {
+            if g.len() != plan.labels.len() {
+                return Err(Error::LengthMismatch {
+                    what: format!("tally {name} ids"),
+                    detail: format!("{} ids for {} rows", g.len(), plan.labels.len()),
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 fn check_t(t: f32) -> Result<()> {
@@ -314,29 +333,31 @@ impl Backend for CpuBackend {
         ))
     }
 
-    fn map_row_blocks<R, F>(
-        &self,
-        rows: &CpuRows<'_>,
-        t: f32,
-        qhats: &[Option<f32>],
-        f: F,
-    ) -> Result<Vec<R>>
-    where
-        R: Send,
-        F: Fn(usize, RowBlock<'_>) -> R + Sync,
-    {
+    fn tally(&self, rows: &CpuRows<'_>, plan: &TallyPlan<'_>) -> Result<PairCounts> {
         use rayon::prelude::*;
-        check_t(t)?;
+        check_t(plan.t)?;
+        check_plan(plan)?;
+        if rows.labels.len() != plan.labels.len() {
+            return Err(Error::LengthMismatch {
+                what: "tally labels".into(),
+                detail: format!("{} labels for {} rows", plan.labels.len(), rows.labels.len()),
+            });
+        }
         // The CPU kernel takes any number of thresholds in one pass.
-        let q: Vec<f32> = qhats.iter().map(|q| q.unwrap_or(INF_QHAT)).collect();
+        let q: Vec<f32> = plan.qhats.iter().map(|q| q.unwrap_or(INF_QHAT)).collect();
         let k = rows.k;
         Ok(row_blocks(rows.labels.len())
             .map_init(RowStats::default, |buf, r| {
                 let logits = &rows.logits[r.start * k..r.end * k];
-                cpu::row_stats::row_stats_into(logits, &rows.labels[r.clone()], k, t, &q, buf);
-                f(r.start, buf.block(0..r.len()))
+                cpu::row_stats::row_stats_into(logits, &rows.labels[r.clone()], k, plan.t, &q, buf);
+                let mut part = PairCounts::new();
+                count_block(buf.block(0..r.len()), r.start, plan, &mut part);
+                part
             })
-            .collect())
+            .reduce(PairCounts::new, |mut a, b| {
+                merge_pairs(&mut a, b);
+                a
+            }))
     }
 
     // The CPU path sorts and selects with radix algorithms shaped for a CPU
@@ -514,8 +535,8 @@ mod gpu_backend {
 mod tests {
     use super::*;
 
-    /// A backend that keeps only the required methods: `map_row_blocks` takes the
-    /// trait's default (row_stats, then blocks), the path the GPU uses.
+    /// A backend that keeps only the required methods: `tally` takes the trait's default
+    /// (row_stats, then host counts), the path the GPU uses.
     struct DefaultPath(CpuBackend);
 
     impl Backend for DefaultPath {
@@ -562,30 +583,13 @@ mod tests {
         }
     }
 
-    fn blocks<B: Backend>(
-        b: &B,
-        logits: &[f32],
-        labels: &[i32],
-        q: &[Option<f32>],
-    ) -> Vec<(usize, RowStats)> {
-        let rows = b.prepare(logits, labels, 3).unwrap();
-        b.map_row_blocks(&rows, 0.8, q, |first, blk| {
-            let stats = RowStats {
-                stats: blk.stats.to_vec(),
-                info: blk.info.to_vec(),
-                n_alpha: blk.n_alpha,
-            };
-            (first, stats)
-        })
-        .unwrap()
-    }
-
-    /// The CPU override (each block computed where it is consumed, every threshold in one
-    /// pass) hands out the same blocks, bit for bit, as the default (whole row_stats in
-    /// passes of MAX_ALPHA_PER_PASS thresholds, then sliced): sizes around one block, and
-    /// more thresholds than one pass takes.
+    /// The CPU override (each block computed where it is counted, every threshold in one
+    /// pass) gives the same counts as the default (whole row_stats in passes of
+    /// MAX_ALPHA_PER_PASS thresholds, then counted): sizes around one block, more
+    /// thresholds than one pass takes, groups in runs that cross blocks, thresholds on
+    /// tied values.
     #[test]
-    fn cpu_blocks_equal_default_blocks() {
+    fn cpu_tally_equals_default_tally() {
         let q: Vec<Option<f32>> = (0..40)
             .map(|i| (i != 5).then_some(i as f32 / 40.0))
             .collect();
@@ -602,10 +606,23 @@ mod tests {
                 .map(|i| ((i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 59) as f32 / 4.0)
                 .collect();
             let labels: Vec<i32> = (0..n).map(|i| (i % 4) as i32 - 1).collect();
-            let got = blocks(&CpuBackend, &logits, &labels, &q);
-            let want = blocks(&DefaultPath(CpuBackend), &logits, &labels, &q);
-            assert_eq!(got.len(), n.div_ceil(ROW_BLOCK), "n={n}");
+            let slide: Vec<i64> = (0..n).map(|i| (i / 5000) as i64).collect();
+            let hospital: Vec<i64> = (0..n).map(|i| (i / 12000) as i64 % 3).collect();
+            let plan = TallyPlan {
+                t: 0.8,
+                atc_mc: Some(0.5),
+                atc_ne: Some(-0.75),
+                cpc_q: Some(0.5),
+                qhats: &q,
+                labels: &labels,
+                groups: [Some(&hospital), Some(&slide)],
+            };
+            let rows = CpuBackend.prepare(&logits, &labels, 3).unwrap();
+            let got = CpuBackend.tally(&rows, &plan).unwrap();
+            let want = DefaultPath(CpuBackend).tally(&rows, &plan).unwrap();
             assert_eq!(got, want, "n={n}");
+            let total: u64 = got.values().map(|c| c.n()).sum();
+            assert_eq!(total, n as u64);
         }
     }
 }

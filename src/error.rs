@@ -31,7 +31,7 @@ pub enum Error {
         value: f32,
     },
     /// A label outside `0..k` (other than -1 = unknown).
-    #[error("{what}: label {label} at row {row} is outside 0..{k} (use -1 for unknown)")]
+    #[error("{what}: label {label} at row {row} is not a class: K = {k} classes are labelled 0 to {}, and -1 means unknown", .k.saturating_sub(1))]
     LabelOutOfRange {
         what: String,
         row: usize,
@@ -56,6 +56,10 @@ pub enum Error {
     /// A source set with unknown labels (calibration needs every label).
     #[error("{what}: calibration needs every label; row {row} has label -1")]
     UnlabelledSource { what: String, row: usize },
+    /// Pieces that do not fit together: a tally made with another calibration, tallies
+    /// of different targets, rows tallied twice.
+    #[error("{what}: {detail}")]
+    Incompatible { what: String, detail: String },
     /// Any other invalid argument, with a sentence that says which.
     #[error("invalid input: {0}")]
     Invalid(String),
@@ -114,7 +118,8 @@ impl Error {
             | Error::LengthMismatch { .. }
             | Error::Empty { .. }
             | Error::TooFewClasses { .. }
-            | Error::UnlabelledSource { .. } => 5,
+            | Error::UnlabelledSource { .. }
+            | Error::Incompatible { .. } => 5,
             Error::NoAdapter(_)
             | Error::GpuOutOfMemory(_)
             | Error::DeviceLost(_)

@@ -86,7 +86,7 @@ pub fn calibration(logits: &[f32], labels: &[i32], k: usize, t: f32) -> Vec<Cali
 }
 
 /// Totals of a list of partials (f64 sums of f32 partials; counts exact).
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct CalibrationStats {
     /// Rows per bin.
     pub bin_count: [u64; BINS],

@@ -2,28 +2,32 @@
 //! with and without temperature scaling, conformal diagnostics at several levels, true
 //! accuracy and errors where labels exist, MAE over targets and over groups.
 //!
-//! Written once over [`Backend`]: the backend computes per-row summaries (the exp/log
-//! work, see `row_stats`); this module turns them into thresholds on the source and
-//! mergeable counts on the targets. Targets stream through in row chunks, each chunk's
-//! counts merge by addition, so a target of any size fits.
+//! Orchestration only: [`evaluate`] is [`Calibration::fit`], then each target streamed
+//! through [`Calibration::tally`] in chunks of [`TARGET_CHUNK_ROWS`], the tallies merged,
+//! then [`Calibration::report`]. Counts are integers, so the report does not depend on
+//! the chunk size, the thread count, or how a target was sharded.
 
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use serde::Serialize;
-
-use crate::backend::{labels_i32, Backend};
-use crate::cpu::calibration::CalibrationStats;
-use crate::cpu::row_stats::{col, RowBlock, RowStats};
+use crate::backend::Backend;
+use crate::cpu::row_stats::col;
 use crate::data::PredictionSet;
-use crate::error::{Error, Result};
-use crate::methods::quantile::{check_alpha, conformal_k};
-use crate::methods::temperature::{
-    fit_temperature, validate_source, validate_temperature, TemperatureFit,
+use crate::error::Result;
+use crate::kernel::tally::{count, level, Counts, GROUP_ARRAYS};
+use crate::methods::quantile::conformal_rank;
+use crate::methods::tally::{Tally, TargetRows};
+
+pub use crate::methods::calibration::{
+    cpc_sweep, AtcThreshold, Calibration, CalibrationOptions, ModeCalibration, Temperature,
+};
+pub use crate::report::model::{
+    ConformalStats, CpcChoice, Estimates, Evaluation, GroupReport, MaeRow, Modes, RowMode,
+    RowOutputs, SourceReport, TargetReport, Timings,
 };
 
 /// Rows per target chunk: bounds host and device memory for huge targets.
-pub const TARGET_CHUNK_ROWS: usize = 1 << 22;
+pub const TARGET_CHUNK_ROWS: usize = 1 << 20;
 
 /// How the temperature of the `ts` mode is chosen.
 #[derive(Clone, Debug, PartialEq)]
@@ -43,8 +47,8 @@ pub struct EvalOptions {
     pub alphas: Vec<f64>,
     /// Temperature of the `ts` mode.
     pub temperature: TemperatureChoice,
-    /// Also return per-row outputs (yhat, max probability, credibility, confidence,
-    /// set sizes) of every target, in the `ts` mode.
+    /// Also return per-row outputs (yhat, max probability, credibility, confidence, set
+    /// sizes) of the source and every target, in both modes.
     pub rows: bool,
 }
 
@@ -58,478 +62,12 @@ impl Default for EvalOptions {
     }
 }
 
-/// The five estimates of a target's accuracy (JSON names as in the report).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
-pub struct Estimates {
-    /// Average confidence.
-    #[serde(rename = "AC")]
-    pub ac: f64,
-    /// Difference of confidences.
-    #[serde(rename = "DoC")]
-    pub doc: f64,
-    /// Average thresholded confidence, max-probability score.
-    #[serde(rename = "ATC-MC")]
-    pub atc_mc: f64,
-    /// Average thresholded confidence, negative-entropy score.
-    #[serde(rename = "ATC-NE")]
-    pub atc_ne: f64,
-    /// Conformal prediction confidence (singleton rate at the source-matched q*).
-    #[serde(rename = "CPC")]
-    pub cpc: f64,
-}
-
-impl Estimates {
-    /// `(name, value)` pairs in report order.
-    pub fn named(&self) -> [(&'static str, f64); 5] {
-        [
-            ("AC", self.ac),
-            ("DoC", self.doc),
-            ("ATC-MC", self.atc_mc),
-            ("ATC-NE", self.atc_ne),
-            ("CPC", self.cpc),
-        ]
-    }
-}
-
-/// Per-mode pair of values (`raw` = T = 1, `ts` = temperature-scaled).
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
-pub struct Modes<T> {
-    /// At T = 1.
-    pub raw: T,
-    /// At the fitted or given temperature.
-    pub ts: T,
-}
-
-/// The CPC threshold chosen on the source.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
-pub struct CpcChoice {
-    /// `q*` (`None` = +inf).
-    pub q: Option<f64>,
-    /// `alpha* = 1 - i/(n+1)`.
-    pub alpha: f64,
-}
-
-/// Conformal diagnostics at one level.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
-pub struct ConformalStats {
-    /// Level.
-    pub alpha: f64,
-    /// `qhat(alpha)` (`None` = +inf: k > n).
-    pub qhat: Option<f64>,
-    /// Mean prediction-set size.
-    pub mean_set_size: f64,
-    /// Share of singleton sets.
-    pub singleton_rate: f64,
-    /// Share of empty sets.
-    pub empty_rate: f64,
-    /// Share of labelled rows whose label is in the set (`None` without labels).
-    pub coverage: Option<f64>,
-}
-
-/// One group (slide or hospital) of a target.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct GroupReport {
-    /// Group id.
-    pub id: i64,
-    /// Rows.
-    pub n: usize,
-    /// Accuracy over the group's labelled rows.
-    pub true_accuracy: Option<f64>,
-    /// Estimates on the group's rows.
-    pub estimates: Modes<Estimates>,
-}
-
-/// Everything reported for one target.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct TargetReport {
-    /// Set name.
-    pub name: String,
-    /// Rows.
-    pub n: usize,
-    /// Rows with a known label.
-    pub n_labelled: usize,
-    /// Every label known.
-    pub labelled: bool,
-    /// Accuracy over the known rows (`None` when no label is known).
-    pub true_accuracy: Option<f64>,
-    /// The estimates.
-    pub estimates: Modes<Estimates>,
-    /// The CPC threshold (a source property, repeated per target for reading ease).
-    pub cpc: Modes<CpcChoice>,
-    /// Conformal diagnostics per level.
-    pub conformal: Modes<Vec<ConformalStats>>,
-    /// Per group array present (`hospital`, `slide`): per group id.
-    pub groups: BTreeMap<String, Vec<GroupReport>>,
-}
-
-/// The source set's calibration summary.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct SourceReport {
-    /// Set name.
-    pub name: String,
-    /// Rows.
-    pub n: usize,
-    /// Classes.
-    pub k: usize,
-    /// Accuracy of the argmax of the logits.
-    pub accuracy: f64,
-    /// Temperature of the `ts` mode.
-    pub temperature: f64,
-    /// Whether the fit converged (true for a given temperature).
-    pub converged: bool,
-    /// Newton passes of the fit (0 for a given temperature).
-    pub iterations: u32,
-    /// Mean NLL at T = 1.
-    pub nll_before: f64,
-    /// Mean NLL at the `ts` temperature.
-    pub nll_after: f64,
-    /// ECE at T = 1.
-    pub ece_before: f64,
-    /// ECE at the `ts` temperature.
-    pub ece_after: f64,
-    /// Per level: the conformal quantile on the source, per mode.
-    #[serde(skip)]
-    pub qhat: Modes<Vec<Option<f64>>>,
-    /// Warning from the fit, if any.
-    #[serde(skip)]
-    pub warning: Option<String>,
-    /// ECE bins before (`raw`) and after (`ts`) scaling, for reliability diagrams.
-    #[serde(skip)]
-    pub calibration: Modes<CalibrationStats>,
-}
-
-/// MAE per method (`None` when no target has labels).
-pub type MaeRow = BTreeMap<&'static str, Option<f64>>;
-
-/// Per-row outputs of one target (`ts` mode).
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct RowOutputs {
-    /// Target name.
-    pub name: String,
-    /// Predicted class.
-    pub yhat: Vec<i64>,
-    /// Largest probability.
-    pub max_prob: Vec<f32>,
-    /// Largest conformal p-value.
-    pub credibility: Vec<f32>,
-    /// 1 - second largest conformal p-value.
-    pub confidence: Vec<f32>,
-    /// Set size per row and level, `[n, A]` row-major.
-    pub set_size: Vec<i64>,
-}
-
-impl RowOutputs {
-    /// Appends the rows of `more` (same levels).
-    fn append(&mut self, mut more: RowOutputs) {
-        self.yhat.append(&mut more.yhat);
-        self.max_prob.append(&mut more.max_prob);
-        self.credibility.append(&mut more.credibility);
-        self.confidence.append(&mut more.confidence);
-        self.set_size.append(&mut more.set_size);
-    }
-}
-
-/// Milliseconds per phase.
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
-pub struct Timings {
-    /// Reading inputs (filled by the caller).
-    pub load: f64,
-    /// Temperature fit and calibration statistics.
-    pub temperature: f64,
-    /// Source row statistics, sorting, thresholds.
-    pub sort: f64,
-    /// Target passes and counting.
-    pub estimate: f64,
-    /// Everything.
-    pub total: f64,
-}
-
-/// Result of [`evaluate`].
-#[derive(Clone, Debug, PartialEq)]
-pub struct Evaluation {
-    /// `"cpu"` or `"gpu: <adapter>"`.
-    pub device: String,
-    /// Levels.
-    pub alphas: Vec<f64>,
-    /// Source summary.
-    pub source: SourceReport,
-    /// One report per target, in the order given.
-    pub targets: Vec<TargetReport>,
-    /// MAE rows: `raw`, `ts`, and `<group>_raw`, `<group>_ts` for each group array seen.
-    pub mae: BTreeMap<String, MaeRow>,
-    /// Per-row outputs when asked for.
-    pub rows: Vec<RowOutputs>,
-    /// Phase timings.
-    pub timings_ms: Timings,
-}
-
-/// ATC threshold on the source: `t`, and the share `lambda` of the tie group at `t`.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct AtcThreshold {
-    /// The c-th largest source score (`None` when no source row is correct).
-    pub t: Option<f32>,
-    /// `(c - #{g > t}) / #{g = t}`.
-    pub lambda: f64,
-}
-
-impl AtcThreshold {
-    /// From the ascending-sorted source scores and the number of correct rows `c`.
-    pub fn new(sorted: &[f32], c: usize) -> Self {
-        if c == 0 || sorted.is_empty() {
-            return AtcThreshold {
-                t: None,
-                lambda: 0.0,
-            };
-        }
-        let n = sorted.len();
-        let c = c.min(n);
-        let t = sorted[n - c];
-        let upper = sorted.partition_point(|&x| x <= t);
-        let lower = sorted.partition_point(|&x| x < t);
-        let above = n - upper;
-        let ties = upper - lower;
-        AtcThreshold {
-            t: Some(t),
-            lambda: (c - above) as f64 / ties as f64,
-        }
-    }
-
-    /// ATC from the counts of target scores above and equal to `t` over `n` rows.
-    pub fn estimate(&self, above: u64, equal: u64, n: u64) -> f64 {
-        match self.t {
-            None => 0.0,
-            Some(_) => (above as f64 + self.lambda * equal as f64) / n as f64,
-        }
-    }
-}
-
-/// Chooses CPC's `q*` by the sweep of DESIGN.md 2.8. `scores` are the ascending LAC
-/// scores, `one_minus_p1`/`one_minus_p2` the ascending `1 - p_(1)` and `1 - p_(2)` of the
-/// same rows, `correct` the number of correct source rows. Returns `(q*, i)` with `i` the
-/// 1-based index of q*'s first occurrence (`n + 1` and `None` for +inf).
-pub fn cpc_sweep(
-    scores: &[f32],
-    one_minus_p1: &[f32],
-    one_minus_p2: &[f32],
-    correct: usize,
-) -> (Option<f32>, usize) {
-    let n = scores.len();
-    // +inf: no singleton (1 - p_(2) > inf never holds), |R - acc| = c / n.
-    let mut best: (Option<f32>, usize, usize) = (None, n + 1, usize::MAX);
-    let (mut ia, mut ib) = (0usize, 0usize);
-    for (i, &q) in scores.iter().enumerate() {
-        if i > 0 && scores[i - 1] == q {
-            continue; // same candidate: R is equal, the first index stands
-        }
-        while ia < n && one_minus_p1[ia] <= q {
-            ia += 1;
-        }
-        while ib < n && one_minus_p2[ib] <= q {
-            ib += 1;
-        }
-        // Singletons at q: rows with 1 - p_(1) <= q minus rows with 1 - p_(2) <= q
-        // (the second implies the first). |R_S - acc(S)| = |count - c| / n, in integers.
-        let diff = (ia - ib).abs_diff(correct);
-        if diff < best.2 {
-            best = (Some(q), i + 1, diff);
-        }
-    }
-    if best.0.is_some() && correct < best.2 {
-        // +inf (count 0) is strictly better than every finite candidate.
-        return (None, n + 1);
-    }
-    if best.0.is_none() {
-        return (None, n + 1);
-    }
-    (best.0, best.1)
-}
-
-/// Everything the targets need from the source in one mode.
-#[derive(Clone, Debug)]
-struct SourceCal {
-    t: f32,
-    n: usize,
-    correct: usize,
-    ac: f64,
-    atc_mc: AtcThreshold,
-    atc_ne: AtcThreshold,
-    qhats: Vec<Option<f32>>,
-    cpc_q: Option<f32>,
-    cpc_alpha: f64,
-    sorted_lac: Vec<f32>,
-}
-
-impl SourceCal {
-    fn accuracy(&self) -> f64 {
-        self.correct as f64 / self.n as f64
-    }
-}
-
-fn calibrate_source<B: Backend>(
-    backend: &B,
-    stats: &RowStats,
-    labels: &[i32],
-    t: f32,
-    alphas: &[f64],
-) -> Result<SourceCal> {
-    let n = stats.len();
-    let correct = (0..n)
-        .filter(|&i| stats.yhat(i) as i32 == labels[i])
-        .count();
-    // Sorted by the backend (the radix sort on the GPU path): the same bits either way.
-    let column =
-        |c: usize| backend.sort_keys(&stats.stats.iter().map(|s| s[c]).collect::<Vec<_>>());
-    let ac = stats.stats.iter().map(|s| s[col::P1] as f64).sum::<f64>() / n as f64;
-    let mc = column(col::P1)?;
-    let ne = column(col::NE)?;
-    let lac = column(col::LAC)?;
-    let a = column(col::R1)?;
-    let b = column(col::R2)?;
-    let qhats = alphas
-        .iter()
-        .map(|&alpha| conformal_k(n, alpha).map(|k| lac[k - 1]))
-        .collect();
-    let (cpc_q, i) = cpc_sweep(&lac, &a, &b, correct);
-    Ok(SourceCal {
-        t,
-        n,
-        correct,
-        ac,
-        atc_mc: AtcThreshold::new(&mc, correct),
-        atc_ne: AtcThreshold::new(&ne, correct),
-        qhats,
-        cpc_q,
-        cpc_alpha: 1.0 - i as f64 / (n as f64 + 1.0),
-        sorted_lac: lac,
-    })
-}
-
-/// Indices into [`TargetCounts::counts`].
-pub mod count {
-    /// Rows.
-    pub const N: usize = 0;
-    /// Rows with a known label.
-    pub const LABELLED: usize = 1;
-    /// Labelled rows predicted correctly.
-    pub const CORRECT: usize = 2;
-    /// Rows whose max probability is above the ATC-MC threshold.
-    pub const MC_ABOVE: usize = 3;
-    /// Rows whose max probability equals it.
-    pub const MC_EQUAL: usize = 4;
-    /// Rows whose negative entropy is above the ATC-NE threshold.
-    pub const NE_ABOVE: usize = 5;
-    /// Rows whose negative entropy equals it.
-    pub const NE_EQUAL: usize = 6;
-    /// Singleton rows at CPC's q*.
-    pub const CPC: usize = 7;
-}
-
-/// Indices into each [`TargetCounts::levels`] entry.
-pub mod level {
-    /// Sum of set sizes.
-    pub const SIZE_SUM: usize = 0;
-    /// Singleton sets.
-    pub const SINGLETON: usize = 1;
-    /// Empty sets.
-    pub const EMPTY: usize = 2;
-    /// Labelled rows whose label is in the set.
-    pub const COVERED: usize = 3;
-}
-
-/// Mergeable counts over target rows in one mode (chunks and shards add up).
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct TargetCounts {
-    /// Integer counters, indexed by [`count`].
-    pub counts: [u64; 8],
-    /// Sum of the largest probability.
-    pub sum_p1: f64,
-    /// Per level, counters indexed by [`level`].
-    pub levels: Vec<[u64; 4]>,
-}
-
-impl TargetCounts {
-    fn with_levels(a: usize) -> Self {
-        TargetCounts {
-            levels: vec![[0; 4]; a],
-            ..Default::default()
-        }
-    }
-
-    /// Counts rows `rows` of `blk` (labels `labels`, -1 = unknown). Absent thresholds
-    /// become NaN (no row above or equal, no CPC singleton) and an absent qhat +inf
-    /// (every labelled row covered), so the loops have no branches.
-    fn add_rows(
-        &mut self,
-        blk: RowBlock<'_>,
-        rows: std::ops::Range<usize>,
-        labels: &[i32],
-        cal: &SourceCal,
-    ) {
-        let t_mc = cal.atc_mc.t.unwrap_or(f32::NAN);
-        let t_ne = cal.atc_ne.t.unwrap_or(f32::NAN);
-        let q_cpc = cal.cpc_q.unwrap_or(f32::NAN);
-        let mut c = [0u64; 8];
-        let mut sum_p1 = 0.0f64;
-        for (j, &y) in rows.clone().zip(labels) {
-            let [p1, ne, _, r1, r2] = blk.stats[j];
-            let known = y >= 0;
-            c[count::LABELLED] += known as u64;
-            c[count::CORRECT] += (known && blk.yhat(j) as i32 == y) as u64;
-            c[count::MC_ABOVE] += (p1 > t_mc) as u64;
-            c[count::MC_EQUAL] += (p1 == t_mc) as u64;
-            c[count::NE_ABOVE] += (ne > t_ne) as u64;
-            c[count::NE_EQUAL] += (ne == t_ne) as u64;
-            c[count::CPC] += (r1 <= q_cpc && q_cpc < r2) as u64;
-            sum_p1 += p1 as f64;
-        }
-        c[count::N] = rows.len() as u64;
-        for (d, s) in self.counts.iter_mut().zip(c) {
-            *d += s;
-        }
-        self.sum_p1 += sum_p1;
-        for (a, lv) in self.levels.iter_mut().enumerate() {
-            let q = cal.qhats[a].unwrap_or(f32::INFINITY);
-            let mut l = [0u64; 4];
-            for (j, &y) in rows.clone().zip(labels) {
-                let size = blk.sizes(j)[a];
-                l[level::SIZE_SUM] += size as u64;
-                l[level::SINGLETON] += (size == 1) as u64;
-                l[level::EMPTY] += (size == 0) as u64;
-                l[level::COVERED] += (y >= 0 && blk.stats[j][col::LAC] <= q) as u64;
-            }
-            for (d, s) in lv.iter_mut().zip(l) {
-                *d += s;
-            }
-        }
-    }
-
-    /// Adds another partial (same levels).
-    pub fn merge(&mut self, o: &TargetCounts) {
-        for (d, s) in self.counts.iter_mut().zip(&o.counts) {
-            *d += s;
-        }
-        self.sum_p1 += o.sum_p1;
-        for (d, s) in self.levels.iter_mut().zip(&o.levels) {
-            for (a, b) in d.iter_mut().zip(s) {
-                *a += b;
-            }
-        }
-    }
-
-    /// Rows counted.
-    pub fn n(&self) -> u64 {
-        self.counts[count::N]
-    }
-
-    /// Labelled rows counted.
-    pub fn labelled(&self) -> u64 {
-        self.counts[count::LABELLED]
-    }
-
-    fn estimates(&self, cal: &SourceCal) -> Estimates {
+impl Counts {
+    /// The five estimates from these counts under mode calibration `cal`.
+    pub fn estimates(&self, cal: &ModeCalibration) -> Estimates {
         let c = &self.counts;
         let n = self.n();
-        let ac = self.sum_p1 / n as f64;
+        let ac = self.mean_p1();
         Estimates {
             ac,
             doc: cal.accuracy() + ac - cal.ac,
@@ -543,12 +81,14 @@ impl TargetCounts {
         }
     }
 
-    fn true_accuracy(&self) -> Option<f64> {
+    /// Accuracy over the labelled rows (`None` without any).
+    pub fn true_accuracy(&self) -> Option<f64> {
         let l = self.labelled();
         (l > 0).then(|| self.counts[count::CORRECT] as f64 / l as f64)
     }
 
-    fn conformal(&self, cal: &SourceCal, alphas: &[f64]) -> Vec<ConformalStats> {
+    /// Conformal diagnostics per level.
+    pub fn conformal(&self, cal: &ModeCalibration, alphas: &[f64]) -> Vec<ConformalStats> {
         let n = self.n() as f64;
         let labelled = self.labelled();
         alphas
@@ -557,6 +97,7 @@ impl TargetCounts {
             .enumerate()
             .map(|(a, (&alpha, lv))| ConformalStats {
                 alpha,
+                k: conformal_rank(cal.n, alpha),
                 qhat: cal.qhats[a].map(|q| q as f64),
                 mean_set_size: lv[level::SIZE_SUM] as f64 / n,
                 singleton_rate: lv[level::SINGLETON] as f64 / n,
@@ -567,76 +108,191 @@ impl TargetCounts {
     }
 }
 
-/// Counts of one target in one mode: whole-set and per group id of each group array.
-#[derive(Clone, Debug, Default)]
-struct TargetTally {
-    all: TargetCounts,
-    groups: BTreeMap<&'static str, BTreeMap<i64, TargetCounts>>,
-}
+impl Calibration {
+    /// The report of target `name` from its (merged) tally: estimates, diagnostics,
+    /// groups, true accuracy where labelled. The tally must come from this calibration.
+    pub fn report(&self, name: &str, tally: &Tally) -> Result<TargetReport> {
+        tally.check_against(self)?;
+        let a = self.alphas.len();
+        let all = Modes {
+            raw: Tally::total(&tally.modes.raw, a),
+            ts: Tally::total(&tally.modes.ts, a),
+        };
+        let mut groups = BTreeMap::new();
+        for (g, group) in GROUP_ARRAYS.iter().enumerate() {
+            if !tally.group_arrays.iter().any(|x| x == group) {
+                continue;
+            }
+            let raw = Tally::by_group(&tally.modes.raw, g, a);
+            let ts = Tally::by_group(&tally.modes.ts, g, a);
+            let list = raw
+                .iter()
+                .zip(ts.values())
+                .map(|((&id, r), t)| GroupReport {
+                    id,
+                    n: r.n() as usize,
+                    true_accuracy: r.true_accuracy(),
+                    estimates: Modes {
+                        raw: r.estimates(&self.modes.raw),
+                        ts: t.estimates(&self.modes.ts),
+                    },
+                })
+                .collect();
+            groups.insert(group.to_string(), list);
+        }
+        let cpc = |c: &ModeCalibration| CpcChoice {
+            q: c.cpc_q.map(|q| q as f64),
+            alpha: c.cpc_alpha,
+        };
+        Ok(TargetReport {
+            name: name.to_string(),
+            n: all.raw.n() as usize,
+            n_labelled: all.raw.labelled() as usize,
+            labelled: all.raw.labelled() == all.raw.n(),
+            true_accuracy: all.raw.true_accuracy(),
+            estimates: Modes {
+                raw: all.raw.estimates(&self.modes.raw),
+                ts: all.ts.estimates(&self.modes.ts),
+            },
+            cpc: Modes {
+                raw: cpc(&self.modes.raw),
+                ts: cpc(&self.modes.ts),
+            },
+            conformal: Modes {
+                raw: all.raw.conformal(&self.modes.raw, &self.alphas),
+                ts: all.ts.conformal(&self.modes.ts, &self.alphas),
+            },
+            groups,
+        })
+    }
 
-const GROUP_ARRAYS: [&str; 2] = ["hospital", "slide"];
-
-fn group_ids<'s>(set: &'s PredictionSet, name: &str) -> Option<&'s ndarray::Array1<i64>> {
-    match name {
-        "hospital" => set.hospital.as_ref(),
-        "slide" => set.slide.as_ref(),
-        _ => None,
+    /// Per-row outputs of one chunk in both modes: predicted class, largest probability,
+    /// credibility and confidence (conformal p-values against the source's LAC scores),
+    /// set sizes per level.
+    pub fn row_outputs<B: Backend>(
+        &self,
+        backend: &B,
+        rows: &TargetRows<'_>,
+    ) -> Result<RowOutputs> {
+        rows.validate(self.k)?;
+        let n = rows.rows();
+        let unknown;
+        let labels: &[i32] = match rows.labels {
+            Some(l) => l,
+            None => {
+                unknown = vec![-1; n];
+                &unknown
+            }
+        };
+        let prepared = backend.prepare(rows.logits, labels, self.k)?;
+        let mut out = RowOutputs {
+            name: rows.name.to_string(),
+            ..Default::default()
+        };
+        for (m, is_ts) in [(&self.modes.raw, false), (&self.modes.ts, true)] {
+            let st = backend.row_stats(&prepared, m.t, &m.qhats)?;
+            let s = &m.sorted_lac;
+            // The p-value kernel's own count (mirror of shaders/pvalues.wgsl's search).
+            let pvalue =
+                |r: f32| (1 + crate::cpu::pvalues::count_ge(s, r)) as f64 / (s.len() + 1) as f64;
+            let mut mode = RowMode::default();
+            for (i, row) in st.stats.iter().enumerate() {
+                if !is_ts {
+                    out.yhat.push(st.yhat(i) as i64);
+                }
+                mode.max_prob.push(row[col::P1]);
+                mode.credibility.push(pvalue(row[col::R1]));
+                mode.confidence.push(1.0 - pvalue(row[col::R2]));
+                mode.set_size
+                    .extend(st.all().sizes(i).iter().map(|&c| c as i64));
+            }
+            if is_ts {
+                out.modes.ts = mode;
+            } else {
+                out.modes.raw = mode;
+            }
+        }
+        Ok(out)
     }
 }
 
-/// Every set must have the source's number of classes (an invalid-data error, exit 5).
-fn same_k(set: &PredictionSet, source: &PredictionSet) -> Result<()> {
-    if set.k() == source.k() {
-        return Ok(());
+impl Evaluation {
+    /// Assembles an evaluation from a calibration and its targets' reports: the MAE rows
+    /// and the source summary come from them.
+    pub fn assemble(
+        cal: &Calibration,
+        device: String,
+        targets: Vec<TargetReport>,
+        rows: Vec<RowOutputs>,
+        timings_ms: Timings,
+    ) -> Self {
+        Evaluation {
+            device,
+            alphas: cal.alphas.clone(),
+            source: cal.source.clone(),
+            mae: mae_rows(&targets),
+            targets,
+            rows,
+            timings_ms,
+        }
     }
-    Err(Error::LengthMismatch {
-        what: format!("{}: logits", set.name),
-        detail: format!(
-            "rows have K = {} classes but the source {} has K = {}",
-            set.k(),
-            source.name,
-            source.k()
-        ),
+}
+
+/// The chunks of an in-memory set, as the tally takes them (labels as i32 per chunk).
+pub fn set_chunks(
+    set: &PredictionSet,
+    chunk_rows: usize,
+) -> impl Iterator<Item = (usize, usize)> + '_ {
+    let n = set.n();
+    let step = chunk_rows.max(1);
+    (0..n.div_ceil(step)).map(move |c| (c * step, ((c + 1) * step).min(n)))
+}
+
+/// Runs `f` on the rows `start..end` of `set` as [`TargetRows`].
+pub fn with_set_rows<R>(
+    set: &PredictionSet,
+    start: usize,
+    end: usize,
+    f: impl FnOnce(&TargetRows<'_>) -> R,
+) -> R {
+    let k = set.k();
+    let logits = set.logits_slice();
+    let labels: Option<Vec<i32>> = set.labels.as_ref().map(|l| {
+        l.slice(ndarray::s![start..end])
+            .iter()
+            .map(|&y| y.clamp(i32::MIN as i64, i32::MAX as i64) as i32)
+            .collect()
+    });
+    let ids = |a: &Option<ndarray::Array1<i64>>| {
+        a.as_ref()
+            .map(|a| a.slice(ndarray::s![start..end]).to_vec())
+    };
+    let (hospital, slide) = (ids(&set.hospital), ids(&set.slide));
+    f(&TargetRows {
+        name: &set.name,
+        row_offset: start,
+        k,
+        logits: &logits[start * k..end * k],
+        labels: labels.as_deref(),
+        hospital: hospital.as_deref(),
+        slide: slide.as_deref(),
     })
 }
 
-/// Validates the evaluation inputs; every message names the offending set.
-fn validate_inputs(
-    source: &PredictionSet,
-    targets: &[PredictionSet],
-    temperature_set: Option<&PredictionSet>,
-    options: &EvalOptions,
-) -> Result<()> {
-    let alphas = &options.alphas;
-    validate_source(source)?;
-    if alphas.is_empty() {
-        return Err(Error::Invalid("no alpha level given".into()));
+/// Tallies a whole in-memory set in chunks of `chunk_rows`.
+pub fn tally_set<B: Backend>(
+    backend: &B,
+    cal: &Calibration,
+    set: &PredictionSet,
+    chunk_rows: usize,
+) -> Result<Tally> {
+    let groups = [set.hospital.is_some(), set.slide.is_some()];
+    let mut tally = Tally::empty(cal, &set.name, groups);
+    for (start, end) in set_chunks(set, chunk_rows) {
+        let part = with_set_rows(set, start, end, |rows| cal.tally(backend, rows))?;
+        tally.merge(&part)?;
     }
-    for &a in alphas {
-        check_alpha(a)?;
-    }
-    match &options.temperature {
-        TemperatureChoice::FitSource => {}
-        TemperatureChoice::Fixed(t) => validate_temperature(*t)?,
-        TemperatureChoice::FitOther => {
-            let other = temperature_set.ok_or_else(|| {
-                Error::Invalid("a temperature set was asked for but none given".into())
-            })?;
-            validate_source(other)?;
-            same_k(other, source)?;
-        }
-    }
-    for t in targets {
-        t.validate()?;
-        if t.n() == 0 {
-            return Err(Error::Empty {
-                what: format!("{}: logits", t.name),
-                detail: "the target set has no rows".into(),
-            });
-        }
-        same_k(t, source)?;
-    }
-    Ok(())
+    Ok(tally)
 }
 
 fn ms(since: Instant) -> f64 {
@@ -645,7 +301,7 @@ fn ms(since: Instant) -> f64 {
 
 /// Evaluates every target against `source` (DESIGN.md 2.3-2.10). `temperature_set` is the
 /// labelled set to fit T on when `options.temperature` is [`TemperatureChoice::FitOther`].
-/// Inputs are validated first: any invalid set aborts before any work.
+/// Every target is validated (shape, K, finite logits, labels) before any work.
 pub fn evaluate<B: Backend>(
     backend: &B,
     source: &PredictionSet,
@@ -654,310 +310,80 @@ pub fn evaluate<B: Backend>(
     options: &EvalOptions,
 ) -> Result<Evaluation> {
     let start = Instant::now();
-    let alphas = &options.alphas;
-    validate_inputs(source, targets, temperature_set, options)?;
-
-    // Temperature and calibration statistics on the source.
-    let phase = Instant::now();
-    let src_logits = source.logits_slice();
-    let src_labels = labels_i32(source);
-    let k = source.k();
-    let src_rows = backend.prepare(&src_logits, &src_labels, k)?;
-    let fit: TemperatureFit = match &options.temperature {
-        TemperatureChoice::FitSource => fit_temperature(backend, &src_rows)?,
-        TemperatureChoice::Fixed(t) => {
-            validate_temperature(*t)?;
-            TemperatureFit {
-                temperature: *t,
-                iterations: 0,
-                converged: true,
-                nll: f64::NAN,
-                warning: None,
-            }
-        }
-        TemperatureChoice::FitOther => {
-            let other = temperature_set.ok_or_else(|| {
-                Error::Invalid("a temperature set was asked for but none given".into())
-            })?;
-            // Validated (labels, K) by validate_inputs above.
-            let (l, y) = (other.logits_slice(), labels_i32(other));
-            let rows = backend.prepare(&l, &y, k)?;
-            fit_temperature(backend, &rows)?
+    let temperature = match (&options.temperature, temperature_set) {
+        (TemperatureChoice::FitSource, _) => Temperature::FitSource,
+        (TemperatureChoice::Fixed(t), _) => Temperature::Fixed(*t),
+        (TemperatureChoice::FitOther, Some(set)) => Temperature::FitOn(set),
+        (TemperatureChoice::FitOther, None) => {
+            return Err(crate::Error::Invalid(
+                "a temperature set was asked for but none given".into(),
+            ))
         }
     };
-    let t_ts = fit.temperature as f32;
-    let nll_before = backend.nll_sums(&src_rows, 1.0)?;
-    let nll_after = backend.nll_sums(&src_rows, 1.0 / fit.temperature)?;
-    let cal_before = backend.calibration(&src_rows, 1.0)?;
-    let cal_after = backend.calibration(&src_rows, t_ts)?;
-    let t_temperature = ms(phase);
-
-    // Source row statistics, sorted scores, thresholds per mode.
-    let phase = Instant::now();
-    let cal = Modes {
-        raw: calibrate_source(
-            backend,
-            &backend.row_stats(&src_rows, 1.0, &[])?,
-            &src_labels,
-            1.0,
-            alphas,
-        )?,
-        ts: calibrate_source(
-            backend,
-            &backend.row_stats(&src_rows, t_ts, &[])?,
-            &src_labels,
-            t_ts,
-            alphas,
-        )?,
-    };
-    drop(src_rows);
-    let t_sort = ms(phase);
-
-    // Targets, chunk by chunk, both modes per upload.
+    for t in targets {
+        t.validate()?;
+        if t.n() == 0 {
+            return Err(crate::Error::Empty {
+                what: format!("{}: logits", t.name),
+                detail: "the target set has no rows".into(),
+            });
+        }
+        crate::methods::calibration::same_k(&t.name, t.k(), &source.name, source.k())?;
+    }
+    let cal = Calibration::fit(
+        backend,
+        source,
+        &CalibrationOptions {
+            alphas: options.alphas.clone(),
+            temperature,
+        },
+    )?;
     let phase = Instant::now();
     let mut reports = Vec::with_capacity(targets.len());
-    let mut row_outputs = Vec::new();
+    let mut rows = Vec::new();
+    if options.rows {
+        rows.push(set_row_outputs(backend, &cal, source)?);
+    }
     for target in targets {
-        let logits = target.logits_slice();
-        let labels = labels_i32(target);
-        let groups = group_cols(target);
-        let mut tally = Modes::<TargetTally>::default();
-        let mut rows_out = RowOutputs {
-            name: target.name.clone(),
-            ..Default::default()
-        };
-        let n = target.n();
-        let mut start_row = 0;
-        while start_row < n {
-            let end = (start_row + TARGET_CHUNK_ROWS).min(n);
-            let y = &labels[start_row..end];
-            let rows = backend.prepare(&logits[start_row * k..end * k], y, k)?;
-            for (mode_cal, mode_tally, is_ts) in [
-                (&cal.raw, &mut tally.raw, false),
-                (&cal.ts, &mut tally.ts, true),
-            ] {
-                let want_rows = is_ts && options.rows;
-                let blocks =
-                    backend.map_row_blocks(&rows, mode_cal.t, &mode_cal.qhats, |first, blk| {
-                        let first = start_row + first;
-                        (
-                            tally_block(blk, first, &groups, &labels, mode_cal, alphas.len()),
-                            want_rows.then(|| block_rows(blk, &mode_cal.sorted_lac)),
-                        )
-                    })?;
-                for (counts, out) in blocks {
-                    merge_block(mode_tally, counts, alphas.len());
-                    if let Some(out) = out {
-                        rows_out.append(out);
-                    }
-                }
-            }
-            start_row = end;
-        }
+        let tally = tally_set(backend, &cal, target, TARGET_CHUNK_ROWS)?;
+        reports.push(cal.report(&target.name, &tally)?);
         if options.rows {
-            row_outputs.push(rows_out);
+            rows.push(set_row_outputs(backend, &cal, target)?);
         }
-        reports.push(target_report(target, &tally, &cal, alphas));
     }
-    let t_estimate = ms(phase);
-
-    let mae = mae_rows(&reports);
-    Ok(Evaluation {
-        device: backend.device_name(),
-        alphas: alphas.clone(),
-        source: SourceReport {
-            name: source.name.clone(),
-            n: source.n(),
-            k,
-            accuracy: cal.raw.accuracy(),
-            temperature: fit.temperature,
-            converged: fit.converged,
-            iterations: fit.iterations,
-            nll_before: nll_before.nll / nll_before.rows,
-            nll_after: nll_after.nll / nll_after.rows,
-            ece_before: cal_before.ece(),
-            ece_after: cal_after.ece(),
-            qhat: Modes {
-                raw: cal.raw.qhats.iter().map(|q| q.map(|v| v as f64)).collect(),
-                ts: cal.ts.qhats.iter().map(|q| q.map(|v| v as f64)).collect(),
-            },
-            warning: fit.warning,
-            calibration: Modes {
-                raw: cal_before,
-                ts: cal_after,
-            },
-        },
-        targets: reports,
-        mae,
-        rows: row_outputs,
-        timings_ms: Timings {
-            load: 0.0,
-            temperature: t_temperature,
-            sort: t_sort,
-            estimate: t_estimate,
-            total: ms(start),
-        },
-    })
-}
-
-/// Counts of one block of rows, per (hospital, slide) pair: each row goes to exactly one
-/// pair, and the whole-target, per-hospital and per-slide counts are sums of pairs, so a
-/// row is counted once whatever the groups. A short list (tens of pairs) with a cache of
-/// the last pair, since rows of a slide usually come together.
-struct BlockTally {
-    pairs: Vec<([Option<i64>; 2], TargetCounts)>,
-    last: usize,
-}
-
-impl BlockTally {
-    fn slot(&mut self, key: [Option<i64>; 2], n_alpha: usize) -> &mut TargetCounts {
-        if self.pairs.get(self.last).is_none_or(|(g, _)| *g != key) {
-            self.last = match self.pairs.iter().position(|(g, _)| *g == key) {
-                Some(i) => i,
-                None => {
-                    self.pairs.push((key, TargetCounts::with_levels(n_alpha)));
-                    self.pairs.len() - 1
-                }
-            };
-        }
-        &mut self.pairs[self.last].1
-    }
-}
-
-/// Group ids of a target, one column per [`GROUP_ARRAYS`] entry, as contiguous slices.
-type GroupCols<'s> = [Option<std::borrow::Cow<'s, [i64]>>; 2];
-
-fn group_cols(target: &PredictionSet) -> GroupCols<'_> {
-    GROUP_ARRAYS.map(|name| {
-        group_ids(target, name).map(|a| match a.as_slice() {
-            Some(s) => std::borrow::Cow::Borrowed(s),
-            None => std::borrow::Cow::Owned(a.to_vec()),
-        })
-    })
-}
-
-/// Counts one block of a target's rows starting at `first` (an offset into the whole
-/// target) in one mode, run by run of equal (hospital, slide): rows of a slide usually
-/// come together.
-fn tally_block(
-    blk: RowBlock<'_>,
-    first: usize,
-    groups: &GroupCols<'_>,
-    labels: &[i32],
-    cal: &SourceCal,
-    n_alpha: usize,
-) -> BlockTally {
-    let key = |i: usize| [0, 1].map(|g| groups[g].as_ref().map(|a| a[i]));
-    let mut tally = BlockTally {
-        pairs: Vec::new(),
-        last: 0,
+    let timings = Timings {
+        load: 0.0,
+        temperature: cal.timings_ms.temperature,
+        sort: cal.timings_ms.sort,
+        estimate: ms(phase),
+        total: ms(start),
     };
-    let n = blk.len();
-    let mut j = 0;
-    while j < n {
-        let run_key = key(first + j);
-        let mut end = j + 1;
-        while end < n && key(first + end) == run_key {
-            end += 1;
-        }
-        tally
-            .slot(run_key, n_alpha)
-            .add_rows(blk, j..end, &labels[first + j..first + end], cal);
-        j = end;
-    }
-    tally
+    Ok(Evaluation::assemble(
+        &cal,
+        backend.device_name(),
+        reports,
+        rows,
+        timings,
+    ))
 }
 
-/// Adds a block's counts (blocks in row order) to the target's.
-fn merge_block(tally: &mut TargetTally, block: BlockTally, n_alpha: usize) {
-    if tally.all.levels.len() != n_alpha {
-        tally.all = TargetCounts::with_levels(n_alpha);
-    }
-    for (key, counts) in block.pairs {
-        tally.all.merge(&counts);
-        for (name, id) in GROUP_ARRAYS.iter().zip(key) {
-            let Some(id) = id else { continue };
-            tally
-                .groups
-                .entry(name)
-                .or_default()
-                .entry(id)
-                .and_modify(|c| c.merge(&counts))
-                .or_insert_with(|| counts.clone());
-        }
-    }
-}
-
-/// Per-row outputs of one block: credibility = p-value of the top class, confidence =
-/// 1 - p-value of the runner-up (p-values fall as `1 - p_k` grows, so these are the
-/// largest two).
-fn block_rows(blk: RowBlock<'_>, sorted_lac: &[f32]) -> RowOutputs {
-    let n = sorted_lac.len();
-    // The p-value kernel's own count (mirror of shaders/pvalues.wgsl's binary search).
-    let pvalue =
-        |r: f32| (1 + crate::cpu::pvalues::count_ge(sorted_lac, r)) as f64 / (n + 1) as f64;
-    let mut out = RowOutputs::default();
-    for (i, s) in blk.stats.iter().enumerate() {
-        out.yhat.push(blk.yhat(i) as i64);
-        out.max_prob.push(s[col::P1]);
-        out.credibility.push(pvalue(s[col::R1]) as f32);
-        out.confidence.push((1.0 - pvalue(s[col::R2])) as f32);
-        out.set_size.extend(blk.sizes(i).iter().map(|&c| c as i64));
-    }
-    out
-}
-
-fn target_report(
-    target: &PredictionSet,
-    tally: &Modes<TargetTally>,
-    cal: &Modes<SourceCal>,
-    alphas: &[f64],
-) -> TargetReport {
-    let mut groups = BTreeMap::new();
-    for name in GROUP_ARRAYS {
-        let (Some(raw), Some(ts)) = (tally.raw.groups.get(name), tally.ts.groups.get(name)) else {
-            continue;
-        };
-        let list = raw
-            .iter()
-            .zip(ts.values())
-            .map(|((&id, r), t)| GroupReport {
-                id,
-                n: r.n() as usize,
-                true_accuracy: r.true_accuracy(),
-                estimates: Modes {
-                    raw: r.estimates(&cal.raw),
-                    ts: t.estimates(&cal.ts),
-                },
-            })
-            .collect();
-        groups.insert(name.to_string(), list);
-    }
-    let all = &tally.raw.all;
-    let cpc = |c: &SourceCal| CpcChoice {
-        q: c.cpc_q.map(|q| q as f64),
-        alpha: c.cpc_alpha,
+/// Per-row outputs of a whole in-memory set, chunk by chunk.
+pub fn set_row_outputs<B: Backend>(
+    backend: &B,
+    cal: &Calibration,
+    set: &PredictionSet,
+) -> Result<RowOutputs> {
+    let mut out = RowOutputs {
+        name: set.name.clone(),
+        ..Default::default()
     };
-    TargetReport {
-        name: target.name.clone(),
-        n: target.n(),
-        n_labelled: all.labelled() as usize,
-        labelled: all.labelled() == all.n(),
-        true_accuracy: all.true_accuracy(),
-        estimates: Modes {
-            raw: tally.raw.all.estimates(&cal.raw),
-            ts: tally.ts.all.estimates(&cal.ts),
-        },
-        cpc: Modes {
-            raw: cpc(&cal.raw),
-            ts: cpc(&cal.ts),
-        },
-        conformal: Modes {
-            raw: tally.raw.all.conformal(&cal.raw, alphas),
-            ts: tally.ts.all.conformal(&cal.ts, alphas),
-        },
-        groups,
+    for (start, end) in set_chunks(set, TARGET_CHUNK_ROWS) {
+        let part = with_set_rows(set, start, end, |r| cal.row_outputs(backend, r))?;
+        out.yhat.extend(part.yhat);
+        out.modes.raw.append(part.modes.raw);
+        out.modes.ts.append(part.modes.ts);
     }
+    Ok(out)
 }
 
 fn mae_of(pairs: &[(Estimates, f64)]) -> MaeRow {
@@ -979,7 +405,7 @@ fn mae_of(pairs: &[(Estimates, f64)]) -> MaeRow {
 }
 
 /// MAE per method over labelled targets, and over (target, group) pairs per group array.
-fn mae_rows(reports: &[TargetReport]) -> BTreeMap<String, MaeRow> {
+pub fn mae_rows(reports: &[TargetReport]) -> BTreeMap<String, MaeRow> {
     let mut out = BTreeMap::new();
     let pairs = |ts: bool| -> Vec<(Estimates, f64)> {
         reports

@@ -1,5 +1,10 @@
-//! Estimators and fits, written once over [`crate::backend::Backend`].
+//! Estimators and fits, written once over [`crate::backend::Backend`]: calibrate once
+//! ([`calibration`]), tally anywhere ([`tally`]), merge exactly, report ([`evaluate`]).
 
+pub mod calibration;
 pub mod evaluate;
+pub mod exact_f32;
+pub mod files;
 pub mod quantile;
+pub mod tally;
 pub mod temperature;

@@ -1,0 +1,172 @@
+//! Command-line arguments (clap).
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "conformal-gpu",
+    version,
+    about = "Accuracy estimation under shift with conformal prediction, on the GPU and the CPU",
+    long_about = "Accuracy estimation under shift with conformal prediction, on the GPU and the CPU.\n\n\
+                  With no subcommand: the main job. Generates the Camelyon17-shaped dataset \
+                  (scale 1, seed 0) into a cache directory unless it is there, evaluates every \
+                  estimator on it, prints a table and writes report.json and plots into \
+                  ./conformal-gpu-report."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Shared by every subcommand.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Common {
+    /// Where to run: auto (hardware GPU if present, else CPU), gpu (any adapter), cpu.
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    /// Print the JSON report on stdout (`--json` or `--json -`) or write it to FILE.
+    #[arg(long, value_name = "FILE", num_args = 0..=1, default_missing_value = "-")]
+    pub json: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Write the seeded Camelyon17-shaped synthetic dataset (WILDS split sizes).
+    Generate {
+        /// Output directory.
+        #[arg(long)]
+        out: PathBuf,
+        /// Multiplies every split size (100 gives ~350M predictions).
+        #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
+        scale: f64,
+        /// Seed: same seed, same bytes.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+    /// Estimate every target's accuracy (AC, DoC, ATC-MC, ATC-NE, CPC, with and without TS).
+    Evaluate {
+        /// Directory of `.npz` prediction sets.
+        #[arg(long)]
+        data: PathBuf,
+        /// Name of the source (calibration) set in DIR.
+        #[arg(long, default_value = "id_val")]
+        source: String,
+        /// Miscoverage levels, comma-separated.
+        #[arg(
+            long,
+            default_value = "0.1",
+            value_delimiter = ',',
+            allow_negative_numbers = true
+        )]
+        alpha: Vec<String>,
+        /// Use this temperature instead of fitting one.
+        #[arg(
+            long,
+            conflicts_with = "temperature_source",
+            allow_negative_numbers = true
+        )]
+        temperature: Option<f64>,
+        /// Fit the temperature on this set of DIR instead of the source.
+        #[arg(long)]
+        temperature_source: Option<String>,
+        /// Write report.json, plots (and --rows files) into this directory.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Also write per-row outputs per target (`<name>_rows.npz` in --out).
+        #[arg(long)]
+        rows: bool,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Fit everything the source decides, once; write it as a calibration file.
+    Calibrate {
+        /// Directory of `.npz` prediction sets.
+        #[arg(long)]
+        data: PathBuf,
+        /// Name of the source (calibration) set in DIR.
+        #[arg(long, default_value = "id_val")]
+        source: String,
+        /// Miscoverage levels, comma-separated.
+        #[arg(
+            long,
+            default_value = "0.1",
+            value_delimiter = ',',
+            allow_negative_numbers = true
+        )]
+        alpha: Vec<String>,
+        /// Use this temperature instead of fitting one.
+        #[arg(
+            long,
+            conflicts_with = "temperature_source",
+            allow_negative_numbers = true
+        )]
+        temperature: Option<f64>,
+        /// Fit the temperature on this set of DIR instead of the source.
+        #[arg(long)]
+        temperature_source: Option<String>,
+        /// Where to run: auto, gpu, cpu.
+        #[arg(long, default_value = "auto")]
+        device: String,
+        /// The calibration file to write.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Count one target file (or a row range of it) under a calibration; write a tally.
+    Tally {
+        /// The calibration file (from `calibrate`).
+        #[arg(long)]
+        calibration: PathBuf,
+        /// The target `.npz`.
+        #[arg(long)]
+        data: PathBuf,
+        /// Target name (tallies merge by name); default: the file stem.
+        #[arg(long)]
+        name: Option<String>,
+        /// Only rows START:END (half-open, 0-based); the offset is kept.
+        #[arg(long, value_name = "START:END")]
+        rows: Option<String>,
+        /// Where to run: auto, gpu, cpu.
+        #[arg(long, default_value = "auto")]
+        device: String,
+        /// The tally file to write.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Merge tallies (by target name) under their calibration; report as `evaluate` does.
+    Merge {
+        /// The calibration file the tallies were made with.
+        #[arg(long)]
+        calibration: PathBuf,
+        /// Tally files.
+        #[arg(required = true)]
+        tallies: Vec<PathBuf>,
+        /// Print the JSON report on stdout (`--json` or `--json -`) or write it to FILE.
+        #[arg(long, value_name = "FILE", num_args = 0..=1, default_missing_value = "-")]
+        json: Option<String>,
+        /// Write report.json and plots into this directory.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Conformal quantiles qhat(alpha) of a 1-D score array (`.npy`, float32 or float64).
+    Quantile {
+        /// The scores.
+        #[arg(long)]
+        scores: PathBuf,
+        /// Miscoverage levels, comma-separated.
+        #[arg(long, default_value = "0.1", value_delimiter = ',')]
+        alpha: Vec<String>,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Fit the temperature on a labelled set; report NLL and ECE before and after.
+    Temperature {
+        /// The `.npz` prediction set (every label known).
+        #[arg(long)]
+        data: PathBuf,
+        #[command(flatten)]
+        common: Common,
+    },
+}
+

@@ -1,0 +1,386 @@
+//! The subcommands that evaluate: `evaluate` (calibrate, stream every target through
+//! tallies, report), and the same three steps as separate commands for sharding:
+//! `calibrate`, `tally`, `merge`.
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use conformal_gpu::data::npz;
+use conformal_gpu::data::stream::NpzRowReader;
+use conformal_gpu::data::PredictionSet;
+use conformal_gpu::device::{DeviceChoice, Engine};
+use conformal_gpu::methods::calibration::{Calibration, CalibrationOptions, Temperature};
+use conformal_gpu::methods::evaluate::{Evaluation, Timings, TARGET_CHUNK_ROWS};
+use conformal_gpu::methods::files::tally_reader;
+use conformal_gpu::methods::tally::Tally;
+use conformal_gpu::report::{self, InputFile, Meta, SkippedFile};
+use conformal_gpu::{with_backend, Error, Result};
+
+use crate::cli::dataset::{dataset_files, find_set, set_name};
+use crate::cli::outputs::{
+    check_json_target, check_writable_dir, emit_json, open_device, phase,
+};
+
+/// What `evaluate` and `calibrate` read from a dataset directory.
+pub struct SourceArgs<'a> {
+    pub data: &'a Path,
+    pub source: &'a str,
+    pub alphas: Vec<f64>,
+    pub temperature: Option<f64>,
+    pub temperature_source: Option<&'a str>,
+}
+
+/// A whole set and its file's SHA-256, read in parallel.
+fn load_hashed(path: &Path) -> Result<(PredictionSet, InputFile)> {
+    let (set, hash) = rayon::join(|| npz::load_npz(path), || InputFile::hash(path));
+    Ok((set?, hash?))
+}
+
+/// Loads the source (and temperature set), opens the device and fits the calibration.
+fn calibrate(
+    args: &SourceArgs<'_>,
+    files: &[PathBuf],
+    engine: &Engine,
+    choice: DeviceChoice,
+) -> Result<Calibration> {
+    if let Some(t) = args.temperature {
+        conformal_gpu::methods::temperature::validate_temperature(t)?;
+    }
+    let source_path = find_set(args.data, files, args.source, "source")?;
+    let temp_path = args
+        .temperature_source
+        .map(|name| find_set(args.data, files, name, "temperature"))
+        .transpose()?;
+    let (source, source_input) = load_hashed(&source_path)?;
+    let temp = temp_path.as_deref().map(load_hashed).transpose()?;
+    let temperature = match (args.temperature, &temp) {
+        (Some(t), _) => Temperature::Fixed(t),
+        (None, Some((set, _))) => Temperature::FitOn(set),
+        (None, None) => Temperature::FitSource,
+    };
+    let options = CalibrationOptions {
+        alphas: args.alphas.clone(),
+        temperature,
+    };
+    let mut cal = with_backend!(engine, choice, |b| Calibration::fit(b, &source, &options))?;
+    cal.inputs.push(source_input);
+    if let Some((_, input)) = temp {
+        if !cal.inputs.contains(&input) {
+            cal.inputs.push(input);
+        }
+    }
+    cal.inputs.sort();
+    if let Some(w) = &cal.source.warning {
+        eprintln!("warning: {w}");
+    }
+    for (a, q) in cal.alphas.iter().zip(&cal.modes.ts.qhats) {
+        if q.is_none() {
+            eprintln!("warning: alpha = {a}: the source has too few rows (k > n), qhat = +inf");
+        }
+    }
+    Ok(cal)
+}
+
+/// `meta` of a report: provenance, the device's adapter, skipped files.
+fn meta(engine_device: &str, inputs: Vec<InputFile>, skipped: Vec<SkippedFile>, seed: Option<u64>) -> Meta {
+    let (adapter, driver) = match engine_device.strip_prefix("gpu: ") {
+        Some(name) => (Some(name.to_string()), None),
+        None => (None, None),
+    };
+    Meta {
+        version: env!("CARGO_PKG_VERSION").into(),
+        commit: env!("CONFORMAL_GPU_COMMIT").into(),
+        args: std::env::args().collect(),
+        seed,
+        inputs,
+        adapter,
+        driver,
+        skipped,
+    }
+}
+
+/// Prints the table, writes `--out` files and the JSON, all or nothing.
+fn emit_report(eval: &Evaluation, meta: &Meta, json: &Option<String>, out: Option<&Path>) -> Result<()> {
+    let table = report::table(eval);
+    if json.as_deref() == Some("-") {
+        eprint!("{table}");
+    } else {
+        print!("{table}");
+    }
+    let value = match json {
+        Some(_) => Some(report::to_json(eval, meta)?),
+        None => None,
+    };
+    let mut written = Vec::new();
+    if let Some(dir) = out {
+        written = report::write_outputs(eval, meta, dir)?;
+        eprintln!("wrote {} files into {}", written.len(), dir.display());
+    }
+    if let Some(value) = value {
+        if let Err(e) = emit_json(&value, json) {
+            // All or nothing: no report files from a run that failed.
+            for f in &written {
+                let _ = std::fs::remove_file(f);
+            }
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+/// Options of `evaluate`.
+pub struct EvalJob<'a> {
+    pub source: SourceArgs<'a>,
+    pub out: Option<&'a Path>,
+    pub rows: bool,
+    pub device: &'a str,
+    pub json: &'a Option<String>,
+    pub seed: Option<u64>,
+}
+
+/// `evaluate`: calibrate, then stream each target through tallies, then report.
+pub fn run_evaluate(job: EvalJob<'_>) -> Result<()> {
+    let started = Instant::now();
+    if job.rows && job.out.is_none() {
+        return Err(Error::Invalid(
+            "--rows writes per-row files: give --out DIR".into(),
+        ));
+    }
+    // Output destinations are checked before any work: a long run must not fail at the end.
+    if let Some(dir) = job.out {
+        check_writable_dir(dir)?;
+    }
+    check_json_target(job.json)?;
+    let data = job.source.data;
+    let files = dataset_files(data)?;
+    let source_path = find_set(data, &files, job.source.source, "source")?;
+    // Every target is opened (headers read, shapes and K checked) before any work; a file
+    // that is not a readable prediction set is skipped with a warning, not fatal.
+    let mut targets = Vec::new();
+    let mut skipped = Vec::new();
+    for f in files.iter().filter(|f| **f != source_path) {
+        match NpzRowReader::open(f) {
+            Ok(r) => targets.push(r),
+            Err(e @ Error::Format { .. }) => {
+                eprintln!("warning: skipping {}: {e}", f.display());
+                skipped.push(SkippedFile {
+                    file: f.display().to_string(),
+                    error: e.to_string(),
+                });
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    if targets.is_empty() {
+        return Err(Error::Empty {
+            what: data.display().to_string(),
+            detail: format!(
+                "no target set to evaluate besides the source {}",
+                source_path.display()
+            ),
+        });
+    }
+    let (engine, choice) = open_device(job.device)?;
+    let load_ms = started.elapsed().as_secs_f64() * 1e3;
+    let cal = calibrate(&job.source, &files, &engine, choice)?;
+    for t in &targets {
+        conformal_gpu::methods::calibration::check_k(&t.path().display().to_string(), t.k(), &cal)?;
+    }
+    let pb = phase(&format!(
+        "evaluating {} targets ({} predictions)",
+        targets.len(),
+        targets.iter().map(|t| t.n()).sum::<usize>() + cal.source.n
+    ));
+    let phase_start = Instant::now();
+    let mut reports = Vec::new();
+    let mut rows = Vec::new();
+    let mut inputs = cal.inputs.clone();
+    if job.rows {
+        let source = npz::load_npz(&source_path)?;
+        rows.push(with_backend!(&engine, choice, |b| {
+            conformal_gpu::methods::evaluate::set_row_outputs(b, &cal, &source)
+        })?);
+    }
+    for reader in targets {
+        let name = reader.name().to_string();
+        let path = reader.path().to_path_buf();
+        let mut reader = Some(reader);
+        let done = with_backend!(&engine, choice, |b| {
+            // A CPU fallback after a GPU failure reads the file again.
+            let r = match reader.take() {
+                Some(r) => r,
+                None => NpzRowReader::open(&path)?,
+            };
+            tally_reader(b, &cal, r, &name, None, TARGET_CHUNK_ROWS, job.rows)
+        })?;
+        reports.push(cal.report(&name, &done.tally)?);
+        inputs.extend(done.tally.inputs.iter().cloned());
+        rows.extend(done.rows);
+    }
+    pb.finish_and_clear();
+    inputs.sort();
+    inputs.dedup();
+    let timings = Timings {
+        load: load_ms,
+        temperature: cal.timings_ms.temperature,
+        sort: cal.timings_ms.sort,
+        estimate: phase_start.elapsed().as_secs_f64() * 1e3,
+        total: started.elapsed().as_secs_f64() * 1e3,
+    };
+    let eval = Evaluation::assemble(&cal, cal.device.clone(), reports, rows, timings);
+    let mut meta = meta(&eval.device, inputs, skipped, job.seed);
+    #[cfg(feature = "gpu")]
+    if let Engine::Gpu(ctx) = &engine {
+        let info = ctx.adapter_info();
+        if eval.device.starts_with("gpu") {
+            meta.adapter = Some(info.name.clone());
+            meta.driver = Some(format!("{} {}", info.driver, info.driver_info));
+        }
+    }
+    emit_report(&eval, &meta, job.json, job.out)
+}
+
+/// `calibrate`: fit once, write the calibration file.
+pub fn run_calibrate(args: SourceArgs<'_>, device: &str, out: &Path) -> Result<()> {
+    check_json_target(&Some(out.display().to_string()))?;
+    let files = dataset_files(args.data)?;
+    let (engine, choice) = open_device(device)?;
+    let cal = calibrate(&args, &files, &engine, choice)?;
+    let text = cal.to_json()?;
+    npz::write_atomic(out, |w| {
+        w.write_all(text.as_bytes()).map_err(|e| Error::io(out, e))
+    })?;
+    eprintln!(
+        "calibration {} ({} rows of {}, T = {:.6}) written to {}",
+        &cal.id[..12],
+        cal.source.n,
+        cal.source.name,
+        cal.source.temperature,
+        out.display()
+    );
+    Ok(())
+}
+
+/// Reads a calibration file.
+fn read_calibration(path: &Path) -> Result<Calibration> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    Calibration::from_json(&text, &path.display().to_string())
+}
+
+/// Parses `START:END` (half-open).
+fn parse_rows(s: &str) -> Result<Range<usize>> {
+    let bad = || Error::Invalid(format!("--rows {s:?}: expected START:END, e.g. 0:1000000"));
+    let (a, b) = s.split_once(':').ok_or_else(bad)?;
+    let (a, b): (usize, usize) = (
+        a.trim().parse().map_err(|_| bad())?,
+        b.trim().parse().map_err(|_| bad())?,
+    );
+    if a > b {
+        return Err(Error::Invalid(format!("--rows {s}: START > END")));
+    }
+    Ok(a..b)
+}
+
+/// Options of `tally`.
+pub struct TallyJob<'a> {
+    pub calibration: &'a Path,
+    pub data: &'a Path,
+    pub name: Option<&'a str>,
+    pub rows: Option<&'a str>,
+    pub device: &'a str,
+    pub out: &'a Path,
+}
+
+/// `tally`: count one file (or row range) under a calibration.
+pub fn run_tally(job: TallyJob<'_>) -> Result<()> {
+    check_json_target(&Some(job.out.display().to_string()))?;
+    let rows = job.rows.map(parse_rows).transpose()?;
+    let cal = read_calibration(job.calibration)?;
+    if job.data.is_dir() {
+        return Err(Error::Invalid(format!(
+            "--data {} is a directory; tally takes one .npz file",
+            job.data.display()
+        )));
+    }
+    let name = job.name.map(str::to_string).unwrap_or_else(|| set_name(job.data));
+    let reader = NpzRowReader::open(job.data)?;
+    conformal_gpu::methods::calibration::check_k(&job.data.display().to_string(), reader.k(), &cal)?;
+    let (engine, choice) = open_device(job.device)?;
+    let mut reader = Some(reader);
+    let done = with_backend!(&engine, choice, |b| {
+        let r = match reader.take() {
+            Some(r) => r,
+            None => NpzRowReader::open(job.data)?,
+        };
+        tally_reader(b, &cal, r, &name, rows.clone(), TARGET_CHUNK_ROWS, false)
+    })?;
+    let text = done.tally.to_json()?;
+    npz::write_atomic(job.out, |w| {
+        w.write_all(text.as_bytes()).map_err(|e| Error::io(job.out, e))
+    })?;
+    eprintln!(
+        "tally of {name}: {} rows ({:?}) written to {}",
+        done.tally.n(),
+        done.tally.rows,
+        job.out.display()
+    );
+    Ok(())
+}
+
+/// `merge`: tallies by target name under their calibration, then the report.
+pub fn run_merge(
+    calibration: &Path,
+    tallies: &[PathBuf],
+    json: &Option<String>,
+    out: Option<&Path>,
+) -> Result<()> {
+    let started = Instant::now();
+    if let Some(dir) = out {
+        check_writable_dir(dir)?;
+    }
+    check_json_target(json)?;
+    let cal = read_calibration(calibration)?;
+    // Every file is read and checked before anything is merged or written.
+    let mut parts = Vec::new();
+    for path in tallies {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let t = Tally::from_json(&text, &path.display().to_string())?;
+        t.check_against(&cal).map_err(|e| match e {
+            Error::Incompatible { detail, .. } => Error::Incompatible {
+                what: path.display().to_string(),
+                detail,
+            },
+            other => other,
+        })?;
+        parts.push(t);
+    }
+    let mut by_name: BTreeMap<String, Tally> = BTreeMap::new();
+    for t in parts {
+        match by_name.get_mut(&t.name) {
+            Some(acc) => acc.merge(&t)?,
+            None => {
+                by_name.insert(t.name.clone(), t);
+            }
+        }
+    }
+    let mut inputs = cal.inputs.clone();
+    let mut reports = Vec::new();
+    for (name, t) in &by_name {
+        reports.push(cal.report(name, t)?);
+        inputs.extend(t.inputs.iter().cloned());
+    }
+    inputs.sort();
+    inputs.dedup();
+    let timings = Timings {
+        load: 0.0,
+        temperature: cal.timings_ms.temperature,
+        sort: cal.timings_ms.sort,
+        estimate: 0.0,
+        total: started.elapsed().as_secs_f64() * 1e3,
+    };
+    let eval = Evaluation::assemble(&cal, cal.device.clone(), reports, Vec::new(), timings);
+    let meta = meta(&eval.device, inputs, Vec::new(), None);
+    emit_report(&eval, &meta, json, out)
+}

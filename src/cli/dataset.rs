@@ -1,0 +1,108 @@
+//! Dataset directories: which `.npz` sets a directory holds, finding one by name, and
+//! the main job's cached synthetic dataset.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use conformal_gpu::data::{self, npz, GeneratorConfig};
+use conformal_gpu::{Error, Result};
+
+use crate::cli::outputs::phase;
+
+/// The `.npz` files of a dataset directory, in name order.
+pub fn dataset_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    if !dir.is_dir() {
+        let kind = if dir.exists() {
+            std::io::ErrorKind::NotADirectory
+        } else {
+            std::io::ErrorKind::NotFound
+        };
+        return Err(Error::io(
+            dir,
+            std::io::Error::new(kind, "--data must be a directory of .npz prediction sets"),
+        ));
+    }
+    let entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
+    let mut files = Vec::new();
+    for entry in entries {
+        let path = entry.map_err(|e| Error::io(dir, e))?.path();
+        if path.extension().is_some_and(|e| e == "npz") && path.is_file() {
+            files.push(path);
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// The set's name: the file stem.
+pub fn set_name(path: &Path) -> String {
+    path.file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| path.display().to_string())
+}
+
+/// The file of set `name` among `files`; a missing set is an I/O error (exit 3) that
+/// lists the sets the directory holds.
+pub fn find_set(dir: &Path, files: &[PathBuf], name: &str, role: &str) -> Result<PathBuf> {
+    let path = dir.join(format!("{name}.npz"));
+    if files.contains(&path) {
+        return Ok(path);
+    }
+    let found: Vec<String> = files.iter().map(|f| set_name(f)).collect();
+    let listing = if found.is_empty() {
+        "it holds no .npz sets".to_string()
+    } else {
+        format!("sets found: {}", found.join(", "))
+    };
+    Err(Error::io(
+        &path,
+        std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("no {role} set {name:?} in {} ({listing})", dir.display()),
+        ),
+    ))
+}
+
+/// Where the main job keeps its generated dataset.
+fn cache_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("CONFORMAL_GPU_CACHE") {
+        return PathBuf::from(d);
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir);
+    base.join("conformal-gpu")
+}
+
+/// The main job's dataset (scale 1, `cfg`), generated into the cache unless a complete
+/// copy is there. Returns its directory.
+pub fn cached_dataset(cfg: &GeneratorConfig) -> Result<PathBuf> {
+    let dir = cache_dir().join(format!(
+        "camelyon17-scale{}-seed{}",
+        cfg.scale, cfg.seed
+    ));
+    let marker = dir.join(".complete");
+    let expected: Vec<String> = data::split_specs(cfg.scale)
+        .iter()
+        .map(|s| format!("{} {}", s.name, s.n))
+        .collect();
+    let complete = std::fs::read_to_string(&marker)
+        .is_ok_and(|m| m.lines().eq(expected.iter().map(|s| s.as_str())));
+    if !complete {
+        let pb = phase(&format!(
+            "generating the Camelyon17-shaped dataset into {}",
+            dir.display()
+        ));
+        let show = |m: &str| pb.set_message(m.to_string());
+        data::generate_dataset(cfg, &dir, Some(&show))?;
+        npz::write_atomic(&marker, |w| {
+            writeln!(w, "{}", expected.join("\n")).map_err(|e| Error::io(&marker, e))
+        })?;
+        pb.finish_and_clear();
+        eprintln!("generated {} into {}", expected.join(", "), dir.display());
+    } else {
+        eprintln!("dataset: {} (cached)", dir.display());
+    }
+    Ok(dir)
+}

@@ -1,0 +1,285 @@
+//! The tally contract: what one target row adds to the counts of its (hospital, slide)
+//! pair in one mode, given the source's thresholds. Every backend produces the same
+//! [`PairCounts`] for the same row statistics: integers only (the one sum, of the largest
+//! probability, is taken on a fixed 2^-40 grid), so partials merge by addition in any
+//! order, chunking or sharding, with the same bits.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::cpu::row_stats::{col, RowBlock};
+
+/// Bits below the binary point of the fixed grid of [`Counts::sum_p1`]. A largest
+/// probability is at least 1/K, so for K <= 2^17 every f32 `p_(1)` (24-bit mantissa) lies
+/// on the grid exactly: the sum is the exact sum of the f32 values.
+pub const P1_GRID_BITS: i32 = 40;
+
+/// `p` on the fixed grid, rounded to nearest (exact for `p >= 2^-17`).
+#[inline(always)]
+pub fn p1_to_grid(p: f32) -> u64 {
+    (p as f64 * (1u64 << P1_GRID_BITS) as f64).round() as u64
+}
+
+/// Indices into [`Counts::counts`].
+pub mod count {
+    /// Rows.
+    pub const N: usize = 0;
+    /// Rows with a known label.
+    pub const LABELLED: usize = 1;
+    /// Labelled rows predicted correctly.
+    pub const CORRECT: usize = 2;
+    /// Rows whose max probability is above the ATC-MC threshold.
+    pub const MC_ABOVE: usize = 3;
+    /// Rows whose max probability equals it.
+    pub const MC_EQUAL: usize = 4;
+    /// Rows whose negative entropy is above the ATC-NE threshold.
+    pub const NE_ABOVE: usize = 5;
+    /// Rows whose negative entropy equals it.
+    pub const NE_EQUAL: usize = 6;
+    /// Singleton rows at CPC's q*.
+    pub const CPC: usize = 7;
+    /// Number of counters.
+    pub const LEN: usize = 8;
+}
+
+/// Indices into each [`Counts::levels`] entry.
+pub mod level {
+    /// Sum of set sizes.
+    pub const SIZE_SUM: usize = 0;
+    /// Singleton sets.
+    pub const SINGLETON: usize = 1;
+    /// Empty sets.
+    pub const EMPTY: usize = 2;
+    /// Labelled rows whose label is in the set.
+    pub const COVERED: usize = 3;
+    /// Number of counters per level.
+    pub const LEN: usize = 4;
+}
+
+/// Mergeable counts over target rows in one mode.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counts {
+    /// Integer counters, indexed by [`count`].
+    pub counts: [u64; count::LEN],
+    /// Sum of the largest probability on the 2^-[`P1_GRID_BITS`] grid.
+    #[serde(with = "crate::methods::exact_f32::u128_str")]
+    pub sum_p1: u128,
+    /// Per level, counters indexed by [`level`].
+    pub levels: Vec<[u64; level::LEN]>,
+}
+
+impl Counts {
+    /// Zero counts for `n_alpha` levels.
+    pub fn with_levels(n_alpha: usize) -> Self {
+        Counts {
+            levels: vec![[0; level::LEN]; n_alpha],
+            ..Default::default()
+        }
+    }
+
+    /// Adds `o` (same levels); `None` on overflow (only reachable from a forged file).
+    pub fn checked_merge(&mut self, o: &Counts) -> Option<()> {
+        if self.levels.len() != o.levels.len() {
+            return None;
+        }
+        let mut out = self.clone();
+        for (d, s) in out.counts.iter_mut().zip(&o.counts) {
+            *d = d.checked_add(*s)?;
+        }
+        out.sum_p1 = out.sum_p1.checked_add(o.sum_p1)?;
+        for (d, s) in out.levels.iter_mut().zip(&o.levels) {
+            for (a, b) in d.iter_mut().zip(s) {
+                *a = a.checked_add(*b)?;
+            }
+        }
+        *self = out;
+        Some(())
+    }
+
+    /// Adds `o` (same levels), for partials this process computed itself: a sum of real
+    /// row counts cannot overflow u64.
+    pub fn merge(&mut self, o: &Counts) {
+        for (d, s) in self.counts.iter_mut().zip(&o.counts) {
+            *d += s;
+        }
+        self.sum_p1 += o.sum_p1;
+        for (d, s) in self.levels.iter_mut().zip(&o.levels) {
+            for (a, b) in d.iter_mut().zip(s) {
+                *a += b;
+            }
+        }
+    }
+
+    /// Rows counted.
+    pub fn n(&self) -> u64 {
+        self.counts[count::N]
+    }
+
+    /// Labelled rows counted.
+    pub fn labelled(&self) -> u64 {
+        self.counts[count::LABELLED]
+    }
+
+    /// Mean of the largest probability (NaN without rows).
+    pub fn mean_p1(&self) -> f64 {
+        self.sum_p1 as f64 / (1u64 << P1_GRID_BITS) as f64 / self.n() as f64
+    }
+
+    /// Why these counts cannot come from real rows of K classes, if they cannot (a
+    /// damaged or forged tally file).
+    pub fn inconsistency(&self, k: usize) -> Option<String> {
+        let c = &self.counts;
+        let n = c[count::N];
+        let checks = [
+            (c[count::LABELLED] <= n, "labelled rows exceed rows"),
+            (
+                c[count::CORRECT] <= c[count::LABELLED],
+                "correct rows exceed labelled rows",
+            ),
+            (
+                c[count::MC_ABOVE].checked_add(c[count::MC_EQUAL]).is_some_and(|s| s <= n),
+                "ATC-MC counts exceed rows",
+            ),
+            (
+                c[count::NE_ABOVE].checked_add(c[count::NE_EQUAL]).is_some_and(|s| s <= n),
+                "ATC-NE counts exceed rows",
+            ),
+            (c[count::CPC] <= n, "CPC singletons exceed rows"),
+            (
+                self.sum_p1 <= (n as u128) << P1_GRID_BITS,
+                "sum of probabilities exceeds rows",
+            ),
+        ];
+        if let Some((_, why)) = checks.iter().find(|(ok, _)| !ok) {
+            return Some(why.to_string());
+        }
+        for (a, l) in self.levels.iter().enumerate() {
+            let size_ok = (l[level::SIZE_SUM] as u128) <= n as u128 * k as u128;
+            let ok = size_ok
+                && l[level::SINGLETON].checked_add(l[level::EMPTY]).is_some_and(|s| s <= n)
+                && l[level::COVERED] <= c[count::LABELLED];
+            if !ok {
+                return Some(format!("level {a}: set counts exceed rows"));
+            }
+        }
+        None
+    }
+}
+
+/// A row's group: (hospital id, slide id), `None` where the target has no such array.
+pub type GroupKey = [Option<i64>; 2];
+
+/// Names of the group arrays, in [`GroupKey`] order.
+pub const GROUP_ARRAYS: [&str; 2] = ["hospital", "slide"];
+
+/// Counts per (hospital, slide) pair: each row goes to exactly one pair, so whole-target,
+/// per-hospital and per-slide counts are sums of pairs and no row is counted twice.
+pub type PairCounts = BTreeMap<GroupKey, Counts>;
+
+/// What the tally of one mode needs from the calibration: the temperature, the source's
+/// thresholds (`None` = absent: no ATC threshold when no source row is correct, +inf for
+/// CPC's q* or a qhat), and the target rows' labels and group ids.
+#[derive(Clone, Copy, Debug)]
+pub struct TallyPlan<'a> {
+    /// Temperature of the mode.
+    pub t: f32,
+    /// ATC-MC threshold.
+    pub atc_mc: Option<f32>,
+    /// ATC-NE threshold.
+    pub atc_ne: Option<f32>,
+    /// CPC's q*.
+    pub cpc_q: Option<f32>,
+    /// qhat per level.
+    pub qhats: &'a [Option<f32>],
+    /// One per row, -1 = unknown.
+    pub labels: &'a [i32],
+    /// Group ids per [`GROUP_ARRAYS`] entry, one per row, where present.
+    pub groups: [Option<&'a [i64]>; 2],
+}
+
+/// Counts rows `first..first + blk.len()` of a chunk (row statistics `blk`) into `out`,
+/// run by run of equal group key: rows of a slide usually come together.
+pub fn count_block(blk: RowBlock<'_>, first: usize, plan: &TallyPlan<'_>, out: &mut PairCounts) {
+    let key = |i: usize| [0, 1].map(|g| plan.groups[g].map(|a| a[i]));
+    let n = blk.len();
+    let mut j = 0;
+    while j < n {
+        let run_key = key(first + j);
+        let mut end = j + 1;
+        while end < n && key(first + end) == run_key {
+            end += 1;
+        }
+        let slot = out
+            .entry(run_key)
+            .or_insert_with(|| Counts::with_levels(plan.qhats.len()));
+        count_run(
+            blk,
+            j..end,
+            &plan.labels[first + j..first + end],
+            plan,
+            slot,
+        );
+        j = end;
+    }
+}
+
+/// Counts rows `rows` of `blk` into `c`. Absent thresholds become NaN (no row above or
+/// equal, no CPC singleton) and an absent qhat +inf (every labelled row covered), so the
+/// loops have no data-dependent branches.
+fn count_run(
+    blk: RowBlock<'_>,
+    rows: std::ops::Range<usize>,
+    labels: &[i32],
+    plan: &TallyPlan<'_>,
+    out: &mut Counts,
+) {
+    let t_mc = plan.atc_mc.unwrap_or(f32::NAN);
+    let t_ne = plan.atc_ne.unwrap_or(f32::NAN);
+    let q_cpc = plan.cpc_q.unwrap_or(f32::NAN);
+    let mut c = [0u64; count::LEN];
+    let mut sum_p1 = 0u128;
+    for (j, &y) in rows.clone().zip(labels) {
+        let [p1, ne, _, r1, r2] = blk.stats[j];
+        let known = y >= 0;
+        c[count::LABELLED] += known as u64;
+        c[count::CORRECT] += (known && blk.yhat(j) as i32 == y) as u64;
+        c[count::MC_ABOVE] += (p1 > t_mc) as u64;
+        c[count::MC_EQUAL] += (p1 == t_mc) as u64;
+        c[count::NE_ABOVE] += (ne > t_ne) as u64;
+        c[count::NE_EQUAL] += (ne == t_ne) as u64;
+        c[count::CPC] += (r1 <= q_cpc && q_cpc < r2) as u64;
+        sum_p1 += p1_to_grid(p1) as u128;
+    }
+    c[count::N] = rows.len() as u64;
+    for (d, s) in out.counts.iter_mut().zip(c) {
+        *d += s;
+    }
+    out.sum_p1 += sum_p1;
+    for (a, lv) in out.levels.iter_mut().enumerate() {
+        let q = plan.qhats[a].unwrap_or(f32::INFINITY);
+        let mut l = [0u64; level::LEN];
+        for (j, &y) in rows.clone().zip(labels) {
+            let size = blk.sizes(j)[a];
+            l[level::SIZE_SUM] += size as u64;
+            l[level::SINGLETON] += (size == 1) as u64;
+            l[level::EMPTY] += (size == 0) as u64;
+            l[level::COVERED] += (y >= 0 && blk.stats[j][col::LAC] <= q) as u64;
+        }
+        for (d, s) in lv.iter_mut().zip(l) {
+            *d += s;
+        }
+    }
+}
+
+/// Adds `part` into `into`, pair by pair.
+pub fn merge_pairs(into: &mut PairCounts, part: PairCounts) {
+    for (key, counts) in part {
+        match into.get_mut(&key) {
+            Some(c) => c.merge(&counts),
+            None => {
+                into.insert(key, counts);
+            }
+        }
+    }
+}

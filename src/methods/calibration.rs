@@ -1,0 +1,580 @@
+//! Calibrate once (DESIGN.md 3, "The pipeline"): everything the source decides, per mode
+//! (`raw` at T = 1, `ts` at the fitted or given temperature): T, NLL and ECE before and
+//! after, accuracy, AC(S), the ATC thresholds and tie shares, CPC's q* and alpha*, qhat
+//! per level and the sorted LAC scores. A [`Calibration`] is serialisable (versioned
+//! JSON) and carries an `id`: the SHA-256 of its content, which every [`Tally`] made with
+//! it records, so tallies of another calibration are refused and a damaged file is found.
+
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::backend::{labels_i32, Backend};
+use crate::cpu::calibration::{CalibrationStats, BINS};
+use crate::cpu::row_stats::{col, RowStats};
+use crate::data::PredictionSet;
+use crate::error::{Error, Result};
+use crate::kernel::tally::{TallyPlan, GROUP_ARRAYS};
+use crate::methods::exact_f32;
+use crate::methods::quantile::{check_alpha, conformal_k};
+use crate::methods::tally::{Tally, TargetRows};
+use crate::methods::temperature::{
+    fit_temperature, validate_source, validate_temperature, TemperatureFit,
+};
+use crate::report::model::{InputFile, Modes, SourceReport};
+
+/// `format` of a calibration file.
+pub const CALIBRATION_FORMAT: &str = "conformal-gpu calibration";
+/// `version` of the calibration files this build writes and reads.
+pub const CALIBRATION_VERSION: u32 = 1;
+
+/// How the temperature of the `ts` mode is chosen.
+#[derive(Clone, Copy, Debug)]
+pub enum Temperature<'a> {
+    /// Fitted on the source (default).
+    FitSource,
+    /// Given by the user.
+    Fixed(f64),
+    /// Fitted on another labelled set.
+    FitOn(&'a PredictionSet),
+}
+
+/// Options of [`Calibration::fit`].
+#[derive(Clone, Debug)]
+pub struct CalibrationOptions<'a> {
+    /// Miscoverage levels for the conformal diagnostics (each in (0, 1)).
+    pub alphas: Vec<f64>,
+    /// Temperature of the `ts` mode.
+    pub temperature: Temperature<'a>,
+}
+
+impl Default for CalibrationOptions<'_> {
+    fn default() -> Self {
+        CalibrationOptions {
+            alphas: vec![0.1],
+            temperature: Temperature::FitSource,
+        }
+    }
+}
+
+/// ATC threshold on the source: `t`, and the share `lambda` of the tie group at `t`.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AtcThreshold {
+    /// The c-th largest source score (`None` when no source row is correct).
+    #[serde(with = "exact_f32::opt")]
+    pub t: Option<f32>,
+    /// `(c - #{g > t}) / #{g = t}`.
+    pub lambda: f64,
+}
+
+impl AtcThreshold {
+    /// From the ascending-sorted source scores and the number of correct rows `c`.
+    pub fn new(sorted: &[f32], c: usize) -> Self {
+        if c == 0 || sorted.is_empty() {
+            return AtcThreshold {
+                t: None,
+                lambda: 0.0,
+            };
+        }
+        let n = sorted.len();
+        let c = c.min(n);
+        let t = sorted[n - c];
+        let upper = sorted.partition_point(|&x| x <= t);
+        let lower = sorted.partition_point(|&x| x < t);
+        let above = n - upper;
+        let ties = upper - lower;
+        AtcThreshold {
+            t: Some(t),
+            lambda: (c - above) as f64 / ties as f64,
+        }
+    }
+
+    /// ATC from the counts of target scores above and equal to `t` over `n` rows.
+    pub fn estimate(&self, above: u64, equal: u64, n: u64) -> f64 {
+        match self.t {
+            None => 0.0,
+            Some(_) => (above as f64 + self.lambda * equal as f64) / n as f64,
+        }
+    }
+}
+
+/// Chooses CPC's `q*` by the sweep of DESIGN.md 2.8. `scores` are the ascending LAC
+/// scores, `one_minus_p1`/`one_minus_p2` the ascending `1 - p_(1)` and `1 - p_(2)` of the
+/// same rows, `correct` the number of correct source rows. Returns `(q*, i)` with `i` the
+/// 1-based index of q*'s first occurrence (`n + 1` and `None` for +inf).
+pub fn cpc_sweep(
+    scores: &[f32],
+    one_minus_p1: &[f32],
+    one_minus_p2: &[f32],
+    correct: usize,
+) -> (Option<f32>, usize) {
+    let n = scores.len();
+    // +inf: no singleton (1 - p_(2) > inf never holds), |R - acc| = c / n.
+    let mut best: (Option<f32>, usize, usize) = (None, n + 1, usize::MAX);
+    let (mut ia, mut ib) = (0usize, 0usize);
+    for (i, &q) in scores.iter().enumerate() {
+        if i > 0 && scores[i - 1] == q {
+            continue; // same candidate: R is equal, the first index stands
+        }
+        while ia < n && one_minus_p1[ia] <= q {
+            ia += 1;
+        }
+        while ib < n && one_minus_p2[ib] <= q {
+            ib += 1;
+        }
+        // Singletons at q: rows with 1 - p_(1) <= q minus rows with 1 - p_(2) <= q
+        // (the second implies the first). |R_S - acc(S)| = |count - c| / n, in integers.
+        let diff = (ia - ib).abs_diff(correct);
+        if diff < best.2 {
+            best = (Some(q), i + 1, diff);
+        }
+    }
+    if best.0.is_none() || correct < best.2 {
+        // +inf (count 0) is strictly better than every finite candidate.
+        return (None, n + 1);
+    }
+    (best.0, best.1)
+}
+
+/// Everything the targets need from the source in one mode.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModeCalibration {
+    /// Temperature of the mode (1 for `raw`).
+    #[serde(with = "exact_f32::one")]
+    pub t: f32,
+    /// Source rows.
+    pub n: usize,
+    /// Correct source rows.
+    pub correct: usize,
+    /// AC(S): mean largest probability on the source.
+    pub ac: f64,
+    /// ATC-MC threshold.
+    pub atc_mc: AtcThreshold,
+    /// ATC-NE threshold.
+    pub atc_ne: AtcThreshold,
+    /// qhat per level (`None` = +inf: k > n).
+    #[serde(with = "exact_f32::vec_opt")]
+    pub qhats: Vec<Option<f32>>,
+    /// CPC's q* (`None` = +inf).
+    #[serde(with = "exact_f32::opt")]
+    pub cpc_q: Option<f32>,
+    /// `alpha* = 1 - i/(n+1)`.
+    pub cpc_alpha: f64,
+    /// The source's LAC scores, ascending (p-values count against them).
+    #[serde(with = "exact_f32::vec")]
+    pub sorted_lac: Vec<f32>,
+}
+
+impl ModeCalibration {
+    /// Accuracy of the source.
+    pub fn accuracy(&self) -> f64 {
+        self.correct as f64 / self.n as f64
+    }
+
+    /// From the source's row statistics at temperature `t`.
+    fn from_stats<B: Backend>(
+        backend: &B,
+        stats: &RowStats,
+        labels: &[i32],
+        t: f32,
+        alphas: &[f64],
+    ) -> Result<Self> {
+        let n = stats.len();
+        let correct = (0..n)
+            .filter(|&i| stats.yhat(i) as i32 == labels[i])
+            .count();
+        // Sorted by the backend (the radix sort on the GPU path): the same bits either way.
+        let column =
+            |c: usize| backend.sort_keys(&stats.stats.iter().map(|s| s[c]).collect::<Vec<_>>());
+        let ac = stats.stats.iter().map(|s| s[col::P1] as f64).sum::<f64>() / n as f64;
+        let mc = column(col::P1)?;
+        let ne = column(col::NE)?;
+        let lac = column(col::LAC)?;
+        let a = column(col::R1)?;
+        let b = column(col::R2)?;
+        let qhats = alphas
+            .iter()
+            .map(|&alpha| conformal_k(n, alpha).map(|k| lac[k - 1]))
+            .collect();
+        let (cpc_q, i) = cpc_sweep(&lac, &a, &b, correct);
+        Ok(ModeCalibration {
+            t,
+            n,
+            correct,
+            ac,
+            atc_mc: AtcThreshold::new(&mc, correct),
+            atc_ne: AtcThreshold::new(&ne, correct),
+            qhats,
+            cpc_q,
+            cpc_alpha: 1.0 - i as f64 / (n as f64 + 1.0),
+            sorted_lac: lac,
+        })
+    }
+
+    /// The tally plan of this mode for a chunk's labels and group ids.
+    pub fn plan<'a>(&'a self, labels: &'a [i32], groups: [Option<&'a [i64]>; 2]) -> TallyPlan<'a> {
+        TallyPlan {
+            t: self.t,
+            atc_mc: self.atc_mc.t,
+            atc_ne: self.atc_ne.t,
+            cpc_q: self.cpc_q,
+            qhats: &self.qhats,
+            labels,
+            groups,
+        }
+    }
+}
+
+/// How the `ts` temperature was chosen, as recorded in a calibration.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TemperatureSource {
+    /// `"fit_source"`, `"fixed"` or `"fit_other"`.
+    pub kind: String,
+    /// The set fitted on (`fit_other`).
+    pub set: Option<String>,
+    /// SHA-256 of that set's arrays (`fit_other`).
+    pub set_sha256: Option<String>,
+}
+
+/// Milliseconds of the fit's phases.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct FitTimings {
+    /// Temperature fit and calibration statistics.
+    pub temperature: f64,
+    /// Source row statistics, sorting, thresholds.
+    pub sort: f64,
+}
+
+/// Everything the source decides, for both modes. See the module docs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Calibration {
+    /// Always [`CALIBRATION_FORMAT`].
+    pub format: String,
+    /// [`CALIBRATION_VERSION`].
+    pub version: u32,
+    /// SHA-256 of the content (every field but `id`, `device`, `inputs`, `timings_ms`).
+    pub id: String,
+    /// SHA-256 of the source's arrays as the fit read them (K, N, f32 logits, labels).
+    pub source_sha256: String,
+    /// Classes.
+    pub k: usize,
+    /// Levels.
+    pub alphas: Vec<f64>,
+    /// How the `ts` temperature was chosen.
+    pub temperature_source: TemperatureSource,
+    /// The source summary of the report.
+    pub source: SourceReport,
+    /// Thresholds per mode.
+    pub modes: Modes<ModeCalibration>,
+    /// `"cpu"` or `"gpu: <adapter>"`: the backend that fitted (thresholds may differ by
+    /// an ulp between backends, so the id differs too).
+    pub device: String,
+    /// Files the source (and temperature set) came from, when read from disk.
+    #[serde(default)]
+    pub inputs: Vec<InputFile>,
+    /// Phase timings of the fit.
+    #[serde(default)]
+    pub timings_ms: FitTimings,
+}
+
+/// The fields an id covers, borrowed, in a fixed order.
+#[derive(Serialize)]
+struct IdContent<'a> {
+    format: &'a str,
+    version: u32,
+    source_sha256: &'a str,
+    k: usize,
+    alphas: &'a [f64],
+    temperature_source: &'a TemperatureSource,
+    source: &'a SourceReport,
+    modes: &'a Modes<ModeCalibration>,
+}
+
+/// Lowercase hex of a digest.
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
+
+/// SHA-256 of a set's arrays as the kernels read them: K, N, the f32 logits row-major and
+/// the labels as i64, little-endian (independent of the file's dtype and layout).
+pub fn set_fingerprint(set: &PredictionSet) -> String {
+    let mut h = Sha256::new();
+    h.update((set.k() as u64).to_le_bytes());
+    h.update((set.n() as u64).to_le_bytes());
+    for v in set.logits_slice().iter() {
+        h.update(v.to_le_bytes());
+    }
+    if let Some(l) = &set.labels {
+        for y in l {
+            h.update(y.to_le_bytes());
+        }
+    }
+    hex(&h.finalize())
+}
+
+fn ms(since: Instant) -> f64 {
+    since.elapsed().as_secs_f64() * 1e3
+}
+
+/// Every set must have the source's number of classes (an invalid-data error, exit 5).
+pub(crate) fn same_k(what: &str, k: usize, source: &str, source_k: usize) -> Result<()> {
+    if k == source_k {
+        return Ok(());
+    }
+    Err(Error::LengthMismatch {
+        what: format!("{what}: logits"),
+        detail: format!(
+            "rows have K = {k} classes but the source {source} has K = {source_k}"
+        ),
+    })
+}
+
+/// A set of `k` classes (named `what`) must match the calibration's K (exit 5).
+pub fn check_k(what: &str, k: usize, cal: &Calibration) -> Result<()> {
+    same_k(what, k, &cal.source.name, cal.k)
+}
+
+impl Calibration {
+    /// Fits everything the source decides (DESIGN.md 2.2-2.9) on `backend`. The source
+    /// (and a temperature set) are validated first: every label known, K >= 2, finite.
+    pub fn fit<B: Backend>(
+        backend: &B,
+        source: &PredictionSet,
+        options: &CalibrationOptions<'_>,
+    ) -> Result<Self> {
+        let alphas = &options.alphas;
+        validate_source(source)?;
+        if alphas.is_empty() {
+            return Err(Error::Invalid("no alpha level given".into()));
+        }
+        for &a in alphas {
+            check_alpha(a)?;
+        }
+        let k = source.k();
+        let temperature_source = match options.temperature {
+            Temperature::FitSource => TemperatureSource {
+                kind: "fit_source".into(),
+                set: None,
+                set_sha256: None,
+            },
+            Temperature::Fixed(t) => {
+                validate_temperature(t)?;
+                TemperatureSource {
+                    kind: "fixed".into(),
+                    set: None,
+                    set_sha256: None,
+                }
+            }
+            Temperature::FitOn(other) => {
+                validate_source(other)?;
+                same_k(&other.name, other.k(), &source.name, k)?;
+                TemperatureSource {
+                    kind: "fit_other".into(),
+                    set: Some(other.name.clone()),
+                    set_sha256: Some(set_fingerprint(other)),
+                }
+            }
+        };
+
+        let phase = Instant::now();
+        let src_logits = source.logits_slice();
+        let src_labels = labels_i32(source);
+        let src_rows = backend.prepare(&src_logits, &src_labels, k)?;
+        let fit: TemperatureFit = match options.temperature {
+            Temperature::FitSource => fit_temperature(backend, &src_rows)?,
+            Temperature::Fixed(t) => TemperatureFit {
+                temperature: t,
+                iterations: 0,
+                converged: true,
+                nll: f64::NAN,
+                warning: None,
+            },
+            Temperature::FitOn(other) => {
+                let (l, y) = (other.logits_slice(), labels_i32(other));
+                let rows = backend.prepare(&l, &y, k)?;
+                fit_temperature(backend, &rows)?
+            }
+        };
+        let t_ts = fit.temperature as f32;
+        let nll_before = backend.nll_sums(&src_rows, 1.0)?;
+        let nll_after = backend.nll_sums(&src_rows, 1.0 / fit.temperature)?;
+        let cal_before = backend.calibration(&src_rows, 1.0)?;
+        let cal_after = backend.calibration(&src_rows, t_ts)?;
+        let t_temperature = ms(phase);
+
+        let phase = Instant::now();
+        let mode = |t: f32| -> Result<ModeCalibration> {
+            let stats = backend.row_stats(&src_rows, t, &[])?;
+            ModeCalibration::from_stats(backend, &stats, &src_labels, t, alphas)
+        };
+        let modes = Modes {
+            raw: mode(1.0)?,
+            ts: mode(t_ts)?,
+        };
+        drop(src_rows);
+        let t_sort = ms(phase);
+
+        let source_report = SourceReport {
+            name: source.name.clone(),
+            n: source.n(),
+            k,
+            accuracy: modes.raw.accuracy(),
+            temperature: fit.temperature,
+            converged: fit.converged,
+            iterations: fit.iterations,
+            nll_before: nll_before.nll / nll_before.rows,
+            nll_after: nll_after.nll / nll_after.rows,
+            ece_before: cal_before.ece(),
+            ece_after: cal_after.ece(),
+            qhat: Modes {
+                raw: modes.raw.qhats.iter().map(|q| q.map(|v| v as f64)).collect(),
+                ts: modes.ts.qhats.iter().map(|q| q.map(|v| v as f64)).collect(),
+            },
+            warning: fit.warning,
+            calibration: Modes {
+                raw: cal_before,
+                ts: cal_after,
+            },
+        };
+        let mut cal = Calibration {
+            format: CALIBRATION_FORMAT.into(),
+            version: CALIBRATION_VERSION,
+            id: String::new(),
+            source_sha256: set_fingerprint(source),
+            k,
+            alphas: alphas.clone(),
+            temperature_source,
+            source: source_report,
+            modes,
+            device: backend.device_name(),
+            inputs: Vec::new(),
+            timings_ms: FitTimings {
+                temperature: t_temperature,
+                sort: t_sort,
+            },
+        };
+        cal.id = cal.content_id()?;
+        Ok(cal)
+    }
+
+    /// SHA-256 of the fields the id covers.
+    fn content_id(&self) -> Result<String> {
+        let content = IdContent {
+            format: &self.format,
+            version: self.version,
+            source_sha256: &self.source_sha256,
+            k: self.k,
+            alphas: &self.alphas,
+            temperature_source: &self.temperature_source,
+            source: &self.source,
+            modes: &self.modes,
+        };
+        let bytes = serde_json::to_vec(&content)
+            .map_err(|e| Error::Invalid(format!("calibration encoding: {e}")))?;
+        Ok(hex(&Sha256::digest(&bytes)))
+    }
+
+    /// Counts one chunk of target rows in both modes.
+    pub fn tally<B: Backend>(&self, backend: &B, rows: &TargetRows<'_>) -> Result<Tally> {
+        rows.validate(self.k)?;
+        let n = rows.rows();
+        let mut tally = Tally::empty(self, rows.name, rows.group_arrays());
+        if n > 0 {
+            let own_labels;
+            let labels: &[i32] = match rows.labels {
+                Some(l) => l,
+                None => {
+                    own_labels = vec![-1; n];
+                    &own_labels
+                }
+            };
+            let prepared = backend.prepare(rows.logits, labels, self.k)?;
+            let groups = [rows.hospital, rows.slide];
+            tally.modes.raw = backend.tally(&prepared, &self.modes.raw.plan(labels, groups))?;
+            tally.modes.ts = backend.tally(&prepared, &self.modes.ts.plan(labels, groups))?;
+        }
+        tally.add_rows(rows.row_offset as u64..(rows.row_offset + n) as u64)?;
+        Ok(tally)
+    }
+
+    /// The versioned JSON document (pretty, one trailing newline).
+    pub fn to_json(&self) -> Result<String> {
+        serde_json::to_string_pretty(self)
+            .map(|s| s + "\n")
+            .map_err(|e| Error::Invalid(format!("calibration encoding: {e}")))
+    }
+
+    /// Reads a calibration written by [`Calibration::to_json`], checking its format,
+    /// version, internal consistency and id (`file` names it in errors; a damaged file is
+    /// `Error::Format`).
+    pub fn from_json(text: &str, file: &str) -> Result<Self> {
+        let bad = |msg: String| Error::format(file, msg);
+        let v: serde_json::Value =
+            serde_json::from_str(text).map_err(|e| bad(format!("not a calibration file: {e}")))?;
+        if v.get("format").and_then(|f| f.as_str()) != Some(CALIBRATION_FORMAT) {
+            return Err(bad(format!(
+                "not a calibration file (no \"format\": \"{CALIBRATION_FORMAT}\")"
+            )));
+        }
+        match v.get("version").and_then(|f| f.as_u64()) {
+            Some(x) if x == CALIBRATION_VERSION as u64 => {}
+            other => {
+                return Err(bad(format!(
+                    "calibration format version {other:?}; this build reads version {CALIBRATION_VERSION}"
+                )))
+            }
+        }
+        let cal: Calibration =
+            serde_json::from_value(v).map_err(|e| bad(format!("damaged calibration: {e}")))?;
+        if let Some(why) = cal.inconsistency() {
+            return Err(bad(format!("damaged calibration: {why}")));
+        }
+        if cal.content_id()? != cal.id {
+            return Err(bad(
+                "damaged calibration: its content does not match its id".into(),
+            ));
+        }
+        Ok(cal)
+    }
+
+    /// Why the fields cannot come from a fit, if they cannot.
+    fn inconsistency(&self) -> Option<String> {
+        let a = self.alphas.len();
+        if self.k < 2 {
+            return Some(format!("K = {}", self.k));
+        }
+        if a == 0 || self.alphas.iter().any(|&x| check_alpha(x).is_err()) {
+            return Some("alpha levels outside (0, 1)".into());
+        }
+        for (name, m) in [("raw", &self.modes.raw), ("ts", &self.modes.ts)] {
+            let sorted = m.sorted_lac.windows(2).all(|w| w[0] <= w[1]);
+            let ok = m.n > 0
+                && m.n == self.source.n
+                && m.correct <= m.n
+                && m.qhats.len() == a
+                && m.sorted_lac.len() == m.n
+                && sorted
+                && m.t.is_finite()
+                && m.t > 0.0;
+            if !ok {
+                return Some(format!("mode {name}: sizes or thresholds disagree"));
+            }
+        }
+        let bins = |s: &CalibrationStats| s.bin_count.len() == BINS;
+        if !bins(&self.source.calibration.raw) || !bins(&self.source.calibration.ts) {
+            return Some("reliability bins".into());
+        }
+        None
+    }
+
+    /// Names of the group arrays in [`GROUP_ARRAYS`] order.
+    pub fn group_names() -> [&'static str; 2] {
+        GROUP_ARRAYS
+    }
+}

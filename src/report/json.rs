@@ -1,0 +1,76 @@
+//! The JSON report (field names fixed by the CLI contract).
+
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use crate::error::{Error, Result};
+use crate::methods::evaluate::Evaluation;
+pub use crate::report::model::InputFile;
+
+/// Provenance recorded in the report's `meta`.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Meta {
+    /// Crate version.
+    pub version: String,
+    /// Git commit the binary was built from (or "unknown").
+    pub commit: String,
+    /// Command-line arguments.
+    pub args: Vec<String>,
+    /// Generator seed when the data was generated here.
+    pub seed: Option<u64>,
+    /// Input files with their SHA-256.
+    pub inputs: Vec<InputFile>,
+    /// GPU adapter name (`None` on the CPU path).
+    pub adapter: Option<String>,
+    /// GPU driver and its version (`None` on the CPU path).
+    pub driver: Option<String>,
+    /// Files of the dataset directory that are not readable prediction sets, skipped.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub skipped: Vec<SkippedFile>,
+}
+
+/// A file skipped by `evaluate`, and why.
+#[derive(Clone, Debug, Serialize)]
+pub struct SkippedFile {
+    /// Path.
+    pub file: String,
+    /// The error that made it unreadable.
+    pub error: String,
+}
+
+/// Finite numbers as JSON numbers, everything else (NaN, inf) as `null`.
+fn num(x: f64) -> Value {
+    if x.is_finite() {
+        json!(x)
+    } else {
+        Value::Null
+    }
+}
+
+/// The JSON report, in exactly the documented shape.
+pub fn to_json(eval: &Evaluation, meta: &Meta) -> Result<Value> {
+    let enc = |v: Result<Value, serde_json::Error>| {
+        v.map_err(|e| Error::Invalid(format!("JSON encoding: {e}")))
+    };
+    let s = &eval.source;
+    let source = json!({
+        "name": s.name, "n": s.n, "k": s.k, "accuracy": num(s.accuracy),
+        "temperature": num(s.temperature), "converged": s.converged, "iterations": s.iterations,
+        "nll_before": num(s.nll_before), "nll_after": num(s.nll_after),
+        "ece_before": num(s.ece_before), "ece_after": num(s.ece_after),
+    });
+    let targets = enc(serde_json::to_value(&eval.targets))?;
+    let mae = enc(serde_json::to_value(&eval.mae))?;
+    let timings = enc(serde_json::to_value(&eval.timings_ms))?;
+    let meta = enc(serde_json::to_value(meta))?;
+    Ok(json!({
+        "device": eval.device,
+        "alphas": eval.alphas,
+        "meta": meta,
+        "source": source,
+        "targets": targets,
+        "mae": mae,
+        "timings_ms": timings,
+    }))
+}
+

@@ -1,0 +1,12 @@
+//! Reports of an evaluation: the data model, the JSON document, a readable table, SVG
+//! plots, and writing them all or nothing.
+
+pub mod json;
+pub mod model;
+pub mod plots;
+pub mod table;
+pub mod write;
+
+pub use json::{to_json, InputFile, Meta, SkippedFile};
+pub use table::table;
+pub use write::write_outputs;

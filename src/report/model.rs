@@ -1,0 +1,253 @@
+//! The report's data model: what an evaluation says about the source, each target and
+//! its groups, and the MAE rows. JSON, table and plots are renderings of it.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::cpu::calibration::CalibrationStats;
+use crate::error::{Error, Result};
+
+/// The five estimates of a target's accuracy (JSON names as in the report).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Estimates {
+    /// Average confidence.
+    #[serde(rename = "AC")]
+    pub ac: f64,
+    /// Difference of confidences.
+    #[serde(rename = "DoC")]
+    pub doc: f64,
+    /// Average thresholded confidence, max-probability score.
+    #[serde(rename = "ATC-MC")]
+    pub atc_mc: f64,
+    /// Average thresholded confidence, negative-entropy score.
+    #[serde(rename = "ATC-NE")]
+    pub atc_ne: f64,
+    /// Conformal prediction confidence (singleton rate at the source-matched q*).
+    #[serde(rename = "CPC")]
+    pub cpc: f64,
+}
+
+impl Estimates {
+    /// `(name, value)` pairs in report order.
+    pub fn named(&self) -> [(&'static str, f64); 5] {
+        [
+            ("AC", self.ac),
+            ("DoC", self.doc),
+            ("ATC-MC", self.atc_mc),
+            ("ATC-NE", self.atc_ne),
+            ("CPC", self.cpc),
+        ]
+    }
+}
+
+/// Per-mode pair of values (`raw` = T = 1, `ts` = temperature-scaled).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Modes<T> {
+    /// At T = 1.
+    pub raw: T,
+    /// At the fitted or given temperature.
+    pub ts: T,
+}
+
+/// The CPC threshold chosen on the source.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct CpcChoice {
+    /// `q*` (`None` = +inf).
+    pub q: Option<f64>,
+    /// `alpha* = 1 - i/(n+1)`.
+    pub alpha: f64,
+}
+
+/// Conformal diagnostics at one level.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ConformalStats {
+    /// Level.
+    pub alpha: f64,
+    /// The conformal rank `k = ceil((n+1)(1-alpha))` on the source's n (DESIGN.md 2.5).
+    pub k: usize,
+    /// `qhat(alpha) = s_(k)`; `None` (`null` in JSON) = +inf: k > n.
+    pub qhat: Option<f64>,
+    /// Mean prediction-set size.
+    pub mean_set_size: f64,
+    /// Share of singleton sets.
+    pub singleton_rate: f64,
+    /// Share of empty sets.
+    pub empty_rate: f64,
+    /// Share of labelled rows whose label is in the set (`None` without labels).
+    pub coverage: Option<f64>,
+}
+
+/// One group (slide or hospital) of a target.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct GroupReport {
+    /// Group id.
+    pub id: i64,
+    /// Rows.
+    pub n: usize,
+    /// Accuracy over the group's labelled rows.
+    pub true_accuracy: Option<f64>,
+    /// Estimates on the group's rows.
+    pub estimates: Modes<Estimates>,
+}
+
+/// Everything reported for one target.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct TargetReport {
+    /// Set name.
+    pub name: String,
+    /// Rows.
+    pub n: usize,
+    /// Rows with a known label.
+    pub n_labelled: usize,
+    /// Every label known.
+    pub labelled: bool,
+    /// Accuracy over the known rows (`None` when no label is known).
+    pub true_accuracy: Option<f64>,
+    /// The estimates.
+    pub estimates: Modes<Estimates>,
+    /// The CPC threshold (a source property, repeated per target for reading ease).
+    pub cpc: Modes<CpcChoice>,
+    /// Conformal diagnostics per level.
+    pub conformal: Modes<Vec<ConformalStats>>,
+    /// Per group array present (`hospital`, `slide`): per group id.
+    pub groups: BTreeMap<String, Vec<GroupReport>>,
+}
+
+/// The source set's calibration summary.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SourceReport {
+    /// Set name.
+    pub name: String,
+    /// Rows.
+    pub n: usize,
+    /// Classes.
+    pub k: usize,
+    /// Accuracy of the argmax of the logits.
+    pub accuracy: f64,
+    /// Temperature of the `ts` mode.
+    pub temperature: f64,
+    /// Whether the fit converged (true for a given temperature).
+    pub converged: bool,
+    /// Newton passes of the fit (0 for a given temperature).
+    pub iterations: u32,
+    /// Mean NLL at T = 1.
+    pub nll_before: f64,
+    /// Mean NLL at the `ts` temperature.
+    pub nll_after: f64,
+    /// ECE at T = 1.
+    pub ece_before: f64,
+    /// ECE at the `ts` temperature.
+    pub ece_after: f64,
+    /// Per level: the conformal quantile on the source, per mode.
+    pub qhat: Modes<Vec<Option<f64>>>,
+    /// Warning from the fit, if any.
+    pub warning: Option<String>,
+    /// ECE bins before (`raw`) and after (`ts`) scaling, for reliability diagrams.
+    pub calibration: Modes<CalibrationStats>,
+}
+
+/// MAE per method (`None` when no target has labels).
+pub type MaeRow = BTreeMap<&'static str, Option<f64>>;
+
+/// Per-row outputs of one mode.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RowMode {
+    /// Largest probability.
+    pub max_prob: Vec<f32>,
+    /// Credibility: the largest conformal p-value, `(1 + #{i : s_i >= 1 - p_(1)}) / (n + 1)`.
+    pub credibility: Vec<f64>,
+    /// Confidence: 1 - the second largest conformal p-value.
+    pub confidence: Vec<f64>,
+    /// Set size per row and level, `[rows, A]` row-major.
+    pub set_size: Vec<i64>,
+}
+
+impl RowMode {
+    /// Appends the rows of `more` (same levels).
+    pub fn append(&mut self, mut more: RowMode) {
+        self.max_prob.append(&mut more.max_prob);
+        self.credibility.append(&mut more.credibility);
+        self.confidence.append(&mut more.confidence);
+        self.set_size.append(&mut more.set_size);
+    }
+}
+
+/// Per-row outputs of one set (the source or a target), both modes.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RowOutputs {
+    /// Set name.
+    pub name: String,
+    /// Predicted class (the same in both modes: argmax of the logits).
+    pub yhat: Vec<i64>,
+    /// Per mode.
+    pub modes: Modes<RowMode>,
+}
+
+/// Milliseconds per phase.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Timings {
+    /// Reading inputs (filled by the caller).
+    pub load: f64,
+    /// Temperature fit and calibration statistics.
+    pub temperature: f64,
+    /// Source row statistics, sorting, thresholds.
+    pub sort: f64,
+    /// Target passes and counting.
+    pub estimate: f64,
+    /// Everything.
+    pub total: f64,
+}
+
+/// Result of an evaluation (`methods::evaluate::evaluate`, or a calibration and merged
+/// tallies).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Evaluation {
+    /// `"cpu"` or `"gpu: <adapter>"`.
+    pub device: String,
+    /// Levels.
+    pub alphas: Vec<f64>,
+    /// Source summary.
+    pub source: SourceReport,
+    /// One report per target, in the order given.
+    pub targets: Vec<TargetReport>,
+    /// MAE rows: `raw`, `ts`, and `<group>_raw`, `<group>_ts` for each group array seen.
+    pub mae: BTreeMap<String, MaeRow>,
+    /// Per-row outputs when asked for.
+    pub rows: Vec<RowOutputs>,
+    /// Phase timings.
+    pub timings_ms: Timings,
+}
+
+
+/// One input file.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct InputFile {
+    /// Path as given.
+    pub file: String,
+    /// Hex SHA-256 of the bytes.
+    pub sha256: String,
+}
+
+impl InputFile {
+    /// Hashes `path`.
+    pub fn hash(path: &std::path::Path) -> Result<Self> {
+        use sha2::{Digest, Sha256};
+        use std::io::Read;
+        let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+        let mut h = Sha256::new();
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = f.read(&mut buf).map_err(|e| Error::io(path, e))?;
+            if n == 0 {
+                break;
+            }
+            h.update(&buf[..n]);
+        }
+        Ok(InputFile {
+            file: path.display().to_string(),
+            sha256: crate::methods::calibration::hex(&h.finalize()),
+        })
+    }
+}
+
