@@ -6,11 +6,13 @@ mod atomic;
 pub mod camelyon;
 mod npy;
 pub mod npz;
+pub mod stream;
 
 pub use camelyon::{generate_dataset, generate_split, split_specs, GeneratorConfig, SplitSpec};
 pub use npz::{
     load_npy_scores, load_npz, load_npz_bytes, save_npz, save_npz_arrays, write_atomic, NpzArray,
 };
+pub use stream::{NpzRowReader, RowChunk};
 
 use ndarray::{Array1, Array2};
 
