@@ -12,37 +12,9 @@ use conformal_gpu::Error;
 use ndarray::{array, Array1, Array2};
 
 mod common;
-use common::{f32s, npy};
+use common::{f32s, f64s, i32s, i64s, npy, npz};
 
 // ----------------------------------------------------------------------------- helpers
-
-fn f64s(v: &[f64]) -> Vec<u8> {
-    v.iter().flat_map(|x| x.to_le_bytes()).collect()
-}
-
-fn i64s(v: &[i64]) -> Vec<u8> {
-    v.iter().flat_map(|x| x.to_le_bytes()).collect()
-}
-fn i32s(v: &[i32]) -> Vec<u8> {
-    v.iter().flat_map(|x| x.to_le_bytes()).collect()
-}
-
-/// A zip with the given members (names as given, so tests can omit `.npy`).
-fn npz(path: &Path, members: &[(&str, Vec<u8>)], compressed: bool) {
-    let file = std::fs::File::create(path).unwrap();
-    let mut zw = zip::ZipWriter::new(file);
-    let method = if compressed {
-        zip::CompressionMethod::Deflated
-    } else {
-        zip::CompressionMethod::Stored
-    };
-    for (name, bytes) in members {
-        let opts = zip::write::SimpleFileOptions::default().compression_method(method);
-        zw.start_file(*name, opts).unwrap();
-        zw.write_all(bytes).unwrap();
-    }
-    zw.finish().unwrap();
-}
 
 fn logits_4x2() -> Vec<f32> {
     vec![0.0, 1.0, 2.0, -1.0, 0.5, 0.25, -3.0, 4.0]

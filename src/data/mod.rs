@@ -1,13 +1,18 @@
 //! Prediction sets: the in-memory form of one `.npz` file (DESIGN.md section 1),
-//! its validation, the npz/npy reader and writer, and the Camelyon17-shaped generator.
+//! its validation, the npz/npy reader and writer (whole sets in [`npz`], chunks of rows in
+//! [`stream`]), atomic writes, and the Camelyon17-shaped generator.
 
+mod atomic;
 pub mod camelyon;
+mod npy;
 pub mod npz;
+pub mod stream;
 
 pub use camelyon::{generate_dataset, generate_split, split_specs, GeneratorConfig, SplitSpec};
 pub use npz::{
     load_npy_scores, load_npz, load_npz_bytes, save_npz, save_npz_arrays, write_atomic, NpzArray,
 };
+pub use stream::{NpzRowReader, RowChunk};
 
 use ndarray::{Array1, Array2};
 

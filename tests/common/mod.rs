@@ -146,3 +146,36 @@ pub fn npy(descr: &str, fortran: bool, shape: &str, data: &[u8]) -> Vec<u8> {
 pub fn f32s(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
+
+/// Little-endian bytes of f64 values.
+pub fn f64s(v: &[f64]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+/// Little-endian bytes of i64 values.
+pub fn i64s(v: &[i64]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+/// Little-endian bytes of i32 values.
+pub fn i32s(v: &[i32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+/// A zip with the given members (names as given, so tests can omit `.npy`).
+pub fn npz(path: &std::path::Path, members: &[(&str, Vec<u8>)], compressed: bool) {
+    use std::io::Write;
+    let file = std::fs::File::create(path).unwrap();
+    let mut zw = zip::ZipWriter::new(file);
+    let method = if compressed {
+        zip::CompressionMethod::Deflated
+    } else {
+        zip::CompressionMethod::Stored
+    };
+    for (name, bytes) in members {
+        let opts = zip::write::SimpleFileOptions::default().compression_method(method);
+        zw.start_file(*name, opts).unwrap();
+        zw.write_all(bytes).unwrap();
+    }
+    zw.finish().unwrap();
+}
