@@ -346,13 +346,25 @@ impl Backend for CpuBackend {
         // The CPU kernel takes any number of thresholds in one pass.
         let q: Vec<f32> = plan.qhats.iter().map(|q| q.unwrap_or(INF_QHAT)).collect();
         let k = rows.k;
+        // One row-statistics buffer per thread for the whole run: a fresh one per block
+        // (or per rayon split) is a fresh mapping, and its page faults cost as much as
+        // the counting.
+        thread_local! {
+            static BUF: std::cell::RefCell<RowStats> = std::cell::RefCell::new(RowStats::default());
+        }
+        let block = |buf: &mut RowStats, r: std::ops::Range<usize>| {
+            let logits = &rows.logits[r.start * k..r.end * k];
+            cpu::row_stats::row_stats_into(logits, &rows.labels[r.clone()], k, plan.t, &q, buf);
+            let mut part = PairCounts::new();
+            count_block(buf.block(0..r.len()), r.start, plan, &mut part);
+            part
+        };
         Ok(row_blocks(rows.labels.len())
-            .map_init(RowStats::default, |buf, r| {
-                let logits = &rows.logits[r.start * k..r.end * k];
-                cpu::row_stats::row_stats_into(logits, &rows.labels[r.clone()], k, plan.t, &q, buf);
-                let mut part = PairCounts::new();
-                count_block(buf.block(0..r.len()), r.start, plan, &mut part);
-                part
+            .map(|r| {
+                BUF.with(|b| match b.try_borrow_mut() {
+                    Ok(mut buf) => block(&mut buf, r),
+                    Err(_) => block(&mut RowStats::default(), r),
+                })
             })
             .reduce(PairCounts::new, |mut a, b| {
                 merge_pairs(&mut a, b);

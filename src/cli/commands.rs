@@ -13,7 +13,7 @@ use conformal_gpu::data::PredictionSet;
 use conformal_gpu::device::{DeviceChoice, Engine};
 use conformal_gpu::methods::calibration::{Calibration, CalibrationOptions, Temperature};
 use conformal_gpu::methods::evaluate::{Evaluation, Timings, TARGET_CHUNK_ROWS};
-use conformal_gpu::methods::files::tally_reader;
+use conformal_gpu::methods::files::{tally_files, FileJob};
 use conformal_gpu::methods::tally::Tally;
 use conformal_gpu::report::{self, InputFile, Meta, SkippedFile};
 use conformal_gpu::{with_backend, Error, Result};
@@ -203,21 +203,39 @@ pub fn run_evaluate(job: EvalJob<'_>) -> Result<()> {
             conformal_gpu::methods::evaluate::set_row_outputs(b, &cal, &source)
         })?);
     }
-    for reader in targets {
-        let name = reader.name().to_string();
-        let path = reader.path().to_path_buf();
-        let mut reader = Some(reader);
-        let done = with_backend!(&engine, choice, |b| {
-            // A CPU fallback after a GPU failure reads the file again.
-            let r = match reader.take() {
-                Some(r) => r,
-                None => NpzRowReader::open(&path)?,
-            };
-            tally_reader(b, &cal, r, &name, None, TARGET_CHUNK_ROWS, job.rows)
-        })?;
-        reports.push(cal.report(&name, &done.tally)?);
-        inputs.extend(done.tally.inputs.iter().cloned());
-        rows.extend(done.rows);
+    let paths: Vec<(PathBuf, String)> = targets
+        .iter()
+        .map(|r| (r.path().to_path_buf(), r.name().to_string()))
+        .collect();
+    let mut readers = Some(targets);
+    let done = with_backend!(&engine, choice, |b| {
+        // A CPU fallback after a GPU failure reads the files again.
+        let jobs = match readers.take() {
+            Some(rs) => rs
+                .into_iter()
+                .map(|reader| FileJob {
+                    name: reader.name().to_string(),
+                    reader,
+                    rows: None,
+                })
+                .collect(),
+            None => paths
+                .iter()
+                .map(|(p, name)| {
+                    Ok(FileJob {
+                        reader: NpzRowReader::open(p)?,
+                        name: name.clone(),
+                        rows: None,
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?,
+        };
+        tally_files(b, &cal, jobs, TARGET_CHUNK_ROWS, job.rows)
+    })?;
+    for d in done {
+        reports.push(cal.report(&d.tally.name, &d.tally)?);
+        inputs.extend(d.tally.inputs.iter().cloned());
+        rows.extend(d.rows);
     }
     pb.finish_and_clear();
     inputs.sort();
@@ -314,7 +332,12 @@ pub fn run_tally(job: TallyJob<'_>) -> Result<()> {
             Some(r) => r,
             None => NpzRowReader::open(job.data)?,
         };
-        tally_reader(b, &cal, r, &name, rows.clone(), TARGET_CHUNK_ROWS, false)
+        let jobs = vec![FileJob {
+            reader: r,
+            name: name.clone(),
+            rows: rows.clone(),
+        }];
+        tally_files(b, &cal, jobs, TARGET_CHUNK_ROWS, false).map(|mut d| d.remove(0))
     })?;
     let text = done.tally.to_json()?;
     npz::write_atomic(job.out, |w| {

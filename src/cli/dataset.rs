@@ -1,7 +1,6 @@
 //! Dataset directories: which `.npz` sets a directory holds, finding one by name, and
 //! the main job's cached synthetic dataset.
 
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use conformal_gpu::data::{self, npz, GeneratorConfig};

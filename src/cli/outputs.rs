@@ -1,7 +1,6 @@
 //! Where results go: JSON on stdout or into a file, output checks before any work,
 //! the device, progress spinners.
 
-use std::io::Write as _;
 use std::path::Path;
 use std::time::Duration;
 

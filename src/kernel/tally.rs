@@ -15,10 +15,11 @@ use crate::cpu::row_stats::{col, RowBlock};
 /// on the grid exactly: the sum is the exact sum of the f32 values.
 pub const P1_GRID_BITS: i32 = 40;
 
-/// `p` on the fixed grid, rounded to nearest (exact for `p >= 2^-17`).
+/// `p` in [0, 1] on the fixed grid: exact for `p >= 2^-17` (the multiplication only
+/// moves the exponent), rounded toward zero below (K > 2^17 classes), on every backend.
 #[inline(always)]
 pub fn p1_to_grid(p: f32) -> u64 {
-    (p as f64 * (1u64 << P1_GRID_BITS) as f64).round() as u64
+    (p as f64 * (1u64 << P1_GRID_BITS) as f64) as u64
 }
 
 /// Indices into [`Counts::counts`].

@@ -335,6 +335,28 @@ pub(crate) fn same_k(what: &str, k: usize, source: &str, source_k: usize) -> Res
     })
 }
 
+/// Runs `f` on `labels`, or on `n` unknown labels (-1) from a per-thread buffer that is
+/// filled once, not per chunk.
+pub(crate) fn with_labels<R>(labels: Option<&[i32]>, n: usize, f: impl FnOnce(&[i32]) -> R) -> R {
+    thread_local! {
+        static UNKNOWN: std::cell::RefCell<Vec<i32>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    match labels {
+        Some(l) => f(l),
+        // A nested call on the same thread (a rayon worker running another tally while
+        // it waits) finds the buffer in use and takes its own.
+        None => UNKNOWN.with(|u| match u.try_borrow_mut() {
+            Ok(mut u) => {
+                if u.len() < n {
+                    u.resize(n, -1);
+                }
+                f(&u[..n])
+            }
+            Err(_) => f(&vec![-1; n]),
+        }),
+    }
+}
+
 /// A set of `k` classes (named `what`) must match the calibration's K (exit 5).
 pub fn check_k(what: &str, k: usize, cal: &Calibration) -> Result<()> {
     same_k(what, k, &cal.source.name, cal.k)
@@ -480,24 +502,31 @@ impl Calibration {
         Ok(hex(&Sha256::digest(&bytes)))
     }
 
-    /// Counts one chunk of target rows in both modes.
+    /// Counts one chunk of target rows in both modes. The chunk is validated first
+    /// (K, lengths, finite logits, labels in range; rows named by their index in the
+    /// whole target).
     pub fn tally<B: Backend>(&self, backend: &B, rows: &TargetRows<'_>) -> Result<Tally> {
         rows.validate(self.k)?;
+        self.tally_valid(backend, rows)
+    }
+
+    /// [`Calibration::tally`] of a chunk already validated (by the stream reader, which
+    /// checks every value it decodes): each input is validated once.
+    pub(crate) fn tally_valid<B: Backend>(
+        &self,
+        backend: &B,
+        rows: &TargetRows<'_>,
+    ) -> Result<Tally> {
         let n = rows.rows();
         let mut tally = Tally::empty(self, rows.name, rows.group_arrays());
         if n > 0 {
-            let own_labels;
-            let labels: &[i32] = match rows.labels {
-                Some(l) => l,
-                None => {
-                    own_labels = vec![-1; n];
-                    &own_labels
-                }
-            };
-            let prepared = backend.prepare(rows.logits, labels, self.k)?;
-            let groups = [rows.hospital, rows.slide];
-            tally.modes.raw = backend.tally(&prepared, &self.modes.raw.plan(labels, groups))?;
-            tally.modes.ts = backend.tally(&prepared, &self.modes.ts.plan(labels, groups))?;
+            with_labels(rows.labels, n, |labels| -> Result<()> {
+                let prepared = backend.prepare(rows.logits, labels, self.k)?;
+                let groups = [rows.hospital, rows.slide];
+                tally.modes.raw = backend.tally(&prepared, &self.modes.raw.plan(labels, groups))?;
+                tally.modes.ts = backend.tally(&prepared, &self.modes.ts.plan(labels, groups))?;
+                Ok(())
+            })?;
         }
         tally.add_rows(rows.row_offset as u64..(rows.row_offset + n) as u64)?;
         Ok(tally)

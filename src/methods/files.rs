@@ -1,6 +1,7 @@
-//! Prediction sets on disk, streamed: a target `.npz` is read chunk by chunk (the next
-//! chunk is decoded on another thread while this one is tallied) and hashed on the way,
-//! so memory is bounded by two chunks, never by the target.
+//! Prediction sets on disk, streamed: targets are read chunk by chunk by one decoding
+//! thread (the next chunk, of this target or the next, is decoded while this one is
+//! tallied) and hashed on the way, so memory is bounded by a few chunks, never by a
+//! target.
 
 use std::ops::Range;
 use std::path::Path;
@@ -9,7 +10,7 @@ use std::sync::mpsc;
 use crate::backend::Backend;
 use crate::data::stream::{NpzRowReader, RowChunk};
 use crate::error::{Error, Result};
-use crate::methods::calibration::Calibration;
+use crate::methods::calibration::{check_k, Calibration};
 use crate::methods::tally::{Tally, TargetRows};
 use crate::report::model::{InputFile, RowOutputs};
 
@@ -22,8 +23,18 @@ pub struct FileTally {
     pub rows: Option<RowOutputs>,
 }
 
+/// One file to stream: an opened reader, the target name, an optional row range.
+pub struct FileJob {
+    /// The reader (headers checked).
+    pub reader: NpzRowReader,
+    /// Target name.
+    pub name: String,
+    /// Rows to read (all when `None`).
+    pub rows: Option<Range<usize>>,
+}
+
 /// The borrowed view of a decoded chunk.
-pub fn chunk_rows<'a>(name: &'a str, c: &'a RowChunk) -> TargetRows<'a> {
+pub fn chunk_view<'a>(name: &'a str, c: &'a RowChunk) -> TargetRows<'a> {
     TargetRows {
         name,
         row_offset: c.row_offset,
@@ -35,97 +46,124 @@ pub fn chunk_rows<'a>(name: &'a str, c: &'a RowChunk) -> TargetRows<'a> {
     }
 }
 
-/// Tallies the rows `rows` (all when `None`) of an opened reader under `cal`, as target
-/// `name`, in chunks of `chunk_rows`; the file's SHA-256 is recorded in the tally's
-/// inputs. `want_rows` also collects per-row outputs.
-pub fn tally_reader<B: Backend>(
-    backend: &B,
-    cal: &Calibration,
-    mut reader: NpzRowReader,
-    name: &str,
-    rows: Option<Range<usize>>,
-    chunk_rows: usize,
-    want_rows: bool,
-) -> Result<FileTally> {
-    let file = reader.path().display().to_string();
-    crate::methods::calibration::same_k(&file, reader.k(), &cal.source.name, cal.k)?;
-    if let Some(r) = rows {
-        reader.restrict(r)?;
-    }
-    let groups = [reader.has_hospital(), reader.has_slide()];
-    let mut tally = Tally::empty(cal, name, groups);
-    let mut outputs = want_rows.then(|| RowOutputs {
-        name: name.to_string(),
-        ..Default::default()
-    });
-    let chunk_rows = chunk_rows.max(1);
-    // Two buffers circulate: one being decoded, one being tallied.
-    let (full_tx, full_rx) = mpsc::sync_channel::<Result<RowChunk>>(1);
-    let (free_tx, free_rx) = mpsc::channel::<RowChunk>();
-    let _ = free_tx.send(RowChunk::default());
-    let _ = free_tx.send(RowChunk::default());
-    let result = std::thread::scope(|scope| -> Result<NpzRowReader> {
-        let decoder = scope.spawn(move || {
-            while let Ok(mut buf) = free_rx.recv() {
-                match reader.next_chunk(chunk_rows, &mut buf) {
-                    Ok(true) => {
-                        if full_tx.send(Ok(buf)).is_err() {
-                            break;
-                        }
-                    }
-                    Ok(false) => break,
-                    Err(e) => {
-                        let _ = full_tx.send(Err(e));
-                        break;
-                    }
-                }
-            }
-            reader
-        });
-        let mut failure = None;
-        for chunk in full_rx.iter() {
-            let step = chunk.and_then(|c| {
-                let view = chunk_rows(name, &c);
-                let part = cal.tally(backend, &view)?;
-                tally.merge(&part)?;
-                if let Some(out) = outputs.as_mut() {
-                    let part = cal.row_outputs(backend, &view)?;
-                    out.yhat.extend(part.yhat);
-                    out.modes.raw.append(part.modes.raw);
-                    out.modes.ts.append(part.modes.ts);
-                }
-                Ok(c)
-            });
-            match step {
-                Ok(c) => {
-                    let _ = free_tx.send(c);
-                }
-                Err(e) => {
-                    failure = Some(e);
-                    break;
-                }
-            }
-        }
-        // Stops the decoder: it sees the closed channel at its next buffer.
-        drop(free_tx);
-        drop(full_rx);
-        let reader = decoder
-            .join()
-            .map_err(|_| Error::Invalid(format!("{file}: the decoding thread panicked")))?;
-        match failure {
-            Some(e) => Err(e),
-            None => Ok(reader),
-        }
-    })?;
-    let sha256 = result.finish()?;
-    tally.inputs.push(InputFile { file, sha256 });
-    Ok(FileTally {
-        tally,
-        rows: outputs,
-    })
+/// What the decoding thread sends: a chunk of file `i`, or file `i`'s end and SHA-256.
+enum Decoded {
+    Chunk(usize, RowChunk),
+    End(usize, String, RowChunk),
 }
 
-/// Opens `path` and tallies it (see [`tally_reader`]).
+/// Buffers in flight: one being tallied, up to two decoded ahead.
+const BUFFERS: usize = 3;
+
+/// Tallies every job under `cal` in chunks of `chunk_rows`, in order; each file's
+/// SHA-256 lands in its tally's inputs. `want_rows` also collects per-row outputs.
+pub fn tally_files<B: Backend>(
+    backend: &B,
+    cal: &Calibration,
+    mut jobs: Vec<FileJob>,
+    chunk_rows: usize,
+    want_rows: bool,
+) -> Result<Vec<FileTally>> {
+    let mut out = Vec::with_capacity(jobs.len());
+    for job in &mut jobs {
+        let file = job.reader.path().display().to_string();
+        check_k(&file, job.reader.k(), cal)?;
+        if let Some(r) = job.rows.clone() {
+            job.reader.restrict(r)?;
+        }
+        let groups = [job.reader.has_hospital(), job.reader.has_slide()];
+        out.push(FileTally {
+            tally: Tally::empty(cal, &job.name, groups),
+            rows: want_rows.then(|| RowOutputs {
+                name: job.name.clone(),
+                ..Default::default()
+            }),
+        });
+    }
+    let names: Vec<String> = jobs.iter().map(|j| j.name.clone()).collect();
+    let files: Vec<String> = jobs
+        .iter()
+        .map(|j| j.reader.path().display().to_string())
+        .collect();
+    let chunk_rows = chunk_rows.max(1);
+    let (full_tx, full_rx) = mpsc::sync_channel::<Result<Decoded>>(BUFFERS - 1);
+    let (free_tx, free_rx) = mpsc::channel::<RowChunk>();
+    for _ in 0..BUFFERS {
+        let _ = free_tx.send(RowChunk::default());
+    }
+    std::thread::scope(|scope| -> Result<()> {
+        let decoder = scope.spawn(move || {
+            for (i, job) in jobs.into_iter().enumerate() {
+                let mut reader = job.reader;
+                loop {
+                    let Ok(mut buf) = free_rx.recv() else { return };
+                    match reader.next_chunk(chunk_rows, &mut buf) {
+                        Ok(true) => {
+                            if full_tx.send(Ok(Decoded::Chunk(i, buf))).is_err() {
+                                return;
+                            }
+                        }
+                        Ok(false) => {
+                            // The unused buffer travels back with the file's end.
+                            let sent = match reader.finish() {
+                                Ok(sha) => full_tx.send(Ok(Decoded::End(i, sha, buf))),
+                                Err(e) => full_tx.send(Err(e)),
+                            };
+                            if sent.is_err() {
+                                return;
+                            }
+                            break;
+                        }
+                        Err(e) => {
+                            let _ = full_tx.send(Err(e));
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+        let mut failure = None;
+        for msg in full_rx.iter() {
+            let step = msg.and_then(|m| match m {
+                Decoded::Chunk(i, c) => {
+                    let view = chunk_view(&names[i], &c);
+                    let part = cal.tally_valid(backend, &view)?;
+                    out[i].tally.merge(&part)?;
+                    if let Some(rows) = out[i].rows.as_mut() {
+                        let part = cal.row_outputs(backend, &view)?;
+                        rows.yhat.extend(part.yhat);
+                        rows.modes.raw.append(part.modes.raw);
+                        rows.modes.ts.append(part.modes.ts);
+                    }
+                    let _ = free_tx.send(c);
+                    Ok(())
+                }
+                Decoded::End(i, sha256, buf) => {
+                    out[i].tally.inputs.push(InputFile {
+                        file: files[i].clone(),
+                        sha256,
+                    });
+                    let _ = free_tx.send(buf);
+                    Ok(())
+                }
+            });
+            if let Err(e) = step {
+                failure = Some(e);
+                break;
+            }
+        }
+        // Stops the decoder: it sees a closed channel at its next send or receive.
+        drop(free_tx);
+        drop(full_rx);
+        decoder
+            .join()
+            .map_err(|_| Error::Invalid("the decoding thread panicked".into()))?;
+        failure.map_or(Ok(()), Err)
+    })?;
+    Ok(out)
+}
+
+/// Opens `path` and tallies rows `rows` of it (all when `None`) as target `name`.
 pub fn tally_file<B: Backend>(
     backend: &B,
     cal: &Calibration,
@@ -134,6 +172,11 @@ pub fn tally_file<B: Backend>(
     rows: Option<Range<usize>>,
     chunk_rows: usize,
 ) -> Result<Tally> {
-    let reader = NpzRowReader::open(path)?;
-    Ok(tally_reader(backend, cal, reader, name, rows, chunk_rows, false)?.tally)
+    let job = FileJob {
+        reader: NpzRowReader::open(path)?,
+        name: name.to_string(),
+        rows,
+    };
+    let mut done = tally_files(backend, cal, vec![job], chunk_rows, false)?;
+    Ok(done.remove(0).tally)
 }
