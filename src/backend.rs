@@ -189,12 +189,7 @@ fn row_blocks(
         .map(move |b| b * ROW_BLOCK..((b + 1) * ROW_BLOCK).min(n))
 }
 
-/// Thresholds per row_stats pass: `(1 + A) * 4` output bytes per row stay within the 128
-/// bytes per row that `GpuContext::upload_rows` budgets for outputs.
-pub const MAX_ALPHA_PER_PASS: usize = 31;
-
-/// Stand-in for `qhat = +inf`: every `1 - p_k` lies in [0, 1], so 2.0 admits every class.
-pub const INF_QHAT: f32 = 2.0;
+pub use crate::kernel::row_stats::{INF_QHAT, MAX_ALPHA_PER_PASS};
 
 /// Appends `more`'s set sizes to `out`'s (same rows).
 fn merge_sizes(out: RowStats, more: &RowStats) -> RowStats {

@@ -32,6 +32,7 @@ pub mod device;
 pub mod error;
 #[cfg(feature = "gpu")]
 pub mod gpu;
+pub mod kernel;
 pub mod methods;
 pub mod report;
 pub mod shaders;
