@@ -166,8 +166,11 @@ fn module(name: &str) -> naga::Module {
         .unwrap_or_else(|e| panic!("{name}.wgsl: {}", e.emit_to_string(&src)))
 }
 
-/// Each shader's `Params` as naga lays it out: span and `(member, offset, size)`.
-fn naga_params(m: &naga::Module) -> Option<(u32, Vec<(String, u32, u32)>)> {
+/// `(member, offset, size)` of a struct, in order.
+type Members = Vec<(String, u32, u32)>;
+
+/// Each shader's `Params` as naga lays it out: span and members.
+fn naga_params(m: &naga::Module) -> Option<(u32, Members)> {
     let ty = m
         .types
         .iter()
@@ -205,7 +208,7 @@ fn params_match_naga_layout_of_every_shader() {
             "{name}.wgsl Params span vs {}",
             l.rust
         );
-        let rust: Vec<(String, u32, u32)> = l
+        let rust: Members = l
             .fields
             .iter()
             .map(|&(f, off, size)| (f.to_string(), off as u32, size as u32))
