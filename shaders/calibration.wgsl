@@ -5,7 +5,7 @@
 // GPU bins a given c exactly as the f64 definition does. Rows with label < 0 are skipped.
 // CPU mirror: src/cpu/calibration.rs.
 
-// Keep in sync with `CalibrationParams` in src/gpu/calibration.rs.
+// Keep in sync with `CalibrationParams` in src/kernel/calibration.rs.
 struct Params {
     rows: u32,
     k: u32,
@@ -13,6 +13,8 @@ struct Params {
     _pad: u32,
 }
 
+// Keep in sync with `BINS` and `NCOUNT` in src/kernel/calibration.rs (checked by
+// tests/pod_layout.rs).
 const BINS: u32 = 15u;
 // Per workgroup: counts[32] = 15 bin counts, 15 bin correct counts, correct, labelled.
 const NCOUNT: u32 = 32u;

@@ -1,6 +1,6 @@
 // common.wgsl: prepended to every shader (WGSL has no #include; see src/shaders.rs).
 
-// Threads per workgroup of every 1-D kernel. Keep in sync with `WG` in src/gpu/buffers.rs.
+// Threads per workgroup of every 1-D kernel. Keep in sync with `WG` in src/kernel/mod.rs.
 const WG: u32 = 256u;
 
 // Linear workgroup id of a 2-D grid: dispatches past 65535 workgroups spill into y.
@@ -9,12 +9,13 @@ fn group_id(wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
 }
 
 // f32 bits -> u32 whose unsigned order equals f32::total_cmp: positives get the sign bit
-// set, negatives are inverted. Keep in sync with `cpu::common::f32_to_sortable`.
+// set, negatives are inverted. Keep in sync with `f32_to_sortable` in src/kernel/common.rs.
 fn f32_to_sortable(bits: u32) -> u32 {
     let mask = select(0x80000000u, 0xffffffffu, (bits & 0x80000000u) != 0u);
     return bits ^ mask;
 }
 
+// Inverse of f32_to_sortable. Keep in sync with `sortable_to_f32` in src/kernel/common.rs.
 fn sortable_to_f32(key: u32) -> u32 {
     let mask = select(0xffffffffu, 0x80000000u, (key & 0x80000000u) != 0u);
     return key ^ mask;

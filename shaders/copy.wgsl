@@ -1,7 +1,7 @@
 // copy.wgsl: dst = src, 16 bytes per thread. The bandwidth ceiling the streaming kernels
 // are measured against (benches). CPU mirror: src/cpu/copy.rs.
 
-// Keep in sync with `CopyParams` in src/gpu/copy.rs.
+// Keep in sync with `CopyParams` in src/kernel/copy.rs.
 struct Params {
     n: u32,
     _pad0: u32,

@@ -3,7 +3,7 @@
 // s = sum_j e_j in order, p_y = e_y / s. Labels must be known (checked on the host).
 // CPU mirror: src/cpu/lac_scores.rs.
 
-// Keep in sync with `LacParams` in src/gpu/lac_scores.rs.
+// Keep in sync with `LacParams` in src/kernel/lac_scores.rs.
 struct Params {
     rows: u32,
     k: u32,

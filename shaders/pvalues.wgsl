@@ -9,7 +9,7 @@
 // With `probs = 1` the rows hold probabilities (e.g. from softmax.wgsl), so GPU and CPU
 // mirror see the same p and agree bit for bit. CPU mirror: src/cpu/pvalues.rs.
 
-// Keep in sync with `PvalueParams` in src/gpu/pvalues.rs.
+// Keep in sync with `PvalueParams` in src/kernel/pvalues.rs.
 struct Params {
     rows: u32,        // rows in this dispatch
     row0: u32,        // first row of this dispatch within the bound logits chunk

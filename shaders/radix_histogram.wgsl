@@ -3,7 +3,7 @@
 // `shift` of every key and writes the tile's 256 counts digit-major:
 // hist[d * tiles + t]. CPU mirror: src/cpu/radix_histogram.rs.
 
-// Keep in sync with `RadixParams` in src/gpu/radix_sort.rs (shared by the 3 radix kernels).
+// Keep in sync with `RadixParams` in src/kernel/radix_sort.rs (shared by the 3 radix kernels).
 struct Params {
     len: u32,         // keys in this chunk
     tiles: u32,       // tiles in this chunk

@@ -5,7 +5,7 @@
 // No workgroup waits on another (no forward-progress assumption).
 // CPU mirror: src/cpu/radix_scan.rs.
 
-// Keep in sync with `RadixParams` in src/gpu/radix_sort.rs.
+// Keep in sync with `RadixParams` in src/kernel/radix_sort.rs.
 struct Params {
     len: u32,
     tiles: u32,

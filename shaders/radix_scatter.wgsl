@@ -8,7 +8,7 @@
 // inputs larger than one binding are scattered once per destination chunk.
 // CPU mirror: src/cpu/radix_scatter.rs.
 
-// Keep in sync with `RadixParams` in src/gpu/radix_sort.rs.
+// Keep in sync with `RadixParams` in src/kernel/radix_sort.rs.
 struct Params {
     len: u32,
     tiles: u32,

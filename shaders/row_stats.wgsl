@@ -10,7 +10,7 @@
 //           on ties), |C_a| = #{k : r_k <= qhat_a}.
 // CPU mirror: src/cpu/row_stats.rs.
 
-// Keep in sync with `RowStatsParams` in src/gpu/row_stats.rs.
+// Keep in sync with `RowStatsParams` in src/kernel/row_stats.rs.
 struct Params {
     rows: u32,
     k: u32,

@@ -5,7 +5,7 @@
 // partials into hist[r * 256 + d]: integer sums, so chunks (and shards) merge by addition.
 // CPU mirror: src/cpu/select_histogram.rs.
 
-// Keep in sync with `SelectParams` in src/gpu/select_histogram.rs.
+// Keep in sync with `SelectParams` in src/kernel/select_histogram.rs.
 struct Params {
     len: u32,     // keys in this chunk
     shift: u32,   // 24, 16, 8, 0
@@ -13,6 +13,7 @@ struct Params {
     ipt: u32,     // WG-wide sub-blocks per workgroup
 }
 
+// Keep in sync with `MAXP` in src/kernel/select_histogram.rs (checked by tests/pod_layout.rs).
 const MAXP: u32 = 16u;
 
 @group(0) @binding(0) var<uniform> params: Params;

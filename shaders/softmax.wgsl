@@ -3,7 +3,7 @@
 // shift first, then scale, so rows equal up to a shift give bit-identical probabilities.
 // CPU mirror: src/cpu/softmax.rs.
 
-// Keep in sync with `SoftmaxParams` in src/gpu/softmax.rs.
+// Keep in sync with `SoftmaxParams` in src/kernel/softmax.rs.
 struct Params {
     rows: u32,
     k: u32,

@@ -6,7 +6,7 @@
 // Rows with label < 0 contribute nothing. Partials are f32 tree sums over 256 rows;
 // the host adds them in f64. CPU mirror: src/cpu/temperature_nll.rs.
 
-// Keep in sync with `NllParams` in src/gpu/temperature_nll.rs.
+// Keep in sync with `NllParams` in src/kernel/temperature_nll.rs.
 struct Params {
     rows: u32,
     k: u32,

@@ -2,9 +2,9 @@
 //! the GPU path. Methods in `methods/` are written once, generic over `Backend`.
 
 use crate::cpu;
-use crate::cpu::calibration::CalibrationStats;
-pub use crate::cpu::pvalues::PValueRows;
-use crate::cpu::row_stats::RowStats;
+use crate::kernel::calibration::CalibrationStats;
+pub use crate::kernel::pvalues::PValueRows;
+use crate::kernel::row_stats::RowStats;
 use crate::data::PredictionSet;
 use crate::error::{Error, Result};
 use crate::kernel::tally::{count_block, merge_pairs, PairCounts, TallyPlan};
@@ -193,12 +193,7 @@ fn row_blocks(
         .map(move |b| b * ROW_BLOCK..((b + 1) * ROW_BLOCK).min(n))
 }
 
-/// Thresholds per row_stats pass: `(1 + A) * 4` output bytes per row stay within the 128
-/// bytes per row that `GpuContext::upload_rows` budgets for outputs.
-pub const MAX_ALPHA_PER_PASS: usize = 31;
-
-/// Stand-in for `qhat = +inf`: every `1 - p_k` lies in [0, 1], so 2.0 admits every class.
-pub const INF_QHAT: f32 = 2.0;
+pub use crate::kernel::row_stats::{INF_QHAT, MAX_ALPHA_PER_PASS};
 
 /// Appends `more`'s set sizes to `out`'s (same rows).
 fn merge_sizes(out: RowStats, more: &RowStats) -> RowStats {
@@ -256,7 +251,7 @@ fn check_sorted_scores(sorted: &[f32]) -> Result<()> {
             detail: "p-values need at least one score".into(),
         });
     }
-    crate::cpu::radix_sort::check_no_nan("calibration scores", sorted)?;
+    crate::kernel::radix_sort::check_no_nan("calibration scores", sorted)?;
     if let Some(i) = sorted
         .windows(2)
         .position(|w| w[0].total_cmp(&w[1]).is_gt())

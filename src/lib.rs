@@ -5,7 +5,9 @@
 //! the numerical work and a CPU reference path that computes the same thing.
 //!
 //! Every GPU kernel (`shaders/x.wgsl`, `gpu::x`) has a CPU mirror of the same name
-//! (`cpu::x`); estimators are written once over the [`backend::Backend`] trait.
+//! (`cpu::x`); what the two share (parameter structs, output layouts, constants, partials
+//! and their merge, pure host steps) is the contract in `kernel::x`, so neither path
+//! imports the other. Estimators are written once over the [`backend::Backend`] trait.
 //! Method definitions follow DESIGN.md section 2 to the letter.
 //!
 //! ```

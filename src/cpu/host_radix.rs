@@ -7,7 +7,7 @@
 
 use rayon::prelude::*;
 
-use super::common::{f32_to_sortable, sortable_to_f32};
+use crate::kernel::common::{f32_to_sortable, sortable_to_f32};
 
 /// An element being sorted: a sortable key alone, or a key with a u32 payload in its low
 /// half (`key << 32 | payload`).

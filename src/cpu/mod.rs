@@ -1,7 +1,8 @@
 //! The CPU path: one mirror per WGSL kernel (same name), reproducing its outputs with a
 //! plain loop in the same partition (per-256-row workgroup partials), plus f64 helpers.
 //! Mirrors run workgroups in parallel with rayon; each workgroup is a serial loop, so the
-//! results do not depend on the thread count.
+//! results do not depend on the thread count. Layouts, parameters and pure host steps
+//! shared with the GPU wrappers live in `kernel` (never in `gpu`).
 
 pub mod calibration;
 pub mod common;
@@ -18,6 +19,3 @@ pub mod row_stats;
 pub mod select_histogram;
 pub mod softmax;
 pub mod temperature_nll;
-
-/// Rows per workgroup, as in the shaders.
-pub const WG: usize = 256;

@@ -5,44 +5,7 @@ use rayon::prelude::*;
 
 use super::common::row_max;
 use super::math::exp;
-
-/// Per-row p-value summaries of a target set against `n_cal` calibration scores.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct PValueRows {
-    /// Calibration scores `n` (p-values are numerators over `n + 1`).
-    pub n_cal: usize,
-    /// Levels (qhats) the set sizes were counted at.
-    pub nalpha: usize,
-    /// Predicted class per row (argmax of the logits, lowest index on ties).
-    pub yhat: Vec<u32>,
-    /// Largest p-value numerator per row (credibility = top / (n + 1)).
-    pub top: Vec<u32>,
-    /// Second largest numerator per row (confidence = 1 - second / (n + 1)).
-    pub second: Vec<u32>,
-    /// `#{k : 1 - p_k <= qhat_a}`, row-major `[row * nalpha + a]`.
-    pub set_sizes: Vec<u32>,
-    /// Every numerator `1 + #{i : s_i >= 1 - p_k}`, `[row * k + class]`, when asked for.
-    pub numerators: Option<Vec<u32>>,
-}
-
-impl PValueRows {
-    /// Rows.
-    pub fn rows(&self) -> usize {
-        self.yhat.len()
-    }
-    /// Credibility of row `i`: the largest p-value.
-    pub fn credibility(&self, i: usize) -> f64 {
-        self.top[i] as f64 / (self.n_cal as f64 + 1.0)
-    }
-    /// Confidence of row `i`: 1 - the second largest p-value.
-    pub fn confidence(&self, i: usize) -> f64 {
-        1.0 - self.second[i] as f64 / (self.n_cal as f64 + 1.0)
-    }
-    /// Set size of row `i` at level index `a`.
-    pub fn set_size(&self, i: usize, a: usize) -> u32 {
-        self.set_sizes[i * self.nalpha + a]
-    }
-}
+pub use crate::kernel::pvalues::PValueRows;
 
 /// `#{i : sorted[i] >= v}` (lower-bound search, as the shader). A branch-free variant
 /// (a select per halving) measured slower here (150 -> 178 ms for the 1M-row p-value

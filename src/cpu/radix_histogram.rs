@@ -1,6 +1,6 @@
 //! CPU mirror of shaders/radix_histogram.wgsl: per-tile digit histograms of one chunk.
 
-use super::common::f32_to_sortable;
+use crate::kernel::common::f32_to_sortable;
 
 /// Digit of `key` at `shift` (after the optional f32 -> sortable mapping).
 #[inline]

@@ -1,7 +1,7 @@
 //! CPU mirror of shaders/radix_scatter.wgsl: stable scatter of one source chunk to the
 //! positions inside one destination chunk.
 
-use super::common::{f32_to_sortable, sortable_to_f32};
+use crate::kernel::common::{f32_to_sortable, sortable_to_f32};
 
 /// Arguments of one scatter dispatch (the shader's `Params`).
 #[derive(Clone, Copy, Debug)]

@@ -5,31 +5,11 @@
 
 use rayon::prelude::*;
 
-use super::common::{f32_to_sortable, sortable_to_f32};
 use super::radix_histogram::radix_histogram;
 use super::radix_scan::radix_scan;
 use super::radix_scatter::{radix_scatter, Scatter};
-use crate::error::{Error, Result};
-
-/// Rejects NaN keys, naming the first one's index.
-pub fn check_no_nan(what: &str, keys: &[f32]) -> Result<()> {
-    // By chunks: rayon's per-element `position_first` costs ~20 ns a key, more than the
-    // sort it guards.
-    const CHUNK: usize = 1 << 16;
-    let first = keys
-        .par_chunks(CHUNK)
-        .enumerate()
-        .find_map_first(|(c, ch)| ch.iter().position(|k| k.is_nan()).map(|i| c * CHUNK + i));
-    match first {
-        Some(row) => Err(Error::NonFinite {
-            what: what.to_string(),
-            row,
-            col: 0,
-            value: keys[row],
-        }),
-        None => Ok(()),
-    }
-}
+use crate::kernel::common::{f32_to_sortable, sortable_to_f32};
+pub use crate::kernel::radix_sort::check_no_nan;
 
 /// Mirror of the GPU sort with `chunk` keys per chunk (a multiple of `tile`) and `tile`
 /// keys per tile: 4 LSD passes of 8-bit digits. Returns the sorted keys and, when given,

@@ -3,7 +3,8 @@
 
 use rayon::prelude::*;
 
-use super::common::{f32_to_sortable, sortable_to_f32};
+use crate::kernel::common::{f32_to_sortable, sortable_to_f32};
+pub use crate::kernel::select_histogram::{distinct_prefixes, narrow, Narrow};
 
 /// Histograms (`[r * 256 + d]`) of the digit at `shift` of the keys whose bits above that
 /// digit equal `prefixes[r]`. Sums over keys, so chunks merge by adding histograms.
@@ -32,46 +33,6 @@ pub fn select_histogram(keys: &[f32], shift: u32, prefixes: &[u32]) -> Vec<u32> 
                 a
             },
         )
-}
-
-/// Narrowing state of one requested rank: the prefix found so far and the rank left
-/// within the keys that share it (1-based).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Narrow {
-    /// Sortable-key bits fixed so far.
-    pub prefix: u32,
-    /// Rank within the keys under `prefix`, 1-based.
-    pub rank: u64,
-}
-
-/// Distinct prefixes of `state` in first-seen order.
-pub fn distinct_prefixes(state: &[Narrow]) -> Vec<u32> {
-    let mut out: Vec<u32> = Vec::new();
-    for s in state {
-        if !out.contains(&s.prefix) {
-            out.push(s.prefix);
-        }
-    }
-    out
-}
-
-/// Fixes the digit at `shift` of every rank from the merged histograms of this pass.
-pub fn narrow(state: &mut [Narrow], prefixes: &[u32], hist: &[u64], shift: u32) {
-    for s in state.iter_mut() {
-        let Some(r) = prefixes.iter().position(|&p| p == s.prefix) else {
-            continue;
-        };
-        let mut cum = 0u64;
-        for d in 0..256 {
-            let h = hist[r * 256 + d];
-            if cum + h >= s.rank {
-                s.rank -= cum;
-                s.prefix |= (d as u32) << shift;
-                break;
-            }
-            cum += h;
-        }
-    }
 }
 
 /// Mirror-driven radix select: the `ks`-th smallest keys (1-based, each in `1..=n`).

@@ -3,7 +3,7 @@
 use rayon::prelude::*;
 
 use super::common::row_max;
-use super::WG;
+use crate::kernel::WG;
 
 /// One row's `[nll, grad, hess]` at inverse temperature `b`, in f32 exactly as the shader.
 fn row_terms_f32(row: &[f32], y: usize, b: f32) -> [f32; 3] {

@@ -7,9 +7,7 @@ use wgpu::util::DeviceExt;
 
 use super::context::{Fault, GpuContext};
 use crate::error::{Error, Result};
-
-/// Threads per workgroup in every 1-D kernel (keep in sync with `WG` in common.wgsl).
-pub const WG: u32 = 256;
+use crate::kernel::WG;
 
 /// Splits `groups` workgroups into an `(x, y)` grid within the per-dimension limit.
 /// Shaders rebuild the linear id as `wid.x + wid.y * nwg.x` and skip ids past the end.

@@ -2,22 +2,8 @@
 
 use super::buffers::{groups_for, DeviceRows};
 use super::context::GpuContext;
-use crate::cpu::calibration::{CalibrationPartial, NCOUNT, NSUM};
 use crate::error::Result;
-
-/// Uniform parameters. Keep in sync with `Params` in shaders/calibration.wgsl.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
-pub struct CalibrationParams {
-    /// Rows in this chunk.
-    pub rows: u32,
-    /// Classes per row.
-    pub k: u32,
-    /// Temperature.
-    pub t: f32,
-    /// Padding to 16 bytes.
-    pub _pad: u32,
-}
+use crate::kernel::calibration::{CalibrationParams, CalibrationPartial, NCOUNT, NSUM};
 
 /// Per-workgroup calibration partials of every chunk, in order.
 pub fn calibration(ctx: &GpuContext, rows: &DeviceRows, t: f32) -> Result<Vec<CalibrationPartial>> {

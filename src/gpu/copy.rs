@@ -4,16 +4,7 @@
 use super::buffers::groups_for;
 use super::context::GpuContext;
 use crate::error::{Error, Result};
-
-/// Uniform parameters. Keep in sync with `Params` in shaders/copy.wgsl.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
-pub struct CopyParams {
-    /// 16-byte elements to copy.
-    pub n: u32,
-    /// Padding to 16 bytes.
-    pub _pad: [u32; 3],
-}
+use crate::kernel::copy::CopyParams;
 
 /// Copies the first `bytes` (a multiple of 16 that fits one binding) of `src` into `dst`.
 pub fn copy(ctx: &GpuContext, src: &wgpu::Buffer, dst: &wgpu::Buffer, bytes: u64) -> Result<()> {
@@ -28,7 +19,9 @@ pub fn copy(ctx: &GpuContext, src: &wgpu::Buffer, dst: &wgpu::Buffer, bytes: u64
         "copy-params",
         &CopyParams {
             n: n as u32,
-            _pad: [0; 3],
+            _pad0: 0,
+            _pad1: 0,
+            _pad2: 0,
         },
     );
     let mut batch = ctx.batch("copy");

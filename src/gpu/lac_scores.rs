@@ -4,20 +4,7 @@
 use super::buffers::{groups_for, DeviceRows};
 use super::context::GpuContext;
 use crate::error::{Error, Result};
-
-/// Uniform parameters. Keep in sync with `Params` in shaders/lac_scores.wgsl.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
-pub struct LacParams {
-    /// Rows in this chunk.
-    pub rows: u32,
-    /// Classes per row.
-    pub k: u32,
-    /// Temperature.
-    pub t: f32,
-    /// Padding to 16 bytes.
-    pub _pad: u32,
-}
+use crate::kernel::lac_scores::LacParams;
 
 /// Scores of every row of `rows` at temperature `t`. A row with an unknown label gets
 /// NaN (callers turn it into `Error::UnlabelledSource`).

@@ -4,38 +4,8 @@
 use super::buffers::{groups_for, DeviceRows};
 use super::context::GpuContext;
 use super::radix_sort::upload_chunks;
-use crate::cpu::pvalues::PValueRows;
 use crate::error::{Error, Result};
-
-/// Uniform parameters. Keep in sync with `Params` in shaders/pvalues.wgsl.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
-pub struct PvalueParams {
-    /// Rows in this dispatch.
-    pub rows: u32,
-    /// First row of this dispatch within the bound logits chunk.
-    pub row0: u32,
-    /// Classes per row.
-    pub k: u32,
-    /// Temperature.
-    pub t: f32,
-    /// Sorted scores in the bound chunk.
-    pub n_chunk: u32,
-    /// Levels (qhats).
-    pub nalpha: u32,
-    /// First score chunk.
-    pub first: u32,
-    /// Last score chunk.
-    pub last: u32,
-    /// Keep every count (numerators) on the last chunk.
-    pub want_counts: u32,
-    /// Rows hold probabilities, not logits.
-    pub probs: u32,
-    /// Padding to 48 bytes.
-    pub _pad1: u32,
-    /// Padding.
-    pub _pad2: u32,
-}
+use crate::kernel::pvalues::{PValueRows, PvalueParams};
 
 /// P-value summaries of every row of `rows` (logits at temperature `t`, or probabilities
 /// when `probs`) against the ascending calibration scores `sorted`, set sizes at each of

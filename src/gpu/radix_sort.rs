@@ -12,65 +12,14 @@
 //!
 //! CPU mirror of the whole driver: `cpu::radix_sort::radix_sort`.
 
-use super::buffers::WG;
 use super::context::GpuContext;
-use crate::cpu::radix_sort::check_no_nan;
 use crate::error::{Error, Result};
+use crate::kernel::radix_sort::{check_no_nan, RadixParams, SortPlan};
+use crate::kernel::WG;
 
-/// Uniform parameters of the three radix kernels. Keep in sync with `Params` in
-/// shaders/radix_histogram.wgsl, radix_scan.wgsl and radix_scatter.wgsl.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
-pub struct RadixParams {
-    /// Keys in this chunk.
-    pub len: u32,
-    /// Tiles in this chunk.
-    pub tiles: u32,
-    /// WG-wide sub-blocks per tile.
-    pub ipt: u32,
-    /// Digit shift (0, 8, 16, 24).
-    pub shift: u32,
-    /// Keys are raw f32 bits (first pass).
-    pub map_in: u32,
-    /// Write keys back as f32 bits (last pass).
-    pub map_out: u32,
-    /// Move the payload along.
-    pub has_payload: u32,
-    /// First chunk of the scan.
-    pub first: u32,
-    /// First global position of the destination chunk.
-    pub dst_lo: u32,
-    /// Keys in the destination chunk.
-    pub dst_len: u32,
-    /// Padding to 48 bytes.
-    pub _pad0: u32,
-    /// Padding.
-    pub _pad1: u32,
-}
-
-/// Sub-blocks of `WG` keys per tile on real bindings (a tile = 4096 keys).
-pub const IPT: usize = 16;
-
-/// How an input is cut: `chunk` keys per binding (a multiple of `tile`), `tile` keys per
-/// workgroup.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct SortPlan {
-    /// Keys per chunk (buffer / binding).
-    pub chunk: usize,
-    /// Keys per tile (workgroup).
-    pub tile: usize,
-}
-
-/// The plan for this context's binding limit. A tile's 256 counters are 1 KiB, so a
-/// chunk's histograms (`1024 * chunk / tile` bytes) always fit one binding too.
+/// The plan for this context's binding limit (see [`SortPlan::for_binding`]).
 pub fn plan(ctx: &GpuContext) -> SortPlan {
-    let max_keys = ((ctx.limits().max_binding_bytes / 4) as usize).max(WG as usize);
-    let ipt = IPT.min(max_keys / WG as usize).max(1);
-    let tile = ipt * WG as usize;
-    SortPlan {
-        chunk: (max_keys / tile) * tile,
-        tile,
-    }
+    SortPlan::for_binding(ctx.limits().max_binding_bytes)
 }
 
 /// Uploads `data` as one buffer per `chunk` elements.
@@ -119,7 +68,7 @@ pub fn radix_sort(
         return Ok((Vec::new(), payload.map(|_| Vec::new())));
     }
     let SortPlan { chunk, tile } = plan(ctx);
-    let ipt = (tile / WG as usize) as u32;
+    let ipt = (tile / WG) as u32;
     let bits: &[u32] = bytemuck::cast_slice(keys);
     let lens: Vec<usize> = bits.chunks(chunk).map(|c| c.len()).collect();
     let tiles: Vec<usize> = lens.iter().map(|l| l.div_ceil(tile)).collect();
@@ -274,7 +223,7 @@ pub fn first_pass_offsets(ctx: &GpuContext, keys: &[f32]) -> Result<(Vec<Vec<u32
             &RadixParams {
                 len: len as u32,
                 tiles: tiles as u32,
-                ipt: (tile / WG as usize) as u32,
+                ipt: (tile / WG) as u32,
                 map_in: 1,
                 first: (c == 0) as u32,
                 ..Default::default()

@@ -2,24 +2,8 @@
 
 use super::buffers::{groups_for, DeviceRows};
 use super::context::GpuContext;
-use crate::cpu::row_stats::RowStats;
 use crate::error::{Error, Result};
-
-/// Uniform parameters. Keep in sync with `Params` in shaders/row_stats.wgsl.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
-pub struct RowStatsParams {
-    /// Rows in this chunk.
-    pub rows: u32,
-    /// Classes per row.
-    pub k: u32,
-    /// Temperature.
-    pub t: f32,
-    /// Thresholds.
-    pub n_alpha: u32,
-}
-
-pub use crate::backend::MAX_ALPHA_PER_PASS;
+use crate::kernel::row_stats::{RowStats, RowStatsParams, MAX_ALPHA_PER_PASS, NSTAT};
 
 /// Row summaries of every chunk of `rows`, in row order.
 pub fn row_stats(ctx: &GpuContext, rows: &DeviceRows, t: f32, qhats: &[f32]) -> Result<RowStats> {
@@ -37,7 +21,7 @@ pub fn row_stats(ctx: &GpuContext, rows: &DeviceRows, t: f32, qhats: &[f32]) -> 
         ..Default::default()
     };
     for (_, n, logits, labels) in &rows.chunks {
-        let stats = ctx.storage("row-stats", *n as u64 * 20)?;
+        let stats = ctx.storage("row-stats", (*n * NSTAT * 4) as u64)?;
         let info = ctx.storage("row-info", (*n * stride) as u64 * 4)?;
         let params = ctx.uniform(
             "row-stats-params",
@@ -62,9 +46,11 @@ pub fn row_stats(ctx: &GpuContext, rows: &DeviceRows, t: f32, qhats: &[f32]) -> 
             groups_for(*n as u64),
         )?;
         batch.submit()?;
-        let s: Vec<f32> = ctx.readback(&stats, 0, *n * 5)?;
-        out.stats
-            .extend(s.chunks_exact(5).map(|c| [c[0], c[1], c[2], c[3], c[4]]));
+        let s: Vec<f32> = ctx.readback(&stats, 0, *n * NSTAT)?;
+        out.stats.extend(
+            s.chunks_exact(NSTAT)
+                .map(|c| [c[0], c[1], c[2], c[3], c[4]]),
+        );
         out.info.extend(ctx.readback::<u32>(&info, 0, *n * stride)?);
     }
     Ok(out)

@@ -7,32 +7,13 @@
 //! pass reads back only `prefixes * 256` counters. Histograms are sums over keys, so the
 //! chunks add into one histogram, and shards elsewhere merge the same way.
 
-use super::buffers::WG;
 use super::context::GpuContext;
 use super::radix_sort::upload_chunks;
-use crate::cpu::common::sortable_to_f32;
-use crate::cpu::radix_sort::check_no_nan;
-use crate::cpu::select_histogram::{distinct_prefixes, narrow, Narrow};
 use crate::error::{Error, Result};
-
-/// Uniform parameters. Keep in sync with `Params` in shaders/select_histogram.wgsl.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
-pub struct SelectParams {
-    /// Keys in this chunk.
-    pub len: u32,
-    /// Digit shift (24, 16, 8, 0).
-    pub shift: u32,
-    /// Prefixes in this dispatch (at most [`MAXP`]).
-    pub nprefix: u32,
-    /// WG-wide sub-blocks per workgroup.
-    pub ipt: u32,
-}
-
-/// Prefixes one dispatch handles (the shader's workgroup histograms).
-pub const MAXP: usize = 16;
-/// Sub-blocks of `WG` keys per workgroup.
-pub const IPT: u32 = 16;
+use crate::kernel::common::sortable_to_f32;
+use crate::kernel::radix_sort::{check_no_nan, DIGITS};
+use crate::kernel::select_histogram::{distinct_prefixes, narrow, Narrow, SelectParams, IPT, MAXP};
+use crate::kernel::WG;
 
 /// Keys resident on the device for several selection passes.
 pub struct DeviceKeys {
@@ -68,10 +49,10 @@ pub fn select_histogram(
     prefixes: &[u32],
 ) -> Result<Vec<u64>> {
     let pipeline = ctx.pipeline("select_histogram")?;
-    let mut total = vec![0u64; prefixes.len() * 256];
+    let mut total = vec![0u64; prefixes.len() * DIGITS];
     for (gi, group) in prefixes.chunks(MAXP).enumerate() {
         let pre = ctx.upload("select-prefixes", group)?;
-        let hist = ctx.storage("select-hist", (group.len() * 1024) as u64)?;
+        let hist = ctx.storage("select-hist", (group.len() * DIGITS * 4) as u64)?;
         let mut batch = ctx.batch("select_histogram");
         for (buf, len) in &keys.bufs {
             let params = ctx.uniform(
@@ -94,8 +75,8 @@ pub fn select_histogram(
                 (*len as u64).div_ceil(IPT as u64 * WG as u64),
             )?;
         }
-        let h: Vec<u32> = batch.submit_and_read(&hist, 0, group.len() * 256)?;
-        let off = gi * MAXP * 256;
+        let h: Vec<u32> = batch.submit_and_read(&hist, 0, group.len() * DIGITS)?;
+        let off = gi * MAXP * DIGITS;
         for (t, v) in total[off..off + h.len()].iter_mut().zip(h) {
             *t += v as u64;
         }

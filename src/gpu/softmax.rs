@@ -3,20 +3,7 @@
 use super::buffers::groups_for;
 use super::context::GpuContext;
 use crate::error::Result;
-
-/// Uniform parameters. Keep in sync with `Params` in shaders/softmax.wgsl.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
-pub struct SoftmaxParams {
-    /// Rows in this chunk.
-    pub rows: u32,
-    /// Classes per row.
-    pub k: u32,
-    /// Temperature.
-    pub t: f32,
-    /// Padding to 16 bytes.
-    pub _pad: u32,
-}
+use crate::kernel::softmax::SoftmaxParams;
 
 /// Softmax of `logits` (`n * k`, row-major) at temperature `t`, streamed through the
 /// device in binding-sized row chunks (any `n` that fits in host memory).

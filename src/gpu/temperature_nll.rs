@@ -4,20 +4,7 @@
 use super::buffers::{groups_for, DeviceRows};
 use super::context::GpuContext;
 use crate::error::Result;
-
-/// Uniform parameters. Keep in sync with `Params` in shaders/temperature_nll.wgsl.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
-pub struct NllParams {
-    /// Rows in this chunk.
-    pub rows: u32,
-    /// Classes per row.
-    pub k: u32,
-    /// Inverse temperature b = 1/T.
-    pub b: f32,
-    /// Padding to 16 bytes.
-    pub _pad: u32,
-}
+use crate::kernel::temperature_nll::{NllParams, NPARTIAL};
 
 /// Per-workgroup `[nll, grad, hess, labelled]` partials (f32) of every chunk, in order.
 pub fn temperature_nll(ctx: &GpuContext, rows: &DeviceRows, b: f32) -> Result<Vec<[f32; 4]>> {
@@ -25,7 +12,7 @@ pub fn temperature_nll(ctx: &GpuContext, rows: &DeviceRows, b: f32) -> Result<Ve
     let mut out = Vec::new();
     for (_, n, logits, labels) in &rows.chunks {
         let groups = groups_for(*n as u64);
-        let partials = ctx.storage("nll-partials", groups * 16)?;
+        let partials = ctx.storage("nll-partials", groups * NPARTIAL as u64 * 4)?;
         let params = ctx.uniform(
             "nll-params",
             &NllParams {
@@ -46,8 +33,11 @@ pub fn temperature_nll(ctx: &GpuContext, rows: &DeviceRows, b: f32) -> Result<Ve
             ],
             groups,
         )?;
-        let flat: Vec<f32> = batch.submit_and_read(&partials, 0, groups as usize * 4)?;
-        out.extend(flat.chunks_exact(4).map(|c| [c[0], c[1], c[2], c[3]]));
+        let flat: Vec<f32> = batch.submit_and_read(&partials, 0, groups as usize * NPARTIAL)?;
+        out.extend(
+            flat.chunks_exact(NPARTIAL)
+                .map(|c| [c[0], c[1], c[2], c[3]]),
+        );
     }
     Ok(out)
 }

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::cpu::row_stats::{col, RowBlock};
+use crate::kernel::row_stats::{col, RowBlock};
 
 /// Bits below the binary point of the fixed grid of [`Counts::sum_p1`]. A largest
 /// probability is at least 1/K, so for K <= 2^17 every f32 `p_(1)` (24-bit mantissa) lies

@@ -11,8 +11,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::backend::{labels_i32, Backend};
-use crate::cpu::calibration::{CalibrationStats, BINS};
-use crate::cpu::row_stats::{col, RowStats};
+use crate::kernel::calibration::{CalibrationStats, BINS};
+use crate::kernel::row_stats::{col, RowStats};
 use crate::data::PredictionSet;
 use crate::error::{Error, Result};
 use crate::kernel::tally::{TallyPlan, GROUP_ARRAYS};

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use crate::backend::Backend;
-use crate::cpu::row_stats::col;
+use crate::kernel::row_stats::col;
 use crate::data::PredictionSet;
 use crate::error::Result;
 use crate::kernel::tally::{count, level, Counts, GROUP_ARRAYS};

@@ -7,7 +7,7 @@
 use serde::Serialize;
 
 use crate::backend::Backend;
-use crate::cpu::radix_sort::check_no_nan;
+use crate::kernel::radix_sort::check_no_nan;
 use crate::error::{Error, Result};
 
 /// Checks that `alpha` is in the open interval (0, 1) (NaN is not).

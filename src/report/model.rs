@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::cpu::calibration::CalibrationStats;
+use crate::kernel::calibration::CalibrationStats;
 use crate::error::{Error, Result};
 
 /// The five estimates of a target's accuracy (JSON names as in the report).

@@ -1,0 +1,248 @@
+//! Every `#[repr(C)]` Pod struct a shader reads (the `kernel::*Params` uniforms) has the
+//! layout of the WGSL struct it mirrors: size and field offsets by `size_of`/`offset_of!`
+//! against fixed numbers, and against naga's layout of `Params` in the composed shader
+//! source (`conformal_gpu::shaders::source`): span, member names, offsets and sizes. The
+//! constants the shaders repeat (`WG`, `BINS`, `NCOUNT`, `MAXP`) are compared the same way.
+//! Keep in sync with the `Params` structs in shaders/*.wgsl and with src/kernel/*.rs.
+
+use std::mem::{offset_of, size_of};
+
+use conformal_gpu::kernel::calibration::{CalibrationParams, BINS, NCOUNT};
+use conformal_gpu::kernel::copy::CopyParams;
+use conformal_gpu::kernel::lac_scores::LacParams;
+use conformal_gpu::kernel::pvalues::PvalueParams;
+use conformal_gpu::kernel::radix_sort::RadixParams;
+use conformal_gpu::kernel::row_stats::RowStatsParams;
+use conformal_gpu::kernel::select_histogram::{SelectParams, MAXP};
+use conformal_gpu::kernel::softmax::SoftmaxParams;
+use conformal_gpu::kernel::temperature_nll::NllParams;
+use conformal_gpu::kernel::WG;
+use conformal_gpu::shaders::{source, NAMES};
+
+/// A Rust struct's layout: its size and `(field, offset, size)` in declaration order.
+struct Layout {
+    rust: &'static str,
+    size: usize,
+    fields: Vec<(&'static str, usize, usize)>,
+}
+
+fn field_size<T, F>(_: fn(&T) -> &F) -> usize {
+    size_of::<F>()
+}
+
+macro_rules! layout {
+    ($t:ty { $($f:ident),* $(,)? }) => {
+        Layout {
+            rust: stringify!($t),
+            size: size_of::<$t>(),
+            fields: vec![$((
+                stringify!($f),
+                offset_of!($t, $f),
+                field_size(|x: &$t| &x.$f),
+            )),*],
+        }
+    };
+}
+
+/// `(shader, layout of its Rust params)` for every shader.
+fn params() -> Vec<(&'static str, Layout)> {
+    let radix = || {
+        layout!(RadixParams {
+            len,
+            tiles,
+            ipt,
+            shift,
+            map_in,
+            map_out,
+            has_payload,
+            first,
+            dst_lo,
+            dst_len,
+            _pad0,
+            _pad1,
+        })
+    };
+    vec![
+        ("softmax", layout!(SoftmaxParams { rows, k, t, _pad })),
+        ("temperature_nll", layout!(NllParams { rows, k, b, _pad })),
+        (
+            "calibration",
+            layout!(CalibrationParams { rows, k, t, _pad }),
+        ),
+        (
+            "row_stats",
+            layout!(RowStatsParams {
+                rows,
+                k,
+                t,
+                n_alpha
+            }),
+        ),
+        (
+            "copy",
+            layout!(CopyParams {
+                n,
+                _pad0,
+                _pad1,
+                _pad2
+            }),
+        ),
+        ("radix_histogram", radix()),
+        ("radix_scan", radix()),
+        ("radix_scatter", radix()),
+        (
+            "select_histogram",
+            layout!(SelectParams {
+                len,
+                shift,
+                nprefix,
+                ipt
+            }),
+        ),
+        ("lac_scores", layout!(LacParams { rows, k, t, _pad })),
+        (
+            "pvalues",
+            layout!(PvalueParams {
+                rows,
+                row0,
+                k,
+                t,
+                n_chunk,
+                nalpha,
+                first,
+                last,
+                want_counts,
+                probs,
+                _pad1,
+                _pad2,
+            }),
+        ),
+    ]
+}
+
+/// Sizes and offsets pinned by hand (what the shaders were written against).
+#[test]
+fn params_sizes_and_offsets() {
+    for size in [
+        size_of::<SoftmaxParams>(),
+        size_of::<NllParams>(),
+        size_of::<CalibrationParams>(),
+        size_of::<RowStatsParams>(),
+        size_of::<CopyParams>(),
+        size_of::<SelectParams>(),
+        size_of::<LacParams>(),
+    ] {
+        assert_eq!(size, 16);
+    }
+    assert_eq!(size_of::<RadixParams>(), 48);
+    assert_eq!(size_of::<PvalueParams>(), 48);
+    assert_eq!(offset_of!(SoftmaxParams, t), 8);
+    assert_eq!(offset_of!(NllParams, b), 8);
+    assert_eq!(offset_of!(CalibrationParams, t), 8);
+    assert_eq!(offset_of!(LacParams, t), 8);
+    assert_eq!(offset_of!(RowStatsParams, t), 8);
+    assert_eq!(offset_of!(RowStatsParams, n_alpha), 12);
+    assert_eq!(offset_of!(SelectParams, ipt), 12);
+    assert_eq!(offset_of!(RadixParams, dst_len), 36);
+    assert_eq!(offset_of!(PvalueParams, t), 12);
+    assert_eq!(offset_of!(PvalueParams, probs), 36);
+    for (shader, l) in params() {
+        // Consecutive 4-byte fields with no gap (Pod forbids padding), so the list above
+        // names every field; uniform buffers want a multiple of 16 bytes.
+        let mut at = 0;
+        for &(f, off, size) in &l.fields {
+            assert_eq!(off, at, "{}::{f} ({shader})", l.rust);
+            assert_eq!(size, 4, "{}::{f} ({shader})", l.rust);
+            at += size;
+        }
+        assert_eq!(at, l.size, "{} ({shader}): fields do not cover it", l.rust);
+        assert_eq!(l.size % 16, 0, "{} ({shader}): uniform size", l.rust);
+    }
+}
+
+fn module(name: &str) -> naga::Module {
+    let src = source(name).expect("registered shader");
+    naga::front::wgsl::parse_str(&src)
+        .unwrap_or_else(|e| panic!("{name}.wgsl: {}", e.emit_to_string(&src)))
+}
+
+/// `(member, offset, size)` of a struct, in order.
+type Members = Vec<(String, u32, u32)>;
+
+/// Each shader's `Params` as naga lays it out: span and members.
+fn naga_params(m: &naga::Module) -> Option<(u32, Members)> {
+    let ty = m
+        .types
+        .iter()
+        .find(|(_, t)| t.name.as_deref() == Some("Params"))?
+        .1;
+    let naga::TypeInner::Struct { members, span } = &ty.inner else {
+        panic!("Params is not a struct");
+    };
+    let fields = members
+        .iter()
+        .map(|mem| {
+            (
+                mem.name.clone().unwrap_or_default(),
+                mem.offset,
+                m.types[mem.ty].inner.size(m.to_ctx()),
+            )
+        })
+        .collect();
+    Some((*span, fields))
+}
+
+#[test]
+fn params_match_naga_layout_of_every_shader() {
+    let all = params();
+    for name in NAMES {
+        let m = module(name);
+        let (span, members) =
+            naga_params(&m).unwrap_or_else(|| panic!("{name}.wgsl has no struct Params"));
+        let (_, l) = all
+            .iter()
+            .find(|(s, _)| *s == name)
+            .unwrap_or_else(|| panic!("{name}.wgsl: no Rust params struct listed here"));
+        assert_eq!(
+            span as usize, l.size,
+            "{name}.wgsl Params span vs {}",
+            l.rust
+        );
+        let rust: Members = l
+            .fields
+            .iter()
+            .map(|&(f, off, size)| (f.to_string(), off as u32, size as u32))
+            .collect();
+        assert_eq!(members, rust, "{name}.wgsl Params vs {}", l.rust);
+    }
+}
+
+/// The value of the module-scope `const name: u32` of `m`.
+fn const_u32(m: &naga::Module, name: &str) -> Option<u32> {
+    let (_, c) = m
+        .constants
+        .iter()
+        .find(|(_, c)| c.name.as_deref() == Some(name))?;
+    match m.global_expressions[c.init] {
+        naga::Expression::Literal(naga::Literal::U32(v)) => Some(v),
+        ref e => panic!("const {name} is not a u32 literal: {e:?}"),
+    }
+}
+
+#[test]
+fn shader_constants_match_kernel() {
+    for name in NAMES {
+        assert_eq!(
+            const_u32(&module(name), "WG"),
+            Some(WG as u32),
+            "{name}.wgsl WG (common.wgsl) vs kernel::WG"
+        );
+    }
+    let calib = module("calibration");
+    assert_eq!(const_u32(&calib, "BINS"), Some(BINS as u32));
+    assert_eq!(const_u32(&calib, "NCOUNT"), Some(NCOUNT as u32));
+    assert_eq!(
+        const_u32(&module("select_histogram"), "MAXP"),
+        Some(MAXP as u32)
+    );
+}
