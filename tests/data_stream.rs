@@ -18,6 +18,9 @@ use common::{f32s, f64s, i32s, i64s, npy, npz, random_logits, rng};
 
 // ----------------------------------------------------------------------------- helpers
 
+/// An npz's members, as `common::npz` takes them.
+type Members = Vec<(&'static str, Vec<u8>)>;
+
 fn tmp() -> tempfile::TempDir {
     tempfile::tempdir().unwrap()
 }
@@ -238,7 +241,7 @@ fn every_numpy_layout() {
     let shape = format!("({n}, {k})");
     let shape1 = format!("({n},)");
     let z = &logits[..n];
-    let cases: Vec<(&str, Vec<(&str, Vec<u8>)>)> = vec![
+    let cases: Vec<(&str, Members)> = vec![
         (
             "f16_i32",
             vec![
@@ -329,6 +332,9 @@ fn accessors_and_empty_sets() {
     assert_eq!(r.path(), path.as_path());
     assert_eq!((r.n(), r.k()), (10, 3));
     assert!(r.has_labels() && r.has_hospital() && r.has_slide());
+    // Readers move to worker threads.
+    fn send<T: Send>(_: &T) {}
+    send(&r);
     // Dropped before the end: the hashing thread stops, nothing hangs.
     drop(r);
 
@@ -526,7 +532,7 @@ fn bad_members_are_format_errors_at_open() {
     let dir = tmp();
     let path = dir.path().join("m.npz");
     let logits = npy("<f4", false, "(4, 2)", &f32s(&[0.0; 8]));
-    let cases: Vec<(Vec<(&str, Vec<u8>)>, &[&str])> = vec![
+    let cases: Vec<(Members, &[&str])> = vec![
         (
             vec![("labels.npy", npy("<i8", false, "(4,)", &i64s(&[0; 4])))],
             &["no array named 'logits'"],
@@ -605,7 +611,7 @@ fn bad_members_are_format_errors_at_open() {
 }
 
 #[test]
-fn corrupt_stored_data_fails_its_crc() {
+fn corrupt_data_fails_its_crc() {
     let dir = tmp();
     let path = dir.path().join("crc.npz");
     let set = random_set(8, 500, 2);
@@ -620,6 +626,15 @@ fn corrupt_stored_data_fails_its_crc() {
     assert_format(read_all(&path, 64, None), &path, &["'logits'", "CRC"]);
     // A range that ends before the last row does not reach the check.
     read_all(&path, 64, Some(0..499)).unwrap();
+
+    // A deflated member that inflates cleanly but whose CRC-32 in the zip directory is
+    // wrong (the first central-directory entry is logits.npy; its CRC is at offset 16).
+    save_npz(&path, &set, true).unwrap();
+    let mut bytes = std::fs::read(&path).unwrap();
+    let cd = bytes.windows(4).position(|w| w == b"PK\x01\x02").unwrap();
+    bytes[cd + 16] ^= 1;
+    std::fs::write(&path, &bytes).unwrap();
+    assert_format(read_all(&path, 64, None), &path, &["'logits'", "CRC"]);
 }
 
 #[test]

@@ -1,5 +1,5 @@
 //! `.npz` reading and writing of whole prediction sets (DESIGN.md sections 1 and 6), on
-//! top of the `.npy` layer in [`super::npy`]. The streaming reader for sets too large to
+//! top of the `.npy` layer (`npy.rs`). The streaming reader for sets too large to
 //! hold is [`super::stream::NpzRowReader`].
 //!
 //! Writers go through [`write_atomic`]: a temporary file in the destination directory,

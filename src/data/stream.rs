@@ -12,9 +12,10 @@
 //!
 //! Memory: O(chunk) plus a few fixed buffers (a 64 Ki-value staging buffer for dtypes that
 //! need converting, ~64 KiB of inflater state per deflated member, 1 MiB for hashing).
-//! The one exception is Fortran order: a Fortran-order 2-D `logits` (both dimensions above
-//! 1) stores columns, not rows, so it is decoded whole when the reader opens, which holds
-//! N x K x 4 bytes (twice that while it is transposed to rows); every other layout streams.
+//! The one exception is Fortran order: a Fortran-order 2-D `logits` with more than one
+//! row and column stores columns, not rows, so it is decoded whole when the reader opens,
+//! which holds N x K x 4 bytes (twice that while it is transposed to rows); every other
+//! layout streams.
 //!
 //! Integrity: claimed sizes (zip directory, npy header) are checked against each other and
 //! the file's length before anything is read, buffers grow only as data arrives, and when
