@@ -2,11 +2,11 @@
 //! the GPU path. Methods in `methods/` are written once, generic over `Backend`.
 
 use crate::cpu;
+use crate::data::PredictionSet;
+use crate::error::{Error, Result};
 use crate::kernel::calibration::CalibrationStats;
 pub use crate::kernel::pvalues::PValueRows;
 use crate::kernel::row_stats::RowStats;
-use crate::data::PredictionSet;
-use crate::error::{Error, Result};
 use crate::kernel::tally::{count_block, merge_pairs, PairCounts, TallyPlan};
 
 /// Sums over labelled rows for the temperature fit at one `b = 1/T` (f64 totals).
@@ -335,7 +335,11 @@ impl Backend for CpuBackend {
         if rows.labels.len() != plan.labels.len() {
             return Err(Error::LengthMismatch {
                 what: "tally labels".into(),
-                detail: format!("{} labels for {} rows", plan.labels.len(), rows.labels.len()),
+                detail: format!(
+                    "{} labels for {} rows",
+                    plan.labels.len(),
+                    rows.labels.len()
+                ),
             });
         }
         // The CPU kernel takes any number of thresholds in one pass.

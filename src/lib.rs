@@ -37,6 +37,7 @@ pub mod gpu;
 pub mod kernel;
 pub mod methods;
 pub mod report;
+pub mod serde_exact;
 pub mod shaders;
 
 pub use error::{Error, Result};

@@ -381,11 +381,12 @@ fn missing_source_set_and_missing_temperature_set() {
     let ws = Ws::new();
     ws.good("test", 10);
     let o = ws.evaluate(&[]);
-    assert_error(&o, 2, &["id_val.npz", "not found"]);
+    // A missing file is an I/O error (exit 3) that lists the sets found.
+    assert_error(&o, 3, &["id_val.npz", "not found", "sets found: test"]);
     ws.assert_no_outputs();
     ws.good("id_val", 10);
     let o = ws.evaluate(&["--temperature-source", "nope"]);
-    assert_error(&o, 2, &["nope"]);
+    assert_error(&o, 3, &["nope", "not found"]);
     ws.assert_no_outputs();
 }
 
@@ -591,8 +592,35 @@ fn directory_named_like_a_set_is_skipped() {
     ws.good("id_val", 20);
     // A directory named like a set is skipped; a dangling symlink is not a file either.
     std::fs::create_dir(ws.file("test")).expect("mkdir");
+    // With nothing else, there is no target: an error that says so, not an empty table.
+    let o = ws.evaluate(&[]);
+    assert_error(&o, 5, &["no target set"]);
+    ws.assert_no_outputs();
+    ws.good("ood", 10);
     let o = ws.evaluate(&[]);
     assert!(o.status.success(), "{}", stderr(&o));
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(ws.json()).expect("json")).expect("parse");
+    assert_eq!(report["targets"].as_array().map(|t| t.len()), Some(1));
+}
+
+/// A corrupt file beside readable targets is skipped with a warning (and listed in the
+/// report's meta), not fatal; alone, it is the error.
+#[test]
+fn unreadable_file_beside_targets_is_skipped() {
+    let ws = Ws::new();
+    ws.good("id_val", 20)
+        .good("test", 10)
+        .bytes("broken", b"not a zip at all");
+    let o = ws.evaluate(&[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("warning: skipping"), "{}", stderr(&o));
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(ws.json()).expect("json")).expect("parse");
+    let skipped = report["meta"]["skipped"].as_array().expect("skipped");
+    assert_eq!(skipped.len(), 1);
+    assert!(skipped[0]["file"].as_str().unwrap().ends_with("broken.npz"));
+    assert_eq!(report["targets"].as_array().map(|t| t.len()), Some(1));
 }
 
 // ----------------------------------------------------------------------------- temperature / generate

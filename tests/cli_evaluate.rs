@@ -129,6 +129,7 @@ fn evaluate_json_has_the_documented_shape() {
                 keys(&conf[0]),
                 sorted(&[
                     "alpha",
+                    "k",
                     "qhat",
                     "mean_set_size",
                     "singleton_rate",
@@ -215,19 +216,26 @@ fn evaluate_writes_rows_report_and_plots() {
     let file = std::fs::File::open(&rows).unwrap();
     let mut npz = ndarray_npy::NpzReader::new(file).unwrap();
     let yhat: ndarray::Array1<i64> = npz.by_name("yhat").unwrap();
-    let cred: ndarray::Array1<f32> = npz.by_name("credibility").unwrap();
-    let conf: ndarray::Array1<f32> = npz.by_name("confidence").unwrap();
-    let size: ndarray::Array2<i64> = npz.by_name("set_size").unwrap();
     assert_eq!(yhat.len(), 3000);
-    assert_eq!(size.dim(), (3000, 3));
-    // p-values lie in [1/(n+1), 1]; confidence = 1 - second p-value lies in [0, 1).
-    assert!(cred.iter().all(|&c| c > 0.0 && c <= 1.0));
-    assert!(conf.iter().all(|&c| (0.0..1.0).contains(&c)));
-    // Larger alpha, smaller sets.
-    assert!(size
-        .rows()
-        .into_iter()
-        .all(|r| r[2] <= r[0] && r[0] <= r[1]));
+    // Both modes, p-values in f64 (exactly (1 + count) / (n + 1)).
+    for mode in ["raw", "ts"] {
+        let cred: ndarray::Array1<f64> = npz.by_name(&format!("credibility_{mode}")).unwrap();
+        let conf: ndarray::Array1<f64> = npz.by_name(&format!("confidence_{mode}")).unwrap();
+        let size: ndarray::Array2<i64> = npz.by_name(&format!("set_size_{mode}")).unwrap();
+        let p1: ndarray::Array1<f32> = npz.by_name(&format!("max_prob_{mode}")).unwrap();
+        assert_eq!(size.dim(), (3000, 3));
+        assert_eq!(p1.len(), 3000);
+        // p-values lie in [1/(n+1), 1]; confidence = 1 - second p-value lies in [0, 1).
+        assert!(cred.iter().all(|&c| c > 0.0 && c <= 1.0));
+        assert!(conf.iter().all(|&c| (0.0..1.0).contains(&c)));
+        // Larger alpha, smaller sets.
+        assert!(size
+            .rows()
+            .into_iter()
+            .all(|r| r[2] <= r[0] && r[0] <= r[1]));
+    }
+    // The source's rows are written too.
+    assert!(out.join("id_val_rows.npz").exists());
 }
 
 #[test]
@@ -254,6 +262,32 @@ fn quantile_prints_k_and_qhat() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // Without --json: a readable table ending in a newline, inf where k > n.
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.ends_with('\n'), "{text:?}");
+    let lines: Vec<Vec<&str>> = text
+        .lines()
+        .skip(2)
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(
+        lines,
+        vec![vec!["0.7", "3", "3"], vec!["0.05", "10", "inf"]]
+    );
+    let out = bin()
+        .args([
+            "quantile",
+            "--scores",
+            path.to_str().unwrap(),
+            "--alpha",
+            "0.7,0.05",
+            "--device",
+            "cpu",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.stdout.ends_with(b"}\n"));
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["n"], 9);
     assert_eq!(v["k"], serde_json::json!([3, 10]));

@@ -30,7 +30,11 @@ fn set(name: &str, seed: u64, n: usize, labelled: bool) -> PredictionSet {
     for i in 0..n {
         let y: i64 = r.random_range(0..k as i64);
         for c in 0..k {
-            let bump = if c as i64 == y { r.random_range(0..8) } else { 0 };
+            let bump = if c as i64 == y {
+                r.random_range(0..8)
+            } else {
+                0
+            };
             logits.push((r.random_range(0..12) + bump) as f32 / 4.0);
         }
         let known = labelled || r.random_range(0..4) != 0;
@@ -96,7 +100,11 @@ fn sharded_equals_whole<B: Backend>(b: &B) {
             }
             assert_eq!(acc, whole, "seed {seed}, order {o}: merged tally differs");
             let got = cal.report("target", &acc).unwrap();
-            assert_eq!(report_bits(&got), report_bits(&want), "seed {seed}, order {o}");
+            assert_eq!(
+                report_bits(&got),
+                report_bits(&want),
+                "seed {seed}, order {o}"
+            );
         }
         // A tree of merges (pairwise) gives the same.
         let mut level = parts.clone();
@@ -116,7 +124,11 @@ fn sharded_equals_whole<B: Backend>(b: &B) {
     }
     // Any chunk size of the library's own loop, 1 row included.
     for chunk in [1, 2, 255, 256, 4096] {
-        assert_eq!(tally_set(b, &cal, &target, chunk).unwrap(), whole, "chunk {chunk}");
+        assert_eq!(
+            tally_set(b, &cal, &target, chunk).unwrap(),
+            whole,
+            "chunk {chunk}"
+        );
     }
     // Rows shuffled first, then sharded: counts are order-free, so the report is the
     // unshuffled one's.
@@ -125,9 +137,18 @@ fn sharded_equals_whole<B: Backend>(b: &B) {
     let shuffled = PredictionSet {
         name: target.name.clone(),
         logits: target.logits.select(ndarray::Axis(0), &perm),
-        labels: target.labels.as_ref().map(|a| a.select(ndarray::Axis(0), &perm)),
-        hospital: target.hospital.as_ref().map(|a| a.select(ndarray::Axis(0), &perm)),
-        slide: target.slide.as_ref().map(|a| a.select(ndarray::Axis(0), &perm)),
+        labels: target
+            .labels
+            .as_ref()
+            .map(|a| a.select(ndarray::Axis(0), &perm)),
+        hospital: target
+            .hospital
+            .as_ref()
+            .map(|a| a.select(ndarray::Axis(0), &perm)),
+        slide: target
+            .slide
+            .as_ref()
+            .map(|a| a.select(ndarray::Axis(0), &perm)),
     };
     let mut acc: Option<Tally> = None;
     for (s, e) in cuts(9, shuffled.n(), 5) {

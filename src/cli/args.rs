@@ -169,4 +169,3 @@ pub enum Command {
         common: Common,
     },
 }
-

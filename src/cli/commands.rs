@@ -19,9 +19,7 @@ use conformal_gpu::report::{self, InputFile, Meta, SkippedFile};
 use conformal_gpu::{with_backend, Error, Result};
 
 use crate::cli::dataset::{dataset_files, find_set, set_name};
-use crate::cli::outputs::{
-    check_json_target, check_writable_dir, emit_json, open_device, phase,
-};
+use crate::cli::outputs::{check_json_target, check_writable_dir, emit_json, open_device, phase};
 
 /// What `evaluate` and `calibrate` read from a dataset directory.
 pub struct SourceArgs<'a> {
@@ -84,7 +82,12 @@ fn calibrate(
 }
 
 /// `meta` of a report: provenance, the device's adapter, skipped files.
-fn meta(engine_device: &str, inputs: Vec<InputFile>, skipped: Vec<SkippedFile>, seed: Option<u64>) -> Meta {
+fn meta(
+    engine_device: &str,
+    inputs: Vec<InputFile>,
+    skipped: Vec<SkippedFile>,
+    seed: Option<u64>,
+) -> Meta {
     let (adapter, driver) = match engine_device.strip_prefix("gpu: ") {
         Some(name) => (Some(name.to_string()), None),
         None => (None, None),
@@ -102,7 +105,12 @@ fn meta(engine_device: &str, inputs: Vec<InputFile>, skipped: Vec<SkippedFile>, 
 }
 
 /// Prints the table, writes `--out` files and the JSON, all or nothing.
-fn emit_report(eval: &Evaluation, meta: &Meta, json: &Option<String>, out: Option<&Path>) -> Result<()> {
+fn emit_report(
+    eval: &Evaluation,
+    meta: &Meta,
+    json: &Option<String>,
+    out: Option<&Path>,
+) -> Result<()> {
     let table = report::table(eval);
     if json.as_deref() == Some("-") {
         eprint!("{table}");
@@ -162,26 +170,43 @@ pub fn run_evaluate(job: EvalJob<'_>) -> Result<()> {
     let mut skipped = Vec::new();
     for f in files.iter().filter(|f| **f != source_path) {
         match NpzRowReader::open(f) {
-            Ok(r) => targets.push(r),
-            Err(e @ Error::Format { .. }) => {
-                eprintln!("warning: skipping {}: {e}", f.display());
-                skipped.push(SkippedFile {
-                    file: f.display().to_string(),
-                    error: e.to_string(),
-                });
+            Ok(r) if r.n() == 0 => {
+                return Err(Error::Empty {
+                    what: format!("{}: logits", f.display()),
+                    detail: "the target set has no rows".into(),
+                })
             }
+            Ok(r) => targets.push(r),
+            Err(e @ Error::Format { .. }) => skipped.push((f, e)),
             Err(e) => return Err(e),
         }
     }
     if targets.is_empty() {
+        // Nothing readable to evaluate: the first unreadable file is the error.
+        if let Some((_, e)) = skipped.into_iter().next() {
+            return Err(e);
+        }
         return Err(Error::Empty {
             what: data.display().to_string(),
             detail: format!(
-                "no target set to evaluate besides the source {}",
+                "no target set to evaluate besides the source {} (put the targets' .npz files beside it)",
                 source_path.display()
             ),
         });
     }
+    let skipped: Vec<SkippedFile> = skipped
+        .into_iter()
+        .map(|(f, e)| {
+            eprintln!(
+                "warning: skipping {}: not a readable prediction set: {e}",
+                f.display()
+            );
+            SkippedFile {
+                file: f.display().to_string(),
+                error: e.to_string(),
+            }
+        })
+        .collect();
     let (engine, choice) = open_device(job.device)?;
     let load_ms = started.elapsed().as_secs_f64() * 1e3;
     let cal = calibrate(&job.source, &files, &engine, choice)?;
@@ -322,9 +347,16 @@ pub fn run_tally(job: TallyJob<'_>) -> Result<()> {
             job.data.display()
         )));
     }
-    let name = job.name.map(str::to_string).unwrap_or_else(|| set_name(job.data));
+    let name = job
+        .name
+        .map(str::to_string)
+        .unwrap_or_else(|| set_name(job.data));
     let reader = NpzRowReader::open(job.data)?;
-    conformal_gpu::methods::calibration::check_k(&job.data.display().to_string(), reader.k(), &cal)?;
+    conformal_gpu::methods::calibration::check_k(
+        &job.data.display().to_string(),
+        reader.k(),
+        &cal,
+    )?;
     let (engine, choice) = open_device(job.device)?;
     let mut reader = Some(reader);
     let done = with_backend!(&engine, choice, |b| {
@@ -341,7 +373,8 @@ pub fn run_tally(job: TallyJob<'_>) -> Result<()> {
     })?;
     let text = done.tally.to_json()?;
     npz::write_atomic(job.out, |w| {
-        w.write_all(text.as_bytes()).map_err(|e| Error::io(job.out, e))
+        w.write_all(text.as_bytes())
+            .map_err(|e| Error::io(job.out, e))
     })?;
     eprintln!(
         "tally of {name}: {} rows ({:?}) written to {}",

@@ -57,7 +57,10 @@ pub fn find_set(dir: &Path, files: &[PathBuf], name: &str, role: &str) -> Result
         &path,
         std::io::Error::new(
             std::io::ErrorKind::NotFound,
-            format!("no {role} set {name:?} in {} ({listing})", dir.display()),
+            format!(
+                "{role} set {name:?} not found in {} ({listing})",
+                dir.display()
+            ),
         ),
     ))
 }
@@ -77,10 +80,7 @@ fn cache_dir() -> PathBuf {
 /// The main job's dataset (scale 1, `cfg`), generated into the cache unless a complete
 /// copy is there. Returns its directory.
 pub fn cached_dataset(cfg: &GeneratorConfig) -> Result<PathBuf> {
-    let dir = cache_dir().join(format!(
-        "camelyon17-scale{}-seed{}",
-        cfg.scale, cfg.seed
-    ));
+    let dir = cache_dir().join(format!("camelyon17-scale{}-seed{}", cfg.scale, cfg.seed));
     let marker = dir.join(".complete");
     let expected: Vec<String> = data::split_specs(cfg.scale)
         .iter()

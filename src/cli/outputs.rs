@@ -112,7 +112,6 @@ pub fn phase(msg: &str) -> ProgressBar {
     pb
 }
 
-
 /// Parses alpha levels as written (decimal strings; DESIGN.md 2.5 uses them as given).
 pub fn parse_alphas(list: &[String]) -> Result<Vec<f64>> {
     list.iter()

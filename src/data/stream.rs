@@ -160,7 +160,7 @@ struct Member {
     array: &'static str,
     body: Body,
     /// CRC-32 of the bytes read so far; `None` once a seek skipped bytes.
-    crc: Option<flate2::Crc>,
+    crc: Option<crc32fast::Hasher>,
     expected_crc: u32,
     dtype: Dtype,
     big: bool,
@@ -274,7 +274,7 @@ fn open_member(
     let mut m = Member {
         array,
         body,
-        crc: Some(flate2::Crc::new()),
+        crc: Some(crc32fast::Hasher::new()),
         expected_crc: e.crc,
         dtype: Dtype::F32,
         big: false,
@@ -403,13 +403,13 @@ fn check_end(m: &mut Member, file: &str) -> Result<()> {
     let array = m.array;
     expect_end(m, file, array)?;
     if let Some(c) = &m.crc {
-        if c.sum() != m.expected_crc {
+        if c.clone().finalize() != m.expected_crc {
             return Err(member_err(
                 file,
                 array,
                 format!(
                     "corrupt data (CRC-32 {:08x}, the zip directory says {:08x})",
-                    c.sum(),
+                    c.clone().finalize(),
                     m.expected_crc
                 ),
             ));

@@ -64,7 +64,7 @@ pub struct Counts {
     /// Integer counters, indexed by [`count`].
     pub counts: [u64; count::LEN],
     /// Sum of the largest probability on the 2^-[`P1_GRID_BITS`] grid.
-    #[serde(with = "crate::methods::exact_f32::u128_str")]
+    #[serde(with = "crate::serde_exact::u128_str")]
     pub sum_p1: u128,
     /// Per level, counters indexed by [`level`].
     pub levels: Vec<[u64; level::LEN]>,
@@ -139,11 +139,15 @@ impl Counts {
                 "correct rows exceed labelled rows",
             ),
             (
-                c[count::MC_ABOVE].checked_add(c[count::MC_EQUAL]).is_some_and(|s| s <= n),
+                c[count::MC_ABOVE]
+                    .checked_add(c[count::MC_EQUAL])
+                    .is_some_and(|s| s <= n),
                 "ATC-MC counts exceed rows",
             ),
             (
-                c[count::NE_ABOVE].checked_add(c[count::NE_EQUAL]).is_some_and(|s| s <= n),
+                c[count::NE_ABOVE]
+                    .checked_add(c[count::NE_EQUAL])
+                    .is_some_and(|s| s <= n),
                 "ATC-NE counts exceed rows",
             ),
             (c[count::CPC] <= n, "CPC singletons exceed rows"),
@@ -158,7 +162,9 @@ impl Counts {
         for (a, l) in self.levels.iter().enumerate() {
             let size_ok = (l[level::SIZE_SUM] as u128) <= n as u128 * k as u128;
             let ok = size_ok
-                && l[level::SINGLETON].checked_add(l[level::EMPTY]).is_some_and(|s| s <= n)
+                && l[level::SINGLETON]
+                    .checked_add(l[level::EMPTY])
+                    .is_some_and(|s| s <= n)
                 && l[level::COVERED] <= c[count::LABELLED];
             if !ok {
                 return Some(format!("level {a}: set counts exceed rows"));

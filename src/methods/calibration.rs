@@ -11,18 +11,18 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::backend::{labels_i32, Backend};
-use crate::kernel::calibration::{CalibrationStats, BINS};
-use crate::kernel::row_stats::{col, RowStats};
 use crate::data::PredictionSet;
 use crate::error::{Error, Result};
+use crate::kernel::calibration::{CalibrationStats, BINS};
+use crate::kernel::row_stats::{col, RowStats};
 use crate::kernel::tally::{TallyPlan, GROUP_ARRAYS};
-use crate::methods::exact_f32;
 use crate::methods::quantile::{check_alpha, conformal_k};
 use crate::methods::tally::{Tally, TargetRows};
 use crate::methods::temperature::{
     fit_temperature, validate_source, validate_temperature, TemperatureFit,
 };
 use crate::report::model::{InputFile, Modes, SourceReport};
+use crate::serde_exact;
 
 /// `format` of a calibration file.
 pub const CALIBRATION_FORMAT: &str = "conformal-gpu calibration";
@@ -62,7 +62,7 @@ impl Default for CalibrationOptions<'_> {
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct AtcThreshold {
     /// The c-th largest source score (`None` when no source row is correct).
-    #[serde(with = "exact_f32::opt")]
+    #[serde(with = "crate::serde_exact::opt")]
     pub t: Option<f32>,
     /// `(c - #{g > t}) / #{g = t}`.
     pub lambda: f64,
@@ -141,7 +141,7 @@ pub fn cpc_sweep(
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ModeCalibration {
     /// Temperature of the mode (1 for `raw`).
-    #[serde(with = "exact_f32::one")]
+    #[serde(with = "crate::serde_exact::one")]
     pub t: f32,
     /// Source rows.
     pub n: usize,
@@ -154,15 +154,15 @@ pub struct ModeCalibration {
     /// ATC-NE threshold.
     pub atc_ne: AtcThreshold,
     /// qhat per level (`None` = +inf: k > n).
-    #[serde(with = "exact_f32::vec_opt")]
+    #[serde(with = "crate::serde_exact::vec_opt")]
     pub qhats: Vec<Option<f32>>,
     /// CPC's q* (`None` = +inf).
-    #[serde(with = "exact_f32::opt")]
+    #[serde(with = "crate::serde_exact::opt")]
     pub cpc_q: Option<f32>,
     /// `alpha* = 1 - i/(n+1)`.
     pub cpc_alpha: f64,
     /// The source's LAC scores, ascending (p-values count against them).
-    #[serde(with = "exact_f32::vec")]
+    #[serde(with = "crate::serde_exact::vec")]
     pub sorted_lac: Vec<f32>,
 }
 
@@ -329,9 +329,7 @@ pub(crate) fn same_k(what: &str, k: usize, source: &str, source_k: usize) -> Res
     }
     Err(Error::LengthMismatch {
         what: format!("{what}: logits"),
-        detail: format!(
-            "rows have K = {k} classes but the source {source} has K = {source_k}"
-        ),
+        detail: format!("rows have K = {k} classes but the source {source} has K = {source_k}"),
     })
 }
 
@@ -455,7 +453,12 @@ impl Calibration {
             ece_before: cal_before.ece(),
             ece_after: cal_after.ece(),
             qhat: Modes {
-                raw: modes.raw.qhats.iter().map(|q| q.map(|v| v as f64)).collect(),
+                raw: modes
+                    .raw
+                    .qhats
+                    .iter()
+                    .map(|q| q.map(|v| v as f64))
+                    .collect(),
                 ts: modes.ts.qhats.iter().map(|q| q.map(|v| v as f64)).collect(),
             },
             warning: fit.warning,

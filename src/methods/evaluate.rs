@@ -11,9 +11,9 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use crate::backend::Backend;
-use crate::kernel::row_stats::col;
 use crate::data::PredictionSet;
 use crate::error::Result;
+use crate::kernel::row_stats::col;
 use crate::kernel::tally::{count, level, Counts, GROUP_ARRAYS};
 use crate::methods::quantile::conformal_rank;
 use crate::methods::tally::{Tally, TargetRows};

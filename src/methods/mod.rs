@@ -3,7 +3,6 @@
 
 pub mod calibration;
 pub mod evaluate;
-pub mod exact_f32;
 pub mod files;
 pub mod quantile;
 pub mod tally;

@@ -7,8 +7,8 @@
 use serde::Serialize;
 
 use crate::backend::Backend;
-use crate::kernel::radix_sort::check_no_nan;
 use crate::error::{Error, Result};
+use crate::kernel::radix_sort::check_no_nan;
 
 /// Checks that `alpha` is in the open interval (0, 1) (NaN is not).
 pub fn check_alpha(alpha: f64) -> Result<()> {

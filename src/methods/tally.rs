@@ -221,12 +221,11 @@ impl Tally {
     /// Adds `other` (same calibration, target, K, levels and group arrays; disjoint rows).
     /// Associative and commutative: integer sums.
     pub fn merge(&mut self, other: &Tally) -> Result<()> {
-        let what = |field: &str, a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| {
-            Error::Incompatible {
+        let what =
+            |field: &str, a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| Error::Incompatible {
                 what: format!("tallies of {} and {}", self.name, other.name),
                 detail: format!("{field} differ ({a:?} vs {b:?})"),
-            }
-        };
+            };
         if self.calibration != other.calibration {
             return Err(Error::Incompatible {
                 what: format!("tallies of {}", self.name),
@@ -335,8 +334,7 @@ impl Tally {
                 )))
             }
         }
-        let t: Tally =
-            serde_json::from_value(v).map_err(|e| bad(format!("damaged tally: {e}")))?;
+        let t: Tally = serde_json::from_value(v).map_err(|e| bad(format!("damaged tally: {e}")))?;
         if let Some(why) = t.inconsistency() {
             return Err(bad(format!("damaged tally: {why}")));
         }
@@ -365,7 +363,11 @@ impl Tally {
             return Some(format!("K = {}", self.k));
         }
         let known: Vec<&str> = GROUP_ARRAYS.to_vec();
-        if self.group_arrays.iter().any(|g| !known.contains(&g.as_str())) {
+        if self
+            .group_arrays
+            .iter()
+            .any(|g| !known.contains(&g.as_str()))
+        {
             return Some(format!("unknown group arrays {:?}", self.group_arrays));
         }
         let sorted = self.rows.windows(2).all(|w| w[0][1] < w[1][0]);
@@ -378,10 +380,16 @@ impl Tally {
             let mut total = 0u64;
             for (key, c) in pairs {
                 if c.levels.len() != self.n_alpha {
-                    return Some(format!("mode {mode}: {} levels, need {}", c.levels.len(), self.n_alpha));
+                    return Some(format!(
+                        "mode {mode}: {} levels, need {}",
+                        c.levels.len(),
+                        self.n_alpha
+                    ));
                 }
                 if key_shape(key) != present {
-                    return Some(format!("mode {mode}: group key {key:?} does not match the group arrays"));
+                    return Some(format!(
+                        "mode {mode}: group key {key:?} does not match the group arrays"
+                    ));
                 }
                 if c.n() == 0 {
                     return Some(format!("mode {mode}: empty group {key:?}"));
@@ -397,7 +405,11 @@ impl Tally {
                 ));
             }
         }
-        let keys = |p: &PairCounts| p.iter().map(|(k, c)| (*k, c.n(), c.labelled())).collect::<Vec<_>>();
+        let keys = |p: &PairCounts| {
+            p.iter()
+                .map(|(k, c)| (*k, c.n(), c.labelled()))
+                .collect::<Vec<_>>()
+        };
         if keys(&self.modes.raw) != keys(&self.modes.ts) {
             return Some("the two modes count different rows".into());
         }

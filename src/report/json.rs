@@ -73,4 +73,3 @@ pub fn to_json(eval: &Evaluation, meta: &Meta) -> Result<Value> {
         "timings_ms": timings,
     }))
 }
-

@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::kernel::calibration::CalibrationStats;
 use crate::error::{Error, Result};
+use crate::kernel::calibration::CalibrationStats;
 
 /// The five estimates of a target's accuracy (JSON names as in the report).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -219,7 +219,6 @@ pub struct Evaluation {
     pub timings_ms: Timings,
 }
 
-
 /// One input file.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct InputFile {
@@ -250,4 +249,3 @@ impl InputFile {
         })
     }
 }
-

@@ -226,4 +226,3 @@ pub(crate) fn conformal_svg(eval: &Evaluation, coverage: bool) -> Result<String>
     }
     Ok(svg)
 }
-

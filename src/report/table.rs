@@ -71,4 +71,3 @@ pub fn table(eval: &Evaluation) -> String {
     }
     out
 }
-
