@@ -208,30 +208,36 @@ pub struct TallyPlan<'a> {
 /// Counts rows `first..first + blk.len()` of a chunk (row statistics `blk`) into `out`,
 /// run by run of equal group key: rows of a slide usually come together.
 pub fn count_block(blk: RowBlock<'_>, first: usize, plan: &TallyPlan<'_>, out: &mut PairCounts) {
-    let key = |i: usize| [0, 1].map(|g| plan.groups[g].map(|a| a[i]));
     let n = blk.len();
-    let mut j = 0;
-    while j < n {
-        let run_key = key(first + j);
+    let ids = plan.groups.map(|g| g.map(|a| &a[first..first + n]));
+    let key = |i: usize| ids.map(|a| a.map(|a| a[i]));
+    // The end of the run of equal ids that starts at `j`.
+    let run_end = |j: usize| -> usize {
+        let same = |a: Option<&[i64]>, i: usize| a.is_none_or(|a| a[i] == a[j]);
         let mut end = j + 1;
-        while end < n && key(first + end) == run_key {
+        while end < n && same(ids[0], end) && same(ids[1], end) {
             end += 1;
         }
+        end
+    };
+    let mut j = 0;
+    while j < n {
+        let end = run_end(j);
         let slot = out
-            .entry(run_key)
+            .entry(key(j))
             .or_insert_with(|| Counts::with_levels(plan.qhats.len()));
-        count_run(
-            blk,
-            j..end,
-            &plan.labels[first + j..first + end],
-            plan,
-            slot,
-        );
+        // Sub-runs of at most 2^23 rows keep the grid sum of p_(1) (< 2^40 a row) in u64.
+        let mut s = j;
+        while s < end {
+            let e = end.min(s + (1 << 23));
+            count_run(blk, s..e, &plan.labels[first + s..first + e], plan, slot);
+            s = e;
+        }
         j = end;
     }
 }
 
-/// Counts rows `rows` of `blk` into `c`. Absent thresholds become NaN (no row above or
+/// Counts rows `rows` of `blk` into `out`. Absent thresholds become NaN (no row above or
 /// equal, no CPC singleton) and an absent qhat +inf (every labelled row covered), so the
 /// loops have no data-dependent branches.
 fn count_run(
@@ -245,33 +251,36 @@ fn count_run(
     let t_ne = plan.atc_ne.unwrap_or(f32::NAN);
     let q_cpc = plan.cpc_q.unwrap_or(f32::NAN);
     let mut c = [0u64; count::LEN];
-    let mut sum_p1 = 0u128;
-    for (j, &y) in rows.clone().zip(labels) {
-        let [p1, ne, _, r1, r2] = blk.stats[j];
+    let mut sum_p1 = 0u64;
+    let stats = &blk.stats[rows.clone()];
+    let stride = 1 + blk.n_alpha;
+    let info = &blk.info[rows.start * stride..rows.end * stride];
+    for ((s, &y), inf) in stats.iter().zip(labels).zip(info.chunks_exact(stride)) {
+        let [p1, ne, _, r1, r2] = *s;
         let known = y >= 0;
         c[count::LABELLED] += known as u64;
-        c[count::CORRECT] += (known && blk.yhat(j) as i32 == y) as u64;
+        c[count::CORRECT] += (inf[0] as i32 == y) as u64; // y = -1 never equals a class
         c[count::MC_ABOVE] += (p1 > t_mc) as u64;
         c[count::MC_EQUAL] += (p1 == t_mc) as u64;
         c[count::NE_ABOVE] += (ne > t_ne) as u64;
         c[count::NE_EQUAL] += (ne == t_ne) as u64;
         c[count::CPC] += (r1 <= q_cpc && q_cpc < r2) as u64;
-        sum_p1 += p1_to_grid(p1) as u128;
+        sum_p1 += p1_to_grid(p1);
     }
     c[count::N] = rows.len() as u64;
     for (d, s) in out.counts.iter_mut().zip(c) {
         *d += s;
     }
-    out.sum_p1 += sum_p1;
+    out.sum_p1 += sum_p1 as u128;
     for (a, lv) in out.levels.iter_mut().enumerate() {
         let q = plan.qhats[a].unwrap_or(f32::INFINITY);
         let mut l = [0u64; level::LEN];
-        for (j, &y) in rows.clone().zip(labels) {
-            let size = blk.sizes(j)[a];
+        for ((s, &y), inf) in stats.iter().zip(labels).zip(info.chunks_exact(stride)) {
+            let size = inf[1 + a];
             l[level::SIZE_SUM] += size as u64;
             l[level::SINGLETON] += (size == 1) as u64;
             l[level::EMPTY] += (size == 0) as u64;
-            l[level::COVERED] += (y >= 0 && blk.stats[j][col::LAC] <= q) as u64;
+            l[level::COVERED] += (y >= 0 && s[col::LAC] <= q) as u64;
         }
         for (d, s) in lv.iter_mut().zip(l) {
             *d += s;

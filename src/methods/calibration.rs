@@ -22,7 +22,6 @@ use crate::methods::temperature::{
     fit_temperature, validate_source, validate_temperature, TemperatureFit,
 };
 use crate::report::model::{InputFile, Modes, SourceReport};
-use crate::serde_exact;
 
 /// `format` of a calibration file.
 pub const CALIBRATION_FORMAT: &str = "conformal-gpu calibration";

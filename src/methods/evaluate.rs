@@ -27,7 +27,7 @@ pub use crate::report::model::{
 };
 
 /// Rows per target chunk: bounds host and device memory for huge targets.
-pub const TARGET_CHUNK_ROWS: usize = 1 << 20;
+pub const TARGET_CHUNK_ROWS: usize = 1 << 18;
 
 /// How the temperature of the `ts` mode is chosen.
 #[derive(Clone, Debug, PartialEq)]
