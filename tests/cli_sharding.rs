@@ -1,0 +1,324 @@
+//! The sharding protocol on the command line (README "Spreading work over machines"):
+//! `calibrate` once, `tally` each file or row range anywhere (`--rows START:END` keeps the
+//! offset), `merge` in any order: the report equals `evaluate`'s on the same data bit for
+//! bit (all but timings and the invocation in `meta`), on the CPU and the GPU (lavapipe
+//! in CI). A tally of another calibration, rows tallied twice, or a damaged file is an
+//! error (exit 5, 5, 4) and nothing is written.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use rand::seq::SliceRandom;
+use rand::Rng;
+use serde_json::Value;
+
+mod common;
+
+fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_conformal-gpu"));
+    c.env("RUST_BACKTRACE", "1").env("XDG_RUNTIME_DIR", "/tmp");
+    c
+}
+
+#[track_caller]
+fn run(args: &[&str]) -> Output {
+    let o = bin().args(args).output().expect("run binary");
+    assert!(
+        o.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    o
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+/// The report without what legitimately differs between two invocations: timings, and
+/// `meta` (the command line; inputs are compared by their SHA-256 separately).
+fn comparable(v: &Value) -> Value {
+    let mut v = v.clone();
+    let o = v.as_object_mut().expect("object");
+    o.remove("timings_ms");
+    o.remove("meta");
+    v
+}
+
+fn input_hashes(v: &Value) -> Vec<String> {
+    let mut h: Vec<String> = v["meta"]["inputs"]
+        .as_array()
+        .expect("inputs")
+        .iter()
+        .map(|i| i["sha256"].as_str().expect("sha").to_string())
+        .collect();
+    h.sort();
+    h
+}
+
+fn read_json(p: &Path) -> Value {
+    serde_json::from_slice(&std::fs::read(p).expect("read")).expect("json")
+}
+
+/// Rows of each target file (from the evaluate report).
+fn target_sizes(report: &Value) -> Vec<(String, usize)> {
+    report["targets"]
+        .as_array()
+        .expect("targets")
+        .iter()
+        .map(|t| {
+            (
+                t["name"].as_str().expect("name").to_string(),
+                t["n"].as_u64().expect("n") as usize,
+            )
+        })
+        .collect()
+}
+
+fn shards_equal_evaluate(device: &str) {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let data = tmp.path().join("data");
+    // ~17K rows over 7 sets, with hospital and slide ids (groups cross shard edges).
+    run(&[
+        "generate",
+        "--out",
+        s(&data),
+        "--scale",
+        "0.005",
+        "--seed",
+        "3",
+    ]);
+    let full = tmp.path().join("full.json");
+    let alpha = "0.1,0.05";
+    run(&[
+        "evaluate",
+        "--data",
+        s(&data),
+        "--device",
+        device,
+        "--alpha",
+        alpha,
+        "--json",
+        s(&full),
+    ]);
+    let cal = tmp.path().join("cal.json");
+    run(&[
+        "calibrate",
+        "--data",
+        s(&data),
+        "--device",
+        device,
+        "--alpha",
+        alpha,
+        "--out",
+        s(&cal),
+    ]);
+    let want = read_json(&full);
+    let mut r = common::rng(11);
+    let mut tallies: Vec<PathBuf> = Vec::new();
+    for (i, (name, n)) in target_sizes(&want).into_iter().enumerate() {
+        let file = data.join(format!("{name}.npz"));
+        if i % 3 == 0 {
+            // A whole file in one tally, named by its stem.
+            let t = tmp.path().join(format!("{name}.tally.json"));
+            run(&[
+                "tally",
+                "--calibration",
+                s(&cal),
+                "--data",
+                s(&file),
+                "--device",
+                device,
+                "--out",
+                s(&t),
+            ]);
+            tallies.push(t);
+            continue;
+        }
+        // Random cut points (an empty shard allowed).
+        let mut cuts: Vec<usize> = (0..3).map(|_| r.random_range(0..=n)).collect();
+        cuts.extend([0, n]);
+        cuts.sort_unstable();
+        for (j, w) in cuts.windows(2).enumerate() {
+            let t = tmp.path().join(format!("{name}.{j}.tally.json"));
+            let rows = format!("{}:{}", w[0], w[1]);
+            run(&[
+                "tally",
+                "--calibration",
+                s(&cal),
+                "--data",
+                s(&file),
+                "--rows",
+                &rows,
+                "--name",
+                &name,
+                "--device",
+                device,
+                "--out",
+                s(&t),
+            ]);
+            tallies.push(t);
+        }
+    }
+    for order in 0..2 {
+        tallies.shuffle(&mut r);
+        let merged = tmp.path().join(format!("merged{order}.json"));
+        let out = tmp.path().join(format!("out{order}"));
+        let mut args = vec!["merge", "--calibration", s(&cal)];
+        args.extend(tallies.iter().map(|p| s(p)));
+        args.extend(["--json", s(&merged), "--out", s(&out)]);
+        run(&args);
+        let got = read_json(&merged);
+        assert_eq!(
+            comparable(&got),
+            comparable(&want),
+            "order {order}: merged report differs"
+        );
+        assert_eq!(
+            input_hashes(&got),
+            input_hashes(&want),
+            "order {order}: inputs"
+        );
+        for f in ["report.json", "reliability.svg", "slide_accuracy_ts.svg"] {
+            assert!(out.join(f).exists(), "{f} not written by merge");
+        }
+    }
+}
+
+#[test]
+fn cpu_shards_through_the_commands_equal_evaluate() {
+    shards_equal_evaluate("cpu");
+}
+
+#[cfg(feature = "gpu")]
+#[test]
+fn gpu_shards_through_the_commands_equal_evaluate() {
+    if common::shared_gpu().is_none() {
+        return;
+    }
+    shards_equal_evaluate("gpu");
+}
+
+#[test]
+fn merge_refuses_foreign_overlapping_and_damaged_tallies() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let data = tmp.path().join("data");
+    run(&[
+        "generate",
+        "--out",
+        s(&data),
+        "--scale",
+        "0.002",
+        "--seed",
+        "4",
+    ]);
+    let cal = tmp.path().join("cal.json");
+    let other = tmp.path().join("other.json");
+    run(&[
+        "calibrate",
+        "--data",
+        s(&data),
+        "--device",
+        "cpu",
+        "--out",
+        s(&cal),
+    ]);
+    run(&[
+        "calibrate",
+        "--data",
+        s(&data),
+        "--device",
+        "cpu",
+        "--temperature",
+        "2",
+        "--out",
+        s(&other),
+    ]);
+    let test = data.join("test.npz");
+    let tally = |c: &Path, rows: &str, out: &str| {
+        let p = tmp.path().join(out);
+        run(&[
+            "tally",
+            "--calibration",
+            s(c),
+            "--data",
+            s(&test),
+            "--rows",
+            rows,
+            "--device",
+            "cpu",
+            "--out",
+            s(&p),
+        ]);
+        p
+    };
+    let a = tally(&cal, "0:100", "a.json");
+    let b = tally(&cal, "50:150", "b.json");
+    let foreign = tally(&other, "100:150", "f.json");
+    let json = tmp.path().join("report.json");
+    let out = tmp.path().join("out");
+    let merge = |files: &[&Path]| {
+        let mut c = bin();
+        c.args(["merge", "--calibration", s(&cal)]);
+        c.args(files.iter().map(|p| s(p)));
+        c.args(["--json", s(&json), "--out", s(&out)]);
+        c.output().expect("run")
+    };
+    let check = |o: Output, code: i32, needle: &str| {
+        let err = String::from_utf8_lossy(&o.stderr).to_string();
+        assert_eq!(o.status.code(), Some(code), "{err}");
+        assert!(err.contains(needle), "{needle:?} not in {err}");
+        assert!(!err.contains("panicked"), "{err}");
+        assert!(
+            !json.exists() && !out.exists(),
+            "outputs written on failure"
+        );
+    };
+    check(merge(&[&a, &foreign]), 5, "calibration");
+    check(merge(&[&a, &b]), 5, "tallied twice");
+    // Damaged: cut in half, and a count that no set of rows can give.
+    let cut = tmp.path().join("cut.json");
+    let text = std::fs::read_to_string(&a).expect("read");
+    std::fs::write(&cut, &text[..text.len() / 2]).expect("write");
+    check(merge(&[&cut]), 4, "cut.json");
+    let mut v: Value = serde_json::from_str(&text).expect("json");
+    v["modes"]["ts"][0]["counts"][2] = serde_json::json!(1_000_000);
+    let forged = tmp.path().join("forged.json");
+    std::fs::write(&forged, v.to_string()).expect("write");
+    check(merge(&[&forged]), 4, "forged.json");
+    // A tally handed to a calibration it was not made with.
+    let o = bin()
+        .args([
+            "merge",
+            "--calibration",
+            s(&other),
+            s(&a),
+            "--json",
+            s(&json),
+        ])
+        .output()
+        .expect("run");
+    check(o, 5, "calibration");
+    // --rows outside the file.
+    let o = bin()
+        .args([
+            "tally",
+            "--calibration",
+            s(&cal),
+            "--data",
+            s(&test),
+            "--rows",
+            "0:999999999",
+            "--out",
+            s(&json),
+        ])
+        .output()
+        .expect("run");
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(!json.exists());
+}
