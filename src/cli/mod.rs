@@ -148,7 +148,7 @@ pub fn run(cli: Cli) -> Result<()> {
             println!("n = {}, device: {}", report.n, report.device);
             println!("{:>10} {:>10} {:>14}", "alpha", "k", "qhat");
             for ((a, k), q) in report.alphas.iter().zip(&report.k).zip(&report.qhat) {
-                let q = q.map_or("inf".to_string(), |q| format!("{}", q as f32));
+                let q = q.map_or("inf".to_string(), |q| format!("{q}"));
                 println!("{a:>10} {k:>10} {q:>14}");
             }
             Ok(())

@@ -32,7 +32,7 @@ pub fn table(eval: &Evaluation) -> String {
     );
     let _ = writeln!(out, "device: {}\n", eval.device);
     let methods = ["AC", "DoC", "ATC-MC", "ATC-NE", "CPC"];
-    let mut header = format!("{:<20} {:>9} {:>6} {:>4}", "target", "n", "true%", "TS");
+    let mut header = format!("{:<20} {:>9} {:>7} {:>4}", "target", "n", "true% ", "TS");
     for m in methods {
         let _ = write!(header, " {m:>14}");
     }
@@ -45,12 +45,14 @@ pub fn table(eval: &Evaluation) -> String {
             } else {
                 String::new()
             };
+            // A partly labelled target's truth is over its labelled rows only: marked `*`.
+            let partly = t.n_labelled > 0 && !t.labelled;
             let truth = if mode == "raw" {
-                pct(t.true_accuracy)
+                pct(t.true_accuracy) + if partly { "*" } else { " " }
             } else {
                 String::new()
             };
-            let mut line = format!("{name:<20} {n:>9} {truth:>6} {mode:>4}");
+            let mut line = format!("{name:<20} {n:>9} {truth:>7} {mode:>4}");
             for (_, v) in est.named() {
                 let err = t
                     .true_accuracy
@@ -60,6 +62,13 @@ pub fn table(eval: &Evaluation) -> String {
             }
             let _ = writeln!(out, "{line}");
         }
+    }
+    for t in eval.targets.iter().filter(|t| t.n_labelled > 0 && !t.labelled) {
+        let _ = writeln!(
+            out,
+            "* {}: true accuracy over the {} labelled of {} rows; the estimates cover all rows",
+            t.name, t.n_labelled, t.n
+        );
     }
     let _ = writeln!(out, "\nMAE (points of accuracy; lower is better)");
     for (row, vals) in &eval.mae {
