@@ -63,7 +63,11 @@ pub fn table(eval: &Evaluation) -> String {
             let _ = writeln!(out, "{line}");
         }
     }
-    for t in eval.targets.iter().filter(|t| t.n_labelled > 0 && !t.labelled) {
+    for t in eval
+        .targets
+        .iter()
+        .filter(|t| t.n_labelled > 0 && !t.labelled)
+    {
         let _ = writeln!(
             out,
             "* {}: true accuracy over the {} labelled of {} rows; the estimates cover all rows",
