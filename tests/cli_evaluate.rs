@@ -329,3 +329,35 @@ fn temperature_json_fields() {
     );
     assert!((v["temperature"].as_f64().unwrap() - 0.4972481499081722).abs() < 1e-7);
 }
+
+/// float64 scores are not rounded to float32 behind the user's back: qhat is the k-th
+/// smallest float64 itself (here 1 + 2^-40, which float32 rounds to 1).
+#[test]
+fn quantile_of_float64_scores_is_exact() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("scores.npy");
+    let tiny = 2f64.powi(-40);
+    let scores =
+        ndarray::Array1::from((1..=9).map(|i| 1.0 + i as f64 * tiny).collect::<Vec<f64>>());
+    ndarray_npy::write_npy(&path, &scores).unwrap();
+    let out = bin()
+        .args([
+            "quantile",
+            "--scores",
+            path.to_str().unwrap(),
+            "--alpha",
+            "0.7",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["k"], serde_json::json!([3]));
+    assert_eq!(v["qhat"][0].as_f64(), Some(1.0 + 3.0 * tiny));
+    assert_eq!(v["precision"], "float64");
+}

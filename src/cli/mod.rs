@@ -124,12 +124,21 @@ pub fn run(cli: Cli) -> Result<()> {
             common,
         } => {
             let alphas = parse_alphas(&alpha)?;
-            let scores = npz::load_npy_scores(&scores)?;
             check_json_target(&common.json)?;
-            let (engine, choice) = open_device(&common.device)?;
-            let report = with_backend!(&engine, choice, |b| {
-                conformal_gpu::methods::quantile::quantile_report(b, &scores, &alphas)
-            })?;
+            let (exact, is_f64) = npz::load_npy_scores_f64(&scores)?;
+            let mut report = if is_f64 {
+                // float64 scores: the order statistic is taken in float64 on the host, so
+                // qhat is one of the user's own values, not its float32 rounding.
+                eprintln!("note: float64 scores: qhat taken in float64 on the CPU");
+                conformal_gpu::methods::quantile::quantile_report_f64(&exact, &alphas)?
+            } else {
+                let scores: Vec<f32> = exact.iter().map(|&v| v as f32).collect();
+                let (engine, choice) = open_device(&common.device)?;
+                with_backend!(&engine, choice, |b| {
+                    conformal_gpu::methods::quantile::quantile_report(b, &scores, &alphas)
+                })?
+            };
+            report.alphas = alphas;
             for (a, q) in report.alphas.iter().zip(&report.qhat) {
                 if q.is_none() {
                     eprintln!(
@@ -143,13 +152,13 @@ pub fn run(cli: Cli) -> Result<()> {
                     .map_err(|e| Error::Invalid(format!("JSON encoding: {e}")))?;
                 return emit_json(&v, &common.json);
             }
-            // qhat is printed with the digits that give back the f32 value exactly;
-            // "inf" where k > n (null in the JSON).
+            // qhat printed with the digits that give its value back exactly; "inf" where
+            // k > n (null in the JSON).
             println!("n = {}, device: {}", report.n, report.device);
-            println!("{:>10} {:>10} {:>14}", "alpha", "k", "qhat");
+            println!("{:>10} {:>10} {:>24}", "alpha", "k", "qhat");
             for ((a, k), q) in report.alphas.iter().zip(&report.k).zip(&report.qhat) {
                 let q = q.map_or("inf".to_string(), |q| format!("{q}"));
-                println!("{a:>10} {k:>10} {q:>14}");
+                println!("{a:>10} {k:>10} {q:>24}");
             }
             Ok(())
         }

@@ -491,6 +491,34 @@ where
 /// Loads a 1-D float32 (or float64/float16, converted) `.npy` of scores. NaN is rejected
 /// with its index; errors name the file.
 pub fn load_npy_scores(path: &Path) -> Result<Vec<f32>> {
+    load_npy_scores_as(path, conv_f32, f32::is_nan)
+}
+
+/// [`load_npy_scores`] without rounding: every value as f64 (exact for float16, float32
+/// and float64 files), and whether the file holds float64 (where rounding to f32 could
+/// change an order statistic).
+pub fn load_npy_scores_f64(path: &Path) -> Result<(Vec<f64>, bool)> {
+    let f64_file = {
+        let f = File::open(path).map_err(|e| Error::io(path, e))?;
+        let h = read_npy_header(
+            &mut BufReader::new(f),
+            &path.display().to_string(),
+            "scores",
+        )?;
+        matches!(h.dtype, Some((Dtype::F64, _)))
+    };
+    let conv = |c: &[u8], t: Dtype, big: bool| match t {
+        Dtype::F64 => f64::from_le_bytes(bytes_n::<8>(c, big)),
+        _ => conv_f32(c, t, big) as f64,
+    };
+    Ok((load_npy_scores_as(path, conv, f64::is_nan)?, f64_file))
+}
+
+fn load_npy_scores_as<T: Clone + bytemuck::Pod>(
+    path: &Path,
+    conv: impl Fn(&[u8], Dtype, bool) -> T,
+    is_nan: impl Fn(T) -> bool,
+) -> Result<Vec<T>> {
     let file = path.display().to_string();
     let f = File::open(path).map_err(|e| Error::io(path, e))?;
     let len = f.metadata().map_err(|e| Error::io(path, e))?.len();
@@ -506,7 +534,7 @@ pub fn load_npy_scores(path: &Path) -> Result<Vec<f32>> {
         &array,
         Dtype::is_float,
         "float32 or float64",
-        conv_f32,
+        conv,
     )?;
     if d.shape.len() != 1 {
         return Err(Error::format(
@@ -514,7 +542,7 @@ pub fn load_npy_scores(path: &Path) -> Result<Vec<f32>> {
             format!("array '{array}': shape {:?}, need 1-D", d.shape),
         ));
     }
-    if let Some(i) = d.data.iter().position(|v| v.is_nan()) {
+    if let Some(i) = d.data.iter().position(|&v| is_nan(v)) {
         return Err(Error::NonFinite {
             what: format!("{file}: {array}"),
             row: i,

@@ -13,10 +13,10 @@ use ndarray::{Array1, Array2};
 
 pub use super::atomic::write_atomic;
 use super::atomic::write_atomic_file;
-pub use super::npy::load_npy_scores;
 use super::npy::{
     conv_f32, conv_i64, npy_header, read_npy, Decoded, Dtype, CHUNK_ELEMS, MAX_DEFLATE_RATIO,
 };
+pub use super::npy::{load_npy_scores, load_npy_scores_f64};
 use super::PredictionSet;
 use crate::error::{Error, Result};
 

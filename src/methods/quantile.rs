@@ -145,8 +145,12 @@ pub struct QuantileReport {
     pub alphas: Vec<f64>,
     /// Conformal rank per level (may exceed n: then qhat is null).
     pub k: Vec<usize>,
-    /// `s_(k)` per level, `None` (JSON null) for +inf.
-    pub qhat: Vec<Option<f32>>,
+    /// `s_(k)` per level, `None` (JSON null) for +inf. The score's exact value: an f32
+    /// widened for float16/float32 scores, the float64 itself for float64 scores.
+    pub qhat: Vec<Option<f64>>,
+    /// `"float32"` (the kernels' precision) or `"float64"` (float64 scores, taken on the
+    /// host without rounding).
+    pub precision: &'static str,
     /// The backend's device name (`"cpu"` or `"gpu: <adapter>"`).
     pub device: String,
 }
@@ -165,8 +169,39 @@ pub fn quantile_report<B: Backend>(
             .iter()
             .map(|&a| conformal_rank(scores.len(), a))
             .collect(),
-        qhat,
+        qhat: qhat.into_iter().map(|q| q.map(|q| q as f64)).collect(),
+        precision: "float32",
         device: backend.device_name(),
+    })
+}
+
+/// [`quantile_report`] of float64 scores, exact: the k-th smallest in `f64::total_cmp`
+/// order on the host (NaN rejected with its index).
+pub fn quantile_report_f64(scores: &[f64], alphas: &[f64]) -> Result<QuantileReport> {
+    for &a in alphas {
+        check_alpha(a)?;
+    }
+    if let Some(i) = scores.iter().position(|v| v.is_nan()) {
+        return Err(Error::NonFinite {
+            what: "scores".into(),
+            row: i,
+            col: 0,
+            value: f32::NAN,
+        });
+    }
+    let mut sorted = scores.to_vec();
+    sorted.sort_unstable_by(f64::total_cmp);
+    let n = scores.len();
+    Ok(QuantileReport {
+        n,
+        alphas: alphas.to_vec(),
+        k: alphas.iter().map(|&a| conformal_rank(n, a)).collect(),
+        qhat: alphas
+            .iter()
+            .map(|&a| conformal_k(n, a).map(|k| sorted[k - 1]))
+            .collect(),
+        precision: "float64",
+        device: "cpu".into(),
     })
 }
 
