@@ -135,6 +135,24 @@ pub trait Backend {
             }))
     }
 
+    /// A target's running tally in one mode, across its chunks (on the device for the
+    /// GPU, so that only the final counts cross the bus).
+    type TallyAcc: Send;
+
+    /// An empty running tally for `n_alpha` levels.
+    fn tally_start(&self, n_alpha: usize) -> Result<Self::TallyAcc>;
+
+    /// Counts a prepared chunk into `acc` (see [`Backend::tally`]).
+    fn tally_add(
+        &self,
+        acc: &mut Self::TallyAcc,
+        rows: &Self::Rows<'_>,
+        plan: &TallyPlan<'_>,
+    ) -> Result<()>;
+
+    /// The counts of everything added.
+    fn tally_finish(&self, acc: Self::TallyAcc) -> Result<PairCounts>;
+
     /// One row_stats pass with at most [`MAX_ALPHA_PER_PASS`] finite thresholds.
     fn row_stats_pass(&self, rows: &Self::Rows<'_>, t: f32, qhats: &[f32]) -> Result<RowStats>;
 
@@ -277,6 +295,25 @@ pub struct CpuRows<'a> {
 
 impl Backend for CpuBackend {
     type Rows<'a> = CpuRows<'a>;
+    type TallyAcc = PairCounts;
+
+    fn tally_start(&self, _n_alpha: usize) -> Result<PairCounts> {
+        Ok(PairCounts::new())
+    }
+
+    fn tally_add(
+        &self,
+        acc: &mut PairCounts,
+        rows: &CpuRows<'_>,
+        plan: &TallyPlan<'_>,
+    ) -> Result<()> {
+        merge_pairs(acc, self.tally(rows, plan)?);
+        Ok(())
+    }
+
+    fn tally_finish(&self, acc: PairCounts) -> Result<PairCounts> {
+        Ok(acc)
+    }
 
     fn device_name(&self) -> String {
         "cpu".into()
@@ -443,7 +480,7 @@ impl Backend for CpuBackend {
 }
 
 #[cfg(feature = "gpu")]
-pub use gpu_backend::GpuBackend;
+pub use gpu_backend::{GpuBackend, GpuTally};
 
 #[cfg(feature = "gpu")]
 mod gpu_backend {
@@ -464,11 +501,58 @@ mod gpu_backend {
         }
     }
 
+    /// The GPU's running tally: on the device, or (more levels than one tally pass
+    /// takes) the host count of downloaded row statistics.
+    pub enum GpuTally {
+        /// Words on the device.
+        Device(gpu::tally::DeviceTally),
+        /// Counted on the host.
+        Host(PairCounts),
+    }
+
     impl Backend for GpuBackend<'_> {
         type Rows<'a>
             = DeviceRows
         where
             Self: 'a;
+        type TallyAcc = GpuTally;
+
+        fn tally_start(&self, n_alpha: usize) -> Result<GpuTally> {
+            if n_alpha > MAX_ALPHA_PER_PASS {
+                return Ok(GpuTally::Host(PairCounts::new()));
+            }
+            Ok(GpuTally::Device(gpu::tally::DeviceTally::new(n_alpha)?))
+        }
+
+        fn tally_add(
+            &self,
+            acc: &mut GpuTally,
+            rows: &DeviceRows,
+            plan: &TallyPlan<'_>,
+        ) -> Result<()> {
+            check_t(plan.t)?;
+            check_plan(plan)?;
+            if rows.n != plan.labels.len() {
+                return Err(Error::LengthMismatch {
+                    what: "tally labels".into(),
+                    detail: format!("{} labels for {} rows", plan.labels.len(), rows.n),
+                });
+            }
+            match acc {
+                GpuTally::Device(d) => d.add(self.ctx, rows, plan),
+                GpuTally::Host(h) => {
+                    merge_pairs(h, self.tally(rows, plan)?);
+                    Ok(())
+                }
+            }
+        }
+
+        fn tally_finish(&self, acc: GpuTally) -> Result<PairCounts> {
+            match acc {
+                GpuTally::Device(d) => d.finish(self.ctx),
+                GpuTally::Host(h) => Ok(h),
+            }
+        }
 
         fn device_name(&self) -> String {
             format!("gpu: {}", self.ctx.adapter_name())
@@ -552,6 +636,17 @@ mod tests {
 
     impl Backend for DefaultPath {
         type Rows<'a> = CpuRows<'a>;
+        type TallyAcc = PairCounts;
+        fn tally_start(&self, _: usize) -> Result<PairCounts> {
+            Ok(PairCounts::new())
+        }
+        fn tally_add(&self, a: &mut PairCounts, r: &CpuRows<'_>, p: &TallyPlan<'_>) -> Result<()> {
+            merge_pairs(a, self.tally(r, p)?);
+            Ok(())
+        }
+        fn tally_finish(&self, a: PairCounts) -> Result<PairCounts> {
+            Ok(a)
+        }
         fn device_name(&self) -> String {
             "default".into()
         }

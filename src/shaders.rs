@@ -29,6 +29,7 @@ pub const SHADERS: &[(&str, &str)] = &[
     ),
     ("lac_scores", include_str!("../shaders/lac_scores.wgsl")),
     ("pvalues", include_str!("../shaders/pvalues.wgsl")),
+    ("tally", include_str!("../shaders/tally.wgsl")),
 ];
 
 /// Names of every kernel shader.

@@ -15,6 +15,7 @@ use conformal_gpu::kernel::radix_sort::RadixParams;
 use conformal_gpu::kernel::row_stats::RowStatsParams;
 use conformal_gpu::kernel::select_histogram::{SelectParams, MAXP};
 use conformal_gpu::kernel::softmax::SoftmaxParams;
+use conformal_gpu::kernel::tally::{device_words, TallyParams, DEVICE_HEAD, DEVICE_PER_LEVEL};
 use conformal_gpu::kernel::temperature_nll::NllParams;
 use conformal_gpu::kernel::WG;
 use conformal_gpu::shaders::{source, NAMES};
@@ -63,6 +64,23 @@ fn params() -> Vec<(&'static str, Layout)> {
         })
     };
     vec![
+        (
+            "tally",
+            layout!(TallyParams {
+                rows,
+                k,
+                t,
+                n_alpha,
+                t_mc,
+                t_ne,
+                q_cpc,
+                flags,
+                num_wgs,
+                slots,
+                one_slot,
+                _pad0
+            }),
+        ),
         ("softmax", layout!(SoftmaxParams { rows, k, t, _pad })),
         ("temperature_nll", layout!(NllParams { rows, k, b, _pad })),
         (
@@ -245,4 +263,32 @@ fn shader_constants_match_kernel() {
         const_u32(&module("select_histogram"), "MAXP"),
         Some(MAXP as u32)
     );
+}
+
+/// The device tally's word layout: the WGSL constants equal the Rust ones, and the
+/// workgroup's word array holds a slot of the most levels one pass takes.
+#[test]
+fn tally_word_layout_matches_the_shader() {
+    let src = source("tally").expect("tally shader");
+    let konst = |name: &str| -> usize {
+        let line = src
+            .lines()
+            .find(|l| l.starts_with(&format!("const {name}: u32")))
+            .unwrap_or_else(|| panic!("no const {name} in tally.wgsl"));
+        line.split('=')
+            .nth(1)
+            .unwrap()
+            .trim()
+            .trim_end_matches(';')
+            .trim_end_matches('u')
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(konst("HEAD"), DEVICE_HEAD);
+    assert_eq!(konst("PER_LEVEL"), DEVICE_PER_LEVEL);
+    assert_eq!(
+        konst("MAX_WORDS"),
+        device_words(conformal_gpu::kernel::row_stats::MAX_ALPHA_PER_PASS)
+    );
+    assert_eq!(size_of::<TallyParams>(), 48);
 }

@@ -18,4 +18,5 @@ pub mod radix_sort;
 pub mod row_stats;
 pub mod select_histogram;
 pub mod softmax;
+pub mod tally;
 pub mod temperature_nll;

@@ -11,6 +11,7 @@ pub mod radix_sort;
 pub mod row_stats;
 pub mod select_histogram;
 pub mod softmax;
+pub mod tally;
 pub mod temperature_nll;
 
 pub use buffers::DeviceRows;

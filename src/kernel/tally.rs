@@ -299,3 +299,123 @@ pub fn merge_pairs(into: &mut PairCounts, part: PairCounts) {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// The device tally (shaders/tally.wgsl): the same counts, accumulated on the device as u32
+// words per slot, a slot per (hospital, slide) pair of the target (numbered by the host in
+// order of first appearance), read back once per target and mode.
+// ---------------------------------------------------------------------------------------
+
+/// Uniform parameters of shaders/tally.wgsl. Keep in sync with `Params` there (layout
+/// checked against naga's by tests/pod_layout.rs).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct TallyParams {
+    /// Rows in this dispatch.
+    pub rows: u32,
+    /// Classes per row.
+    pub k: u32,
+    /// Temperature.
+    pub t: f32,
+    /// Levels.
+    pub n_alpha: u32,
+    /// ATC-MC threshold (ignored unless [`TALLY_HAS_MC`]).
+    pub t_mc: f32,
+    /// ATC-NE threshold (ignored unless [`TALLY_HAS_NE`]).
+    pub t_ne: f32,
+    /// CPC's q* (ignored unless [`TALLY_HAS_CPC`]).
+    pub q_cpc: f32,
+    /// Which thresholds exist (`TALLY_HAS_*` bits).
+    pub flags: u32,
+    /// Real workgroups: the padding ones of a 2-D grid return at once.
+    pub num_wgs: u32,
+    /// Slots the accumulator holds.
+    pub slots: u32,
+    /// 1 when every row goes to slot 0 (no slot buffer is read).
+    pub one_slot: u32,
+    /// Padding to 16 bytes.
+    pub _pad0: u32,
+}
+
+/// `flags` bit: the ATC-MC threshold exists.
+pub const TALLY_HAS_MC: u32 = 1;
+/// `flags` bit: the ATC-NE threshold exists.
+pub const TALLY_HAS_NE: u32 = 2;
+/// `flags` bit: CPC's q* is finite.
+pub const TALLY_HAS_CPC: u32 = 4;
+
+/// Device words per slot before the levels: the [`count`] counters, then the grid sum of
+/// `p_(1)` as a (low, high) pair of u32 words.
+pub const DEVICE_HEAD: usize = count::LEN + 2;
+/// Device words per level: set-size sum (low, high), singletons, empty sets, covered.
+pub const DEVICE_PER_LEVEL: usize = 5;
+
+/// Device words per slot for `n_alpha` levels. Keep in sync with tally.wgsl.
+pub fn device_words(n_alpha: usize) -> usize {
+    DEVICE_HEAD + DEVICE_PER_LEVEL * n_alpha
+}
+
+/// Counts from one slot's device words (`device_words(n_alpha)` u32s). The device keeps
+/// every counter in 32 bits, so a slot must hold fewer than 2^32 rows, and the two sums
+/// carry into their high words: exact below 2^64.
+pub fn counts_from_device(words: &[u32], n_alpha: usize) -> Counts {
+    let pair = |lo: usize| words[lo] as u64 | (words[lo + 1] as u64) << 32;
+    let mut c = Counts::with_levels(n_alpha);
+    for (i, d) in c.counts.iter_mut().enumerate() {
+        *d = words[i] as u64;
+    }
+    c.sum_p1 = pair(count::LEN) as u128;
+    for (a, lv) in c.levels.iter_mut().enumerate() {
+        let w = DEVICE_HEAD + DEVICE_PER_LEVEL * a;
+        lv[level::SIZE_SUM] = pair(w);
+        lv[level::SINGLETON] = words[w + 2] as u64;
+        lv[level::EMPTY] = words[w + 3] as u64;
+        lv[level::COVERED] = words[w + 4] as u64;
+    }
+    c
+}
+
+/// The slots of a target: (hospital, slide) keys numbered in order of first appearance,
+/// across the target's chunks.
+#[derive(Clone, Debug, Default)]
+pub struct SlotMap {
+    /// Key of each slot.
+    pub keys: Vec<GroupKey>,
+    index: std::collections::HashMap<GroupKey, u32>,
+}
+
+impl SlotMap {
+    /// The slot of every row of a chunk, numbering new keys. `None` when the target has no
+    /// group arrays (every row in slot 0).
+    pub fn assign(&mut self, groups: [Option<&[i64]>; 2], rows: usize) -> Option<Vec<u32>> {
+        if groups.iter().all(|g| g.is_none()) {
+            self.slot([None, None]);
+            return None;
+        }
+        let mut out = Vec::with_capacity(rows);
+        let mut last: Option<(GroupKey, u32)> = None;
+        for i in 0..rows {
+            let key = groups.map(|g| g.map(|a| a[i]));
+            let slot = match last {
+                Some((k, s)) if k == key => s,
+                _ => {
+                    let s = self.slot(key);
+                    last = Some((key, s));
+                    s
+                }
+            };
+            out.push(slot);
+        }
+        Some(out)
+    }
+
+    fn slot(&mut self, key: GroupKey) -> u32 {
+        if let Some(&s) = self.index.get(&key) {
+            return s;
+        }
+        let s = self.keys.len() as u32;
+        self.keys.push(key);
+        self.index.insert(key, s);
+        s
+    }
+}

@@ -508,30 +508,30 @@ impl Calibration {
     /// (K, lengths, finite logits, labels in range; rows named by their index in the
     /// whole target).
     pub fn tally<B: Backend>(&self, backend: &B, rows: &TargetRows<'_>) -> Result<Tally> {
-        rows.validate(self.k)?;
-        self.tally_valid(backend, rows)
+        let mut stream = self.tally_stream(backend, rows.name, rows.group_arrays())?;
+        stream.add(rows)?;
+        stream.finish()
     }
 
-    /// [`Calibration::tally`] of a chunk already validated (by the stream reader, which
-    /// checks every value it decodes): each input is validated once.
-    pub(crate) fn tally_valid<B: Backend>(
-        &self,
-        backend: &B,
-        rows: &TargetRows<'_>,
-    ) -> Result<Tally> {
-        let n = rows.rows();
-        let mut tally = Tally::empty(self, rows.name, rows.group_arrays());
-        if n > 0 {
-            with_labels(rows.labels, n, |labels| -> Result<()> {
-                let prepared = backend.prepare(rows.logits, labels, self.k)?;
-                let groups = [rows.hospital, rows.slide];
-                tally.modes.raw = backend.tally(&prepared, &self.modes.raw.plan(labels, groups))?;
-                tally.modes.ts = backend.tally(&prepared, &self.modes.ts.plan(labels, groups))?;
-                Ok(())
-            })?;
-        }
-        tally.add_rows(rows.row_offset as u64..(rows.row_offset + n) as u64)?;
-        Ok(tally)
+    /// A running tally of target `name` (which has the group arrays `group_arrays`,
+    /// hospital then slide): add its chunks, then finish. On the GPU the counts stay on
+    /// the device until `finish`.
+    pub fn tally_stream<'a, B: Backend>(
+        &'a self,
+        backend: &'a B,
+        name: &str,
+        group_arrays: [bool; 2],
+    ) -> Result<TallyStream<'a, B>> {
+        let a = self.alphas.len();
+        Ok(TallyStream {
+            cal: self,
+            backend,
+            tally: Tally::empty(self, name, group_arrays),
+            acc: Some(Modes {
+                raw: backend.tally_start(a)?,
+                ts: backend.tally_start(a)?,
+            }),
+        })
     }
 
     /// The versioned JSON document (pretty, one trailing newline).
@@ -607,5 +607,73 @@ impl Calibration {
     /// Names of the group arrays in [`GROUP_ARRAYS`] order.
     pub fn group_names() -> [&'static str; 2] {
         GROUP_ARRAYS
+    }
+}
+
+/// A target's tally in progress (see [`Calibration::tally_stream`]).
+pub struct TallyStream<'a, B: Backend> {
+    cal: &'a Calibration,
+    backend: &'a B,
+    tally: Tally,
+    acc: Option<Modes<B::TallyAcc>>,
+}
+
+impl<B: Backend> TallyStream<'_, B> {
+    /// Counts one chunk (validated first; see [`Calibration::tally`]).
+    pub fn add(&mut self, rows: &TargetRows<'_>) -> Result<()> {
+        rows.validate(self.cal.k)?;
+        self.add_valid(rows)
+    }
+
+    /// [`TallyStream::add`] of a chunk already validated (by the stream reader, which
+    /// checks every value it decodes): each input is validated once.
+    pub(crate) fn add_valid(&mut self, rows: &TargetRows<'_>) -> Result<()> {
+        if rows.name != self.tally.name || rows.group_arrays() != self.group_arrays() {
+            return Err(Error::Incompatible {
+                what: format!("chunk of {}", rows.name),
+                detail: format!(
+                    "added to the tally of {} (with other group arrays, or another target)",
+                    self.tally.name
+                ),
+            });
+        }
+        let n = rows.rows();
+        // Rows first: a chunk that overlaps rows already counted changes nothing.
+        self.tally
+            .add_rows(rows.row_offset as u64..(rows.row_offset + n) as u64)?;
+        if n == 0 {
+            return Ok(());
+        }
+        let acc = self
+            .acc
+            .as_mut()
+            .ok_or_else(|| Error::Invalid("tally stream used after a failure".into()))?;
+        let (cal, backend) = (self.cal, self.backend);
+        let result = with_labels(rows.labels, n, |labels| -> Result<()> {
+            let prepared = backend.prepare(rows.logits, labels, cal.k)?;
+            let groups = [rows.hospital, rows.slide];
+            backend.tally_add(&mut acc.raw, &prepared, &cal.modes.raw.plan(labels, groups))?;
+            backend.tally_add(&mut acc.ts, &prepared, &cal.modes.ts.plan(labels, groups))
+        });
+        if result.is_err() {
+            // Counts of this chunk may be partly in: the stream cannot be finished.
+            self.acc = None;
+        }
+        result
+    }
+
+    fn group_arrays(&self) -> [bool; 2] {
+        GROUP_ARRAYS.map(|g| self.tally.group_arrays.iter().any(|x| x == g))
+    }
+
+    /// The counts of every chunk added.
+    pub fn finish(mut self) -> Result<Tally> {
+        let acc = self
+            .acc
+            .take()
+            .ok_or_else(|| Error::Invalid("tally stream used after a failure".into()))?;
+        self.tally.modes.raw = self.backend.tally_finish(acc.raw)?;
+        self.tally.modes.ts = self.backend.tally_finish(acc.ts)?;
+        Ok(self.tally)
     }
 }

@@ -10,7 +10,8 @@ use std::sync::mpsc;
 use crate::backend::Backend;
 use crate::data::stream::{NpzRowReader, RowChunk};
 use crate::error::{Error, Result};
-use crate::methods::calibration::{check_k, Calibration};
+use crate::kernel::tally::GROUP_ARRAYS;
+use crate::methods::calibration::{check_k, Calibration, TallyStream};
 use crate::methods::tally::{Tally, TargetRows};
 use crate::report::model::{InputFile, RowOutputs};
 
@@ -123,12 +124,28 @@ pub fn tally_files<B: Backend>(
             }
         });
         let mut failure = None;
+        let mut streams: Vec<Option<TallyStream<'_, B>>> = Vec::new();
+        for (i, f) in out.iter().enumerate() {
+            let groups = GROUP_ARRAYS.map(|g| f.tally.group_arrays.iter().any(|x| x == g));
+            match cal.tally_stream(backend, &names[i], groups) {
+                Ok(s) => streams.push(Some(s)),
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            }
+        }
         for msg in full_rx.iter() {
+            if failure.is_some() {
+                break;
+            }
             let step = msg.and_then(|m| match m {
                 Decoded::Chunk(i, c) => {
                     let view = chunk_view(&names[i], &c);
-                    let part = cal.tally_valid(backend, &view)?;
-                    out[i].tally.merge(&part)?;
+                    streams[i]
+                        .as_mut()
+                        .ok_or_else(|| Error::Invalid("tally stream finished".into()))?
+                        .add_valid(&view)?;
                     if let Some(rows) = out[i].rows.as_mut() {
                         let part = cal.row_outputs(backend, &view)?;
                         rows.yhat.extend(part.yhat);
@@ -139,6 +156,9 @@ pub fn tally_files<B: Backend>(
                     Ok(())
                 }
                 Decoded::End(i, sha256, buf) => {
+                    if let Some(stream) = streams[i].take() {
+                        out[i].tally = stream.finish()?;
+                    }
                     out[i].tally.inputs.push(InputFile {
                         file: files[i].clone(),
                         sha256,

@@ -1,0 +1,159 @@
+//! The target tally on the device (shaders/tally.wgsl; contract and decoding:
+//! kernel::tally). A [`DeviceTally`] is one target's running tally in one mode: its words
+//! stay on the device across the target's chunks and come back once, in
+//! [`DeviceTally::finish`], so what crosses the bus per target is `slots x words` u32s,
+//! whatever the target's size.
+
+use super::buffers::{groups_for, DeviceRows};
+use super::context::GpuContext;
+use crate::error::{Error, Result};
+use crate::kernel::row_stats::{INF_QHAT, MAX_ALPHA_PER_PASS};
+use crate::kernel::tally::{
+    counts_from_device, device_words, PairCounts, SlotMap, TallyParams, TallyPlan, TALLY_HAS_CPC,
+    TALLY_HAS_MC, TALLY_HAS_NE,
+};
+
+/// Slots the word buffer holds at first; it doubles (on the device) when a target has more.
+const FIRST_CAPACITY: usize = 64;
+
+/// One target's running tally in one mode, resident on the device.
+pub struct DeviceTally {
+    n_alpha: usize,
+    slots: SlotMap,
+    capacity: usize,
+    words: Option<wgpu::Buffer>,
+}
+
+impl DeviceTally {
+    /// An empty tally for `n_alpha` levels (at most [`MAX_ALPHA_PER_PASS`]).
+    pub fn new(n_alpha: usize) -> Result<Self> {
+        if n_alpha > MAX_ALPHA_PER_PASS {
+            return Err(Error::Invalid(format!(
+                "the device tally takes at most {MAX_ALPHA_PER_PASS} levels, got {n_alpha}"
+            )));
+        }
+        Ok(DeviceTally {
+            n_alpha,
+            slots: SlotMap::default(),
+            capacity: 0,
+            words: None,
+        })
+    }
+
+    /// Makes room for `slots` slots, keeping the words counted so far.
+    fn reserve(&mut self, ctx: &GpuContext, slots: usize) -> Result<()> {
+        if slots <= self.capacity && self.words.is_some() {
+            return Ok(());
+        }
+        let mut capacity = self.capacity.max(FIRST_CAPACITY);
+        while capacity < slots {
+            capacity *= 2;
+        }
+        let per = device_words(self.n_alpha) as u64 * 4;
+        // wgpu zero-fills new buffers: fresh slots start at 0.
+        let bigger = ctx.storage("tally-words", capacity as u64 * per)?;
+        if let Some(old) = &self.words {
+            let mut enc = ctx
+                .device
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                    label: Some("tally-grow"),
+                });
+            enc.copy_buffer_to_buffer(old, 0, &bigger, 0, self.capacity as u64 * per);
+            let idx = ctx.queue.submit(Some(enc.finish()));
+            ctx.wait(idx)?;
+        }
+        self.words = Some(bigger);
+        self.capacity = capacity;
+        Ok(())
+    }
+
+    /// Counts every row of `rows` (a prepared chunk) into the device words.
+    pub fn add(&mut self, ctx: &GpuContext, rows: &DeviceRows, plan: &TallyPlan<'_>) -> Result<()> {
+        if plan.qhats.len() != self.n_alpha {
+            return Err(Error::Invalid(format!(
+                "tally plan has {} levels, the tally {}",
+                plan.qhats.len(),
+                self.n_alpha
+            )));
+        }
+        if rows.n == 0 {
+            return Ok(());
+        }
+        let slot_ids = self.slots.assign(plan.groups, rows.n);
+        self.reserve(ctx, self.slots.keys.len())?;
+        let words = self
+            .words
+            .as_ref()
+            .ok_or_else(|| Error::Gpu("no tally words".into()))?;
+        let pipeline = ctx.pipeline("tally")?;
+        let q: Vec<f32> = plan.qhats.iter().map(|q| q.unwrap_or(INF_QHAT)).collect();
+        let qhats = ctx.upload("tally-qhats", &q)?;
+        let mut flags = 0;
+        for (on, bit) in [
+            (plan.atc_mc.is_some(), TALLY_HAS_MC),
+            (plan.atc_ne.is_some(), TALLY_HAS_NE),
+            (plan.cpc_q.is_some(), TALLY_HAS_CPC),
+        ] {
+            if on {
+                flags |= bit;
+            }
+        }
+        for (start, n, logits, labels) in &rows.chunks {
+            let slots = match &slot_ids {
+                Some(ids) => ctx.upload("tally-slots", &ids[*start..*start + *n])?,
+                None => ctx.storage("tally-slots", 4)?,
+            };
+            let groups = groups_for(*n as u64);
+            let params = ctx.uniform(
+                "tally-params",
+                &TallyParams {
+                    rows: *n as u32,
+                    k: rows.k as u32,
+                    t: plan.t,
+                    n_alpha: self.n_alpha as u32,
+                    t_mc: plan.atc_mc.unwrap_or(0.0),
+                    t_ne: plan.atc_ne.unwrap_or(0.0),
+                    q_cpc: plan.cpc_q.unwrap_or(0.0),
+                    flags,
+                    num_wgs: groups as u32,
+                    slots: self.capacity as u32,
+                    one_slot: slot_ids.is_none() as u32,
+                    _pad0: 0,
+                },
+            );
+            let mut batch = ctx.batch("tally");
+            batch.dispatch(
+                &pipeline,
+                &[
+                    params.as_entire_binding(),
+                    logits.as_entire_binding(),
+                    labels.as_entire_binding(),
+                    qhats.as_entire_binding(),
+                    slots.as_entire_binding(),
+                    words.as_entire_binding(),
+                ],
+                groups,
+            )?;
+            batch.submit()?;
+        }
+        Ok(())
+    }
+
+    /// Reads the words back (once) and decodes them per (hospital, slide) pair.
+    pub fn finish(self, ctx: &GpuContext) -> Result<PairCounts> {
+        let mut out = PairCounts::new();
+        let Some(words) = &self.words else {
+            return Ok(out);
+        };
+        let per = device_words(self.n_alpha);
+        let used = self.slots.keys.len();
+        let all: Vec<u32> = ctx.readback(words, 0, used * per)?;
+        for (key, w) in self.slots.keys.iter().zip(all.chunks_exact(per)) {
+            let c = counts_from_device(w, self.n_alpha);
+            if c.n() > 0 {
+                out.insert(*key, c);
+            }
+        }
+        Ok(out)
+    }
+}
