@@ -20,6 +20,35 @@ pub struct Cli {
     pub command: Option<Command>,
 }
 
+/// The dataset and what the calibration is fitted with (`evaluate` and `calibrate`).
+#[derive(clap::Args, Debug, Clone)]
+pub struct SourceOpts {
+    /// Directory of `.npz` prediction sets.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Name of the source (calibration) set in DIR.
+    #[arg(long, default_value = "id_val")]
+    pub source: String,
+    /// Miscoverage levels, comma-separated.
+    #[arg(
+        long,
+        default_value = "0.1",
+        value_delimiter = ',',
+        allow_negative_numbers = true
+    )]
+    pub alpha: Vec<String>,
+    /// Use this temperature instead of fitting one.
+    #[arg(
+        long,
+        conflicts_with = "temperature_source",
+        allow_negative_numbers = true
+    )]
+    pub temperature: Option<f64>,
+    /// Fit the temperature on this set of DIR instead of the source.
+    #[arg(long)]
+    pub temperature_source: Option<String>,
+}
+
 /// Shared by every subcommand.
 #[derive(clap::Args, Debug, Clone)]
 pub struct Common {
@@ -47,30 +76,8 @@ pub enum Command {
     },
     /// Estimate every target's accuracy (AC, DoC, ATC-MC, ATC-NE, CPC, with and without TS).
     Evaluate {
-        /// Directory of `.npz` prediction sets.
-        #[arg(long)]
-        data: PathBuf,
-        /// Name of the source (calibration) set in DIR.
-        #[arg(long, default_value = "id_val")]
-        source: String,
-        /// Miscoverage levels, comma-separated.
-        #[arg(
-            long,
-            default_value = "0.1",
-            value_delimiter = ',',
-            allow_negative_numbers = true
-        )]
-        alpha: Vec<String>,
-        /// Use this temperature instead of fitting one.
-        #[arg(
-            long,
-            conflicts_with = "temperature_source",
-            allow_negative_numbers = true
-        )]
-        temperature: Option<f64>,
-        /// Fit the temperature on this set of DIR instead of the source.
-        #[arg(long)]
-        temperature_source: Option<String>,
+        #[command(flatten)]
+        source: SourceOpts,
         /// Write report.json, plots (and --rows files) into this directory.
         #[arg(long)]
         out: Option<PathBuf>,
@@ -82,30 +89,8 @@ pub enum Command {
     },
     /// Fit everything the source decides, once; write it as a calibration file.
     Calibrate {
-        /// Directory of `.npz` prediction sets.
-        #[arg(long)]
-        data: PathBuf,
-        /// Name of the source (calibration) set in DIR.
-        #[arg(long, default_value = "id_val")]
-        source: String,
-        /// Miscoverage levels, comma-separated.
-        #[arg(
-            long,
-            default_value = "0.1",
-            value_delimiter = ',',
-            allow_negative_numbers = true
-        )]
-        alpha: Vec<String>,
-        /// Use this temperature instead of fitting one.
-        #[arg(
-            long,
-            conflicts_with = "temperature_source",
-            allow_negative_numbers = true
-        )]
-        temperature: Option<f64>,
-        /// Fit the temperature on this set of DIR instead of the source.
-        #[arg(long)]
-        temperature_source: Option<String>,
+        #[command(flatten)]
+        source: SourceOpts,
         /// Where to run: auto, gpu, cpu.
         #[arg(long, default_value = "auto")]
         device: String,

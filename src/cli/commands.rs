@@ -30,6 +30,19 @@ pub struct SourceArgs<'a> {
     pub temperature_source: Option<&'a str>,
 }
 
+impl<'a> SourceArgs<'a> {
+    /// From the parsed options (levels checked).
+    pub fn new(o: &'a crate::cli::args::SourceOpts) -> Result<Self> {
+        Ok(SourceArgs {
+            data: &o.data,
+            source: &o.source,
+            alphas: crate::cli::outputs::parse_alphas(&o.alpha)?,
+            temperature: o.temperature,
+            temperature_source: o.temperature_source.as_deref(),
+        })
+    }
+}
+
 /// A whole set and its file's SHA-256, read in parallel.
 fn load_hashed(path: &Path) -> Result<(PredictionSet, InputFile)> {
     let (set, hash) = rayon::join(|| npz::load_npz(path), || InputFile::hash(path));

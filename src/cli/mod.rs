@@ -56,22 +56,12 @@ pub fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Evaluate {
-            data,
             source,
-            alpha,
-            temperature,
-            temperature_source,
             out,
             rows,
             common,
         } => run_evaluate(EvalJob {
-            source: SourceArgs {
-                data: &data,
-                source: &source,
-                alphas: parse_alphas(&alpha)?,
-                temperature,
-                temperature_source: temperature_source.as_deref(),
-            },
+            source: SourceArgs::new(&source)?,
             out: out.as_deref(),
             rows,
             device: &common.device,
@@ -79,24 +69,10 @@ pub fn run(cli: Cli) -> Result<()> {
             seed: None,
         }),
         Command::Calibrate {
-            data,
             source,
-            alpha,
-            temperature,
-            temperature_source,
             device,
             out,
-        } => run_calibrate(
-            SourceArgs {
-                data: &data,
-                source: &source,
-                alphas: parse_alphas(&alpha)?,
-                temperature,
-                temperature_source: temperature_source.as_deref(),
-            },
-            &device,
-            &out,
-        ),
+        } => run_calibrate(SourceArgs::new(&source)?, &device, &out),
         Command::Tally {
             calibration,
             data,

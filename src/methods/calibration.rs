@@ -546,21 +546,13 @@ impl Calibration {
     /// `Error::Format`).
     pub fn from_json(text: &str, file: &str) -> Result<Self> {
         let bad = |msg: String| Error::format(file, msg);
-        let v: serde_json::Value =
-            serde_json::from_str(text).map_err(|e| bad(format!("not a calibration file: {e}")))?;
-        if v.get("format").and_then(|f| f.as_str()) != Some(CALIBRATION_FORMAT) {
-            return Err(bad(format!(
-                "not a calibration file (no \"format\": \"{CALIBRATION_FORMAT}\")"
-            )));
-        }
-        match v.get("version").and_then(|f| f.as_u64()) {
-            Some(x) if x == CALIBRATION_VERSION as u64 => {}
-            other => {
-                return Err(bad(format!(
-                    "calibration format version {other:?}; this build reads version {CALIBRATION_VERSION}"
-                )))
-            }
-        }
+        let v = crate::methods::tally::versioned_json(
+            text,
+            file,
+            "calibration",
+            CALIBRATION_FORMAT,
+            CALIBRATION_VERSION,
+        )?;
         let cal: Calibration =
             serde_json::from_value(v).map_err(|e| bad(format!("damaged calibration: {e}")))?;
         if let Some(why) = cal.inconsistency() {

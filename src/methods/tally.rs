@@ -319,21 +319,7 @@ impl Tally {
     /// calibration is checked by [`Tally::check_against`].
     pub fn from_json(text: &str, file: &str) -> Result<Self> {
         let bad = |msg: String| Error::format(file, msg);
-        let v: serde_json::Value =
-            serde_json::from_str(text).map_err(|e| bad(format!("not a tally file: {e}")))?;
-        if v.get("format").and_then(|f| f.as_str()) != Some(TALLY_FORMAT) {
-            return Err(bad(format!(
-                "not a tally file (no \"format\": \"{TALLY_FORMAT}\")"
-            )));
-        }
-        match v.get("version").and_then(|f| f.as_u64()) {
-            Some(x) if x == TALLY_VERSION as u64 => {}
-            other => {
-                return Err(bad(format!(
-                    "tally format version {other:?}; this build reads version {TALLY_VERSION}"
-                )))
-            }
-        }
+        let v = versioned_json(text, file, "tally", TALLY_FORMAT, TALLY_VERSION)?;
         let t: Tally = serde_json::from_value(v).map_err(|e| bad(format!("damaged tally: {e}")))?;
         if let Some(why) = t.inconsistency() {
             return Err(bad(format!("damaged tally: {why}")));
@@ -448,4 +434,29 @@ fn coalesce(name: &str, mut rows: Vec<[u64; 2]>) -> Result<Vec<[u64; 2]>> {
         }
     }
     Ok(out)
+}
+
+/// Parses `text` as a JSON document of `format` at `version` (`what` names it in errors;
+/// anything else is `Error::Format` naming `file`).
+pub(crate) fn versioned_json(
+    text: &str,
+    file: &str,
+    what: &str,
+    format: &str,
+    version: u32,
+) -> Result<serde_json::Value> {
+    let bad = |msg: String| Error::format(file, msg);
+    let v: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| bad(format!("not a {what} file: {e}")))?;
+    if v.get("format").and_then(|f| f.as_str()) != Some(format) {
+        return Err(bad(format!(
+            "not a {what} file (no \"format\": \"{format}\")"
+        )));
+    }
+    match v.get("version").and_then(|f| f.as_u64()) {
+        Some(x) if x == version as u64 => Ok(v),
+        other => Err(bad(format!(
+            "{what} format version {other:?}; this build reads version {version}"
+        ))),
+    }
 }
