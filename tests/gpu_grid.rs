@@ -309,11 +309,11 @@ fn row_stats_on_a_padded_grid() {
                 "row {i} col {j}: {a} vs {b}"
             );
         }
-        for a in 0..q.len() {
+        for (a, &qa) in q.iter().enumerate() {
             let (gs, cs) = (g.set_size(i, a), c.set_size(i, a));
             // A set size may differ only where some 1 - p_k sits within 1e-5 of qhat.
             let p = cpu::softmax::softmax(&l[i * k..(i + 1) * k], k, t);
-            let near = p.iter().any(|&pk| ((1.0 - pk) - q[a]).abs() <= 1e-5);
+            let near = p.iter().any(|&pk| ((1.0 - pk) - qa).abs() <= 1e-5);
             assert!(gs == cs || near, "row {i} set size {a}: {gs} vs {cs}");
         }
     }

@@ -377,7 +377,7 @@ impl<'a> Batch<'a> {
 /// even words are quiet NaNs with a payload (also huge as u32 counts), odd words are noise
 /// (splitmix64 of the index), so a stray read of either is visible in f32 and u32 outputs.
 pub fn poison_word(i: u64) -> u32 {
-    if i % 2 == 0 {
+    if i.is_multiple_of(2) {
         0x7fc0_0000 | (i as u32 & 0x3f_ffff) | 1
     } else {
         let mut z = i.wrapping_add(0x9e37_79b9_7f4a_7c15);

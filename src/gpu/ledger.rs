@@ -21,14 +21,22 @@ pub struct Transfers {
     pub submissions: u64,
 }
 
-impl Transfers {
-    /// Field-wise sum (ledgers of several contexts or runs).
-    pub fn add(self, other: Transfers) -> Transfers {
+/// Field-wise sum (ledgers of several contexts or runs).
+impl std::ops::Add for Transfers {
+    type Output = Transfers;
+
+    fn add(self, other: Transfers) -> Transfers {
         Transfers {
             upload_bytes: self.upload_bytes + other.upload_bytes,
             download_bytes: self.download_bytes + other.download_bytes,
             submissions: self.submissions + other.submissions,
         }
+    }
+}
+
+impl std::ops::AddAssign for Transfers {
+    fn add_assign(&mut self, other: Transfers) {
+        *self = *self + other;
     }
 }
 
