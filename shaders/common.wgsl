@@ -4,8 +4,18 @@
 const WG: u32 = 256u;
 
 // Linear workgroup id of a 2-D grid: dispatches past 65535 workgroups spill into y.
+// The grid is x * y >= the workgroups asked for (src/gpu/buffers.rs::grid), so the last
+// row of a 2-D grid holds padding workgroups: every kernel returns at once when
+// `group_id(...) >= groups_of(items, per_group)` (the whole workgroup together, so later
+// barriers stay in uniform control flow) and never writes for a padding workgroup.
 fn group_id(wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
     return wid.x + wid.y * nwg.x;
+}
+
+// ceil(n / per) without the overflow of (n + per - 1) / per near 2^32: the number of real
+// workgroups of `per` items each. Keep in sync with `groups_for` in src/gpu/buffers.rs.
+fn groups_of(n: u32, per: u32) -> u32 {
+    return n / per + select(0u, 1u, n % per != 0u);
 }
 
 // f32 bits -> u32 whose unsigned order equals f32::total_cmp: positives get the sign bit

@@ -31,7 +31,12 @@ struct Params {
 fn main(@builtin(workgroup_id) wid: vec3<u32>,
         @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) lid: u32) {
-    let row = group_id(wid, nwg) * WG + lid;
+    let g = group_id(wid, nwg);
+    // Padding workgroup of a 2-D grid (also keeps g * WG + lid from wrapping).
+    if (g >= groups_of(params.rows, WG)) {
+        return;
+    }
+    let row = g * WG + lid;
     if (row >= params.rows) {
         return;
     }

@@ -30,8 +30,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
         @builtin(local_invocation_index) lid: u32) {
     let g = group_id(wid, nwg);
     let tile = params.ipt * WG;
-    let tiles = (params.len + tile - 1u) / tile;
-    if (g >= tiles) {
+    if (g >= groups_of(params.len, tile)) {
         return;
     }
     let np = min(params.nprefix, MAXP);

@@ -27,6 +27,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
         @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) lid: u32) {
     let g = group_id(wid, nwg);
+    // Padding workgroup of a 2-D grid: it owns no partial slot (partials hold exactly
+    // groups_of(rows, WG) of them), so it must not write one.
+    if (g >= groups_of(params.rows, WG)) {
+        return;
+    }
     let row = g * WG + lid;
     var acc = vec4<f32>(0.0);
     if (row < params.rows) {

@@ -1,5 +1,6 @@
 //! Buffers and submissions: upload, readback, 2-D dispatch past 65535 workgroups,
-//! timestamp queries, and waiting on the exact submission.
+//! timestamp queries, and waiting on the exact submission. Every upload, readback and
+//! submission here is counted in the context's transfer ledger (`gpu::ledger`).
 
 use std::sync::mpsc;
 
@@ -10,7 +11,9 @@ use crate::error::{Error, Result};
 use crate::kernel::WG;
 
 /// Splits `groups` workgroups into an `(x, y)` grid within the per-dimension limit.
-/// Shaders rebuild the linear id as `wid.x + wid.y * nwg.x` and skip ids past the end.
+/// Shaders rebuild the linear id as `wid.x + wid.y * nwg.x` (`group_id` in
+/// shaders/common.wgsl) and return at once for ids past the end: the `x * y - groups`
+/// padding workgroups of the last row write nothing (tests/gpu_grid.rs).
 pub fn grid(groups: u64, max_per_dim: u32) -> Result<(u32, u32)> {
     if groups == 0 {
         return Ok((0, 0));
@@ -26,7 +29,8 @@ pub fn grid(groups: u64, max_per_dim: u32) -> Result<(u32, u32)> {
     Ok((x as u32, y as u32))
 }
 
-/// Number of `WG`-wide workgroups covering `n` items.
+/// Number of `WG`-wide workgroups covering `n` items. Keep in sync with `groups_of` in
+/// shaders/common.wgsl (the shaders' padding-workgroup guard).
 pub fn groups_for(n: u64) -> u64 {
     n.div_ceil(WG as u64)
 }
@@ -49,6 +53,7 @@ impl GpuContext {
         let buf = if bytes.is_empty() {
             self.storage(label, 4)?
         } else {
+            self.count_upload(bytes.len() as u64);
             self.device
                 .create_buffer_init(&wgpu::util::BufferInitDescriptor {
                     label: Some(label),
@@ -62,8 +67,21 @@ impl GpuContext {
         Ok(buf)
     }
 
-    /// An uninitialised-by-us (wgpu zeroes it) storage buffer of `bytes` bytes.
+    /// An output storage buffer of `bytes` bytes (rounded up to 4). Its initial contents
+    /// are unspecified to callers: wgpu zeroes it, and tests poison it
+    /// ([`GpuOptions::poison_outputs`](super::GpuOptions)), so kernels must write every
+    /// element they hand back. Accumulators that need zeros use [`Self::zeroed`].
     pub fn storage(&self, label: &str, bytes: u64) -> Result<wgpu::Buffer> {
+        self.make_storage(label, bytes, self.poisons_outputs())
+    }
+
+    /// A storage buffer of `bytes` bytes that starts at zero (accumulators that kernels
+    /// add into); never poisoned.
+    pub fn zeroed(&self, label: &str, bytes: u64) -> Result<wgpu::Buffer> {
+        self.make_storage(label, bytes, false)
+    }
+
+    fn make_storage(&self, label: &str, bytes: u64, poison: bool) -> Result<wgpu::Buffer> {
         self.oom_fault(label)?;
         let size = bytes.max(4).div_ceil(4) * 4;
         if size > self.limits().max_buffer_bytes {
@@ -78,14 +96,32 @@ impl GpuContext {
             usage: wgpu::BufferUsages::STORAGE
                 | wgpu::BufferUsages::COPY_SRC
                 | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
+            mapped_at_creation: poison,
         });
+        if poison {
+            // Written through the creation mapping, not the queue: a test aid, outside the
+            // transfer ledger.
+            let words: Vec<u32> = (0..size / 4).map(poison_word).collect();
+            buf.slice(..)
+                .get_mapped_range_mut()
+                .map_err(|e| Error::Gpu(format!("{label}: mapping at creation: {e}")))?
+                .copy_from_slice(bytemuck::cast_slice(&words));
+            buf.unmap();
+        }
         self.check()?;
         Ok(buf)
     }
 
+    /// Writes `data` into `buf` at byte `offset` through the queue (counted as upload).
+    pub fn write_buffer<T: bytemuck::Pod>(&self, buf: &wgpu::Buffer, offset: u64, data: &[T]) {
+        let bytes: &[u8] = bytemuck::cast_slice(data);
+        self.count_upload(bytes.len() as u64);
+        self.queue.write_buffer(buf, offset, bytes);
+    }
+
     /// A uniform buffer holding one params struct.
     pub fn uniform<T: bytemuck::Pod>(&self, label: &str, value: &T) -> wgpu::Buffer {
+        self.count_upload(std::mem::size_of::<T>() as u64);
         self.device
             .create_buffer_init(&wgpu::util::BufferInitDescriptor {
                 label: Some(label),
@@ -118,6 +154,8 @@ impl GpuContext {
                 label: Some("readback"),
             });
         enc.copy_buffer_to_buffer(buf, offset * elem, &staging, 0, size.div_ceil(4) * 4);
+        self.count_download(size.div_ceil(4) * 4);
+        self.count_submission();
         let idx = self.queue.submit(Some(enc.finish()));
         self.map_and_read(&staging, idx, len)
     }
@@ -285,6 +323,7 @@ impl<'a> Batch<'a> {
                 });
                 self.encoder
                     .copy_buffer_to_buffer(src, offset, &staging, 0, padded);
+                ctx.count_download(padded);
                 Some((staging, len))
             }
             _ => None,
@@ -307,10 +346,12 @@ impl<'a> Batch<'a> {
                 self.encoder.resolve_query_set(q, 0..n, &resolve, 0);
                 self.encoder
                     .copy_buffer_to_buffer(&resolve, 0, &read, 0, n as u64 * 8);
+                ctx.count_download(n as u64 * 8);
                 Some((read, n as usize))
             }
             _ => None,
         };
+        ctx.count_submission();
         let idx = ctx.queue.submit(Some(self.encoder.finish()));
         let out = match staging {
             Some((staging, len)) => ctx.map_and_read::<T>(&staging, idx.clone(), len)?,
@@ -329,6 +370,20 @@ impl<'a> Batch<'a> {
             ctx.add_kernel_ns((ticks as f64 * period) as u64);
         }
         Ok(out)
+    }
+}
+
+/// The poison of word `i` of a fresh output buffer ([`GpuOptions::poison_outputs`](super::GpuOptions)):
+/// even words are quiet NaNs with a payload (also huge as u32 counts), odd words are noise
+/// (splitmix64 of the index), so a stray read of either is visible in f32 and u32 outputs.
+pub fn poison_word(i: u64) -> u32 {
+    if i.is_multiple_of(2) {
+        0x7fc0_0000 | (i as u32 & 0x3f_ffff) | 1
+    } else {
+        let mut z = i.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        (z ^ (z >> 31)) as u32
     }
 }
 

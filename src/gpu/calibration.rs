@@ -7,34 +7,12 @@ use crate::kernel::calibration::{CalibrationParams, CalibrationPartial, NCOUNT, 
 
 /// Per-workgroup calibration partials of every chunk, in order.
 pub fn calibration(ctx: &GpuContext, rows: &DeviceRows, t: f32) -> Result<Vec<CalibrationPartial>> {
-    let pipeline = ctx.pipeline("calibration")?;
     let mut out = Vec::new();
     for (_, n, logits, labels) in &rows.chunks {
         let groups = groups_for(*n as u64);
         let counts = ctx.storage("calib-counts", groups * NCOUNT as u64 * 4)?;
         let sums = ctx.storage("calib-sums", groups * NSUM as u64 * 4)?;
-        let params = ctx.uniform(
-            "calib-params",
-            &CalibrationParams {
-                rows: *n as u32,
-                k: rows.k as u32,
-                t,
-                _pad: 0,
-            },
-        );
-        let mut batch = ctx.batch("calibration");
-        batch.dispatch(
-            &pipeline,
-            &[
-                params.as_entire_binding(),
-                logits.as_entire_binding(),
-                labels.as_entire_binding(),
-                counts.as_entire_binding(),
-                sums.as_entire_binding(),
-            ],
-            groups,
-        )?;
-        batch.submit()?;
+        calibration_into(ctx, logits, labels, *n, rows.k, t, &counts, &sums)?;
         let c: Vec<u32> = ctx.readback(&counts, 0, groups as usize * NCOUNT)?;
         let s: Vec<f32> = ctx.readback(&sums, 0, groups as usize * NSUM)?;
         for (cc, ss) in c.chunks_exact(NCOUNT).zip(s.chunks_exact(NSUM)) {
@@ -45,4 +23,45 @@ pub fn calibration(ctx: &GpuContext, rows: &DeviceRows, t: f32) -> Result<Vec<Ca
         }
     }
     Ok(out)
+}
+
+/// One dispatch over `n` rows of one chunk (`logits`: `n * k` f32, `labels`: `n` i32),
+/// submitted and waited for: `NCOUNT` u32 per workgroup into `counts` and `NSUM` f32 into
+/// `sums` (room for at least `groups_for(n)` workgroups each; the kernel writes nothing
+/// past them). Tests pass longer, poisoned buffers to see that padding workgroups write
+/// nothing.
+#[allow(clippy::too_many_arguments)]
+pub fn calibration_into(
+    ctx: &GpuContext,
+    logits: &wgpu::Buffer,
+    labels: &wgpu::Buffer,
+    n: usize,
+    k: usize,
+    t: f32,
+    counts: &wgpu::Buffer,
+    sums: &wgpu::Buffer,
+) -> Result<()> {
+    let pipeline = ctx.pipeline("calibration")?;
+    let params = ctx.uniform(
+        "calib-params",
+        &CalibrationParams {
+            rows: n as u32,
+            k: k as u32,
+            t,
+            _pad: 0,
+        },
+    );
+    let mut batch = ctx.batch("calibration");
+    batch.dispatch(
+        &pipeline,
+        &[
+            params.as_entire_binding(),
+            logits.as_entire_binding(),
+            labels.as_entire_binding(),
+            counts.as_entire_binding(),
+            sums.as_entire_binding(),
+        ],
+        groups_for(n as u64),
+    )?;
+    batch.submit()
 }

@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use super::ledger::{Ledger, Transfers};
 use crate::error::{Error, Result};
 use crate::shaders;
 
@@ -24,6 +25,14 @@ pub struct GpuOptions {
     pub timestamps: bool,
     /// Make the next GPU operation fail with this fault (tests of the CPU fallback).
     pub inject_fault: Option<Fault>,
+    /// Cap on workgroups per dispatch dimension (the device limit applies anyway). Tests
+    /// set it small so dispatches go 2-D, with padding workgroups, on small inputs.
+    pub max_workgroups_per_dim: Option<u32>,
+    /// Fill every buffer made by [`GpuContext::storage`] with NaN and noise bit patterns
+    /// instead of wgpu's zeros (tests: a kernel that leaves part of its output unwritten,
+    /// or writes for a padding workgroup, shows up). Buffers that must start at zero come
+    /// from [`GpuContext::zeroed`] and are never poisoned.
+    pub poison_outputs: bool,
 }
 
 /// GPU failures that can be injected to test fallbacks.
@@ -64,6 +73,8 @@ pub struct GpuContext {
     fault: Mutex<Option<Fault>>,
     timestamps: bool,
     kernel_ns: AtomicU64,
+    poison: bool,
+    ledger: Ledger,
 }
 
 impl std::fmt::Debug for GpuContext {
@@ -99,7 +110,13 @@ impl GpuContext {
     ///
     /// Honours wgpu's environment variables: `WGPU_BACKEND` (e.g. `vulkan`),
     /// `WGPU_ADAPTER_NAME` (substring of the adapter name), `WGPU_POWER_PREF`.
+    ///
+    /// Quiet start: on a machine without `XDG_RUNTIME_DIR` (no Wayland session), the first
+    /// call sets `NODEVICE_SELECT=1` for this process, unless the caller set it or asks the
+    /// Mesa device-select layer for something (see [`quiet_start`]); otherwise that layer
+    /// prints "error: XDG_RUNTIME_DIR is invalid or not set" twice per instance.
     pub fn new(options: GpuOptions) -> Result<Self> {
+        quiet_start();
         let instance =
             wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
         let backends = wgpu::Backends::from_env().unwrap_or(wgpu::Backends::all());
@@ -199,10 +216,14 @@ impl GpuContext {
                 "max binding size {max_binding} bytes is too small (need >= 1024)"
             )));
         }
+        let mut max_wg = dl.max_compute_workgroups_per_dimension;
+        if let Some(cap) = options.max_workgroups_per_dim {
+            max_wg = max_wg.min(cap);
+        }
         let limits = ContextLimits {
             max_binding_bytes: max_binding,
             max_buffer_bytes: dl.max_buffer_size,
-            max_workgroups_per_dim: dl.max_compute_workgroups_per_dimension.max(1),
+            max_workgroups_per_dim: max_wg.max(1),
             offset_alignment: dl.min_storage_buffer_offset_alignment.max(4) as u64,
         };
         let captured: Arc<Mutex<Option<Error>>> = Arc::new(Mutex::new(None));
@@ -236,6 +257,8 @@ impl GpuContext {
             fault: Mutex::new(options.inject_fault),
             timestamps,
             kernel_ns: AtomicU64::new(0),
+            poison: options.poison_outputs,
+            ledger: Ledger::default(),
         })
     }
 
@@ -271,6 +294,37 @@ impl GpuContext {
 
     pub(crate) fn add_kernel_ns(&self, ns: u64) {
         self.kernel_ns.fetch_add(ns, Ordering::SeqCst);
+    }
+
+    /// Bytes up, bytes down and queue submissions since the context was built or the last
+    /// [`reset_transfers`](Self::reset_transfers) (see [`Transfers`]).
+    pub fn transfers(&self) -> Transfers {
+        self.ledger.snapshot()
+    }
+
+    /// Zeroes the transfer ledger, returning what it held.
+    pub fn reset_transfers(&self) -> Transfers {
+        self.ledger.take()
+    }
+
+    /// Records `bytes` uploaded by code that writes through `self.queue` directly.
+    pub fn count_upload(&self, bytes: u64) {
+        self.ledger.upload(bytes);
+    }
+
+    /// Records `bytes` read back by code that maps its own staging buffers.
+    pub fn count_download(&self, bytes: u64) {
+        self.ledger.download(bytes);
+    }
+
+    /// Records one queue submission made through `self.queue` directly.
+    pub fn count_submission(&self) {
+        self.ledger.submission();
+    }
+
+    /// Whether fresh storage buffers are poisoned ([`GpuOptions::poison_outputs`]).
+    pub fn poisons_outputs(&self) -> bool {
+        self.poison
     }
 
     /// Makes the next GPU operation fail with `fault` (tests of fallbacks).
@@ -345,4 +399,42 @@ impl GpuContext {
         }
         Ok(())
     }
+}
+
+/// Keeps the Vulkan loader's implicit Mesa device-select layer from printing
+/// "error: XDG_RUNTIME_DIR is invalid or not set in the environment." (twice, from
+/// libwayland-client) when the process has no Wayland session.
+///
+/// wgpu enables `VK_KHR_wayland_surface` whenever the driver offers it (for surfaces this
+/// crate never makes), and the layer then calls `wl_display_connect` while enumerating
+/// devices to find the compositor's GPU; libwayland logs that line to stderr when
+/// `XDG_RUNTIME_DIR` is unset or not absolute. Without a runtime directory that lookup
+/// cannot succeed anyway, and the adapter ranking here does not use the layer's order, so
+/// the layer is disabled for this process (`NODEVICE_SELECT=1`, the switch in its
+/// manifest) exactly when it could only print noise: `XDG_RUNTIME_DIR` unset or relative,
+/// `WAYLAND_DISPLAY` not an absolute socket path, and none of `NODEVICE_SELECT`,
+/// `MESA_VK_DEVICE_SELECT`, `MESA_VK_DEVICE_SELECT_FORCE_DEFAULT_DEVICE`, `DRI_PRIME` set
+/// (a user who asks the layer for a device keeps it, and its message). Runs once per
+/// process, before the first instance is created; concurrent callers wait for it.
+/// [`GpuContext::from_device`] (the caller's own device) never touches the environment.
+pub fn quiet_start() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        if needs_device_select_off(|k| std::env::var_os(k)) {
+            std::env::set_var("NODEVICE_SELECT", "1");
+        }
+    });
+}
+
+/// The rule of [`quiet_start`] over an environment lookup (pure, for tests).
+pub fn needs_device_select_off(get: impl Fn(&str) -> Option<std::ffi::OsString>) -> bool {
+    let absolute =
+        |k: &str| get(k).is_some_and(|v| std::path::Path::new(&v).is_absolute() && !v.is_empty());
+    let set = |k: &str| get(k).is_some();
+    !absolute("XDG_RUNTIME_DIR")
+        && !absolute("WAYLAND_DISPLAY")
+        && !set("NODEVICE_SELECT")
+        && !set("MESA_VK_DEVICE_SELECT")
+        && !set("MESA_VK_DEVICE_SELECT_FORCE_DEFAULT_DEVICE")
+        && !set("DRI_PRIME")
 }

@@ -6,6 +6,7 @@ pub mod calibration;
 pub mod context;
 pub mod copy;
 pub mod lac_scores;
+pub mod ledger;
 pub mod pvalues;
 pub mod radix_sort;
 pub mod row_stats;
@@ -15,4 +16,5 @@ pub mod tally;
 pub mod temperature_nll;
 
 pub use buffers::DeviceRows;
-pub use context::{is_software, ContextLimits, Fault, GpuContext, GpuOptions};
+pub use context::{is_software, quiet_start, ContextLimits, Fault, GpuContext, GpuOptions};
+pub use ledger::Transfers;

@@ -52,7 +52,8 @@ pub fn select_histogram(
     let mut total = vec![0u64; prefixes.len() * DIGITS];
     for (gi, group) in prefixes.chunks(MAXP).enumerate() {
         let pre = ctx.upload("select-prefixes", group)?;
-        let hist = ctx.storage("select-hist", (group.len() * DIGITS * 4) as u64)?;
+        // Workgroups add into it: it must start at zero.
+        let hist = ctx.zeroed("select-hist", (group.len() * DIGITS * 4) as u64)?;
         let mut batch = ctx.batch("select_histogram");
         for (buf, len) in &keys.bufs {
             let params = ctx.uniform(

@@ -21,11 +21,7 @@ pub fn softmax(ctx: &GpuContext, logits: &[f32], k: usize, t: f32) -> Result<Vec
     let mut start = 0;
     while start < n {
         let rows = per.min(n - start);
-        ctx.queue.write_buffer(
-            &input,
-            0,
-            bytemuck::cast_slice(&logits[start * k..(start + rows) * k]),
-        );
+        ctx.write_buffer(&input, 0, &logits[start * k..(start + rows) * k]);
         let params = ctx.uniform(
             "softmax-params",
             &SoftmaxParams {
