@@ -112,6 +112,7 @@ fn failed_report_writing_leaves_no_files() {
         inputs: vec![],
         adapter: None,
         driver: None,
+        transfers: None,
         skipped: vec![],
     };
     let dir = tempfile::tempdir().expect("tempdir");

@@ -113,8 +113,26 @@ fn meta(
         inputs,
         adapter,
         driver,
+        transfers: None,
         skipped,
     }
+}
+
+/// The GPU ledger as the report records it (and a line on stderr), on a GPU run.
+fn record_transfers(meta: &mut Meta, engine: &Engine, device: &str) {
+    #[cfg(feature = "gpu")]
+    if let Engine::Gpu(ctx) = engine {
+        if device.starts_with("gpu") {
+            let t = ctx.transfers();
+            eprintln!(
+                "transfers: {} bytes up, {} bytes down, {} submissions",
+                t.upload_bytes, t.download_bytes, t.submissions
+            );
+            meta.transfers = Some(t);
+        }
+    }
+    #[cfg(not(feature = "gpu"))]
+    let _ = (meta, engine, device);
 }
 
 /// Prints the table, writes `--out` files and the JSON, all or nothing.
@@ -287,6 +305,7 @@ pub fn run_evaluate(job: EvalJob<'_>) -> Result<()> {
     };
     let eval = Evaluation::assemble(&cal, cal.device.clone(), reports, rows, timings);
     let mut meta = meta(&eval.device, inputs, skipped, job.seed);
+    record_transfers(&mut meta, &engine, &eval.device);
     #[cfg(feature = "gpu")]
     if let Engine::Gpu(ctx) = &engine {
         let info = ctx.adapter_info();

@@ -8,37 +8,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// Host-device traffic since the context was built or [`reset`](super::GpuContext::reset_transfers).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Transfers {
-    /// Bytes written to device buffers: buffers created with contents (data, uniforms)
-    /// and `write_buffer` calls. The test-only output poisoning is not counted.
-    pub upload_bytes: u64,
-    /// Bytes copied into mappable staging buffers and read back (padded to 4 bytes, as
-    /// copied), timestamp readbacks included.
-    pub download_bytes: u64,
-    /// Queue submissions.
-    pub submissions: u64,
-}
-
-/// Field-wise sum (ledgers of several contexts or runs).
-impl std::ops::Add for Transfers {
-    type Output = Transfers;
-
-    fn add(self, other: Transfers) -> Transfers {
-        Transfers {
-            upload_bytes: self.upload_bytes + other.upload_bytes,
-            download_bytes: self.download_bytes + other.download_bytes,
-            submissions: self.submissions + other.submissions,
-        }
-    }
-}
-
-impl std::ops::AddAssign for Transfers {
-    fn add_assign(&mut self, other: Transfers) {
-        *self = *self + other;
-    }
-}
+pub use crate::report::model::Transfers;
 
 /// Atomic counters behind [`Transfers`] (one per context; relaxed: each counter is exact,
 /// a snapshot taken while another thread transfers may mix before and after).

@@ -50,8 +50,8 @@ impl DeviceTally {
             capacity *= 2;
         }
         let per = device_words(self.n_alpha) as u64 * 4;
-        // wgpu zero-fills new buffers: fresh slots start at 0.
-        let bigger = ctx.storage("tally-words", capacity as u64 * per)?;
+        // Fresh slots start at 0 (an accumulator: never a poisoned test buffer).
+        let bigger = ctx.zeroed("tally-words", capacity as u64 * per)?;
         if let Some(old) = &self.words {
             let mut enc = ctx
                 .device
@@ -60,6 +60,7 @@ impl DeviceTally {
                 });
             enc.copy_buffer_to_buffer(old, 0, &bigger, 0, self.capacity as u64 * per);
             let idx = ctx.queue.submit(Some(enc.finish()));
+            ctx.count_submission();
             ctx.wait(idx)?;
         }
         self.words = Some(bigger);

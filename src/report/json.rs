@@ -5,7 +5,7 @@ use serde_json::{json, Value};
 
 use crate::error::{Error, Result};
 use crate::methods::evaluate::Evaluation;
-pub use crate::report::model::InputFile;
+pub use crate::report::model::{InputFile, Transfers};
 
 /// Provenance recorded in the report's `meta`.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -24,6 +24,10 @@ pub struct Meta {
     pub adapter: Option<String>,
     /// GPU driver and its version (`None` on the CPU path).
     pub driver: Option<String>,
+    /// What crossed the bus on a GPU run: bytes up, bytes down, queue submissions
+    /// (absent on the CPU path).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub transfers: Option<Transfers>,
     /// Files of the dataset directory that are not readable prediction sets, skipped.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub skipped: Vec<SkippedFile>,
