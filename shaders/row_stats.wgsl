@@ -23,7 +23,7 @@ struct Params {
 @group(0) @binding(2) var<storage, read> labels: array<i32>;
 // n_alpha thresholds (+inf is passed as 2.0: every 1 - p_k <= 1 < 2).
 @group(0) @binding(3) var<storage, read> qhats: array<f32>;
-// 5 floats per row (see above).
+// 5 floats per row (see above), planar: stats[c * rows + row].
 @group(0) @binding(4) var<storage, read_write> stats: array<f32>;
 @group(0) @binding(5) var<storage, read_write> info: array<u32>;
 
@@ -90,10 +90,12 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
             }
         }
     }
-    stats[5u * row] = p1;
-    stats[5u * row + 1u] = ne;
-    stats[5u * row + 2u] = lac;
-    stats[5u * row + 3u] = r1;
-    stats[5u * row + 4u] = r2;
+    // Planar: column c of every row together, so a column can be sorted where it lies.
+    let n = params.rows;
+    stats[row] = p1;
+    stats[n + row] = ne;
+    stats[2u * n + row] = lac;
+    stats[3u * n + row] = r1;
+    stats[4u * n + row] = r2;
     info[row * stride] = arg;
 }

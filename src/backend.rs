@@ -6,7 +6,7 @@ use crate::data::PredictionSet;
 use crate::error::{Error, Result};
 use crate::kernel::calibration::CalibrationStats;
 pub use crate::kernel::pvalues::PValueRows;
-use crate::kernel::row_stats::RowStats;
+use crate::kernel::row_stats::{RowStats, NSTAT};
 use crate::kernel::tally::{count_block, merge_pairs, PairCounts, TallyPlan};
 
 /// Sums over labelled rows for the temperature fit at one `b = 1/T` (f64 totals).
@@ -133,6 +133,19 @@ pub trait Backend {
                 merge_pairs(&mut a, b);
                 a
             }))
+    }
+
+    /// The five row-statistics columns ([`crate::kernel::row_stats::col`]) of `rows` at
+    /// temperature `t`, each sorted ascending by `total_cmp`: what the calibration needs
+    /// from the source. The default computes the statistics and sorts each column; the
+    /// GPU computes and sorts them on the device, so only the sorted columns come back.
+    fn sorted_columns(&self, rows: &Self::Rows<'_>, t: f32) -> Result<[Vec<f32>; NSTAT]> {
+        let stats = self.row_stats(rows, t, &[])?;
+        let mut out: [Vec<f32>; NSTAT] = Default::default();
+        for (c, o) in out.iter_mut().enumerate() {
+            *o = self.sort_keys(&stats.stats.iter().map(|s| s[c]).collect::<Vec<_>>())?;
+        }
+        Ok(out)
     }
 
     /// A target's running tally in one mode, across its chunks (on the device for the
@@ -543,6 +556,23 @@ mod gpu_backend {
                 GpuTally::Host(h) => {
                     merge_pairs(h, self.tally(rows, plan)?);
                     Ok(())
+                }
+            }
+        }
+
+        fn sorted_columns(&self, rows: &DeviceRows, t: f32) -> Result<[Vec<f32>; NSTAT]> {
+            check_t(t)?;
+            match gpu::row_stats::sorted_columns(self.ctx, rows, t)? {
+                Some(cols) => Ok(cols),
+                // A source larger than one binding or sort chunk: sorted on the host.
+                None => {
+                    let stats = self.row_stats(rows, t, &[])?;
+                    let mut out: [Vec<f32>; NSTAT] = Default::default();
+                    for (c, o) in out.iter_mut().enumerate() {
+                        *o =
+                            self.sort_keys(&stats.stats.iter().map(|s| s[c]).collect::<Vec<_>>())?;
+                    }
+                    Ok(out)
                 }
             }
         }

@@ -322,3 +322,56 @@ fn merge_refuses_foreign_overlapping_and_damaged_tallies() {
     );
     assert!(!json.exists());
 }
+
+/// What a GPU evaluation reads back (the ledger in `meta.transfers`): at most 48 bytes per
+/// source row (its sorted statistics columns, the fit's partials) plus 64 KiB per target,
+/// whatever the targets' sizes: checked at two scales 4x apart.
+#[cfg(feature = "gpu")]
+#[test]
+fn gpu_downloads_are_bounded_by_the_source_not_the_targets() {
+    if common::shared_gpu().is_none() {
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut per_target_rows = Vec::new();
+    for (i, scale) in ["0.004", "0.016"].into_iter().enumerate() {
+        let data = tmp.path().join(format!("data{i}"));
+        run(&[
+            "generate",
+            "--out",
+            s(&data),
+            "--scale",
+            scale,
+            "--seed",
+            "5",
+        ]);
+        let json = tmp.path().join(format!("r{i}.json"));
+        run(&[
+            "evaluate",
+            "--data",
+            s(&data),
+            "--device",
+            "gpu",
+            "--json",
+            s(&json),
+        ]);
+        let r = read_json(&json);
+        let t = &r["meta"]["transfers"];
+        let down = t["download_bytes"].as_u64().expect("download_bytes");
+        let source_n = r["source"]["n"].as_u64().unwrap();
+        let targets = r["targets"].as_array().unwrap();
+        let bound = 48 * source_n + 65536 * targets.len() as u64;
+        assert!(down <= bound, "scale {scale}: {down} bytes down > {bound}");
+        assert!(t["upload_bytes"].as_u64().unwrap() > 0 && t["submissions"].as_u64().unwrap() > 0);
+        per_target_rows.push(
+            targets
+                .iter()
+                .map(|t| t["n"].as_u64().unwrap())
+                .sum::<u64>(),
+        );
+    }
+    assert!(
+        per_target_rows[1] >= 3 * per_target_rows[0],
+        "{per_target_rows:?}"
+    );
+}

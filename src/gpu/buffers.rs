@@ -290,6 +290,12 @@ impl<'a> Batch<'a> {
         Ok(())
     }
 
+    /// Records a device-side copy of `bytes` bytes (after the dispatches recorded so far).
+    pub fn copy(&mut self, src: &wgpu::Buffer, src_offset: u64, dst: &wgpu::Buffer, bytes: u64) {
+        self.encoder
+            .copy_buffer_to_buffer(src, src_offset, dst, 0, bytes);
+    }
+
     /// Submits and waits for exactly this submission; records kernel time if timed.
     pub fn submit(self) -> Result<()> {
         self.submit_then_read::<u8>(None).map(|_| ())

@@ -67,18 +67,52 @@ pub fn radix_sort(
     if n == 0 {
         return Ok((Vec::new(), payload.map(|_| Vec::new())));
     }
-    let SortPlan { chunk, tile } = plan(ctx);
-    let ipt = (tile / WG) as u32;
+    let SortPlan { chunk, .. } = plan(ctx);
     let bits: &[u32] = bytemuck::cast_slice(keys);
     let lens: Vec<usize> = bits.chunks(chunk).map(|c| c.len()).collect();
-    let tiles: Vec<usize> = lens.iter().map(|l| l.div_ceil(tile)).collect();
     let a = upload_chunks(ctx, "sort-keys-a", bits, chunk)?;
-    let b = storage_chunks(ctx, "sort-keys-b", &lens)?;
-    let (pa, pb) = match payload {
-        Some(p) => (
-            upload_chunks(ctx, "sort-vals-a", p, chunk)?,
-            storage_chunks(ctx, "sort-vals-b", &lens)?,
-        ),
+    let pa = payload
+        .map(|p| upload_chunks(ctx, "sort-vals-a", p, chunk))
+        .transpose()?;
+    sort_chunks(ctx, a, &lens, pa)
+}
+
+/// Sorts `n` f32 keys already on the device (`keys`, one chunk of the sort plan: `n`
+/// at most its chunk size) and reads them back sorted: the only transfer is the
+/// result. NaN keys are an error (found in the result, where they sort last).
+pub fn sort_resident(ctx: &GpuContext, keys: wgpu::Buffer, n: usize) -> Result<Vec<f32>> {
+    let SortPlan { chunk, .. } = plan(ctx);
+    if n > chunk {
+        return Err(Error::Invalid(format!(
+            "{n} resident keys exceed one sort chunk of {chunk}"
+        )));
+    }
+    if n == 0 {
+        return Ok(Vec::new());
+    }
+    let (sorted, _) = sort_chunks(ctx, vec![keys], &[n], None)?;
+    check_no_nan("sort keys", &sorted)?;
+    Ok(sorted)
+}
+
+// Chunk indices address several parallel lists (keys, payloads, histograms, lengths).
+#[allow(clippy::needless_range_loop)]
+/// The passes of the sort over key chunks `a` (raw f32 bits, chunk lengths `lens`) and
+/// optional payload chunks `pa`, then the readback.
+fn sort_chunks(
+    ctx: &GpuContext,
+    a: Vec<wgpu::Buffer>,
+    lens: &[usize],
+    pa: Option<Vec<wgpu::Buffer>>,
+) -> Result<(Vec<f32>, Option<Vec<u32>>)> {
+    let SortPlan { chunk, tile } = plan(ctx);
+    let ipt = (tile / WG) as u32;
+    let n: usize = lens.iter().sum();
+    let tiles: Vec<usize> = lens.iter().map(|l| l.div_ceil(tile)).collect();
+    let b = storage_chunks(ctx, "sort-keys-b", lens)?;
+    let with_payload = pa.is_some();
+    let (pa, pb) = match pa {
+        Some(pa) => (pa, storage_chunks(ctx, "sort-vals-b", lens)?),
         // Distinct dummies: one binding is read-only, the other read-write.
         None => (
             vec![ctx.storage("sort-vals-dummy-a", 4)?],
@@ -93,7 +127,7 @@ pub fn radix_sort(
     let hist_p = ctx.pipeline("radix_histogram")?;
     let scan_p = ctx.pipeline("radix_scan")?;
     let scatter_p = ctx.pipeline("radix_scatter")?;
-    let has_payload = payload.is_some() as u32;
+    let has_payload = with_payload as u32;
     let mut batch = ctx.batch("radix_sort");
     for pass in 0..4u32 {
         let (src, dst, sv, dv) = if pass % 2 == 0 {
@@ -174,15 +208,15 @@ pub fn radix_sort(
         let part: Vec<f32> = ctx.readback(buf, 0, lens[c])?;
         out_keys.extend(part);
     }
-    let out_vals = match payload {
-        Some(_) => {
+    let out_vals = match with_payload {
+        true => {
             let mut v: Vec<u32> = Vec::with_capacity(n);
             for (c, buf) in pa.iter().enumerate() {
                 v.extend(ctx.readback::<u32>(buf, 0, lens[c])?);
             }
             Some(v)
         }
-        None => None,
+        false => None,
     };
     Ok((out_keys, out_vals))
 }

@@ -47,11 +47,69 @@ pub fn row_stats(ctx: &GpuContext, rows: &DeviceRows, t: f32, qhats: &[f32]) -> 
         )?;
         batch.submit()?;
         let s: Vec<f32> = ctx.readback(&stats, 0, *n * NSTAT)?;
-        out.stats.extend(
-            s.chunks_exact(NSTAT)
-                .map(|c| [c[0], c[1], c[2], c[3], c[4]]),
-        );
+        // Planar on the device (column c at c * n): back to one record per row.
+        out.stats
+            .extend((0..*n).map(|r| std::array::from_fn(|c| s[c * *n + r])));
         out.info.extend(ctx.readback::<u32>(&info, 0, *n * stride)?);
     }
     Ok(out)
+}
+
+/// The five statistics columns of `rows` at temperature `t` (see [`crate::kernel::row_stats::col`]),
+/// each sorted ascending by `total_cmp`, computed and sorted on the device: only the
+/// sorted columns come back (20 bytes a row). `rows` must be one binding chunk that one
+/// sort chunk holds; `None` when it is not (the caller sorts on the host instead).
+pub fn sorted_columns(
+    ctx: &GpuContext,
+    rows: &DeviceRows,
+    t: f32,
+) -> Result<Option<[Vec<f32>; NSTAT]>> {
+    let [(_, n, logits, labels)] = rows.chunks.as_slice() else {
+        return Ok(None);
+    };
+    let n = *n;
+    if n > super::radix_sort::plan(ctx).chunk {
+        return Ok(None);
+    }
+    let pipeline = ctx.pipeline("row_stats")?;
+    let q = ctx.upload("qhats", &[0f32])?;
+    let stats = ctx.storage("row-stats", (n * NSTAT * 4) as u64)?;
+    let info = ctx.storage("row-info", n as u64 * 4)?;
+    let params = ctx.uniform(
+        "row-stats-params",
+        &RowStatsParams {
+            rows: n as u32,
+            k: rows.k as u32,
+            t,
+            n_alpha: 0,
+        },
+    );
+    let mut batch = ctx.batch("row_stats");
+    batch.dispatch(
+        &pipeline,
+        &[
+            params.as_entire_binding(),
+            logits.as_entire_binding(),
+            labels.as_entire_binding(),
+            q.as_entire_binding(),
+            stats.as_entire_binding(),
+            info.as_entire_binding(),
+        ],
+        groups_for(n as u64),
+    )?;
+    // Each column copied into its own buffer on the device (same submission).
+    let bytes = n as u64 * 4;
+    let columns: Vec<wgpu::Buffer> = (0..NSTAT)
+        .map(|c| {
+            let col = ctx.storage("row-stats-column", bytes)?;
+            batch.copy(&stats, c as u64 * bytes, &col, bytes);
+            Ok(col)
+        })
+        .collect::<Result<_>>()?;
+    batch.submit()?;
+    let mut out: [Vec<f32>; NSTAT] = Default::default();
+    for (o, col) in out.iter_mut().zip(columns) {
+        *o = super::radix_sort::sort_resident(ctx, col, n)?;
+    }
+    Ok(Some(out))
 }

@@ -14,7 +14,7 @@ use crate::backend::{labels_i32, Backend};
 use crate::data::PredictionSet;
 use crate::error::{Error, Result};
 use crate::kernel::calibration::{CalibrationStats, BINS};
-use crate::kernel::row_stats::{col, RowStats};
+use crate::kernel::row_stats::NSTAT;
 use crate::kernel::tally::{TallyPlan, GROUP_ARRAYS};
 use crate::methods::quantile::{check_alpha, conformal_k};
 use crate::methods::tally::{Tally, TargetRows};
@@ -171,33 +171,19 @@ impl ModeCalibration {
         self.correct as f64 / self.n as f64
     }
 
-    /// From the source's row statistics at temperature `t`.
-    fn from_stats<B: Backend>(
-        backend: &B,
-        stats: &RowStats,
-        labels: &[i32],
-        t: f32,
-        alphas: &[f64],
-    ) -> Result<Self> {
-        let n = stats.len();
-        let correct = (0..n)
-            .filter(|&i| stats.yhat(i) as i32 == labels[i])
-            .count();
-        // Sorted by the backend (the radix sort on the GPU path): the same bits either way.
-        let column =
-            |c: usize| backend.sort_keys(&stats.stats.iter().map(|s| s[c]).collect::<Vec<_>>());
-        let ac = stats.stats.iter().map(|s| s[col::P1] as f64).sum::<f64>() / n as f64;
-        let mc = column(col::P1)?;
-        let ne = column(col::NE)?;
-        let lac = column(col::LAC)?;
-        let a = column(col::R1)?;
-        let b = column(col::R2)?;
+    /// From the source's sorted statistics columns at temperature `t` and its number
+    /// of correct rows `correct` (argmax of the logits: the same in every mode).
+    fn from_columns(cols: [Vec<f32>; NSTAT], correct: usize, t: f32, alphas: &[f64]) -> Self {
+        let [mc, ne, lac, a, b] = cols;
+        let n = lac.len();
+        // AC(S): summed in sorted order, the same on every backend.
+        let ac = mc.iter().map(|&p| p as f64).sum::<f64>() / n as f64;
         let qhats = alphas
             .iter()
             .map(|&alpha| conformal_k(n, alpha).map(|k| lac[k - 1]))
             .collect();
         let (cpc_q, i) = cpc_sweep(&lac, &a, &b, correct);
-        Ok(ModeCalibration {
+        ModeCalibration {
             t,
             n,
             correct,
@@ -208,7 +194,7 @@ impl ModeCalibration {
             cpc_q,
             cpc_alpha: 1.0 - i as f64 / (n as f64 + 1.0),
             sorted_lac: lac,
-        })
+        }
     }
 
     /// The tally plan of this mode for a chunk's labels and group ids.
@@ -428,9 +414,12 @@ impl Calibration {
         let t_temperature = ms(phase);
 
         let phase = Instant::now();
+        // Every source label is known, so the calibration pass's correct count is the
+        // number of rows whose argmax is the label.
+        let correct = cal_before.correct as usize;
         let mode = |t: f32| -> Result<ModeCalibration> {
-            let stats = backend.row_stats(&src_rows, t, &[])?;
-            ModeCalibration::from_stats(backend, &stats, &src_labels, t, alphas)
+            let cols = backend.sorted_columns(&src_rows, t)?;
+            Ok(ModeCalibration::from_columns(cols, correct, t, alphas))
         };
         let modes = Modes {
             raw: mode(1.0)?,

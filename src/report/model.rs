@@ -281,4 +281,3 @@ impl std::ops::AddAssign for Transfers {
         *self = *self + other;
     }
 }
-
