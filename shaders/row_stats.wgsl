@@ -1,8 +1,5 @@
 // row_stats.wgsl: per-row summaries every estimator is built from (DESIGN.md 2.1-2.9), at
-// temperature T, one thread per row. Probabilities exactly as softmax.wgsl computes them:
-// m = max z, e_k = exp((z_k - m)/T), S = sum_k e_k (in order k = 0..K-1), p_k = e_k / S.
-// Per row, with r_k = 1 - p_k computed once and reused by every comparison (a compiler
-// may round `1 - e/s` differently in two places; ties on quantised logits must stay ties):
+// temperature T, one thread per row (the summary itself: row_summary.wgsl). Per row:
 //   stats = (p_(1), ne, lac, r_(1), r_(2)): the largest probability, ne = sum_k p_k ln p_k
 //           (0 ln 0 = 0; ln p_k = (z_k - m)/T - ln S), lac = r_y (-1 when the label is unknown), the smallest and
 //           second-smallest r_k (= 1 - p_(1), 1 - p_(2));
@@ -40,62 +37,18 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
     if (row >= params.rows) {
         return;
     }
-    let k = params.k;
-    let base = row * k;
-    var m = logits[base];
-    var arg = 0u;
-    for (var j = 1u; j < k; j++) {
-        let z = logits[base + j];
-        if (z > m) {
-            m = z;
-            arg = j;
-        }
-    }
-    var s = 0.0;
-    for (var j = 0u; j < k; j++) {
-        s += exp((logits[base + j] - m) / params.t);
-    }
-    let log_s = log(s);
-    var p1 = -1.0;
-    var r1 = 2.0;
-    var r2 = 2.0;
-    var ne = 0.0;
-    var lac = -1.0;
-    let y = labels[row];
+    var sizes: array<u32, MAX_LEVELS>;
+    let r = row_summary(row, &sizes);
     let stride = 1u + params.n_alpha;
     for (var a = 0u; a < params.n_alpha; a++) {
-        info[row * stride + 1u + a] = 0u;
-    }
-    for (var j = 0u; j < k; j++) {
-        let x = (logits[base + j] - m) / params.t;
-        let p = exp(x) / s;
-        let r = 1.0 - p;
-        p1 = max(p1, p);
-        if (r < r1) {
-            r2 = r1;
-            r1 = r;
-        } else if (r < r2) {
-            r2 = r;
-        }
-        if (p > 0.0) {
-            // ln p_k = x_k - ln S: one log per row, and accurate for tiny p_k.
-            ne += p * (x - log_s);
-        }
-        if (i32(j) == y) {
-            lac = r;
-        }
-        for (var a = 0u; a < params.n_alpha; a++) {
-            if (r <= qhats[a]) {
-                info[row * stride + 1u + a] += 1u;
-            }
-        }
+        info[row * stride + 1u + a] = sizes[a];
     }
     // Planar: column c of every row together, so a column can be sorted where it lies.
     let n = params.rows;
-    stats[row] = p1;
-    stats[n + row] = ne;
-    stats[2u * n + row] = lac;
-    stats[3u * n + row] = r1;
-    stats[4u * n + row] = r2;
-    info[row * stride] = arg;
+    stats[row] = r.p1;
+    stats[n + row] = r.ne;
+    stats[2u * n + row] = r.lac;
+    stats[3u * n + row] = r.r1;
+    stats[4u * n + row] = r.r2;
+    info[row * stride] = r.arg;
 }

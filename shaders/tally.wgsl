@@ -1,6 +1,5 @@
 // tally.wgsl: the target tally on the device (DESIGN.md 3, "The pipeline"). One thread per
-// row computes the row's summary exactly as row_stats.wgsl does (same expressions, same
-// order), then adds its counts to the u32 words of its slot (a (hospital, slide) pair,
+// row computes the row's summary (row_summary.wgsl, shared with row_stats.wgsl), then adds its counts to the u32 words of its slot (a (hospital, slide) pair,
 // numbered by the host): through workgroup atomics when the whole workgroup is one slot
 // (the usual case: rows of a slide come together), else straight to the slot's words.
 // The words stay on the device across a target's chunks; the host reads them back once.
@@ -130,7 +129,6 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
     }
     let mixed = workgroupUniformLoad(&wg_mixed_all) != 0u;
 
-    // The row's summary: the same expressions, in the same order, as row_stats.wgsl.
     var c_labelled = 0u;
     var c_correct = 0u;
     var c_mc_above = 0u;
@@ -142,54 +140,15 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
     var lac = -1.0;
     let base = slot * nwords;
     if (live) {
-        let k = params.k;
-        let zb = row * k;
-        var m = logits[zb];
-        var arg = 0u;
-        for (var j = 1u; j < k; j++) {
-            let z = logits[zb + j];
-            if (z > m) {
-                m = z;
-                arg = j;
-            }
-        }
-        var s = 0.0;
-        for (var j = 0u; j < k; j++) {
-            s += exp((logits[zb + j] - m) / params.t);
-        }
-        let log_s = log(s);
-        var p1 = -1.0;
-        var r1 = 2.0;
-        var r2 = 2.0;
-        var ne = 0.0;
-        let y = labels[row];
-        var sizes: array<u32, 31>;
-        for (var a = 0u; a < n_alpha; a++) {
-            sizes[a] = 0u;
-        }
-        for (var j = 0u; j < k; j++) {
-            let x = (logits[zb + j] - m) / params.t;
-            let p = exp(x) / s;
-            let r = 1.0 - p;
-            p1 = max(p1, p);
-            if (r < r1) {
-                r2 = r1;
-                r1 = r;
-            } else if (r < r2) {
-                r2 = r;
-            }
-            if (p > 0.0) {
-                ne += p * (x - log_s);
-            }
-            if (i32(j) == y) {
-                lac = r;
-            }
-            for (var a = 0u; a < n_alpha; a++) {
-                if (r <= qhats[a]) {
-                    sizes[a] += 1u;
-                }
-            }
-        }
+        var sizes: array<u32, MAX_LEVELS>;
+        let sum = row_summary(row, &sizes);
+        let p1 = sum.p1;
+        let ne = sum.ne;
+        let r1 = sum.r1;
+        let r2 = sum.r2;
+        let y = sum.y;
+        let arg = sum.arg;
+        lac = sum.lac;
         let f = params.flags;
         c_labelled = select(0u, 1u, y >= 0);
         c_correct = select(0u, 1u, i32(arg) == y);

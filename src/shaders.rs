@@ -43,10 +43,19 @@ pub const NAMES: [&str; SHADERS.len()] = {
     names
 };
 
-/// The composed source (common + body) of shader `name`.
+/// `row_summary.wgsl`: the per-row summary shared by `row_stats` and `tally`.
+pub const ROW_SUMMARY: &str = include_str!("../shaders/row_summary.wgsl");
+
+/// Shaders that call `row_summary` (it reads their `params`, `logits`, `labels`, `qhats`).
+const WITH_ROW_SUMMARY: [&str; 2] = ["row_stats", "tally"];
+
+/// The composed source (common + shared helpers + body) of shader `name`.
 pub fn source(name: &str) -> Option<String> {
-    SHADERS
-        .iter()
-        .find(|(n, _)| *n == name)
-        .map(|(_, body)| format!("{COMMON}\n{body}"))
+    SHADERS.iter().find(|(n, _)| *n == name).map(|(_, body)| {
+        if WITH_ROW_SUMMARY.contains(&name) {
+            format!("{COMMON}\n{body}\n{ROW_SUMMARY}")
+        } else {
+            format!("{COMMON}\n{body}")
+        }
+    })
 }

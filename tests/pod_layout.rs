@@ -291,4 +291,16 @@ fn tally_word_layout_matches_the_shader() {
         device_words(conformal_gpu::kernel::row_stats::MAX_ALPHA_PER_PASS)
     );
     assert_eq!(size_of::<TallyParams>(), 48);
+    // row_summary.wgsl's per-thread size array holds the most levels one pass takes.
+    let max_levels = conformal_gpu::shaders::ROW_SUMMARY
+        .lines()
+        .find(|l| l.starts_with("const MAX_LEVELS: u32"))
+        .expect("MAX_LEVELS");
+    assert!(
+        max_levels.contains(&format!(
+            "= {}u;",
+            conformal_gpu::kernel::row_stats::MAX_ALPHA_PER_PASS
+        )),
+        "{max_levels}"
+    );
 }

@@ -24,16 +24,34 @@ fn every_shader_validates_with_naga() {
 
 #[test]
 fn every_shader_file_is_registered() {
-    // A .wgsl file that is not in SHADERS would never be validated or compiled.
+    // A .wgsl file that is not in SHADERS would never be validated or compiled; the two
+    // helper files are validated inside every shader they are composed into.
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("shaders");
     for entry in std::fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();
         let stem = path.file_stem().unwrap().to_str().unwrap().to_string();
-        if path.extension().is_some_and(|e| e == "wgsl") && stem != "common" {
+        if path.extension().is_some_and(|e| e == "wgsl")
+            && stem != "common"
+            && stem != "row_summary"
+        {
             assert!(
                 NAMES.contains(&stem.as_str()),
                 "shaders/{stem}.wgsl is not in SHADERS"
             );
         }
     }
+}
+
+/// The shared row summary is composed into the shaders that call it, and only those.
+#[test]
+fn row_summary_is_composed_where_it_is_called() {
+    for name in NAMES {
+        let src = conformal_gpu::shaders::source(name).unwrap();
+        let body_calls = src.matches("row_summary(row").count() > 0;
+        let has_fn = src.contains("fn row_summary(");
+        assert_eq!(body_calls, has_fn, "{name}");
+    }
+    assert!(conformal_gpu::shaders::source("tally")
+        .unwrap()
+        .contains("fn row_summary("));
 }

@@ -1,0 +1,76 @@
+// row_summary.wgsl: the per-row summary that row_stats.wgsl writes out and tally.wgsl
+// counts, written once so both compute the same bits (src/shaders.rs prepends it to those
+// two; they declare `params` with k, t and n_alpha, and `logits`, `labels`, `qhats`).
+// Probabilities exactly as softmax.wgsl computes them: m = max z, e_k = exp((z_k - m)/T),
+// S = sum_k e_k (in order k = 0..K-1), p_k = e_k / S. r_k = 1 - p_k is computed once and
+// reused by every comparison (a compiler may round `1 - e/s` differently in two places;
+// ties on quantised logits must stay ties). CPU mirror: src/cpu/row_stats.rs.
+
+// At most this many levels per pass. Keep in sync with `MAX_ALPHA_PER_PASS` in
+// src/kernel/row_stats.rs.
+const MAX_LEVELS: u32 = 31u;
+
+struct RowSummary {
+    // Largest probability.
+    p1: f32,
+    // sum_k p_k ln p_k (0 ln 0 = 0; ln p_k = (z_k - m)/T - ln S).
+    ne: f32,
+    // r_y, or -1 when the label is unknown.
+    lac: f32,
+    // The smallest and second-smallest r_k (= 1 - p_(1), 1 - p_(2)).
+    r1: f32,
+    r2: f32,
+    // Argmax of the logits, lowest index on ties.
+    arg: u32,
+    // The label (-1 = unknown).
+    y: i32,
+}
+
+// The summary of `row`; sizes[a] = #{k : r_k <= qhats[a]} for a < params.n_alpha.
+fn row_summary(row: u32, sizes: ptr<function, array<u32, MAX_LEVELS>>) -> RowSummary {
+    let k = params.k;
+    let base = row * k;
+    var m = logits[base];
+    var arg = 0u;
+    for (var j = 1u; j < k; j++) {
+        let z = logits[base + j];
+        if (z > m) {
+            m = z;
+            arg = j;
+        }
+    }
+    var s = 0.0;
+    for (var j = 0u; j < k; j++) {
+        s += exp((logits[base + j] - m) / params.t);
+    }
+    let log_s = log(s);
+    var out = RowSummary(-1.0, 0.0, -1.0, 2.0, 2.0, arg, labels[row]);
+    for (var a = 0u; a < params.n_alpha; a++) {
+        (*sizes)[a] = 0u;
+    }
+    for (var j = 0u; j < k; j++) {
+        let x = (logits[base + j] - m) / params.t;
+        let p = exp(x) / s;
+        let r = 1.0 - p;
+        out.p1 = max(out.p1, p);
+        if (r < out.r1) {
+            out.r2 = out.r1;
+            out.r1 = r;
+        } else if (r < out.r2) {
+            out.r2 = r;
+        }
+        if (p > 0.0) {
+            // ln p_k = x_k - ln S: one log per row, and accurate for tiny p_k.
+            out.ne += p * (x - log_s);
+        }
+        if (i32(j) == out.y) {
+            out.lac = r;
+        }
+        for (var a = 0u; a < params.n_alpha; a++) {
+            if (r <= qhats[a]) {
+                (*sizes)[a] += 1u;
+            }
+        }
+    }
+    return out;
+}
