@@ -113,6 +113,7 @@ fn failed_report_writing_leaves_no_files() {
         adapter: None,
         driver: None,
         transfers: None,
+        gpu_kernel_ms: None,
         skipped: vec![],
     };
     let dir = tempfile::tempdir().expect("tempdir");

@@ -114,6 +114,7 @@ fn meta(
         adapter,
         driver,
         transfers: None,
+        gpu_kernel_ms: None,
         skipped,
     }
 }
@@ -129,6 +130,11 @@ fn record_transfers(meta: &mut Meta, engine: &Engine, device: &str) {
                 t.upload_bytes, t.download_bytes, t.submissions
             );
             meta.transfers = Some(t);
+            let ns = ctx.take_kernel_ns();
+            if ns > 0 {
+                meta.gpu_kernel_ms = Some(ns as f64 / 1e6);
+                eprintln!("GPU kernel time: {:.1} ms", ns as f64 / 1e6);
+            }
         }
     }
     #[cfg(not(feature = "gpu"))]

@@ -95,7 +95,9 @@ pub fn check_json_target(json: &Option<String>) -> Result<()> {
 
 pub fn open_device(device: &str) -> Result<(Engine, DeviceChoice)> {
     let choice: DeviceChoice = device.parse()?;
-    let (engine, note) = Engine::open(choice, false)?;
+    // GPU timestamp queries (kernel time in the report's meta) cost a little: on request.
+    let timestamps = std::env::var("CONFORMAL_GPU_TIMESTAMPS").is_ok_and(|v| v == "1");
+    let (engine, note) = Engine::open(choice, timestamps)?;
     eprintln!("{note}");
     Ok((engine, choice))
 }

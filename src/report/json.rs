@@ -28,6 +28,10 @@ pub struct Meta {
     /// (absent on the CPU path).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub transfers: Option<Transfers>,
+    /// GPU kernel time in milliseconds (timestamp queries; with
+    /// `CONFORMAL_GPU_TIMESTAMPS=1` on an adapter that has them).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gpu_kernel_ms: Option<f64>,
     /// Files of the dataset directory that are not readable prediction sets, skipped.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub skipped: Vec<SkippedFile>,
