@@ -71,6 +71,7 @@ def _block_rows(block: Any) -> int:
 def _tally_block(
     box: list[Any],
     block: Any,
+    part: tuple[int, int] | None,
     row_offset: int,
     name: str,
     logits: str,
@@ -82,6 +83,8 @@ def _tally_block(
 
     cal = _calibration(box)
     acc = BlockAccessor.for_block(block)
+    if part is not None:
+        acc = BlockAccessor.for_block(acc.slice(part[0], part[1], copy=False))
     cols = [logits] + ([labels] if labels else []) + list(groups.values())
     batch = acc.to_numpy(cols) if len(cols) > 1 else {logits: acc.to_numpy(logits)}
     y = _column(batch, labels, name) if labels else None
@@ -92,6 +95,22 @@ def _tally_block(
     return cal.tally(x, labels=y, groups=g, row_offset=row_offset, device=device, name=name)
 
 
+def _get(ref: Any) -> Any:
+    """``ray.get``, re-raising a task's own exception (the crate's typed error with its
+    message) instead of Ray's wrapper."""
+    import ray
+
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayTaskError as e:
+        cause: BaseException = e
+        while isinstance(cause, ray.exceptions.RayTaskError) and cause.cause is not None:
+            cause = cause.cause
+        if cause is e:
+            raise
+        raise cause from None
+
+
 def _merge(*parts: Tally) -> Tally:
     out = parts[0]
     for p in parts[1:]:
@@ -99,16 +118,22 @@ def _merge(*parts: Tally) -> Tally:
     return out
 
 
-def _blocks(ds: Any) -> list[tuple[Any, int | None]]:
-    """The dataset's blocks in order, with their row counts where the metadata has them."""
+def _blocks(ds: Any) -> list[tuple[Any, int | None, tuple[int, int] | None]]:
+    """The dataset's blocks in order: (ref, rows where the metadata knows them, the slice
+    of the block the bundle covers or None for all of it)."""
+    out: list[tuple[Any, int | None, tuple[int, int] | None]] = []
     if hasattr(ds, "iter_internal_ref_bundles"):
-        out = []
         for bundle in ds.iter_internal_ref_bundles():
-            for ref, meta in bundle.blocks:
-                out.append((ref, meta.num_rows))
+            slices = getattr(bundle, "slices", None) or (None,) * len(bundle.blocks)
+            for entry, sl in zip(bundle.blocks, slices):
+                ref, meta = (entry.ref, entry.metadata) if hasattr(entry, "ref") else entry
+                if sl is not None:
+                    out.append((ref, sl.end_offset - sl.start_offset,
+                                (sl.start_offset, sl.end_offset)))
+                else:
+                    out.append((ref, meta.num_rows, None))
         return out
-    refs = ds.get_internal_block_refs()  # older Ray
-    return [(r, None) for r in refs]
+    return [(r, None, None) for r in ds.get_internal_block_refs()]  # older Ray
 
 
 def tally(
@@ -134,17 +159,17 @@ def tally(
     if labels is not None and labels not in ds.columns():
         labels = None  # an unlabelled target
     blocks = _blocks(ds)
-    if any(n is None for _, n in blocks):
+    if any(n is None for _, n, _ in blocks):
         count = ray.remote(_block_rows)
-        sizes = ray.get([count.remote(ref) for ref, _ in blocks])
-        blocks = [(ref, n) for (ref, _), n in zip(blocks, sizes)]
+        sizes = _get([count.remote(ref) for ref, _, _ in blocks])
+        blocks = [(ref, n, sl) for (ref, _, sl), n in zip(blocks, sizes)]
     task = ray.remote(_tally_block)
     refs = []
     offset = 0
-    for ref, n in blocks:
+    for ref, n, sl in blocks:
         if n == 0:
             continue
-        refs.append(task.remote(box, ref, offset, name, logits, labels, gcols, device))
+        refs.append(task.remote(box, ref, sl, offset, name, logits, labels, gcols, device))
         offset += n
     if not refs:
         return cal.tally(
@@ -158,7 +183,7 @@ def tally(
     fan_in = max(2, fan_in)
     while len(refs) > 1:
         refs = [merge.remote(*refs[i : i + fan_in]) for i in range(0, len(refs), fan_in)]
-    return ray.get(refs[0])
+    return _get(refs[0])
 
 
 def evaluate(

@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
+use conformal_gpu::backend::Backend;
 use conformal_gpu::data::npz::load_npz;
 use conformal_gpu::data::stream::NpzRowReader;
 use conformal_gpu::data::PredictionSet;
@@ -26,7 +27,7 @@ use numpy::{
     Element, PyArray1, PyArray2, PyArrayDyn, PyArrayMethods, PyReadonlyArrayDyn,
     PyUntypedArrayMethods,
 };
-use pyo3::exceptions::{PyFileNotFoundError, PyOSError, PyPermissionError, PyRuntimeError, PyValueError};
+use pyo3::exceptions::{PyFileNotFoundError, PyOSError, PyPermissionError, PyRuntimeError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString, PyTuple};
 
@@ -266,7 +267,12 @@ fn ids_i64(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<Vec<i64>> {
         return Ok(a.readonly().as_array().iter().map(|&v| v as i64).collect());
     }
     let a = arr.call_method1("astype", ("int64",))?;
-    Ok(a.cast::<PyArrayDyn<i64>>()?.readonly().as_array().to_vec())
+    Ok(a.cast::<PyArrayDyn<i64>>()?
+        .readonly()
+        .as_array()
+        .iter()
+        .copied()
+        .collect())
 }
 
 /// Group ids: borrowed when C-contiguous int64, else converted.
@@ -313,10 +319,11 @@ fn labels_arg<'py>(obj: &Bound<'py, PyAny>, what: &str) -> PyResult<Labels<'py>>
 
 /// Narrows `labels[start..end]` to i32 into `buf`, or returns the crate's error for the
 /// first label that is not a class of `k` (-1 = unknown).
+/// `first_row` is the whole target's index of `labels[start]` (errors name it).
 fn narrow(
     labels: &[i64],
-    start: usize,
-    end: usize,
+    (start, end): (usize, usize),
+    first_row: usize,
     k: usize,
     name: &str,
     buf: &mut Vec<i32>,
@@ -326,7 +333,7 @@ fn narrow(
         if y < -1 || y >= k as i64 {
             return Err(Error::LabelOutOfRange {
                 what: format!("{name}: labels"),
-                row: start + i,
+                row: first_row + i,
                 label: y,
                 k,
             });
@@ -349,7 +356,9 @@ fn groups_arg<'py>(
     let g = g.cast::<PyDict>().map_err(|_| {
         to_py(
             g.py(),
-            invalid(format!("{what}: groups must be a dict such as {{\"slide\": ids, \"hospital\": ids}}")),
+            invalid(format!(
+                "{what}: groups must be a dict such as {{\"slide\": ids, \"hospital\": ids}}"
+            )),
         )
     })?;
     let (mut hospital, mut slide) = (None, None);
@@ -384,7 +393,8 @@ fn prediction_set(
         Rows::Borrowed(a) => a.as_slice()?.to_vec(),
         Rows::Owned(v) => v,
     };
-    let arr = Array2::from_shape_vec((l.n, l.k), data).map_err(|e| to_py(py, invalid(e.to_string())))?;
+    let arr =
+        Array2::from_shape_vec((l.n, l.k), data).map_err(|e| to_py(py, invalid(e.to_string())))?;
     let mut set = PredictionSet::new(name, arr);
     if let Some(y) = labels.filter(|y| !y.is_none()) {
         set.labels = Some(Array1::from(ids_i64(y, &format!("{name}: labels"))?));
@@ -454,7 +464,9 @@ fn temperature_arg<'a>(
     }
     Err(to_py(
         py,
-        invalid("temperature: expected \"fit\", a number, or a (logits, labels) tuple of another set"),
+        invalid(
+            "temperature: expected \"fit\", a number, or a (logits, labels) tuple of another set",
+        ),
     ))
 }
 
@@ -506,11 +518,14 @@ fn tally_arrays(
     let hospital = hospital.as_ref().map(|h| h.slice());
     let slide = slide.as_ref().map(|s| s.slice());
     let group_arrays = [hospital.is_some(), slide.is_some()];
-    on_device!(py, device, |b| -> conformal_gpu::Result<Tally> {
+    on_device!(py, device, |b| {
         check_k(name, k, cal)?;
         // Lengths are checked on the whole arrays first, so a chunk never slices past one.
         for (arr, len) in [
-            ("labels", borrowed_labels.map(<[i32]>::len).or(wide.map(<[i64]>::len))),
+            (
+                "labels",
+                borrowed_labels.map(<[i32]>::len).or(wide.map(<[i64]>::len)),
+            ),
             ("hospital", hospital.map(<[i64]>::len)),
             ("slide", slide.map(<[i64]>::len)),
         ] {
@@ -530,7 +545,7 @@ fn tally_arrays(
             let chunk_labels = match (borrowed_labels, wide) {
                 (Some(y), _) => Some(&y[start..end]),
                 (None, Some(w)) => {
-                    narrow(w, start, end, k, name, &mut buf)?;
+                    narrow(w, (start, end), row_offset + start, k, name, &mut buf)?;
                     Some(buf.as_slice())
                 }
                 _ => None,
@@ -555,7 +570,7 @@ fn tally_arrays(
             }
             start = end;
         }
-        Ok(tally)
+        Ok::<_, Error>(tally)
     })
 }
 
@@ -608,7 +623,10 @@ impl PyCalibration {
         groups: Option<&Bound<'_, PyAny>>,
         name: &str,
     ) -> PyResult<Self> {
-        let alphas = alphas.map(alphas_arg).transpose()?.unwrap_or_else(|| vec![0.1]);
+        let alphas = alphas
+            .map(alphas_arg)
+            .transpose()?
+            .unwrap_or_else(|| vec![0.1]);
         let fit_str = PyString::new(py, "fit");
         let temperature = temperature.unwrap_or(fit_str.as_any());
         let source = prediction_set(name, logits, Some(labels), groups)?;
@@ -665,7 +683,9 @@ impl PyCalibration {
                     let t = item.cast::<PyTally>().map_err(|_| {
                         to_py(
                             py,
-                            invalid(format!("report: {name}: expected a Tally or a list of Tally")),
+                            invalid(format!(
+                                "report: {name}: expected a Tally or a list of Tally"
+                            )),
                         )
                     })?;
                     v.push(t.borrow().inner.clone());
@@ -698,7 +718,9 @@ impl PyCalibration {
     #[staticmethod]
     #[pyo3(signature = (text, file = "<calibration>"))]
     fn from_json(py: Python<'_>, text: &str, file: &str) -> PyResult<Self> {
-        let cal = py.detach(|| Calibration::from_json(text, file)).py_err(py)?;
+        let cal = py
+            .detach(|| Calibration::from_json(text, file))
+            .py_err(py)?;
         Ok(PyCalibration {
             inner: Arc::new(cal),
             device: "auto".into(),
@@ -714,7 +736,9 @@ impl PyCalibration {
     }
 
     fn __reduce__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
-        let f = py.import("conformal_gpu")?.getattr("_calibration_from_json")?;
+        let f = py
+            .import("conformal_gpu")?
+            .getattr("_calibration_from_json")?;
         let args = (self.to_json(py)?, self.device.clone());
         PyTuple::new(py, [f, args.into_pyobject(py)?.into_any()])
     }
@@ -747,7 +771,8 @@ impl PyCalibration {
     /// The source's summary, as in the report's `source`.
     #[getter]
     fn source<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        let v = serde_json::to_value(&self.inner.source).map_err(|e| to_py(py, invalid(e.to_string())))?;
+        let v = serde_json::to_value(&self.inner.source)
+            .map_err(|e| to_py(py, invalid(e.to_string())))?;
         json_to_py(py, &v)
     }
 
@@ -907,12 +932,15 @@ fn evaluate<'py>(
     temperature: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyAny>> {
     let started = Instant::now();
-    let alphas = alphas.map(alphas_arg).transpose()?.unwrap_or_else(|| vec![0.1]);
+    let alphas = alphas
+        .map(alphas_arg)
+        .transpose()?
+        .unwrap_or_else(|| vec![0.1]);
     let choice = parse_device(device).py_err(py)?;
     // Targets are opened (paths: headers read and checked) before any work.
     enum Target<'a> {
         Dict(Bound<'a, PyDict>),
-        File(NpzRowReader),
+        File(Box<NpzRowReader>),
     }
     let mut list = Vec::new();
     for (name, value) in targets.iter() {
@@ -930,11 +958,13 @@ fn evaluate<'py>(
                     },
                 ));
             }
-            Target::File(r)
+            Target::File(Box::new(r))
         } else {
             return Err(to_py(
                 py,
-                invalid(format!("target {name:?}: expected a dict of arrays or an .npz path")),
+                invalid(format!(
+                    "target {name:?}: expected a dict of arrays or an .npz path"
+                )),
             ));
         };
         list.push((name, t));
@@ -950,11 +980,12 @@ fn evaluate<'py>(
     }
     // The source: a dict of arrays, or a file (loaded whole and hashed, as the CLI does).
     let (source_set, source_input) = if let Some(p) = as_path(source) {
-        let (set, input) = py.detach(|| {
-            let (set, hash) = rayon_join(|| load_npz(&p), || InputFile::hash(&p));
-            Ok::<_, Error>((set?, hash?))
-        })
-        .py_err(py)?;
+        let (set, input) = py
+            .detach(|| {
+                let (set, hash) = rayon_join(|| load_npz(&p), || InputFile::hash(&p));
+                Ok::<_, Error>((set?, hash?))
+            })
+            .py_err(py)?;
         (set, Some(input))
     } else if let Ok(d) = source.cast::<PyDict>() {
         let name = match dict_get(d, "name")? {
@@ -969,7 +1000,10 @@ fn evaluate<'py>(
         )?;
         (set, None)
     } else {
-        return Err(to_py(py, invalid("source: expected a dict of arrays or an .npz path")));
+        return Err(to_py(
+            py,
+            invalid("source: expected a dict of arrays or an .npz path"),
+        ));
     };
     let fit_str = PyString::new(py, "fit");
     let temperature = temperature.unwrap_or(fit_str.as_any());
@@ -1004,7 +1038,7 @@ fn evaluate<'py>(
             Target::File(reader) => {
                 job_slots.push(tallies.len());
                 jobs.push(FileJob {
-                    reader,
+                    reader: *reader,
                     name: name.clone(),
                     rows: None,
                 });
@@ -1102,7 +1136,7 @@ fn softmax<'py>(
     let l = logits_arg(logits, "logits")?;
     let (n, k) = (l.n, l.k);
     let slice = l.slice();
-    let out = on_device!(py, device, |b| -> conformal_gpu::Result<Vec<f32>> {
+    let out: Vec<f32> = on_device!(py, device, |b| {
         if k < 2 {
             return Err(Error::TooFewClasses {
                 what: "logits".into(),
@@ -1136,7 +1170,10 @@ fn conformal_quantile<'py>(
     alphas: Option<&Bound<'py, PyAny>>,
     device: &str,
 ) -> PyResult<Bound<'py, PyAny>> {
-    let alphas = alphas.map(alphas_arg).transpose()?.unwrap_or_else(|| vec![0.1]);
+    let alphas = alphas
+        .map(alphas_arg)
+        .transpose()?
+        .unwrap_or_else(|| vec![0.1]);
     let arr = np_asarray(scores)?;
     let ndim: usize = arr.getattr("ndim")?.extract()?;
     if ndim != 1 {
@@ -1172,9 +1209,7 @@ fn conformal_quantile<'py>(
 #[pyfunction]
 #[pyo3(signature = (device = "auto"))]
 fn device_name(py: Python<'_>, device: &str) -> PyResult<String> {
-    on_device!(py, device, |b| Ok::<_, Error>(
-        conformal_gpu::backend::Backend::device_name(b)
-    ))
+    on_device!(py, device, |b| Ok::<_, Error>(b.device_name()))
 }
 
 #[pymodule]

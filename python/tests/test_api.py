@@ -86,6 +86,8 @@ def test_bad_input_raises_typed_with_crate_message(cal, target):
         cal.tally(target["logits"], y)
     with pytest.raises(cg.InvalidInput, match=r"label 3 at row 5 is not a class"):
         cal.tally(target["logits"], y.astype(np.int32))
+    with pytest.raises(cg.InvalidInput, match=r"label 3 at row 1005 is not a class"):
+        cal.tally(target["logits"], y, row_offset=1000)
     y[5] = 2**40
     with pytest.raises(cg.InvalidInput, match=r"label 1099511627776 at row 5 is not a class"):
         cal.tally(target["logits"], y)

@@ -135,9 +135,9 @@ def test_conformal_quantile_equal_cli(cli, tmp_path, dtype):
     scores = rng.random(10_001).astype(dtype)
     np.save(tmp_path / "s.npy", scores)
     out = tmp_path / "q.json"
-    want = cli("quantile", "--scores", str(tmp_path / "s.npy"), "--alpha", "0.1,0.05,0.0001",
+    want = cli("quantile", "--scores", str(tmp_path / "s.npy"), "--alpha", "0.1,0.05,0.00001",
                "--device", "cpu", "--json", str(out), json_out=out)
-    got = cg.conformal_quantile(scores, alphas=(0.1, 0.05, 0.0001), device="cpu")
+    got = cg.conformal_quantile(scores, alphas=(0.1, 0.05, 0.00001), device="cpu")
     assert got == want
     assert got["precision"] == ("float64" if dtype == np.float64 else "float32")
     assert got["qhat"][2] is None  # k > n: +inf
