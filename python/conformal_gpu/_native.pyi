@@ -2,7 +2,7 @@
 
 from collections.abc import Iterable, Mapping, Sequence
 from os import PathLike
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -11,10 +11,10 @@ __version__: str
 
 Device = Literal["auto", "gpu", "cpu"]
 ArrayLike = npt.ArrayLike
-Alphas = Union[float, Sequence[float]]
+Alphas = float | Sequence[float]
 Groups = Mapping[Literal["hospital", "slide"], ArrayLike]
-Temperature = Union[Literal["fit"], float, tuple[ArrayLike, ArrayLike]]
-SetSpec = Union[Mapping[str, Any], str, PathLike[str]]
+Temperature = Literal["fit"] | float | tuple[ArrayLike, ArrayLike]
+SetSpec = Mapping[str, Any] | str | PathLike[str]
 
 class InvalidInput(ValueError):
     """Bad arguments or data (exit codes 2 and 5)."""

@@ -20,7 +20,7 @@ def fake_model_outputs(seed: int, n: int, shift: float, k: int = 10):
     rng = np.random.default_rng(seed)
     y = rng.integers(0, k, size=n)
     logits = rng.normal(0, 1 + shift, size=(n, k)).astype(np.float32)
-    logits[np.arange(n), y] += 3.0 - 2 * shift  # less separable under shift
+    logits[np.arange(n), y] += 4.0 - 2 * shift  # less separable under shift
     hospital = rng.integers(0, 4, size=n)
     slide = hospital * 100 + rng.integers(0, 20, size=n)
     return {"logits": logits, "labels": y, "hospital": hospital, "slide": slide}
@@ -58,7 +58,7 @@ a = cal.tally(test["logits"][:half], test["labels"][:half],
 b = cal.tally(test["logits"][half:], test["labels"][half:],
               groups={g: v[half:] for g, v in groups.items()}, row_offset=half, name="test")
 single = cal.report({"test": a + b})
-print("CPC (ts):", single["targets"][0]["estimates"]["ts"]["cpc"])
+print("CPC (ts):", single["targets"][0]["estimates"]["ts"]["CPC"])
 
 # %% [markdown]
 # ## Sharded on Ray: the target as a Ray dataset of many blocks
