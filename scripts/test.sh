@@ -12,14 +12,17 @@ cd "$(dirname "$0")/.."
 export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp}"
 
 cargo test --release
-cargo build --release --bins --example evaluate_timed
+# `cargo test` built the command-line binary the Python tests compare against (and the
+# examples); a plain `cargo build` here would rebuild wgpu with other features.
+test -x target/release/conformal-gpu || cargo build --release --bins
 
 if [ ! -x .venv/bin/python ]; then
     "${PYTHON:-python3}" -m venv .venv
 fi
-.venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q numpy pytest "ray[data]" ruff
 # The extension builds in its own target directory (kept between runs).
 CARGO_TARGET_DIR="$PWD/python/target" .venv/bin/python -m pip install -q ./python
 .venv/bin/ruff check python
-(cd python && ../.venv/bin/python -m pytest -q tests)
+# From the repository root, so that `import conformal_gpu` is the installed package (with
+# its extension), not the source folder python/conformal_gpu.
+.venv/bin/python -m pytest -q -p no:cacheprovider python/tests
