@@ -1,7 +1,7 @@
 """cg.evaluate on 1M target rows vs the Rust library call, interleaved rounds.
 
     cargo build --release --example evaluate_timed   # or: cargo test --release
-    python python/benches/bench_evaluate.py   # from the repository root [--rounds 15] [--rows 1000000]
+    python python/benches/bench_evaluate.py [--rounds 15] [--rows 1000000]   # from the repo root
 
 Writes the seeded source (100k rows) and target (1M rows, K = 2, hospital and slide ids)
 as .npz into a temporary directory; the Rust side (examples/evaluate_timed.rs) loads them
