@@ -1,0 +1,110 @@
+"""Type stubs of the compiled extension (conformal_gpu._native)."""
+
+from collections.abc import Iterable, Mapping, Sequence
+from os import PathLike
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+
+__version__: str
+
+Device = Literal["auto", "gpu", "cpu"]
+ArrayLike = npt.ArrayLike
+Alphas = float | Sequence[float]
+Groups = Mapping[Literal["hospital", "slide"], ArrayLike]
+Temperature = Literal["fit"] | float | tuple[ArrayLike, ArrayLike]
+SetSpec = Mapping[str, Any] | str | PathLike[str]
+
+class InvalidInput(ValueError):
+    """Bad arguments or data (exit codes 2 and 5)."""
+
+    exit_code: int
+
+class MalformedFile(InvalidInput):
+    """A damaged .npz, calibration or tally (exit code 4)."""
+
+class GpuError(RuntimeError):
+    """The GPU path failed (exit code 6)."""
+
+    exit_code: int
+
+class Calibration:
+    """What the source decides, fitted once; picklable (its versioned JSON)."""
+
+    @staticmethod
+    def fit(
+        logits: ArrayLike,
+        labels: ArrayLike,
+        alphas: Alphas | None = (0.1,),
+        temperature: Temperature | None = "fit",
+        device: Device = "auto",
+        groups: Groups | None = None,
+        name: str = "source",
+    ) -> Calibration: ...
+    def tally(
+        self,
+        logits: ArrayLike,
+        labels: ArrayLike | None = None,
+        groups: Groups | None = None,
+        row_offset: int = 0,
+        device: Device | None = None,
+        name: str = "target",
+    ) -> Tally: ...
+    def report(self, targets: Mapping[str, Tally | Iterable[Tally]]) -> dict[str, Any]: ...
+    def to_json(self) -> str: ...
+    @staticmethod
+    def from_json(text: str, file: str = "<calibration>") -> Calibration: ...
+    @staticmethod
+    def _from_pickle(text: str, device: str) -> Calibration: ...
+    @property
+    def id(self) -> str: ...
+    @property
+    def k(self) -> int: ...
+    @property
+    def alphas(self) -> list[float]: ...
+    @property
+    def temperature(self) -> float: ...
+    @property
+    def device(self) -> str: ...
+    @property
+    def source(self) -> dict[str, Any]: ...
+    def __eq__(self, other: object) -> bool: ...
+    def __hash__(self) -> int: ...
+
+class Tally:
+    """One target's integer counts under a calibration; merges exactly; picklable."""
+
+    def merge(self, other: Tally) -> None: ...
+    def __add__(self, other: Tally) -> Tally: ...
+    def __iadd__(self, other: Tally) -> Tally: ...
+    def to_json(self) -> str: ...
+    @staticmethod
+    def from_json(text: str, file: str = "<tally>") -> Tally: ...
+    @property
+    def n(self) -> int: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def rows(self) -> list[tuple[int, int]]: ...
+    @property
+    def calibration_id(self) -> str: ...
+    def __eq__(self, other: object) -> bool: ...
+
+def evaluate(
+    source: SetSpec,
+    targets: Mapping[str, SetSpec],
+    alphas: Alphas | None = (0.1,),
+    device: Device = "auto",
+    temperature: Temperature | None = "fit",
+) -> dict[str, Any]: ...
+def fit_temperature(
+    logits: ArrayLike, labels: ArrayLike, device: Device = "auto"
+) -> dict[str, Any]: ...
+def softmax(
+    logits: ArrayLike, t: float = 1.0, device: Device = "auto"
+) -> np.ndarray[Any, np.dtype[np.float32]]: ...
+def conformal_quantile(
+    scores: ArrayLike, alphas: Alphas | None = (0.1,), device: Device = "auto"
+) -> dict[str, Any]: ...
+def device_name(device: Device = "auto") -> str: ...

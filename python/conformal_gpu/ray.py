@@ -1,0 +1,218 @@
+"""Ray Data integration: tally a dataset's blocks where they live, merge the tallies in a
+tree of Ray tasks, report.
+
+    import conformal_gpu.ray as cgr
+    report = cgr.evaluate(cal, {"test": ds}, logits="logits", labels="labels",
+                          groups=("slide",))
+
+The calibration is put in the object store once (``ray.put``) and each worker process
+decodes it once. Every block is tallied with its true row offset (prefix sums of the
+blocks' row counts, in the dataset's order), so tallies never overlap and the merged
+counts are exactly those of the whole target: the report equals ``cal.report`` of a
+single-process tally bit for bit, whatever the number of blocks or the merge order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import numpy as np
+
+from . import Calibration, Tally
+
+__all__ = ["evaluate", "tally"]
+
+# Per worker process: the calibration last fetched, by object ref.
+_CAL_CACHE: dict[str, Calibration] = {}
+
+
+def _calibration(box: list[Any]) -> Calibration:
+    import ray
+
+    ref = box[0]
+    key = ref.hex()
+    cal = _CAL_CACHE.get(key)
+    if cal is None:
+        cal = ray.get(ref)
+        _CAL_CACHE.clear()
+        _CAL_CACHE[key] = cal
+    return cal
+
+
+def _column(batch: Mapping[str, Any], name: str, what: str) -> np.ndarray:
+    if name not in batch:
+        from . import InvalidInput
+
+        raise InvalidInput(f"{what}: the dataset has no column {name!r} (it has {sorted(batch)})")
+    arr = batch[name]
+    if isinstance(arr, np.ndarray) and arr.dtype == object:
+        # Variable-shaped or list columns come back as arrays of arrays.
+        arr = np.stack(list(arr)) if len(arr) else np.empty((0, 0), dtype=np.float32)
+    return np.asarray(arr)
+
+
+def _group_columns(groups: Iterable[str] | Mapping[str, str] | None) -> dict[str, str]:
+    if groups is None:
+        return {}
+    if isinstance(groups, str):
+        return {groups: groups}
+    if isinstance(groups, Mapping):
+        return dict(groups)
+    return {g: g for g in groups}
+
+
+def _block_rows(block: Any) -> int:
+    from ray.data.block import BlockAccessor
+
+    return BlockAccessor.for_block(block).num_rows()
+
+
+def _tally_block(
+    box: list[Any],
+    block: Any,
+    part: tuple[int, int] | None,
+    row_offset: int,
+    name: str,
+    logits: str,
+    labels: str | None,
+    groups: dict[str, str],
+    device: str | None,
+) -> Tally:
+    from ray.data.block import BlockAccessor
+
+    cal = _calibration(box)
+    acc = BlockAccessor.for_block(block)
+    if part is not None:
+        acc = BlockAccessor.for_block(acc.slice(part[0], part[1], copy=False))
+    cols = [logits] + ([labels] if labels else []) + list(groups.values())
+    batch = acc.to_numpy(cols) if len(cols) > 1 else {logits: acc.to_numpy(logits)}
+    y = _column(batch, labels, name) if labels else None
+    g = {k: _column(batch, col, name) for k, col in groups.items()} or None
+    x = _column(batch, logits, name)
+    if x.ndim != 2 and len(x) == 0:
+        x = np.empty((0, cal.k), dtype=np.float32)
+    return cal.tally(x, labels=y, groups=g, row_offset=row_offset, device=device, name=name)
+
+
+def _get(ref: Any) -> Any:
+    """``ray.get``, re-raising a task's own exception (the crate's typed error with its
+    message) instead of Ray's wrapper."""
+    import ray
+
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayTaskError as e:
+        cause: BaseException = e
+        while isinstance(cause, ray.exceptions.RayTaskError) and cause.cause is not None:
+            cause = cause.cause
+        if cause is e:
+            raise
+        raise cause from None
+
+
+def _merge(*parts: Tally) -> Tally:
+    out = parts[0]
+    for p in parts[1:]:
+        out.merge(p)
+    return out
+
+
+def _blocks(ds: Any) -> list[tuple[Any, int | None, tuple[int, int] | None]]:
+    """The dataset's blocks in order: (ref, rows where the metadata knows them, the slice
+    of the block the bundle covers or None for all of it)."""
+    out: list[tuple[Any, int | None, tuple[int, int] | None]] = []
+    if hasattr(ds, "iter_internal_ref_bundles"):
+        for bundle in ds.iter_internal_ref_bundles():
+            slices = getattr(bundle, "slices", None) or (None,) * len(bundle.blocks)
+            for entry, sl in zip(bundle.blocks, slices):
+                ref, meta = (entry.ref, entry.metadata) if hasattr(entry, "ref") else entry
+                if sl is not None:
+                    out.append((ref, sl.end_offset - sl.start_offset,
+                                (sl.start_offset, sl.end_offset)))
+                else:
+                    out.append((ref, meta.num_rows, None))
+        return out
+    return [(r, None, None) for r in ds.get_internal_block_refs()]  # older Ray
+
+
+def tally(
+    cal: Calibration,
+    ds: Any,
+    *,
+    name: str = "target",
+    logits: str = "logits",
+    labels: str | None = "labels",
+    groups: Iterable[str] | Mapping[str, str] | None = (),
+    device: str | None = None,
+    fan_in: int = 8,
+    cal_ref: Any = None,
+) -> Tally:
+    """Tallies a Ray dataset of target rows: one Ray task per block (at its row offset),
+    then a tree of merges (``fan_in`` tallies per merge task). Returns the merged tally."""
+    import ray
+
+    if cal_ref is None:
+        cal_ref = ray.put(cal)
+    box = [cal_ref]  # nested, so Ray passes the ref and each worker caches the decode
+    gcols = _group_columns(groups)
+    if labels is not None and labels not in ds.columns():
+        labels = None  # an unlabelled target
+    blocks = _blocks(ds)
+    if any(n is None for _, n, _ in blocks):
+        count = ray.remote(_block_rows)
+        sizes = _get([count.remote(ref) for ref, _, _ in blocks])
+        blocks = [(ref, n, sl) for (ref, _, sl), n in zip(blocks, sizes)]
+    task = ray.remote(_tally_block)
+    refs = []
+    offset = 0
+    for ref, n, sl in blocks:
+        if n == 0:
+            continue
+        refs.append(task.remote(box, ref, sl, offset, name, logits, labels, gcols, device))
+        offset += n
+    if not refs:
+        return cal.tally(
+            np.empty((0, cal.k), dtype=np.float32),
+            labels=np.empty(0, dtype=np.int32) if labels else None,
+            groups={k: np.empty(0, dtype=np.int64) for k in gcols} or None,
+            device=device,
+            name=name,
+        )
+    merge = ray.remote(_merge)
+    fan_in = max(2, fan_in)
+    while len(refs) > 1:
+        refs = [merge.remote(*refs[i : i + fan_in]) for i in range(0, len(refs), fan_in)]
+    return _get(refs[0])
+
+
+def evaluate(
+    cal: Calibration,
+    targets: Mapping[str, Any],
+    *,
+    logits: str = "logits",
+    labels: str | None = "labels",
+    groups: Iterable[str] | Mapping[str, str] | None = (),
+    device: str | None = None,
+    fan_in: int = 8,
+) -> dict[str, Any]:
+    """The report of ``cal`` on each Ray dataset of ``targets`` ({name: dataset}), tallied
+    on the cluster (see :func:`tally`): the same dict as ``cal.report``."""
+    import ray
+
+    cal_ref = ray.put(cal)
+    tallies = {
+        name: tally(
+            cal,
+            ds,
+            name=name,
+            logits=logits,
+            labels=labels,
+            groups=groups,
+            device=device,
+            fan_in=fan_in,
+            cal_ref=cal_ref,
+        )
+        for name, ds in targets.items()
+    }
+    return cal.report(tallies)

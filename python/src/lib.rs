@@ -1,0 +1,1230 @@
+//! `conformal_gpu._native`: the PyO3 + rust-numpy binding of the `conformal-gpu` crate.
+//!
+//! Arrays come in without a copy when they are C-contiguous and of the crate's own dtype
+//! (float32 logits, int32 labels for a tally, int64 group ids); anything else is converted
+//! once, as the crate's `.npz` reader converts (float16 exactly, float64 rounded to the
+//! nearest float32). Every computation runs with the GIL released. Errors are the crate's,
+//! raised as typed Python exceptions (see `errors`).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Instant;
+
+use conformal_gpu::backend::Backend;
+use conformal_gpu::data::npz::load_npz;
+use conformal_gpu::data::stream::NpzRowReader;
+use conformal_gpu::data::PredictionSet;
+use conformal_gpu::device::{DeviceChoice, Engine};
+use conformal_gpu::methods::calibration::{check_k, Calibration, CalibrationOptions, Temperature};
+use conformal_gpu::methods::evaluate::{Evaluation, Timings, TARGET_CHUNK_ROWS};
+use conformal_gpu::methods::files::{tally_files, FileJob};
+use conformal_gpu::methods::tally::{Tally, TargetRows};
+use conformal_gpu::report::{self, InputFile, Meta};
+use conformal_gpu::{with_backend, Error};
+use ndarray::{Array1, Array2};
+use numpy::{
+    Element, PyArray1, PyArray2, PyArrayDyn, PyArrayMethods, PyReadonlyArrayDyn,
+    PyUntypedArrayMethods,
+};
+use pyo3::exceptions::{PyFileNotFoundError, PyOSError, PyPermissionError, PyRuntimeError};
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyString, PyTuple};
+
+mod errors {
+    use pyo3::create_exception;
+    use pyo3::exceptions::{PyRuntimeError, PyValueError};
+    create_exception!(
+        conformal_gpu,
+        InvalidInput,
+        PyValueError,
+        "Bad arguments or data (the command line's exit codes 2 and 5): a bad alpha or temperature, NaN logits, a label out of range, lengths that disagree, tallies that do not fit together."
+    );
+    create_exception!(
+        conformal_gpu,
+        MalformedFile,
+        InvalidInput,
+        "A file that is not what it claims (exit code 4): a damaged .npz, calibration or tally."
+    );
+    create_exception!(
+        conformal_gpu,
+        GpuError,
+        PyRuntimeError,
+        "The GPU path failed (exit code 6): no adapter, out of memory, device lost."
+    );
+}
+use errors::{GpuError, InvalidInput, MalformedFile};
+
+/// The crate's error as a Python exception with its message and `exit_code`.
+fn to_py(py: Python<'_>, e: Error) -> PyErr {
+    let code = e.exit_code();
+    let msg = e.to_string();
+    let err = match (&e, code) {
+        (Error::Io { source, .. }, _) => match source.kind() {
+            std::io::ErrorKind::NotFound => PyFileNotFoundError::new_err(msg),
+            std::io::ErrorKind::PermissionDenied => PyPermissionError::new_err(msg),
+            _ => PyOSError::new_err(msg),
+        },
+        (_, 4) => MalformedFile::new_err(msg),
+        (_, 6) => GpuError::new_err(msg),
+        (_, 2) | (_, 5) => InvalidInput::new_err(msg),
+        _ => PyRuntimeError::new_err(msg),
+    };
+    let _ = err.value(py).setattr("exit_code", code);
+    err
+}
+
+trait IntoPy<T> {
+    fn py_err(self, py: Python<'_>) -> PyResult<T>;
+}
+
+impl<T> IntoPy<T> for conformal_gpu::Result<T> {
+    fn py_err(self, py: Python<'_>) -> PyResult<T> {
+        self.map_err(|e| to_py(py, e))
+    }
+}
+
+fn invalid(msg: impl Into<String>) -> Error {
+    Error::Invalid(msg.into())
+}
+
+// ---------------------------------------------------------------- devices
+
+/// Engines are opened once per process and choice (opening a GPU context, or probing for
+/// one under `auto`, costs far more than a small call).
+type EngineSlot = Arc<Engine>;
+static ENGINES: OnceLock<Mutex<BTreeMap<u8, EngineSlot>>> = OnceLock::new();
+
+fn parse_device(device: &str) -> conformal_gpu::Result<DeviceChoice> {
+    device.parse()
+}
+
+fn engine(choice: DeviceChoice) -> conformal_gpu::Result<EngineSlot> {
+    let key = match choice {
+        DeviceChoice::Auto => 0,
+        DeviceChoice::Gpu => 1,
+        DeviceChoice::Cpu => 2,
+    };
+    let map = ENGINES.get_or_init(|| Mutex::new(BTreeMap::new()));
+    let mut map = map.lock().map_err(|_| invalid("engine cache poisoned"))?;
+    if let Some(e) = map.get(&key) {
+        return Ok(Arc::clone(e));
+    }
+    let (engine, _note) = Engine::open(choice, false)?;
+    let engine = Arc::new(engine);
+    map.insert(key, Arc::clone(&engine));
+    Ok(engine)
+}
+
+/// Runs `f` with the GIL released, on the engine of `device`.
+macro_rules! on_device {
+    ($py:expr, $device:expr, |$b:ident| $body:expr) => {{
+        let choice = parse_device($device).py_err($py)?;
+        $py.detach(|| -> conformal_gpu::Result<_> {
+            let eng = engine(choice)?;
+            with_backend!(&*eng, choice, |$b| $body)
+        })
+        .py_err($py)
+    }};
+}
+
+// ---------------------------------------------------------------- arrays
+
+/// Float32 rows: borrowed from a C-contiguous float32 array, or converted.
+enum Rows<'py> {
+    Borrowed(PyReadonlyArrayDyn<'py, f32>),
+    Owned(Vec<f32>),
+}
+
+struct Logits<'py> {
+    data: Rows<'py>,
+    n: usize,
+    k: usize,
+}
+
+impl Logits<'_> {
+    fn slice(&self) -> &[f32] {
+        match &self.data {
+            // C-contiguous checked on the way in.
+            Rows::Borrowed(a) => a.as_slice().unwrap_or(&[]),
+            Rows::Owned(v) => v,
+        }
+    }
+}
+
+fn np_asarray<'py>(obj: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+    let np = obj.py().import("numpy")?;
+    np.call_method1("asarray", (obj,))
+}
+
+fn dtype_name(obj: &Bound<'_, PyAny>) -> String {
+    obj.getattr("dtype")
+        .and_then(|d| d.str())
+        .map(|s| s.to_string())
+        .unwrap_or_else(|_| "?".into())
+}
+
+/// Values of any real array as f32 in C order (f16 exact, f64 rounded as the .npz reader
+/// rounds).
+fn convert_f32(arr: &Bound<'_, PyAny>, what: &str) -> PyResult<Vec<f32>> {
+    fn logical<T: Element + Copy>(a: &Bound<'_, PyAny>, f: impl Fn(T) -> f32) -> Option<Vec<f32>> {
+        let a = a.cast::<PyArrayDyn<T>>().ok()?.readonly();
+        Some(a.as_array().iter().map(|&v| f(v)).collect())
+    }
+    if let Some(v) = logical::<f32>(arr, |v| v) {
+        return Ok(v);
+    }
+    if let Some(v) = logical::<f64>(arr, |v| v as f32) {
+        return Ok(v);
+    }
+    if let Some(v) = logical::<half::f16>(arr, |v| v.to_f32()) {
+        return Ok(v);
+    }
+    Err(to_py(
+        arr.py(),
+        invalid(format!(
+            "{what}: dtype {} is not a float (float16, float32 or float64)",
+            dtype_name(arr)
+        )),
+    ))
+}
+
+/// `[N, K]` logits, or `[N]` binary logits read as rows `(0, z)` like the .npz reader.
+fn logits_arg<'py>(obj: &Bound<'py, PyAny>, what: &str) -> PyResult<Logits<'py>> {
+    let arr = np_asarray(obj)?;
+    let shape: Vec<usize> = arr.getattr("shape")?.extract()?;
+    let bad_shape = || {
+        to_py(
+            obj.py(),
+            invalid(format!(
+                "{what}: logits must be [N, K] (or [N] binary logits), not shape {shape:?}"
+            )),
+        )
+    };
+    match shape.len() {
+        2 => {
+            let (n, k) = (shape[0], shape[1]);
+            if let Ok(a) = arr.cast::<PyArrayDyn<f32>>() {
+                if a.is_c_contiguous() {
+                    return Ok(Logits {
+                        data: Rows::Borrowed(a.readonly()),
+                        n,
+                        k,
+                    });
+                }
+            }
+            let v = convert_f32(&arr, what)?;
+            Ok(Logits {
+                data: Rows::Owned(v),
+                n,
+                k,
+            })
+        }
+        1 => {
+            let z = convert_f32(&arr, what)?;
+            let n = z.len();
+            let mut v = Vec::with_capacity(2 * n);
+            for z in z {
+                v.push(0.0);
+                v.push(z);
+            }
+            Ok(Logits {
+                data: Rows::Owned(v),
+                n,
+                k: 2,
+            })
+        }
+        _ => Err(bad_shape()),
+    }
+}
+
+fn is_int_dtype(arr: &Bound<'_, PyAny>) -> bool {
+    arr.getattr("dtype")
+        .and_then(|d| d.getattr("kind"))
+        .and_then(|k| k.extract::<String>())
+        .map(|k| k == "i" || k == "u")
+        .unwrap_or(false)
+}
+
+/// A 1-D integer array as i64 (always a copy: the crate's sets own their arrays).
+fn ids_i64(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<Vec<i64>> {
+    let arr = np_asarray(obj)?;
+    let ndim: usize = arr.getattr("ndim")?.extract()?;
+    if ndim != 1 || !is_int_dtype(&arr) {
+        return Err(to_py(
+            obj.py(),
+            invalid(format!(
+                "{what}: must be a 1-D integer array, not {}-D {}",
+                ndim,
+                dtype_name(&arr)
+            )),
+        ));
+    }
+    if let Ok(a) = arr.cast::<PyArrayDyn<i64>>() {
+        return Ok(a.readonly().as_array().iter().copied().collect());
+    }
+    if let Ok(a) = arr.cast::<PyArrayDyn<i32>>() {
+        return Ok(a.readonly().as_array().iter().map(|&v| v as i64).collect());
+    }
+    let a = arr.call_method1("astype", ("int64",))?;
+    Ok(a.cast::<PyArrayDyn<i64>>()?
+        .readonly()
+        .as_array()
+        .iter()
+        .copied()
+        .collect())
+}
+
+/// Group ids: borrowed when C-contiguous int64, else converted.
+enum Ids<'py> {
+    Borrowed(PyReadonlyArrayDyn<'py, i64>),
+    Owned(Vec<i64>),
+}
+
+impl Ids<'_> {
+    fn slice(&self) -> &[i64] {
+        match self {
+            Ids::Borrowed(a) => a.as_slice().unwrap_or(&[]),
+            Ids::Owned(v) => v,
+        }
+    }
+}
+
+fn ids_arg<'py>(obj: &Bound<'py, PyAny>, what: &str) -> PyResult<Ids<'py>> {
+    let arr = np_asarray(obj)?;
+    if let Ok(a) = arr.cast::<PyArrayDyn<i64>>() {
+        if a.ndim() == 1 && a.is_c_contiguous() {
+            return Ok(Ids::Borrowed(a.readonly()));
+        }
+    }
+    Ok(Ids::Owned(ids_i64(obj, what)?))
+}
+
+/// Labels of a tally: borrowed when C-contiguous int32; int64 narrowed to int32 (values
+/// outside int32 are reported as the crate reports a label out of range).
+enum Labels<'py> {
+    Borrowed(PyReadonlyArrayDyn<'py, i32>),
+    Wide(Vec<i64>),
+}
+
+fn labels_arg<'py>(obj: &Bound<'py, PyAny>, what: &str) -> PyResult<Labels<'py>> {
+    let arr = np_asarray(obj)?;
+    if let Ok(a) = arr.cast::<PyArrayDyn<i32>>() {
+        if a.ndim() == 1 && a.is_c_contiguous() {
+            return Ok(Labels::Borrowed(a.readonly()));
+        }
+    }
+    Ok(Labels::Wide(ids_i64(obj, what)?))
+}
+
+/// Narrows `labels[start..end]` to i32 into `buf`, or returns the crate's error for the
+/// first label that is not a class of `k` (-1 = unknown).
+/// `first_row` is the whole target's index of `labels[start]` (errors name it).
+fn narrow(
+    labels: &[i64],
+    (start, end): (usize, usize),
+    first_row: usize,
+    k: usize,
+    name: &str,
+    buf: &mut Vec<i32>,
+) -> conformal_gpu::Result<()> {
+    buf.clear();
+    for (i, &y) in labels[start..end].iter().enumerate() {
+        if y < -1 || y >= k as i64 {
+            return Err(Error::LabelOutOfRange {
+                what: format!("{name}: labels"),
+                row: first_row + i,
+                label: y,
+                k,
+            });
+        }
+        buf.push(y as i32);
+    }
+    Ok(())
+}
+
+fn groups_arg<'py>(
+    groups: Option<&Bound<'py, PyAny>>,
+    what: &str,
+) -> PyResult<(Option<Ids<'py>>, Option<Ids<'py>>)> {
+    let Some(g) = groups else {
+        return Ok((None, None));
+    };
+    if g.is_none() {
+        return Ok((None, None));
+    }
+    let g = g.cast::<PyDict>().map_err(|_| {
+        to_py(
+            g.py(),
+            invalid(format!(
+                "{what}: groups must be a dict such as {{\"slide\": ids, \"hospital\": ids}}"
+            )),
+        )
+    })?;
+    let (mut hospital, mut slide) = (None, None);
+    for (key, value) in g.iter() {
+        let key: String = key.extract()?;
+        match key.as_str() {
+            "hospital" => hospital = Some(ids_arg(&value, &format!("{what}: hospital"))?),
+            "slide" => slide = Some(ids_arg(&value, &format!("{what}: slide"))?),
+            other => {
+                return Err(to_py(
+                    g.py(),
+                    invalid(format!(
+                        "{what}: group array {other:?}: the groups are \"hospital\" and \"slide\""
+                    )),
+                ))
+            }
+        }
+    }
+    Ok((hospital, slide))
+}
+
+/// A whole labelled set (the source, or a temperature set), owned as the crate wants it.
+fn prediction_set(
+    name: &str,
+    logits: &Bound<'_, PyAny>,
+    labels: Option<&Bound<'_, PyAny>>,
+    groups: Option<&Bound<'_, PyAny>>,
+) -> PyResult<PredictionSet> {
+    let py = logits.py();
+    let l = logits_arg(logits, name)?;
+    let data = match l.data {
+        Rows::Borrowed(a) => a.as_slice()?.to_vec(),
+        Rows::Owned(v) => v,
+    };
+    let arr =
+        Array2::from_shape_vec((l.n, l.k), data).map_err(|e| to_py(py, invalid(e.to_string())))?;
+    let mut set = PredictionSet::new(name, arr);
+    if let Some(y) = labels.filter(|y| !y.is_none()) {
+        set.labels = Some(Array1::from(ids_i64(y, &format!("{name}: labels"))?));
+    }
+    let (hospital, slide) = groups_arg(groups, name)?;
+    set.hospital = hospital.map(|h| Array1::from(h.slice().to_vec()));
+    set.slide = slide.map(|s| Array1::from(s.slice().to_vec()));
+    Ok(set)
+}
+
+fn alphas_arg(alphas: &Bound<'_, PyAny>) -> PyResult<Vec<f64>> {
+    if let Ok(a) = alphas.extract::<f64>() {
+        return Ok(vec![a]);
+    }
+    alphas.extract::<Vec<f64>>()
+}
+
+/// A serde_json value as the equivalent Python object (through `json.loads`, so floats
+/// keep every bit of their shortest round-trip text).
+fn json_to_py<'py>(py: Python<'py>, v: &serde_json::Value) -> PyResult<Bound<'py, PyAny>> {
+    let text = serde_json::to_string(v).map_err(|e| to_py(py, invalid(e.to_string())))?;
+    py.import("json")?.call_method1("loads", (text,))
+}
+
+// ---------------------------------------------------------------- Calibration
+
+/// What the source decides, fitted once: see `Calibration.fit`.
+#[pyclass(module = "conformal_gpu", name = "Calibration", frozen)]
+struct PyCalibration {
+    inner: Arc<Calibration>,
+    /// The device it was fitted on (tallies default to it); `auto` after `from_json`.
+    device: String,
+}
+
+/// One target's counts under a calibration: see `Calibration.tally`.
+#[pyclass(module = "conformal_gpu", name = "Tally")]
+struct PyTally {
+    inner: Tally,
+}
+
+fn temperature_arg<'a>(
+    temperature: &Bound<'_, PyAny>,
+    other: &'a mut Option<PredictionSet>,
+) -> PyResult<Temperature<'a>> {
+    let py = temperature.py();
+    if let Ok(s) = temperature.cast::<PyString>() {
+        return match s.to_str()? {
+            "fit" => Ok(Temperature::FitSource),
+            other => Err(to_py(
+                py,
+                invalid(format!(
+                    "temperature {other:?}: expected \"fit\", a number, or (logits, labels) of another set"
+                )),
+            )),
+        };
+    }
+    if let Ok(t) = temperature.extract::<f64>() {
+        conformal_gpu::methods::temperature::validate_temperature(t).py_err(py)?;
+        return Ok(Temperature::Fixed(t));
+    }
+    if let Ok(t) = temperature.cast::<PyTuple>() {
+        if t.len() == 2 {
+            let set = prediction_set("temperature", &t.get_item(0)?, Some(&t.get_item(1)?), None)?;
+            *other = Some(set);
+            return Ok(Temperature::FitOn(other.as_ref().expect("just set")));
+        }
+    }
+    Err(to_py(
+        py,
+        invalid(
+            "temperature: expected \"fit\", a number, or a (logits, labels) tuple of another set",
+        ),
+    ))
+}
+
+fn fit_calibration(
+    py: Python<'_>,
+    source: &PredictionSet,
+    alphas: Vec<f64>,
+    temperature: &Bound<'_, PyAny>,
+    device: &str,
+) -> PyResult<Calibration> {
+    let mut other = None;
+    let temperature = temperature_arg(temperature, &mut other)?;
+    let options = CalibrationOptions {
+        alphas,
+        temperature,
+    };
+    on_device!(py, device, |b| Calibration::fit(b, source, &options))
+}
+
+/// Tallies in-memory rows (borrowed) in chunks of `chunk` rows.
+#[allow(clippy::too_many_arguments)]
+fn tally_arrays(
+    py: Python<'_>,
+    cal: &Calibration,
+    name: &str,
+    logits: &Bound<'_, PyAny>,
+    labels: Option<&Bound<'_, PyAny>>,
+    groups: Option<&Bound<'_, PyAny>>,
+    row_offset: usize,
+    device: &str,
+    chunk: usize,
+) -> PyResult<Tally> {
+    let l = logits_arg(logits, name)?;
+    let labels = match labels.filter(|y| !y.is_none()) {
+        Some(y) => Some(labels_arg(y, &format!("{name}: labels"))?),
+        None => None,
+    };
+    let (hospital, slide) = groups_arg(groups, name)?;
+    let (n, k) = (l.n, l.k);
+    let logits = l.slice();
+    let borrowed_labels = match &labels {
+        Some(Labels::Borrowed(a)) => Some(a.as_slice()?),
+        _ => None,
+    };
+    let wide = match &labels {
+        Some(Labels::Wide(v)) => Some(v.as_slice()),
+        _ => None,
+    };
+    let hospital = hospital.as_ref().map(|h| h.slice());
+    let slide = slide.as_ref().map(|s| s.slice());
+    let group_arrays = [hospital.is_some(), slide.is_some()];
+    on_device!(py, device, |b| {
+        check_k(name, k, cal)?;
+        // Lengths are checked on the whole arrays first, so a chunk never slices past one.
+        for (arr, len) in [
+            (
+                "labels",
+                borrowed_labels.map(<[i32]>::len).or(wide.map(<[i64]>::len)),
+            ),
+            ("hospital", hospital.map(<[i64]>::len)),
+            ("slide", slide.map(<[i64]>::len)),
+        ] {
+            if let Some(len) = len.filter(|&len| len != n) {
+                return Err(Error::LengthMismatch {
+                    what: format!("{name}: {arr}"),
+                    detail: format!("{len} entries for {n} logit rows"),
+                });
+            }
+        }
+        let mut tally = Tally::empty(cal, name, group_arrays);
+        let mut buf = Vec::new();
+        let step = chunk.max(1);
+        let mut start = 0;
+        while start < n || (n == 0 && start == 0) {
+            let end = (start + step).min(n);
+            let chunk_labels = match (borrowed_labels, wide) {
+                (Some(y), _) => Some(&y[start..end]),
+                (None, Some(w)) => {
+                    narrow(w, (start, end), row_offset + start, k, name, &mut buf)?;
+                    Some(buf.as_slice())
+                }
+                _ => None,
+            };
+            let rows = TargetRows {
+                name,
+                row_offset: row_offset + start,
+                k,
+                logits: &logits[start * k..end * k],
+                labels: chunk_labels,
+                hospital: hospital.map(|h| &h[start..end]),
+                slide: slide.map(|s| &s[start..end]),
+            };
+            let part = cal.tally(b, &rows)?;
+            if start == 0 {
+                tally = part;
+            } else {
+                tally.merge(&part)?;
+            }
+            if n == 0 {
+                break;
+            }
+            start = end;
+        }
+        Ok::<_, Error>(tally)
+    })
+}
+
+fn meta(inputs: Vec<InputFile>, device: &str) -> Meta {
+    Meta {
+        version: env!("CARGO_PKG_VERSION").into(),
+        commit: "python".into(),
+        args: Vec::new(),
+        seed: None,
+        inputs,
+        adapter: device.strip_prefix("gpu: ").map(str::to_string),
+        driver: None,
+        skipped: Vec::new(),
+    }
+}
+
+/// The report dict of `cal` and its targets' merged tallies, as the CLI's JSON.
+fn report_dict<'py>(
+    py: Python<'py>,
+    cal: &Calibration,
+    tallies: &[(String, Tally)],
+    timings: Timings,
+) -> PyResult<Bound<'py, PyAny>> {
+    let mut reports = Vec::with_capacity(tallies.len());
+    let mut inputs = cal.inputs.clone();
+    for (name, t) in tallies {
+        reports.push(cal.report(name, t).py_err(py)?);
+        inputs.extend(t.inputs.iter().cloned());
+    }
+    inputs.sort();
+    inputs.dedup();
+    let eval = Evaluation::assemble(cal, cal.device.clone(), reports, Vec::new(), timings);
+    let value = report::to_json(&eval, &meta(inputs, &eval.device)).py_err(py)?;
+    json_to_py(py, &value)
+}
+
+#[pymethods]
+impl PyCalibration {
+    /// Fits the calibration on a labelled source set.
+    #[staticmethod]
+    #[pyo3(signature = (logits, labels, alphas = None, temperature = None, device = "auto", groups = None, name = "source"))]
+    #[allow(clippy::too_many_arguments)]
+    fn fit(
+        py: Python<'_>,
+        logits: &Bound<'_, PyAny>,
+        labels: &Bound<'_, PyAny>,
+        alphas: Option<&Bound<'_, PyAny>>,
+        temperature: Option<&Bound<'_, PyAny>>,
+        device: &str,
+        groups: Option<&Bound<'_, PyAny>>,
+        name: &str,
+    ) -> PyResult<Self> {
+        let alphas = alphas
+            .map(alphas_arg)
+            .transpose()?
+            .unwrap_or_else(|| vec![0.1]);
+        let fit_str = PyString::new(py, "fit");
+        let temperature = temperature.unwrap_or(fit_str.as_any());
+        let source = prediction_set(name, logits, Some(labels), groups)?;
+        let cal = fit_calibration(py, &source, alphas, temperature, device)?;
+        Ok(PyCalibration {
+            inner: Arc::new(cal),
+            device: device.to_string(),
+        })
+    }
+
+    /// Counts target rows (logits, optional labels and group ids) under this calibration.
+    #[pyo3(signature = (logits, labels = None, groups = None, row_offset = 0, device = None, name = "target"))]
+    #[allow(clippy::too_many_arguments)]
+    fn tally(
+        &self,
+        py: Python<'_>,
+        logits: &Bound<'_, PyAny>,
+        labels: Option<&Bound<'_, PyAny>>,
+        groups: Option<&Bound<'_, PyAny>>,
+        row_offset: usize,
+        device: Option<&str>,
+        name: &str,
+    ) -> PyResult<PyTally> {
+        let device = device.unwrap_or(&self.device);
+        let t = tally_arrays(
+            py,
+            &self.inner,
+            name,
+            logits,
+            labels,
+            groups,
+            row_offset,
+            device,
+            TARGET_CHUNK_ROWS,
+        )?;
+        Ok(PyTally { inner: t })
+    }
+
+    /// The report of targets `{name: tally or [tallies]}` (tallies of a name are merged).
+    fn report<'py>(
+        &self,
+        py: Python<'py>,
+        targets: &Bound<'py, PyDict>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let mut tallies = Vec::new();
+        for (name, value) in targets.iter() {
+            let name: String = name.extract()?;
+            let parts: Vec<Tally> = if let Ok(t) = value.cast::<PyTally>() {
+                vec![t.borrow().inner.clone()]
+            } else {
+                let mut v = Vec::new();
+                for item in value.try_iter()? {
+                    let item = item?;
+                    let t = item.cast::<PyTally>().map_err(|_| {
+                        to_py(
+                            py,
+                            invalid(format!(
+                                "report: {name}: expected a Tally or a list of Tally"
+                            )),
+                        )
+                    })?;
+                    v.push(t.borrow().inner.clone());
+                }
+                v
+            };
+            let mut it = parts.into_iter();
+            let Some(mut acc) = it.next() else {
+                return Err(to_py(py, invalid(format!("report: {name}: no tally"))));
+            };
+            for t in it {
+                acc.merge(&t).py_err(py)?;
+            }
+            tallies.push((name, acc));
+        }
+        let timings = Timings {
+            temperature: self.inner.timings_ms.temperature,
+            sort: self.inner.timings_ms.sort,
+            ..Default::default()
+        };
+        report_dict(py, &self.inner, &tallies, timings)
+    }
+
+    /// The versioned JSON document (what `conformal-gpu calibrate` writes).
+    fn to_json(&self, py: Python<'_>) -> PyResult<String> {
+        self.inner.to_json().py_err(py)
+    }
+
+    /// Reads a calibration written by `to_json` (or by `conformal-gpu calibrate`).
+    #[staticmethod]
+    #[pyo3(signature = (text, file = "<calibration>"))]
+    fn from_json(py: Python<'_>, text: &str, file: &str) -> PyResult<Self> {
+        let cal = py
+            .detach(|| Calibration::from_json(text, file))
+            .py_err(py)?;
+        Ok(PyCalibration {
+            inner: Arc::new(cal),
+            device: "auto".into(),
+        })
+    }
+
+    /// Unpickling: the JSON and the device the calibration was fitted on.
+    #[staticmethod]
+    fn _from_pickle(py: Python<'_>, text: &str, device: &str) -> PyResult<Self> {
+        let mut cal = Self::from_json(py, text, "<pickled calibration>")?;
+        cal.device = device.to_string();
+        Ok(cal)
+    }
+
+    fn __reduce__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
+        let f = py
+            .import("conformal_gpu")?
+            .getattr("_calibration_from_json")?;
+        let args = (self.to_json(py)?, self.device.clone());
+        PyTuple::new(py, [f, args.into_pyobject(py)?.into_any()])
+    }
+
+    /// The calibration's id (SHA-256 of its content).
+    #[getter]
+    fn id(&self) -> String {
+        self.inner.id.clone()
+    }
+    /// Number of classes.
+    #[getter]
+    fn k(&self) -> usize {
+        self.inner.k
+    }
+    /// Miscoverage levels.
+    #[getter]
+    fn alphas(&self) -> Vec<f64> {
+        self.inner.alphas.clone()
+    }
+    /// The temperature of the `ts` mode.
+    #[getter]
+    fn temperature(&self) -> f64 {
+        self.inner.source.temperature
+    }
+    /// Where it was fitted ("cpu" or "gpu: <adapter>").
+    #[getter]
+    fn device(&self) -> String {
+        self.inner.device.clone()
+    }
+    /// The source's summary, as in the report's `source`.
+    #[getter]
+    fn source<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let v = serde_json::to_value(&self.inner.source)
+            .map_err(|e| to_py(py, invalid(e.to_string())))?;
+        json_to_py(py, &v)
+    }
+
+    fn __eq__(&self, other: &Bound<'_, PyAny>) -> bool {
+        other
+            .cast::<PyCalibration>()
+            .map(|o| o.get().inner.id == self.inner.id)
+            .unwrap_or(false)
+    }
+
+    fn __hash__(&self) -> u64 {
+        u64::from_str_radix(&self.inner.id[..16.min(self.inner.id.len())], 16).unwrap_or(0)
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "Calibration(id={}, source={:?}, n={}, k={}, alphas={:?}, T={}, device={:?})",
+            &self.inner.id[..12.min(self.inner.id.len())],
+            self.inner.source.name,
+            self.inner.source.n,
+            self.inner.k,
+            self.inner.alphas,
+            self.inner.source.temperature,
+            self.inner.device
+        )
+    }
+}
+
+#[pymethods]
+impl PyTally {
+    /// Adds `other` in place (same calibration and target; disjoint rows): exact.
+    fn merge(&mut self, py: Python<'_>, other: &Bound<'_, PyTally>) -> PyResult<()> {
+        let other = other.borrow().inner.clone();
+        self.inner.merge(&other).py_err(py)
+    }
+
+    fn __add__(&self, py: Python<'_>, other: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+        let Ok(other) = other.cast::<PyTally>() else {
+            return Ok(py.NotImplemented());
+        };
+        let mut out = self.inner.clone();
+        out.merge(&other.borrow().inner).py_err(py)?;
+        Ok(Py::new(py, PyTally { inner: out })?.into_any())
+    }
+
+    fn __iadd__(&mut self, py: Python<'_>, other: &Bound<'_, PyTally>) -> PyResult<()> {
+        self.merge(py, other)
+    }
+
+    /// The versioned JSON document (what `conformal-gpu tally` writes).
+    fn to_json(&self, py: Python<'_>) -> PyResult<String> {
+        self.inner.to_json().py_err(py)
+    }
+
+    /// Reads a tally written by `to_json` (or by `conformal-gpu tally`).
+    #[staticmethod]
+    #[pyo3(signature = (text, file = "<tally>"))]
+    fn from_json(py: Python<'_>, text: &str, file: &str) -> PyResult<Self> {
+        Ok(PyTally {
+            inner: Tally::from_json(text, file).py_err(py)?,
+        })
+    }
+
+    fn __reduce__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
+        let f = py.import("conformal_gpu")?.getattr("_tally_from_json")?;
+        let args = (self.to_json(py)?,);
+        PyTuple::new(py, [f, args.into_pyobject(py)?.into_any()])
+    }
+
+    /// Rows counted.
+    #[getter]
+    fn n(&self) -> u64 {
+        self.inner.n()
+    }
+    /// The target's name.
+    #[getter]
+    fn name(&self) -> String {
+        self.inner.name.clone()
+    }
+    /// The half-open row ranges counted.
+    #[getter]
+    fn rows(&self) -> Vec<(u64, u64)> {
+        self.inner.rows.iter().map(|r| (r[0], r[1])).collect()
+    }
+    /// The id of the calibration it was made with.
+    #[getter]
+    fn calibration_id(&self) -> String {
+        self.inner.calibration.clone()
+    }
+
+    fn __eq__(&self, other: &Bound<'_, PyAny>) -> bool {
+        match other.cast::<PyTally>() {
+            Ok(o) => {
+                let (a, b) = (self.inner.to_json().ok(), o.borrow().inner.to_json().ok());
+                a.is_some() && a == b
+            }
+            Err(_) => false,
+        }
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "Tally(name={:?}, n={}, rows={:?}, calibration={})",
+            self.inner.name,
+            self.inner.n(),
+            self.inner.rows,
+            &self.inner.calibration[..12.min(self.inner.calibration.len())]
+        )
+    }
+}
+
+// ---------------------------------------------------------------- evaluate
+
+fn as_path(obj: &Bound<'_, PyAny>) -> Option<PathBuf> {
+    if obj.is_instance_of::<PyDict>() {
+        return None;
+    }
+    obj.extract::<PathBuf>().ok()
+}
+
+fn dict_get<'py>(d: &Bound<'py, PyDict>, key: &str) -> PyResult<Option<Bound<'py, PyAny>>> {
+    Ok(d.get_item(key)?.filter(|v| !v.is_none()))
+}
+
+/// The groups of a set given as a dict: `groups` (a dict), or `hospital` / `slide` keys.
+fn dict_groups<'py>(d: &Bound<'py, PyDict>) -> PyResult<Option<Bound<'py, PyAny>>> {
+    if let Some(g) = dict_get(d, "groups")? {
+        return Ok(Some(g));
+    }
+    let g = PyDict::new(d.py());
+    for key in ["hospital", "slide"] {
+        if let Some(v) = dict_get(d, key)? {
+            g.set_item(key, v)?;
+        }
+    }
+    Ok((!g.is_empty()).then(|| g.into_any()))
+}
+
+fn need<'py>(d: &Bound<'py, PyDict>, key: &str, what: &str) -> PyResult<Bound<'py, PyAny>> {
+    dict_get(d, key)?.ok_or_else(|| {
+        to_py(
+            d.py(),
+            invalid(format!("{what}: the dict has no {key:?} array")),
+        )
+    })
+}
+
+/// Fit on `source`, tally every target (dicts borrowed, paths streamed), report.
+#[pyfunction]
+#[pyo3(signature = (source, targets, alphas = None, device = "auto", temperature = None))]
+fn evaluate<'py>(
+    py: Python<'py>,
+    source: &Bound<'py, PyAny>,
+    targets: &Bound<'py, PyDict>,
+    alphas: Option<&Bound<'py, PyAny>>,
+    device: &str,
+    temperature: Option<&Bound<'py, PyAny>>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let started = Instant::now();
+    let alphas = alphas
+        .map(alphas_arg)
+        .transpose()?
+        .unwrap_or_else(|| vec![0.1]);
+    let choice = parse_device(device).py_err(py)?;
+    // Targets are opened (paths: headers read and checked) before any work.
+    enum Target<'a> {
+        Dict(Bound<'a, PyDict>),
+        File(Box<NpzRowReader>),
+    }
+    let mut list = Vec::new();
+    for (name, value) in targets.iter() {
+        let name: String = name.extract()?;
+        let t = if let Ok(d) = value.cast::<PyDict>() {
+            Target::Dict(d.clone())
+        } else if let Some(p) = as_path(&value) {
+            let r = py.detach(|| NpzRowReader::open(&p)).py_err(py)?;
+            if r.n() == 0 {
+                return Err(to_py(
+                    py,
+                    Error::Empty {
+                        what: format!("{}: logits", p.display()),
+                        detail: "the target set has no rows".into(),
+                    },
+                ));
+            }
+            Target::File(Box::new(r))
+        } else {
+            return Err(to_py(
+                py,
+                invalid(format!(
+                    "target {name:?}: expected a dict of arrays or an .npz path"
+                )),
+            ));
+        };
+        list.push((name, t));
+    }
+    if list.is_empty() {
+        return Err(to_py(
+            py,
+            Error::Empty {
+                what: "targets".into(),
+                detail: "no target set to evaluate".into(),
+            },
+        ));
+    }
+    // The source: a dict of arrays, or a file (loaded whole and hashed, as the CLI does).
+    let (source_set, source_input) = if let Some(p) = as_path(source) {
+        let (set, input) = py
+            .detach(|| {
+                let (set, hash) = rayon_join(|| load_npz(&p), || InputFile::hash(&p));
+                Ok::<_, Error>((set?, hash?))
+            })
+            .py_err(py)?;
+        (set, Some(input))
+    } else if let Ok(d) = source.cast::<PyDict>() {
+        let name = match dict_get(d, "name")? {
+            Some(n) => n.extract::<String>()?,
+            None => "source".into(),
+        };
+        let set = prediction_set(
+            &name,
+            &need(d, "logits", "source")?,
+            Some(&need(d, "labels", "source")?),
+            dict_groups(d)?.as_ref(),
+        )?;
+        (set, None)
+    } else {
+        return Err(to_py(
+            py,
+            invalid("source: expected a dict of arrays or an .npz path"),
+        ));
+    };
+    let fit_str = PyString::new(py, "fit");
+    let temperature = temperature.unwrap_or(fit_str.as_any());
+    let load_ms = started.elapsed().as_secs_f64() * 1e3;
+    let mut cal = fit_calibration(py, &source_set, alphas, temperature, device)?;
+    drop(source_set);
+    if let Some(input) = source_input {
+        cal.inputs.push(input);
+    }
+    let phase = Instant::now();
+    // Dict targets, borrowed; file targets streamed together (decoded ahead on a thread).
+    let mut tallies: Vec<(String, Option<Tally>)> = Vec::new();
+    let mut jobs = Vec::new();
+    let mut job_slots = Vec::new();
+    for (name, t) in list {
+        match t {
+            Target::Dict(d) => {
+                let what = name.clone();
+                let tally = tally_arrays(
+                    py,
+                    &cal,
+                    &name,
+                    &need(&d, "logits", &what)?,
+                    dict_get(&d, "labels")?.as_ref(),
+                    dict_groups(&d)?.as_ref(),
+                    0,
+                    device,
+                    TARGET_CHUNK_ROWS,
+                )?;
+                tallies.push((name, Some(tally)));
+            }
+            Target::File(reader) => {
+                job_slots.push(tallies.len());
+                jobs.push(FileJob {
+                    reader: *reader,
+                    name: name.clone(),
+                    rows: None,
+                });
+                tallies.push((name, None));
+            }
+        }
+    }
+    if !jobs.is_empty() {
+        let paths: Vec<(PathBuf, String)> = jobs
+            .iter()
+            .map(|j| (j.reader.path().to_path_buf(), j.name.clone()))
+            .collect();
+        let mut readers = Some(jobs);
+        let cal_ref = &cal;
+        let done = py
+            .detach(|| -> conformal_gpu::Result<_> {
+                let eng = engine(choice)?;
+                with_backend!(&*eng, choice, |b| {
+                    // A CPU fallback after a GPU failure reads the files again.
+                    let jobs = match readers.take() {
+                        Some(j) => j,
+                        None => paths
+                            .iter()
+                            .map(|(p, name)| {
+                                Ok(FileJob {
+                                    reader: NpzRowReader::open(p)?,
+                                    name: name.clone(),
+                                    rows: None,
+                                })
+                            })
+                            .collect::<conformal_gpu::Result<Vec<_>>>()?,
+                    };
+                    tally_files(b, cal_ref, jobs, TARGET_CHUNK_ROWS, false)
+                })
+            })
+            .py_err(py)?;
+        for (slot, d) in job_slots.into_iter().zip(done) {
+            tallies[slot].1 = Some(d.tally);
+        }
+    }
+    let tallies: Vec<(String, Tally)> = tallies
+        .into_iter()
+        .filter_map(|(n, t)| t.map(|t| (n, t)))
+        .collect();
+    let timings = Timings {
+        load: load_ms,
+        temperature: cal.timings_ms.temperature,
+        sort: cal.timings_ms.sort,
+        estimate: phase.elapsed().as_secs_f64() * 1e3,
+        total: started.elapsed().as_secs_f64() * 1e3,
+    };
+    report_dict(py, &cal, &tallies, timings)
+}
+
+fn rayon_join<A: Send, B: Send>(
+    a: impl FnOnce() -> A + Send,
+    b: impl FnOnce() -> B + Send,
+) -> (A, B) {
+    std::thread::scope(|s| {
+        let hb = s.spawn(b);
+        let ra = a();
+        (ra, hb.join().expect("hashing thread"))
+    })
+}
+
+// ---------------------------------------------------------------- single steps
+
+/// Fits a temperature on a labelled set: the CLI's `temperature --json` report.
+#[pyfunction]
+#[pyo3(signature = (logits, labels, device = "auto"))]
+fn fit_temperature<'py>(
+    py: Python<'py>,
+    logits: &Bound<'py, PyAny>,
+    labels: &Bound<'py, PyAny>,
+    device: &str,
+) -> PyResult<Bound<'py, PyAny>> {
+    let set = prediction_set("data", logits, Some(labels), None)?;
+    let report = on_device!(py, device, |b| {
+        conformal_gpu::methods::temperature::temperature_report(b, &set)
+    })?;
+    let v = serde_json::to_value(&report).map_err(|e| to_py(py, invalid(e.to_string())))?;
+    json_to_py(py, &v)
+}
+
+/// Softmax of `logits / t`, row by row, as float32 `[N, K]`.
+#[pyfunction]
+#[pyo3(signature = (logits, t = 1.0, device = "auto"))]
+fn softmax<'py>(
+    py: Python<'py>,
+    logits: &Bound<'py, PyAny>,
+    t: f64,
+    device: &str,
+) -> PyResult<Bound<'py, PyArray2<f32>>> {
+    conformal_gpu::methods::temperature::validate_temperature(t).py_err(py)?;
+    let l = logits_arg(logits, "logits")?;
+    let (n, k) = (l.n, l.k);
+    let slice = l.slice();
+    let out: Vec<f32> = on_device!(py, device, |b| {
+        if k < 2 {
+            return Err(Error::TooFewClasses {
+                what: "logits".into(),
+                k,
+            });
+        }
+        if let Some(i) = slice.iter().position(|v| !v.is_finite()) {
+            return Err(Error::NonFinite {
+                what: "logits".into(),
+                row: i / k,
+                col: i % k,
+                value: slice[i],
+            });
+        }
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        b.softmax(slice, k, t as f32)
+    })?;
+    let arr = Array2::from_shape_vec((n, k), out).map_err(|e| to_py(py, invalid(e.to_string())))?;
+    Ok(PyArray2::from_owned_array(py, arr))
+}
+
+/// The conformal quantile qhat of `scores` at each alpha: the CLI's `quantile --json`
+/// report. float64 scores give their own float64 order statistic.
+#[pyfunction]
+#[pyo3(signature = (scores, alphas = None, device = "auto"))]
+fn conformal_quantile<'py>(
+    py: Python<'py>,
+    scores: &Bound<'py, PyAny>,
+    alphas: Option<&Bound<'py, PyAny>>,
+    device: &str,
+) -> PyResult<Bound<'py, PyAny>> {
+    let alphas = alphas
+        .map(alphas_arg)
+        .transpose()?
+        .unwrap_or_else(|| vec![0.1]);
+    let arr = np_asarray(scores)?;
+    let ndim: usize = arr.getattr("ndim")?.extract()?;
+    if ndim != 1 {
+        return Err(to_py(
+            py,
+            invalid(format!("scores: must be 1-D, not {ndim}-D")),
+        ));
+    }
+    let report = if let Ok(a) = arr.cast::<PyArray1<f64>>() {
+        let ro = a.readonly();
+        let v = ro.as_array();
+        let owned;
+        let s: &[f64] = match v.as_slice() {
+            Some(s) => s,
+            None => {
+                owned = v.to_vec();
+                &owned
+            }
+        };
+        py.detach(|| conformal_gpu::methods::quantile::quantile_report_f64(s, &alphas))
+            .py_err(py)?
+    } else {
+        let v = convert_f32(&arr, "scores")?;
+        on_device!(py, device, |b| {
+            conformal_gpu::methods::quantile::quantile_report(b, &v, &alphas)
+        })?
+    };
+    let v = serde_json::to_value(&report).map_err(|e| to_py(py, invalid(e.to_string())))?;
+    json_to_py(py, &v)
+}
+
+/// Which device `device` resolves to: "cpu" or "gpu: <adapter>".
+#[pyfunction]
+#[pyo3(signature = (device = "auto"))]
+fn device_name(py: Python<'_>, device: &str) -> PyResult<String> {
+    on_device!(py, device, |b| Ok::<_, Error>(b.device_name()))
+}
+
+#[pymodule]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    let py = m.py();
+    m.add("InvalidInput", py.get_type::<InvalidInput>())?;
+    m.add("MalformedFile", py.get_type::<MalformedFile>())?;
+    m.add("GpuError", py.get_type::<GpuError>())?;
+    m.add_class::<PyCalibration>()?;
+    m.add_class::<PyTally>()?;
+    m.add_function(wrap_pyfunction!(evaluate, m)?)?;
+    m.add_function(wrap_pyfunction!(fit_temperature, m)?)?;
+    m.add_function(wrap_pyfunction!(softmax, m)?)?;
+    m.add_function(wrap_pyfunction!(conformal_quantile, m)?)?;
+    m.add_function(wrap_pyfunction!(device_name, m)?)?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    Ok(())
+}

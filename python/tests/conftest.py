@@ -1,0 +1,94 @@
+"""Shared fixtures: seeded synthetic prediction sets, the crate's CLI binary, the GPU."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import conformal_gpu as cg
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def make_set(
+    seed: int,
+    n: int,
+    k: int = 3,
+    shift: float = 0.0,
+    labels: bool = True,
+    groups: bool = True,
+) -> dict[str, np.ndarray]:
+    """A seeded prediction set: logits [n, k] float32 that favour the label, shifted
+    targets less confident; labels int64; hospital/slide int64 group ids."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, k, size=n)
+    logits = rng.normal(0.0, 1.0 + shift, size=(n, k)).astype(np.float32)
+    logits[np.arange(n), y] += np.float32(2.0 - shift)
+    out: dict[str, np.ndarray] = {"logits": logits}
+    if labels:
+        out["labels"] = y.astype(np.int64)
+    if groups:
+        out["hospital"] = rng.integers(0, 3, size=n).astype(np.int64)
+        out["slide"] = (out["hospital"] * 10 + rng.integers(0, 4, size=n)).astype(np.int64)
+    return out
+
+
+def cli_path() -> Path | None:
+    env = os.environ.get("CONFORMAL_GPU_CLI")
+    if env:
+        return Path(env)
+    p = REPO / "target" / "release" / "conformal-gpu"
+    if p.exists():
+        return p
+    found = shutil.which("conformal-gpu")
+    return Path(found) if found else None
+
+
+@pytest.fixture(scope="session")
+def cli():
+    """Runs the crate's command line; returns its parsed JSON output when asked."""
+    path = cli_path()
+    if path is None:
+        pytest.fail("the conformal-gpu binary is not built (cargo build --release)")
+
+    def run(*args: str, json_out: Path | None = None, check: bool = True):
+        proc = subprocess.run(
+            [str(path), *args], capture_output=True, text=True, env=os.environ.copy()
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(f"conformal-gpu {' '.join(args)}: {proc.stderr}")
+        if json_out is not None:
+            return json.loads(json_out.read_text())
+        return proc
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def gpu() -> str:
+    """'gpu' when an adapter (lavapipe included) opens; skipped otherwise, failed when
+    CONFORMAL_GPU_REQUIRED=1."""
+    try:
+        cg.device_name("gpu")
+    except cg.GpuError as e:
+        if os.environ.get("CONFORMAL_GPU_REQUIRED") == "1":
+            pytest.fail(f"CONFORMAL_GPU_REQUIRED=1 but no GPU adapter: {e}")
+        pytest.skip(f"no GPU adapter: {e}")
+    return "gpu"
+
+
+def save(path: Path, arrays: dict[str, np.ndarray]) -> Path:
+    np.savez(path, **arrays)
+    return path
+
+
+def comparable(report: dict) -> dict:
+    """The parts of a report that must be identical across the CLI and Python (not
+    timings, meta or the device's adapter string)."""
+    return {k: report[k] for k in ("alphas", "source", "targets", "mae")}
