@@ -165,3 +165,50 @@ mod gpu {
         assert_eq!(dev.finish(ctx).unwrap(), want);
     }
 }
+
+/// The device tally on a padded 2-D grid: with at most 17 workgroups per dimension, 20
+/// workgroups of rows make a 17 x 2 grid whose 14 padding workgroups must add nothing
+/// (the words would count rows twice or read past the slots), with every other new
+/// buffer poisoned. Counts equal the host's.
+#[cfg(feature = "gpu")]
+#[test]
+fn device_tally_on_a_padded_grid() {
+    use conformal_gpu::backend::{Backend, GpuBackend};
+    use conformal_gpu::gpu::tally::DeviceTally;
+    use conformal_gpu::gpu::GpuOptions;
+    use conformal_gpu::kernel::tally::{count_block, PairCounts, TallyPlan};
+    use rand::Rng;
+    let Some(ctx) = common::gpu_with(GpuOptions {
+        max_workgroups_per_dim: Some(17),
+        poison_outputs: true,
+        ..GpuOptions::default()
+    }) else {
+        return;
+    };
+    let b = GpuBackend::new(&ctx);
+    let (n, k) = (20 * conformal_gpu::kernel::WG - 5, 2);
+    let mut r = common::rng(77);
+    let logits: Vec<f32> = (0..n * k)
+        .map(|_| r.random_range(0..12) as f32 / 4.0)
+        .collect();
+    let labels: Vec<i32> = (0..n).map(|i| (i % 3) as i32 - 1).collect();
+    let slide: Vec<i64> = (0..n).map(|i| (i / 700) as i64).collect();
+    let rows = b.prepare(&logits, &labels, k).unwrap();
+    let st = conformal_gpu::gpu::row_stats::row_stats(&ctx, &rows, 1.0, &[0.5]).unwrap();
+    let qhats = [Some(0.5f32)];
+    let plan = TallyPlan {
+        t: 1.0,
+        atc_mc: Some(st.stats[n / 2][0]),
+        atc_ne: None,
+        cpc_q: Some(0.5),
+        qhats: &qhats,
+        labels: &labels,
+        groups: [None, Some(&slide)],
+    };
+    let mut want = PairCounts::new();
+    count_block(st.all(), 0, &plan, &mut want);
+    let mut dev = DeviceTally::new(1).unwrap();
+    dev.add(&ctx, &rows, &plan).unwrap();
+    assert_eq!(dev.finish(&ctx).unwrap(), want);
+    assert_eq!(want.values().map(|c| c.n()).sum::<u64>(), n as u64);
+}
