@@ -23,27 +23,23 @@ pub fn row_stats(ctx: &GpuContext, rows: &DeviceRows, t: f32, qhats: &[f32]) -> 
     for (_, n, logits, labels) in &rows.chunks {
         let stats = ctx.storage("row-stats", (*n * NSTAT * 4) as u64)?;
         let info = ctx.storage("row-info", (*n * stride) as u64 * 4)?;
-        let params = ctx.uniform(
-            "row-stats-params",
-            &RowStatsParams {
-                rows: *n as u32,
-                k: rows.k as u32,
-                t,
-                n_alpha: qhats.len() as u32,
-            },
-        );
         let mut batch = ctx.batch("row_stats");
-        batch.dispatch(
+        let bufs = ChunkBuffers {
+            logits,
+            labels,
+            qhats: &q,
+            stats: &stats,
+            info: &info,
+        };
+        record(
+            ctx,
+            &mut batch,
             &pipeline,
-            &[
-                params.as_entire_binding(),
-                logits.as_entire_binding(),
-                labels.as_entire_binding(),
-                q.as_entire_binding(),
-                stats.as_entire_binding(),
-                info.as_entire_binding(),
-            ],
-            groups_for(*n as u64),
+            *n,
+            rows.k,
+            t,
+            qhats.len(),
+            &bufs,
         )?;
         batch.submit()?;
         let s: Vec<f32> = ctx.readback(&stats, 0, *n * NSTAT)?;
@@ -75,28 +71,15 @@ pub fn sorted_columns(
     let q = ctx.upload("qhats", &[0f32])?;
     let stats = ctx.storage("row-stats", (n * NSTAT * 4) as u64)?;
     let info = ctx.storage("row-info", n as u64 * 4)?;
-    let params = ctx.uniform(
-        "row-stats-params",
-        &RowStatsParams {
-            rows: n as u32,
-            k: rows.k as u32,
-            t,
-            n_alpha: 0,
-        },
-    );
     let mut batch = ctx.batch("row_stats");
-    batch.dispatch(
-        &pipeline,
-        &[
-            params.as_entire_binding(),
-            logits.as_entire_binding(),
-            labels.as_entire_binding(),
-            q.as_entire_binding(),
-            stats.as_entire_binding(),
-            info.as_entire_binding(),
-        ],
-        groups_for(n as u64),
-    )?;
+    let bufs = ChunkBuffers {
+        logits,
+        labels,
+        qhats: &q,
+        stats: &stats,
+        info: &info,
+    };
+    record(ctx, &mut batch, &pipeline, n, rows.k, t, 0, &bufs)?;
     // Each column copied into its own buffer on the device (same submission).
     let bytes = n as u64 * 4;
     let columns: Vec<wgpu::Buffer> = (0..NSTAT)
@@ -112,4 +95,48 @@ pub fn sorted_columns(
         *o = super::radix_sort::sort_resident(ctx, col, n)?;
     }
     Ok(Some(out))
+}
+
+/// The buffers one row_stats dispatch binds.
+struct ChunkBuffers<'a> {
+    logits: &'a wgpu::Buffer,
+    labels: &'a wgpu::Buffer,
+    qhats: &'a wgpu::Buffer,
+    stats: &'a wgpu::Buffer,
+    info: &'a wgpu::Buffer,
+}
+
+/// Records one row_stats dispatch over `n` rows of `k` classes into `batch`.
+#[allow(clippy::too_many_arguments)]
+fn record(
+    ctx: &GpuContext,
+    batch: &mut super::buffers::Batch<'_>,
+    pipeline: &wgpu::ComputePipeline,
+    n: usize,
+    k: usize,
+    t: f32,
+    n_alpha: usize,
+    b: &ChunkBuffers<'_>,
+) -> Result<()> {
+    let params = ctx.uniform(
+        "row-stats-params",
+        &RowStatsParams {
+            rows: n as u32,
+            k: k as u32,
+            t,
+            n_alpha: n_alpha as u32,
+        },
+    );
+    batch.dispatch(
+        pipeline,
+        &[
+            params.as_entire_binding(),
+            b.logits.as_entire_binding(),
+            b.labels.as_entire_binding(),
+            b.qhats.as_entire_binding(),
+            b.stats.as_entire_binding(),
+            b.info.as_entire_binding(),
+        ],
+        groups_for(n as u64),
+    )
 }
