@@ -582,8 +582,7 @@ fn meta(inputs: Vec<InputFile>, device: &str) -> Meta {
         seed: None,
         inputs,
         adapter: device.strip_prefix("gpu: ").map(str::to_string),
-        driver: None,
-        skipped: Vec::new(),
+        ..Meta::default()
     }
 }
 
