@@ -22,7 +22,7 @@ pub use crate::methods::calibration::{
     cpc_sweep, AtcThreshold, Calibration, CalibrationOptions, ModeCalibration, Temperature,
 };
 pub use crate::report::model::{
-    ConformalStats, CpcChoice, Estimates, Evaluation, GroupReport, MaeRow, Modes, RowMode,
+    ConformalStats, CpcChoice, Estimates, Evaluation, GroupReport, MaeRow, Method, Modes, RowMode,
     RowOutputs, SourceReport, TargetReport, Timings,
 };
 
@@ -387,21 +387,15 @@ pub fn set_row_outputs<B: Backend>(
 }
 
 fn mae_of(pairs: &[(Estimates, f64)]) -> MaeRow {
-    let mut row = MaeRow::new();
-    for (idx, name) in ["AC", "DoC", "ATC-MC", "ATC-NE", "CPC"]
+    Method::ALL
         .into_iter()
-        .enumerate()
-    {
-        let v = (!pairs.is_empty()).then(|| {
-            pairs
-                .iter()
-                .map(|(e, t)| (e.named()[idx].1 - t).abs())
-                .sum::<f64>()
-                / pairs.len() as f64
-        });
-        row.insert(name, v);
-    }
-    row
+        .map(|m| {
+            let v = (!pairs.is_empty()).then(|| {
+                pairs.iter().map(|(e, t)| (e.get(m) - t).abs()).sum::<f64>() / pairs.len() as f64
+            });
+            (m.name(), v)
+        })
+        .collect()
 }
 
 /// MAE per method over labelled targets, and over (target, group) pairs per group array.

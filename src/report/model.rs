@@ -28,16 +28,59 @@ pub struct Estimates {
     pub cpc: f64,
 }
 
+/// The estimators of a target's accuracy, in report order: the one list every table,
+/// plot, MAE row and JSON key is made from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Method {
+    /// Average confidence.
+    Ac,
+    /// Difference of confidences.
+    Doc,
+    /// Average thresholded confidence, max-probability score.
+    AtcMc,
+    /// Average thresholded confidence, negative-entropy score.
+    AtcNe,
+    /// Conformal prediction confidence.
+    Cpc,
+}
+
+impl Method {
+    /// Every method, in report order.
+    pub const ALL: [Method; 5] = [
+        Method::Ac,
+        Method::Doc,
+        Method::AtcMc,
+        Method::AtcNe,
+        Method::Cpc,
+    ];
+
+    /// The name in reports (JSON keys, table headers, legends).
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::Ac => "AC",
+            Method::Doc => "DoC",
+            Method::AtcMc => "ATC-MC",
+            Method::AtcNe => "ATC-NE",
+            Method::Cpc => "CPC",
+        }
+    }
+}
+
 impl Estimates {
+    /// The estimate of `m`.
+    pub fn get(&self, m: Method) -> f64 {
+        match m {
+            Method::Ac => self.ac,
+            Method::Doc => self.doc,
+            Method::AtcMc => self.atc_mc,
+            Method::AtcNe => self.atc_ne,
+            Method::Cpc => self.cpc,
+        }
+    }
+
     /// `(name, value)` pairs in report order.
     pub fn named(&self) -> [(&'static str, f64); 5] {
-        [
-            ("AC", self.ac),
-            ("DoC", self.doc),
-            ("ATC-MC", self.atc_mc),
-            ("ATC-NE", self.atc_ne),
-            ("CPC", self.cpc),
-        ]
+        Method::ALL.map(|m| (m.name(), self.get(m)))
     }
 }
 
@@ -279,5 +322,33 @@ impl std::ops::Add for Transfers {
 impl std::ops::AddAssign for Transfers {
     fn add_assign(&mut self, other: Transfers) {
         *self = *self + other;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The JSON keys of [`Estimates`] (serde renames) are the [`Method`] names, in order.
+    #[test]
+    fn estimate_keys_are_the_method_names() {
+        let e = Estimates {
+            ac: 1.0,
+            doc: 2.0,
+            atc_mc: 3.0,
+            atc_ne: 4.0,
+            cpc: 5.0,
+        };
+        let v = serde_json::to_value(e).unwrap();
+        for (i, m) in Method::ALL.into_iter().enumerate() {
+            assert_eq!(
+                v[m.name()],
+                serde_json::json!(i as f64 + 1.0),
+                "{}",
+                m.name()
+            );
+            assert_eq!(e.get(m), i as f64 + 1.0);
+        }
+        assert_eq!(v.as_object().unwrap().len(), Method::ALL.len());
     }
 }

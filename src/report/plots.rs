@@ -5,6 +5,7 @@ use plotters::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::methods::evaluate::Evaluation;
+use crate::report::model::Method;
 
 fn plot_err(e: impl std::fmt::Display) -> Error {
     Error::Invalid(format!("plotting: {e}"))
@@ -112,7 +113,7 @@ pub(crate) fn groups_svg(eval: &Evaluation, group: &str, ts: bool) -> Result<Opt
                 BLACK.mix(0.4),
             ))
             .map_err(plot_err)?;
-        for (i, name) in ["AC", "DoC", "ATC-MC", "ATC-NE", "CPC"].iter().enumerate() {
+        for (i, name) in Method::ALL.map(Method::name).iter().enumerate() {
             let c = COLORS[i];
             // Shrinking markers keep coinciding methods visible (CPC = ATC-MC for K = 2).
             let r = 7 - i as i32;

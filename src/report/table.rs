@@ -3,6 +3,7 @@
 use std::fmt::Write as _;
 
 use crate::methods::evaluate::Evaluation;
+use crate::report::model::Method;
 
 fn pct(x: Option<f64>) -> String {
     match x {
@@ -31,7 +32,7 @@ pub fn table(eval: &Evaluation) -> String {
         s.ece_after
     );
     let _ = writeln!(out, "device: {}\n", eval.device);
-    let methods = ["AC", "DoC", "ATC-MC", "ATC-NE", "CPC"];
+    let methods = Method::ALL.map(Method::name);
     let mut header = format!("{:<20} {:>9} {:>7} {:>4}", "target", "n", "true% ", "TS");
     for m in methods {
         let _ = write!(header, " {m:>14}");
