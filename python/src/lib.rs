@@ -1061,13 +1061,7 @@ fn evaluate<'py>(
                         Some(j) => j,
                         None => paths
                             .iter()
-                            .map(|(p, name)| {
-                                Ok(FileJob {
-                                    reader: NpzRowReader::open(p)?,
-                                    name: name.clone(),
-                                    rows: None,
-                                })
-                            })
+                            .map(|(p, name)| FileJob::open(p, name, None))
                             .collect::<conformal_gpu::Result<Vec<_>>>()?,
                     };
                     tally_files(b, cal_ref, jobs, TARGET_CHUNK_ROWS, false)

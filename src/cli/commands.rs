@@ -283,13 +283,7 @@ pub fn run_evaluate(job: EvalJob<'_>) -> Result<()> {
                 .collect(),
             None => paths
                 .iter()
-                .map(|(p, name)| {
-                    Ok(FileJob {
-                        reader: NpzRowReader::open(p)?,
-                        name: name.clone(),
-                        rows: None,
-                    })
-                })
+                .map(|(p, name)| FileJob::open(p, name, None))
                 .collect::<Result<Vec<_>>>()?,
         };
         tally_files(b, &cal, jobs, TARGET_CHUNK_ROWS, job.rows)

@@ -21,25 +21,14 @@ pub fn row_stats(ctx: &GpuContext, rows: &DeviceRows, t: f32, qhats: &[f32]) -> 
         ..Default::default()
     };
     for (_, n, logits, labels) in &rows.chunks {
-        let stats = ctx.storage("row-stats", (*n * NSTAT * 4) as u64)?;
-        let info = ctx.storage("row-info", (*n * stride) as u64 * 4)?;
         let mut batch = ctx.batch("row_stats");
-        let bufs = ChunkBuffers {
-            logits,
-            labels,
-            qhats: &q,
-            stats: &stats,
-            info: &info,
-        };
-        record(
+        let (stats, info) = record(
             ctx,
             &mut batch,
             &pipeline,
-            *n,
-            rows.k,
-            t,
-            qhats.len(),
-            &bufs,
+            (*n, rows.k, t),
+            (&q, qhats.len()),
+            (logits, labels),
         )?;
         batch.submit()?;
         let s: Vec<f32> = ctx.readback(&stats, 0, *n * NSTAT)?;
@@ -69,17 +58,15 @@ pub fn sorted_columns(
     }
     let pipeline = ctx.pipeline("row_stats")?;
     let q = ctx.upload("qhats", &[0f32])?;
-    let stats = ctx.storage("row-stats", (n * NSTAT * 4) as u64)?;
-    let info = ctx.storage("row-info", n as u64 * 4)?;
     let mut batch = ctx.batch("row_stats");
-    let bufs = ChunkBuffers {
-        logits,
-        labels,
-        qhats: &q,
-        stats: &stats,
-        info: &info,
-    };
-    record(ctx, &mut batch, &pipeline, n, rows.k, t, 0, &bufs)?;
+    let (stats, _info) = record(
+        ctx,
+        &mut batch,
+        &pipeline,
+        (n, rows.k, t),
+        (&q, 0),
+        (logits, labels),
+    )?;
     // Each column copied into its own buffer on the device (same submission).
     let bytes = n as u64 * 4;
     let columns: Vec<wgpu::Buffer> = (0..NSTAT)
@@ -97,27 +84,19 @@ pub fn sorted_columns(
     Ok(Some(out))
 }
 
-/// The buffers one row_stats dispatch binds.
-struct ChunkBuffers<'a> {
-    logits: &'a wgpu::Buffer,
-    labels: &'a wgpu::Buffer,
-    qhats: &'a wgpu::Buffer,
-    stats: &'a wgpu::Buffer,
-    info: &'a wgpu::Buffer,
-}
-
-/// Records one row_stats dispatch over `n` rows of `k` classes into `batch`.
-#[allow(clippy::too_many_arguments)]
+/// Records one row_stats dispatch over `n` rows of `k` classes at temperature `t` into
+/// `batch`, against `n_alpha` thresholds in `qhats`; returns its fresh (planar) `stats`
+/// and `info` output buffers.
 fn record(
     ctx: &GpuContext,
     batch: &mut super::buffers::Batch<'_>,
     pipeline: &wgpu::ComputePipeline,
-    n: usize,
-    k: usize,
-    t: f32,
-    n_alpha: usize,
-    b: &ChunkBuffers<'_>,
-) -> Result<()> {
+    (n, k, t): (usize, usize, f32),
+    (qhats, n_alpha): (&wgpu::Buffer, usize),
+    (logits, labels): (&wgpu::Buffer, &wgpu::Buffer),
+) -> Result<(wgpu::Buffer, wgpu::Buffer)> {
+    let stats = ctx.storage("row-stats", (n * NSTAT * 4) as u64)?;
+    let info = ctx.storage("row-info", (n * (1 + n_alpha)) as u64 * 4)?;
     let params = ctx.uniform(
         "row-stats-params",
         &RowStatsParams {
@@ -131,12 +110,13 @@ fn record(
         pipeline,
         &[
             params.as_entire_binding(),
-            b.logits.as_entire_binding(),
-            b.labels.as_entire_binding(),
-            b.qhats.as_entire_binding(),
-            b.stats.as_entire_binding(),
-            b.info.as_entire_binding(),
+            logits.as_entire_binding(),
+            labels.as_entire_binding(),
+            qhats.as_entire_binding(),
+            stats.as_entire_binding(),
+            info.as_entire_binding(),
         ],
         groups_for(n as u64),
-    )
+    )?;
+    Ok((stats, info))
 }

@@ -34,6 +34,17 @@ pub struct FileJob {
     pub rows: Option<Range<usize>>,
 }
 
+impl FileJob {
+    /// Opens `path` (headers checked) as target `name`, rows `rows` (all when `None`).
+    pub fn open(path: &Path, name: &str, rows: Option<Range<usize>>) -> Result<Self> {
+        Ok(FileJob {
+            reader: NpzRowReader::open(path)?,
+            name: name.to_string(),
+            rows,
+        })
+    }
+}
+
 /// The borrowed view of a decoded chunk.
 pub fn chunk_view<'a>(name: &'a str, c: &'a RowChunk) -> TargetRows<'a> {
     TargetRows {
@@ -192,11 +203,7 @@ pub fn tally_file<B: Backend>(
     rows: Option<Range<usize>>,
     chunk_rows: usize,
 ) -> Result<Tally> {
-    let job = FileJob {
-        reader: NpzRowReader::open(path)?,
-        name: name.to_string(),
-        rows,
-    };
+    let job = FileJob::open(path, name, rows)?;
     let mut done = tally_files(backend, cal, vec![job], chunk_rows, false)?;
     Ok(done.remove(0).tally)
 }
