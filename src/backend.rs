@@ -140,12 +140,7 @@ pub trait Backend {
     /// from the source. The default computes the statistics and sorts each column; the
     /// GPU computes and sorts them on the device, so only the sorted columns come back.
     fn sorted_columns(&self, rows: &Self::Rows<'_>, t: f32) -> Result<[Vec<f32>; NSTAT]> {
-        let stats = self.row_stats(rows, t, &[])?;
-        let mut out: [Vec<f32>; NSTAT] = Default::default();
-        for (c, o) in out.iter_mut().enumerate() {
-            *o = self.sort_keys(&stats.stats.iter().map(|s| s[c]).collect::<Vec<_>>())?;
-        }
-        Ok(out)
+        host_sorted_columns(self, rows, t)
     }
 
     /// A target's running tally in one mode, across its chunks (on the device for the
@@ -250,6 +245,20 @@ fn check_scores(scores: Vec<f32>) -> Result<Vec<f32>> {
         }),
         None => Ok(scores),
     }
+}
+
+/// [`Backend::sorted_columns`] by the row statistics and one sort per column.
+fn host_sorted_columns<B: Backend + ?Sized>(
+    b: &B,
+    rows: &B::Rows<'_>,
+    t: f32,
+) -> Result<[Vec<f32>; NSTAT]> {
+    let stats = b.row_stats(rows, t, &[])?;
+    let mut out: [Vec<f32>; NSTAT] = Default::default();
+    for (c, o) in out.iter_mut().enumerate() {
+        *o = b.sort_keys(&stats.stats.iter().map(|s| s[c]).collect::<Vec<_>>())?;
+    }
+    Ok(out)
 }
 
 /// Group id arrays must have one entry per label.
@@ -564,16 +573,9 @@ mod gpu_backend {
             check_t(t)?;
             match gpu::row_stats::sorted_columns(self.ctx, rows, t)? {
                 Some(cols) => Ok(cols),
-                // A source larger than one binding or sort chunk: sorted on the host.
-                None => {
-                    let stats = self.row_stats(rows, t, &[])?;
-                    let mut out: [Vec<f32>; NSTAT] = Default::default();
-                    for (c, o) in out.iter_mut().enumerate() {
-                        *o =
-                            self.sort_keys(&stats.stats.iter().map(|s| s[c]).collect::<Vec<_>>())?;
-                    }
-                    Ok(out)
-                }
+                // A source larger than one binding or sort chunk: statistics downloaded, then each
+                // column sorted by the backend.
+                None => host_sorted_columns(self, rows, t),
             }
         }
 
