@@ -38,7 +38,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
         return;
     }
     var sizes: array<u32, MAX_LEVELS>;
-    let r = row_summary(row, &sizes);
+    let r = row_summary(row, params.t, &sizes);
     let stride = 1u + params.n_alpha;
     for (var a = 0u; a < params.n_alpha; a++) {
         info[row * stride + 1u + a] = sizes[a];

@@ -1,6 +1,6 @@
-// row_summary.wgsl: the per-row summary that row_stats.wgsl writes out and tally.wgsl
-// counts, written once so both compute the same bits (src/shaders.rs prepends it to those
-// two; they declare `params` with k, t and n_alpha, and `logits`, `labels`, `qhats`).
+// row_summary.wgsl: the per-row summary that row_stats.wgsl writes out and tally.wgsl and
+// bootstrap.wgsl count, written once so all compute the same bits (src/shaders.rs appends
+// it to those; they declare `params` with k and n_alpha, and `logits`, `labels`, `qhats`).
 // Probabilities exactly as softmax.wgsl computes them: m = max z, e_k = exp((z_k - m)/T),
 // S = sum_k e_k (in order k = 0..K-1), p_k = e_k / S. r_k = 1 - p_k is computed once and
 // reused by every comparison (a compiler may round `1 - e/s` differently in two places;
@@ -27,7 +27,8 @@ struct RowSummary {
 }
 
 // The summary of `row`; sizes[a] = #{k : r_k <= qhats[a]} for a < params.n_alpha.
-fn row_summary(row: u32, sizes: ptr<function, array<u32, MAX_LEVELS>>) -> RowSummary {
+// `t` is the temperature (a bootstrap replicate's own in bootstrap.wgsl).
+fn row_summary(row: u32, t: f32, sizes: ptr<function, array<u32, MAX_LEVELS>>) -> RowSummary {
     let k = params.k;
     let base = row * k;
     var m = logits[base];
@@ -41,7 +42,7 @@ fn row_summary(row: u32, sizes: ptr<function, array<u32, MAX_LEVELS>>) -> RowSum
     }
     var s = 0.0;
     for (var j = 0u; j < k; j++) {
-        s += exp((logits[base + j] - m) / params.t);
+        s += exp((logits[base + j] - m) / t);
     }
     let log_s = log(s);
     var out = RowSummary(-1.0, 0.0, -1.0, 2.0, 2.0, arg, labels[row]);
@@ -49,7 +50,7 @@ fn row_summary(row: u32, sizes: ptr<function, array<u32, MAX_LEVELS>>) -> RowSum
         (*sizes)[a] = 0u;
     }
     for (var j = 0u; j < k; j++) {
-        let x = (logits[base + j] - m) / params.t;
+        let x = (logits[base + j] - m) / t;
         let p = exp(x) / s;
         let r = 1.0 - p;
         out.p1 = max(out.p1, p);
@@ -73,4 +74,27 @@ fn row_summary(row: u32, sizes: ptr<function, array<u32, MAX_LEVELS>>) -> RowSum
         }
     }
     return out;
+}
+
+// p in [0, 1] times 2^40 as a (low, high) pair: exact for p >= 2^-17 (the value is the
+// 24-bit significand shifted left), truncated below. Keep in sync with `p1_to_grid`.
+fn p1_grid(p: f32) -> vec2<u32> {
+    let bits = bitcast<u32>(p);
+    let e = (bits >> 23u) & 0xffu;
+    if (e == 0u) {
+        return vec2<u32>(0u, 0u);
+    }
+    let m = (bits & 0x7fffffu) | 0x800000u;
+    if (e >= 110u) {
+        let s = e - 110u;
+        if (s == 0u) {
+            return vec2<u32>(m, 0u);
+        }
+        return vec2<u32>(m << s, m >> (32u - s));
+    }
+    let r = 110u - e;
+    if (r >= 24u) {
+        return vec2<u32>(0u, 0u);
+    }
+    return vec2<u32>(m >> r, 0u);
 }

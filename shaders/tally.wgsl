@@ -45,29 +45,6 @@ var<workgroup> wg_words: array<atomic<u32>, MAX_WORDS>;
 var<workgroup> wg_mixed: atomic<u32>;
 var<workgroup> wg_mixed_all: u32;
 
-// p in [0, 1] times 2^40 as a (low, high) pair: exact for p >= 2^-17 (the value is the
-// 24-bit significand shifted left), truncated below. Keep in sync with `p1_to_grid`.
-fn p1_grid(p: f32) -> vec2<u32> {
-    let bits = bitcast<u32>(p);
-    let e = (bits >> 23u) & 0xffu;
-    if (e == 0u) {
-        return vec2<u32>(0u, 0u);
-    }
-    let m = (bits & 0x7fffffu) | 0x800000u;
-    if (e >= 110u) {
-        let s = e - 110u;
-        if (s == 0u) {
-            return vec2<u32>(m, 0u);
-        }
-        return vec2<u32>(m << s, m >> (32u - s));
-    }
-    let r = 110u - e;
-    if (r >= 24u) {
-        return vec2<u32>(0u, 0u);
-    }
-    return vec2<u32>(m >> r, 0u);
-}
-
 // Adds (lo, hi) to the word pair at `i`, carrying out of the low word.
 fn add_pair_wg(i: u32, lo: u32, hi: u32) {
     let old = atomicAdd(&wg_words[i], lo);
@@ -141,7 +118,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
     let base = slot * nwords;
     if (live) {
         var sizes: array<u32, MAX_LEVELS>;
-        let sum = row_summary(row, &sizes);
+        let sum = row_summary(row, params.t, &sizes);
         let p1 = sum.p1;
         let ne = sum.ne;
         let r1 = sum.r1;

@@ -4,6 +4,7 @@
 use crate::cpu;
 use crate::data::PredictionSet;
 use crate::error::{Error, Result};
+use crate::kernel::bootstrap::{BootstrapTallyPlan, PairRepCounts};
 use crate::kernel::calibration::CalibrationStats;
 pub use crate::kernel::pvalues::PValueRows;
 use crate::kernel::row_stats::{RowStats, NSTAT};
@@ -161,6 +162,15 @@ pub trait Backend {
     /// The counts of everything added.
     fn tally_finish(&self, acc: Self::TallyAcc) -> Result<PairCounts>;
 
+    /// Every bootstrap replicate's weighted counts of a prepared chunk in one mode
+    /// (DESIGN.md 2.12): weights drawn where the rows are counted (in the kernel on the
+    /// GPU), never stored; all replicates in one pass over the chunk.
+    fn bootstrap_tally(
+        &self,
+        rows: &Self::Rows<'_>,
+        plan: &BootstrapTallyPlan<'_>,
+    ) -> Result<PairRepCounts>;
+
     /// One row_stats pass with at most [`MAX_ALPHA_PER_PASS`] finite thresholds.
     fn row_stats_pass(&self, rows: &Self::Rows<'_>, t: f32, qhats: &[f32]) -> Result<RowStats>;
 
@@ -276,6 +286,27 @@ fn check_plan(plan: &TallyPlan<'_>) -> Result<()> {
     Ok(())
 }
 
+/// A bootstrap plan's labels and group ids must be one per row, its temperatures valid.
+fn check_bootstrap_plan(plan: &BootstrapTallyPlan<'_>, n: usize) -> Result<()> {
+    for r in plan.reps {
+        check_t(r.t)?;
+    }
+    let lens = [
+        ("labels", Some(plan.labels.len())),
+        ("hospital", plan.groups[0].map(|g| g.len())),
+        ("slide", plan.groups[1].map(|g| g.len())),
+    ];
+    for (what, len) in lens {
+        if let Some(len) = len.filter(|&l| l != n) {
+            return Err(Error::LengthMismatch {
+                what: format!("bootstrap tally {what}"),
+                detail: format!("{len} entries for {n} rows"),
+            });
+        }
+    }
+    Ok(())
+}
+
 fn check_t(t: f32) -> Result<()> {
     if t.is_finite() && t > 0.0 {
         Ok(())
@@ -335,6 +366,15 @@ impl Backend for CpuBackend {
 
     fn tally_finish(&self, acc: PairCounts) -> Result<PairCounts> {
         Ok(acc)
+    }
+
+    fn bootstrap_tally(
+        &self,
+        rows: &CpuRows<'_>,
+        plan: &BootstrapTallyPlan<'_>,
+    ) -> Result<PairRepCounts> {
+        check_bootstrap_plan(plan, rows.labels.len())?;
+        Ok(cpu::bootstrap::bootstrap_tally(rows.logits, rows.k, plan))
     }
 
     fn device_name(&self) -> String {
@@ -579,6 +619,15 @@ mod gpu_backend {
             }
         }
 
+        fn bootstrap_tally(
+            &self,
+            rows: &DeviceRows,
+            plan: &BootstrapTallyPlan<'_>,
+        ) -> Result<PairRepCounts> {
+            check_bootstrap_plan(plan, rows.n)?;
+            gpu::bootstrap::bootstrap_tally(self.ctx, rows, plan)
+        }
+
         fn tally_finish(&self, acc: GpuTally) -> Result<PairCounts> {
             match acc {
                 GpuTally::Device(d) => d.finish(self.ctx),
@@ -678,6 +727,13 @@ mod tests {
         }
         fn tally_finish(&self, a: PairCounts) -> Result<PairCounts> {
             Ok(a)
+        }
+        fn bootstrap_tally(
+            &self,
+            r: &CpuRows<'_>,
+            p: &BootstrapTallyPlan<'_>,
+        ) -> Result<PairRepCounts> {
+            self.0.bootstrap_tally(r, p)
         }
         fn device_name(&self) -> String {
             "default".into()

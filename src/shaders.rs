@@ -30,6 +30,7 @@ pub const SHADERS: &[(&str, &str)] = &[
     ("lac_scores", include_str!("../shaders/lac_scores.wgsl")),
     ("pvalues", include_str!("../shaders/pvalues.wgsl")),
     ("tally", include_str!("../shaders/tally.wgsl")),
+    ("bootstrap", include_str!("../shaders/bootstrap.wgsl")),
 ];
 
 /// Names of every kernel shader.
@@ -47,12 +48,16 @@ pub const NAMES: [&str; SHADERS.len()] = {
 pub const ROW_SUMMARY: &str = include_str!("../shaders/row_summary.wgsl");
 
 /// Shaders that call `row_summary` (it reads their `params`, `logits`, `labels`, `qhats`).
-const WITH_ROW_SUMMARY: [&str; 2] = ["row_stats", "tally"];
+const WITH_ROW_SUMMARY: [&str; 3] = ["row_stats", "tally", "bootstrap"];
 
 /// The composed source (common + shared helpers + body) of shader `name`.
 pub fn source(name: &str) -> Option<String> {
     SHADERS.iter().find(|(n, _)| *n == name).map(|(_, body)| {
-        if WITH_ROW_SUMMARY.contains(&name) {
+        if name == "bootstrap" {
+            // Its Poisson table and word count come from the contract (one source).
+            let consts = crate::kernel::bootstrap::wgsl_constants();
+            format!("{COMMON}\n{consts}\n{body}\n{ROW_SUMMARY}")
+        } else if WITH_ROW_SUMMARY.contains(&name) {
             format!("{COMMON}\n{body}\n{ROW_SUMMARY}")
         } else {
             format!("{COMMON}\n{body}")

@@ -304,6 +304,7 @@ fn check_against_oracle<B: Backend>(
         alphas: alphas.to_vec(),
         temperature: TemperatureChoice::Fixed(o_fit.temperature),
         rows: false,
+        ..Default::default()
     };
     let e = evaluate(b, source, targets, None, &opts).unwrap();
     for (mode, t) in [("raw", 1.0), ("ts", o_fit.temperature)] {

@@ -7,6 +7,7 @@
 
 use std::mem::{offset_of, size_of};
 
+use conformal_gpu::kernel::bootstrap::{BootstrapParams, PLAN_WORDS, REP_WORDS};
 use conformal_gpu::kernel::calibration::{CalibrationParams, BINS, NCOUNT};
 use conformal_gpu::kernel::copy::CopyParams;
 use conformal_gpu::kernel::lac_scores::LacParams;
@@ -64,6 +65,27 @@ fn params() -> Vec<(&'static str, Layout)> {
         })
     };
     vec![
+        (
+            "bootstrap",
+            layout!(BootstrapParams {
+                rows,
+                k,
+                t,
+                n_alpha,
+                reps,
+                row_wgs,
+                num_wgs,
+                one_slot,
+                row_offset_lo,
+                row_offset_hi,
+                seed_lo,
+                seed_hi,
+                name_key,
+                slots,
+                first,
+                _pad
+            }),
+        ),
         (
             "tally",
             layout!(TallyParams {
@@ -303,4 +325,14 @@ fn tally_word_layout_matches_the_shader() {
         )),
         "{max_levels}"
     );
+}
+
+/// The bootstrap shader's word and plan strides are the contract's (REP_WORDS is
+/// generated from it; PLAN_WORDS is written in the shader).
+#[test]
+fn bootstrap_word_layout_matches_the_shader() {
+    let m = module("bootstrap");
+    assert_eq!(const_u32(&m, "REP_WORDS"), Some(REP_WORDS as u32));
+    assert_eq!(const_u32(&m, "PLAN_WORDS"), Some(PLAN_WORDS as u32));
+    assert_eq!(size_of::<BootstrapParams>(), 64);
 }

@@ -482,6 +482,7 @@ fn fit_calibration(
     let options = CalibrationOptions {
         alphas,
         temperature,
+        bootstrap: BootstrapOptions::default(),
     };
     on_device!(py, device, |b| Calibration::fit(b, source, &options))
 }

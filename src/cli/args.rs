@@ -47,6 +47,15 @@ pub struct SourceOpts {
     /// Fit the temperature on this set of DIR instead of the source.
     #[arg(long)]
     pub temperature_source: Option<String>,
+    /// Poisson-bootstrap replicates for confidence intervals (0 = none).
+    #[arg(long, default_value_t = 0)]
+    pub bootstrap: usize,
+    /// Confidence of the bootstrap intervals.
+    #[arg(long, default_value_t = 0.95)]
+    pub confidence: f64,
+    /// Seed of the bootstrap weights: same seed, same intervals.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
 }
 
 /// Shared by every subcommand.
@@ -133,6 +142,9 @@ pub enum Command {
         /// Write report.json and plots into this directory.
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Confidence of the bootstrap intervals (default: the calibration's).
+        #[arg(long)]
+        confidence: Option<f64>,
     },
     /// Conformal quantiles qhat(alpha) of a 1-D score array (`.npy`, float32 or float64).
     Quantile {

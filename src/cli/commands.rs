@@ -11,6 +11,7 @@ use conformal_gpu::data::npz;
 use conformal_gpu::data::stream::NpzRowReader;
 use conformal_gpu::data::PredictionSet;
 use conformal_gpu::device::{DeviceChoice, Engine};
+use conformal_gpu::methods::bootstrap::{check_confidence, BootstrapOptions};
 use conformal_gpu::methods::calibration::{Calibration, CalibrationOptions, Temperature};
 use conformal_gpu::methods::evaluate::{Evaluation, Timings, TARGET_CHUNK_ROWS};
 use conformal_gpu::methods::files::{tally_files, FileJob};
@@ -28,6 +29,7 @@ pub struct SourceArgs<'a> {
     pub alphas: Vec<f64>,
     pub temperature: Option<f64>,
     pub temperature_source: Option<&'a str>,
+    pub bootstrap: BootstrapOptions,
 }
 
 impl<'a> SourceArgs<'a> {
@@ -39,6 +41,11 @@ impl<'a> SourceArgs<'a> {
             alphas: crate::cli::outputs::parse_alphas(&o.alpha)?,
             temperature: o.temperature,
             temperature_source: o.temperature_source.as_deref(),
+            bootstrap: BootstrapOptions {
+                replicates: o.bootstrap,
+                seed: o.seed,
+                confidence: o.confidence,
+            },
         })
     }
 }
@@ -74,6 +81,7 @@ fn calibrate(
     let options = CalibrationOptions {
         alphas: args.alphas.clone(),
         temperature,
+        bootstrap: args.bootstrap,
     };
     let mut cal = with_backend!(engine, choice, |b| Calibration::fit(b, &source, &options))?;
     cal.inputs.push(source_input);
@@ -423,13 +431,21 @@ pub fn run_merge(
     tallies: &[PathBuf],
     json: &Option<String>,
     out: Option<&Path>,
+    confidence: Option<f64>,
 ) -> Result<()> {
     let started = Instant::now();
     if let Some(dir) = out {
         check_writable_dir(dir)?;
     }
     check_json_target(json)?;
-    let cal = read_calibration(calibration)?;
+    let mut cal = read_calibration(calibration)?;
+    if let Some(c) = confidence {
+        check_confidence(c)?;
+        match cal.bootstrap.as_mut() {
+            Some(b) => b.confidence = c,
+            None => eprintln!("warning: --confidence: the calibration has no bootstrap replicates"),
+        }
+    }
     // Every file is read and checked before anything is merged or written.
     let mut parts = Vec::new();
     for path in tallies {

@@ -14,6 +14,9 @@ use args::{Cli, Command};
 use commands::{run_calibrate, run_evaluate, run_merge, run_tally, EvalJob, SourceArgs, TallyJob};
 use outputs::{check_json_target, check_writable_dir, emit_json, open_device, parse_alphas, phase};
 
+/// Bootstrap replicates of the main job: intervals in seconds on 2 cores.
+const MAIN_JOB_REPLICATES: usize = 100;
+
 /// The main job: generate (once), evaluate, report.
 fn main_job() -> Result<()> {
     let cfg = GeneratorConfig {
@@ -29,6 +32,11 @@ fn main_job() -> Result<()> {
             alphas: vec![0.02, 0.05, 0.1, 0.15, 0.2, 0.3],
             temperature: None,
             temperature_source: None,
+            bootstrap: conformal_gpu::methods::bootstrap::BootstrapOptions {
+                replicates: MAIN_JOB_REPLICATES,
+                seed: 0,
+                confidence: 0.95,
+            },
         },
         out: Some(&out),
         rows: false,
@@ -93,7 +101,8 @@ pub fn run(cli: Cli) -> Result<()> {
             tallies,
             json,
             out,
-        } => run_merge(&calibration, &tallies, &json, out.as_deref()),
+            confidence,
+        } => run_merge(&calibration, &tallies, &json, out.as_deref(), confidence),
         Command::Quantile {
             scores,
             alpha,

@@ -4,6 +4,7 @@
 //! results do not depend on the thread count. Layouts, parameters and pure host steps
 //! shared with the GPU wrappers live in `kernel` (never in `gpu`).
 
+pub mod bootstrap;
 pub mod calibration;
 pub mod common;
 pub mod copy;

@@ -10,13 +10,36 @@ pub use crate::kernel::row_stats::{col, RowBlock, RowStats};
 /// The plain per-row statement of the kernel; [`row_stats`] computes the same bits a
 /// block of rows at a time.
 pub fn row_stats_row(row: &[f32], y: i32, t: f32, qhats: &[f32], info: &mut [u32]) -> [f32; 5] {
+    let mut scratch = Vec::new();
+    row_summary(row, y, t, qhats, info, &mut scratch)
+}
+
+/// [`row_stats_row`] with the per-class work in `scratch` (resized to `3 K`, reused by
+/// callers that summarise many rows at many temperatures, as the bootstrap does).
+pub fn row_summary(
+    row: &[f32],
+    y: i32,
+    t: f32,
+    qhats: &[f32],
+    info: &mut [u32],
+    scratch: &mut Vec<f32>,
+) -> [f32; 5] {
+    let k = row.len();
     let (m, arg) = row_max(row);
-    let x: Vec<f32> = row.iter().map(|&z| (z - m) / t).collect();
-    let e: Vec<f32> = x.iter().map(|&x| exp(x)).collect();
-    let s = e.iter().fold(0.0f32, |s, &e| s + e);
-    let p: Vec<f32> = e.iter().map(|&e| e / s).collect();
-    let r: Vec<f32> = p.iter().map(|&p| 1.0 - p).collect();
-    finish_row(&x, &p, &r, ln(s), arg, y, qhats, info)
+    scratch.resize(3 * k, 0.0);
+    let (x, rest) = scratch.split_at_mut(k);
+    let (p, r) = rest.split_at_mut(k);
+    let mut s = 0.0f32;
+    for ((xk, pk), &z) in x.iter_mut().zip(p.iter_mut()).zip(row) {
+        *xk = (z - m) / t;
+        *pk = exp(*xk);
+        s += *pk;
+    }
+    for (pk, rk) in p.iter_mut().zip(r.iter_mut()) {
+        *pk /= s;
+        *rk = 1.0 - *pk;
+    }
+    finish_row(x, p, r, ln(s), arg, y, qhats, info)
 }
 
 /// The rest of a row once `x_k = (z_k - m)/T`, `p_k = exp(x_k) / S` (`S` summed in

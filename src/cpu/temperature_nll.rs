@@ -101,3 +101,45 @@ pub fn nll_sums_f64(logits: &[f32], labels: &[i32], k: usize, b: f64) -> [f64; 4
             |a, b| [a[0] + b[0], a[1] + b[1], a[2] + b[2], a[3] + b[3]],
         )
 }
+
+/// `[nll, grad, hess, rows]` over rows weighted by `weights` (one per row; every label
+/// known), serially, in f64: the temperature refit of one bootstrap replicate (callers
+/// run replicates in parallel). One pass per row: the largest logit's term is exactly 1
+/// and needs no `exp`, and the variance is `E[d^2] - E[d]^2` (d = z - m is bounded by the
+/// logits' range, so the cancellation costs nothing at f64).
+pub fn nll_sums_f64_weighted(
+    logits: &[f32],
+    labels: &[i32],
+    k: usize,
+    b: f64,
+    weights: &[u8],
+) -> [f64; 4] {
+    let mut acc = [0.0f64; 4];
+    for ((row, &y), &w) in logits.chunks_exact(k).zip(labels).zip(weights) {
+        if w == 0 || y < 0 {
+            continue;
+        }
+        let (m, arg) = row_max(row);
+        let m = m as f64;
+        let (mut s, mut sd, mut sdd) = (1.0f64, 0.0f64, 0.0f64);
+        for (j, &z) in row.iter().enumerate() {
+            if j == arg {
+                continue;
+            }
+            let d = z as f64 - m;
+            let e = (b * d).exp();
+            s += e;
+            sd += e * d;
+            sdd += e * d * d;
+        }
+        let mu = sd / s;
+        let var = (sdd / s - mu * mu).max(0.0);
+        let dy = row[y as usize] as f64 - m;
+        let w = w as f64;
+        acc[0] += w * (s.ln() - b * dy);
+        acc[1] += w * (mu - dy);
+        acc[2] += w * var;
+        acc[3] += w;
+    }
+    acc
+}

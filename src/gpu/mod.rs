@@ -1,6 +1,7 @@
 //! The GPU path: context, buffers, and one wrapper per WGSL kernel (same names as the
 //! shaders in `shaders/` and the CPU mirrors in `cpu/`).
 
+pub mod bootstrap;
 pub mod buffers;
 pub mod calibration;
 pub mod context;

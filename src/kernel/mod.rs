@@ -9,6 +9,7 @@
 //! enforces the import rules; `tests/pod_layout.rs` checks every parameter struct against
 //! naga's layout of the WGSL struct it mirrors.
 
+pub mod bootstrap;
 pub mod calibration;
 pub mod common;
 pub mod copy;

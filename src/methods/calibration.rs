@@ -13,9 +13,11 @@ use sha2::{Digest, Sha256};
 use crate::backend::{labels_i32, Backend};
 use crate::data::PredictionSet;
 use crate::error::{Error, Result};
+use crate::kernel::bootstrap::{name_key, BootstrapTallyPlan, PairRepCounts, ReplicatePlan};
 use crate::kernel::calibration::{CalibrationStats, BINS};
 use crate::kernel::row_stats::NSTAT;
 use crate::kernel::tally::{TallyPlan, GROUP_ARRAYS};
+use crate::methods::bootstrap::{fit_replicates, BootstrapOptions, CalibrationBootstrap};
 use crate::methods::quantile::{check_alpha, conformal_k};
 use crate::methods::tally::{Tally, TargetRows};
 use crate::methods::temperature::{
@@ -46,6 +48,8 @@ pub struct CalibrationOptions<'a> {
     pub alphas: Vec<f64>,
     /// Temperature of the `ts` mode.
     pub temperature: Temperature<'a>,
+    /// Bootstrap replicates (0 = none), their seed and the intervals' confidence.
+    pub bootstrap: BootstrapOptions,
 }
 
 impl Default for CalibrationOptions<'_> {
@@ -53,6 +57,7 @@ impl Default for CalibrationOptions<'_> {
         CalibrationOptions {
             alphas: vec![0.1],
             temperature: Temperature::FitSource,
+            bootstrap: BootstrapOptions::default(),
         }
     }
 }
@@ -173,7 +178,12 @@ impl ModeCalibration {
 
     /// From the source's sorted statistics columns at temperature `t` and its number
     /// of correct rows `correct` (argmax of the logits: the same in every mode).
-    fn from_columns(cols: [Vec<f32>; NSTAT], correct: usize, t: f32, alphas: &[f64]) -> Self {
+    pub(crate) fn from_columns(
+        cols: [Vec<f32>; NSTAT],
+        correct: usize,
+        t: f32,
+        alphas: &[f64],
+    ) -> Self {
         let [mc, ne, lac, a, b] = cols;
         let n = lac.len();
         // AC(S): summed in sorted order, the same on every backend.
@@ -252,6 +262,9 @@ pub struct Calibration {
     pub source: SourceReport,
     /// Thresholds per mode.
     pub modes: Modes<ModeCalibration>,
+    /// Every bootstrap replicate's refit of the source (absent without a bootstrap).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bootstrap: Option<CalibrationBootstrap>,
     /// `"cpu"` or `"gpu: <adapter>"`: the backend that fitted (thresholds may differ by
     /// an ulp between backends, so the id differs too).
     pub device: String,
@@ -274,6 +287,8 @@ struct IdContent<'a> {
     temperature_source: &'a TemperatureSource,
     source: &'a SourceReport,
     modes: &'a Modes<ModeCalibration>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    bootstrap: &'a Option<CalibrationBootstrap>,
 }
 
 /// Lowercase hex of a digest.
@@ -354,6 +369,7 @@ impl Calibration {
         options: &CalibrationOptions<'_>,
     ) -> Result<Self> {
         let alphas = &options.alphas;
+        options.bootstrap.validate()?;
         validate_source(source)?;
         if alphas.is_empty() {
             return Err(Error::Invalid("no alpha level given".into()));
@@ -455,6 +471,16 @@ impl Calibration {
                 ts: cal_after,
             },
         };
+        let bootstrap = (options.bootstrap.replicates > 0)
+            .then(|| {
+                fit_replicates(
+                    source,
+                    options.temperature,
+                    fit.temperature,
+                    &options.bootstrap,
+                )
+            })
+            .transpose()?;
         let mut cal = Calibration {
             format: CALIBRATION_FORMAT.into(),
             version: CALIBRATION_VERSION,
@@ -465,6 +491,7 @@ impl Calibration {
             temperature_source,
             source: source_report,
             modes,
+            bootstrap,
             device: backend.device_name(),
             inputs: Vec::new(),
             timings_ms: FitTimings {
@@ -487,6 +514,7 @@ impl Calibration {
             temperature_source: &self.temperature_source,
             source: &self.source,
             modes: &self.modes,
+            bootstrap: &self.bootstrap,
         };
         let bytes = serde_json::to_vec(&content)
             .map_err(|e| Error::Invalid(format!("calibration encoding: {e}")))?;
@@ -520,6 +548,8 @@ impl Calibration {
                 raw: backend.tally_start(a)?,
                 ts: backend.tally_start(a)?,
             }),
+            plans: self.bootstrap.as_ref().map(|b| b.plans()),
+            name_key: name_key(name),
         })
     }
 
@@ -578,6 +608,9 @@ impl Calibration {
                 return Some(format!("mode {name}: sizes or thresholds disagree"));
             }
         }
+        if let Some(why) = self.bootstrap.as_ref().and_then(|b| b.inconsistency()) {
+            return Some(why);
+        }
         let bins = |s: &CalibrationStats| s.bin_count.len() == BINS;
         if !bins(&self.source.calibration.raw) || !bins(&self.source.calibration.ts) {
             return Some("reliability bins".into());
@@ -597,6 +630,9 @@ pub struct TallyStream<'a, B: Backend> {
     backend: &'a B,
     tally: Tally,
     acc: Option<Modes<B::TallyAcc>>,
+    /// Every replicate's plan per mode, with a bootstrap.
+    plans: Option<Modes<Vec<ReplicatePlan>>>,
+    name_key: u32,
 }
 
 impl<B: Backend> TallyStream<'_, B> {
@@ -630,11 +666,27 @@ impl<B: Backend> TallyStream<'_, B> {
             .as_mut()
             .ok_or_else(|| Error::Invalid("tally stream used after a failure".into()))?;
         let (cal, backend) = (self.cal, self.backend);
+        let (plans, key) = (&self.plans, self.name_key);
+        let boot = &mut self.tally.bootstrap;
         let result = with_labels(rows.labels, n, |labels| -> Result<()> {
             let prepared = backend.prepare(rows.logits, labels, cal.k)?;
             let groups = [rows.hospital, rows.slide];
             backend.tally_add(&mut acc.raw, &prepared, &cal.modes.raw.plan(labels, groups))?;
-            backend.tally_add(&mut acc.ts, &prepared, &cal.modes.ts.plan(labels, groups))
+            backend.tally_add(&mut acc.ts, &prepared, &cal.modes.ts.plan(labels, groups))?;
+            if let (Some(plans), Some(boot), Some(cb)) = (plans, boot.as_mut(), &cal.bootstrap) {
+                let plan = |reps| BootstrapTallyPlan {
+                    seed: cb.seed,
+                    name_key: key,
+                    row_offset: rows.row_offset as u64,
+                    reps,
+                    labels,
+                    groups,
+                };
+                let raw: PairRepCounts = backend.bootstrap_tally(&prepared, &plan(&plans.raw))?;
+                let ts: PairRepCounts = backend.bootstrap_tally(&prepared, &plan(&plans.ts))?;
+                boot.add(raw, ts);
+            }
+            Ok(())
         });
         if result.is_err() {
             // Counts of this chunk may be partly in: the stream cannot be finished.

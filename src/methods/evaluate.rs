@@ -13,17 +13,20 @@ use std::time::Instant;
 use crate::backend::Backend;
 use crate::data::PredictionSet;
 use crate::error::Result;
+use crate::kernel::bootstrap::{percentile_interval, RepCounts};
 use crate::kernel::row_stats::col;
 use crate::kernel::tally::{count, level, Counts, GROUP_ARRAYS};
+use crate::methods::bootstrap::{Intervals, MethodIntervals, ReplicateValues};
 use crate::methods::quantile::conformal_rank;
 use crate::methods::tally::{Tally, TargetRows};
 
+pub use crate::methods::bootstrap::BootstrapOptions;
 pub use crate::methods::calibration::{
     cpc_sweep, AtcThreshold, Calibration, CalibrationOptions, ModeCalibration, Temperature,
 };
 pub use crate::report::model::{
-    ConformalStats, CpcChoice, Estimates, Evaluation, GroupReport, MaeRow, Method, Modes, RowMode,
-    RowOutputs, SourceReport, TargetReport, Timings,
+    BootstrapMeta, ConformalStats, CpcChoice, Estimates, Evaluation, GroupReport, MaeRow, Method,
+    Modes, RowMode, RowOutputs, SourceReport, TargetReport, Timings,
 };
 
 /// Rows per target chunk: bounds host and device memory for huge targets.
@@ -50,6 +53,8 @@ pub struct EvalOptions {
     /// Also return per-row outputs (yhat, max probability, credibility, confidence, set
     /// sizes) of the source and every target, in both modes.
     pub rows: bool,
+    /// Bootstrap intervals (DESIGN.md 2.12): replicates (0 = off), seed, confidence.
+    pub bootstrap: BootstrapOptions,
 }
 
 impl Default for EvalOptions {
@@ -58,6 +63,7 @@ impl Default for EvalOptions {
             alphas: vec![0.1],
             temperature: TemperatureChoice::FitSource,
             rows: false,
+            bootstrap: BootstrapOptions::default(),
         }
     }
 }
@@ -118,6 +124,16 @@ impl Calibration {
             raw: Tally::total(&tally.modes.raw, a),
             ts: Tally::total(&tally.modes.ts, a),
         };
+        // With a bootstrap: every replicate's values, then the intervals.
+        let boot = match (&self.bootstrap, &tally.bootstrap) {
+            (Some(cb), Some(tb)) => Some((cb, tb)),
+            _ => None,
+        };
+        let intervals = |counts: &Modes<RepCounts>, labelled: bool| {
+            boot.map(|(cb, _)| {
+                Intervals::new(ReplicateValues::new(cb, counts), labelled, cb.confidence)
+            })
+        };
         let mut groups = BTreeMap::new();
         for (g, group) in GROUP_ARRAYS.iter().enumerate() {
             if !tally.group_arrays.iter().any(|x| x == group) {
@@ -125,6 +141,7 @@ impl Calibration {
             }
             let raw = Tally::by_group(&tally.modes.raw, g, a);
             let ts = Tally::by_group(&tally.modes.ts, g, a);
+            let reps = boot.map(|(_, tb)| tb.by_group(g));
             let list = raw
                 .iter()
                 .zip(ts.values())
@@ -136,6 +153,10 @@ impl Calibration {
                         raw: r.estimates(&self.modes.raw),
                         ts: t.estimates(&self.modes.ts),
                     },
+                    intervals: reps
+                        .as_ref()
+                        .and_then(|m| m.get(&id))
+                        .and_then(|c| intervals(c, r.labelled() > 0)),
                 })
                 .collect();
             groups.insert(group.to_string(), list);
@@ -163,6 +184,7 @@ impl Calibration {
                 ts: all.ts.conformal(&self.modes.ts, &self.alphas),
             },
             groups,
+            intervals: boot.and_then(|(_, tb)| intervals(&tb.total(), all.raw.labelled() > 0)),
         })
     }
 
@@ -226,11 +248,18 @@ impl Evaluation {
         rows: Vec<RowOutputs>,
         timings_ms: Timings,
     ) -> Self {
+        let bootstrap = cal.bootstrap.as_ref().map(|b| BootstrapMeta {
+            replicates: b.replicates,
+            confidence: b.confidence,
+            seed: b.seed,
+        });
         Evaluation {
             device,
             alphas: cal.alphas.clone(),
             source: cal.source.clone(),
             mae: mae_rows(&targets),
+            mae_ci: bootstrap.map(|b| mae_intervals(&targets, b.confidence)),
+            bootstrap,
             targets,
             rows,
             timings_ms,
@@ -336,6 +365,7 @@ pub fn evaluate<B: Backend>(
         &CalibrationOptions {
             alphas: options.alphas.clone(),
             temperature,
+            bootstrap: options.bootstrap,
         },
     )?;
     let phase = Instant::now();
@@ -396,6 +426,62 @@ fn mae_of(pairs: &[(Estimates, f64)]) -> MaeRow {
             (m.name(), v)
         })
         .collect()
+}
+
+/// Per replicate, the mean over `members` of method `m`'s absolute error (errors taken
+/// within a replicate), then its interval.
+fn mae_interval(
+    members: &[&ReplicateValues],
+    ts: bool,
+    m: Method,
+    confidence: f64,
+) -> Option<[f64; 2]> {
+    let first = members.first()?;
+    let reps = first.truth.len();
+    let mut per_rep = vec![0.0f64; reps];
+    for v in members {
+        for (acc, e) in per_rep.iter_mut().zip(v.errors(ts, m)) {
+            *acc += e;
+        }
+    }
+    let n = members.len() as f64;
+    let per_rep: Vec<f64> = per_rep.into_iter().map(|s| s / n).collect();
+    percentile_interval(&per_rep, confidence)
+}
+
+/// MAE intervals keyed as [`mae_rows`]: over the same labelled targets and groups.
+pub fn mae_intervals(
+    reports: &[TargetReport],
+    confidence: f64,
+) -> BTreeMap<String, MethodIntervals> {
+    let mut out = BTreeMap::new();
+    let row = |members: &[&ReplicateValues], ts: bool| -> MethodIntervals {
+        Method::ALL
+            .into_iter()
+            .map(|m| (m.name(), mae_interval(members, ts, m, confidence)))
+            .collect()
+    };
+    let targets: Vec<&ReplicateValues> = reports
+        .iter()
+        .filter(|r| r.true_accuracy.is_some())
+        .filter_map(|r| r.intervals.as_ref().map(|i| &i.values))
+        .collect();
+    out.insert("raw".to_string(), row(&targets, false));
+    out.insert("ts".to_string(), row(&targets, true));
+    for name in GROUP_ARRAYS {
+        if !reports.iter().any(|r| r.groups.contains_key(name)) {
+            continue;
+        }
+        let members: Vec<&ReplicateValues> = reports
+            .iter()
+            .flat_map(|r| r.groups.get(name).into_iter().flatten())
+            .filter(|g| g.true_accuracy.is_some())
+            .filter_map(|g| g.intervals.as_ref().map(|i| &i.values))
+            .collect();
+        out.insert(format!("{name}_raw"), row(&members, false));
+        out.insert(format!("{name}_ts"), row(&members, true));
+    }
+    out
 }
 
 /// MAE per method over labelled targets, and over (target, group) pairs per group array.

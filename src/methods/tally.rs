@@ -7,9 +7,11 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::kernel::bootstrap::{merge_pair_reps, rep, PairRepCounts, RepCounts};
 use crate::kernel::tally::{Counts, GroupKey, PairCounts, GROUP_ARRAYS};
 use crate::methods::calibration::Calibration;
 use crate::report::model::InputFile;
+use crate::report::model::Modes;
 
 /// `format` of a tally file.
 pub const TALLY_FORMAT: &str = "conformal-gpu tally";
@@ -142,6 +144,169 @@ mod pairs_serde {
     }
 }
 
+/// Replicate counts of one (hospital, slide) pair, as written in a tally file.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+struct RepEntry {
+    hospital: Option<i64>,
+    slide: Option<i64>,
+    /// Per replicate, the counters in [`crate::kernel::bootstrap::rep`] order.
+    counts: Vec<[u64; rep::LEN]>,
+    /// Per replicate, the weighted grid sum of `p_(1)` (decimal strings: u128).
+    sum_p1: Vec<String>,
+}
+
+mod reps_serde {
+    use super::*;
+    use serde::{Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(p: &PairRepCounts, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(p.iter().map(|(k, c)| RepEntry {
+            hospital: k[0],
+            slide: k[1],
+            counts: c.counts.clone(),
+            sum_p1: c.sum_p1.iter().map(|x| x.to_string()).collect(),
+        }))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<PairRepCounts, D::Error> {
+        let list = Vec::<RepEntry>::deserialize(d)?;
+        let mut out = PairRepCounts::new();
+        for e in list {
+            let sum_p1 = e
+                .sum_p1
+                .iter()
+                .map(|x| x.parse::<u128>())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|err| serde::de::Error::custom(format!("sum_p1: {err}")))?;
+            let rc = RepCounts {
+                counts: e.counts,
+                sum_p1,
+            };
+            if out.insert([e.hospital, e.slide], rc).is_some() {
+                return Err(serde::de::Error::custom(format!(
+                    "group (hospital {:?}, slide {:?}) listed twice",
+                    e.hospital, e.slide
+                )));
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The bootstrap part of a tally: every replicate's weighted counts per pair and mode.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct TallyBootstrap {
+    /// Replicates B (the calibration's).
+    pub replicates: usize,
+    /// Seed of the weights (the calibration's).
+    pub seed: u64,
+    /// At T = 1.
+    #[serde(with = "reps_serde")]
+    pub raw: PairRepCounts,
+    /// At each replicate's `ts` temperature.
+    #[serde(with = "reps_serde")]
+    pub ts: PairRepCounts,
+}
+
+impl TallyBootstrap {
+    /// Adds one chunk's replicate counts.
+    pub(crate) fn add(&mut self, raw: PairRepCounts, ts: PairRepCounts) {
+        merge_pair_reps(&mut self.raw, raw);
+        merge_pair_reps(&mut self.ts, ts);
+    }
+
+    /// Whole-target replicate counts of each mode (sum over pairs).
+    pub fn total(&self) -> Modes<RepCounts> {
+        let sum = |p: &PairRepCounts| {
+            let mut all = RepCounts::zeros(self.replicates);
+            for c in p.values() {
+                all.merge(c);
+            }
+            all
+        };
+        Modes {
+            raw: sum(&self.raw),
+            ts: sum(&self.ts),
+        }
+    }
+
+    /// Replicate counts per id of group array `g`, both modes.
+    pub fn by_group(&self, g: usize) -> std::collections::BTreeMap<i64, Modes<RepCounts>> {
+        let mut out = std::collections::BTreeMap::new();
+        for (mode, pairs) in [(false, &self.raw), (true, &self.ts)] {
+            for (key, c) in pairs {
+                if let Some(id) = key[g] {
+                    let e = out.entry(id).or_insert_with(|| Modes {
+                        raw: RepCounts::zeros(self.replicates),
+                        ts: RepCounts::zeros(self.replicates),
+                    });
+                    if mode {
+                        e.ts.merge(c);
+                    } else {
+                        e.raw.merge(c);
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Adds `other`'s counts (checked: forged files may overflow).
+    fn checked_merge(&mut self, other: &TallyBootstrap) -> Option<()> {
+        if (self.replicates, self.seed) != (other.replicates, other.seed) {
+            return None;
+        }
+        let mut out = self.clone();
+        for (mine, theirs) in [(&mut out.raw, &other.raw), (&mut out.ts, &other.ts)] {
+            for (key, c) in theirs {
+                mine.entry(*key)
+                    .or_insert_with(|| RepCounts::zeros(self.replicates))
+                    .checked_merge(c)?;
+            }
+        }
+        *self = out;
+        Some(())
+    }
+
+    /// Why the counts cannot come from the tally's rows, if they cannot.
+    fn inconsistency(&self, modes: &ModePairs) -> Option<String> {
+        for (mode, reps, pairs) in [("raw", &self.raw, &modes.raw), ("ts", &self.ts, &modes.ts)] {
+            for (key, rc) in reps {
+                if rc.reps() != self.replicates {
+                    return Some(format!(
+                        "bootstrap mode {mode}, group {key:?}: {} replicates, need {}",
+                        rc.reps(),
+                        self.replicates
+                    ));
+                }
+                if !pairs.contains_key(key) {
+                    return Some(format!("bootstrap mode {mode}: group {key:?} has no rows"));
+                }
+                if let Some(why) = rc.inconsistency() {
+                    return Some(format!("bootstrap mode {mode}, group {key:?}: {why}"));
+                }
+            }
+        }
+        let shape = |p: &PairRepCounts| {
+            p.iter()
+                .map(|(k, c)| {
+                    (
+                        *k,
+                        c.counts
+                            .iter()
+                            .map(|x| (x[rep::N], x[rep::LABELLED]))
+                            .collect(),
+                    )
+                })
+                .collect::<Vec<(GroupKey, Vec<(u64, u64)>)>>()
+        };
+        if shape(&self.raw) != shape(&self.ts) {
+            return Some("bootstrap: the two modes weigh different rows".into());
+        }
+        None
+    }
+}
+
 /// Counts per mode for both modes.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct ModePairs {
@@ -178,6 +343,9 @@ pub struct Tally {
     pub inputs: Vec<InputFile>,
     /// Counts per (hospital, slide) pair and mode.
     pub modes: ModePairs,
+    /// Every bootstrap replicate's counts (when the calibration has a bootstrap).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bootstrap: Option<TallyBootstrap>,
 }
 
 impl Tally {
@@ -199,6 +367,11 @@ impl Tally {
             rows: Vec::new(),
             inputs: Vec::new(),
             modes: ModePairs::default(),
+            bootstrap: cal.bootstrap.as_ref().map(|b| TallyBootstrap {
+                replicates: b.replicates,
+                seed: b.seed,
+                ..Default::default()
+            }),
         }
     }
 
@@ -271,6 +444,22 @@ impl Tally {
                 })?;
             }
         }
+        match (&mut out.bootstrap, &other.bootstrap) {
+            (None, None) => {}
+            (Some(mine), Some(theirs)) => {
+                mine.checked_merge(theirs)
+                    .ok_or_else(|| Error::Incompatible {
+                        what: format!("tallies of {}", self.name),
+                        detail: "bootstrap replicates differ, or their counts overflow".into(),
+                    })?;
+            }
+            _ => {
+                return Err(Error::Incompatible {
+                    what: format!("tallies of {}", self.name),
+                    detail: "one has bootstrap replicates and the other not".into(),
+                })
+            }
+        }
         for f in &other.inputs {
             if !out.inputs.contains(f) {
                 out.inputs.push(f.clone());
@@ -330,7 +519,14 @@ impl Tally {
     /// Checks that the tally was made with `cal` (`Error::Invalid`-class mismatch errors
     /// are data errors: exit 5 on the command line).
     pub fn check_against(&self, cal: &Calibration) -> Result<()> {
-        if self.calibration != cal.id || self.k != cal.k || self.n_alpha != cal.alphas.len() {
+        let boot = |b: Option<(usize, u64)>| b;
+        let same_boot = boot(self.bootstrap.as_ref().map(|b| (b.replicates, b.seed)))
+            == boot(cal.bootstrap.as_ref().map(|b| (b.replicates, b.seed)));
+        if self.calibration != cal.id
+            || self.k != cal.k
+            || self.n_alpha != cal.alphas.len()
+            || !same_boot
+        {
             return Err(Error::Incompatible {
                 what: format!("tally of {}", self.name),
                 detail: format!(
@@ -398,6 +594,9 @@ impl Tally {
         };
         if keys(&self.modes.raw) != keys(&self.modes.ts) {
             return Some("the two modes count different rows".into());
+        }
+        if let Some(b) = &self.bootstrap {
+            return b.inconsistency(&self.modes);
         }
         None
     }

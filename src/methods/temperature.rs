@@ -104,9 +104,19 @@ pub fn validate_source(set: &PredictionSet) -> Result<()> {
 /// back with `converged: false`. Otherwise Newton steps run inside the verified bracket,
 /// falling back to log-space bisection whenever a step would leave it.
 pub fn fit_temperature<B: Backend>(backend: &B, rows: &B::Rows<'_>) -> Result<TemperatureFit> {
+    fit_temperature_with(|b| backend.nll_sums(rows, b), 1.0)
+}
+
+/// The fit of [`fit_temperature`] over any source of NLL sums (a bootstrap replicate's
+/// weighted sums), starting at inverse temperature `b_start` (1 for the point fit; a
+/// replicate starts at the point fit's, a few Newton steps from its own).
+pub fn fit_temperature_with(
+    mut sums: impl FnMut(f64) -> Result<NllSums>,
+    b_start: f64,
+) -> Result<TemperatureFit> {
     let (b_lo, b_hi) = (1.0 / T_MAX, 1.0 / T_MIN);
-    let eval = |b: f64| -> Result<NllSums> {
-        let s = backend.nll_sums(rows, b)?;
+    let mut eval = |b: f64| -> Result<NllSums> {
+        let s = sums(b)?;
         if !(s.nll.is_finite() && s.grad.is_finite() && s.hess.is_finite()) || s.rows == 0.0 {
             return Err(Error::Invalid(format!(
                 "temperature fit: non-finite NLL sums at b = {b} (rows = {})",
@@ -122,7 +132,7 @@ pub fn fit_temperature<B: Backend>(backend: &B, rows: &B::Rows<'_>) -> Result<Te
         nll: s.nll / s.rows,
         warning,
     };
-    let mut b = 1.0;
+    let mut b = b_start.clamp(b_lo, b_hi);
     let mut s = eval(b)?;
     let mut iterations = 1;
     // grad = hess = 0: every row's softmax is flat in b. With NLL 0 that is separable

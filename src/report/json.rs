@@ -70,8 +70,8 @@ pub fn to_json(eval: &Evaluation, meta: &Meta) -> Result<Value> {
     let targets = enc(serde_json::to_value(&eval.targets))?;
     let mae = enc(serde_json::to_value(&eval.mae))?;
     let timings = enc(serde_json::to_value(&eval.timings_ms))?;
-    let meta = enc(serde_json::to_value(meta))?;
-    Ok(json!({
+    let mut meta = enc(serde_json::to_value(meta))?;
+    let mut out = json!({
         "device": eval.device,
         "alphas": eval.alphas,
         "meta": meta,
@@ -79,5 +79,14 @@ pub fn to_json(eval: &Evaluation, meta: &Meta) -> Result<Value> {
         "targets": targets,
         "mae": mae,
         "timings_ms": timings,
-    }))
+    });
+    // With a bootstrap: the MAE intervals beside the MAE, and the settings in `meta`.
+    if let (Some(b), Some(ci)) = (&eval.bootstrap, &eval.mae_ci) {
+        if let Some(m) = meta.as_object_mut() {
+            m.insert("bootstrap".into(), enc(serde_json::to_value(b))?);
+        }
+        out["meta"] = meta;
+        out["mae_ci"] = enc(serde_json::to_value(ci))?;
+    }
+    Ok(out)
 }

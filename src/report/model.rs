@@ -132,6 +132,9 @@ pub struct GroupReport {
     pub true_accuracy: Option<f64>,
     /// Estimates on the group's rows.
     pub estimates: Modes<Estimates>,
+    /// Bootstrap intervals (`ci`, `true_accuracy_ci`, `error_ci`), with a bootstrap.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub intervals: Option<crate::methods::bootstrap::Intervals>,
 }
 
 /// Everything reported for one target.
@@ -155,6 +158,9 @@ pub struct TargetReport {
     pub conformal: Modes<Vec<ConformalStats>>,
     /// Per group array present (`hospital`, `slide`): per group id.
     pub groups: BTreeMap<String, Vec<GroupReport>>,
+    /// Bootstrap intervals (`ci`, `true_accuracy_ci`, `error_ci`), with a bootstrap.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub intervals: Option<crate::methods::bootstrap::Intervals>,
 }
 
 /// The source set's calibration summary.
@@ -260,6 +266,21 @@ pub struct Evaluation {
     pub rows: Vec<RowOutputs>,
     /// Phase timings.
     pub timings_ms: Timings,
+    /// MAE intervals, keyed as `mae` (with a bootstrap).
+    pub mae_ci: Option<BTreeMap<String, crate::methods::bootstrap::MethodIntervals>>,
+    /// Replicates, confidence and seed (with a bootstrap).
+    pub bootstrap: Option<BootstrapMeta>,
+}
+
+/// The bootstrap settings of a report (`meta.bootstrap`).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct BootstrapMeta {
+    /// Replicates B.
+    pub replicates: usize,
+    /// Confidence of the intervals.
+    pub confidence: f64,
+    /// Seed of the weights.
+    pub seed: u64,
 }
 
 /// One input file.

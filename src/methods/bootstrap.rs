@@ -1,0 +1,456 @@
+//! Confidence intervals by the Poisson bootstrap (DESIGN.md 2.12). Replicate `b` weighs
+//! row `i` of a set by an integer `w ~ Poisson(1)` ([`crate::kernel::bootstrap`]), so a
+//! replicate is a resampled multiset and every estimator is recomputed on it exactly as
+//! on the data itself: the source refit here (temperature by the same safeguarded Newton
+//! on weighted sums, accuracy, AC(S), ATC thresholds and tie shares, CPC's sweep, all on
+//! the multiset's sorted columns through [`ModeCalibration::from_columns`]), the target
+//! side as weighted counts in the tally ([`crate::kernel::bootstrap::RepCounts`]).
+//!
+//! The source side runs on the host for every backend: it is one small set (the tally
+//! over the targets is the data-parallel part the GPU takes), and with it the replicate
+//! calibrations of a CPU and a GPU run are the same bits.
+
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::backend::{labels_i32, NllSums};
+use crate::cpu::row_stats::{row_stats, row_summary};
+use crate::cpu::temperature_nll::nll_sums_f64_weighted;
+use crate::data::PredictionSet;
+use crate::error::{Error, Result};
+use crate::kernel::bootstrap::{
+    name_key, percentile_interval, rep, weights4, RepCounts, ReplicatePlan, REPS_PER_DRAW,
+};
+use crate::kernel::row_stats::NSTAT;
+use crate::kernel::tally::P1_GRID_BITS;
+use crate::methods::calibration::{AtcThreshold, ModeCalibration, Temperature};
+use crate::methods::temperature::fit_temperature_with;
+use crate::report::model::{Estimates, Method, Modes};
+
+/// Most replicates a run takes (weights are drawn four to a Philox call keyed by a u32).
+pub const MAX_REPLICATES: usize = 1 << 20;
+
+/// Bootstrap settings: `replicates` = 0 turns it off.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BootstrapOptions {
+    /// Replicates B.
+    pub replicates: usize,
+    /// Seed of the weights.
+    pub seed: u64,
+    /// Confidence of the percentile intervals, in (0, 1).
+    pub confidence: f64,
+}
+
+impl Default for BootstrapOptions {
+    fn default() -> Self {
+        BootstrapOptions {
+            replicates: 0,
+            seed: 0,
+            confidence: 0.95,
+        }
+    }
+}
+
+impl BootstrapOptions {
+    /// Checks B and the confidence (`Error::Invalid` naming the bad value).
+    pub fn validate(&self) -> Result<()> {
+        if self.replicates > MAX_REPLICATES {
+            return Err(Error::Invalid(format!(
+                "--bootstrap {}: at most {MAX_REPLICATES} replicates",
+                self.replicates
+            )));
+        }
+        check_confidence(self.confidence)
+    }
+}
+
+/// A confidence must lie in (0, 1).
+pub fn check_confidence(c: f64) -> Result<()> {
+    if c.is_finite() && c > 0.0 && c < 1.0 {
+        return Ok(());
+    }
+    Err(Error::Invalid(format!(
+        "confidence {c}: must lie strictly between 0 and 1"
+    )))
+}
+
+/// What one replicate's source decides in one mode.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ReplicateCalibration {
+    /// Temperature (1 for `raw`).
+    #[serde(with = "crate::serde_exact::one")]
+    pub t: f32,
+    /// Weighted source rows.
+    pub n: u64,
+    /// Weighted correct source rows.
+    pub correct: u64,
+    /// AC(S) of the replicate.
+    pub ac: f64,
+    /// ATC-MC threshold and tie share.
+    pub atc_mc: AtcThreshold,
+    /// ATC-NE threshold and tie share.
+    pub atc_ne: AtcThreshold,
+    /// CPC's q* (`None` = +inf).
+    #[serde(with = "crate::serde_exact::opt")]
+    pub cpc_q: Option<f32>,
+}
+
+impl ReplicateCalibration {
+    /// What the target tally needs.
+    pub fn plan(&self) -> ReplicatePlan {
+        ReplicatePlan {
+            t: self.t,
+            atc_mc: self.atc_mc.t,
+            atc_ne: self.atc_ne.t,
+            cpc_q: self.cpc_q,
+        }
+    }
+
+    /// Accuracy of the replicate's source (NaN when it drew no row).
+    pub fn accuracy(&self) -> f64 {
+        self.correct as f64 / self.n as f64
+    }
+
+    fn from_mode(m: ModeCalibration) -> Self {
+        ReplicateCalibration {
+            t: m.t,
+            n: m.n as u64,
+            correct: m.correct as u64,
+            ac: m.ac,
+            atc_mc: m.atc_mc,
+            atc_ne: m.atc_ne,
+            cpc_q: m.cpc_q,
+        }
+    }
+
+    /// The five estimates of a target from its counts in this replicate (NaN where the
+    /// replicate drew no target row).
+    pub fn estimates(&self, c: &[u64; rep::LEN], sum_p1: u128) -> Estimates {
+        let n = c[rep::N];
+        let nf = n as f64;
+        let ac = sum_p1 as f64 / (1u64 << P1_GRID_BITS) as f64 / nf;
+        let rate = |x: f64| if n == 0 { f64::NAN } else { x };
+        Estimates {
+            ac: rate(ac),
+            doc: rate(self.accuracy() + ac - self.ac),
+            atc_mc: rate(self.atc_mc.estimate(c[rep::MC_ABOVE], c[rep::MC_EQUAL], n)),
+            atc_ne: rate(self.atc_ne.estimate(c[rep::NE_ABOVE], c[rep::NE_EQUAL], n)),
+            cpc: rate(c[rep::CPC] as f64 / nf),
+        }
+    }
+}
+
+/// The bootstrap part of a calibration: settings and every replicate's source refit.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CalibrationBootstrap {
+    /// Replicates B.
+    pub replicates: usize,
+    /// Seed of the weights.
+    pub seed: u64,
+    /// Confidence of the intervals reported.
+    pub confidence: f64,
+    /// Replicate calibrations per mode, `B` each.
+    pub modes: Modes<Vec<ReplicateCalibration>>,
+}
+
+impl CalibrationBootstrap {
+    /// The target-tally plans of every replicate in each mode.
+    pub fn plans(&self) -> Modes<Vec<ReplicatePlan>> {
+        Modes {
+            raw: self.modes.raw.iter().map(|r| r.plan()).collect(),
+            ts: self.modes.ts.iter().map(|r| r.plan()).collect(),
+        }
+    }
+
+    /// Why the fields cannot come from a fit, if they cannot.
+    pub fn inconsistency(&self) -> Option<String> {
+        let b = self.replicates;
+        if b == 0 || b > MAX_REPLICATES || check_confidence(self.confidence).is_err() {
+            return Some("bootstrap settings".into());
+        }
+        for (name, m) in [("raw", &self.modes.raw), ("ts", &self.modes.ts)] {
+            if m.len() != b {
+                return Some(format!("bootstrap mode {name}: {} replicates", m.len()));
+            }
+            if let Some(i) = m
+                .iter()
+                .position(|r| !(r.t.is_finite() && r.t > 0.0) || r.correct > r.n)
+            {
+                return Some(format!("bootstrap mode {name}: replicate {i}"));
+            }
+        }
+        None
+    }
+}
+
+/// Each replicate's weights of a whole set, four replicates (one draw group) at a time:
+/// `w[i * 4 + j]` for replicate `4 g + j`.
+fn draw_group_weights(seed: u64, key: u32, n: usize, g: usize) -> Vec<[u8; 4]> {
+    (0..n)
+        .map(|i| weights4(seed, key, i as u64, g as u32).map(|w| w as u8))
+        .collect()
+}
+
+/// The multiset's column: each row's value repeated by its weight, in `order`.
+fn expand(col: &[f32], order: &[u32], w: impl Fn(usize) -> u8) -> Vec<f32> {
+    let mut out = Vec::with_capacity(col.len());
+    for &i in order {
+        for _ in 0..w(i as usize) {
+            out.push(col[i as usize]);
+        }
+    }
+    out
+}
+
+/// Refits the source (and the temperature) in every replicate. `t_point` is the point
+/// fit's temperature (a replicate's Newton iteration starts there).
+pub fn fit_replicates(
+    source: &PredictionSet,
+    temperature: Temperature<'_>,
+    t_point: f64,
+    opts: &BootstrapOptions,
+) -> Result<CalibrationBootstrap> {
+    opts.validate()?;
+    let reps = opts.replicates;
+    let k = source.k();
+    let n = source.n();
+    let logits = source.logits_slice();
+    let labels = labels_i32(source);
+    let src_key = name_key(&source.name);
+    // Rows at T = 1 (the raw mode), each column's ascending order (total_cmp), correct.
+    let raw = row_stats(&logits, &labels, k, 1.0, &[]);
+    let correct: Vec<bool> = (0..n).map(|i| raw.yhat(i) as i32 == labels[i]).collect();
+    let raw_cols: [Vec<f32>; NSTAT] =
+        std::array::from_fn(|c| raw.stats.iter().map(|s| s[c]).collect());
+    let orders: Vec<Vec<u32>> = raw_cols
+        .iter()
+        .map(|col| {
+            let mut idx: Vec<u32> = (0..n as u32).collect();
+            idx.sort_by(|&a, &b| col[a as usize].total_cmp(&col[b as usize]));
+            idx
+        })
+        .collect();
+    let other = match temperature {
+        Temperature::FitOn(set) => Some((set.logits_slice(), labels_i32(set), set)),
+        _ => None,
+    };
+    let b_point = 1.0 / t_point;
+    let groups = reps.div_ceil(REPS_PER_DRAW);
+    let per_group: Vec<Result<Vec<(ReplicateCalibration, ReplicateCalibration)>>> = (0..groups)
+        .into_par_iter()
+        .map(|g| {
+            let w4 = draw_group_weights(opts.seed, src_key, n, g);
+            let other_w4 = other
+                .as_ref()
+                .map(|(_, _, set)| draw_group_weights(opts.seed, name_key(&set.name), set.n(), g));
+            let live = (reps - g * REPS_PER_DRAW).min(REPS_PER_DRAW);
+            let mut out = Vec::with_capacity(live);
+            let mut scratch = Vec::new();
+            for j in 0..live {
+                let w = |i: usize| w4[i][j];
+                let weights: Vec<u8> = (0..n).map(w).collect();
+                let t = match (temperature, &other, &other_w4) {
+                    (Temperature::Fixed(t), _, _) => t,
+                    (Temperature::FitOn(_), Some((l, y, set)), Some(ow)) => {
+                        let ow: Vec<u8> = ow.iter().map(|x| x[j]).collect();
+                        replicate_temperature(l, y, set.k(), &ow, b_point)?
+                    }
+                    _ => replicate_temperature(&logits, &labels, k, &weights, b_point)?,
+                } as f32;
+                let c: usize = (0..n).map(|i| w(i) as usize * correct[i] as usize).sum();
+                let cols_raw: [Vec<f32>; NSTAT] =
+                    std::array::from_fn(|col| expand(&raw_cols[col], &orders[col], w));
+                let rc_raw = ReplicateCalibration::from_mode(ModeCalibration::from_columns(
+                    cols_raw,
+                    c,
+                    1.0,
+                    &[],
+                ));
+                // The ts mode: each weighed row's summary at the replicate's temperature.
+                let mut cols: [Vec<f32>; NSTAT] = Default::default();
+                for i in 0..n {
+                    let wi = w(i);
+                    if wi == 0 {
+                        continue;
+                    }
+                    let mut info = [0u32; 1];
+                    let row = &logits[i * k..(i + 1) * k];
+                    let s = row_summary(row, labels[i], t, &[], &mut info, &mut scratch);
+                    for (col, v) in cols.iter_mut().zip(s) {
+                        col.extend(std::iter::repeat_n(v, wi as usize));
+                    }
+                }
+                let cols = cols.map(|col| crate::cpu::host_radix::sort_keys(&col));
+                let rc_ts =
+                    ReplicateCalibration::from_mode(ModeCalibration::from_columns(cols, c, t, &[]));
+                out.push((rc_raw, rc_ts));
+            }
+            Ok(out)
+        })
+        .collect();
+    let mut modes = Modes {
+        raw: Vec::with_capacity(reps),
+        ts: Vec::with_capacity(reps),
+    };
+    for group in per_group {
+        for (r, t) in group? {
+            modes.raw.push(r);
+            modes.ts.push(t);
+        }
+    }
+    Ok(CalibrationBootstrap {
+        replicates: reps,
+        seed: opts.seed,
+        confidence: opts.confidence,
+        modes,
+    })
+}
+
+/// One replicate's fitted temperature (the point fit's bracket and stopping rule); a
+/// replicate without a labelled row keeps `1 / b_point`.
+fn replicate_temperature(
+    logits: &[f32],
+    labels: &[i32],
+    k: usize,
+    weights: &[u8],
+    b_point: f64,
+) -> Result<f64> {
+    if !weights.iter().zip(labels).any(|(&w, &y)| w > 0 && y >= 0) {
+        return Ok(1.0 / b_point);
+    }
+    let fit = fit_temperature_with(
+        |b| {
+            let s = nll_sums_f64_weighted(logits, labels, k, b, weights);
+            Ok(NllSums {
+                nll: s[0],
+                grad: s[1],
+                hess: s[2],
+                rows: s[3],
+            })
+        },
+        b_point,
+    )?;
+    Ok(fit.temperature)
+}
+
+/// Every replicate's estimates and true accuracy of a target (or a group), from its
+/// replicate counts in both modes.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ReplicateValues {
+    /// Estimates per replicate.
+    pub estimates: Modes<Vec<Estimates>>,
+    /// True accuracy per replicate (NaN where the replicate drew no labelled row).
+    pub truth: Vec<f64>,
+}
+
+impl ReplicateValues {
+    /// From the replicate counts of both modes (the raw mode's labels give the truth).
+    pub fn new(boot: &CalibrationBootstrap, counts: &Modes<RepCounts>) -> Self {
+        let est = |cals: &[ReplicateCalibration], rc: &RepCounts| -> Vec<Estimates> {
+            cals.iter()
+                .zip(rc.counts.iter().zip(&rc.sum_p1))
+                .map(|(cal, (c, &s))| cal.estimates(c, s))
+                .collect()
+        };
+        let truth = counts
+            .raw
+            .counts
+            .iter()
+            .map(|c| c[rep::CORRECT] as f64 / c[rep::LABELLED] as f64)
+            .collect();
+        ReplicateValues {
+            estimates: Modes {
+                raw: est(&boot.modes.raw, &counts.raw),
+                ts: est(&boot.modes.ts, &counts.ts),
+            },
+            truth,
+        }
+    }
+
+    /// Per replicate, the absolute error of method `m` in mode `ts` or `raw`.
+    pub fn errors(&self, ts: bool, m: Method) -> Vec<f64> {
+        let est = if ts {
+            &self.estimates.ts
+        } else {
+            &self.estimates.raw
+        };
+        est.iter()
+            .zip(&self.truth)
+            .map(|(e, t)| (e.get(m) - t).abs())
+            .collect()
+    }
+
+    /// The intervals of every estimate.
+    pub fn estimate_intervals(&self, confidence: f64) -> Modes<MethodIntervals> {
+        let of = |est: &[Estimates]| -> MethodIntervals {
+            Method::ALL
+                .into_iter()
+                .map(|m| {
+                    let v: Vec<f64> = est.iter().map(|e| e.get(m)).collect();
+                    (m.name(), percentile_interval(&v, confidence))
+                })
+                .collect()
+        };
+        Modes {
+            raw: of(&self.estimates.raw),
+            ts: of(&self.estimates.ts),
+        }
+    }
+
+    /// The intervals of every absolute error.
+    pub fn error_intervals(&self, confidence: f64) -> Modes<MethodIntervals> {
+        let of = |ts: bool| -> MethodIntervals {
+            Method::ALL
+                .into_iter()
+                .map(|m| {
+                    (
+                        m.name(),
+                        percentile_interval(&self.errors(ts, m), confidence),
+                    )
+                })
+                .collect()
+        };
+        Modes {
+            raw: of(false),
+            ts: of(true),
+        }
+    }
+
+    /// The interval of the true accuracy.
+    pub fn truth_interval(&self, confidence: f64) -> Option<[f64; 2]> {
+        percentile_interval(&self.truth, confidence)
+    }
+}
+
+/// An interval per method name (`None`: no replicate had a value).
+pub type MethodIntervals = std::collections::BTreeMap<&'static str, Option<[f64; 2]>>;
+
+/// Intervals of one target or group, as the report carries them.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Intervals {
+    /// Every estimate's interval per mode.
+    pub ci: Modes<MethodIntervals>,
+    /// The true accuracy's (`None` when unlabelled).
+    pub true_accuracy_ci: Option<[f64; 2]>,
+    /// Every absolute error's per mode (`None` when unlabelled).
+    pub error_ci: Option<Modes<MethodIntervals>>,
+    /// The replicate values the intervals come from (MAE intervals need them).
+    #[serde(skip)]
+    pub values: ReplicateValues,
+}
+
+impl Intervals {
+    /// The intervals of `values`; `labelled` says whether the truth exists.
+    pub fn new(values: ReplicateValues, labelled: bool, confidence: f64) -> Self {
+        Intervals {
+            ci: values.estimate_intervals(confidence),
+            true_accuracy_ci: if labelled {
+                values.truth_interval(confidence)
+            } else {
+                None
+            },
+            error_ci: labelled.then(|| values.error_intervals(confidence)),
+            values,
+        }
+    }
+}
