@@ -84,15 +84,26 @@ const COLORS: [RGBColor; 5] = [
     RGBColor(148, 103, 189),
 ];
 
-/// Predicted vs true accuracy per slide (or hospital), one series per method, for one mode.
+/// One group's point: true accuracy, estimate, and their bootstrap intervals.
+type GroupPoint = (f64, f64, Option<[f64; 2]>, Option<[f64; 2]>);
+
+/// Predicted vs true accuracy per slide (or hospital), one series per method, for one mode;
+/// with a bootstrap, error bars: the estimate's interval vertically, the true accuracy's
+/// horizontally.
 pub(crate) fn groups_svg(eval: &Evaluation, group: &str, ts: bool) -> Result<Option<String>> {
-    let mut points: Vec<Vec<(f64, f64)>> = vec![Vec::new(); 5];
+    let mut points: Vec<Vec<GroupPoint>> = vec![Vec::new(); 5];
     for t in &eval.targets {
         for g in t.groups.get(group).into_iter().flatten() {
             if let Some(acc) = g.true_accuracy {
                 let est = if ts { g.estimates.ts } else { g.estimates.raw };
-                for (i, (_, v)) in est.named().iter().enumerate() {
-                    points[i].push((acc, *v));
+                let iv = g.intervals.as_ref();
+                let truth_ci = iv.and_then(|i| i.true_accuracy_ci);
+                for (i, (m, v)) in est.named().iter().enumerate() {
+                    let est_ci = iv
+                        .and_then(|i| if ts { i.ci.ts.get(m) } else { i.ci.raw.get(m) })
+                        .copied()
+                        .flatten();
+                    points[i].push((acc, *v, est_ci, truth_ci));
                 }
             }
         }
@@ -117,11 +128,20 @@ pub(crate) fn groups_svg(eval: &Evaluation, group: &str, ts: bool) -> Result<Opt
             let c = COLORS[i];
             // Shrinking markers keep coinciding methods visible (CPC = ATC-MC for K = 2).
             let r = 7 - i as i32;
+            let style = c.mix(0.6).stroke_width(1);
+            let vertical = points[i].iter().filter_map(|&(x, y, e, _)| {
+                e.map(|[lo, hi]| ErrorBar::new_vertical(x, lo, y, hi, style, 6))
+            });
+            chart.draw_series(vertical).map_err(plot_err)?;
+            let horizontal = points[i].iter().filter_map(|&(x, y, _, t)| {
+                t.map(|[lo, hi]| ErrorBar::new_horizontal(y, lo, x, hi, style, 6))
+            });
+            chart.draw_series(horizontal).map_err(plot_err)?;
             chart
                 .draw_series(
                     points[i]
                         .iter()
-                        .map(|&(x, y)| Circle::new((x, y), r, c.filled())),
+                        .map(|&(x, y, _, _)| Circle::new((x, y), r, c.filled())),
                 )
                 .map_err(plot_err)?
                 .label(*name)

@@ -12,8 +12,24 @@ fn pct(x: Option<f64>) -> String {
     }
 }
 
+/// `83.3 [82.9, 83.7]`: a value and its interval in percent, one decimal.
+fn pct_ci(v: f64, ci: Option<[f64; 2]>) -> String {
+    let one = |x: f64| {
+        if x.is_finite() {
+            format!("{:.1}", 100.0 * x)
+        } else {
+            "-".into()
+        }
+    };
+    match ci {
+        Some([lo, hi]) => format!("{} [{}, {}]", one(v), one(lo), one(hi)),
+        None => format!("{} [-]", one(v)),
+    }
+}
+
 /// A readable table: per target n, true accuracy, every estimate with and without TS
-/// (and its error where the truth is known); then the MAE rows.
+/// (and its error where the truth is known), with its bootstrap interval when there is
+/// one; then the MAE rows.
 pub fn table(eval: &Evaluation) -> String {
     let mut out = String::new();
     let s = &eval.source;
@@ -31,11 +47,31 @@ pub fn table(eval: &Evaluation) -> String {
         s.ece_before,
         s.ece_after
     );
-    let _ = writeln!(out, "device: {}\n", eval.device);
+    let _ = writeln!(out, "device: {}", eval.device);
+    if let Some(b) = &eval.bootstrap {
+        let _ = writeln!(
+            out,
+            "intervals: {:.0}% percentile bootstrap, B = {} Poisson replicates, seed {}",
+            100.0 * b.confidence,
+            b.replicates,
+            b.seed
+        );
+    }
+    let _ = writeln!(out);
+    let boot = eval.bootstrap.is_some();
+    // Widths: value (and interval), then the error in brackets.
+    let (vw, tw) = if boot { (18, 19) } else { (6, 7) };
     let methods = Method::ALL.map(Method::name);
-    let mut header = format!("{:<20} {:>9} {:>7} {:>4}", "target", "n", "true% ", "TS");
+    let mut header = format!(
+        "{:<20} {:>9} {:>tw$} {:>4}",
+        "target",
+        "n",
+        "true% ",
+        "TS",
+        tw = tw
+    );
     for m in methods {
-        let _ = write!(header, " {m:>14}");
+        let _ = write!(header, " {m:>w$}", w = vw + 8);
     }
     let _ = writeln!(out, "{header}");
     for t in &eval.targets {
@@ -48,18 +84,28 @@ pub fn table(eval: &Evaluation) -> String {
             };
             // A partly labelled target's truth is over its labelled rows only: marked `*`.
             let partly = t.n_labelled > 0 && !t.labelled;
+            let iv = t.intervals.as_ref();
             let truth = if mode == "raw" {
-                pct(t.true_accuracy) + if partly { "*" } else { " " }
+                let v = match (iv, t.true_accuracy) {
+                    (Some(i), Some(acc)) => pct_ci(acc, i.true_accuracy_ci),
+                    _ => pct(t.true_accuracy),
+                };
+                v + if partly { "*" } else { " " }
             } else {
                 String::new()
             };
-            let mut line = format!("{name:<20} {n:>9} {truth:>7} {mode:>4}");
-            for (_, v) in est.named() {
+            let cis = iv.map(|i| if mode == "raw" { &i.ci.raw } else { &i.ci.ts });
+            let mut line = format!("{name:<20} {n:>9} {truth:>tw$} {mode:>4}", tw = tw);
+            for (m, v) in est.named() {
                 let err = t
                     .true_accuracy
                     .map(|acc| format!("({:+5.1})", 100.0 * (v - acc)))
                     .unwrap_or_default();
-                let _ = write!(line, " {:>6}{:>8}", pct(Some(v)), err);
+                let value = match cis {
+                    Some(c) => pct_ci(v, c.get(m).copied().flatten()),
+                    None => pct(Some(v)),
+                };
+                let _ = write!(line, " {value:>vw$}{err:>8}", vw = vw);
             }
             let _ = writeln!(out, "{line}");
         }
@@ -78,8 +124,14 @@ pub fn table(eval: &Evaluation) -> String {
     let _ = writeln!(out, "\nMAE (points of accuracy; lower is better)");
     for (row, vals) in &eval.mae {
         let mut line = format!("{row:<20}");
+        let cis = eval.mae_ci.as_ref().and_then(|c| c.get(row));
         for m in methods {
-            let _ = write!(line, " {m}={}", pct(vals.get(m).copied().flatten()));
+            let v = vals.get(m).copied().flatten();
+            let cell = match (cis, v) {
+                (Some(c), Some(v)) => pct_ci(v, c.get(m).copied().flatten()),
+                _ => pct(v),
+            };
+            let _ = write!(line, " {m}={cell}");
         }
         let _ = writeln!(out, "{line}");
     }
