@@ -15,6 +15,9 @@ use crate::kernel::tally::SlotMap;
 pub fn bootstrap_tally(logits: &[f32], k: usize, plan: &BootstrapTallyPlan<'_>) -> PairRepCounts {
     let n = plan.labels.len();
     let reps = plan.reps.len();
+    if n == 0 || reps == 0 {
+        return PairRepCounts::new();
+    }
     let mut slot_map = SlotMap::default();
     let slot_of = slot_map.assign(plan.groups, n);
     let slots = slot_map.keys.len();
