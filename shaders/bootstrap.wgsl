@@ -1,10 +1,10 @@
-// bootstrap.wgsl: every Poisson-bootstrap replicate's weighted counts of one chunk in one
-// mode (DESIGN.md 2.12). The grid is (row workgroups) x (draw groups of four replicates),
+// bootstrap.wgsl: every Poisson-bootstrap replicate's weighted counts of one chunk in both
+// modes (DESIGN.md 2.12). The grid is (row workgroups) x (draw groups of four replicates),
 // flattened: a thread takes one row and one draw group, draws the row's four weights with
 // one Philox4x32-10 call keyed by (seed, set name, the row's index in its set, group), so
 // weights are made here and never stored, and adds weight x indicator for each of the
-// four replicates (the row summary at the replicate's temperature, recomputed only when
-// it changes: once for `raw`). Sums go through workgroup atomics when the workgroup's rows
+// four replicates in each mode (the row summary at the replicate's temperature,
+// recomputed only when it changes: once for `raw`). Sums go through workgroup atomics when the workgroup's rows
 // are one slot, else straight to the slot's words. The host zeroes the words per dispatch
 // and reads them back (at most 2^18 rows a dispatch: every word stays exact in u32).
 // Contract, weights and decoding: src/kernel/bootstrap.rs. CPU mirror:
@@ -43,12 +43,13 @@ const PER_DRAW: u32 = 4u;
 // Unused (n_alpha = 0), but the shared row summary names it.
 @group(0) @binding(3) var<storage, read> qhats: array<f32>;
 @group(0) @binding(4) var<storage, read> slot_of_row: array<u32>;
-// Per replicate: t, t_mc, t_ne, q_cpc (f32 bits) and flags.
+// Per mode, then replicate: t, t_mc, t_ne, q_cpc (f32 bits) and flags.
 @group(0) @binding(5) var<storage, read> plans: array<u32>;
-// (slot, replicate, REP_WORDS) words.
+// (mode, slot, replicate, REP_WORDS) words.
 @group(0) @binding(6) var<storage, read_write> words: array<atomic<u32>>;
 
-var<workgroup> wg_words: array<atomic<u32>, 40>;
+// (mode, replicate of the draw group, REP_WORDS).
+var<workgroup> wg_words: array<atomic<u32>, 80>;
 var<workgroup> wg_mixed: atomic<u32>;
 var<workgroup> wg_mixed_all: u32;
 
@@ -124,7 +125,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
     }
     let row_wg = g % params.row_wgs;
     let draw = g / params.row_wgs;
-    for (var i = lid; i < PER_DRAW * REP_WORDS; i += WG) {
+    for (var i = lid; i < MODES * PER_DRAW * REP_WORDS; i += WG) {
         atomicStore(&wg_words[i], 0u);
     }
     if (lid == 0u) {
@@ -162,16 +163,18 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
         var sizes: array<u32, MAX_LEVELS>;
         var t_cur = -1.0;
         var sum = RowSummary(0.0, 0.0, 0.0, 0.0, 0.0, 0u, -1);
-        for (var j = 0u; j < PER_DRAW; j++) {
+        for (var mj = 0u; mj < MODES * PER_DRAW; mj++) {
+            let m = mj / PER_DRAW;
+            let j = mj % PER_DRAW;
             let b = draw * PER_DRAW + j;
             if (b >= params.reps) {
-                break;
+                continue;
             }
             let w = poisson(u[j]);
             if (w == 0u) {
                 continue;
             }
-            let pb = b * PLAN_WORDS;
+            let pb = (m * params.reps + b) * PLAN_WORDS;
             let t = bitcast<f32>(plans[pb]);
             if (t != t_cur) {
                 sum = row_summary(row, t, &sizes);
@@ -201,7 +204,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
             let wlo = lo.y;
             let whi = grid.y * w + lo.x;
             if (!mixed) {
-                let base = j * REP_WORDS;
+                let base = mj * REP_WORDS;
                 for (var i = 0u; i < 8u; i++) {
                     if (c[i] != 0u) {
                         atomicAdd(&wg_words[base + i], c[i]);
@@ -209,7 +212,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
                 }
                 add_pair_wg(base + 8u, wlo, whi);
             } else {
-                let base = (slot * params.reps + b) * REP_WORDS;
+                let base = ((m * params.slots + slot) * params.reps + b) * REP_WORDS;
                 for (var i = 0u; i < 8u; i++) {
                     add_word(base + i, c[i]);
                 }
@@ -222,12 +225,13 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
         return;
     }
     // One workgroup, one slot: its totals go to the slot's words, pairs by one thread each.
-    for (var i = lid; i < PER_DRAW * REP_WORDS; i += WG) {
-        let j = i / REP_WORDS;
+    for (var i = lid; i < MODES * PER_DRAW * REP_WORDS; i += WG) {
+        let mj = i / REP_WORDS;
+        let m = mj / PER_DRAW;
         let word = i % REP_WORDS;
-        let b = draw * PER_DRAW + j;
+        let b = draw * PER_DRAW + mj % PER_DRAW;
         if (b < params.reps) {
-            let base = (first_slot * params.reps + b) * REP_WORDS;
+            let base = ((m * params.slots + first_slot) * params.reps + b) * REP_WORDS;
             if (word == 8u) {
                 add_pair(base + 8u, atomicLoad(&wg_words[i]), atomicLoad(&wg_words[i + 1u]));
             } else if (word < 8u) {

@@ -4,7 +4,7 @@
 use crate::cpu;
 use crate::data::PredictionSet;
 use crate::error::{Error, Result};
-use crate::kernel::bootstrap::{BootstrapTallyPlan, PairRepCounts};
+use crate::kernel::bootstrap::{BootstrapTallyPlan, PairRepCounts, MODES};
 use crate::kernel::calibration::CalibrationStats;
 pub use crate::kernel::pvalues::PValueRows;
 use crate::kernel::row_stats::{RowStats, NSTAT};
@@ -162,14 +162,14 @@ pub trait Backend {
     /// The counts of everything added.
     fn tally_finish(&self, acc: Self::TallyAcc) -> Result<PairCounts>;
 
-    /// Every bootstrap replicate's weighted counts of a prepared chunk in one mode
+    /// Every bootstrap replicate's weighted counts of a prepared chunk in both modes
     /// (DESIGN.md 2.12): weights drawn where the rows are counted (in the kernel on the
-    /// GPU), never stored; all replicates in one pass over the chunk.
+    /// GPU), never stored; all replicates of both modes in one pass over the chunk.
     fn bootstrap_tally(
         &self,
         rows: &Self::Rows<'_>,
         plan: &BootstrapTallyPlan<'_>,
-    ) -> Result<PairRepCounts>;
+    ) -> Result<[PairRepCounts; MODES]>;
 
     /// One row_stats pass with at most [`MAX_ALPHA_PER_PASS`] finite thresholds.
     fn row_stats_pass(&self, rows: &Self::Rows<'_>, t: f32, qhats: &[f32]) -> Result<RowStats>;
@@ -288,7 +288,17 @@ fn check_plan(plan: &TallyPlan<'_>) -> Result<()> {
 
 /// A bootstrap plan's labels and group ids must be one per row, its temperatures valid.
 fn check_bootstrap_plan(plan: &BootstrapTallyPlan<'_>, n: usize) -> Result<()> {
-    for r in plan.reps {
+    if plan.modes[0].len() != plan.modes[1].len() {
+        return Err(Error::LengthMismatch {
+            what: "bootstrap plans".into(),
+            detail: format!(
+                "{} raw and {} ts replicates",
+                plan.modes[0].len(),
+                plan.modes[1].len()
+            ),
+        });
+    }
+    for r in plan.modes.iter().flat_map(|m| m.iter()) {
         check_t(r.t)?;
     }
     let lens = [
@@ -372,7 +382,7 @@ impl Backend for CpuBackend {
         &self,
         rows: &CpuRows<'_>,
         plan: &BootstrapTallyPlan<'_>,
-    ) -> Result<PairRepCounts> {
+    ) -> Result<[PairRepCounts; MODES]> {
         check_bootstrap_plan(plan, rows.labels.len())?;
         Ok(cpu::bootstrap::bootstrap_tally(rows.logits, rows.k, plan))
     }
@@ -623,7 +633,7 @@ mod gpu_backend {
             &self,
             rows: &DeviceRows,
             plan: &BootstrapTallyPlan<'_>,
-        ) -> Result<PairRepCounts> {
+        ) -> Result<[PairRepCounts; MODES]> {
             check_bootstrap_plan(plan, rows.n)?;
             gpu::bootstrap::bootstrap_tally(self.ctx, rows, plan)
         }
@@ -732,7 +742,7 @@ mod tests {
             &self,
             r: &CpuRows<'_>,
             p: &BootstrapTallyPlan<'_>,
-        ) -> Result<PairRepCounts> {
+        ) -> Result<[PairRepCounts; MODES]> {
             self.0.bootstrap_tally(r, p)
         }
         fn device_name(&self) -> String {

@@ -43,12 +43,13 @@ fn rows(seed: u64, n: usize, k: usize) -> (Vec<f32>, Vec<i32>, Vec<i64>, Vec<i64
     (logits, labels, hospital, slide)
 }
 
-/// Replicate plans: temperatures around 1.5 (each replicate its own, as in `ts`) and
-/// thresholds at quantised values (ties), one replicate without thresholds.
-fn plans(b: usize) -> Vec<ReplicatePlan> {
+/// Replicate plans: with `own_t`, temperatures around 1.5, each replicate its own (as in
+/// `ts`), else T = 1 for all (as `raw`: summaries computed once); thresholds at
+/// quantised values (ties), one replicate in seven without thresholds.
+fn plans(b: usize, own_t: bool) -> Vec<ReplicatePlan> {
     (0..b)
         .map(|i| ReplicatePlan {
-            t: 1.5 + i as f32 / 64.0,
+            t: if own_t { 1.5 + i as f32 / 64.0 } else { 1.0 },
             atc_mc: (i % 7 != 3).then_some(0.5 + (i % 5) as f32 / 16.0),
             atc_ne: (i % 7 != 3).then_some(-0.5 - (i % 3) as f32 / 8.0),
             cpc_q: (i % 7 != 3).then_some(0.25 + (i % 4) as f32 / 16.0),
@@ -100,13 +101,13 @@ fn device_vs_mirror(ctx: &conformal_gpu::gpu::GpuContext, n: usize, reps: usize,
     use conformal_gpu::backend::GpuBackend;
     let k = 3;
     let (logits, labels, hospital, slide) = rows(n as u64 + reps as u64, n, k);
-    let plans = plans(reps);
+    let (raw, ts) = (plans(reps, false), plans(reps, true));
     let plan = BootstrapTallyPlan {
         seed: 0x1234_5678_9abc_def0,
         name_key: name_key("target"),
         // Past 2^32: the row index's high word is used.
         row_offset: (1u64 << 32) - 100,
-        reps: &plans,
+        modes: [&raw, &ts],
         labels: &labels,
         groups: if grouped {
             [Some(&hospital), Some(&slide)]
@@ -121,12 +122,14 @@ fn device_vs_mirror(ctx: &conformal_gpu::gpu::GpuContext, n: usize, reps: usize,
     let gpu = gpu_b
         .bootstrap_tally(&gpu_b.prepare(&logits, &labels, k).unwrap(), &plan)
         .unwrap();
-    assert_tallies_agree(
-        &format!("n = {n}, B = {reps}, grouped {grouped}"),
-        &cpu,
-        &gpu,
-    );
-    let total: u64 = cpu.values().map(|c| c.counts[0][rep::N]).sum();
+    for m in 0..2 {
+        assert_tallies_agree(
+            &format!("n = {n}, B = {reps}, grouped {grouped}, mode {m}"),
+            &cpu[m],
+            &gpu[m],
+        );
+    }
+    let total: u64 = cpu[0].values().map(|c| c.counts[0][rep::N]).sum();
     if n > 1000 {
         // Replicate 0's total weight is Poisson(n): within 6 sd of n.
         assert!((total as f64 - n as f64).abs() < 6.0 * (n as f64).sqrt());

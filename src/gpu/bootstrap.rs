@@ -1,32 +1,33 @@
 //! The bootstrap tally on the device (shaders/bootstrap.wgsl; contract, weights and
 //! decoding: kernel::bootstrap). One dispatch per at most [`DEVICE_ROWS`] rows covers every
-//! replicate (the grid is row workgroups x draw groups); its words come back in the same
-//! submission and are added on the host in u64/u128, so counts stay exact at any size.
+//! replicate of both modes (the grid is row workgroups x draw groups); its words come back
+//! in the same submission and are added on the host in u64/u128, so counts stay exact at
+//! any size.
 
 use super::buffers::{groups_for, DeviceRows};
 use super::context::GpuContext;
 use crate::error::{Error, Result};
 use crate::kernel::bootstrap::{
     add_device_words, plan_words, BootstrapParams, BootstrapTallyPlan, PairRepCounts, RepCounts,
-    DEVICE_ROWS, REPS_PER_DRAW, REP_WORDS,
+    DEVICE_ROWS, MODES, REPS_PER_DRAW, REP_WORDS,
 };
 use crate::kernel::tally::SlotMap;
 
-/// Every replicate's counts of `rows` (a prepared chunk) under `plan`.
+/// Every replicate's counts of `rows` (a prepared chunk) under `plan`, per mode.
 pub fn bootstrap_tally(
     ctx: &GpuContext,
     rows: &DeviceRows,
     plan: &BootstrapTallyPlan<'_>,
-) -> Result<PairRepCounts> {
-    let reps = plan.reps.len();
-    let mut out = PairRepCounts::new();
+) -> Result<[PairRepCounts; MODES]> {
+    let reps = plan.reps();
+    let mut out: [PairRepCounts; MODES] = Default::default();
     if rows.n == 0 || reps == 0 {
         return Ok(out);
     }
     let mut slot_map = SlotMap::default();
     let slot_ids = slot_map.assign(plan.groups, rows.n);
     let slots = slot_map.keys.len();
-    let word_count = slots * reps * REP_WORDS;
+    let word_count = MODES * slots * reps * REP_WORDS;
     let bytes = word_count as u64 * 4;
     if bytes > ctx.limits().max_binding_bytes {
         return Err(Error::Invalid(format!(
@@ -35,9 +36,13 @@ pub fn bootstrap_tally(
         )));
     }
     let pipeline = ctx.pipeline("bootstrap")?;
-    let plans = ctx.upload("bootstrap-plans", &plan_words(plan.reps))?;
+    let plans = ctx.upload(
+        "bootstrap-plans",
+        &plan_words(plan.modes.iter().flat_map(|m| m.iter())),
+    )?;
     let qhats = ctx.storage("bootstrap-qhats", 4)?;
-    let mut totals: Vec<RepCounts> = (0..slots).map(|_| RepCounts::zeros(reps)).collect();
+    // (mode, slot) major, as the words.
+    let mut totals: Vec<RepCounts> = (0..MODES * slots).map(|_| RepCounts::zeros(reps)).collect();
     let draws = reps.div_ceil(REPS_PER_DRAW) as u64;
     for (start, n, logits, labels) in &rows.chunks {
         let slot_buf = match &slot_ids {
@@ -98,8 +103,14 @@ pub fn bootstrap_tally(
             first += m;
         }
     }
-    for (key, rc) in slot_map.keys.into_iter().zip(totals) {
-        out.insert(key, rc);
+    for (m, out_m) in out.iter_mut().enumerate() {
+        for (key, rc) in slot_map
+            .keys
+            .iter()
+            .zip(&totals[m * slots..(m + 1) * slots])
+        {
+            out_m.insert(*key, rc.clone());
+        }
     }
     Ok(out)
 }

@@ -289,10 +289,18 @@ pub struct BootstrapParams {
 /// the `TALLY_HAS_*` flags of [`crate::kernel::tally`] as a fifth word.
 pub const PLAN_WORDS: usize = 5;
 
-/// The plans of every replicate as the shader reads them.
-pub fn plan_words(plans: &[ReplicatePlan]) -> Vec<u32> {
+impl BootstrapTallyPlan<'_> {
+    /// Replicates.
+    pub fn reps(&self) -> usize {
+        self.modes[0].len()
+    }
+}
+
+/// The plans of every replicate as the shader reads them (mode-major when several modes'
+/// plans are chained).
+pub fn plan_words<'a>(plans: impl IntoIterator<Item = &'a ReplicatePlan>) -> Vec<u32> {
     use crate::kernel::tally::{TALLY_HAS_CPC, TALLY_HAS_MC, TALLY_HAS_NE};
-    let mut out = Vec::with_capacity(plans.len() * PLAN_WORDS);
+    let mut out = Vec::new();
     for p in plans {
         let flags = p.atc_mc.map_or(0, |_| TALLY_HAS_MC)
             | p.atc_ne.map_or(0, |_| TALLY_HAS_NE)
@@ -318,8 +326,9 @@ pub const REP_WORDS: usize = rep::LEN + 2;
 /// back after each dispatch and adds them in u64/u128.
 pub const DEVICE_ROWS: usize = 1 << 18;
 
-/// Replicate counts of one slot from its device words (`reps * REP_WORDS` u32s, replicate
-/// major), added into `into`.
+/// Replicate counts of one slot in one mode from its device words (`reps * REP_WORDS`
+/// u32s, replicate major; the shader's words are (mode, slot, replicate, word)), added
+/// into `into`.
 pub fn add_device_words(words: &[u32], into: &mut RepCounts) {
     for (b, w) in words.chunks_exact(REP_WORDS).enumerate() {
         for (d, &s) in into.counts[b].iter_mut().zip(&w[..rep::LEN]) {
@@ -333,10 +342,11 @@ pub fn add_device_words(words: &[u32], into: &mut RepCounts) {
 pub fn wgsl_constants() -> String {
     let table: Vec<String> = POISSON_CDF.iter().map(|c| format!("{c:#010x}u")).collect();
     format!(
-        "const POISSON_CDF = array<u32, {}>({});\nconst REP_WORDS: u32 = {}u;\n",
+        "const POISSON_CDF = array<u32, {}>({});\nconst REP_WORDS: u32 = {}u;\nconst MODES: u32 = {}u;\n",
         POISSON_CDF.len(),
         table.join(", "),
-        REP_WORDS
+        REP_WORDS,
+        MODES
     )
 }
 
@@ -355,8 +365,12 @@ pub fn merge_pair_reps(into: &mut PairRepCounts, part: PairRepCounts) {
     }
 }
 
-/// What the bootstrap tally of one chunk in one mode needs: the weights' key, the chunk's
-/// place in its set, each replicate's plan, and the chunk's labels and group ids.
+/// Modes a bootstrap pass counts at once (`raw`, `ts`): a row's weights are drawn once
+/// for both.
+pub const MODES: usize = 2;
+
+/// What the bootstrap tally of one chunk needs: the weights' key, the chunk's place in
+/// its set, each replicate's plan in both modes, and the chunk's labels and group ids.
 #[derive(Clone, Copy, Debug)]
 pub struct BootstrapTallyPlan<'a> {
     /// Seed of the weights.
@@ -365,8 +379,8 @@ pub struct BootstrapTallyPlan<'a> {
     pub name_key: u32,
     /// Index in the whole target of the chunk's first row.
     pub row_offset: u64,
-    /// One plan per replicate.
-    pub reps: &'a [ReplicatePlan],
+    /// One plan per replicate, per mode (`raw`, `ts`; the same number in each).
+    pub modes: [&'a [ReplicatePlan]; MODES],
     /// One per row, -1 = unknown.
     pub labels: &'a [i32],
     /// Group ids per [`crate::kernel::tally::GROUP_ARRAYS`] entry, where present.

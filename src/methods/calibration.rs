@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 use crate::backend::{labels_i32, Backend};
 use crate::data::PredictionSet;
 use crate::error::{Error, Result};
-use crate::kernel::bootstrap::{name_key, BootstrapTallyPlan, PairRepCounts, ReplicatePlan};
+use crate::kernel::bootstrap::{name_key, BootstrapTallyPlan, ReplicatePlan};
 use crate::kernel::calibration::{CalibrationStats, BINS};
 use crate::kernel::row_stats::NSTAT;
 use crate::kernel::tally::{TallyPlan, GROUP_ARRAYS};
@@ -674,16 +674,15 @@ impl<B: Backend> TallyStream<'_, B> {
             backend.tally_add(&mut acc.raw, &prepared, &cal.modes.raw.plan(labels, groups))?;
             backend.tally_add(&mut acc.ts, &prepared, &cal.modes.ts.plan(labels, groups))?;
             if let (Some(plans), Some(boot), Some(cb)) = (plans, boot.as_mut(), &cal.bootstrap) {
-                let plan = |reps| BootstrapTallyPlan {
+                let plan = BootstrapTallyPlan {
                     seed: cb.seed,
                     name_key: key,
                     row_offset: rows.row_offset as u64,
-                    reps,
+                    modes: [&plans.raw, &plans.ts],
                     labels,
                     groups,
                 };
-                let raw: PairRepCounts = backend.bootstrap_tally(&prepared, &plan(&plans.raw))?;
-                let ts: PairRepCounts = backend.bootstrap_tally(&prepared, &plan(&plans.ts))?;
+                let [raw, ts] = backend.bootstrap_tally(&prepared, &plan)?;
                 boot.add(raw, ts);
             }
             Ok(())
