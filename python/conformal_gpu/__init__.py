@@ -13,6 +13,11 @@ Calibrate once, tally anywhere, merge exactly::
     t += cal.tally(tgt_logits[500_000:], row_offset=500_000)
     report = cal.report({"test": t})
 
+Bootstrap confidence intervals (the CLI's ``--bootstrap B --confidence C --seed N``):
+``Calibration.fit(..., bootstrap=200, confidence=0.95, seed=1)`` or the same keywords of
+``evaluate``; reports then carry ``ci``, ``true_accuracy_ci``, ``error_ci`` and
+``mae_ci``, and ``cal.report(..., confidence=0.9)`` overrides the level.
+
 Exceptions: :class:`InvalidInput` (a ``ValueError``: bad arguments or data, the command
 line's exit codes 2 and 5), :class:`MalformedFile` (an ``InvalidInput``: a damaged .npz,
 calibration or tally, exit code 4), :class:`GpuError` (a ``RuntimeError``: exit code 6),

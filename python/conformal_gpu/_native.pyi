@@ -41,6 +41,9 @@ class Calibration:
         device: Device = "auto",
         groups: Groups | None = None,
         name: str = "source",
+        bootstrap: int = 0,
+        confidence: float = 0.95,
+        seed: int = 0,
     ) -> Calibration: ...
     def tally(
         self,
@@ -51,7 +54,11 @@ class Calibration:
         device: Device | None = None,
         name: str = "target",
     ) -> Tally: ...
-    def report(self, targets: Mapping[str, Tally | Iterable[Tally]]) -> dict[str, Any]: ...
+    def report(
+        self,
+        targets: Mapping[str, Tally | Iterable[Tally]],
+        confidence: float | None = None,
+    ) -> dict[str, Any]: ...
     def to_json(self) -> str: ...
     @staticmethod
     def from_json(text: str, file: str = "<calibration>") -> Calibration: ...
@@ -67,6 +74,8 @@ class Calibration:
     def temperature(self) -> float: ...
     @property
     def device(self) -> str: ...
+    @property
+    def bootstrap(self) -> dict[str, Any] | None: ...
     @property
     def source(self) -> dict[str, Any]: ...
     def __eq__(self, other: object) -> bool: ...
@@ -97,6 +106,9 @@ def evaluate(
     alphas: Alphas | None = (0.1,),
     device: Device = "auto",
     temperature: Temperature | None = "fit",
+    bootstrap: int = 0,
+    confidence: float = 0.95,
+    seed: int = 0,
 ) -> dict[str, Any]: ...
 def fit_temperature(
     logits: ArrayLike, labels: ArrayLike, device: Device = "auto"

@@ -10,6 +10,9 @@ decodes it once. Every block is tallied with its true row offset (prefix sums of
 blocks' row counts, in the dataset's order), so tallies never overlap and the merged
 counts are exactly those of the whole target: the report equals ``cal.report`` of a
 single-process tally bit for bit, whatever the number of blocks or the merge order.
+With a bootstrap calibration (``Calibration.fit(..., bootstrap=B, seed=N)``) the same
+holds for the intervals: a row's replicate weights are keyed by its index in the whole
+target (the block's offset plus its index in the block), never by the block.
 """
 
 from __future__ import annotations
@@ -195,9 +198,11 @@ def evaluate(
     groups: Iterable[str] | Mapping[str, str] | None = (),
     device: str | None = None,
     fan_in: int = 8,
+    confidence: float | None = None,
 ) -> dict[str, Any]:
     """The report of ``cal`` on each Ray dataset of ``targets`` ({name: dataset}), tallied
-    on the cluster (see :func:`tally`): the same dict as ``cal.report``."""
+    on the cluster (see :func:`tally`): the same dict as ``cal.report``. ``confidence``
+    overrides the calibration's for the bootstrap intervals, as in ``cal.report``."""
     import ray
 
     cal_ref = ray.put(cal)
@@ -215,4 +220,4 @@ def evaluate(
         )
         for name, ds in targets.items()
     }
-    return cal.report(tallies)
+    return cal.report(tallies, confidence=confidence)

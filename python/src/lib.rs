@@ -16,6 +16,7 @@ use conformal_gpu::data::npz::load_npz;
 use conformal_gpu::data::stream::NpzRowReader;
 use conformal_gpu::data::PredictionSet;
 use conformal_gpu::device::{DeviceChoice, Engine};
+use conformal_gpu::methods::bootstrap::{check_confidence, BootstrapOptions};
 use conformal_gpu::methods::calibration::{check_k, Calibration, CalibrationOptions, Temperature};
 use conformal_gpu::methods::evaluate::{Evaluation, Timings, TARGET_CHUNK_ROWS};
 use conformal_gpu::methods::files::{tally_files, FileJob};
@@ -27,7 +28,9 @@ use numpy::{
     Element, PyArray1, PyArray2, PyArrayDyn, PyArrayMethods, PyReadonlyArrayDyn,
     PyUntypedArrayMethods,
 };
-use pyo3::exceptions::{PyFileNotFoundError, PyOSError, PyPermissionError, PyRuntimeError};
+use pyo3::exceptions::{
+    PyFileNotFoundError, PyOSError, PyPermissionError, PyRuntimeError, PyUserWarning,
+};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString, PyTuple};
 
@@ -412,6 +415,39 @@ fn alphas_arg(alphas: &Bound<'_, PyAny>) -> PyResult<Vec<f64>> {
     alphas.extract::<Vec<f64>>()
 }
 
+/// The bootstrap keywords (`bootstrap`, `confidence`, `seed`) as the crate's options,
+/// checked by the crate (`BootstrapOptions::validate`) before any work. Python integers
+/// are unbounded, so a negative or too large B or seed is refused here (the command
+/// line's parser refuses them there), as `InvalidInput` naming the argument.
+fn bootstrap_arg(
+    py: Python<'_>,
+    bootstrap: i128,
+    confidence: f64,
+    seed: i128,
+) -> PyResult<BootstrapOptions> {
+    let replicates = usize::try_from(bootstrap).map_err(|_| {
+        to_py(
+            py,
+            invalid(format!(
+                "bootstrap {bootstrap}: the number of replicates must be >= 0 (0 = no intervals)"
+            )),
+        )
+    })?;
+    let seed = u64::try_from(seed).map_err(|_| {
+        to_py(
+            py,
+            invalid(format!("seed {seed}: must be an integer in 0..=2^64-1")),
+        )
+    })?;
+    let options = BootstrapOptions {
+        replicates,
+        seed,
+        confidence,
+    };
+    options.validate().py_err(py)?;
+    Ok(options)
+}
+
 /// A serde_json value as the equivalent Python object (through `json.loads`, so floats
 /// keep every bit of their shortest round-trip text).
 fn json_to_py<'py>(py: Python<'py>, v: &serde_json::Value) -> PyResult<Bound<'py, PyAny>> {
@@ -475,6 +511,7 @@ fn fit_calibration(
     source: &PredictionSet,
     alphas: Vec<f64>,
     temperature: &Bound<'_, PyAny>,
+    bootstrap: BootstrapOptions,
     device: &str,
 ) -> PyResult<Calibration> {
     let mut other = None;
@@ -482,7 +519,7 @@ fn fit_calibration(
     let options = CalibrationOptions {
         alphas,
         temperature,
-        bootstrap: BootstrapOptions::default(),
+        bootstrap,
     };
     on_device!(py, device, |b| Calibration::fit(b, source, &options))
 }
@@ -609,9 +646,11 @@ fn report_dict<'py>(
 
 #[pymethods]
 impl PyCalibration {
-    /// Fits the calibration on a labelled source set.
+    /// Fits the calibration on a labelled source set; with `bootstrap` = B > 0 also the
+    /// source's refit in B Poisson bootstrap replicates (weights seeded by `seed`), so
+    /// its tallies carry per-replicate counts and its reports intervals at `confidence`.
     #[staticmethod]
-    #[pyo3(signature = (logits, labels, alphas = None, temperature = None, device = "auto", groups = None, name = "source"))]
+    #[pyo3(signature = (logits, labels, alphas = None, temperature = None, device = "auto", groups = None, name = "source", bootstrap = 0, confidence = 0.95, seed = 0))]
     #[allow(clippy::too_many_arguments)]
     fn fit(
         py: Python<'_>,
@@ -622,15 +661,19 @@ impl PyCalibration {
         device: &str,
         groups: Option<&Bound<'_, PyAny>>,
         name: &str,
+        bootstrap: i128,
+        confidence: f64,
+        seed: i128,
     ) -> PyResult<Self> {
         let alphas = alphas
             .map(alphas_arg)
             .transpose()?
             .unwrap_or_else(|| vec![0.1]);
+        let boot = bootstrap_arg(py, bootstrap, confidence, seed)?;
         let fit_str = PyString::new(py, "fit");
         let temperature = temperature.unwrap_or(fit_str.as_any());
         let source = prediction_set(name, logits, Some(labels), groups)?;
-        let cal = fit_calibration(py, &source, alphas, temperature, device)?;
+        let cal = fit_calibration(py, &source, alphas, temperature, boot, device)?;
         Ok(PyCalibration {
             inner: Arc::new(cal),
             device: device.to_string(),
@@ -666,11 +709,36 @@ impl PyCalibration {
     }
 
     /// The report of targets `{name: tally or [tallies]}` (tallies of a name are merged).
+    /// `confidence` overrides the calibration's for the bootstrap intervals (as
+    /// `conformal-gpu merge --confidence`); a calibration without replicates warns.
+    #[pyo3(signature = (targets, confidence = None))]
     fn report<'py>(
         &self,
         py: Python<'py>,
         targets: &Bound<'py, PyDict>,
+        confidence: Option<f64>,
     ) -> PyResult<Bound<'py, PyAny>> {
+        let mut overridden = None;
+        if let Some(c) = confidence {
+            check_confidence(c).py_err(py)?;
+            match &self.inner.bootstrap {
+                Some(b) if b.confidence != c => {
+                    let mut cal = (*self.inner).clone();
+                    if let Some(b) = cal.bootstrap.as_mut() {
+                        b.confidence = c;
+                    }
+                    overridden = Some(cal);
+                }
+                Some(_) => {}
+                None => PyErr::warn(
+                    py,
+                    py.get_type::<PyUserWarning>().as_any(),
+                    c"confidence: the calibration has no bootstrap replicates",
+                    1,
+                )?,
+            }
+        }
+        let cal = overridden.as_ref().unwrap_or(&self.inner);
         let mut tallies = Vec::new();
         for (name, value) in targets.iter() {
             let name: String = name.extract()?;
@@ -702,11 +770,11 @@ impl PyCalibration {
             tallies.push((name, acc));
         }
         let timings = Timings {
-            temperature: self.inner.timings_ms.temperature,
-            sort: self.inner.timings_ms.sort,
+            temperature: cal.timings_ms.temperature,
+            sort: cal.timings_ms.sort,
             ..Default::default()
         };
-        report_dict(py, &self.inner, &tallies, timings)
+        report_dict(py, cal, &tallies, timings)
     }
 
     /// The versioned JSON document (what `conformal-gpu calibrate` writes).
@@ -767,6 +835,19 @@ impl PyCalibration {
     #[getter]
     fn device(&self) -> String {
         self.inner.device.clone()
+    }
+    /// The bootstrap settings `{"replicates", "confidence", "seed"}` (the report's
+    /// `meta.bootstrap`), or None without replicates.
+    #[getter]
+    fn bootstrap<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyAny>>> {
+        let Some(b) = &self.inner.bootstrap else {
+            return Ok(None);
+        };
+        let d = PyDict::new(py);
+        d.set_item("replicates", b.replicates)?;
+        d.set_item("confidence", b.confidence)?;
+        d.set_item("seed", b.seed)?;
+        Ok(Some(d.into_any()))
     }
     /// The source's summary, as in the report's `source`.
     #[getter]
@@ -920,9 +1001,12 @@ fn need<'py>(d: &Bound<'py, PyDict>, key: &str, what: &str) -> PyResult<Bound<'p
     })
 }
 
-/// Fit on `source`, tally every target (dicts borrowed, paths streamed), report.
+/// Fit on `source`, tally every target (dicts borrowed, paths streamed), report; with
+/// `bootstrap` = B > 0, Poisson bootstrap intervals at `confidence` (weights seeded by
+/// `seed`), as `conformal-gpu evaluate --bootstrap B --confidence C --seed N`.
 #[pyfunction]
-#[pyo3(signature = (source, targets, alphas = None, device = "auto", temperature = None))]
+#[pyo3(signature = (source, targets, alphas = None, device = "auto", temperature = None, bootstrap = 0, confidence = 0.95, seed = 0))]
+#[allow(clippy::too_many_arguments)]
 fn evaluate<'py>(
     py: Python<'py>,
     source: &Bound<'py, PyAny>,
@@ -930,12 +1014,16 @@ fn evaluate<'py>(
     alphas: Option<&Bound<'py, PyAny>>,
     device: &str,
     temperature: Option<&Bound<'py, PyAny>>,
+    bootstrap: i128,
+    confidence: f64,
+    seed: i128,
 ) -> PyResult<Bound<'py, PyAny>> {
     let started = Instant::now();
     let alphas = alphas
         .map(alphas_arg)
         .transpose()?
         .unwrap_or_else(|| vec![0.1]);
+    let boot = bootstrap_arg(py, bootstrap, confidence, seed)?;
     let choice = parse_device(device).py_err(py)?;
     // Targets are opened (paths: headers read and checked) before any work.
     enum Target<'a> {
@@ -1008,7 +1096,7 @@ fn evaluate<'py>(
     let fit_str = PyString::new(py, "fit");
     let temperature = temperature.unwrap_or(fit_str.as_any());
     let load_ms = started.elapsed().as_secs_f64() * 1e3;
-    let mut cal = fit_calibration(py, &source_set, alphas, temperature, device)?;
+    let mut cal = fit_calibration(py, &source_set, alphas, temperature, boot, device)?;
     drop(source_set);
     if let Some(input) = source_input {
         cal.inputs.push(input);

@@ -90,5 +90,45 @@ def save(path: Path, arrays: dict[str, np.ndarray]) -> Path:
 
 def comparable(report: dict) -> dict:
     """The parts of a report that must be identical across the CLI and Python (not
-    timings, meta or the device's adapter string)."""
-    return {k: report[k] for k in ("alphas", "source", "targets", "mae")}
+    timings, meta or the device's adapter string); with a bootstrap, the MAE intervals
+    and the bootstrap settings too (the targets carry their own intervals)."""
+    out = {k: report[k] for k in ("alphas", "source", "targets", "mae")}
+    if "mae_ci" in report:
+        out["mae_ci"] = report["mae_ci"]
+    if "bootstrap" in report.get("meta", {}):
+        out["bootstrap"] = report["meta"]["bootstrap"]
+    return out
+
+
+CI_KEYS = ("ci", "true_accuracy_ci", "error_ci", "mae_ci")
+
+
+def intervals(obj, path: str = "", inside: bool = False):
+    """Every (key path, [lo, hi]) interval in a report, wherever a CI key holds it."""
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from intervals(v, f"{path}/{k}", inside or k in CI_KEYS)
+    elif isinstance(obj, list):
+        if inside and len(obj) == 2 and all(isinstance(x, float) for x in obj):
+            yield path, obj
+        else:
+            for i, v in enumerate(obj):
+                yield from intervals(v, f"{path}/{i}", inside)
+
+
+def has_ci_keys(obj) -> bool:
+    """Whether any CI key occurs anywhere in a report."""
+    if isinstance(obj, dict):
+        return any(k in CI_KEYS for k in obj) or any(has_ci_keys(v) for v in obj.values())
+    if isinstance(obj, list):
+        return any(has_ci_keys(v) for v in obj)
+    return False
+
+
+def without_ci(obj):
+    """A report with every CI key removed."""
+    if isinstance(obj, dict):
+        return {k: without_ci(v) for k, v in obj.items() if k not in CI_KEYS}
+    if isinstance(obj, list):
+        return [without_ci(v) for v in obj]
+    return obj

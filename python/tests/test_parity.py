@@ -174,3 +174,61 @@ def test_gpu_equals_cli_gpu(cli, data, tmp_path, gpu):
     p = cg.softmax(test["logits"], 1.3, device=gpu)
     np.testing.assert_allclose(p, cg.softmax(test["logits"], 1.3, device="cpu"), rtol=1e-5,
                                atol=1e-7)
+
+
+BOOT = ("--bootstrap", "10", "--seed", "7", "--confidence", "0.9")
+
+
+def test_bootstrap_evaluate_equal_cli(cli, data, tmp_path):
+    want = cli_evaluate(cli, data, tmp_path, extra=BOOT)
+    assert want["meta"]["bootstrap"] == {"replicates": 10, "confidence": 0.9, "seed": 7}
+    got = cg.evaluate(data["source"], data["targets"], alphas=ALPHAS, device="cpu",
+                      bootstrap=10, seed=7, confidence=0.9)
+    assert "mae_ci" in got and got["targets"][1]["ci"]
+    assert comparable(got) == comparable(want)
+    d = data["dir"]
+    got = cg.evaluate(d / "source.npz", {"ood": d / "ood.npz", "test": d / "test.npz"},
+                      alphas=ALPHAS, device="cpu", bootstrap=10, seed=7, confidence=0.9)
+    assert comparable(got) == comparable(want)
+
+
+def test_bootstrap_calibrate_tally_merge_equal_cli(cli, data, tmp_path):
+    d = data["dir"]
+    cal_file = tmp_path / "cal.json"
+    cli("calibrate", "--data", str(d), "--source", "source", "--alpha", "0.1,0.05",
+        "--device", "cpu", "--out", str(cal_file), *BOOT)
+    src, test = data["source"], data["targets"]["test"]
+    cal = cg.Calibration.fit(src["logits"], src["labels"], alphas=ALPHAS, device="cpu",
+                             bootstrap=10, seed=7, confidence=0.9)
+    assert cal.id == json.loads(cal_file.read_text())["id"]
+    assert cg.Calibration.from_json(cal_file.read_text()) == cal
+    groups = {"hospital": test["hospital"], "slide": test["slide"]}
+    parts = [
+        cal.tally(test["logits"][a:b], test["labels"][a:b],
+                  groups={g: v[a:b] for g, v in groups.items()}, row_offset=a, name="test")
+        for a, b in [(3000, 5000), (0, 1234), (1234, 3000)]
+    ]
+    t_files = []
+    for i, (a, b) in enumerate([(0, 2500), (2500, 5000)]):
+        f = tmp_path / f"t{i}.json"
+        cli("tally", "--calibration", str(cal_file), "--data", str(d / "test.npz"),
+            "--rows", f"{a}:{b}", "--device", "cpu", "--out", str(f))
+        t_files.append(f)
+    for conf in (None, 0.8):
+        out = tmp_path / f"merged_{conf}.json"
+        extra = () if conf is None else ("--confidence", str(conf))
+        want = cli("merge", "--calibration", str(cal_file), *map(str, t_files), "--json",
+                   str(out), *extra, json_out=out)
+        assert want["meta"]["bootstrap"]["confidence"] == (conf or 0.9)
+        assert comparable(cal.report({"test": parts}, confidence=conf)) == comparable(want)
+        cli_tallies = [cg.Tally.from_json(f.read_text(), str(f)) for f in t_files]
+        assert comparable(cal.report({"test": cli_tallies}, confidence=conf)) == \
+            comparable(want)
+
+
+def test_bootstrap_gpu_equals_cli_gpu(cli, data, tmp_path, gpu):
+    want = cli_evaluate(cli, data, tmp_path, device="gpu", extra=BOOT)
+    got = cg.evaluate(data["source"], data["targets"], alphas=ALPHAS, device=gpu,
+                      bootstrap=10, seed=7, confidence=0.9)
+    assert got["device"].startswith("gpu") and "mae_ci" in got
+    assert comparable(got) == comparable(want)
