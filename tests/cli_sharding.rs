@@ -90,6 +90,8 @@ fn shards_equal_evaluate(device: &str) {
     ]);
     let full = tmp.path().join("full.json");
     let alpha = "0.1,0.05";
+    // Six bootstrap replicates: one full draw group of four and a partial one.
+    let boot = "6";
     run(&[
         "evaluate",
         "--data",
@@ -98,6 +100,12 @@ fn shards_equal_evaluate(device: &str) {
         device,
         "--alpha",
         alpha,
+        "--bootstrap",
+        boot,
+        "--seed",
+        "5",
+        "--confidence",
+        "0.9",
         "--json",
         s(&full),
     ]);
@@ -110,10 +118,19 @@ fn shards_equal_evaluate(device: &str) {
         device,
         "--alpha",
         alpha,
+        "--bootstrap",
+        boot,
+        "--seed",
+        "5",
+        "--confidence",
+        "0.9",
         "--out",
         s(&cal),
     ]);
     let want = read_json(&full);
+    // The bootstrap's intervals shard too (weights keyed by each row's index in its file).
+    assert!(want["mae_ci"].is_object() && want["targets"][0]["ci"].is_object());
+    assert_eq!(want["meta"]["bootstrap"]["replicates"], 6);
     let mut r = common::rng(11);
     let mut tallies: Vec<PathBuf> = Vec::new();
     for (i, (name, n)) in target_sizes(&want).into_iter().enumerate() {
