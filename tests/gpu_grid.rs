@@ -3,14 +3,20 @@
 //! an `x * y` grid) must write nothing, and every output element a kernel hands back must
 //! have been written by it.
 //!
-//! How: a context whose per-dimension limit is capped at [`CAP`] = 17 workgroups
+//! How, first: a context whose per-dimension limit is capped at [`CAP`] = 17 workgroups
 //! (`GpuOptions::max_workgroups_per_dim`), so a few thousand rows give a 2-D grid, and
 //! whose fresh output buffers are filled with NaN and noise bit patterns
 //! (`GpuOptions::poison_outputs`; wgpu would zero them). Each kernel is compared with its
 //! CPU mirror: bit for bit where the stage only counts or moves (sort, select, histograms,
 //! copy, p-values on given probabilities, labelled counts), within DESIGN 4 tolerances where
-//! WGSL's `exp`/`log` enter. One test also crosses the real 65535 limit, on the cheapest
-//! reduction kernel (temperature_nll, K = 2).
+//! WGSL's `exp`/`log` enter.
+//!
+//! Then, for real: every reduction kernel (temperature_nll, calibration, tally,
+//! select_histogram, radix_histogram with the radix_scan over its output) in one dispatch
+//! of more than 65535 workgroups, the real per-dimension limit, on the smallest input that
+//! needs it ([`BIG`]), with poisoned output buffers (accumulators that must start at zero,
+//! the tally's and select's, excepted). The whole radix sort at that size (radix_scatter
+//! too, which is no reduction) is an ignored test: ~35 s on lavapipe.
 #![cfg(feature = "gpu")]
 
 mod common;
@@ -18,7 +24,7 @@ mod common;
 use common::*;
 use conformal_gpu::cpu;
 use conformal_gpu::gpu::{self, GpuContext, GpuOptions};
-use conformal_gpu::kernel::calibration::{NCOUNT, NSUM};
+use conformal_gpu::kernel::calibration::{CalibrationPartial, NCOUNT, NSUM};
 use conformal_gpu::kernel::radix_sort::SortPlan;
 use conformal_gpu::kernel::temperature_nll::NPARTIAL;
 use conformal_gpu::kernel::WG;
@@ -78,6 +84,54 @@ fn assert_poison_from(words: &[u32], from: usize, what: &str) {
     );
 }
 
+/// Rows (and keys) of the tests past the real limit: one more than 65535 full workgroups
+/// of 256, the smallest input that needs more than 65535 workgroups: 65536 of them, a
+/// 65535 x 2 grid whose second row holds one real workgroup (of a single row) and 65534
+/// padding workgroups. Its K = 2 logits are 134,215,688 bytes, within a 128 MiB binding
+/// (WebGPU's default limit and lavapipe's), so on any adapter they are one chunk and one
+/// dispatch. (2^24 rows would be 65536 workgroups too, but leave the last one full.)
+const BIG: usize = 65535 * WG + 1;
+
+/// The context of the tests past the real limit: 65535 workgroups per dimension (pinned:
+/// some adapters allow more in x, and the point is a 2-D grid), poisoned outputs, and
+/// sort/select tiles of one 256-key sub-block (`max_tile_blocks`), so that those kernels'
+/// BIG keys are 65536 workgroups in one 64 MiB binding too (with the default 4096-key
+/// tiles that takes 2^28 keys, 1 GiB, past lavapipe's binding limit). Shared: contexts
+/// are slow to build on lavapipe.
+fn real_grid() -> Option<&'static GpuContext> {
+    static CTX: std::sync::OnceLock<Option<GpuContext>> = std::sync::OnceLock::new();
+    CTX.get_or_init(|| {
+        gpu_with(GpuOptions {
+            max_workgroups_per_dim: Some(65535),
+            poison_outputs: true,
+            max_tile_blocks: Some(1),
+            ..Default::default()
+        })
+    })
+    .as_ref()
+}
+
+/// `n` rows as one chunk, one buffer each (`upload_rows` would cut them: it budgets 128
+/// bytes a row for later outputs), asserting they fit one binding.
+fn one_chunk(ctx: &GpuContext, l: &[f32], y: &[i32], k: usize) -> gpu::DeviceRows {
+    let n = y.len();
+    assert!(
+        (4 * l.len()) as u64 <= ctx.limits().max_binding_bytes,
+        "{n} rows of K = {k} exceed one binding of {} bytes",
+        ctx.limits().max_binding_bytes
+    );
+    gpu::DeviceRows {
+        k,
+        n,
+        chunks: vec![(
+            0,
+            n,
+            ctx.upload("logits", l).unwrap(),
+            ctx.upload("labels", y).unwrap(),
+        )],
+    }
+}
+
 /// Logits uniform in [-6, 6] and labels in -1..k (some rows unlabelled; the last row
 /// labelled, so the last real workgroup's partial is not all zeros).
 fn rows_data(seed: u64, n: usize, k: usize) -> (Vec<f32>, Vec<i32>) {
@@ -109,6 +163,79 @@ fn exact_rows(seed: u64, n: usize) -> (Vec<f32>, Vec<i32>) {
     (logits, labels)
 }
 
+/// Calibration partials equal bit for bit (counts and sums): exact data.
+#[track_caller]
+fn assert_calibration_exact(g: &[CalibrationPartial], c: &[CalibrationPartial], what: &str) {
+    assert_eq!(g.len(), c.len(), "{what}: workgroups");
+    let flat = |v: &[CalibrationPartial]| -> (Vec<u32>, Vec<u32>) {
+        (
+            v.iter().flat_map(|p| p.counts).collect(),
+            v.iter().flat_map(|p| p.sums.map(f32::to_bits)).collect(),
+        )
+    };
+    let ((gc, gs), (cc, cs)) = (flat(g), flat(c));
+    assert_bits_eq(&format!("{what}: counts"), &gc, &cc, |a, b| a == b);
+    assert_bits_eq(&format!("{what}: sums"), &gs, &cs, |a, b| a == b);
+}
+
+/// Calibration partials on random data: labelled and correct counts exact per
+/// workgroup; a confidence within an ulp of a bin edge may change bins; the confidence
+/// sum within 1e-5 relative.
+#[track_caller]
+fn assert_calibration_close(g: &[CalibrationPartial], c: &[CalibrationPartial], what: &str) {
+    assert_eq!(g.len(), c.len(), "{what}: workgroups");
+    for (i, (gp, cp)) in g.iter().zip(c).enumerate() {
+        assert_eq!(gp.counts[30..], cp.counts[30..], "{what}: workgroup {i}");
+        let moved: u32 = (0..15).map(|b| gp.counts[b].abs_diff(cp.counts[b])).sum();
+        assert!(
+            moved <= 2,
+            "{what}: workgroup {i}: {moved} rows changed bins"
+        );
+        let (gs, cs) = (gp.sums[15], cp.sums[15]);
+        assert!(
+            ((gs - cs) as f64).abs() <= 1e-5 * (cs.abs() as f64).max(1.0),
+            "{what}: workgroup {i} confidence sum {gs} vs {cs}"
+        );
+    }
+}
+
+/// One calibration dispatch over `n` rows of one chunk into output buffers with a
+/// poisoned slot for every workgroup of the grid, padding included: asserts the padding
+/// slots stay poisoned and returns the real workgroups' partials.
+#[allow(clippy::too_many_arguments)]
+fn calibration_padded(
+    ctx: &GpuContext,
+    lb: &wgpu::Buffer,
+    yb: &wgpu::Buffer,
+    n: usize,
+    k: usize,
+    t: f32,
+    what: &str,
+) -> Vec<CalibrationPartial> {
+    let groups = n.div_ceil(WG);
+    let all = slots(ctx, groups);
+    let counts = ctx.storage("counts", (all * NCOUNT * 4) as u64).unwrap();
+    let sums = ctx.storage("sums", (all * NSUM * 4) as u64).unwrap();
+    gpu::calibration::calibration_into(ctx, lb, yb, n, k, t, &counts, &sums).unwrap();
+    let gc: Vec<u32> = ctx.readback(&counts, 0, all * NCOUNT).unwrap();
+    let gs: Vec<u32> = ctx.readback(&sums, 0, all * NSUM).unwrap();
+    assert_poison_from(&gc, groups * NCOUNT, &format!("{what}: calibration counts"));
+    assert_poison_from(&gs, groups * NSUM, &format!("{what}: calibration sums"));
+    gc.chunks_exact(NCOUNT)
+        .zip(gs.chunks_exact(NSUM))
+        .take(groups)
+        .map(|(cc, ss)| {
+            let mut p = CalibrationPartial::default();
+            p.counts.copy_from_slice(cc);
+            p.sums
+                .iter_mut()
+                .zip(ss)
+                .for_each(|(d, s)| *d = f32::from_bits(*s));
+            p
+        })
+        .collect()
+}
+
 #[test]
 fn calibration_partials_on_a_padded_grid() {
     let Some(ctx) = capped() else { return };
@@ -120,49 +247,40 @@ fn calibration_partials_on_a_padded_grid() {
     let g = gpu::calibration::calibration(ctx, &rows, 1.0).unwrap();
     let c = cpu::calibration::calibration(&l, &y, 2, 1.0);
     assert_eq!(g.len(), GROUPS);
-    assert_eq!(g.len(), c.len());
-    for (i, (gp, cp)) in g.iter().zip(&c).enumerate() {
-        assert_eq!(gp.counts, cp.counts, "exact data, workgroup {i} counts");
-        let (gb, cb): (Vec<u32>, Vec<u32>) = (
-            gp.sums.iter().map(|s| s.to_bits()).collect(),
-            cp.sums.iter().map(|s| s.to_bits()).collect(),
-        );
-        assert_eq!(gb, cb, "exact data, workgroup {i} sums");
-    }
+    assert_calibration_exact(&g, &c, "exact data");
     // The same dispatch into output buffers with a poisoned slot for every workgroup of
     // the grid, padding included: the real slots match, the padding slots stay poisoned.
-    let all = slots(ctx, GROUPS);
-    let counts = ctx.storage("counts", (all * NCOUNT * 4) as u64).unwrap();
-    let sums = ctx.storage("sums", (all * NSUM * 4) as u64).unwrap();
     let (_, n, lb, yb) = &rows.chunks[0];
-    gpu::calibration::calibration_into(ctx, lb, yb, *n, 2, 1.0, &counts, &sums).unwrap();
-    let gc: Vec<u32> = ctx.readback(&counts, 0, all * NCOUNT).unwrap();
-    let gs: Vec<u32> = ctx.readback(&sums, 0, all * NSUM).unwrap();
-    let cc: Vec<u32> = c.iter().flat_map(|p| p.counts).collect();
-    let cs: Vec<u32> = c.iter().flat_map(|p| p.sums.map(f32::to_bits)).collect();
-    assert_bits_eq("counts", &gc[..GROUPS * NCOUNT], &cc, |a, b| a == b);
-    assert_bits_eq("sums", &gs[..GROUPS * NSUM], &cs, |a, b| a == b);
-    assert_poison_from(&gc, GROUPS * NCOUNT, "calibration counts");
-    assert_poison_from(&gs, GROUPS * NSUM, "calibration sums");
-    // Random data, K = 3: labelled and correct counts exact per workgroup; a confidence
-    // within an ulp of a bin edge may change bins; sums within 1e-5 relative.
+    let g = calibration_padded(ctx, lb, yb, *n, 2, 1.0, "exact data");
+    assert_calibration_exact(&g, &c, "exact data, padded buffers");
+    // Random data, K = 3.
     let (l, y) = rows_data(12, ROWS, 3);
     let rows = ctx.upload_rows(&l, &y, 3).unwrap();
     for t in [0.5f32, 1.0, 7.3] {
         let g = gpu::calibration::calibration(ctx, &rows, t).unwrap();
         let c = cpu::calibration::calibration(&l, &y, 3, t);
-        assert_eq!(g.len(), c.len());
-        for (i, (gp, cp)) in g.iter().zip(&c).enumerate() {
-            assert_eq!(gp.counts[30..], cp.counts[30..], "t={t} workgroup {i}");
-            let moved: u32 = (0..15).map(|b| gp.counts[b].abs_diff(cp.counts[b])).sum();
-            assert!(moved <= 2, "t={t} workgroup {i}: {moved} rows changed bins");
-            let (gs, cs) = (gp.sums[15], cp.sums[15]);
-            assert!(
-                ((gs - cs) as f64).abs() <= 1e-5 * (cs.abs() as f64).max(1.0),
-                "t={t} workgroup {i} confidence sum {gs} vs {cs}"
-            );
-        }
+        assert_calibration_close(&g, &c, &format!("t={t}"));
     }
+}
+
+#[test]
+fn calibration_past_65535_workgroups() {
+    // BIG rows of K = 2 (see BIG): 65536 workgroups, one dispatch on a 65535 x 2 grid.
+    // One dispatch only: on lavapipe this kernel costs ~20 s at this size (16 tree sums
+    // a workgroup, each 8 barrier steps); random logits on a 2-D grid are checked on the
+    // capped one above. Exact data (every exp 1 or 0), so every partial compares bit for
+    // bit, into buffers with a poisoned slot for each of the grid's 131070 workgroups: the
+    // 65534 padding slots must stay poisoned.
+    let Some(ctx) = real_grid() else { return };
+    let groups = BIG.div_ceil(WG);
+    assert_eq!(groups, 65536);
+    assert_padded(ctx, groups, "calibration, BIG rows");
+    let (l, y) = exact_rows(111, BIG);
+    let rows = one_chunk(ctx, &l, &y, 2);
+    let (_, n, lb, yb) = &rows.chunks[0];
+    let g = calibration_padded(ctx, lb, yb, *n, 2, 1.0, "BIG rows");
+    let c = cpu::calibration::calibration(&l, &y, 2, 1.0);
+    assert_calibration_exact(&g, &c, "BIG rows");
 }
 
 /// Temperature partials: the labelled count exactly, the sums within 1e-4 relative (the
@@ -244,46 +362,23 @@ fn nll_padding_writes_nothing(
 
 #[test]
 fn temperature_nll_past_65535_workgroups() {
-    // The one real-size test (the others cap the grid at 17): 2^24 + 1 rows are 65537
-    // workgroups of 256, a 65535 x 2 grid with 65533 padding workgroups. temperature_nll
-    // is the cheapest reduction kernel per row; K = 2 keeps it to two exps a row. The rows
-    // are one chunk (built here: `upload_rows` would cut them at 128 bytes a row), 128 MiB
-    // + 8 bytes of logits, so on an adapter whose binding limit is smaller K drops to 1.
-    let Some(ctx) = gpu_with(GpuOptions {
-        // WebGPU's default, pinned: some adapters allow more in x, and the point is 2-D.
-        max_workgroups_per_dim: Some(65535),
-        poison_outputs: true,
-        ..Default::default()
-    }) else {
-        return;
-    };
-    let n = (1usize << 24) + 1;
+    // BIG rows of K = 2 (see BIG): 65536 workgroups, one dispatch on a 65535 x 2 grid.
+    // (This test used 2^24 + 1 rows before, whose K = 2 logits exceed a 128 MiB binding,
+    // so on lavapipe it fell back to K = 1, where every NLL term is 0.)
+    let Some(ctx) = real_grid() else { return };
+    let (n, k) = (BIG, 2);
     let groups = n.div_ceil(WG);
-    assert_eq!(groups, 65537);
-    assert_padded(&ctx, groups, "2^24 + 1 rows");
-    let k = if ctx.limits().max_binding_bytes >= (8 * n) as u64 {
-        2
-    } else {
-        1
-    };
+    assert_eq!(groups, 65536);
+    assert_padded(ctx, groups, "temperature_nll, BIG rows");
     let (l, y) = rows_data(31, n, k);
-    let rows = gpu::DeviceRows {
-        k,
-        n,
-        chunks: vec![(
-            0,
-            n,
-            ctx.upload("logits", &l).unwrap(),
-            ctx.upload("labels", &y).unwrap(),
-        )],
-    };
-    let g = gpu::temperature_nll::temperature_nll(&ctx, &rows, 0.7).unwrap();
+    let rows = one_chunk(ctx, &l, &y, k);
+    let g = gpu::temperature_nll::temperature_nll(ctx, &rows, 0.7).unwrap();
     assert_eq!(g.len(), groups);
     let c = cpu::temperature_nll::temperature_nll(&l, &y, k, 0.7);
-    assert_nll_partials(&g, &c, &format!("2^24+1 rows, k={k}"));
+    assert_nll_partials(&g, &c, "BIG rows");
     // And into a buffer with room (poisoned) for all 131070 slots of the grid.
     let (_, _, lb, yb) = &rows.chunks[0];
-    nll_padding_writes_nothing(&ctx, lb, yb, n, k, &l, &y, "2^24+1 rows, padded buffer");
+    nll_padding_writes_nothing(ctx, lb, yb, n, k, &l, &y, "BIG rows, padded buffer");
 }
 
 #[test]
@@ -469,4 +564,188 @@ fn select_histogram_on_a_padded_grid() {
         &c.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
         |a, b| a == b,
     );
+}
+
+#[test]
+fn tally_past_65535_workgroups() {
+    use conformal_gpu::kernel::tally::{
+        count_block, counts_from_device, device_words, PairCounts, SlotMap, TallyPlan,
+    };
+    // BIG rows of K = 2 (see BIG): 65536 workgroups, one dispatch on a 65535 x 2 grid.
+    // The tally has no output buffer to poison: its words are an accumulator (zeroed by
+    // contract, `ctx.zeroed`). A real workgroup counted twice or skipped (a wrong 2-D
+    // workgroup id) shows as counts that differ from the mirror's; a padding workgroup
+    // has no rows, so even unguarded it would add only zeros.
+    let Some(ctx) = real_grid() else { return };
+    let (n, k, t) = (BIG, 2, 0.7f32);
+    let groups = n.div_ceil(WG);
+    assert_eq!(groups, 65536);
+    assert_padded(ctx, groups, "tally, BIG rows");
+    // Quantised logits (ties), a quarter of the labels unknown, slides in runs of 1 to
+    // 2000 rows (workgroups of one slot and of two or more: both paths of the kernel),
+    // ten slides a hospital. Grouped only: without groups (one slot) the kernel takes
+    // the one-slot path of the same grid, which the capped tests and tests/tally.rs
+    // cover; a second dispatch would add ~4 s on lavapipe.
+    let mut r = rng(401);
+    let l: Vec<f32> = (0..n * k)
+        .map(|_| r.random_range(0..16) as f32 / 4.0)
+        .collect();
+    let y: Vec<i32> = (0..n)
+        .map(|_| match r.random_range(0..4) {
+            0 => -1,
+            _ => r.random_range(0..k as i32),
+        })
+        .collect();
+    let mut slide = Vec::with_capacity(n);
+    while slide.len() < n {
+        let (id, run) = (slide.len() as i64, r.random_range(1..=2000usize));
+        slide.extend(std::iter::repeat_n(id, run.min(n - slide.len())));
+    }
+    let hospital: Vec<i64> = slide.iter().map(|s| s / 10 % 5).collect();
+    // The mirror counts the row statistics of the row_stats kernel (row_summary.wgsl, the
+    // same code the tally kernel runs), computed here in binding-sized chunks: its
+    // per-row outputs of BIG rows exceed one binding.
+    let qhats = [Some(0.3f32), Some(0.55), None];
+    let q: Vec<f32> = qhats.iter().map(|q| q.unwrap_or(2.0)).collect();
+    let st = {
+        let chunked = ctx.upload_rows(&l, &y, k).unwrap();
+        gpu::row_stats::row_stats(ctx, &chunked, t, &q).unwrap()
+    };
+    assert_eq!(st.len(), n);
+    let mid = st.stats[n / 2];
+    let plan = TallyPlan {
+        t,
+        atc_mc: Some(mid[0]),
+        atc_ne: Some(mid[1]),
+        cpc_q: Some(mid[3]),
+        qhats: &qhats,
+        labels: &y,
+        groups: [Some(&hospital), Some(&slide)],
+    };
+    let mut want = PairCounts::new();
+    count_block(st.all(), 0, &plan, &mut want);
+    assert_eq!(want.values().map(|c| c.n()).sum::<u64>(), n as u64);
+    // The CPU mirror of the kernel's words (cpu::tally, slots numbered as the device
+    // numbers them), decoded: equal to count_block's counts.
+    let mut slots = SlotMap::default();
+    let ids = slots.assign(plan.groups, n);
+    let per = device_words(qhats.len());
+    let mut words = vec![0u32; slots.keys.len() * per];
+    cpu::tally::tally_words(&st, ids.as_deref(), &plan, &mut words);
+    let mut mirror = PairCounts::new();
+    for (key, w) in slots.keys.iter().zip(words.chunks_exact(per)) {
+        let c = counts_from_device(w, qhats.len());
+        if c.n() > 0 {
+            mirror.insert(*key, c);
+        }
+    }
+    assert!(
+        mirror == want,
+        "BIG rows: the mirror differs from count_block"
+    );
+    // The device: one dispatch of 65536 workgroups.
+    let rows = one_chunk(ctx, &l, &y, k);
+    let mut dev = gpu::tally::DeviceTally::new(qhats.len()).unwrap();
+    dev.add(ctx, &rows, &plan).unwrap();
+    let got = dev.finish(ctx).unwrap();
+    assert_eq!(got.len(), want.len(), "BIG rows: slots");
+    for (key, c) in &want {
+        assert_eq!(got.get(key), Some(c), "BIG rows: slot {key:?}");
+    }
+}
+
+#[test]
+fn select_histogram_past_65535_workgroups() {
+    // Tiles of 256 keys (real_grid's max_tile_blocks), so BIG keys (see BIG) are 65536
+    // workgroups: one dispatch per pass on a 65535 x 2 grid, the last real tile one key.
+    // Its output is an accumulator (zeroed by contract, never poisoned): a tile counted
+    // twice or skipped (a wrong 2-D workgroup id) shows as counts that differ from the
+    // mirror's; a padding workgroup has no keys, so even unguarded it would add nothing.
+    let Some(ctx) = real_grid() else { return };
+    let tile = gpu::select_histogram::tile_blocks(ctx) as usize * WG;
+    assert_eq!(tile, WG, "max_tile_blocks: 1");
+    let groups = 65536;
+    let k = sort_keys(501, groups, tile);
+    assert_eq!(k.len(), BIG);
+    assert!(
+        4 * BIG as u64 <= ctx.limits().max_binding_bytes,
+        "one chunk"
+    );
+    assert_padded(ctx, groups, "select_histogram, BIG keys");
+    let dk = gpu::select_histogram::upload_keys(ctx, &k).unwrap();
+    // First pass (no prefix bits) and a later pass under a few prefixes (some absent).
+    let mut pre: Vec<u32> = k
+        .iter()
+        .take(7)
+        .map(|x| conformal_gpu::kernel::common::f32_to_sortable(*x) & 0xff00_0000)
+        .collect();
+    pre.push(0x1200_0000);
+    pre.sort_unstable();
+    pre.dedup();
+    for (shift, prefixes) in [(24u32, vec![0u32]), (16, pre)] {
+        let g = gpu::select_histogram::select_histogram(ctx, &dk, shift, &prefixes).unwrap();
+        let c = cpu::select_histogram::select_histogram(&k, shift, &prefixes);
+        let c: Vec<u64> = c.into_iter().map(u64::from).collect();
+        assert_bits_eq(&format!("BIG keys, shift {shift}"), &g, &c, |a, b| a == b);
+    }
+    // And order statistics (four more passes, ~1 s each on lavapipe: three ranks).
+    let ranks = [1usize, BIG / 2, BIG];
+    let g = gpu::select_histogram::select_resident(ctx, &dk, &ranks).unwrap();
+    let c = cpu::select_histogram::radix_select(&k, &ranks);
+    assert_bits_eq(
+        "BIG keys, selected",
+        &g.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+        &c.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+        |a, b| a == b,
+    );
+}
+
+/// BIG keys (see BIG) in tiles of 256 (real_grid's max_tile_blocks): 65536 tiles, so
+/// radix_histogram and radix_scatter run 65536 workgroups a pass on a 65535 x 2 grid
+/// (radix_scan always runs 256, one per digit, each scanning 65536 tiles).
+fn big_sort_keys(ctx: &GpuContext, seed: u64) -> (SortPlan, Vec<f32>) {
+    let plan: SortPlan = gpu::radix_sort::plan(ctx);
+    assert_eq!(plan.tile, WG, "max_tile_blocks: 1");
+    let k = sort_keys(seed, 65536, plan.tile);
+    assert_eq!(k.len(), BIG);
+    assert!(k.len() <= plan.chunk, "one chunk");
+    assert_padded(ctx, 65536, "radix_histogram/scatter, BIG keys");
+    (plan, k)
+}
+
+#[test]
+fn radix_histogram_and_scan_past_65535_workgroups() {
+    // The sort's reduction, stage by stage: the first pass's tile histograms (one dispatch
+    // of 65536 workgroups) after the scan, and the digit totals. The histogram buffer is
+    // fresh and poisoned, so every slot must be written; a padding workgroup that wrote
+    // (hist[d * tiles + t] for t >= tiles) would overwrite the next digit's counts.
+    let Some(ctx) = real_grid() else { return };
+    let (plan, k) = big_sort_keys(ctx, 601);
+    let tiles = k.len().div_ceil(plan.tile);
+    let (gh, gc) = gpu::radix_sort::first_pass_offsets(ctx, &k).unwrap();
+    let bits: Vec<u32> = k.iter().map(|x| x.to_bits()).collect();
+    let mut h = cpu::radix_histogram::radix_histogram(&bits, plan.tile, 0, true);
+    let mut carry = [0u32; 256];
+    cpu::radix_scan::radix_scan(&mut h, tiles, &mut carry, true);
+    assert_eq!(gh.len(), 1);
+    assert_bits_eq("BIG keys, first pass offsets", &gh[0], &h, |a, b| a == b);
+    assert_bits_eq("BIG keys, digit totals", &gc, &carry, |a, b| a == b);
+}
+
+#[test]
+#[ignore = "~35 s on lavapipe; radix_scatter is no reduction: run with --ignored"]
+fn radix_sort_past_65535_workgroups() {
+    // The whole sort, with a payload (argsort), into poisoned buffers: 4 passes of
+    // histogram, scan and scatter, each histogram and scatter 65536 workgroups. Keys and
+    // payload order bit for bit. Ignored by default: the scatter's 65536 workgroups a
+    // pass take ~30 s on lavapipe (2 cores); its guard is checked on the capped grid by
+    // radix_sort_stages_on_a_padded_grid.
+    let Some(ctx) = real_grid() else { return };
+    let (plan, k) = big_sort_keys(ctx, 602);
+    let idx: Vec<u32> = (0..k.len() as u32).collect();
+    let (gk, gv) = gpu::radix_sort::sort_pairs(ctx, &k, &idx).unwrap();
+    let (mk, mv) = cpu::radix_sort::radix_sort(&k, Some(&idx), plan.chunk, plan.tile);
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
+    assert_bits_eq("BIG keys, sorted", &bits(&gk), &bits(&mk), |a, b| a == b);
+    assert_bits_eq("BIG keys, payload", &gv, &mv.unwrap(), |a, b| a == b);
 }

@@ -33,6 +33,11 @@ pub struct GpuOptions {
     /// or writes for a padding workgroup, shows up). Buffers that must start at zero come
     /// from [`GpuContext::zeroed`] and are never poisoned.
     pub poison_outputs: bool,
+    /// Cap on the `WG`-wide sub-blocks of keys one workgroup of the radix sort and the
+    /// radix select handles (16 by default: tiles of 4096 keys). Tests set it to 1 (tiles
+    /// of 256 keys) so that a sort or select dispatch of more than 65535 workgroups fits
+    /// a 128 MiB binding (2^24 keys instead of 2^28).
+    pub max_tile_blocks: Option<u32>,
 }
 
 /// GPU failures that can be injected to test fallbacks.
@@ -57,6 +62,10 @@ pub struct ContextLimits {
     pub max_workgroups_per_dim: u32,
     /// Storage-offset alignment for binding sub-ranges.
     pub offset_alignment: u64,
+    /// Most `WG`-wide sub-blocks of keys per workgroup of the radix sort and select
+    /// (`u32::MAX` unless [`GpuOptions::max_tile_blocks`] caps it; the kernels' own
+    /// constants apply anyway).
+    pub max_tile_blocks: u32,
 }
 
 /// Device, queue and compiled pipelines.
@@ -225,6 +234,7 @@ impl GpuContext {
             max_buffer_bytes: dl.max_buffer_size,
             max_workgroups_per_dim: max_wg.max(1),
             offset_alignment: dl.min_storage_buffer_offset_alignment.max(4) as u64,
+            max_tile_blocks: options.max_tile_blocks.unwrap_or(u32::MAX).max(1),
         };
         let captured: Arc<Mutex<Option<Error>>> = Arc::new(Mutex::new(None));
         let sink = captured.clone();

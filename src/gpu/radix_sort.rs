@@ -17,9 +17,11 @@ use crate::error::{Error, Result};
 use crate::kernel::radix_sort::{check_no_nan, RadixParams, SortPlan};
 use crate::kernel::WG;
 
-/// The plan for this context's binding limit (see [`SortPlan::for_binding`]).
+/// The plan for this context's binding limit (see [`SortPlan::for_binding`]) and tile cap
+/// ([`GpuOptions::max_tile_blocks`](super::GpuOptions)).
 pub fn plan(ctx: &GpuContext) -> SortPlan {
-    SortPlan::for_binding(ctx.limits().max_binding_bytes)
+    let limits = ctx.limits();
+    SortPlan::for_binding_and_blocks(limits.max_binding_bytes, limits.max_tile_blocks as usize)
 }
 
 /// Uploads `data` as one buffer per `chunk` elements.

@@ -40,6 +40,12 @@ pub fn upload_keys(ctx: &GpuContext, keys: &[f32]) -> Result<DeviceKeys> {
     })
 }
 
+/// `WG`-wide sub-blocks of keys per workgroup: [`IPT`], or fewer under
+/// [`GpuOptions::max_tile_blocks`](super::GpuOptions).
+pub fn tile_blocks(ctx: &GpuContext) -> u32 {
+    IPT.min(ctx.limits().max_tile_blocks).max(1)
+}
+
 /// One pass: histograms (`[r * 256 + d]`) of the digit at `shift` under each of
 /// `prefixes`, summed over every chunk (bit-equal to `cpu::select_histogram`).
 pub fn select_histogram(
@@ -49,6 +55,7 @@ pub fn select_histogram(
     prefixes: &[u32],
 ) -> Result<Vec<u64>> {
     let pipeline = ctx.pipeline("select_histogram")?;
+    let ipt = tile_blocks(ctx);
     let mut total = vec![0u64; prefixes.len() * DIGITS];
     for (gi, group) in prefixes.chunks(MAXP).enumerate() {
         let pre = ctx.upload("select-prefixes", group)?;
@@ -62,7 +69,7 @@ pub fn select_histogram(
                     len: *len as u32,
                     shift,
                     nprefix: group.len() as u32,
-                    ipt: IPT,
+                    ipt,
                 },
             );
             batch.dispatch(
@@ -73,7 +80,7 @@ pub fn select_histogram(
                     pre.as_entire_binding(),
                     hist.as_entire_binding(),
                 ],
-                (*len as u64).div_ceil(IPT as u64 * WG as u64),
+                (*len as u64).div_ceil(ipt as u64 * WG as u64),
             )?;
         }
         let h: Vec<u32> = batch.submit_and_read(&hist, 0, group.len() * DIGITS)?;

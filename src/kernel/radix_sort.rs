@@ -62,8 +62,14 @@ impl SortPlan {
     /// sub-blocks of `WG` keys, chunks of whole tiles. A tile's 256 counters are 1 KiB,
     /// so a chunk's histograms (`1024 * chunk / tile` bytes) always fit one binding too.
     pub fn for_binding(max_binding_bytes: u64) -> SortPlan {
+        Self::for_binding_and_blocks(max_binding_bytes, IPT)
+    }
+
+    /// [`for_binding`](Self::for_binding) with tiles of at most `max_blocks` sub-blocks
+    /// (tests: tiles of 256 keys make more than 65535 tiles from 2^24 keys).
+    pub fn for_binding_and_blocks(max_binding_bytes: u64, max_blocks: usize) -> SortPlan {
         let max_keys = ((max_binding_bytes / 4) as usize).max(WG);
-        let ipt = IPT.min(max_keys / WG).max(1);
+        let ipt = IPT.min(max_blocks).min(max_keys / WG).max(1);
         let tile = ipt * WG;
         SortPlan {
             chunk: (max_keys / tile) * tile,
