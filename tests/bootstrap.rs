@@ -371,3 +371,68 @@ fn intervals_cover_the_population_value() {
         }
     }
 }
+
+/// Tallies and calibrations are untrusted input: damaged replicate counts are typed
+/// errors naming the problem, never a panic or a wrong interval.
+#[test]
+fn damaged_bootstrap_parts_are_typed_errors() {
+    use conformal_gpu::methods::calibration::{Calibration, CalibrationOptions};
+    use conformal_gpu::methods::evaluate::tally_set;
+    use conformal_gpu::methods::tally::Tally;
+    use conformal_gpu::Error;
+    use serde_json::Value;
+
+    let source = population("source", 21, 300);
+    let target = population("target", 22, 500);
+    let opts = CalibrationOptions {
+        bootstrap: BootstrapOptions {
+            replicates: 6,
+            seed: 1,
+            confidence: 0.9,
+        },
+        ..Default::default()
+    };
+    let cal = Calibration::fit(&CpuBackend, &source, &opts).unwrap();
+    let tally = tally_set(&CpuBackend, &cal, &target, 200).unwrap();
+    let text = tally.to_json().unwrap();
+    let good: Value = serde_json::from_str(&text).unwrap();
+    let read = |v: &Value| Tally::from_json(&v.to_string(), "t.json");
+    assert_eq!(read(&good).unwrap(), tally);
+    let forged: [(&str, fn(&mut Value)); 5] = [
+        ("correct above labelled", |v| {
+            v["bootstrap"]["raw"][0]["counts"][2][2] = 1_000_000_000u64.into();
+        }),
+        ("a replicate missing", |v| {
+            v["bootstrap"]["ts"][0]["counts"]
+                .as_array_mut()
+                .unwrap()
+                .pop();
+        }),
+        ("a sum that is not a number", |v| {
+            v["bootstrap"]["raw"][0]["sum_p1"][0] = "x".into();
+        }),
+        ("a group without rows", |v| {
+            v["bootstrap"]["raw"][0]["slide"] = 999_999.into();
+        }),
+        ("modes weighing other rows", |v| {
+            let n = v["bootstrap"]["ts"][0]["counts"][1][0].as_u64().unwrap();
+            v["bootstrap"]["ts"][0]["counts"][1][0] = (n + 1).into();
+        }),
+    ];
+    for (what, forge) in forged {
+        let mut v = good.clone();
+        forge(&mut v);
+        let e = read(&v).unwrap_err();
+        assert!(matches!(e, Error::Format { .. }), "{what}: {e}");
+    }
+    // Without its replicates the tally no longer matches its calibration.
+    let mut v = good.clone();
+    v.as_object_mut().unwrap().remove("bootstrap");
+    let e = read(&v).unwrap().check_against(&cal).unwrap_err();
+    assert!(matches!(e, Error::Incompatible { .. }), "{e}");
+    // An edited replicate threshold changes the calibration's content, not its id.
+    let mut c: Value = serde_json::from_str(&cal.to_json().unwrap()).unwrap();
+    c["bootstrap"]["modes"]["ts"][0]["t"] = 1.25.into();
+    let e = Calibration::from_json(&c.to_string(), "cal.json").unwrap_err();
+    assert!(matches!(e, Error::Format { .. }), "{e}");
+}

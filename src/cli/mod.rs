@@ -15,7 +15,7 @@ use commands::{run_calibrate, run_evaluate, run_merge, run_tally, EvalJob, Sourc
 use outputs::{check_json_target, check_writable_dir, emit_json, open_device, parse_alphas, phase};
 
 /// Bootstrap replicates of the main job: intervals in seconds on 2 cores.
-const MAIN_JOB_REPLICATES: usize = 100;
+const MAIN_JOB_REPLICATES: usize = 50;
 
 /// The main job: generate (once), evaluate, report.
 fn main_job() -> Result<()> {
