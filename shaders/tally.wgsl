@@ -1,7 +1,9 @@
-// tally.wgsl: the target tally on the device (DESIGN.md 3, "The pipeline"). One thread per
-// row computes the row's summary (row_summary.wgsl, shared with row_stats.wgsl), then adds its counts to the u32 words of its slot (a (hospital, slide) pair,
-// numbered by the host): through workgroup atomics when the whole workgroup is one slot
-// (the usual case: rows of a slide come together), else straight to the slot's words.
+// tally.wgsl: the target tally on the device (DESIGN.md 3, "The pipeline"). A thread takes
+// `rows_per_thread` rows, computes each row's summary (row_summary.wgsl, shared with
+// row_stats.wgsl), and adds its counts to the u32 words of its slot (a (hospital, slide)
+// pair, numbered by the host): summed in registers, then through workgroup atomics, when
+// the workgroup's whole tile is one slot (the usual case: rows of a slide come together),
+// else row by row straight to the slot's words.
 // The words stay on the device across a target's chunks; the host reads them back once.
 // Two sums (of p_(1) on the 2^-40 grid, of set sizes) are (low, high) word pairs with an
 // explicit carry, so every count is an exact integer and partials merge in any order.
@@ -21,7 +23,7 @@ struct Params {
     num_wgs: u32,
     slots: u32,
     one_slot: u32,
-    _pad0: u32,
+    rows_per_thread: u32,
 }
 
 // Keep in sync with `TALLY_HAS_*`, `DEVICE_HEAD`, `DEVICE_PER_LEVEL` in src/kernel/tally.rs.
@@ -85,20 +87,23 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
     if (lid == 0u) {
         atomicStore(&wg_mixed, 0u);
     }
-    let row = g * WG + lid;
-    let live = row < params.rows;
-    // The workgroup's first row always exists (g < num_wgs).
-    var slot = 0u;
+    // A workgroup takes a tile of `rpt` blocks of WG rows; thread `lid` takes row `lid` of
+    // each block (coalesced reads).
+    let rpt = params.rows_per_thread;
+    let tile = g * WG * rpt;
+    // The tile's first row always exists (g < num_wgs).
     var first_slot = 0u;
     if (params.one_slot == 0u) {
-        first_slot = slot_of_row[g * WG];
-        if (live) {
-            slot = slot_of_row[row];
-        }
+        first_slot = slot_of_row[tile];
     }
     workgroupBarrier();
-    if (live && slot != first_slot) {
-        atomicStore(&wg_mixed, 1u);
+    if (params.one_slot == 0u) {
+        for (var r = 0u; r < rpt; r++) {
+            let row = tile + r * WG + lid;
+            if (row < params.rows && slot_of_row[row] != first_slot) {
+                atomicStore(&wg_mixed, 1u);
+            }
+        }
     }
     workgroupBarrier();
     if (lid == 0u) {
@@ -106,84 +111,95 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
     }
     let mixed = workgroupUniformLoad(&wg_mixed_all) != 0u;
 
-    var c_labelled = 0u;
-    var c_correct = 0u;
-    var c_mc_above = 0u;
-    var c_mc_equal = 0u;
-    var c_ne_above = 0u;
-    var c_ne_equal = 0u;
-    var c_cpc = 0u;
-    var grid = vec2<u32>(0u, 0u);
-    var lac = -1.0;
-    let base = slot * nwords;
-    if (live) {
+    // Counts of this thread's rows, in registers: one atomic per counter per thread, not
+    // per row (atomics dominate on a software rasteriser, contend on hardware). Used when
+    // the whole tile is one slot; a mixed tile adds row by row to each row's slot.
+    // Every sum here is below 2^32 (rpt <= 16 rows) but the grid sum, kept as a pair.
+    var c = array<u32, 8>(0u, 0u, 0u, 0u, 0u, 0u, 0u, 0u);
+    var grid_sum = vec2<u32>(0u, 0u);
+    var lv_size: array<u32, MAX_LEVELS>;
+    var lv_single: array<u32, MAX_LEVELS>;
+    var lv_empty: array<u32, MAX_LEVELS>;
+    var lv_covered: array<u32, MAX_LEVELS>;
+    for (var a = 0u; a < n_alpha; a++) {
+        lv_size[a] = 0u;
+        lv_single[a] = 0u;
+        lv_empty[a] = 0u;
+        lv_covered[a] = 0u;
+    }
+    let f = params.flags;
+    for (var r = 0u; r < rpt; r++) {
+        let row = tile + r * WG + lid;
+        if (row >= params.rows) {
+            break;
+        }
         var sizes: array<u32, MAX_LEVELS>;
         let sum = row_summary(row, params.t, &sizes);
-        let p1 = sum.p1;
-        let ne = sum.ne;
-        let r1 = sum.r1;
-        let r2 = sum.r2;
         let y = sum.y;
-        let arg = sum.arg;
-        lac = sum.lac;
-        let f = params.flags;
-        c_labelled = select(0u, 1u, y >= 0);
-        c_correct = select(0u, 1u, i32(arg) == y);
+        var rc = array<u32, 8>(1u, 0u, 0u, 0u, 0u, 0u, 0u, 0u);
+        rc[1] = select(0u, 1u, y >= 0);
+        rc[2] = select(0u, 1u, i32(sum.arg) == y);
         if ((f & HAS_MC) != 0u) {
-            c_mc_above = select(0u, 1u, p1 > params.t_mc);
-            c_mc_equal = select(0u, 1u, p1 == params.t_mc);
+            rc[3] = select(0u, 1u, sum.p1 > params.t_mc);
+            rc[4] = select(0u, 1u, sum.p1 == params.t_mc);
         }
         if ((f & HAS_NE) != 0u) {
-            c_ne_above = select(0u, 1u, ne > params.t_ne);
-            c_ne_equal = select(0u, 1u, ne == params.t_ne);
+            rc[5] = select(0u, 1u, sum.ne > params.t_ne);
+            rc[6] = select(0u, 1u, sum.ne == params.t_ne);
         }
         if ((f & HAS_CPC) != 0u) {
-            c_cpc = select(0u, 1u, r1 <= params.q_cpc && params.q_cpc < r2);
+            rc[7] = select(0u, 1u, sum.r1 <= params.q_cpc && params.q_cpc < sum.r2);
         }
-        grid = p1_grid(p1);
-
-        let counts = array<u32, 7>(c_labelled, c_correct, c_mc_above, c_mc_equal,
-                                   c_ne_above, c_ne_equal, c_cpc);
-        if (!mixed) {
-            atomicAdd(&wg_words[0], 1u);
-            for (var i = 0u; i < 7u; i++) {
-                if (counts[i] != 0u) {
-                    atomicAdd(&wg_words[1u + i], counts[i]);
-                }
-            }
-            add_pair_wg(8u, grid.x, grid.y);
-        } else {
-            add_word(base, 1u);
-            for (var i = 0u; i < 7u; i++) {
-                add_word(base + 1u + i, counts[i]);
+        let grid = p1_grid(sum.p1);
+        if (mixed) {
+            let base = slot_of_row[row] * nwords;
+            for (var i = 0u; i < 8u; i++) {
+                add_word(base + i, rc[i]);
             }
             add_pair(base + 8u, grid.x, grid.y);
-        }
-        for (var a = 0u; a < n_alpha; a++) {
-            let q = qhats[a];
-            let size = sizes[a];
-            let w = HEAD + PER_LEVEL * a;
-            let single = select(0u, 1u, size == 1u);
-            let empty = select(0u, 1u, size == 0u);
-            let covered = select(0u, 1u, y >= 0 && lac <= q);
-            if (!mixed) {
-                add_pair_wg(w, size, 0u);
-                if (single != 0u) { atomicAdd(&wg_words[w + 2u], 1u); }
-                if (empty != 0u) { atomicAdd(&wg_words[w + 3u], 1u); }
-                if (covered != 0u) { atomicAdd(&wg_words[w + 4u], 1u); }
-            } else {
-                add_pair(base + w, size, 0u);
-                add_word(base + w + 2u, single);
-                add_word(base + w + 3u, empty);
-                add_word(base + w + 4u, covered);
+            for (var a = 0u; a < n_alpha; a++) {
+                let size = sizes[a];
+                let w = base + HEAD + PER_LEVEL * a;
+                add_pair(w, size, 0u);
+                add_word(w + 2u, select(0u, 1u, size == 1u));
+                add_word(w + 3u, select(0u, 1u, size == 0u));
+                add_word(w + 4u, select(0u, 1u, y >= 0 && sum.lac <= qhats[a]));
             }
+        } else {
+            for (var i = 0u; i < 8u; i++) {
+                c[i] += rc[i];
+            }
+            let lo = grid_sum.x + grid.x;
+            grid_sum = vec2<u32>(lo, grid_sum.y + grid.y + select(0u, 1u, lo < grid.x));
+            for (var a = 0u; a < n_alpha; a++) {
+                let size = sizes[a];
+                lv_size[a] += size;
+                lv_single[a] += select(0u, 1u, size == 1u);
+                lv_empty[a] += select(0u, 1u, size == 0u);
+                lv_covered[a] += select(0u, 1u, y >= 0 && sum.lac <= qhats[a]);
+            }
+        }
+    }
+    if (!mixed) {
+        for (var i = 0u; i < 8u; i++) {
+            if (c[i] != 0u) {
+                atomicAdd(&wg_words[i], c[i]);
+            }
+        }
+        add_pair_wg(8u, grid_sum.x, grid_sum.y);
+        for (var a = 0u; a < n_alpha; a++) {
+            let w = HEAD + PER_LEVEL * a;
+            add_pair_wg(w, lv_size[a], 0u);
+            if (lv_single[a] != 0u) { atomicAdd(&wg_words[w + 2u], lv_single[a]); }
+            if (lv_empty[a] != 0u) { atomicAdd(&wg_words[w + 3u], lv_empty[a]); }
+            if (lv_covered[a] != 0u) { atomicAdd(&wg_words[w + 4u], lv_covered[a]); }
         }
     }
     workgroupBarrier();
     if (mixed) {
         return;
     }
-    // One workgroup, one slot: its totals go to the slot's words, pairs by one thread each.
+    // One tile, one slot: its totals go to the slot's words, pairs by one thread each.
     let fbase = first_slot * nwords;
     for (var i = lid; i < nwords; i += WG) {
         let is_pair_lo = i == 8u || (i >= HEAD && (i - HEAD) % PER_LEVEL == 0u);

@@ -100,7 +100,7 @@ fn params() -> Vec<(&'static str, Layout)> {
                 num_wgs,
                 slots,
                 one_slot,
-                _pad0
+                rows_per_thread
             }),
         ),
         ("softmax", layout!(SoftmaxParams { rows, k, t, _pad })),

@@ -83,7 +83,10 @@ mod gpu {
         let b = GpuBackend::new(ctx);
         let k = 3;
         // Sizes: empty, one row, one workgroup minus/exactly/plus one row, a few
-        // workgroups with a ragged end.
+        // workgroups with a ragged end; a tile (TALLY_ROWS_PER_THREAD x WG rows, one
+        // workgroup) minus/exactly/plus one row, with runs that keep a tile in one slot
+        // (registers, then workgroup atomics) or split it (row by row to global words).
+        let tile = conformal_gpu::kernel::tally::TALLY_ROWS_PER_THREAD as usize * WG;
         for (n, run) in [
             (0, 1),
             (1, 1),
@@ -91,6 +94,10 @@ mod gpu {
             (WG, WG),
             (WG + 1, 7),
             (3 * WG + 77, 300),
+            (tile - 1, tile),
+            (tile, tile),
+            (tile + 1, tile),
+            (2 * tile + 5, 1000),
         ] {
             for a in [0usize, 1, 3, 31] {
                 let c = case(n as u64 * 31 + a as u64, n, k, run);

@@ -33,10 +33,10 @@ pub struct GpuOptions {
     /// or writes for a padding workgroup, shows up). Buffers that must start at zero come
     /// from [`GpuContext::zeroed`] and are never poisoned.
     pub poison_outputs: bool,
-    /// Cap on the `WG`-wide sub-blocks of keys one workgroup of the radix sort and the
-    /// radix select handles (16 by default: tiles of 4096 keys). Tests set it to 1 (tiles
-    /// of 256 keys) so that a sort or select dispatch of more than 65535 workgroups fits
-    /// a 128 MiB binding (2^24 keys instead of 2^28).
+    /// Cap on the `WG`-wide sub-blocks of keys (rows) one workgroup of the radix sort,
+    /// the radix select and the tally handles (16 by default: tiles of 4096). Tests set it
+    /// to 1 (tiles of 256) so that a dispatch of more than 65535 workgroups fits a 128 MiB
+    /// binding (2^24 keys instead of 2^28).
     pub max_tile_blocks: Option<u32>,
 }
 

@@ -10,7 +10,7 @@ use crate::error::{Error, Result};
 use crate::kernel::row_stats::{INF_QHAT, MAX_ALPHA_PER_PASS};
 use crate::kernel::tally::{
     counts_from_device, device_words, PairCounts, SlotMap, TallyParams, TallyPlan, TALLY_HAS_CPC,
-    TALLY_HAS_MC, TALLY_HAS_NE,
+    TALLY_HAS_MC, TALLY_HAS_NE, TALLY_ROWS_PER_THREAD,
 };
 
 /// Slots the word buffer holds at first; it doubles (on the device) when a target has more.
@@ -104,7 +104,11 @@ impl DeviceTally {
                 Some(ids) => ctx.upload("tally-slots", &ids[*start..*start + *n])?,
                 None => ctx.storage("tally-slots", 4)?,
             };
-            let groups = groups_for(*n as u64);
+            // Tiles of `rpt` blocks of WG rows (fewer when a test caps the tile).
+            let rpt = TALLY_ROWS_PER_THREAD
+                .min(ctx.limits().max_tile_blocks)
+                .max(1);
+            let groups = groups_for(*n as u64).div_ceil(rpt as u64);
             let params = ctx.uniform(
                 "tally-params",
                 &TallyParams {
@@ -119,7 +123,7 @@ impl DeviceTally {
                     num_wgs: groups as u32,
                     slots: self.capacity as u32,
                     one_slot: slot_ids.is_none() as u32,
-                    _pad0: 0,
+                    rows_per_thread: rpt,
                 },
             );
             let mut batch = ctx.batch("tally");

@@ -333,9 +333,13 @@ pub struct TallyParams {
     pub slots: u32,
     /// 1 when every row goes to slot 0 (no slot buffer is read).
     pub one_slot: u32,
-    /// Padding to 16 bytes.
-    pub _pad0: u32,
+    /// Rows each thread counts (a workgroup's tile is `WG * rows_per_thread` rows).
+    pub rows_per_thread: u32,
 }
+
+/// Rows per thread of the device tally: sums in registers over this many rows cut the
+/// workgroup atomics by as much (counts per thread stay far below 2^32).
+pub const TALLY_ROWS_PER_THREAD: u32 = 16;
 
 /// `flags` bit: the ATC-MC threshold exists.
 pub const TALLY_HAS_MC: u32 = 1;
