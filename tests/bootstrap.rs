@@ -398,7 +398,8 @@ fn damaged_bootstrap_parts_are_typed_errors() {
     let good: Value = serde_json::from_str(&text).unwrap();
     let read = |v: &Value| Tally::from_json(&v.to_string(), "t.json");
     assert_eq!(read(&good).unwrap(), tally);
-    let forged: [(&str, fn(&mut Value)); 5] = [
+    type Forge = fn(&mut Value);
+    let forged: [(&str, Forge); 5] = [
         ("correct above labelled", |v| {
             v["bootstrap"]["raw"][0]["counts"][2][2] = 1_000_000_000u64.into();
         }),
