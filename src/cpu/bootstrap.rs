@@ -9,8 +9,10 @@ use rayon::prelude::*;
 use super::common::row_max;
 use super::row_stats::{row_stats, row_stats_into, RowStats};
 use crate::kernel::bootstrap::{
-    add_row, rep, weights4, BootstrapTallyPlan, PairRepCounts, RepCounts, MODES, REPS_PER_DRAW,
+    rep, weights4, BootstrapTallyPlan, PairRepCounts, RepCounts, ReplicatePlan, MODES,
+    REPS_PER_DRAW,
 };
+use crate::kernel::tally::p1_to_grid;
 use crate::kernel::tally::SlotMap;
 
 /// Rows per block: a block's logits and summaries stay in L1/L2.
@@ -46,14 +48,16 @@ pub fn bootstrap_tally(
         })
         .collect();
     let draws = reps.div_ceil(REPS_PER_DRAW);
-    // Per draw group: counts and sums indexed [(mode * slots + slot) * 4 + j].
-    type Part = (Vec<[u64; rep::LEN]>, Vec<u128>);
-    let parts: Vec<Part> = (0..draws)
+    let cells = MODES * slots;
+    // Per draw group: the four replicates' counters and grid sums per (mode, slot) cell,
+    // lane j = replicate 4 g + j.
+    let parts: Vec<(Vec<Lanes>, Vec<[u128; REPS_PER_DRAW]>)> = (0..draws)
         .into_par_iter()
         .map(|g| {
-            let cells = MODES * slots * REPS_PER_DRAW;
-            let mut counts = vec![[0u64; rep::LEN]; cells];
-            let mut sums = vec![0u128; cells];
+            let mut counts = vec![[[0u64; REPS_PER_DRAW]; rep::LEN]; cells];
+            let mut sums = vec![[0u128; REPS_PER_DRAW]; cells];
+            // Within a block the grid sums fit u64: 1024 rows x weight 12 x 2^40 < 2^54.
+            let mut block_sums = vec![[0u64; REPS_PER_DRAW]; cells];
             let live = (reps - g * REPS_PER_DRAW).min(REPS_PER_DRAW);
             let mut block_stats: Vec<RowStats> = vec![RowStats::default(); REPS_PER_DRAW];
             let mut w = vec![[0u32; REPS_PER_DRAW]; BLOCK];
@@ -67,48 +71,54 @@ pub fn bootstrap_tally(
                         plan.row_offset + i as u64,
                         g as u32,
                     );
+                    // Lanes past the last replicate weigh nothing.
+                    wi[live..].fill(0);
                     for (a, &x) in any.iter_mut().zip(wi.iter()) {
                         *a |= x != 0;
                     }
                 }
                 for (m, reps_m) in plan.modes.iter().enumerate() {
-                    for j in 0..live {
-                        if !any[j] {
-                            continue;
+                    let lanes: [Option<&ReplicatePlan>; REPS_PER_DRAW] = std::array::from_fn(|j| {
+                        reps_m.get(g * REPS_PER_DRAW + j).filter(|_| j < live)
+                    });
+                    let th = Thresholds::new(lanes);
+                    let block = BlockRows {
+                        rows: start..end,
+                        w: &w[..end - start],
+                        labels: plan.labels,
+                        yhat: &yhat,
+                        cell_of: |i: usize| m * slots + slot(i),
+                    };
+                    match &shared[m] {
+                        Some(sh) => {
+                            let st = &sh.stats[start..end];
+                            block.add(&th, |o, _| &st[o], &mut counts, &mut block_sums);
                         }
-                        let rp = &reps_m[g * REPS_PER_DRAW + j];
-                        let stats: &[[f32; 5]] = match &shared[m] {
-                            Some(sh) => &sh.stats[start..end],
-                            None => {
-                                let bs = &mut block_stats[j];
-                                row_stats_into(
-                                    &logits[start * k..end * k],
-                                    &plan.labels[start..end],
-                                    k,
-                                    rp.t,
-                                    &[],
-                                    bs,
-                                );
-                                &bs.stats
+                        None => {
+                            for (j, rp) in lanes.iter().enumerate() {
+                                if let (Some(rp), true) = (rp, any[j]) {
+                                    row_stats_into(
+                                        &logits[start * k..end * k],
+                                        &plan.labels[start..end],
+                                        k,
+                                        rp.t,
+                                        &[],
+                                        &mut block_stats[j],
+                                    );
+                                } else {
+                                    // A lane without rows to weigh: any finite summary.
+                                    block_stats[j].stats.resize(end - start, [0.0; 5]);
+                                }
                             }
-                        };
-                        for (o, i) in (start..end).enumerate() {
-                            let wj = w[o][j];
-                            if wj == 0 {
-                                continue;
-                            }
-                            let y = plan.labels[i];
-                            let cell = (m * slots + slot(i)) * REPS_PER_DRAW + j;
-                            add_row(
-                                &mut counts[cell],
-                                &mut sums[cell],
-                                wj as u64,
-                                &stats[o],
-                                y >= 0,
-                                yhat[i] as i32 == y,
-                                rp,
-                            );
+                            let bs = &block_stats;
+                            block.add(&th, |o, j| &bs[j].stats[o], &mut counts, &mut block_sums);
                         }
+                    }
+                }
+                for (d, s) in sums.iter_mut().zip(block_sums.iter_mut()) {
+                    for (a, b) in d.iter_mut().zip(s.iter_mut()) {
+                        *a += *b as u128;
+                        *b = 0;
                     }
                 }
             }
@@ -120,12 +130,12 @@ pub fn bootstrap_tally(
         for (sl, key) in slot_map.keys.iter().enumerate() {
             let mut rc = RepCounts::zeros(reps);
             for (g, (counts, sums)) in parts.iter().enumerate() {
+                let cell = m * slots + sl;
                 for j in 0..REPS_PER_DRAW {
                     let b = g * REPS_PER_DRAW + j;
                     if b < reps {
-                        let cell = (m * slots + sl) * REPS_PER_DRAW + j;
-                        rc.counts[b] = counts[cell];
-                        rc.sum_p1[b] = sums[cell];
+                        rc.counts[b] = std::array::from_fn(|c| counts[cell][c][j]);
+                        rc.sum_p1[b] = sums[cell][j];
                     }
                 }
             }
@@ -133,4 +143,75 @@ pub fn bootstrap_tally(
         }
     }
     out
+}
+
+/// One (mode, slot) cell's counters, counter-major with the draw group's four replicates
+/// as lanes, so a row adds to all four at once (the compiler vectorises the lanes).
+type Lanes = [[u64; REPS_PER_DRAW]; rep::LEN];
+
+/// The four lanes' thresholds; an absent one (or a lane past the last replicate) is NaN,
+/// which no comparison meets (the shader's `HAS_*` flags).
+struct Thresholds {
+    mc: [f32; REPS_PER_DRAW],
+    ne: [f32; REPS_PER_DRAW],
+    q: [f32; REPS_PER_DRAW],
+}
+
+impl Thresholds {
+    fn new(lanes: [Option<&ReplicatePlan>; REPS_PER_DRAW]) -> Self {
+        let of =
+            |f: fn(&ReplicatePlan) -> Option<f32>| lanes.map(|l| l.and_then(f).unwrap_or(f32::NAN));
+        Thresholds {
+            mc: of(|p| p.atc_mc),
+            ne: of(|p| p.atc_ne),
+            q: of(|p| p.cpc_q),
+        }
+    }
+}
+
+/// A block of rows with their four lanes' weights.
+struct BlockRows<'a, C: Fn(usize) -> usize> {
+    rows: std::ops::Range<usize>,
+    w: &'a [[u32; REPS_PER_DRAW]],
+    labels: &'a [i32],
+    yhat: &'a [u32],
+    cell_of: C,
+}
+
+impl<C: Fn(usize) -> usize> BlockRows<'_, C> {
+    /// Adds every row's weighted indicators to its cell; `stats(o, j)` is row `o`'s
+    /// summary at lane j's temperature. What the shader adds, lane by lane.
+    #[inline(always)]
+    fn add<'s>(
+        &self,
+        th: &Thresholds,
+        stats: impl Fn(usize, usize) -> &'s [f32; 5],
+        counts: &mut [Lanes],
+        sums: &mut [[u64; REPS_PER_DRAW]],
+    ) {
+        for (o, i) in self.rows.clone().enumerate() {
+            let wv = self.w[o];
+            if wv == [0; REPS_PER_DRAW] {
+                continue;
+            }
+            let y = self.labels[i];
+            let known = (y >= 0) as u64;
+            let correct = (self.yhat[i] as i32 == y) as u64;
+            let cell = (self.cell_of)(i);
+            let (c, s) = (&mut counts[cell], &mut sums[cell]);
+            for j in 0..REPS_PER_DRAW {
+                let [p1, ne, _, r1, r2] = *stats(o, j);
+                let w = wv[j] as u64;
+                c[rep::N][j] += w;
+                c[rep::LABELLED][j] += w * known;
+                c[rep::CORRECT][j] += w * correct;
+                c[rep::MC_ABOVE][j] += w * (p1 > th.mc[j]) as u64;
+                c[rep::MC_EQUAL][j] += w * (p1 == th.mc[j]) as u64;
+                c[rep::NE_ABOVE][j] += w * (ne > th.ne[j]) as u64;
+                c[rep::NE_EQUAL][j] += w * (ne == th.ne[j]) as u64;
+                c[rep::CPC][j] += w * (r1 <= th.q[j] && th.q[j] < r2) as u64;
+                s[j] += w * p1_to_grid(p1);
+            }
+        }
+    }
 }

@@ -387,34 +387,6 @@ pub struct BootstrapTallyPlan<'a> {
     pub groups: [Option<&'a [i64]>; 2],
 }
 
-/// What one row adds to its replicate counters with weight `w`: `stats` is its row
-/// summary at the replicate's temperature (`[p1, ne, lac, r1, r2]`), `correct` whether its
-/// known label is its prediction. Absent thresholds count nothing (as NaN compares).
-#[inline(always)]
-pub fn add_row(
-    c: &mut [u64; rep::LEN],
-    sum_p1: &mut u128,
-    w: u64,
-    stats: &[f32; 5],
-    known: bool,
-    correct: bool,
-    plan: &ReplicatePlan,
-) {
-    let [p1, ne, _, r1, r2] = *stats;
-    let t_mc = plan.atc_mc.unwrap_or(f32::NAN);
-    let t_ne = plan.atc_ne.unwrap_or(f32::NAN);
-    let q = plan.cpc_q.unwrap_or(f32::NAN);
-    c[rep::N] += w;
-    c[rep::LABELLED] += w * known as u64;
-    c[rep::CORRECT] += w * correct as u64;
-    c[rep::MC_ABOVE] += w * (p1 > t_mc) as u64;
-    c[rep::MC_EQUAL] += w * (p1 == t_mc) as u64;
-    c[rep::NE_ABOVE] += w * (ne > t_ne) as u64;
-    c[rep::NE_EQUAL] += w * (ne == t_ne) as u64;
-    c[rep::CPC] += w * (r1 <= q && q < r2) as u64;
-    *sum_p1 += w as u128 * crate::kernel::tally::p1_to_grid(p1) as u128;
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
