@@ -42,6 +42,7 @@ pub fn bootstrap_tally(
     )?;
     let qhats = ctx.storage("bootstrap-qhats", 4)?;
     // (mode, slot) major, as the words.
+    let words = ctx.zeroed("bootstrap-words", bytes)?;
     let mut totals: Vec<RepCounts> = (0..MODES * slots).map(|_| RepCounts::zeros(reps)).collect();
     let draws = reps.div_ceil(REPS_PER_DRAW) as u64;
     for (start, n, logits, labels) in &rows.chunks {
@@ -80,9 +81,10 @@ pub fn bootstrap_tally(
                     _pad: 0,
                 },
             );
-            // Accumulators start at 0 (never a poisoned test buffer).
-            let words = ctx.zeroed("bootstrap-words", bytes)?;
+            // The accumulator, built once, starts every dispatch at 0 (never a poisoned
+            // test buffer).
             let mut batch = ctx.batch("bootstrap");
+            batch.clear(&words);
             batch.dispatch(
                 &pipeline,
                 &[

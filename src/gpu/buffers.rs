@@ -290,6 +290,12 @@ impl<'a> Batch<'a> {
         Ok(())
     }
 
+    /// Records zeroing `buf` (after the dispatches recorded so far): an accumulator
+    /// reused across dispatches instead of a fresh buffer each time.
+    pub fn clear(&mut self, buf: &wgpu::Buffer) {
+        self.encoder.clear_buffer(buf, 0, None);
+    }
+
     /// Records a device-side copy of `bytes` bytes (after the dispatches recorded so far).
     pub fn copy(&mut self, src: &wgpu::Buffer, src_offset: u64, dst: &wgpu::Buffer, bytes: u64) {
         self.encoder
