@@ -1,8 +1,9 @@
 // calibration.wgsl: per-workgroup ECE bins and accuracy counts at temperature T
 // (DESIGN.md 2.2-2.3). Confidence c = max_k p_k = 1 / sum_j exp((z_j - m)/T) (the max term
-// is exp(0) = 1). yhat = argmax of the logits, lowest index on ties. Bin = ceil(15 c) - 1
-// clamped to 0..14, computed exactly in integers (15 * mantissa fits in 28 bits), so the
-// GPU bins a given c exactly as the f64 definition does. Rows with label < 0 are skipped.
+// is exp(0) = 1; the sum over classes as every kernel takes it, class_sum.wgsl).
+// yhat = argmax of the logits, lowest index on ties. Bin = ceil(15 c) - 1 clamped to 0..14,
+// computed exactly in integers (15 * mantissa fits in 28 bits), so the GPU bins a given c
+// exactly as the f64 definition does. Rows with label < 0 are skipped.
 // CPU mirror: src/cpu/calibration.rs.
 
 // Keep in sync with `CalibrationParams` in src/kernel/calibration.rs.
@@ -88,11 +89,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
                     arg = j;
                 }
             }
-            var s = 0.0;
+            var sum = class_sum_zero();
             for (var j = 0u; j < k; j++) {
-                s += exp((logits[base + j] - m) / params.t);
+                sum = class_sum_add(sum, exp((logits[base + j] - m) / params.t), k);
             }
-            conf = 1.0 / s;
+            conf = 1.0 / class_sum_value(sum, k);
             bin = ece_bin(conf);
             let correct = select(0u, 1u, arg == u32(y));
             atomicAdd(&cnt[bin], 1u);

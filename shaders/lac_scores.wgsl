@@ -1,6 +1,7 @@
 // lac_scores.wgsl: LAC conformity scores s_i = 1 - p_{y_i} (DESIGN.md 2.4), one thread per
 // row, with p computed exactly as softmax.wgsl does: m = max_j z_j, e_j = exp((z_j - m)/T),
-// s = sum_j e_j in order, p_y = e_y / s. Labels must be known (checked on the host).
+// s = sum_j e_j (order-invariant for K >= 3: class_sum.wgsl), p_y = e_y / s. Labels must be
+// known (checked on the host).
 // CPU mirror: src/cpu/lac_scores.rs.
 
 // Keep in sync with `LacParams` in src/kernel/lac_scores.rs.
@@ -35,12 +36,12 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
     for (var j = 1u; j < k; j++) {
         m = max(m, logits[base + j]);
     }
-    var s = 0.0;
+    var sum = class_sum_zero();
     var ey = 0.0;
     let y = labels[row];
     for (var j = 0u; j < k; j++) {
         let e = exp((logits[base + j] - m) / params.t);
-        s += e;
+        sum = class_sum_add(sum, e, k);
         if (i32(j) == y) {
             ey = e;
         }
@@ -50,5 +51,5 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
         scores[row] = bitcast<f32>(0x7fc00000u);
         return;
     }
-    scores[row] = 1.0 - ey / s;
+    scores[row] = 1.0 - ey / class_sum_value(sum, k);
 }

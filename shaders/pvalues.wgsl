@@ -1,6 +1,6 @@
 // pvalues.wgsl: conformal p-values (DESIGN.md 2.6) of every (row, class) of a target set
 // against sorted calibration scores, one thread per row. p is computed exactly as
-// softmax.wgsl does (m = max, e = exp((z - m)/T), s = sum e in order, p = e / s); the
+// softmax.wgsl does (m = max, e = exp((z - m)/T), s = sum e (class_sum.wgsl), p = e / s); the
 // count #{i : s_i >= 1 - p_k} is n_chunk minus a lower-bound binary search in the sorted
 // chunk. Calibration sets larger than one binding come in several sorted chunks: counts
 // accumulate in `counts` across dispatches (`first`/`last` flags). On the last chunk each
@@ -59,9 +59,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
     let from_probs = params.probs != 0u;
     var s = 0.0;
     if (!from_probs) {
+        var sum = class_sum_zero();
         for (var j = 0u; j < k; j++) {
-            s += exp((logits[base + j] - m) / params.t);
+            sum = class_sum_add(sum, exp((logits[base + j] - m) / params.t), k);
         }
+        s = class_sum_value(sum, k);
     }
     let stride = 3u + params.nalpha;
     let ob = r * stride;

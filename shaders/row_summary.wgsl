@@ -2,9 +2,11 @@
 // bootstrap.wgsl count, written once so all compute the same bits (src/shaders.rs appends
 // it to those; they declare `params` with k and n_alpha, and `logits`, `labels`, `qhats`).
 // Probabilities exactly as softmax.wgsl computes them: m = max z, e_k = exp((z_k - m)/T),
-// S = sum_k e_k (in order k = 0..K-1), p_k = e_k / S. r_k = 1 - p_k is computed once and
-// reused by every comparison (a compiler may round `1 - e/s` differently in two places;
-// ties on quantised logits must stay ties). CPU mirror: src/cpu/row_stats.rs.
+// S = sum_k e_k (order-invariant for K >= 3: class_sum.wgsl, also composed into these
+// shaders), p_k = e_k / S. The negative entropy sums over classes the same way. r_k = 1 - p_k
+// is computed once and reused by every comparison (a compiler may round `1 - e/s`
+// differently in two places; ties on quantised logits must stay ties).
+// CPU mirror: src/cpu/row_stats.rs.
 
 // At most this many levels per pass. Keep in sync with `MAX_ALPHA_PER_PASS` in
 // src/kernel/row_stats.rs.
@@ -13,7 +15,7 @@ const MAX_LEVELS: u32 = 31u;
 struct RowSummary {
     // Largest probability.
     p1: f32,
-    // sum_k p_k ln p_k (0 ln 0 = 0; ln p_k = (z_k - m)/T - ln S).
+    // sum_k p_k ln p_k (0 ln 0 = 0; ln p_k = (z_k - m)/T - ln S), order-invariant.
     ne: f32,
     // r_y, or -1 when the label is unknown.
     lac: f32,
@@ -40,11 +42,13 @@ fn row_summary(row: u32, t: f32, sizes: ptr<function, array<u32, MAX_LEVELS>>) -
             arg = j;
         }
     }
-    var s = 0.0;
+    var sum = class_sum_zero();
     for (var j = 0u; j < k; j++) {
-        s += exp((logits[base + j] - m) / t);
+        sum = class_sum_add(sum, exp((logits[base + j] - m) / t), k);
     }
+    let s = class_sum_value(sum, k);
     let log_s = log(s);
+    var ne = class_sum_zero();
     var out = RowSummary(-1.0, 0.0, -1.0, 2.0, 2.0, arg, labels[row]);
     for (var a = 0u; a < params.n_alpha; a++) {
         (*sizes)[a] = 0u;
@@ -62,7 +66,7 @@ fn row_summary(row: u32, t: f32, sizes: ptr<function, array<u32, MAX_LEVELS>>) -
         }
         if (p > 0.0) {
             // ln p_k = x_k - ln S: one log per row, and accurate for tiny p_k.
-            out.ne += p * (x - log_s);
+            ne = class_neg_sum_add(ne, p * (x - log_s), k);
         }
         if (i32(j) == out.y) {
             out.lac = r;
@@ -73,28 +77,6 @@ fn row_summary(row: u32, t: f32, sizes: ptr<function, array<u32, MAX_LEVELS>>) -
             }
         }
     }
+    out.ne = class_neg_sum_value(ne, k);
     return out;
-}
-
-// p in [0, 1] times 2^40 as a (low, high) pair: exact for p >= 2^-17 (the value is the
-// 24-bit significand shifted left), truncated below. Keep in sync with `p1_to_grid`.
-fn p1_grid(p: f32) -> vec2<u32> {
-    let bits = bitcast<u32>(p);
-    let e = (bits >> 23u) & 0xffu;
-    if (e == 0u) {
-        return vec2<u32>(0u, 0u);
-    }
-    let m = (bits & 0x7fffffu) | 0x800000u;
-    if (e >= 110u) {
-        let s = e - 110u;
-        if (s == 0u) {
-            return vec2<u32>(m, 0u);
-        }
-        return vec2<u32>(m << s, m >> (32u - s));
-    }
-    let r = 110u - e;
-    if (r >= 24u) {
-        return vec2<u32>(0u, 0u);
-    }
-    return vec2<u32>(m >> r, 0u);
 }

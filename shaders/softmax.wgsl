@@ -1,6 +1,8 @@
 // softmax.wgsl: row-wise softmax at temperature T, one thread per row.
 // p_k = exp((z_k - m) / T) / sum_j exp((z_j - m) / T), m = max_j z_j (DESIGN.md 2.1):
-// shift first, then scale, so rows equal up to a shift give bit-identical probabilities.
+// shift first, then scale, so rows equal up to a shift give bit-identical probabilities;
+// the sum over classes is order-invariant for K >= 3 (class_sum.wgsl), so rows equal up to
+// a shift and a permutation of the classes do too.
 // CPU mirror: src/cpu/softmax.rs.
 
 // Keep in sync with `SoftmaxParams` in src/kernel/softmax.rs.
@@ -34,12 +36,13 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
     for (var j = 1u; j < k; j++) {
         m = max(m, logits[base + j]);
     }
-    var s = 0.0;
+    var sum = class_sum_zero();
     for (var j = 0u; j < k; j++) {
         let e = exp((logits[base + j] - m) / params.t);
         probs[base + j] = e;
-        s += e;
+        sum = class_sum_add(sum, e, k);
     }
+    let s = class_sum_value(sum, k);
     for (var j = 0u; j < k; j++) {
         probs[base + j] = probs[base + j] / s;
     }

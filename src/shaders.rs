@@ -1,5 +1,6 @@
 //! WGSL sources, embedded at compile time. Every shader gets `common.wgsl` prepended
-//! (WGSL has no includes); the naga test in `tests/shaders.rs` validates each composed source.
+//! (WGSL has no includes), and the shaders that need them `class_sum.wgsl` and
+//! `row_summary.wgsl`; the naga test in `tests/shaders.rs` validates each composed source.
 
 /// `common.wgsl`: constants and helpers shared by every kernel.
 pub const COMMON: &str = include_str!("../shaders/common.wgsl");
@@ -50,17 +51,40 @@ pub const ROW_SUMMARY: &str = include_str!("../shaders/row_summary.wgsl");
 /// Shaders that call `row_summary` (it reads their `params`, `logits`, `labels`, `qhats`).
 const WITH_ROW_SUMMARY: [&str; 3] = ["row_stats", "tally", "bootstrap"];
 
+/// `class_sum.wgsl`: the order-invariant sums over classes and the fixed 2^-40 grid
+/// (DESIGN.md 2.1; the contract is `kernel::class_sum`).
+pub const CLASS_SUM: &str = include_str!("../shaders/class_sum.wgsl");
+
+/// Shaders that sum over classes (every softmax, row_summary's callers) or put values on
+/// the grid (tally, bootstrap): they get `class_sum.wgsl`.
+const WITH_CLASS_SUM: [&str; 7] = [
+    "softmax",
+    "calibration",
+    "pvalues",
+    "lac_scores",
+    "row_stats",
+    "tally",
+    "bootstrap",
+];
+
 /// The composed source (common + shared helpers + body) of shader `name`.
 pub fn source(name: &str) -> Option<String> {
     SHADERS.iter().find(|(n, _)| *n == name).map(|(_, body)| {
+        let mut src = format!("{COMMON}\n");
         if name == "bootstrap" {
             // Its Poisson table and word count come from the contract (one source).
-            let consts = crate::kernel::bootstrap::wgsl_constants();
-            format!("{COMMON}\n{consts}\n{body}\n{ROW_SUMMARY}")
-        } else if WITH_ROW_SUMMARY.contains(&name) {
-            format!("{COMMON}\n{body}\n{ROW_SUMMARY}")
-        } else {
-            format!("{COMMON}\n{body}")
+            src.push_str(&crate::kernel::bootstrap::wgsl_constants());
+            src.push('\n');
         }
+        if WITH_CLASS_SUM.contains(&name) {
+            src.push_str(CLASS_SUM);
+            src.push('\n');
+        }
+        src.push_str(body);
+        if WITH_ROW_SUMMARY.contains(&name) {
+            src.push('\n');
+            src.push_str(ROW_SUMMARY);
+        }
+        src
     })
 }

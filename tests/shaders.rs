@@ -24,15 +24,14 @@ fn every_shader_validates_with_naga() {
 
 #[test]
 fn every_shader_file_is_registered() {
-    // A .wgsl file that is not in SHADERS would never be validated or compiled; the two
+    // A .wgsl file that is not in SHADERS would never be validated or compiled; the three
     // helper files are validated inside every shader they are composed into.
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("shaders");
     for entry in std::fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();
         let stem = path.file_stem().unwrap().to_str().unwrap().to_string();
         if path.extension().is_some_and(|e| e == "wgsl")
-            && stem != "common"
-            && stem != "row_summary"
+            && !["common", "row_summary", "class_sum"].contains(&stem.as_str())
         {
             assert!(
                 NAMES.contains(&stem.as_str()),
@@ -54,4 +53,46 @@ fn row_summary_is_composed_where_it_is_called() {
     assert!(conformal_gpu::shaders::source("tally")
         .unwrap()
         .contains("fn row_summary("));
+}
+
+/// The order-invariant class sums (class_sum.wgsl) are composed into every shader that
+/// calls them and only those; every shader that takes a softmax (computes `exp(`) of a
+/// row sums through them, except temperature_nll (its f32 partials feed the temperature
+/// fit, not a tie: see src/kernel/class_sum.rs).
+#[test]
+fn class_sum_is_composed_where_it_is_called() {
+    let helpers = conformal_gpu::shaders::CLASS_SUM;
+    for name in NAMES {
+        let src = source(name).unwrap();
+        let body = src.replace(helpers, "");
+        let calls = [
+            "class_sum_add(",
+            "class_neg_sum_add(",
+            "p1_grid(",
+            "grid_to_f32(",
+        ]
+        .iter()
+        .any(|f| body.contains(f));
+        let has = src.contains("fn class_sum_add(");
+        assert_eq!(calls, has, "{name}");
+        if body.contains("exp(") && name != "temperature_nll" {
+            assert!(
+                body.contains("class_sum_add("),
+                "{name} sums classes in order"
+            );
+        }
+    }
+    for name in [
+        "softmax",
+        "calibration",
+        "pvalues",
+        "lac_scores",
+        "row_stats",
+        "tally",
+    ] {
+        assert!(
+            source(name).unwrap().contains("fn class_sum_add("),
+            "{name}"
+        );
+    }
 }

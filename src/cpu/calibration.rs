@@ -6,6 +6,7 @@ use super::common::row_max;
 use super::math::exp;
 pub use crate::kernel::calibration::CalibrationStats;
 use crate::kernel::calibration::{CalibrationPartial, BINS};
+use crate::kernel::class_sum::class_sum_of;
 use crate::kernel::WG;
 
 /// `clamp(ceil(15 c) - 1, 0, 14)` computed in f64 (exact for an f32 `c`), DESIGN.md 2.2.
@@ -14,14 +15,12 @@ pub fn ece_bin(c: f32) -> usize {
     b.clamp(0.0, (BINS - 1) as f64) as usize
 }
 
-/// Confidence `max_k p_k = 1 / sum_j exp((z_j - m)/T)` and argmax of one row.
+/// Confidence `max_k p_k = 1 / sum_j exp((z_j - m)/T)` (summed by the rule of
+/// `kernel::class_sum`) and argmax of one row.
 #[inline]
 pub fn row_confidence(row: &[f32], t: f32) -> (f32, usize) {
     let (m, arg) = row_max(row);
-    let mut s = 0.0f32;
-    for &z in row {
-        s += exp((z - m) / t);
-    }
+    let s = class_sum_of(row.len(), row.iter().map(|&z| exp((z - m) / t)));
     (1.0 / s, arg)
 }
 

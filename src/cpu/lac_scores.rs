@@ -4,21 +4,22 @@ use rayon::prelude::*;
 
 use super::common::row_max;
 use super::math::exp;
+use crate::kernel::class_sum::class_sum_of;
 
 /// LAC score of one row with known label `y`, in f32 exactly as the shader (and as
 /// `softmax_row`) computes `p_y`.
 #[inline]
 pub fn lac_score_row(row: &[f32], y: usize, t: f32) -> f32 {
     let (m, _) = row_max(row);
-    let mut s = 0.0f32;
     let mut ey = 0.0f32;
-    for (j, &z) in row.iter().enumerate() {
+    let terms = row.iter().enumerate().map(|(j, &z)| {
         let e = exp((z - m) / t);
-        s += e;
         if j == y {
             ey = e;
         }
-    }
+        e
+    });
+    let s = class_sum_of(row.len(), terms);
     1.0 - ey / s
 }
 

@@ -5,6 +5,7 @@ use rayon::prelude::*;
 
 use super::common::row_max;
 use super::math::exp;
+use crate::kernel::class_sum::class_sum_of;
 pub use crate::kernel::pvalues::PValueRows;
 
 /// `#{i : sorted[i] >= v}` (lower-bound search, as the shader). A branch-free variant
@@ -35,12 +36,11 @@ fn row_pvalues(
     nums: &mut [u32],
 ) -> (u32, u32, u32) {
     let (m, yhat) = row_max(row);
-    let mut s = 0.0f32;
-    if !probs {
-        for &z in row {
-            s += exp((z - m) / t);
-        }
-    }
+    let s = if probs {
+        0.0
+    } else {
+        class_sum_of(row.len(), row.iter().map(|&z| exp((z - m) / t)))
+    };
     sizes.iter_mut().for_each(|x| *x = 0);
     let (mut best, mut second) = (0u32, 0u32);
     for (j, &z) in row.iter().enumerate() {

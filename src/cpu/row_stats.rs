@@ -4,6 +4,7 @@ use rayon::prelude::*;
 
 use super::common::row_max;
 use super::math::{exp, exp_in_place, ln, ln_in_place, with_avx2};
+use crate::kernel::class_sum::{class_sum, neg_class_sum_of};
 pub use crate::kernel::row_stats::{col, RowBlock, RowStats};
 
 /// One row, exactly as the shader computes it. `info` has `1 + qhats.len()` slots.
@@ -29,12 +30,11 @@ pub fn row_summary(
     scratch.resize(3 * k, 0.0);
     let (x, rest) = scratch.split_at_mut(k);
     let (p, r) = rest.split_at_mut(k);
-    let mut s = 0.0f32;
     for ((xk, pk), &z) in x.iter_mut().zip(p.iter_mut()).zip(row) {
         *xk = (z - m) / t;
         *pk = exp(*xk);
-        s += *pk;
     }
+    let s = class_sum(p);
     for (pk, rk) in p.iter_mut().zip(r.iter_mut()) {
         *pk /= s;
         *rk = 1.0 - *pk;
@@ -42,10 +42,12 @@ pub fn row_summary(
     finish_row(x, p, r, ln(s), arg, y, qhats, info)
 }
 
-/// The rest of a row once `x_k = (z_k - m)/T`, `p_k = exp(x_k) / S` (`S` summed in
-/// order), `r_k = 1 - p_k` and `ln S` are known: the transcendental and the division
-/// work is done, in bulk, by the caller. No data-dependent branches: for K = 2 which
-/// class wins is a coin flip that a branch predictor would lose.
+/// The rest of a row once `x_k = (z_k - m)/T`, `p_k = exp(x_k) / S` (`S` summed over
+/// classes by the rule of `kernel::class_sum`), `r_k = 1 - p_k` and `ln S` are known: the
+/// transcendental and the division work is done, in bulk, by the caller. No data-dependent
+/// branches: for K = 2 which class wins is a coin flip that a branch predictor would lose.
+/// The negative entropy sums over classes by the same rule (in f32 in class order for
+/// K = 2, order-invariant from K = 3).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn finish_row(
@@ -58,8 +60,8 @@ fn finish_row(
     qhats: &[f32],
     info: &mut [u32],
 ) -> [f32; 5] {
-    let (mut p1, mut r1, mut r2, mut ne) = (-1.0f32, 2.0f32, 2.0f32, 0.0f32);
-    for ((&x, &p), &r) in x.iter().zip(p).zip(r) {
+    let (mut p1, mut r1, mut r2) = (-1.0f32, 2.0f32, 2.0f32);
+    for (&p, &r) in p.iter().zip(r) {
         p1 = p1.max(p);
         // Smallest two r (never NaN, never -0.0): r < r1 moves r1 down to r2.
         r2 = if r < r1 {
@@ -70,9 +72,13 @@ fn finish_row(
             r2
         };
         r1 = if r < r1 { r } else { r1 };
-        // ln p_k = x_k - ln S: one log per row, and accurate for tiny p_k (0 ln 0 = 0).
-        ne += if p > 0.0 { p * (x - log_s) } else { 0.0 };
     }
+    // ln p_k = x_k - ln S: one log per row, and accurate for tiny p_k (0 ln 0 = 0).
+    let terms = x
+        .iter()
+        .zip(p)
+        .map(|(&x, &p)| if p > 0.0 { p * (x - log_s) } else { 0.0 });
+    let ne = neg_class_sum_of(x.len(), terms);
     let lac = usize::try_from(y)
         .ok()
         .and_then(|y| r.get(y))
@@ -184,8 +190,8 @@ impl<const K: usize> Width for Fixed<K> {
 const SUB_VALUES: usize = 2048;
 
 /// Sub-block by sub-block, in passes a compiler vectorises: row maxima, every x_k, every
-/// exp at once (see `math`), the sums in order, p = e / S and r = 1 - p, every log, then
-/// the per-row rest.
+/// exp at once (see `math`), the sums over classes (`kernel::class_sum`), p = e / S and
+/// r = 1 - p, every log, then the per-row rest.
 #[inline(always)]
 fn fill_with<W: Width>(
     width: W,
@@ -223,7 +229,7 @@ fn fill_with<W: Width>(
         p.copy_from_slice(x);
         exp_in_place(p);
         for (s, e) in s.iter_mut().zip(p.chunks_exact(k)) {
-            *s = e.iter().fold(0.0f32, |s, &e| s + e);
+            *s = class_sum(e);
         }
         for (row, &s) in p.chunks_exact_mut(k).zip(s.iter()) {
             for e in row {

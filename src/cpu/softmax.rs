@@ -4,17 +4,20 @@ use rayon::prelude::*;
 
 use super::common::row_max;
 use super::math::{exp, exp_in_place};
+use crate::kernel::class_sum::{class_sum, class_sum_of};
 
-/// Softmax of one row at temperature `t` into `out` (shift, then scale; f32 as the shader).
+/// Softmax of one row at temperature `t` into `out` (shift, then scale; f32 as the shader;
+/// the denominator summed over classes by the rule of `kernel::class_sum`).
 #[inline]
 pub fn softmax_row(row: &[f32], t: f32, out: &mut [f32]) {
     let (m, _) = row_max(row);
-    let mut s = 0.0f32;
-    for (o, &z) in out.iter_mut().zip(row) {
-        let e = exp((z - m) / t);
-        *o = e;
-        s += e;
-    }
+    let s = class_sum_of(
+        row.len(),
+        out.iter_mut().zip(row).map(|(o, &z)| {
+            *o = exp((z - m) / t);
+            *o
+        }),
+    );
     for o in out.iter_mut() {
         *o /= s;
     }
@@ -27,7 +30,7 @@ pub fn softmax(logits: &[f32], k: usize, t: f32) -> Vec<f32> {
         return out;
     }
     // Per chunk of rows: every x_k, then every exp at once (vectorised, see `math`), then
-    // the sums in order and the divisions: the bits of `softmax_row`, row by row.
+    // the sums over classes and the divisions: the bits of `softmax_row`, row by row.
     out.par_chunks_mut(k * 4096)
         .zip(logits.par_chunks(k * 4096))
         .for_each(|(o, l)| {
@@ -39,7 +42,7 @@ pub fn softmax(logits: &[f32], k: usize, t: f32) -> Vec<f32> {
             }
             exp_in_place(o);
             for orow in o.chunks_exact_mut(k) {
-                let s = orow.iter().fold(0.0f32, |s, &e| s + e);
+                let s = class_sum(orow);
                 for o in orow {
                     *o /= s;
                 }

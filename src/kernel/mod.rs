@@ -11,6 +11,7 @@
 
 pub mod bootstrap;
 pub mod calibration;
+pub mod class_sum;
 pub mod common;
 pub mod copy;
 pub mod lac_scores;

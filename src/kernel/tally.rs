@@ -10,16 +10,18 @@ use serde::{Deserialize, Serialize};
 
 use crate::kernel::row_stats::{col, RowBlock};
 
-/// Bits below the binary point of the fixed grid of [`Counts::sum_p1`]. A largest
-/// probability is at least 1/K, so for K <= 2^17 every f32 `p_(1)` (24-bit mantissa) lies
-/// on the grid exactly: the sum is the exact sum of the f32 values.
-pub const P1_GRID_BITS: i32 = 40;
+/// Bits below the binary point of the fixed grid of [`Counts::sum_p1`] (the grid of
+/// [`crate::kernel::class_sum`]). A largest probability is at least 1/K, so for K <= 2^17
+/// every f32 `p_(1)` (24-bit mantissa) lies on the grid exactly: the sum is the exact sum
+/// of the f32 values.
+pub const P1_GRID_BITS: i32 = crate::kernel::class_sum::GRID_BITS;
 
 /// `p` in [0, 1] on the fixed grid: exact for `p >= 2^-17` (the multiplication only
-/// moves the exponent), rounded toward zero below (K > 2^17 classes), on every backend.
+/// moves the exponent), rounded toward zero below (K > 2^17 classes), on every backend
+/// (the rule [`crate::kernel::class_sum::to_grid`] also sums classes with).
 #[inline(always)]
 pub fn p1_to_grid(p: f32) -> u64 {
-    (p as f64 * (1u64 << P1_GRID_BITS) as f64) as u64
+    crate::kernel::class_sum::to_grid(p)
 }
 
 /// Indices into [`Counts::counts`].
