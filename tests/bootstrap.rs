@@ -399,7 +399,7 @@ fn damaged_bootstrap_parts_are_typed_errors() {
     let read = |v: &Value| Tally::from_json(&v.to_string(), "t.json");
     assert_eq!(read(&good).unwrap(), tally);
     type Forge = fn(&mut Value);
-    let forged: [(&str, Forge); 5] = [
+    let forged: [(&str, Forge); 7] = [
         ("correct above labelled", |v| {
             v["bootstrap"]["raw"][0]["counts"][2][2] = 1_000_000_000u64.into();
         }),
@@ -414,6 +414,15 @@ fn damaged_bootstrap_parts_are_typed_errors() {
         }),
         ("a group without rows", |v| {
             v["bootstrap"]["raw"][0]["slide"] = 999_999.into();
+        }),
+        ("a group's replicates missing", |v| {
+            v["bootstrap"]["raw"].as_array_mut().unwrap().remove(0);
+            v["bootstrap"]["ts"].as_array_mut().unwrap().remove(0);
+        }),
+        ("replicates heavier than twelve times the rows", |v| {
+            for m in ["raw", "ts"] {
+                v["bootstrap"][m][0]["counts"][3][0] = (1u64 << 63).into();
+            }
         }),
         ("modes weighing other rows", |v| {
             let n = v["bootstrap"]["ts"][0]["counts"][1][0].as_u64().unwrap();
@@ -436,4 +445,113 @@ fn damaged_bootstrap_parts_are_typed_errors() {
     c["bootstrap"]["modes"]["ts"][0]["t"] = 1.25.into();
     let e = Calibration::from_json(&c.to_string(), "cal.json").unwrap_err();
     assert!(matches!(e, Error::Format { .. }), "{e}");
+}
+
+/// A source so small that some replicates draw none of its rows: those replicates have no
+/// estimate (left out of the intervals), and the calibration still round-trips through
+/// JSON (no NaN is written).
+#[test]
+fn replicates_without_source_rows_have_no_estimate() {
+    use conformal_gpu::methods::calibration::{Calibration, CalibrationOptions};
+    let source = population("source", 31, 2);
+    let target = population("target", 32, 300);
+    let opts = CalibrationOptions {
+        bootstrap: BootstrapOptions {
+            replicates: 40,
+            seed: 2,
+            confidence: 0.9,
+        },
+        ..Default::default()
+    };
+    let cal = Calibration::fit(&CpuBackend, &source, &opts).unwrap();
+    let boot = cal.bootstrap.as_ref().unwrap();
+    // P(a replicate draws neither row) = e^-2: some of 40 do (seeded).
+    let empty = boot.modes.raw.iter().filter(|r| r.n == 0).count();
+    assert!(empty > 0, "no empty replicate drawn");
+    let back = Calibration::from_json(&cal.to_json().unwrap(), "cal.json").unwrap();
+    assert_eq!(back, cal);
+    let e = evaluate(
+        &CpuBackend,
+        &source,
+        &[target],
+        None,
+        &EvalOptions {
+            bootstrap: opts.bootstrap,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let values = &e.targets[0].intervals.as_ref().unwrap().values;
+    let nan = values
+        .estimates
+        .raw
+        .iter()
+        .filter(|x| x.atc_mc.is_nan())
+        .count();
+    assert_eq!(nan, empty, "exactly the empty replicates have no estimate");
+}
+
+/// Quantised K = 3 logits (ties everywhere): on each backend a replicate's thresholds and
+/// the target rows it counts come from the same row summaries, so tie groups stay whole
+/// and CPU and GPU intervals agree within the rate tolerance.
+#[cfg(feature = "gpu")]
+#[test]
+fn cpu_and_gpu_intervals_agree_on_tied_data() {
+    let Some(ctx) = common::shared_gpu() else {
+        return;
+    };
+    let quantised = |name: &str, seed: u64, n: usize| {
+        let (l, y, _, slide) = rows(seed, n, 3);
+        let l: Vec<f32> = l.iter().map(|z| (z * 4.0).round() / 4.0).collect();
+        let y: Vec<i64> = y
+            .iter()
+            .map(|&y| if y < 0 { 0 } else { y as i64 })
+            .collect();
+        PredictionSet {
+            name: name.into(),
+            logits: Array2::from_shape_vec((n, 3), l).unwrap(),
+            labels: Some(Array1::from(y)),
+            hospital: None,
+            slide: Some(Array1::from(slide)),
+        }
+    };
+    let source = quantised("source", 41, 900);
+    let target = quantised("target", 42, 2000);
+    let opts = with_bootstrap(16, 3, 0.9);
+    let c = evaluate(
+        &CpuBackend,
+        &source,
+        std::slice::from_ref(&target),
+        None,
+        &opts,
+    )
+    .unwrap();
+    let g = evaluate(
+        &conformal_gpu::backend::GpuBackend::new(ctx),
+        &source,
+        &[target],
+        None,
+        &opts,
+    )
+    .unwrap();
+    let (ci, gi) = (
+        c.targets[0].intervals.as_ref().unwrap(),
+        g.targets[0].intervals.as_ref().unwrap(),
+    );
+    let tol = 2.0 * MAX_WEIGHT as f64 / 2000.0 + 1e-6;
+    for (mode, a, b) in [
+        ("raw", &ci.ci.raw, &gi.ci.raw),
+        ("ts", &ci.ci.ts, &gi.ci.ts),
+    ] {
+        for m in Method::ALL {
+            let (x, y) = (a[m.name()].unwrap(), b[m.name()].unwrap());
+            for e in 0..2 {
+                assert!(
+                    (x[e] - y[e]).abs() <= tol,
+                    "{mode} {}: CPU {x:?} vs GPU {y:?}",
+                    m.name()
+                );
+            }
+        }
+    }
 }

@@ -13,8 +13,7 @@
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::backend::{labels_i32, NllSums};
-use crate::cpu::row_stats::{row_stats, row_summary};
+use crate::backend::{labels_i32, Backend, NllSums};
 use crate::cpu::temperature_nll::nll_sums_f64_weighted;
 use crate::data::PredictionSet;
 use crate::error::{Error, Result};
@@ -27,8 +26,9 @@ use crate::methods::calibration::{AtcThreshold, ModeCalibration, Temperature};
 use crate::methods::temperature::fit_temperature_with;
 use crate::report::model::{Estimates, Method, Modes};
 
-/// Most replicates a run takes (weights are drawn four to a Philox call keyed by a u32).
-pub const MAX_REPLICATES: usize = 1 << 20;
+/// Most replicates a run takes: counts grow as replicates x groups (in memory per chunk
+/// and in every tally file), and percentile intervals gain nothing past a few thousand.
+pub const MAX_REPLICATES: usize = 10_000;
 
 /// Bootstrap settings: `replicates` = 0 turns it off.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -116,7 +116,9 @@ impl ReplicateCalibration {
             t: m.t,
             n: m.n as u64,
             correct: m.correct as u64,
-            ac: m.ac,
+            // A replicate that drew no source row has no AC(S): 0 is written (JSON has no
+            // NaN) and `estimates` gives NaN for every estimate of such a replicate.
+            ac: if m.n == 0 { 0.0 } else { m.ac },
             atc_mc: m.atc_mc,
             atc_ne: m.atc_ne,
             cpc_q: m.cpc_q,
@@ -129,7 +131,8 @@ impl ReplicateCalibration {
         let n = c[rep::N];
         let nf = n as f64;
         let ac = sum_p1 as f64 / (1u64 << P1_GRID_BITS) as f64 / nf;
-        let rate = |x: f64| if n == 0 { f64::NAN } else { x };
+        // No rate without target rows, and no estimate without source rows.
+        let rate = |x: f64| if n == 0 || self.n == 0 { f64::NAN } else { x };
         Estimates {
             ac: rate(ac),
             doc: rate(self.accuracy() + ac - self.ac),
@@ -172,10 +175,16 @@ impl CalibrationBootstrap {
             if m.len() != b {
                 return Some(format!("bootstrap mode {name}: {} replicates", m.len()));
             }
-            if let Some(i) = m
-                .iter()
-                .position(|r| !(r.t.is_finite() && r.t > 0.0) || r.correct > r.n)
-            {
+            let bad = |r: &ReplicateCalibration| {
+                let share = |l: f64| (0.0..=1.0).contains(&l);
+                !(r.t.is_finite() && r.t > 0.0)
+                    || (name == "raw" && r.t != 1.0)
+                    || r.correct > r.n
+                    || !(0.0..=1.0).contains(&r.ac)
+                    || !share(r.atc_mc.lambda)
+                    || !share(r.atc_ne.lambda)
+            };
+            if let Some(i) = m.iter().position(bad) {
                 return Some(format!("bootstrap mode {name}: replicate {i}"));
             }
         }
@@ -183,28 +192,35 @@ impl CalibrationBootstrap {
     }
 }
 
-/// Each replicate's weights of a whole set, four replicates (one draw group) at a time:
-/// `w[i * 4 + j]` for replicate `4 g + j`.
-fn draw_group_weights(seed: u64, key: u32, n: usize, g: usize) -> Vec<[u8; 4]> {
+/// Replicate `b`'s weight of every row of a set of `n` rows keyed `key`.
+fn replicate_weights(seed: u64, key: u32, n: usize, b: usize) -> Vec<u8> {
+    let (g, j) = ((b / REPS_PER_DRAW) as u32, b % REPS_PER_DRAW);
     (0..n)
-        .map(|i| weights4(seed, key, i as u64, g as u32).map(|w| w as u8))
+        .map(|i| weights4(seed, key, i as u64, g)[j] as u8)
         .collect()
 }
 
 /// The multiset's column: each row's value repeated by its weight, in `order`.
-fn expand(col: &[f32], order: &[u32], w: impl Fn(usize) -> u8) -> Vec<f32> {
+fn expand(col: &[f32], order: &[u32], w: &[u8]) -> Vec<f32> {
     let mut out = Vec::with_capacity(col.len());
     for &i in order {
-        for _ in 0..w(i as usize) {
-            out.push(col[i as usize]);
-        }
+        out.extend(std::iter::repeat_n(col[i as usize], w[i as usize] as usize));
     }
     out
 }
 
-/// Refits the source (and the temperature) in every replicate. `t_point` is the point
-/// fit's temperature (a replicate's Newton iteration starts there).
-pub fn fit_replicates(
+/// Replicates whose `ts` row summaries are fetched from the backend at a time, then
+/// turned into calibrations in parallel.
+const TS_BATCH: usize = 16;
+
+/// Refits the source (and the temperature) in every replicate. The row summaries come
+/// from `backend` (the source prepared as `src_rows`), the code the target tally runs, so
+/// a replicate's thresholds and the target rows it counts share their ties; the
+/// temperature refits and the sorts run on the host. `t_point` is the point fit's
+/// temperature (a replicate's Newton iteration starts there).
+pub fn fit_replicates<B: Backend>(
+    backend: &B,
+    src_rows: &B::Rows<'_>,
     source: &PredictionSet,
     temperature: Temperature<'_>,
     t_point: f64,
@@ -217,8 +233,30 @@ pub fn fit_replicates(
     let logits = source.logits_slice();
     let labels = labels_i32(source);
     let src_key = name_key(&source.name);
+    let weights = |b: usize| replicate_weights(opts.seed, src_key, n, b);
+    // Each replicate's temperature: refitted on its weighted rows (of the temperature
+    // set, with that set's own weights, for `--temperature-source`), or the fixed one.
+    let other = match temperature {
+        Temperature::FitOn(set) => Some((set.logits_slice(), labels_i32(set), set)),
+        _ => None,
+    };
+    let b_point = 1.0 / t_point;
+    let temps: Vec<f32> = (0..reps)
+        .into_par_iter()
+        .map(|b| -> Result<f32> {
+            let t = match (temperature, &other) {
+                (Temperature::Fixed(t), _) => t,
+                (Temperature::FitOn(_), Some((l, y, set))) => {
+                    let w = replicate_weights(opts.seed, name_key(&set.name), set.n(), b);
+                    replicate_temperature(l, y, set.k(), &w, b_point)?
+                }
+                _ => replicate_temperature(&logits, &labels, k, &weights(b), b_point)?,
+            };
+            Ok(t as f32)
+        })
+        .collect::<Result<_>>()?;
     // Rows at T = 1 (the raw mode), each column's ascending order (total_cmp), correct.
-    let raw = row_stats(&logits, &labels, k, 1.0, &[]);
+    let raw = backend.row_stats(src_rows, 1.0, &[])?;
     let correct: Vec<bool> = (0..n).map(|i| raw.yhat(i) as i32 == labels[i]).collect();
     let raw_cols: [Vec<f32>; NSTAT] =
         std::array::from_fn(|c| raw.stats.iter().map(|s| s[c]).collect());
@@ -230,36 +268,25 @@ pub fn fit_replicates(
             idx
         })
         .collect();
-    let other = match temperature {
-        Temperature::FitOn(set) => Some((set.logits_slice(), labels_i32(set), set)),
-        _ => None,
+    let mut modes = Modes {
+        raw: Vec::with_capacity(reps),
+        ts: Vec::with_capacity(reps),
     };
-    let b_point = 1.0 / t_point;
-    let groups = reps.div_ceil(REPS_PER_DRAW);
-    let per_group: Vec<Result<Vec<(ReplicateCalibration, ReplicateCalibration)>>> = (0..groups)
-        .into_par_iter()
-        .map(|g| {
-            let w4 = draw_group_weights(opts.seed, src_key, n, g);
-            let other_w4 = other
-                .as_ref()
-                .map(|(_, _, set)| draw_group_weights(opts.seed, name_key(&set.name), set.n(), g));
-            let live = (reps - g * REPS_PER_DRAW).min(REPS_PER_DRAW);
-            let mut out = Vec::with_capacity(live);
-            let mut scratch = Vec::new();
-            for j in 0..live {
-                let w = |i: usize| w4[i][j];
-                let weights: Vec<u8> = (0..n).map(w).collect();
-                let t = match (temperature, &other, &other_w4) {
-                    (Temperature::Fixed(t), _, _) => t,
-                    (Temperature::FitOn(_), Some((l, y, set)), Some(ow)) => {
-                        let ow: Vec<u8> = ow.iter().map(|x| x[j]).collect();
-                        replicate_temperature(l, y, set.k(), &ow, b_point)?
-                    }
-                    _ => replicate_temperature(&logits, &labels, k, &weights, b_point)?,
-                } as f32;
-                let c: usize = (0..n).map(|i| w(i) as usize * correct[i] as usize).sum();
+    let all: Vec<usize> = (0..reps).collect();
+    for batch in all.chunks(TS_BATCH) {
+        // The backend's summaries at each replicate's temperature (one pass each).
+        let ts_stats: Vec<_> = batch
+            .iter()
+            .map(|&b| backend.row_stats(src_rows, temps[b], &[]))
+            .collect::<Result<_>>()?;
+        let done: Vec<(ReplicateCalibration, ReplicateCalibration)> = batch
+            .par_iter()
+            .zip(ts_stats)
+            .map(|(&b, st)| {
+                let w = weights(b);
+                let c: usize = (0..n).map(|i| w[i] as usize * correct[i] as usize).sum();
                 let cols_raw: [Vec<f32>; NSTAT] =
-                    std::array::from_fn(|col| expand(&raw_cols[col], &orders[col], w));
+                    std::array::from_fn(|col| expand(&raw_cols[col], &orders[col], &w));
                 let rc_raw = ReplicateCalibration::from_mode(ModeCalibration::from_columns(
                     cols_raw,
                     c,
@@ -267,33 +294,23 @@ pub fn fit_replicates(
                     &[],
                 ));
                 // The ts mode: each weighed row's summary at the replicate's temperature.
-                let mut cols: [Vec<f32>; NSTAT] = Default::default();
-                for i in 0..n {
-                    let wi = w(i);
-                    if wi == 0 {
-                        continue;
+                let cols: [Vec<f32>; NSTAT] = std::array::from_fn(|col| {
+                    let mut v = Vec::with_capacity(n);
+                    for (s, &wi) in st.stats.iter().zip(&w) {
+                        v.extend(std::iter::repeat_n(s[col], wi as usize));
                     }
-                    let mut info = [0u32; 1];
-                    let row = &logits[i * k..(i + 1) * k];
-                    let s = row_summary(row, labels[i], t, &[], &mut info, &mut scratch);
-                    for (col, v) in cols.iter_mut().zip(s) {
-                        col.extend(std::iter::repeat_n(v, wi as usize));
-                    }
-                }
-                let cols = cols.map(|col| crate::cpu::host_radix::sort_keys(&col));
-                let rc_ts =
-                    ReplicateCalibration::from_mode(ModeCalibration::from_columns(cols, c, t, &[]));
-                out.push((rc_raw, rc_ts));
-            }
-            Ok(out)
-        })
-        .collect();
-    let mut modes = Modes {
-        raw: Vec::with_capacity(reps),
-        ts: Vec::with_capacity(reps),
-    };
-    for group in per_group {
-        for (r, t) in group? {
+                    crate::cpu::host_radix::sort_keys(&v)
+                });
+                let rc_ts = ReplicateCalibration::from_mode(ModeCalibration::from_columns(
+                    cols,
+                    c,
+                    temps[b],
+                    &[],
+                ));
+                (rc_raw, rc_ts)
+            })
+            .collect();
+        for (r, t) in done {
             modes.raw.push(r);
             modes.ts.push(t);
         }

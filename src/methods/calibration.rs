@@ -441,8 +441,20 @@ impl Calibration {
             raw: mode(1.0)?,
             ts: mode(t_ts)?,
         };
-        drop(src_rows);
         let t_sort = ms(phase);
+        let bootstrap = (options.bootstrap.replicates > 0)
+            .then(|| {
+                fit_replicates(
+                    backend,
+                    &src_rows,
+                    source,
+                    options.temperature,
+                    fit.temperature,
+                    &options.bootstrap,
+                )
+            })
+            .transpose()?;
+        drop(src_rows);
 
         let source_report = SourceReport {
             name: source.name.clone(),
@@ -471,16 +483,6 @@ impl Calibration {
                 ts: cal_after,
             },
         };
-        let bootstrap = (options.bootstrap.replicates > 0)
-            .then(|| {
-                fit_replicates(
-                    source,
-                    options.temperature,
-                    fit.temperature,
-                    &options.bootstrap,
-                )
-            })
-            .transpose()?;
         let mut cal = Calibration {
             format: CALIBRATION_FORMAT.into(),
             version: CALIBRATION_VERSION,

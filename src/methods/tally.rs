@@ -7,7 +7,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::kernel::bootstrap::{merge_pair_reps, rep, PairRepCounts, RepCounts};
+use crate::kernel::bootstrap::{merge_pair_reps, rep, PairRepCounts, RepCounts, MAX_WEIGHT};
 use crate::kernel::tally::{Counts, GroupKey, PairCounts, GROUP_ARRAYS};
 use crate::methods::calibration::Calibration;
 use crate::report::model::InputFile;
@@ -268,9 +268,19 @@ impl TallyBootstrap {
         Some(())
     }
 
-    /// Why the counts cannot come from the tally's rows, if they cannot.
+    /// Why the counts cannot come from the tally's rows, if they cannot: every pair of
+    /// the point counts has its replicates (and no other pair), and a replicate weighs
+    /// a pair's rows at most [`MAX_WEIGHT`] times each (which also keeps every sum over
+    /// pairs within u64).
     fn inconsistency(&self, modes: &ModePairs) -> Option<String> {
         for (mode, reps, pairs) in [("raw", &self.raw, &modes.raw), ("ts", &self.ts, &modes.ts)] {
+            if reps.len() != pairs.len() {
+                return Some(format!(
+                    "bootstrap mode {mode}: {} groups with replicates, {} with rows",
+                    reps.len(),
+                    pairs.len()
+                ));
+            }
             for (key, rc) in reps {
                 if rc.reps() != self.replicates {
                     return Some(format!(
@@ -284,6 +294,18 @@ impl TallyBootstrap {
                 }
                 if let Some(why) = rc.inconsistency() {
                     return Some(format!("bootstrap mode {mode}, group {key:?}: {why}"));
+                }
+                let point = &pairs[key];
+                let most = |x: u64| x.checked_mul(MAX_WEIGHT as u64);
+                let heavy = rc.counts.iter().any(|c| {
+                    most(point.n()).is_none_or(|m| c[rep::N] > m)
+                        || most(point.labelled()).is_none_or(|m| c[rep::LABELLED] > m)
+                });
+                if heavy {
+                    return Some(format!(
+                        "bootstrap mode {mode}, group {key:?}: replicates weigh more rows than \
+                         {MAX_WEIGHT} times the group's"
+                    ));
                 }
             }
         }

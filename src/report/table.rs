@@ -60,7 +60,8 @@ pub fn table(eval: &Evaluation) -> String {
     let _ = writeln!(out);
     let boot = eval.bootstrap.is_some();
     // Widths: value (and interval), then the error in brackets.
-    let (vw, tw) = if boot { (18, 19) } else { (6, 7) };
+    // `100.0 [99.9, 100.0]` is the widest interval cell.
+    let (vw, tw) = if boot { (19, 20) } else { (6, 7) };
     let methods = Method::ALL.map(Method::name);
     let mut header = format!(
         "{:<20} {:>9} {:>tw$} {:>4}",
