@@ -8,11 +8,13 @@ data=$1 device=$2 b=$3 rounds=${4:-3}
 bin=${CONFORMAL_GPU_BIN:-target/release/conformal-gpu}
 export XDG_RUNTIME_DIR=${XDG_RUNTIME_DIR:-/tmp}
 declare -a t0 tb
+out=$(mktemp -d)
+trap 'rm -rf "$out"' EXIT
 for r in $(seq "$rounds"); do
     for reps in 0 "$b"; do
-        /usr/bin/time -o /tmp/ratio_time.txt -f "%e %M" "$bin" evaluate --data "$data" \
-            --device "$device" --bootstrap "$reps" --json /dev/null >/dev/null 2>&1
-        s=$(tail -1 /tmp/ratio_time.txt)
+        /usr/bin/time -o "$out/time.txt" -f "%e %M" "$bin" evaluate --data "$data" \
+            --device "$device" --bootstrap "$reps" --json "$out/report.json" >/dev/null 2>&1
+        s=$(tail -1 "$out/time.txt")
         echo "round $r device $device B=$reps: wall ${s% *} s, peak RSS ${s#* } KB"
         if [ "$reps" = 0 ]; then t0+=("${s% *}"); else tb+=("${s% *}"); fi
     done

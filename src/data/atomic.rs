@@ -23,10 +23,32 @@ fn temp_path(path: &Path) -> PathBuf {
 
 /// Writes through `f` into a temporary file beside `path`, then renames it onto `path`.
 /// On any error the temporary file is removed and `path` is left untouched.
+///
+/// A `path` that is a device or a pipe (`--json /dev/stdout`, `/dev/null`) is written in
+/// place: renaming a file onto it would replace the device node itself. A symbolic link
+/// is followed, so the file it points to is replaced and the link stays.
 pub(crate) fn write_atomic_file(
     path: &Path,
     f: impl FnOnce(&mut File) -> Result<()>,
 ) -> Result<()> {
+    if let Ok(meta) = std::fs::metadata(path) {
+        if !meta.is_file() && !meta.is_dir() {
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .open(path)
+                .map_err(|e| Error::io(path, e))?;
+            f(&mut file)?;
+            return file.flush().map_err(|e| Error::io(path, e));
+        }
+    }
+    let is_link = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink());
+    let resolved;
+    let path = if is_link {
+        resolved = std::fs::canonicalize(path).map_err(|e| Error::io(path, e))?;
+        resolved.as_path()
+    } else {
+        path
+    };
     let tmp = temp_path(path);
     let result = (|| {
         let mut file = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
@@ -56,6 +78,48 @@ pub fn write_atomic(path: &Path, f: impl FnOnce(&mut dyn Write) -> Result<()>) -
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A link to a device (here /dev/null) is written through, in place: the link stays
+    /// a link and the device a device. (Through a link, so that a regression would
+    /// replace only the link in a temporary directory, never /dev/null itself.)
+    #[cfg(unix)]
+    #[test]
+    fn devices_and_links_are_written_in_place() {
+        use std::os::unix::fs::FileTypeExt;
+        let dir = std::env::temp_dir().join(format!("atomic-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let link = dir.join("null");
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink("/dev/null", &link).unwrap();
+        write_atomic(&link, |w| {
+            w.write_all(b"report").map_err(|e| Error::io(&link, e))
+        })
+        .unwrap();
+        assert!(std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        assert!(std::fs::metadata("/dev/null")
+            .unwrap()
+            .file_type()
+            .is_char_device());
+        // A link to a regular file: the file is replaced, the link kept.
+        let file = dir.join("out.json");
+        std::fs::write(&file, b"old").unwrap();
+        let link2 = dir.join("link.json");
+        let _ = std::fs::remove_file(&link2);
+        std::os::unix::fs::symlink(&file, &link2).unwrap();
+        write_atomic(&link2, |w| {
+            w.write_all(b"new").map_err(|e| Error::io(&link2, e))
+        })
+        .unwrap();
+        assert!(std::fs::symlink_metadata(&link2)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        assert_eq!(std::fs::read(&file).unwrap(), b"new");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn temp_paths_are_unique_and_beside_the_target() {
