@@ -92,28 +92,6 @@ fn poisson(u: u32) -> u32 {
     return w;
 }
 
-fn add_pair_wg(i: u32, lo: u32, hi: u32) {
-    let old = atomicAdd(&wg_words[i], lo);
-    let carry = select(0u, 1u, old + lo < old);
-    if (hi + carry != 0u) {
-        atomicAdd(&wg_words[i + 1u], hi + carry);
-    }
-}
-
-fn add_pair(i: u32, lo: u32, hi: u32) {
-    let old = atomicAdd(&words[i], lo);
-    let carry = select(0u, 1u, old + lo < old);
-    if (hi + carry != 0u) {
-        atomicAdd(&words[i + 1u], hi + carry);
-    }
-}
-
-fn add_word(i: u32, v: u32) {
-    if (v != 0u) {
-        atomicAdd(&words[i], v);
-    }
-}
-
 @compute @workgroup_size(256)
 fn main(@builtin(workgroup_id) wid: vec3<u32>,
         @builtin(num_workgroups) nwg: vec3<u32>,

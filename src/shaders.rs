@@ -67,6 +67,13 @@ const WITH_CLASS_SUM: [&str; 7] = [
     "bootstrap",
 ];
 
+/// `word_sums.wgsl`: exact counts into u32 words (pairs with carry), shared by the two
+/// tally kernels.
+pub const WORD_SUMS: &str = include_str!("../shaders/word_sums.wgsl");
+
+/// Shaders that add counts into words (they declare `wg_words` and `words`).
+const WITH_WORD_SUMS: [&str; 2] = ["tally", "bootstrap"];
+
 /// The composed source (common + shared helpers + body) of shader `name`.
 pub fn source(name: &str) -> Option<String> {
     SHADERS.iter().find(|(n, _)| *n == name).map(|(_, body)| {
@@ -81,6 +88,10 @@ pub fn source(name: &str) -> Option<String> {
             src.push('\n');
         }
         src.push_str(body);
+        if WITH_WORD_SUMS.contains(&name) {
+            src.push('\n');
+            src.push_str(WORD_SUMS);
+        }
         if WITH_ROW_SUMMARY.contains(&name) {
             src.push('\n');
             src.push_str(ROW_SUMMARY);

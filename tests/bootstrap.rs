@@ -261,6 +261,44 @@ fn gpu_same_seed_same_report_bit_for_bit() {
     same_seed_same_bits(&conformal_gpu::backend::GpuBackend::new(ctx));
 }
 
+/// Evaluates `target` against `source` with `opts` on the CPU and on the GPU, asserts that
+/// every estimate's interval endpoints agree within `tol(method)`, and returns the
+/// target's intervals (CPU, GPU).
+#[cfg(feature = "gpu")]
+fn cpu_and_gpu_intervals_within(
+    ctx: &conformal_gpu::gpu::GpuContext,
+    source: &PredictionSet,
+    target: PredictionSet,
+    opts: &EvalOptions,
+    tol: impl Fn(Method) -> f64,
+) -> (
+    conformal_gpu::methods::bootstrap::Intervals,
+    conformal_gpu::methods::bootstrap::Intervals,
+) {
+    let targets = [target];
+    let c = evaluate(&CpuBackend, source, &targets, None, opts).unwrap();
+    let gpu = conformal_gpu::backend::GpuBackend::new(ctx);
+    let g = evaluate(&gpu, source, &targets, None, opts).unwrap();
+    let ci = c.targets[0].intervals.clone().unwrap();
+    let gi = g.targets[0].intervals.clone().unwrap();
+    for (mode, a, b) in [
+        ("raw", &ci.ci.raw, &gi.ci.raw),
+        ("ts", &ci.ci.ts, &gi.ci.ts),
+    ] {
+        for m in Method::ALL {
+            let (x, y) = (a[m.name()].unwrap(), b[m.name()].unwrap());
+            for e in 0..2 {
+                assert!(
+                    (x[e] - y[e]).abs() <= tol(m),
+                    "{mode} {}: CPU {x:?} vs GPU {y:?}",
+                    m.name()
+                );
+            }
+        }
+    }
+    (ci, gi)
+}
+
 /// CPU and GPU intervals agree within DESIGN.md 4's rate tolerance, widened by the
 /// heaviest weight (a row a few ulps from a threshold counts `w` times), and 1e-5 for AC
 /// and DoC.
@@ -273,46 +311,12 @@ fn cpu_and_gpu_intervals_agree() {
     let source = population("source", 3, 1000);
     let target = population("target", 4, 3000);
     let opts = with_bootstrap(16, 9, 0.95);
-    let c = evaluate(
-        &CpuBackend,
-        &source,
-        std::slice::from_ref(&target),
-        None,
-        &opts,
-    )
-    .unwrap();
-    let g = evaluate(
-        &conformal_gpu::backend::GpuBackend::new(ctx),
-        &source,
-        &[target],
-        None,
-        &opts,
-    )
-    .unwrap();
-    let (ci, gi) = (
-        c.targets[0].intervals.as_ref().unwrap(),
-        g.targets[0].intervals.as_ref().unwrap(),
-    );
-    let n = 3000.0;
-    for (mode, a, b) in [
-        ("raw", &ci.ci.raw, &gi.ci.raw),
-        ("ts", &ci.ci.ts, &gi.ci.ts),
-    ] {
-        for m in Method::ALL {
-            let tol = match m {
-                Method::Ac | Method::Doc => 1e-5,
-                _ => 2.0 * MAX_WEIGHT as f64 / n + 1e-6,
-            };
-            let (x, y) = (a[m.name()].unwrap(), b[m.name()].unwrap());
-            for e in 0..2 {
-                assert!(
-                    (x[e] - y[e]).abs() <= tol,
-                    "{mode} {}: CPU {x:?} vs GPU {y:?}",
-                    m.name()
-                );
-            }
-        }
-    }
+    let rate = 2.0 * MAX_WEIGHT as f64 / 3000.0 + 1e-6;
+    let tol = |m: Method| match m {
+        Method::Ac | Method::Doc => 1e-5,
+        _ => rate,
+    };
+    let (ci, gi) = cpu_and_gpu_intervals_within(ctx, &source, target, &opts, tol);
     assert_eq!(
         ci.true_accuracy_ci, gi.true_accuracy_ci,
         "labels and weights are exact"
@@ -518,40 +522,6 @@ fn cpu_and_gpu_intervals_agree_on_tied_data() {
     let source = quantised("source", 41, 900);
     let target = quantised("target", 42, 2000);
     let opts = with_bootstrap(16, 3, 0.9);
-    let c = evaluate(
-        &CpuBackend,
-        &source,
-        std::slice::from_ref(&target),
-        None,
-        &opts,
-    )
-    .unwrap();
-    let g = evaluate(
-        &conformal_gpu::backend::GpuBackend::new(ctx),
-        &source,
-        &[target],
-        None,
-        &opts,
-    )
-    .unwrap();
-    let (ci, gi) = (
-        c.targets[0].intervals.as_ref().unwrap(),
-        g.targets[0].intervals.as_ref().unwrap(),
-    );
     let tol = 2.0 * MAX_WEIGHT as f64 / 2000.0 + 1e-6;
-    for (mode, a, b) in [
-        ("raw", &ci.ci.raw, &gi.ci.raw),
-        ("ts", &ci.ci.ts, &gi.ci.ts),
-    ] {
-        for m in Method::ALL {
-            let (x, y) = (a[m.name()].unwrap(), b[m.name()].unwrap());
-            for e in 0..2 {
-                assert!(
-                    (x[e] - y[e]).abs() <= tol,
-                    "{mode} {}: CPU {x:?} vs GPU {y:?}",
-                    m.name()
-                );
-            }
-        }
-    }
+    cpu_and_gpu_intervals_within(ctx, &source, target, &opts, |_| tol);
 }

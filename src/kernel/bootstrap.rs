@@ -83,42 +83,10 @@ pub fn weights4(seed: u64, name_key: u32, row: u64, g: u32) -> [u32; 4] {
     out.map(poisson_weight)
 }
 
-/// Every replicate's weight of rows `first..first + n` of a set: `out[r * reps + b]`.
-pub fn weights(seed: u64, name_key: u32, first: u64, n: usize, reps: usize) -> Vec<u8> {
-    let mut out = vec![0u8; n * reps];
-    for (r, row) in out.chunks_exact_mut(reps.max(1)).enumerate().take(n) {
-        for (g, four) in row.chunks_mut(REPS_PER_DRAW).enumerate() {
-            let w = weights4(seed, name_key, first + r as u64, g as u32);
-            for (d, s) in four.iter_mut().zip(w) {
-                *d = s as u8;
-            }
-        }
-    }
-    out
-}
-
-/// Indices of the per-replicate counters of a target ([`RepCounts`]): each is a sum of
-/// row weights, so a replicate's counts are the counts of its resampled multiset.
-pub mod rep {
-    /// Rows (sum of weights).
-    pub const N: usize = 0;
-    /// Rows with a known label.
-    pub const LABELLED: usize = 1;
-    /// Labelled rows predicted correctly.
-    pub const CORRECT: usize = 2;
-    /// Max probability above the replicate's ATC-MC threshold.
-    pub const MC_ABOVE: usize = 3;
-    /// Max probability equal to it.
-    pub const MC_EQUAL: usize = 4;
-    /// Negative entropy above the replicate's ATC-NE threshold.
-    pub const NE_ABOVE: usize = 5;
-    /// Negative entropy equal to it.
-    pub const NE_EQUAL: usize = 6;
-    /// Singletons at the replicate's CPC q*.
-    pub const CPC: usize = 7;
-    /// Number of counters.
-    pub const LEN: usize = 8;
-}
+/// Indices of the per-replicate counters of a target ([`RepCounts`]): the point tally's
+/// counters ([`crate::kernel::tally::count`]), each now a sum of row weights, so a
+/// replicate's counts are the counts of its resampled multiset.
+pub use crate::kernel::tally::count as rep;
 
 /// What the target tally of one replicate needs from its source refit, in one mode.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -255,7 +223,7 @@ pub struct BootstrapParams {
     pub rows: u32,
     /// Classes per row.
     pub k: u32,
-    /// Unused by the bootstrap (the shared row summary reads it): 0.
+    /// Unused (each replicate's temperature comes from its plan): 1.
     pub t: f32,
     /// Levels: 0 (the bootstrap counts no conformal sets).
     pub n_alpha: u32,
@@ -390,6 +358,20 @@ pub struct BootstrapTallyPlan<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every replicate's weight of rows `first..first + n` of a set: `out[r * reps + b]`.
+    fn weights(seed: u64, name_key: u32, first: u64, n: usize, reps: usize) -> Vec<u8> {
+        let mut out = vec![0u8; n * reps];
+        for (r, row) in out.chunks_exact_mut(reps.max(1)).enumerate().take(n) {
+            for (g, four) in row.chunks_mut(REPS_PER_DRAW).enumerate() {
+                let w = weights4(seed, name_key, first + r as u64, g as u32);
+                for (d, s) in four.iter_mut().zip(w) {
+                    *d = s as u8;
+                }
+            }
+        }
+        out
+    }
 
     /// Random123's known-answer vectors for Philox4x32-10 (kat_vectors).
     #[test]
