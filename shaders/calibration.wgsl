@@ -28,7 +28,11 @@ const NCOUNT: u32 = 32u;
 @group(0) @binding(4) var<storage, read_write> sums: array<f32>;
 
 var<workgroup> cnt: array<atomic<u32>, 32>;
-var<workgroup> sh: array<f32, 256>;
+// Each row's confidence and bin (BINS when unlabelled), then the trees' levels: bin b's
+// nodes at tree[b * WG / 2 ..].
+var<workgroup> row_conf: array<f32, 256>;
+var<workgroup> row_bin: array<u32, 256>;
+var<workgroup> tree: array<f32, 2048>;
 
 // ceil(15 c) - 1 clamped to [0, 14], exact for any f32 c in [0, 1].
 fn ece_bin(c: f32) -> u32 {
@@ -106,20 +110,36 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
     if (lid < NCOUNT) {
         counts[NCOUNT * g + lid] = atomicLoad(&cnt[lid]);
     }
-    // Bin confidence sums: one fixed-order tree per bin (15 small trees beat atomics on
-    // floats, which WGSL lacks). Index 15 sums every labelled row's confidence.
-    for (var b = 0u; b <= BINS; b++) {
-        sh[lid] = select(0.0, conf, bin == b || (b == BINS && bin < BINS));
-        workgroupBarrier();
-        for (var stride = WG / 2u; stride > 0u; stride = stride / 2u) {
-            if (lid < stride) {
-                sh[lid] = sh[lid] + sh[lid + stride];
-            }
-            workgroupBarrier();
-        }
-        if (lid == 0u) {
-            sums[16u * g + b] = sh[0];
+    // Bin confidence sums: one fixed-order pairwise tree per bin (WGSL has no float
+    // atomics), the 16 trees a level at a time, so 9 barriers instead of 16 x 9 (barriers
+    // dominate on a software rasteriser). Node i of the level of `s` nodes adds nodes i and
+    // i + s of the level below: the sum a per-bin tree over [0, WG) gives, bit for bit.
+    // Index 15 sums every labelled row's confidence.
+    row_conf[lid] = conf;
+    row_bin[lid] = bin;
+    workgroupBarrier();
+    let half = WG / 2u;
+    for (var q = lid; q < (BINS + 1u) * half; q += WG) {
+        let b = q / half;
+        let i = q % half;
+        tree[q] = member(i, b) + member(i + half, b);
+    }
+    workgroupBarrier();
+    for (var s = half / 2u; s > 0u; s = s / 2u) {
+        for (var q = lid; q < (BINS + 1u) * s; q += WG) {
+            let at = (q / s) * half + q % s;
+            tree[at] = tree[at] + tree[at + s];
         }
         workgroupBarrier();
     }
+    if (lid <= BINS) {
+        sums[16u * g + lid] = tree[lid * half];
+    }
+}
+
+// Row i's confidence in bin b's tree (0 when it is not in the bin; bin 15 takes every
+// labelled row).
+fn member(i: u32, b: u32) -> f32 {
+    let bin = row_bin[i];
+    return select(0.0, row_conf[i], bin == b || (b == BINS && bin < BINS));
 }

@@ -39,8 +39,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
     }
     var sizes: array<u32, MAX_LEVELS>;
     let r = row_summary(row, params.t, &sizes);
-    let stride = 1u + params.n_alpha;
-    for (var a = 0u; a < params.n_alpha; a++) {
+    let stride = 1u + row_levels();
+    for (var a = 0u; a < row_levels(); a++) {
         info[row * stride + 1u + a] = sizes[a];
     }
     // Planar: column c of every row together, so a column can be sorted where it lies.

@@ -1,6 +1,7 @@
-// tally.wgsl: the target tally on the device (DESIGN.md 3, "The pipeline"). A thread takes
-// `rows_per_thread` rows, computes each row's summary (row_summary.wgsl, shared with
-// row_stats.wgsl), and adds its counts to the u32 words of its slot (a (hospital, slide)
+// tally.wgsl: the target tally on the device (DESIGN.md 3, "The pipeline"). A team of
+// LANES threads (1, or 32 for large K: row_summary_lanes.wgsl) takes `rows_per_thread`
+// rows, computes each row's summary (row_summary.wgsl, shared with row_stats.wgsl), and
+// its lane 0 adds the row's counts to the u32 words of its slot (a (hospital, slide)
 // pair, numbered by the host): summed in registers, then through workgroup atomics, when
 // the workgroup's whole tile is one slot (the usual case: rows of a slide come together),
 // else row by row straight to the slot's words.
@@ -56,7 +57,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
     if (g >= params.num_wgs) {
         return;
     }
-    let n_alpha = params.n_alpha;
+    let n_alpha = row_levels();
     let nwords = HEAD + PER_LEVEL * n_alpha;
     for (var i = lid; i < nwords; i += WG) {
         atomicStore(&wg_words[i], 0u);
@@ -64,10 +65,13 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
     if (lid == 0u) {
         atomicStore(&wg_mixed, 0u);
     }
-    // A workgroup takes a tile of `rpt` blocks of WG rows; thread `lid` takes row `lid` of
-    // each block (coalesced reads).
+    // A workgroup takes a tile of `rpt` blocks of `teams` rows; team `lid / LANES` takes
+    // row `lid / LANES` of each block (with LANES = 1, thread `lid` takes row `lid`: coalesced
+    // reads; with LANES = 32 a team's lanes read one row's logits side by side).
     let rpt = params.rows_per_thread;
-    let tile = g * WG * rpt;
+    let teams = WG / LANES;
+    let tile_rows = rpt * teams;
+    let tile = g * tile_rows;
     // The tile's first row always exists (g < num_wgs).
     var first_slot = 0u;
     if (params.one_slot == 0u) {
@@ -75,8 +79,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
     }
     workgroupBarrier();
     if (params.one_slot == 0u) {
-        for (var r = 0u; r < rpt; r++) {
-            let row = tile + r * WG + lid;
+        for (var i = lid; i < tile_rows; i += WG) {
+            let row = tile + i;
             if (row < params.rows && slot_of_row[row] != first_slot) {
                 atomicStore(&wg_mixed, 1u);
             }
@@ -106,54 +110,70 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
     }
     let f = params.flags;
     for (var r = 0u; r < rpt; r++) {
-        let row = tile + r * WG + lid;
-        if (row >= params.rows) {
+        // The same for the whole workgroup (teams take the barriers of row_summary_lanes).
+        if (tile + r * teams >= params.rows) {
             break;
         }
+        let row = tile + r * teams + lid / LANES;
+        let valid = row < params.rows;
         var sizes: array<u32, MAX_LEVELS>;
-        let sum = row_summary(row, params.t, &sizes);
-        let y = sum.y;
-        var rc = array<u32, 8>(1u, 0u, 0u, 0u, 0u, 0u, 0u, 0u);
-        rc[1] = select(0u, 1u, y >= 0);
-        rc[2] = select(0u, 1u, i32(sum.arg) == y);
-        if ((f & HAS_MC) != 0u) {
-            rc[3] = select(0u, 1u, sum.p1 > params.t_mc);
-            rc[4] = select(0u, 1u, sum.p1 == params.t_mc);
-        }
-        if ((f & HAS_NE) != 0u) {
-            rc[5] = select(0u, 1u, sum.ne > params.t_ne);
-            rc[6] = select(0u, 1u, sum.ne == params.t_ne);
-        }
-        if ((f & HAS_CPC) != 0u) {
-            rc[7] = select(0u, 1u, sum.r1 <= params.q_cpc && params.q_cpc < sum.r2);
-        }
-        let grid = p1_grid(sum.p1);
-        if (mixed) {
-            let base = slot_of_row[row] * nwords;
-            for (var i = 0u; i < 8u; i++) {
-                add_word(base + i, rc[i]);
-            }
-            add_pair(base + 8u, grid.x, grid.y);
-            for (var a = 0u; a < n_alpha; a++) {
-                let size = sizes[a];
-                let w = base + HEAD + PER_LEVEL * a;
-                add_pair(w, size, 0u);
-                add_word(w + 2u, select(0u, 1u, size == 1u));
-                add_word(w + 3u, select(0u, 1u, size == 0u));
-                add_word(w + 4u, select(0u, 1u, y >= 0 && sum.lac <= qhats[a]));
+        var sum: RowSummary;
+        // Whether this thread counts `row`: no non-uniform `continue` here, so the
+        // barriers of the next row_summary_lanes stay in uniform control flow.
+        var counted = valid;
+        if (LANES == 1u) {
+            if (valid) {
+                sum = row_summary(row, params.t, &sizes);
             }
         } else {
-            for (var i = 0u; i < 8u; i++) {
-                c[i] += rc[i];
+            sum = row_summary_lanes(row, valid, lid, params.t, &sizes);
+            // Lane 0 holds the team's summary and counts it.
+            counted = valid && lid % LANES == 0u;
+        }
+        if (counted) {
+            let y = sum.y;
+            var rc = array<u32, 8>(1u, 0u, 0u, 0u, 0u, 0u, 0u, 0u);
+            rc[1] = select(0u, 1u, y >= 0);
+            rc[2] = select(0u, 1u, i32(sum.arg) == y);
+            if ((f & HAS_MC) != 0u) {
+                rc[3] = select(0u, 1u, sum.p1 > params.t_mc);
+                rc[4] = select(0u, 1u, sum.p1 == params.t_mc);
             }
-            let lo = grid_sum.x + grid.x;
-            grid_sum = vec2<u32>(lo, grid_sum.y + grid.y + select(0u, 1u, lo < grid.x));
-            for (var a = 0u; a < n_alpha; a++) {
-                let size = sizes[a];
-                lv_size[a] += size;
-                lv_single[a] += select(0u, 1u, size == 1u);
-                lv_empty[a] += select(0u, 1u, size == 0u);
-                lv_covered[a] += select(0u, 1u, y >= 0 && sum.lac <= qhats[a]);
+            if ((f & HAS_NE) != 0u) {
+                rc[5] = select(0u, 1u, sum.ne > params.t_ne);
+                rc[6] = select(0u, 1u, sum.ne == params.t_ne);
+            }
+            if ((f & HAS_CPC) != 0u) {
+                rc[7] = select(0u, 1u, sum.r1 <= params.q_cpc && params.q_cpc < sum.r2);
+            }
+            let grid = p1_grid(sum.p1);
+            if (mixed) {
+                let base = slot_of_row[row] * nwords;
+                for (var i = 0u; i < 8u; i++) {
+                    add_word(base + i, rc[i]);
+                }
+                add_pair(base + 8u, grid.x, grid.y);
+                for (var a = 0u; a < n_alpha; a++) {
+                    let size = sizes[a];
+                    let w = base + HEAD + PER_LEVEL * a;
+                    add_pair(w, size, 0u);
+                    add_word(w + 2u, select(0u, 1u, size == 1u));
+                    add_word(w + 3u, select(0u, 1u, size == 0u));
+                    add_word(w + 4u, select(0u, 1u, y >= 0 && sum.lac <= qhats[a]));
+                }
+            } else {
+                for (var i = 0u; i < 8u; i++) {
+                    c[i] += rc[i];
+                }
+                let lo = grid_sum.x + grid.x;
+                grid_sum = vec2<u32>(lo, grid_sum.y + grid.y + select(0u, 1u, lo < grid.x));
+                for (var a = 0u; a < n_alpha; a++) {
+                    let size = sizes[a];
+                    lv_size[a] += size;
+                    lv_single[a] += select(0u, 1u, size == 1u);
+                    lv_empty[a] += select(0u, 1u, size == 0u);
+                    lv_covered[a] += select(0u, 1u, y >= 0 && sum.lac <= qhats[a]);
+                }
             }
         }
     }

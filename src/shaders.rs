@@ -51,6 +51,12 @@ pub const ROW_SUMMARY: &str = include_str!("../shaders/row_summary.wgsl");
 /// Shaders that call `row_summary` (it reads their `params`, `logits`, `labels`, `qhats`).
 const WITH_ROW_SUMMARY: [&str; 3] = ["row_stats", "tally", "bootstrap"];
 
+/// `row_summary_lanes.wgsl`: the same summary by a team of threads per row (large K).
+pub const ROW_SUMMARY_LANES: &str = include_str!("../shaders/row_summary_lanes.wgsl");
+
+/// Shaders that may run a team of threads per row (after `row_summary.wgsl`).
+const WITH_ROW_SUMMARY_LANES: [&str; 1] = ["tally"];
+
 /// `class_sum.wgsl`: the order-invariant sums over classes and the fixed 2^-40 grid
 /// (DESIGN.md 2.1; the contract is `kernel::class_sum`).
 pub const CLASS_SUM: &str = include_str!("../shaders/class_sum.wgsl");
@@ -95,6 +101,10 @@ pub fn source(name: &str) -> Option<String> {
         if WITH_ROW_SUMMARY.contains(&name) {
             src.push('\n');
             src.push_str(ROW_SUMMARY);
+        }
+        if WITH_ROW_SUMMARY_LANES.contains(&name) {
+            src.push('\n');
+            src.push_str(ROW_SUMMARY_LANES);
         }
         src
     })

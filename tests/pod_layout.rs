@@ -285,6 +285,10 @@ fn shader_constants_match_kernel() {
         const_u32(&module("select_histogram"), "MAXP"),
         Some(MAXP as u32)
     );
+    assert_eq!(
+        const_u32(&module("radix_scan"), "SERIAL_SCAN_TILES"),
+        Some(conformal_gpu::kernel::radix_sort::SERIAL_SCAN_TILES as u32)
+    );
 }
 
 /// The device tally's word layout: the WGSL constants equal the Rust ones, and the
@@ -313,6 +317,12 @@ fn tally_word_layout_matches_the_shader() {
         device_words(conformal_gpu::kernel::row_stats::MAX_ALPHA_PER_PASS)
     );
     assert_eq!(size_of::<TallyParams>(), 48);
+    // The lanes variant's per-team arrays: WG / TALLY_LANES teams, MAX_LEVELS sizes each.
+    let lanes = conformal_gpu::shaders::ROW_SUMMARY_LANES;
+    let teams = WG as u32 / conformal_gpu::kernel::tally::TALLY_LANES;
+    assert!(lanes.contains(&format!("const LANE_TEAMS: u32 = {teams}u;")));
+    let sizes = teams as usize * conformal_gpu::kernel::row_stats::MAX_ALPHA_PER_PASS;
+    assert!(lanes.contains(&format!("lane_sizes: array<atomic<u32>, {sizes}>;")));
     // row_summary.wgsl's per-thread size array holds the most levels one pass takes.
     let max_levels = conformal_gpu::shaders::ROW_SUMMARY
         .lines()

@@ -114,6 +114,7 @@ fn failed_report_writing_leaves_no_files() {
         driver: None,
         transfers: None,
         gpu_kernel_ms: None,
+        gpu_kernels: Default::default(),
         skipped: vec![],
     };
     let dir = tempfile::tempdir().expect("tempdir");

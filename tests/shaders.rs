@@ -31,7 +31,14 @@ fn every_shader_file_is_registered() {
         let path = entry.unwrap().path();
         let stem = path.file_stem().unwrap().to_str().unwrap().to_string();
         if path.extension().is_some_and(|e| e == "wgsl")
-            && !["common", "row_summary", "class_sum", "word_sums"].contains(&stem.as_str())
+            && ![
+                "common",
+                "row_summary",
+                "row_summary_lanes",
+                "class_sum",
+                "word_sums",
+            ]
+            .contains(&stem.as_str())
         {
             assert!(
                 NAMES.contains(&stem.as_str()),
@@ -53,6 +60,13 @@ fn row_summary_is_composed_where_it_is_called() {
     assert!(conformal_gpu::shaders::source("tally")
         .unwrap()
         .contains("fn row_summary("));
+    // Its team-of-lanes form, likewise (only the tally runs it).
+    for name in NAMES {
+        let src = conformal_gpu::shaders::source(name).unwrap();
+        let calls = src.matches("row_summary_lanes(row").count() > 0;
+        assert_eq!(calls, src.contains("fn row_summary_lanes("), "{name}");
+        assert_eq!(calls, name == "tally", "{name}");
+    }
 }
 
 /// The order-invariant class sums (class_sum.wgsl) are composed into every shader that

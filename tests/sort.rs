@@ -103,6 +103,48 @@ mod gpu {
         }
     }
 
+    /// The scan's two shapes (kernel::radix_sort::scan_workgroups): one workgroup walking
+    /// rows serially up to SERIAL_SCAN_TILES tiles a chunk, a workgroup per digit past it.
+    /// Tiles of 256 keys (max_tile_blocks = 1) put the switch at 65,536 keys: 255, 256
+    /// and 257 tiles, a partial last tile, and two chunks of different shapes (a 257-tile
+    /// chunk then a 1-tile one, through 256 KiB bindings) carrying digits across.
+    #[test]
+    fn gpu_sort_matches_mirror_across_the_scan_shapes() {
+        use conformal_gpu::kernel::radix_sort::SERIAL_SCAN_TILES;
+        let Some(ctx) = gpu_with(GpuOptions {
+            max_tile_blocks: Some(1),
+            ..Default::default()
+        }) else {
+            return;
+        };
+        let p = plan(&ctx);
+        assert_eq!(p.tile, 256);
+        let t = SERIAL_SCAN_TILES * p.tile;
+        for n in [t - p.tile, t - 1, t, t + 1, t + p.tile] {
+            check(&ctx, &keys("mixed", n, n as u64), &format!("n={n}"), true);
+        }
+        let Some(ctx) = gpu_with(GpuOptions {
+            max_tile_blocks: Some(1),
+            max_binding_bytes: Some(4 * (t + p.tile) as u64),
+            ..Default::default()
+        }) else {
+            return;
+        };
+        let p = plan(&ctx);
+        assert_eq!(p.chunk, t + p.tile);
+        let n = p.chunk + 100;
+        check(&ctx, &keys("few-distinct", n, 5), "two chunks", true);
+        let k = keys("mixed", n, 6);
+        let (gh, gc) = first_pass_offsets(&ctx, &k).unwrap();
+        let mut carry = [0u32; 256];
+        for (c, src) in bits(&k).chunks(p.chunk).enumerate() {
+            let mut h = radix_histogram(src, p.tile, 0, true);
+            radix_scan(&mut h, src.len().div_ceil(p.tile), &mut carry, c == 0);
+            assert_bits_eq(&format!("chunk {c} offsets"), &gh[c], &h, |a, b| a == b);
+        }
+        assert_bits_eq("totals", &gc, &carry, |a, b| a == b);
+    }
+
     #[test]
     fn gpu_sort_crosses_small_binding_chunks() {
         // 1 KiB bindings: 256-key chunks and tiles; 4 KiB: 1024-key chunks and tiles.

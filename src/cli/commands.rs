@@ -123,6 +123,7 @@ fn meta(
         driver,
         transfers: None,
         gpu_kernel_ms: None,
+        gpu_kernels: Default::default(),
         skipped,
     }
 }
@@ -141,7 +142,30 @@ fn record_transfers(meta: &mut Meta, engine: &Engine, device: &str) {
             let ns = ctx.take_kernel_ns();
             if ns > 0 {
                 meta.gpu_kernel_ms = Some(ns as f64 / 1e6);
-                eprintln!("GPU kernel time: {:.1} ms", ns as f64 / 1e6);
+                let mut by_kernel: Vec<_> = ctx.take_kernel_times().into_iter().collect();
+                by_kernel.sort_by_key(|(_, t)| std::cmp::Reverse(t.ns));
+                let parts: Vec<String> = by_kernel
+                    .iter()
+                    .map(|(name, t)| format!("{name} {:.1}", t.ns as f64 / 1e6))
+                    .collect();
+                eprintln!(
+                    "GPU kernel time: {:.1} ms ({})",
+                    ns as f64 / 1e6,
+                    parts.join(", ")
+                );
+                meta.gpu_kernels = by_kernel
+                    .into_iter()
+                    .map(|(name, t)| {
+                        let ms = t.ns as f64 / 1e6;
+                        (
+                            name.to_string(),
+                            conformal_gpu::report::KernelMs {
+                                ms,
+                                dispatches: t.dispatches,
+                            },
+                        )
+                    })
+                    .collect();
             }
         }
     }

@@ -11,6 +11,7 @@ use crate::kernel::bootstrap::{
     add_device_words, plan_words, BootstrapParams, BootstrapTallyPlan, PairRepCounts, RepCounts,
     DEVICE_ROWS, MODES, REPS_PER_DRAW, REP_WORDS,
 };
+use crate::kernel::row_stats::pipeline_constants;
 use crate::kernel::tally::SlotMap;
 
 /// Every replicate's counts of `rows` (a prepared chunk) under `plan`, per mode.
@@ -35,7 +36,7 @@ pub fn bootstrap_tally(
              counters, more than one binding holds: use fewer replicates or tally by group"
         )));
     }
-    let pipeline = ctx.pipeline("bootstrap")?;
+    let pipeline = ctx.specialized_pipeline("bootstrap", &pipeline_constants(rows.k, 0))?;
     let plans = ctx.upload(
         "bootstrap-plans",
         &plan_words(plan.modes.iter().flat_map(|m| m.iter())),

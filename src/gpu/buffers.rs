@@ -213,6 +213,7 @@ impl GpuContext {
                 .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(label) }),
             queries: None,
             used_queries: 0,
+            timed: Vec::new(),
         }
     }
 }
@@ -226,6 +227,8 @@ pub(crate) struct Batch<'a> {
     encoder: wgpu::CommandEncoder,
     queries: Option<wgpu::QuerySet>,
     used_queries: u32,
+    /// Shader of each timed pass, in query order.
+    timed: Vec<Option<&'static str>>,
 }
 
 impl<'a> Batch<'a> {
@@ -270,6 +273,7 @@ impl<'a> Batch<'a> {
             Some(q) if self.used_queries < MAX_TIMED_PASSES => {
                 let i = self.used_queries;
                 self.used_queries += 1;
+                self.timed.push(self.ctx.pipeline_name(pipeline));
                 Some(wgpu::ComputePassTimestampWrites {
                     query_set: q,
                     beginning_of_pass_write_index: Some(2 * i),
@@ -375,11 +379,10 @@ impl<'a> Batch<'a> {
         if let Some((read, n)) = timing {
             let stamps: Vec<u64> = ctx.map_and_read(&read, idx, n)?;
             let period = ctx.queue.get_timestamp_period() as f64;
-            let ticks: u64 = stamps
-                .chunks_exact(2)
-                .map(|p| p[1].saturating_sub(p[0]))
-                .sum();
-            ctx.add_kernel_ns((ticks as f64 * period) as u64);
+            for (pair, name) in stamps.chunks_exact(2).zip(&self.timed) {
+                let ticks = pair[1].saturating_sub(pair[0]);
+                ctx.add_kernel_ns(*name, (ticks as f64 * period) as u64);
+            }
         }
         Ok(out)
     }

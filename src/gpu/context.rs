@@ -38,6 +38,18 @@ pub struct GpuOptions {
     /// to 1 (tiles of 256) so that a dispatch of more than 65535 workgroups fits a 128 MiB
     /// binding (2^24 keys instead of 2^28).
     pub max_tile_blocks: Option<u32>,
+    /// Never specialise a pipeline on its shape (every override constant left at 0, its
+    /// "read it from the uniform" value). Tests compare both variants bit for bit.
+    pub generic_pipelines: bool,
+}
+
+/// Timed GPU work of one shader: total nanoseconds inside its compute passes, and passes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KernelTime {
+    /// Nanoseconds between the passes' begin and end timestamps, summed.
+    pub ns: u64,
+    /// Timed dispatches.
+    pub dispatches: u64,
 }
 
 /// GPU failures that can be injected to test fallbacks.
@@ -68,6 +80,9 @@ pub struct ContextLimits {
     pub max_tile_blocks: u32,
 }
 
+/// A compiled pipeline: its shader and the values of its pipeline-overridable constants.
+type PipelineKey = (&'static str, Vec<(&'static str, u32)>);
+
 /// Device, queue and compiled pipelines.
 pub struct GpuContext {
     /// The device (shared with the caller when built from theirs).
@@ -76,12 +91,14 @@ pub struct GpuContext {
     pub queue: wgpu::Queue,
     info: wgpu::AdapterInfo,
     limits: ContextLimits,
-    pipelines: Mutex<HashMap<&'static str, Arc<wgpu::ComputePipeline>>>,
+    pipelines: Mutex<HashMap<PipelineKey, Arc<wgpu::ComputePipeline>>>,
+    generic_pipelines: bool,
     captured: Arc<Mutex<Option<Error>>>,
     lost: Arc<AtomicBool>,
     fault: Mutex<Option<Fault>>,
     timestamps: bool,
     kernel_ns: AtomicU64,
+    kernel_ns_by_name: Mutex<std::collections::BTreeMap<&'static str, KernelTime>>,
     poison: bool,
     ledger: Ledger,
 }
@@ -262,11 +279,13 @@ impl GpuContext {
             info,
             limits,
             pipelines: Mutex::new(HashMap::new()),
+            generic_pipelines: options.generic_pipelines,
             captured,
             lost,
             fault: Mutex::new(options.inject_fault),
             timestamps,
             kernel_ns: AtomicU64::new(0),
+            kernel_ns_by_name: Mutex::new(Default::default()),
             poison: options.poison_outputs,
             ledger: Ledger::default(),
         })
@@ -302,8 +321,32 @@ impl GpuContext {
         self.kernel_ns.swap(0, Ordering::SeqCst)
     }
 
-    pub(crate) fn add_kernel_ns(&self, ns: u64) {
+    /// GPU time per shader since the last call (timed dispatches only), by shader name;
+    /// empty without timestamps. Where a run's kernel time goes.
+    pub fn take_kernel_times(&self) -> std::collections::BTreeMap<&'static str, KernelTime> {
+        self.kernel_ns_by_name
+            .lock()
+            .map(|mut m| std::mem::take(&mut *m))
+            .unwrap_or_default()
+    }
+
+    /// Adds one timed dispatch of shader `name` (`None`: a pipeline made outside the cache).
+    pub(crate) fn add_kernel_ns(&self, name: Option<&'static str>, ns: u64) {
         self.kernel_ns.fetch_add(ns, Ordering::SeqCst);
+        if let Ok(mut m) = self.kernel_ns_by_name.lock() {
+            let t = m.entry(name.unwrap_or("other")).or_default();
+            t.ns += ns;
+            t.dispatches += 1;
+        }
+    }
+
+    /// The shader name of a cached pipeline (pointer identity), for timing by kernel.
+    pub(crate) fn pipeline_name(&self, pipeline: &wgpu::ComputePipeline) -> Option<&'static str> {
+        let cache = self.pipelines.lock().ok()?;
+        cache
+            .iter()
+            .find(|(_, p)| std::ptr::eq(p.as_ref(), pipeline))
+            .map(|((name, _), _)| *name)
     }
 
     /// Bytes up, bytes down and queue submissions since the context was built or the last
@@ -371,11 +414,37 @@ impl GpuContext {
 
     /// The pipeline for shader `name` (a file in `shaders/`), compiled on first use.
     pub(crate) fn pipeline(&self, name: &'static str) -> Result<Arc<wgpu::ComputePipeline>> {
+        self.specialized_pipeline(name, &[])
+    }
+
+    /// Whether [`specialized_pipeline`](Self::specialized_pipeline) applies its constants
+    /// (false with [`GpuOptions::generic_pipelines`]): callers whose dispatch shape
+    /// follows a constant (the tally's lanes per row) ask.
+    pub(crate) fn specialises_pipelines(&self) -> bool {
+        !self.generic_pipelines
+    }
+
+    /// The pipeline for shader `name` with its pipeline-overridable constants set to
+    /// `constants` (compiled on first use of that combination, then cached). A shader's
+    /// override constants default to 0, meaning "read the value from the uniform"; a value
+    /// turns its loops into fixed-count loops the compiler unrolls (and per-thread arrays
+    /// into registers). Arithmetic is unchanged, so results are the same bits.
+    /// With [`GpuOptions::generic_pipelines`] every constant stays 0.
+    pub(crate) fn specialized_pipeline(
+        &self,
+        name: &'static str,
+        constants: &[(&'static str, u32)],
+    ) -> Result<Arc<wgpu::ComputePipeline>> {
+        let constants: Vec<(&'static str, u32)> = match self.generic_pipelines {
+            true => Vec::new(),
+            false => constants.iter().copied().filter(|&(_, v)| v != 0).collect(),
+        };
+        let key = (name, constants);
         let mut cache = self
             .pipelines
             .lock()
             .map_err(|_| Error::Gpu("pipeline cache poisoned".into()))?;
-        if let Some(p) = cache.get(name) {
+        if let Some(p) = cache.get(&key) {
             return Ok(p.clone());
         }
         let source =
@@ -386,6 +455,7 @@ impl GpuContext {
                 label: Some(name),
                 source: wgpu::ShaderSource::Wgsl(source.into()),
             });
+        let values: Vec<(&str, f64)> = key.1.iter().map(|&(c, v)| (c, v as f64)).collect();
         let pipeline = self
             .device
             .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
@@ -393,12 +463,18 @@ impl GpuContext {
                 layout: None,
                 module: &module,
                 entry_point: Some("main"),
-                compilation_options: Default::default(),
+                compilation_options: wgpu::PipelineCompilationOptions {
+                    constants: &values,
+                    // Every shader writes each workgroup variable it reads before the
+                    // barrier that publishes it (each shader's first block does that);
+                    // zeroing them first would cost a pass over up to 16 KiB per workgroup.
+                    zero_initialize_workgroup_memory: false,
+                },
                 cache: None,
             });
         self.check()?;
         let p = Arc::new(pipeline);
-        cache.insert(name, p.clone());
+        cache.insert(key, p.clone());
         Ok(p)
     }
 

@@ -17,5 +17,7 @@ pub mod tally;
 pub mod temperature_nll;
 
 pub use buffers::DeviceRows;
-pub use context::{is_software, quiet_start, ContextLimits, Fault, GpuContext, GpuOptions};
+pub use context::{
+    is_software, quiet_start, ContextLimits, Fault, GpuContext, GpuOptions, KernelTime,
+};
 pub use ledger::Transfers;

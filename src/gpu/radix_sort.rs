@@ -14,7 +14,7 @@
 
 use super::context::GpuContext;
 use crate::error::{Error, Result};
-use crate::kernel::radix_sort::{check_no_nan, RadixParams, SortPlan};
+use crate::kernel::radix_sort::{check_no_nan, scan_workgroups, RadixParams, SortPlan};
 use crate::kernel::WG;
 
 /// The plan for this context's binding limit (see [`SortPlan::for_binding`]) and tile cap
@@ -172,7 +172,7 @@ fn sort_chunks(
                     hists[c].as_entire_binding(),
                     carry.as_entire_binding(),
                 ],
-                256,
+                scan_workgroups(tiles[c]),
             )?;
         }
         for c in 0..lens.len() {
@@ -281,7 +281,7 @@ pub fn first_pass_offsets(ctx: &GpuContext, keys: &[f32]) -> Result<(Vec<Vec<u32
                 h.as_entire_binding(),
                 carry.as_entire_binding(),
             ],
-            256,
+            scan_workgroups(tiles),
         )?;
         hists.push((h, tiles));
     }

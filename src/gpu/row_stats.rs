@@ -3,7 +3,9 @@
 use super::buffers::{groups_for, DeviceRows};
 use super::context::GpuContext;
 use crate::error::{Error, Result};
-use crate::kernel::row_stats::{RowStats, RowStatsParams, MAX_ALPHA_PER_PASS, NSTAT};
+use crate::kernel::row_stats::{
+    pipeline_constants, RowStats, RowStatsParams, MAX_ALPHA_PER_PASS, NSTAT,
+};
 
 /// Row summaries of every chunk of `rows`, in row order.
 pub fn row_stats(ctx: &GpuContext, rows: &DeviceRows, t: f32, qhats: &[f32]) -> Result<RowStats> {
@@ -13,7 +15,8 @@ pub fn row_stats(ctx: &GpuContext, rows: &DeviceRows, t: f32, qhats: &[f32]) -> 
             qhats.len()
         )));
     }
-    let pipeline = ctx.pipeline("row_stats")?;
+    let pipeline =
+        ctx.specialized_pipeline("row_stats", &pipeline_constants(rows.k, qhats.len()))?;
     let q = ctx.upload("qhats", qhats)?;
     let stride = 1 + qhats.len();
     let mut out = RowStats {
@@ -56,7 +59,7 @@ pub fn sorted_columns(
     if n > super::radix_sort::plan(ctx).chunk {
         return Ok(None);
     }
-    let pipeline = ctx.pipeline("row_stats")?;
+    let pipeline = ctx.specialized_pipeline("row_stats", &pipeline_constants(rows.k, 0))?;
     let q = ctx.upload("qhats", &[0f32])?;
     let mut batch = ctx.batch("row_stats");
     let (stats, _info) = record(

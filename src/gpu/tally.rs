@@ -4,13 +4,13 @@
 //! [`DeviceTally::finish`], so what crosses the bus per target is `slots x words` u32s,
 //! whatever the target's size.
 
-use super::buffers::{groups_for, DeviceRows};
+use super::buffers::DeviceRows;
 use super::context::GpuContext;
 use crate::error::{Error, Result};
-use crate::kernel::row_stats::{INF_QHAT, MAX_ALPHA_PER_PASS};
+use crate::kernel::row_stats::{pipeline_constants, INF_QHAT, MAX_ALPHA_PER_PASS};
 use crate::kernel::tally::{
-    counts_from_device, device_words, PairCounts, SlotMap, TallyParams, TallyPlan, TALLY_HAS_CPC,
-    TALLY_HAS_MC, TALLY_HAS_NE, TALLY_ROWS_PER_THREAD,
+    counts_from_device, device_words, tally_lanes, tile_rows, PairCounts, SlotMap, TallyParams,
+    TallyPlan, TALLY_HAS_CPC, TALLY_HAS_MC, TALLY_HAS_NE, TALLY_ROWS_PER_THREAD,
 };
 
 /// Slots the word buffer holds at first; it doubles (on the device) when a target has more.
@@ -86,7 +86,13 @@ impl DeviceTally {
             .words
             .as_ref()
             .ok_or_else(|| Error::Gpu("no tally words".into()))?;
-        let pipeline = ctx.pipeline("tally")?;
+        // A team of lanes per row for large K, unless the context runs generic pipelines.
+        let lanes = match ctx.specialises_pipelines() {
+            true => tally_lanes(rows.k),
+            false => 1,
+        };
+        let [classes, levels] = pipeline_constants(rows.k, plan.qhats.len());
+        let pipeline = ctx.specialized_pipeline("tally", &[classes, levels, ("LANES", lanes)])?;
         let q: Vec<f32> = plan.qhats.iter().map(|q| q.unwrap_or(INF_QHAT)).collect();
         let qhats = ctx.upload("tally-qhats", &q)?;
         let mut flags = 0;
@@ -104,11 +110,11 @@ impl DeviceTally {
                 Some(ids) => ctx.upload("tally-slots", &ids[*start..*start + *n])?,
                 None => ctx.storage("tally-slots", 4)?,
             };
-            // Tiles of `rpt` blocks of WG rows (fewer when a test caps the tile).
+            // Tiles of `rpt` blocks of WG / lanes rows (fewer when a test caps the tile).
             let rpt = TALLY_ROWS_PER_THREAD
                 .min(ctx.limits().max_tile_blocks)
                 .max(1);
-            let groups = groups_for(*n as u64).div_ceil(rpt as u64);
+            let groups = (*n as u64).div_ceil(tile_rows(rpt, lanes));
             let params = ctx.uniform(
                 "tally-params",
                 &TallyParams {

@@ -42,6 +42,19 @@ pub struct RadixParams {
 /// Sub-blocks of `WG` keys per tile on real bindings (a tile = 4096 keys).
 pub const IPT: usize = 16;
 
+/// Chunks of at most this many tiles are scanned by one workgroup, a thread per digit
+/// walking its row serially; larger ones by a workgroup per digit (shaders/radix_scan.wgsl).
+pub const SERIAL_SCAN_TILES: usize = 256;
+
+/// Workgroups of the `radix_scan` dispatch over a chunk of `tiles` tiles.
+pub fn scan_workgroups(tiles: usize) -> u64 {
+    if tiles <= SERIAL_SCAN_TILES {
+        1
+    } else {
+        DIGITS as u64
+    }
+}
+
 /// Bits per radix digit (4 passes over 32-bit keys, both sort and select).
 pub const DIGIT_BITS: u32 = 8;
 /// Values of one digit: counters per histogram.

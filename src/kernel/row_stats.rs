@@ -20,6 +20,19 @@ pub struct RowStatsParams {
 /// bytes per row that `GpuContext::upload_rows` budgets for outputs.
 pub const MAX_ALPHA_PER_PASS: usize = 31;
 
+/// Largest K the row-summary pipelines are specialised for (their loops over classes
+/// unrolled); past it the loop body dominates and unrolling only grows the code.
+pub const SPECIALISE_MAX_CLASSES: usize = 32;
+
+/// The override constants of the shaders built on row_summary.wgsl (row_stats, tally,
+/// bootstrap) for rows of `k` classes and `levels` thresholds: `CLASSES` (0 = read K from
+/// the uniform, for K past [`SPECIALISE_MAX_CLASSES`]) and `LEVELS` (0 = read it; a pass
+/// with no levels loops zero times either way).
+pub fn pipeline_constants(k: usize, levels: usize) -> [(&'static str, u32); 2] {
+    let classes = if k <= SPECIALISE_MAX_CLASSES { k } else { 0 };
+    [("CLASSES", classes as u32), ("LEVELS", levels as u32)]
+}
+
 /// Stand-in for `qhat = +inf`: every `1 - p_k` lies in [0, 1], so 2.0 admits every class.
 pub const INF_QHAT: f32 = 2.0;
 

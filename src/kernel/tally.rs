@@ -335,8 +335,33 @@ pub struct TallyParams {
     pub slots: u32,
     /// 1 when every row goes to slot 0 (no slot buffer is read).
     pub one_slot: u32,
-    /// Rows each thread counts (a workgroup's tile is `WG * rows_per_thread` rows).
+    /// Rows each team counts (a workgroup's tile is [`tile_rows`] rows).
     pub rows_per_thread: u32,
+}
+
+/// Threads per row of the device tally for large K: a team of this many lanes shares a
+/// row's classes (shaders/row_summary_lanes.wgsl), instead of one thread a row reading K
+/// strided logits. Keep in sync with `LANE_TEAMS = WG / TALLY_LANES` there.
+pub const TALLY_LANES: u32 = 32;
+
+/// Smallest K the device tally runs with [`TALLY_LANES`] threads a row: every lane then
+/// has at least two classes, and the team's exact reductions (integer grid sums, which
+/// need K >= GRID_MIN_K) replace a serial loop long enough to be worth their barriers.
+pub const TALLY_LANES_MIN_K: usize = 64;
+
+/// Threads per row of the device tally for rows of `k` classes: 1 or [`TALLY_LANES`].
+pub fn tally_lanes(k: usize) -> u32 {
+    if k >= TALLY_LANES_MIN_K {
+        TALLY_LANES
+    } else {
+        1
+    }
+}
+
+/// Rows of one tally workgroup's tile: `rows_per_thread` rows for each of its
+/// `WG / lanes` teams.
+pub fn tile_rows(rows_per_thread: u32, lanes: u32) -> u64 {
+    rows_per_thread as u64 * (crate::kernel::WG as u64 / lanes as u64)
 }
 
 /// Rows per thread of the device tally: sums in registers over this many rows cut the

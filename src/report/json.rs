@@ -32,9 +32,22 @@ pub struct Meta {
     /// `CONFORMAL_GPU_TIMESTAMPS=1` on an adapter that has them).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gpu_kernel_ms: Option<f64>,
+    /// The same time by shader: `{"tally": {"ms": .., "dispatches": ..}, ..}` (with
+    /// `gpu_kernel_ms`).
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub gpu_kernels: std::collections::BTreeMap<String, KernelMs>,
     /// Files of the dataset directory that are not readable prediction sets, skipped.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub skipped: Vec<SkippedFile>,
+}
+
+/// Timed GPU work of one shader in the report's `meta.gpu_kernels`.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct KernelMs {
+    /// Milliseconds inside its compute passes.
+    pub ms: f64,
+    /// Timed dispatches.
+    pub dispatches: u64,
 }
 
 /// A file skipped by `evaluate`, and why.

@@ -7,6 +7,6 @@ pub mod plots;
 pub mod table;
 pub mod write;
 
-pub use json::{to_json, InputFile, Meta, SkippedFile, Transfers};
+pub use json::{to_json, InputFile, KernelMs, Meta, SkippedFile, Transfers};
 pub use table::table;
 pub use write::write_outputs;
