@@ -278,7 +278,18 @@ pub fn run_evaluate(job: EvalJob<'_>) -> Result<()> {
         .collect();
     let (engine, choice) = open_device(job.device)?;
     let load_ms = started.elapsed().as_secs_f64() * 1e3;
-    let cal = calibrate(&job.source, &files, &engine, choice)?;
+    // The GPU's pipelines compile on a second thread while the source is read and fitted.
+    let cal = std::thread::scope(|s| {
+        #[cfg(feature = "gpu")]
+        if let (Engine::Gpu(ctx), Some(t)) = (&engine, targets.first()) {
+            let levels = job.source.alphas.len();
+            let bootstrap = job.source.bootstrap.replicates > 0;
+            s.spawn(move || ctx.warm_up_evaluation(t.k(), levels, bootstrap));
+        }
+        #[cfg(not(feature = "gpu"))]
+        let _ = s;
+        calibrate(&job.source, &files, &engine, choice)
+    })?;
     for t in &targets {
         conformal_gpu::methods::calibration::check_k(&t.path().display().to_string(), t.k(), &cal)?;
     }

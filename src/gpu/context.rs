@@ -83,6 +83,9 @@ pub struct ContextLimits {
 /// A compiled pipeline: its shader and the values of its pipeline-overridable constants.
 type PipelineKey = (&'static str, Vec<(&'static str, u32)>);
 
+/// A pipeline once compiled (see `GpuContext::pipelines`).
+type PipelineSlot = Arc<Mutex<Option<Arc<wgpu::ComputePipeline>>>>;
+
 /// Device, queue and compiled pipelines.
 pub struct GpuContext {
     /// The device (shared with the caller when built from theirs).
@@ -91,7 +94,10 @@ pub struct GpuContext {
     pub queue: wgpu::Queue,
     info: wgpu::AdapterInfo,
     limits: ContextLimits,
-    pipelines: Mutex<HashMap<PipelineKey, Arc<wgpu::ComputePipeline>>>,
+    /// One slot per pipeline, filled by the first caller: the map's lock is held only to
+    /// find a slot, so pipelines compile in parallel (a warm-up thread beside the work)
+    /// and a second caller of the same one waits for it instead of compiling it again.
+    pipelines: Mutex<HashMap<PipelineKey, PipelineSlot>>,
     generic_pipelines: bool,
     captured: Arc<Mutex<Option<Error>>>,
     lost: Arc<AtomicBool>,
@@ -345,7 +351,13 @@ impl GpuContext {
         let cache = self.pipelines.lock().ok()?;
         cache
             .iter()
-            .find(|(_, p)| std::ptr::eq(p.as_ref(), pipeline))
+            // A slot being compiled is not the pipeline being recorded: no waiting.
+            .find(|(_, slot)| {
+                slot.try_lock().is_ok_and(|p| {
+                    p.as_ref()
+                        .is_some_and(|p| std::ptr::eq(p.as_ref(), pipeline))
+                })
+            })
             .map(|((name, _), _)| *name)
     }
 
@@ -440,11 +452,17 @@ impl GpuContext {
             false => constants.iter().copied().filter(|&(_, v)| v != 0).collect(),
         };
         let key = (name, constants);
-        let mut cache = self
-            .pipelines
+        let slot = {
+            let mut cache = self
+                .pipelines
+                .lock()
+                .map_err(|_| Error::Gpu("pipeline cache poisoned".into()))?;
+            cache.entry(key.clone()).or_default().clone()
+        };
+        let mut slot = slot
             .lock()
             .map_err(|_| Error::Gpu("pipeline cache poisoned".into()))?;
-        if let Some(p) = cache.get(&key) {
+        if let Some(p) = slot.as_ref() {
             return Ok(p.clone());
         }
         let source =
@@ -474,8 +492,27 @@ impl GpuContext {
             });
         self.check()?;
         let p = Arc::new(pipeline);
-        cache.insert(key, p.clone());
+        *slot = Some(p.clone());
         Ok(p)
+    }
+
+    /// Compiles the pipelines an evaluation of rows of `k` classes at `levels` levels uses
+    /// (with `bootstrap`, the bootstrap kernel's too), in the order it first needs them.
+    /// Meant for a thread beside the start of the work (reading the data, fitting the
+    /// source): pipeline creation is tens of milliseconds each on a software rasteriser.
+    /// Errors are left for the call that needs the pipeline to report.
+    pub fn warm_up_evaluation(&self, k: usize, levels: usize, bootstrap: bool) {
+        use crate::kernel::row_stats::pipeline_constants;
+        let _ = self.pipeline("temperature_nll");
+        let _ = self.pipeline("calibration");
+        let _ = self.specialized_pipeline("row_stats", &pipeline_constants(k, 0));
+        for name in ["radix_histogram", "radix_scan", "radix_scatter"] {
+            let _ = self.pipeline(name);
+        }
+        let _ = self.specialized_pipeline("tally", &super::tally::tally_constants(self, k, levels));
+        if bootstrap {
+            let _ = self.specialized_pipeline("bootstrap", &pipeline_constants(k, 0));
+        }
     }
 
     /// Compiles every shader now, so the first real call is not the slow one.

@@ -13,6 +13,18 @@ use crate::kernel::tally::{
     TallyPlan, TALLY_HAS_CPC, TALLY_HAS_MC, TALLY_HAS_NE, TALLY_ROWS_PER_THREAD,
 };
 
+/// The tally pipeline's override constants for rows of `k` classes and `levels` levels:
+/// the row summary's shape, and a team of lanes per row for large K unless the context
+/// runs generic pipelines (then one thread a row).
+pub fn tally_constants(ctx: &GpuContext, k: usize, levels: usize) -> [(&'static str, u32); 3] {
+    let lanes = match ctx.specialises_pipelines() {
+        true => tally_lanes(k),
+        false => 1,
+    };
+    let [classes, levels] = pipeline_constants(k, levels);
+    [classes, levels, ("LANES", lanes)]
+}
+
 /// Slots the word buffer holds at first; it doubles (on the device) when a target has more.
 const FIRST_CAPACITY: usize = 64;
 
