@@ -1,10 +1,12 @@
-//! The device tally on resident rows (issue 11, item 6): the one-thread-a-row kernel
-//! (`GpuOptions::generic_pipelines`: K and the level count read from the uniform, as
-//! before this change) against the specialised pipelines (K <= 32: unrolled loops;
-//! K >= 64: a team of 32 lanes a row, shaders/row_summary_lanes.wgsl), same rows, same
-//! counts. Rows per case: `n` for K = 2, `n / 10` for K = 100, `n / 100` for K = 1000 (the
-//! same logits bytes), n from `CONFORMAL_BENCH_SIZES` (default 1M). One level (alpha 0.1),
-//! slides in runs of 500 rows. `gpu-kernel` is the kernel alone, from timestamp queries.
+//! The device tally on resident rows (issue 11, item 6), three kernels on the same rows:
+//! `generic` (one thread a row, K and the level count read from the uniform: the kernel
+//! as it was), `one-thread` (specialised: K <= 32 unrolled; what software adapters run)
+//! and `lanes` (specialised, a team of 32 lanes a row, shaders/row_summary_lanes.wgsl:
+//! what hardware adapters run for K >= 64). Rows per case: `n` for K = 2, `n / 10` for
+//! K = 100, `n / 100` for K = 1000 (the same logits bytes), n from
+//! `CONFORMAL_BENCH_SIZES` (default 1M). One level (alpha 0.1), slides in runs of 500
+//! rows. `*-kernel` is the kernel alone, from timestamp queries; `*-total` adds the
+//! submission and the readback of the counts.
 //!
 //! `cargo bench --bench tally -- --sample-size 10`
 
@@ -13,21 +15,30 @@ mod common;
 use conformal_gpu::backend::{Backend, GpuBackend};
 use conformal_gpu::gpu::tally::DeviceTally;
 use conformal_gpu::gpu::{GpuContext, GpuOptions};
-use conformal_gpu::kernel::tally::TallyPlan;
+use conformal_gpu::kernel::tally::{TallyPlan, TALLY_LANES};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 
 fn bench(c: &mut Criterion) {
-    let (Some(special), Ok(generic)) = (
-        common::gpu(),
+    let context = |generic_pipelines, tally_lanes| {
         GpuContext::new(GpuOptions {
             allow_software: true,
             timestamps: true,
-            generic_pipelines: true,
+            generic_pipelines,
+            tally_lanes,
             ..Default::default()
-        }),
+        })
+    };
+    let Some(gpu) = common::gpu() else {
+        return;
+    };
+    let (Ok(generic), Ok(one_thread), Ok(lanes)) = (
+        context(true, None),
+        context(false, Some(1)),
+        context(false, Some(TALLY_LANES)),
     ) else {
         return;
     };
+    drop(gpu);
     let mut group = c.benchmark_group("tally");
     group.sample_size(10);
     for n in common::sizes() {
@@ -49,7 +60,11 @@ fn bench(c: &mut Criterion) {
             let id = format!("rows={rows}/K={k}");
             group.throughput(Throughput::Bytes((4 * rows * k) as u64));
             let mut counts = Vec::new();
-            for (name, ctx) in [("one-thread", &generic), ("specialised", &special)] {
+            for (name, ctx) in [
+                ("generic", &generic),
+                ("one-thread", &one_thread),
+                ("lanes", &lanes),
+            ] {
                 let resident = GpuBackend::new(ctx).prepare(&logits, &labels, k).unwrap();
                 let run = || {
                     let mut dev = DeviceTally::new(1).unwrap();
@@ -71,12 +86,11 @@ fn bench(c: &mut Criterion) {
                     });
                 }
             }
-            // Timings of two kernels are comparable only if they count the same. On
-            // lavapipe the one-thread kernel miscounts at K = 1000 (see
-            // tests/specialization.rs); the team kernel matches the host count there.
-            if counts[0] != counts[1] {
-                eprintln!("{id}: the two kernels' counts DIFFER");
-            }
+            // Timings of kernels are comparable only if they count the same.
+            assert!(
+                counts.iter().all(|c| *c == counts[0]),
+                "{id}: counts differ"
+            );
         }
     }
     group.finish();

@@ -36,6 +36,8 @@ pub fn bootstrap_tally(
              counters, more than one binding holds: use fewer replicates or tally by group"
         )));
     }
+    let loops = crate::kernel::loop_budget::bootstrap_row_loops(rows.k);
+    ctx.check_loops("bootstrap", rows.k, loops)?;
     let pipeline = ctx.specialized_pipeline("bootstrap", &pipeline_constants(rows.k, 0))?;
     let plans = ctx.upload(
         "bootstrap-plans",

@@ -41,6 +41,11 @@ pub fn calibration_into(
     counts: &wgpu::Buffer,
     sums: &wgpu::Buffer,
 ) -> Result<()> {
+    ctx.check_loops(
+        "calibration",
+        k,
+        crate::kernel::loop_budget::row_loops(k, 0),
+    )?;
     let pipeline = ctx.pipeline("calibration")?;
     let params = ctx.uniform(
         "calib-params",

@@ -41,6 +41,10 @@ pub struct GpuOptions {
     /// Never specialise a pipeline on its shape (every override constant left at 0, its
     /// "read it from the uniform" value). Tests compare both variants bit for bit.
     pub generic_pipelines: bool,
+    /// Threads per row of the tally kernel (1 or `kernel::tally::TALLY_LANES`, the team
+    /// only where K >= `kernel::tally::TALLY_LANES_MIN_K`) instead of the adapter's choice
+    /// (`gpu::tally::tally_constants`): tests and benches run both kernels on any adapter.
+    pub tally_lanes: Option<u32>,
 }
 
 /// Timed GPU work of one shader: total nanoseconds inside its compute passes, and passes.
@@ -99,6 +103,7 @@ pub struct GpuContext {
     /// and a second caller of the same one waits for it instead of compiling it again.
     pipelines: Mutex<HashMap<PipelineKey, PipelineSlot>>,
     generic_pipelines: bool,
+    tally_lanes: Option<u32>,
     captured: Arc<Mutex<Option<Error>>>,
     lost: Arc<AtomicBool>,
     fault: Mutex<Option<Fault>>,
@@ -286,6 +291,7 @@ impl GpuContext {
             limits,
             pipelines: Mutex::new(HashMap::new()),
             generic_pipelines: options.generic_pipelines,
+            tally_lanes: options.tally_lanes,
             captured,
             lost,
             fault: Mutex::new(options.inject_fault),
@@ -427,6 +433,35 @@ impl GpuContext {
     /// The pipeline for shader `name` (a file in `shaders/`), compiled on first use.
     pub(crate) fn pipeline(&self, name: &'static str) -> Result<Arc<wgpu::ComputePipeline>> {
         self.specialized_pipeline(name, &[])
+    }
+
+    /// The most loop iterations one shader invocation may run on this adapter: `Some` on
+    /// software adapters (llvmpipe cuts an invocation's loops short past
+    /// [`LLVMPIPE_LOOP_LIMIT`](crate::kernel::loop_budget::LLVMPIPE_LOOP_LIMIT) in all,
+    /// silently), `None` where nothing is known to cap them.
+    pub fn loop_limit(&self) -> Option<u64> {
+        self.is_software()
+            .then_some(crate::kernel::loop_budget::LLVMPIPE_LOOP_LIMIT)
+    }
+
+    /// Refuses a dispatch whose invocations would each run `iterations` loop iterations,
+    /// past [`loop_limit`](Self::loop_limit): a typed error naming the kernel and K, not
+    /// counts cut short.
+    pub(crate) fn check_loops(&self, kernel: &str, k: usize, iterations: u64) -> Result<()> {
+        match self.loop_limit() {
+            Some(limit) if iterations > limit => Err(Error::Gpu(format!(
+                "{kernel} at K = {k}: about {iterations} loop iterations per shader invocation, \
+                 more than the {limit} that {} runs before it cuts loops short (its results would \
+                 be wrong): use the CPU path (--device cpu)",
+                self.info.name
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    /// [`GpuOptions::tally_lanes`], when set.
+    pub(crate) fn forced_tally_lanes(&self) -> Option<u32> {
+        self.tally_lanes
     }
 
     /// Whether [`specialized_pipeline`](Self::specialized_pipeline) applies its constants

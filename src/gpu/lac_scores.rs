@@ -12,6 +12,11 @@ pub fn lac_scores(ctx: &GpuContext, rows: &DeviceRows, t: f32) -> Result<Vec<f32
     if !(t.is_finite() && t > 0.0) {
         return Err(Error::BadTemperature(t as f64));
     }
+    ctx.check_loops(
+        "lac_scores",
+        rows.k,
+        crate::kernel::loop_budget::row_loops(rows.k, 0),
+    )?;
     let pipeline = ctx.pipeline("lac_scores")?;
     let mut out = Vec::with_capacity(rows.n);
     for (_, n, logits, labels) in &rows.chunks {

@@ -41,6 +41,8 @@ pub fn pvalues(
         res.numerators = want_numerators.then(Vec::new);
         return Ok(res);
     }
+    let loops = crate::kernel::loop_budget::pvalue_row_loops(k, a, sorted.len());
+    ctx.check_loops("pvalues", k, loops)?;
     let pipeline = ctx.pipeline("pvalues")?;
     let chunk = (ctx.limits().max_binding_bytes / 4) as usize;
     let bits: &[u32] = bytemuck::cast_slice(sorted);

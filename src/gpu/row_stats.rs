@@ -98,6 +98,11 @@ fn record(
     (qhats, n_alpha): (&wgpu::Buffer, usize),
     (logits, labels): (&wgpu::Buffer, &wgpu::Buffer),
 ) -> Result<(wgpu::Buffer, wgpu::Buffer)> {
+    ctx.check_loops(
+        "row_stats",
+        k,
+        crate::kernel::loop_budget::row_loops(k, n_alpha),
+    )?;
     let stats = ctx.storage("row-stats", (n * NSTAT * 4) as u64)?;
     let info = ctx.storage("row-info", (n * (1 + n_alpha)) as u64 * 4)?;
     let params = ctx.uniform(

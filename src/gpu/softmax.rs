@@ -8,6 +8,7 @@ use crate::kernel::softmax::SoftmaxParams;
 /// Softmax of `logits` (`n * k`, row-major) at temperature `t`, streamed through the
 /// device in binding-sized row chunks (any `n` that fits in host memory).
 pub fn softmax(ctx: &GpuContext, logits: &[f32], k: usize, t: f32) -> Result<Vec<f32>> {
+    ctx.check_loops("softmax", k, crate::kernel::loop_budget::row_loops(k, 0))?;
     let n = logits.len() / k.max(1);
     let mut out = Vec::with_capacity(n * k);
     if n == 0 {

@@ -7,6 +7,7 @@
 use super::buffers::DeviceRows;
 use super::context::GpuContext;
 use crate::error::{Error, Result};
+use crate::kernel::loop_budget;
 use crate::kernel::row_stats::{pipeline_constants, INF_QHAT, MAX_ALPHA_PER_PASS};
 use crate::kernel::tally::{
     counts_from_device, device_words, tally_lanes, tile_rows, PairCounts, SlotMap, TallyParams,
@@ -14,15 +15,39 @@ use crate::kernel::tally::{
 };
 
 /// The tally pipeline's override constants for rows of `k` classes and `levels` levels:
-/// the row summary's shape, and a team of lanes per row for large K unless the context
-/// runs generic pipelines (then one thread a row).
+/// the row summary's shape, and the threads a row: [`GpuOptions::tally_lanes`] when set,
+/// else a team of lanes for large K on hardware adapters (coalesced reads; on a CPU
+/// rasteriser its barriers cost more than they save, so one thread a row there), and one
+/// thread a row when the context runs generic pipelines.
+///
+/// [`GpuOptions::tally_lanes`]: super::GpuOptions::tally_lanes
 pub fn tally_constants(ctx: &GpuContext, k: usize, levels: usize) -> [(&'static str, u32); 3] {
-    let lanes = match ctx.specialises_pipelines() {
-        true => tally_lanes(k),
-        false => 1,
+    // The team kernel needs K >= TALLY_LANES_MIN_K (every lane has classes; integer
+    // class sums), forced or not.
+    let lanes = match (ctx.specialises_pipelines(), ctx.forced_tally_lanes()) {
+        (false, _) => 1,
+        (true, Some(lanes)) => lanes.min(tally_lanes(k)),
+        (true, None) if ctx.is_software() => 1,
+        (true, None) => tally_lanes(k),
     };
     let [classes, levels] = pipeline_constants(k, levels);
     [classes, levels, ("LANES", lanes)]
+}
+
+/// Rows a tally thread takes: [`TALLY_ROWS_PER_THREAD`] (fewer when a test caps the tile),
+/// and few enough to stay within the adapter's loop cap; an error when one row passes it.
+fn rows_per_thread(ctx: &GpuContext, k: usize, levels: usize, lanes: u32) -> Result<u32> {
+    let wanted = TALLY_ROWS_PER_THREAD
+        .min(ctx.limits().max_tile_blocks)
+        .max(1);
+    match loop_budget::tally_rows_per_thread(wanted, ctx.loop_limit(), k, levels, lanes) {
+        Some(rpt) => Ok(rpt),
+        None => {
+            // Over the cap: check_loops words the error.
+            ctx.check_loops("tally", k, loop_budget::tally_row_loops(k, levels, lanes))?;
+            Ok(1)
+        }
+    }
 }
 
 /// Slots the word buffer holds at first; it doubles (on the device) when a target has more.
@@ -98,13 +123,11 @@ impl DeviceTally {
             .words
             .as_ref()
             .ok_or_else(|| Error::Gpu("no tally words".into()))?;
-        // A team of lanes per row for large K, unless the context runs generic pipelines.
-        let lanes = match ctx.specialises_pipelines() {
-            true => tally_lanes(rows.k),
-            false => 1,
-        };
-        let [classes, levels] = pipeline_constants(rows.k, plan.qhats.len());
-        let pipeline = ctx.specialized_pipeline("tally", &[classes, levels, ("LANES", lanes)])?;
+        let constants = tally_constants(ctx, rows.k, plan.qhats.len());
+        let lanes = constants[2].1;
+        // Before any upload: a row past the adapter's loop cap is refused, not miscounted.
+        rows_per_thread(ctx, rows.k, self.n_alpha, lanes)?;
+        let pipeline = ctx.specialized_pipeline("tally", &constants)?;
         let q: Vec<f32> = plan.qhats.iter().map(|q| q.unwrap_or(INF_QHAT)).collect();
         let qhats = ctx.upload("tally-qhats", &q)?;
         let mut flags = 0;
@@ -122,10 +145,9 @@ impl DeviceTally {
                 Some(ids) => ctx.upload("tally-slots", &ids[*start..*start + *n])?,
                 None => ctx.storage("tally-slots", 4)?,
             };
-            // Tiles of `rpt` blocks of WG / lanes rows (fewer when a test caps the tile).
-            let rpt = TALLY_ROWS_PER_THREAD
-                .min(ctx.limits().max_tile_blocks)
-                .max(1);
+            // Tiles of `rpt` blocks of WG / lanes rows (fewer when a test caps the tile,
+            // or the adapter caps loop iterations per invocation).
+            let rpt = rows_per_thread(ctx, rows.k, self.n_alpha, lanes)?;
             let groups = (*n as u64).div_ceil(tile_rows(rpt, lanes));
             let params = ctx.uniform(
                 "tally-params",

@@ -46,6 +46,11 @@ pub fn temperature_nll_into(
     partials: &wgpu::Buffer,
     read: usize,
 ) -> Result<Vec<f32>> {
+    ctx.check_loops(
+        "temperature_nll",
+        k,
+        crate::kernel::loop_budget::row_loops(k, 0),
+    )?;
     let pipeline = ctx.pipeline("temperature_nll")?;
     let params = ctx.uniform(
         "nll-params",

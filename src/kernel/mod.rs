@@ -15,6 +15,7 @@ pub mod class_sum;
 pub mod common;
 pub mod copy;
 pub mod lac_scores;
+pub mod loop_budget;
 pub mod pvalues;
 pub mod radix_sort;
 pub mod row_stats;

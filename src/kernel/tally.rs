@@ -349,7 +349,8 @@ pub const TALLY_LANES: u32 = 32;
 /// need K >= GRID_MIN_K) replace a serial loop long enough to be worth their barriers.
 pub const TALLY_LANES_MIN_K: usize = 64;
 
-/// Threads per row of the device tally for rows of `k` classes: 1 or [`TALLY_LANES`].
+/// Threads per row of the device tally on a hardware adapter for rows of `k` classes: 1
+/// or [`TALLY_LANES`] (software adapters run one thread a row: `gpu::tally::tally_constants`).
 pub fn tally_lanes(k: usize) -> u32 {
     if k >= TALLY_LANES_MIN_K {
         TALLY_LANES
