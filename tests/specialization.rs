@@ -276,4 +276,23 @@ mod gpu {
             }
         }
     }
+
+    /// `GpuOptions::tally_lanes` takes 1 or TALLY_LANES: another value (its teams would
+    /// overrun the kernel's per-team arrays, 0 would divide by zero) is refused.
+    #[test]
+    fn other_lane_counts_are_refused() {
+        for lanes in [0, 2, 16, 64] {
+            let r = conformal_gpu::gpu::GpuContext::new(GpuOptions {
+                allow_software: true,
+                tally_lanes: Some(lanes),
+                ..Default::default()
+            });
+            match r {
+                Err(conformal_gpu::Error::Invalid(m)) => assert!(m.contains("tally_lanes"), "{m}"),
+                // No adapter at all: nothing to check (CI requires one).
+                Err(conformal_gpu::Error::NoAdapter(_)) => {}
+                other => panic!("tally_lanes = {lanes}: {:?}", other.map(|_| ())),
+            }
+        }
+    }
 }

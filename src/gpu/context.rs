@@ -44,6 +44,7 @@ pub struct GpuOptions {
     /// Threads per row of the tally kernel (1 or `kernel::tally::TALLY_LANES`, the team
     /// only where K >= `kernel::tally::TALLY_LANES_MIN_K`) instead of the adapter's choice
     /// (`gpu::tally::tally_constants`): tests and benches run both kernels on any adapter.
+    /// Any other value makes `GpuContext::new` fail.
     pub tally_lanes: Option<u32>,
 }
 
@@ -235,6 +236,12 @@ impl GpuContext {
         info: wgpu::AdapterInfo,
         options: GpuOptions,
     ) -> Result<Self> {
+        let team = crate::kernel::tally::TALLY_LANES;
+        if let Some(lanes) = options.tally_lanes.filter(|&l| l != 1 && l != team) {
+            return Err(Error::Invalid(format!(
+                "tally_lanes = {lanes}: the tally runs 1 or {team} threads a row"
+            )));
+        }
         let dl = device.limits();
         if dl.max_compute_invocations_per_workgroup < 256 || dl.max_compute_workgroup_size_x < 256 {
             return Err(Error::Gpu(format!(
@@ -482,6 +489,21 @@ impl GpuContext {
         name: &'static str,
         constants: &[(&'static str, u32)],
     ) -> Result<Arc<wgpu::ComputePipeline>> {
+        self.compile(name, constants, false)?
+            .ok_or_else(|| Error::Gpu(format!("pipeline {name} was not compiled")))
+    }
+
+    /// Compiles (or finds) a pipeline. `warm`: a warm-up on its own thread, which must
+    /// neither take errors other threads' work left in the captured slot (`check`) nor
+    /// leave its own there: its errors go to its own (thread-local) error scopes, and a
+    /// pipeline that fails is not cached (`Ok(None)`), so the call that needs it compiles
+    /// it again and reports the error itself.
+    fn compile(
+        &self,
+        name: &'static str,
+        constants: &[(&'static str, u32)],
+        warm: bool,
+    ) -> Result<Option<Arc<wgpu::ComputePipeline>>> {
         let constants: Vec<(&'static str, u32)> = match self.generic_pipelines {
             true => Vec::new(),
             false => constants.iter().copied().filter(|&(_, v)| v != 0).collect(),
@@ -498,8 +520,16 @@ impl GpuContext {
             .lock()
             .map_err(|_| Error::Gpu("pipeline cache poisoned".into()))?;
         if let Some(p) = slot.as_ref() {
-            return Ok(p.clone());
+            return Ok(Some(p.clone()));
         }
+        let scopes = warm.then(|| {
+            [
+                wgpu::ErrorFilter::Validation,
+                wgpu::ErrorFilter::OutOfMemory,
+                wgpu::ErrorFilter::Internal,
+            ]
+            .map(|f| self.device.push_error_scope(f))
+        });
         let source =
             shaders::source(name).ok_or_else(|| Error::Gpu(format!("no shader named {name}")))?;
         let module = self
@@ -525,10 +555,22 @@ impl GpuContext {
                 },
                 cache: None,
             });
-        self.check()?;
+        match scopes {
+            Some(scopes) => {
+                // Innermost first; any error: not cached.
+                let mut failed = false;
+                for scope in scopes.into_iter().rev() {
+                    failed |= pollster::block_on(scope.pop()).is_some();
+                }
+                if failed {
+                    return Ok(None);
+                }
+            }
+            None => self.check()?,
+        }
         let p = Arc::new(pipeline);
         *slot = Some(p.clone());
-        Ok(p)
+        Ok(Some(p))
     }
 
     /// Compiles the pipelines an evaluation of rows of `k` classes at `levels` levels uses
@@ -537,16 +579,20 @@ impl GpuContext {
     /// source): pipeline creation is tens of milliseconds each on a software rasteriser.
     /// Errors are left for the call that needs the pipeline to report.
     pub fn warm_up_evaluation(&self, k: usize, levels: usize, bootstrap: bool) {
-        use crate::kernel::row_stats::pipeline_constants;
-        let _ = self.pipeline("temperature_nll");
-        let _ = self.pipeline("calibration");
-        let _ = self.specialized_pipeline("row_stats", &pipeline_constants(k, 0));
+        use crate::kernel::row_stats::{pipeline_constants, MAX_ALPHA_PER_PASS};
+        let _ = self.compile("temperature_nll", &[], true);
+        let _ = self.compile("calibration", &[], true);
+        let _ = self.compile("row_stats", &pipeline_constants(k, 0), true);
         for name in ["radix_histogram", "radix_scan", "radix_scatter"] {
-            let _ = self.pipeline(name);
+            let _ = self.compile(name, &[], true);
         }
-        let _ = self.specialized_pipeline("tally", &super::tally::tally_constants(self, k, levels));
+        // Past MAX_ALPHA_PER_PASS levels the targets are tallied on the host.
+        if levels <= MAX_ALPHA_PER_PASS {
+            let constants = super::tally::tally_constants(self, k, levels);
+            let _ = self.compile("tally", &constants, true);
+        }
         if bootstrap {
-            let _ = self.specialized_pipeline("bootstrap", &pipeline_constants(k, 0));
+            let _ = self.compile("bootstrap", &pipeline_constants(k, 0), true);
         }
     }
 

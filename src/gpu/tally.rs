@@ -42,10 +42,13 @@ fn rows_per_thread(ctx: &GpuContext, k: usize, levels: usize, lanes: u32) -> Res
         .max(1);
     match loop_budget::tally_rows_per_thread(wanted, ctx.loop_limit(), k, levels, lanes) {
         Some(rpt) => Ok(rpt),
+        // Over the cap with one row (and the tile's own loops): check_loops words the
+        // error, given a count past the cap.
         None => {
-            // Over the cap: check_loops words the error.
-            ctx.check_loops("tally", k, loop_budget::tally_row_loops(k, levels, lanes))?;
-            Ok(1)
+            let limit = ctx.loop_limit().unwrap_or(u64::MAX);
+            let row = loop_budget::tally_row_loops(k, levels, lanes);
+            ctx.check_loops("tally", k, row.max(limit.saturating_add(1)))?;
+            Err(Error::Gpu(format!("tally at K = {k}: past the loop cap")))
         }
     }
 }
