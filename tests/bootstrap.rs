@@ -206,12 +206,16 @@ fn population(name: &str, seed: u64, n: usize) -> PredictionSet {
 
 fn with_bootstrap(replicates: usize, seed: u64, confidence: f64) -> EvalOptions {
     EvalOptions {
-        bootstrap: BootstrapOptions {
-            replicates,
-            seed,
-            confidence,
-        },
+        bootstrap: boot(replicates, seed, confidence),
         ..Default::default()
+    }
+}
+
+fn boot(replicates: usize, seed: u64, confidence: f64) -> BootstrapOptions {
+    BootstrapOptions {
+        replicates,
+        seed,
+        confidence,
     }
 }
 
@@ -389,11 +393,7 @@ fn damaged_bootstrap_parts_are_typed_errors() {
     let source = population("source", 21, 300);
     let target = population("target", 22, 500);
     let opts = CalibrationOptions {
-        bootstrap: BootstrapOptions {
-            replicates: 6,
-            seed: 1,
-            confidence: 0.9,
-        },
+        bootstrap: boot(6, 1, 0.9),
         ..Default::default()
     };
     let cal = Calibration::fit(&CpuBackend, &source, &opts).unwrap();
@@ -460,11 +460,7 @@ fn replicates_without_source_rows_have_no_estimate() {
     let source = population("source", 31, 2);
     let target = population("target", 32, 300);
     let opts = CalibrationOptions {
-        bootstrap: BootstrapOptions {
-            replicates: 40,
-            seed: 2,
-            confidence: 0.9,
-        },
+        bootstrap: boot(40, 2, 0.9),
         ..Default::default()
     };
     let cal = Calibration::fit(&CpuBackend, &source, &opts).unwrap();

@@ -142,9 +142,10 @@ fn record_transfers(meta: &mut Meta, engine: &Engine, device: &str) {
             let ns = ctx.take_kernel_ns();
             if ns > 0 {
                 meta.gpu_kernel_ms = Some(ns as f64 / 1e6);
-                let mut by_kernel: Vec<_> = ctx.take_kernel_times().into_iter().collect();
-                by_kernel.sort_by_key(|(_, t)| std::cmp::Reverse(t.ns));
-                let parts: Vec<String> = by_kernel
+                let times = ctx.take_kernel_times();
+                let mut largest_first: Vec<_> = times.iter().collect();
+                largest_first.sort_by_key(|(_, t)| std::cmp::Reverse(t.ns));
+                let parts: Vec<String> = largest_first
                     .iter()
                     .map(|(name, t)| format!("{name} {:.1}", t.ns as f64 / 1e6))
                     .collect();
@@ -153,16 +154,14 @@ fn record_transfers(meta: &mut Meta, engine: &Engine, device: &str) {
                     ns as f64 / 1e6,
                     parts.join(", ")
                 );
-                meta.gpu_kernels = by_kernel
+                meta.gpu_kernels = times
                     .into_iter()
                     .map(|(name, t)| {
                         let ms = t.ns as f64 / 1e6;
+                        let dispatches = t.dispatches;
                         (
                             name.to_string(),
-                            conformal_gpu::report::KernelMs {
-                                ms,
-                                dispatches: t.dispatches,
-                            },
+                            conformal_gpu::report::KernelMs { ms, dispatches },
                         )
                     })
                     .collect();

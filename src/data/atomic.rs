@@ -88,17 +88,17 @@ mod tests {
         use std::os::unix::fs::FileTypeExt;
         let dir = std::env::temp_dir().join(format!("atomic-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let link = dir.join("null");
-        let _ = std::fs::remove_file(&link);
-        std::os::unix::fs::symlink("/dev/null", &link).unwrap();
-        write_atomic(&link, |w| {
-            w.write_all(b"report").map_err(|e| Error::io(&link, e))
-        })
-        .unwrap();
-        assert!(std::fs::symlink_metadata(&link)
-            .unwrap()
-            .file_type()
-            .is_symlink());
+        // Writes `bytes` through a fresh link at `link` to `target`; the link must stay one.
+        let write_through = |link: &Path, target: &Path, bytes: &[u8]| {
+            let _ = std::fs::remove_file(link);
+            std::os::unix::fs::symlink(target, link).unwrap();
+            write_atomic(link, |w| w.write_all(bytes).map_err(|e| Error::io(link, e))).unwrap();
+            assert!(std::fs::symlink_metadata(link)
+                .unwrap()
+                .file_type()
+                .is_symlink());
+        };
+        write_through(&dir.join("null"), Path::new("/dev/null"), b"report");
         assert!(std::fs::metadata("/dev/null")
             .unwrap()
             .file_type()
@@ -106,17 +106,7 @@ mod tests {
         // A link to a regular file: the file is replaced, the link kept.
         let file = dir.join("out.json");
         std::fs::write(&file, b"old").unwrap();
-        let link2 = dir.join("link.json");
-        let _ = std::fs::remove_file(&link2);
-        std::os::unix::fs::symlink(&file, &link2).unwrap();
-        write_atomic(&link2, |w| {
-            w.write_all(b"new").map_err(|e| Error::io(&link2, e))
-        })
-        .unwrap();
-        assert!(std::fs::symlink_metadata(&link2)
-            .unwrap()
-            .file_type()
-            .is_symlink());
+        write_through(&dir.join("link.json"), &file, b"new");
         assert_eq!(std::fs::read(&file).unwrap(), b"new");
         std::fs::remove_dir_all(&dir).unwrap();
     }

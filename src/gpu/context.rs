@@ -456,14 +456,21 @@ impl GpuContext {
     /// counts cut short.
     pub(crate) fn check_loops(&self, kernel: &str, k: usize, iterations: u64) -> Result<()> {
         match self.loop_limit() {
-            Some(limit) if iterations > limit => Err(Error::Gpu(format!(
-                "{kernel} at K = {k}: about {iterations} loop iterations per shader invocation, \
-                 more than the {limit} that {} runs before it cuts loops short (its results would \
-                 be wrong): use the CPU path (--device cpu)",
-                self.info.name
-            ))),
+            Some(limit) if iterations > limit => Err(self.loop_cap_error(kernel, k, iterations)),
             _ => Ok(()),
         }
+    }
+
+    /// The error of a dispatch whose invocations would run `iterations` loop iterations,
+    /// past [`loop_limit`](Self::loop_limit).
+    pub(crate) fn loop_cap_error(&self, kernel: &str, k: usize, iterations: u64) -> Error {
+        let limit = self.loop_limit().unwrap_or(u64::MAX);
+        Error::Gpu(format!(
+            "{kernel} at K = {k}: about {iterations} loop iterations per shader invocation, \
+             more than the {limit} that {} runs before it cuts loops short (its results would \
+             be wrong): use the CPU path (--device cpu)",
+            self.info.name
+        ))
     }
 
     /// [`GpuOptions::tally_lanes`], when set.

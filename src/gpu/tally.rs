@@ -40,17 +40,12 @@ fn rows_per_thread(ctx: &GpuContext, k: usize, levels: usize, lanes: u32) -> Res
     let wanted = TALLY_ROWS_PER_THREAD
         .min(ctx.limits().max_tile_blocks)
         .max(1);
-    match loop_budget::tally_rows_per_thread(wanted, ctx.loop_limit(), k, levels, lanes) {
-        Some(rpt) => Ok(rpt),
-        // Over the cap with one row (and the tile's own loops): check_loops words the
-        // error, given a count past the cap.
-        None => {
-            let limit = ctx.loop_limit().unwrap_or(u64::MAX);
-            let row = loop_budget::tally_row_loops(k, levels, lanes);
-            ctx.check_loops("tally", k, row.max(limit.saturating_add(1)))?;
-            Err(Error::Gpu(format!("tally at K = {k}: past the loop cap")))
-        }
-    }
+    let rpt = loop_budget::tally_rows_per_thread(wanted, ctx.loop_limit(), k, levels, lanes);
+    rpt.ok_or_else(|| {
+        let one_row =
+            loop_budget::tally_tile_loops(levels) + loop_budget::tally_row_loops(k, levels, lanes);
+        ctx.loop_cap_error("tally", k, one_row)
+    })
 }
 
 /// Slots the word buffer holds at first; it doubles (on the device) when a target has more.
@@ -129,7 +124,9 @@ impl DeviceTally {
         let constants = tally_constants(ctx, rows.k, plan.qhats.len());
         let lanes = constants[2].1;
         // Before any upload: a row past the adapter's loop cap is refused, not miscounted.
-        rows_per_thread(ctx, rows.k, self.n_alpha, lanes)?;
+        // Tiles of `rpt` blocks of WG / lanes rows (fewer when a test caps the tile, or
+        // the adapter caps loop iterations per invocation).
+        let rpt = rows_per_thread(ctx, rows.k, self.n_alpha, lanes)?;
         let pipeline = ctx.specialized_pipeline("tally", &constants)?;
         let q: Vec<f32> = plan.qhats.iter().map(|q| q.unwrap_or(INF_QHAT)).collect();
         let qhats = ctx.upload("tally-qhats", &q)?;
@@ -148,9 +145,6 @@ impl DeviceTally {
                 Some(ids) => ctx.upload("tally-slots", &ids[*start..*start + *n])?,
                 None => ctx.storage("tally-slots", 4)?,
             };
-            // Tiles of `rpt` blocks of WG / lanes rows (fewer when a test caps the tile,
-            // or the adapter caps loop iterations per invocation).
-            let rpt = rows_per_thread(ctx, rows.k, self.n_alpha, lanes)?;
             let groups = (*n as u64).div_ceil(tile_rows(rpt, lanes));
             let params = ctx.uniform(
                 "tally-params",

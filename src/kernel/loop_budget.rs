@@ -44,6 +44,12 @@ pub fn tally_row_loops(k: usize, levels: usize, lanes: u32) -> u64 {
     share * (4 + levels as u64) + trees + 4 * levels as u64 + 64
 }
 
+/// Iterations of a tally thread outside its rows: zeroing and flushing the workgroup's
+/// words, the slot check.
+pub fn tally_tile_loops(levels: usize) -> u64 {
+    64 + 8 * levels as u64
+}
+
 /// Rows a tally thread takes: `wanted`, or fewer so that they stay within `limit`
 /// iterations (`None`: no cap). `None` when even one row passes the cap.
 pub fn tally_rows_per_thread(
@@ -57,9 +63,7 @@ pub fn tally_rows_per_thread(
     let Some(limit) = limit else {
         return Some(wanted);
     };
-    // The tile's fixed loops (zeroing and flushing the words, the slot check) first.
-    let fixed = 64 + 8 * levels as u64;
-    let rows = limit.saturating_sub(fixed) / tally_row_loops(k, levels, lanes);
+    let rows = limit.saturating_sub(tally_tile_loops(levels)) / tally_row_loops(k, levels, lanes);
     (rows >= 1).then(|| wanted.min(rows.min(u32::MAX as u64) as u32))
 }
 
@@ -97,7 +101,7 @@ mod tests {
                     if let Some(r) = tally_rows_per_thread(16, limit, k, levels, lanes) {
                         assert!((1..=16).contains(&r));
                         let used =
-                            r as u64 * tally_row_loops(k, levels, lanes) + 64 + 8 * levels as u64;
+                            r as u64 * tally_row_loops(k, levels, lanes) + tally_tile_loops(levels);
                         assert!(used <= LLVMPIPE_LOOP_LIMIT, "K = {k}, {levels} levels");
                     }
                 }
