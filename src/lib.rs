@@ -36,6 +36,7 @@ pub mod error;
 pub mod gpu;
 pub mod kernel;
 pub mod methods;
+pub mod provenance;
 pub mod report;
 pub mod serde_exact;
 pub mod shaders;

@@ -13,14 +13,17 @@ use std::time::Instant;
 
 use conformal_gpu::backend::Backend;
 use conformal_gpu::data::npz::load_npz;
-use conformal_gpu::data::stream::NpzRowReader;
 use conformal_gpu::data::PredictionSet;
+use conformal_gpu::data::{binary_rows, LogitsShape};
 use conformal_gpu::device::{DeviceChoice, Engine};
 use conformal_gpu::methods::bootstrap::{check_confidence, BootstrapOptions};
 use conformal_gpu::methods::calibration::{check_k, Calibration, CalibrationOptions, Temperature};
-use conformal_gpu::methods::evaluate::{Evaluation, Timings, TARGET_CHUNK_ROWS};
-use conformal_gpu::methods::files::{tally_files, FileJob};
-use conformal_gpu::methods::tally::{Tally, TargetRows};
+use conformal_gpu::methods::evaluate::{
+    self as evaluation, Evaluation, EvaluationJob, Timings, TARGET_CHUNK_ROWS,
+};
+use conformal_gpu::methods::files::FileJob;
+use conformal_gpu::methods::tally::Tally;
+use conformal_gpu::methods::target::{Labels as TargetLabels, TargetArrays, TargetInput};
 use conformal_gpu::report::{self, InputFile, Meta};
 use conformal_gpu::{with_backend, Error};
 use ndarray::{Array1, Array2};
@@ -192,7 +195,8 @@ fn convert_f32(arr: &Bound<'_, PyAny>, what: &str) -> PyResult<Vec<f32>> {
     ))
 }
 
-/// `[N, K]` logits, or `[N]` binary logits read as rows `(0, z)` like the .npz reader.
+/// `[N, K]` logits, or `[N]` / `[N, 1]` binary logits read as rows `(0, z)`: the crate's
+/// one rule (`data::LogitsShape`), as the .npz readers read them.
 fn logits_arg<'py>(obj: &Bound<'py, PyAny>, what: &str) -> PyResult<Logits<'py>> {
     let arr = np_asarray(obj)?;
     let shape: Vec<usize> = arr.getattr("shape")?.extract()?;
@@ -204,9 +208,8 @@ fn logits_arg<'py>(obj: &Bound<'py, PyAny>, what: &str) -> PyResult<Logits<'py>>
             )),
         )
     };
-    match shape.len() {
-        2 => {
-            let (n, k) = (shape[0], shape[1]);
+    match LogitsShape::of(&shape) {
+        LogitsShape::Rows { n, k } => {
             if let Ok(a) = arr.cast::<PyArrayDyn<f32>>() {
                 if a.is_c_contiguous() {
                     return Ok(Logits {
@@ -223,21 +226,22 @@ fn logits_arg<'py>(obj: &Bound<'py, PyAny>, what: &str) -> PyResult<Logits<'py>>
                 k,
             })
         }
-        1 => {
+        LogitsShape::Binary { n } => {
             let z = convert_f32(&arr, what)?;
-            let n = z.len();
-            let mut v = Vec::with_capacity(2 * n);
-            for z in z {
-                v.push(0.0);
-                v.push(z);
-            }
             Ok(Logits {
-                data: Rows::Owned(v),
+                data: Rows::Owned(binary_rows(z).collect()),
                 n,
                 k: 2,
             })
         }
-        _ => Err(bad_shape()),
+        LogitsShape::TooFewClasses { k } => Err(to_py(
+            obj.py(),
+            Error::TooFewClasses {
+                what: format!("{what}: logits"),
+                k,
+            },
+        )),
+        LogitsShape::Unreadable => Err(bad_shape()),
     }
 }
 
@@ -318,32 +322,6 @@ fn labels_arg<'py>(obj: &Bound<'py, PyAny>, what: &str) -> PyResult<Labels<'py>>
         }
     }
     Ok(Labels::Wide(ids_i64(obj, what)?))
-}
-
-/// Narrows `labels[start..end]` to i32 into `buf`, or returns the crate's error for the
-/// first label that is not a class of `k` (-1 = unknown).
-/// `first_row` is the whole target's index of `labels[start]` (errors name it).
-fn narrow(
-    labels: &[i64],
-    (start, end): (usize, usize),
-    first_row: usize,
-    k: usize,
-    name: &str,
-    buf: &mut Vec<i32>,
-) -> conformal_gpu::Result<()> {
-    buf.clear();
-    for (i, &y) in labels[start..end].iter().enumerate() {
-        if y < -1 || y >= k as i64 {
-            return Err(Error::LabelOutOfRange {
-                what: format!("{name}: labels"),
-                row: first_row + i,
-                label: y,
-                k,
-            });
-        }
-        buf.push(y as i32);
-    }
-    Ok(())
 }
 
 fn groups_arg<'py>(
@@ -524,6 +502,54 @@ fn fit_calibration(
     on_device!(py, device, |b| Calibration::fit(b, source, &options))
 }
 
+/// Borrowed numpy arrays of one target, alive while their [`TargetArrays`] view is used.
+struct TargetNumpy<'py> {
+    logits: Logits<'py>,
+    labels: Option<Labels<'py>>,
+    hospital: Option<Ids<'py>>,
+    slide: Option<Ids<'py>>,
+}
+
+impl<'py> TargetNumpy<'py> {
+    fn new(
+        name: &str,
+        logits: &Bound<'py, PyAny>,
+        labels: Option<&Bound<'py, PyAny>>,
+        groups: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Self> {
+        let logits = logits_arg(logits, name)?;
+        let labels = match labels.filter(|y| !y.is_none()) {
+            Some(y) => Some(labels_arg(y, &format!("{name}: labels"))?),
+            None => None,
+        };
+        let (hospital, slide) = groups_arg(groups, name)?;
+        Ok(TargetNumpy {
+            logits,
+            labels,
+            hospital,
+            slide,
+        })
+    }
+
+    /// The crate's view of these arrays as target `name`, its first row `row_offset`.
+    fn view<'a>(&'a self, name: &'a str, row_offset: usize) -> PyResult<TargetArrays<'a>> {
+        let labels = match &self.labels {
+            Some(Labels::Borrowed(a)) => Some(TargetLabels::I32(a.as_slice()?)),
+            Some(Labels::Wide(v)) => Some(TargetLabels::I64(v)),
+            None => None,
+        };
+        Ok(TargetArrays {
+            name,
+            row_offset,
+            k: self.logits.k,
+            logits: self.logits.slice(),
+            labels,
+            hospital: self.hospital.as_ref().map(|h| h.slice()),
+            slide: self.slide.as_ref().map(|s| s.slice()),
+        })
+    }
+}
+
 /// Tallies in-memory rows (borrowed) in chunks of `chunk` rows.
 #[allow(clippy::too_many_arguments)]
 fn tally_arrays(
@@ -537,78 +563,11 @@ fn tally_arrays(
     device: &str,
     chunk: usize,
 ) -> PyResult<Tally> {
-    let l = logits_arg(logits, name)?;
-    let labels = match labels.filter(|y| !y.is_none()) {
-        Some(y) => Some(labels_arg(y, &format!("{name}: labels"))?),
-        None => None,
-    };
-    let (hospital, slide) = groups_arg(groups, name)?;
-    let (n, k) = (l.n, l.k);
-    let logits = l.slice();
-    let borrowed_labels = match &labels {
-        Some(Labels::Borrowed(a)) => Some(a.as_slice()?),
-        _ => None,
-    };
-    let wide = match &labels {
-        Some(Labels::Wide(v)) => Some(v.as_slice()),
-        _ => None,
-    };
-    let hospital = hospital.as_ref().map(|h| h.slice());
-    let slide = slide.as_ref().map(|s| s.slice());
-    let group_arrays = [hospital.is_some(), slide.is_some()];
+    let arrays = TargetNumpy::new(name, logits, labels, groups)?;
+    let view = arrays.view(name, row_offset)?;
     on_device!(py, device, |b| {
-        check_k(name, k, cal)?;
-        // Lengths are checked on the whole arrays first, so a chunk never slices past one.
-        for (arr, len) in [
-            (
-                "labels",
-                borrowed_labels.map(<[i32]>::len).or(wide.map(<[i64]>::len)),
-            ),
-            ("hospital", hospital.map(<[i64]>::len)),
-            ("slide", slide.map(<[i64]>::len)),
-        ] {
-            if let Some(len) = len.filter(|&len| len != n) {
-                return Err(Error::LengthMismatch {
-                    what: format!("{name}: {arr}"),
-                    detail: format!("{len} entries for {n} logit rows"),
-                });
-            }
-        }
-        let mut tally = Tally::empty(cal, name, group_arrays);
-        let mut buf = Vec::new();
-        let step = chunk.max(1);
-        let mut start = 0;
-        while start < n || (n == 0 && start == 0) {
-            let end = (start + step).min(n);
-            let chunk_labels = match (borrowed_labels, wide) {
-                (Some(y), _) => Some(&y[start..end]),
-                (None, Some(w)) => {
-                    narrow(w, (start, end), row_offset + start, k, name, &mut buf)?;
-                    Some(buf.as_slice())
-                }
-                _ => None,
-            };
-            let rows = TargetRows {
-                name,
-                row_offset: row_offset + start,
-                k,
-                logits: &logits[start * k..end * k],
-                labels: chunk_labels,
-                hospital: hospital.map(|h| &h[start..end]),
-                slide: slide.map(|s| &s[start..end]),
-            };
-            let part = cal.tally(b, &rows)?;
-            if start == 0 {
-                tally = part;
-            } else {
-                tally.merge(&part)?;
-            }
-            if n == 0 {
-                break;
-            }
-            start = end;
-        }
-        Ok::<_, Error>(tally)
+        check_k(name, view.k, cal)?;
+        view.tally(b, cal, chunk)
     })
 }
 
@@ -1025,28 +984,29 @@ fn evaluate<'py>(
         .unwrap_or_else(|| vec![0.1]);
     let boot = bootstrap_arg(py, bootstrap, confidence, seed)?;
     let choice = parse_device(device).py_err(py)?;
-    // Targets are opened (paths: headers read and checked) before any work.
-    enum Target<'a> {
-        Dict(Bound<'a, PyDict>),
-        File(Box<NpzRowReader>),
+    // Targets are opened (paths: headers read and checked) before any work; dict targets
+    // are borrowed numpy arrays.
+    enum Target {
+        /// An index into `held`.
+        Arrays(usize),
+        File(FileJob),
     }
+    let mut held: Vec<(String, TargetNumpy<'py>)> = Vec::new();
     let mut list = Vec::new();
     for (name, value) in targets.iter() {
         let name: String = name.extract()?;
         let t = if let Ok(d) = value.cast::<PyDict>() {
-            Target::Dict(d.clone())
+            let arrays = TargetNumpy::new(
+                &name,
+                &need(d, "logits", &name)?,
+                dict_get(d, "labels")?.as_ref(),
+                dict_groups(d)?.as_ref(),
+            )?;
+            held.push((name, arrays));
+            Target::Arrays(held.len() - 1)
         } else if let Some(p) = as_path(&value) {
-            let r = py.detach(|| NpzRowReader::open(&p)).py_err(py)?;
-            if r.n() == 0 {
-                return Err(to_py(
-                    py,
-                    Error::Empty {
-                        what: format!("{}: logits", p.display()),
-                        detail: "the target set has no rows".into(),
-                    },
-                ));
-            }
-            Target::File(Box::new(r))
+            let job = py.detach(|| FileJob::open(&p, &name, None)).py_err(py)?;
+            Target::File(job)
         } else {
             return Err(to_py(
                 py,
@@ -1055,7 +1015,7 @@ fn evaluate<'py>(
                 )),
             ));
         };
-        list.push((name, t));
+        list.push(t);
     }
     if list.is_empty() {
         return Err(to_py(
@@ -1095,84 +1055,38 @@ fn evaluate<'py>(
     };
     let fit_str = PyString::new(py, "fit");
     let temperature = temperature.unwrap_or(fit_str.as_any());
-    let load_ms = started.elapsed().as_secs_f64() * 1e3;
-    let mut cal = fit_calibration(py, &source_set, alphas, temperature, boot, device)?;
-    drop(source_set);
-    if let Some(input) = source_input {
-        cal.inputs.push(input);
+    let mut other = None;
+    let temperature = temperature_arg(temperature, &mut other)?;
+    let mut inputs = Vec::new();
+    let mut targets = Vec::with_capacity(list.len());
+    for t in list {
+        targets.push(match t {
+            Target::Arrays(i) => TargetInput::Arrays(held[i].1.view(&held[i].0, 0)?),
+            Target::File(job) => TargetInput::File(Box::new(job)),
+        });
     }
-    let phase = Instant::now();
-    // Dict targets, borrowed; file targets streamed together (decoded ahead on a thread).
-    let mut tallies: Vec<(String, Option<Tally>)> = Vec::new();
-    let mut jobs = Vec::new();
-    let mut job_slots = Vec::new();
-    for (name, t) in list {
-        match t {
-            Target::Dict(d) => {
-                let what = name.clone();
-                let tally = tally_arrays(
-                    py,
-                    &cal,
-                    &name,
-                    &need(&d, "logits", &what)?,
-                    dict_get(&d, "labels")?.as_ref(),
-                    dict_groups(&d)?.as_ref(),
-                    0,
-                    device,
-                    TARGET_CHUNK_ROWS,
-                )?;
-                tallies.push((name, Some(tally)));
-            }
-            Target::File(reader) => {
-                job_slots.push(tallies.len());
-                jobs.push(FileJob {
-                    reader: *reader,
-                    name: name.clone(),
-                    rows: None,
-                });
-                tallies.push((name, None));
-            }
-        }
-    }
-    if !jobs.is_empty() {
-        let paths: Vec<(PathBuf, String)> = jobs
-            .iter()
-            .map(|j| (j.reader.path().to_path_buf(), j.name.clone()))
-            .collect();
-        let mut readers = Some(jobs);
-        let cal_ref = &cal;
-        let done = py
-            .detach(|| -> conformal_gpu::Result<_> {
-                let eng = engine(choice)?;
-                with_backend!(&*eng, choice, |b| {
-                    // A CPU fallback after a GPU failure reads the files again.
-                    let jobs = match readers.take() {
-                        Some(j) => j,
-                        None => paths
-                            .iter()
-                            .map(|(p, name)| FileJob::open(p, name, None))
-                            .collect::<conformal_gpu::Result<Vec<_>>>()?,
-                    };
-                    tally_files(b, cal_ref, jobs, TARGET_CHUNK_ROWS, false)
-                })
-            })
-            .py_err(py)?;
-        for (slot, d) in job_slots.into_iter().zip(done) {
-            tallies[slot].1 = Some(d.tally);
-        }
-    }
-    let tallies: Vec<(String, Tally)> = tallies
-        .into_iter()
-        .filter_map(|(n, t)| t.map(|t| (n, t)))
-        .collect();
-    let timings = Timings {
-        load: load_ms,
-        temperature: cal.timings_ms.temperature,
-        sort: cal.timings_ms.sort,
-        estimate: phase.elapsed().as_secs_f64() * 1e3,
-        total: started.elapsed().as_secs_f64() * 1e3,
+    inputs.extend(source_input);
+    let job = EvaluationJob {
+        source: &source_set,
+        options: CalibrationOptions {
+            alphas,
+            temperature,
+            bootstrap: boot,
+        },
+        inputs,
+        targets,
+        rows: false,
+        started,
     };
-    report_dict(py, &cal, &tallies, timings)
+    let outcome = py
+        .detach(|| -> conformal_gpu::Result<_> {
+            let eng = engine(choice)?;
+            evaluation::run(&eng, choice, job)
+        })
+        .py_err(py)?;
+    let eval = outcome.evaluation;
+    let value = report::to_json(&eval, &meta(outcome.inputs, &eval.device)).py_err(py)?;
+    json_to_py(py, &value)
 }
 
 fn rayon_join<A: Send, B: Send>(

@@ -232,3 +232,42 @@ def test_bootstrap_gpu_equals_cli_gpu(cli, data, tmp_path, gpu):
                       bootstrap=10, seed=7, confidence=0.9)
     assert got["device"].startswith("gpu") and "mae_ci" in got
     assert comparable(got) == comparable(want)
+
+
+@pytest.mark.parametrize("shape", ["[N]", "[N, 1]"])
+def test_binary_logit_shapes_equal_cli(cli, tmp_path, shape):
+    # DESIGN 1: a single binary logit z, as [N] or [N, 1], is the two-class row (0, z) in
+    # every reader: Python's arrays, the .npz files the CLI reads, and both agree with the
+    # same sets written as explicit [N, 2] rows.
+    rng = np.random.default_rng(7)
+
+    def binary(n, shift):
+        y = rng.integers(0, 2, n)
+        z = ((2 * y - 1) * rng.gamma(2.0, 1.5, n) + shift * rng.normal(size=n)).astype(np.float32)
+        if shape == "[N, 1]":
+            z = z[:, None]
+        return {"logits": z, "labels": y.astype(np.int64)}
+
+    source, test = binary(2000, 0.0), binary(3000, 1.5)
+    d = tmp_path / "data"
+    d.mkdir()
+    save(d / "source.npz", source)
+    save(d / "test.npz", test)
+    out = tmp_path / "cli.json"
+    want = cli("evaluate", "--data", str(d), "--source", "source", "--device", "cpu",
+               "--json", str(out), json_out=out)
+    got = cg.evaluate(source, {"test": test}, device="cpu")
+    assert comparable(got) == comparable(want)
+    # The same rows written out as (0, z).
+    rows = {
+        name: {**s, "logits": np.stack(
+            [np.zeros(len(s["labels"]), np.float32), s["logits"].reshape(-1)], axis=1)}
+        for name, s in (("source", source), ("test", test))
+    }
+    two = cg.evaluate(rows["source"], {"test": rows["test"]}, device="cpu")
+    assert comparable(two) == comparable(got)
+    # Calibrate/tally take the same shapes.
+    cal = cg.Calibration.fit(source["logits"], source["labels"], device="cpu")
+    assert cal.k == 2
+    t = cal.tally(test["logits"], labels=test["labels"], name="test", device="cpu")
+    assert t.n == 3000

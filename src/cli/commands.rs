@@ -13,9 +13,12 @@ use conformal_gpu::data::PredictionSet;
 use conformal_gpu::device::{DeviceChoice, Engine};
 use conformal_gpu::methods::bootstrap::{check_confidence, BootstrapOptions};
 use conformal_gpu::methods::calibration::{Calibration, CalibrationOptions, Temperature};
-use conformal_gpu::methods::evaluate::{Evaluation, Timings, TARGET_CHUNK_ROWS};
+use conformal_gpu::methods::evaluate::{
+    self as evaluation, Evaluation, EvaluationJob, Timings, TARGET_CHUNK_ROWS,
+};
 use conformal_gpu::methods::files::{tally_files, FileJob};
 use conformal_gpu::methods::tally::Tally;
+use conformal_gpu::methods::target::TargetInput;
 use conformal_gpu::report::{self, InputFile, Meta, SkippedFile};
 use conformal_gpu::{with_backend, Error, Result};
 
@@ -91,13 +94,8 @@ fn calibrate(
         }
     }
     cal.inputs.sort();
-    if let Some(w) = &cal.source.warning {
+    for w in cal.warnings() {
         eprintln!("warning: {w}");
-    }
-    for (a, q) in cal.alphas.iter().zip(&cal.modes.ts.qhats) {
-        if q.is_none() {
-            eprintln!("warning: alpha = {a}: the source has too few rows (k > n), qhat = +inf");
-        }
     }
     Ok(cal)
 }
@@ -276,76 +274,59 @@ pub fn run_evaluate(job: EvalJob<'_>) -> Result<()> {
         })
         .collect();
     let (engine, choice) = open_device(job.device)?;
-    let load_ms = started.elapsed().as_secs_f64() * 1e3;
-    // The GPU's pipelines compile on a second thread while the source is read and fitted.
-    let cal = std::thread::scope(|s| {
-        #[cfg(feature = "gpu")]
-        if let (Engine::Gpu(ctx), Some(t)) = (&engine, targets.first()) {
-            let levels = job.source.alphas.len();
-            let bootstrap = job.source.bootstrap.replicates > 0;
-            s.spawn(move || ctx.warm_up_evaluation(t.k(), levels, bootstrap));
-        }
-        #[cfg(not(feature = "gpu"))]
-        let _ = s;
-        calibrate(&job.source, &files, &engine, choice)
-    })?;
-    for t in &targets {
-        conformal_gpu::methods::calibration::check_k(&t.path().display().to_string(), t.k(), &cal)?;
+    let args = &job.source;
+    if let Some(t) = args.temperature {
+        conformal_gpu::methods::temperature::validate_temperature(t)?;
     }
+    let temp_path = args
+        .temperature_source
+        .map(|name| find_set(data, &files, name, "temperature"))
+        .transpose()?;
+    let (source, source_input) = load_hashed(&source_path)?;
+    let temp = temp_path.as_deref().map(load_hashed).transpose()?;
+    let temperature = match (args.temperature, &temp) {
+        (Some(t), _) => Temperature::Fixed(t),
+        (None, Some((set, _))) => Temperature::FitOn(set),
+        (None, None) => Temperature::FitSource,
+    };
+    let mut inputs = vec![source_input];
+    inputs.extend(temp.as_ref().map(|(_, input)| input.clone()));
     let pb = phase(&format!(
         "evaluating {} targets ({} predictions)",
         targets.len(),
-        targets.iter().map(|t| t.n()).sum::<usize>() + cal.source.n
+        targets.iter().map(|t| t.n()).sum::<usize>() + source.n()
     ));
-    let phase_start = Instant::now();
-    let mut reports = Vec::new();
-    let mut rows = Vec::new();
-    let mut inputs = cal.inputs.clone();
-    if job.rows {
-        let source = npz::load_npz(&source_path)?;
-        rows.push(with_backend!(&engine, choice, |b| {
-            conformal_gpu::methods::evaluate::set_row_outputs(b, &cal, &source)
-        })?);
-    }
-    let paths: Vec<(PathBuf, String)> = targets
-        .iter()
-        .map(|r| (r.path().to_path_buf(), r.name().to_string()))
-        .collect();
-    let mut readers = Some(targets);
-    let done = with_backend!(&engine, choice, |b| {
-        // A CPU fallback after a GPU failure reads the files again.
-        let jobs = match readers.take() {
-            Some(rs) => rs
+    let outcome = evaluation::run(
+        &engine,
+        choice,
+        EvaluationJob {
+            source: &source,
+            options: CalibrationOptions {
+                alphas: args.alphas.clone(),
+                temperature,
+                bootstrap: args.bootstrap,
+            },
+            inputs,
+            targets: targets
                 .into_iter()
-                .map(|reader| FileJob {
-                    name: reader.name().to_string(),
-                    reader,
-                    rows: None,
+                .map(|reader| {
+                    TargetInput::File(Box::new(FileJob {
+                        name: reader.name().to_string(),
+                        reader,
+                        rows: None,
+                    }))
                 })
                 .collect(),
-            None => paths
-                .iter()
-                .map(|(p, name)| FileJob::open(p, name, None))
-                .collect::<Result<Vec<_>>>()?,
-        };
-        tally_files(b, &cal, jobs, TARGET_CHUNK_ROWS, job.rows)
-    })?;
-    for d in done {
-        reports.push(cal.report(&d.tally.name, &d.tally)?);
-        inputs.extend(d.tally.inputs.iter().cloned());
-        rows.extend(d.rows);
-    }
+            rows: job.rows,
+            started,
+        },
+    )?;
     pb.finish_and_clear();
-    inputs.sort();
-    inputs.dedup();
-    let timings = Timings {
-        load: load_ms,
-        temperature: cal.timings_ms.temperature,
-        sort: cal.timings_ms.sort,
-        estimate: phase_start.elapsed().as_secs_f64() * 1e3,
-        total: started.elapsed().as_secs_f64() * 1e3,
-    };
-    let eval = Evaluation::assemble(&cal, cal.device.clone(), reports, rows, timings);
+    for w in &outcome.warnings {
+        eprintln!("warning: {w}");
+    }
+    let eval = outcome.evaluation;
+    let inputs = outcome.inputs;
     let mut meta = meta(&eval.device, inputs, skipped, job.seed);
     record_transfers(&mut meta, &engine, &eval.device);
     #[cfg(feature = "gpu")]

@@ -18,6 +18,49 @@ use ndarray::{Array1, Array2};
 
 use crate::error::{Error, Result};
 
+/// How a `logits` array's shape reads (DESIGN.md 1), the one rule every reader (both
+/// `.npz` paths, Python's arrays) follows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogitsShape {
+    /// `[N, K]`, K >= 2: rows of K classes.
+    Rows {
+        /// Rows.
+        n: usize,
+        /// Classes.
+        k: usize,
+    },
+    /// `[N]` or `[N, 1]`: one binary logit z a row, read as the two-class row `(0, z)`
+    /// (same softmax, same argmax).
+    Binary {
+        /// Rows.
+        n: usize,
+    },
+    /// `[N, 0]`: too few classes.
+    TooFewClasses {
+        /// The K given.
+        k: usize,
+    },
+    /// Any other rank.
+    Unreadable,
+}
+
+impl LogitsShape {
+    /// Reads `shape`.
+    pub fn of(shape: &[usize]) -> Self {
+        match *shape {
+            [n, k] if k >= 2 => LogitsShape::Rows { n, k },
+            [n] | [n, 1] => LogitsShape::Binary { n },
+            [_, k] => LogitsShape::TooFewClasses { k },
+            _ => LogitsShape::Unreadable,
+        }
+    }
+}
+
+/// Expands binary logits `z` to rows `(0, z)`.
+pub fn binary_rows(z: impl IntoIterator<Item = f32>) -> impl Iterator<Item = f32> {
+    z.into_iter().flat_map(|z| [0.0, z])
+}
+
 /// One prediction set: `logits` `[N, K]` (row-major), optional labels (-1 = unknown)
 /// and optional group ids.
 #[derive(Debug, Clone, PartialEq)]
@@ -69,6 +112,28 @@ impl PredictionSet {
             Some(s) => std::borrow::Cow::Borrowed(s),
             None => std::borrow::Cow::Owned(self.logits.iter().copied().collect()),
         }
+    }
+
+    /// The set with every array in standard (contiguous, row-major) layout: itself when it
+    /// already is (the usual case), else a copy.
+    pub fn standard(&self) -> std::borrow::Cow<'_, PredictionSet> {
+        let contiguous =
+            |a: &Option<Array1<i64>>| a.as_ref().is_none_or(|a| a.as_slice().is_some());
+        if self.logits.as_slice().is_some()
+            && contiguous(&self.labels)
+            && contiguous(&self.hospital)
+            && contiguous(&self.slide)
+        {
+            return std::borrow::Cow::Borrowed(self);
+        }
+        let std = |a: &Option<Array1<i64>>| a.as_ref().map(|a| a.as_standard_layout().into_owned());
+        std::borrow::Cow::Owned(PredictionSet {
+            name: self.name.clone(),
+            logits: self.logits.as_standard_layout().into_owned(),
+            labels: std(&self.labels),
+            hospital: std(&self.hospital),
+            slide: std(&self.slide),
+        })
     }
 
     /// Number of rows with a known label.

@@ -17,7 +17,7 @@ use super::npy::{
     conv_f32, conv_i64, npy_header, read_npy, Decoded, Dtype, CHUNK_ELEMS, MAX_DEFLATE_RATIO,
 };
 pub use super::npy::{load_npy_scores, load_npy_scores_f64};
-use super::PredictionSet;
+use super::{binary_rows, LogitsShape, PredictionSet};
 use crate::error::{Error, Result};
 
 // ---------------------------------------------------------------------------------------
@@ -313,27 +313,26 @@ fn load_npz_from<R: Read + Seek>(
         conv_f32,
     )?
     .ok_or_else(|| Error::format(&file, "no array named 'logits'"))?;
-    let logits = match logits.shape.as_slice() {
-        [n, k] if *k >= 2 => Array2::from_shape_vec((*n, *k), logits.data)
+    let logits = match LogitsShape::of(&logits.shape) {
+        LogitsShape::Rows { n, k } => Array2::from_shape_vec((n, k), logits.data)
             .map_err(|e| Error::format(&file, format!("array 'logits': {e}")))?,
-        // A single binary logit z is the two-class row (0, z): same softmax, same argmax.
-        [n] | [n, 1] => {
-            let mut a = Array2::<f32>::zeros((*n, 2));
-            for (mut row, z) in a.rows_mut().into_iter().zip(logits.data) {
-                row[1] = z;
-            }
-            a
+        LogitsShape::Binary { n } => {
+            Array2::from_shape_vec((n, 2), binary_rows(logits.data).collect())
+                .map_err(|e| Error::format(&file, format!("array 'logits': {e}")))?
         }
-        [_, k] => {
+        LogitsShape::TooFewClasses { k } => {
             return Err(Error::TooFewClasses {
                 what: format!("{file}: logits"),
-                k: *k,
+                k,
             })
         }
-        s => {
+        LogitsShape::Unreadable => {
             return Err(Error::format(
                 &file,
-                format!("array 'logits': shape {s:?}, need [N, K] or [N]"),
+                format!(
+                    "array 'logits': shape {:?}, need [N, K] or [N]",
+                    logits.shape
+                ),
             ))
         }
     };

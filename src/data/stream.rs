@@ -46,6 +46,7 @@ use super::npy::{
     check_claim, conv_f32, conv_i64, expect_end, read_elems, read_npy_header, Dtype, CHUNK_ELEMS,
     MAX_DEFLATE_RATIO,
 };
+use super::LogitsShape;
 use crate::error::{Error, Result};
 
 /// Bytes per read of the hashing thread.
@@ -566,21 +567,20 @@ impl NpzRowReader {
             Dtype::is_float,
             "float32, float16 or float64",
         )?;
-        let (n, k, binary) = match shape.as_slice() {
-            [n, k] if *k >= 2 => (*n, *k, false),
-            // A single binary logit z is the two-class row (0, z): same softmax, same argmax.
-            [n] | [n, 1] => (*n, 2, true),
-            [_, k] => {
+        let (n, k, binary) = match LogitsShape::of(&shape) {
+            LogitsShape::Rows { n, k } => (n, k, false),
+            LogitsShape::Binary { n } => (n, 2, true),
+            LogitsShape::TooFewClasses { k } => {
                 return Err(Error::TooFewClasses {
                     what: format!("{file}: logits"),
-                    k: *k,
+                    k,
                 })
             }
-            s => {
+            LogitsShape::Unreadable => {
                 return Err(member_err(
                     &file,
                     "logits",
-                    format!("shape {s:?}, need [N, K] or [N]"),
+                    format!("shape {shape:?}, need [N, K] or [N]"),
                 ))
             }
         };
@@ -765,7 +765,8 @@ impl NpzRowReader {
             Logits::Stream(m) if self.binary => {
                 self.zs.clear();
                 read_values(m, rows, &mut self.zs, &mut self.stage, conv_f32, file, row0)?;
-                out.logits.extend(self.zs.iter().flat_map(|&z| [0.0, z]));
+                out.logits
+                    .extend(super::binary_rows(self.zs.iter().copied()));
             }
             Logits::Stream(m) => read_values(
                 m,

@@ -15,6 +15,7 @@ pub mod select_histogram;
 pub mod softmax;
 pub mod tally;
 pub mod temperature_nll;
+pub mod warm_up;
 
 pub use buffers::DeviceRows;
 pub use context::{

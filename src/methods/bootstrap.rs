@@ -17,14 +17,14 @@ use crate::backend::{labels_i32, Backend, NllSums};
 use crate::cpu::temperature_nll::nll_sums_f64_weighted;
 use crate::data::PredictionSet;
 use crate::error::{Error, Result};
-use crate::kernel::bootstrap::{
-    name_key, percentile_interval, rep, weights4, RepCounts, ReplicatePlan, REPS_PER_DRAW,
-};
+use crate::kernel::bootstrap::{name_key, rep, weights4, RepCounts, ReplicatePlan, REPS_PER_DRAW};
 use crate::kernel::row_stats::NSTAT;
 use crate::kernel::tally::P1_GRID_BITS;
-use crate::methods::calibration::{AtcThreshold, ModeCalibration, Temperature};
 use crate::methods::temperature::fit_temperature_with;
-use crate::report::model::{Estimates, Method, Modes};
+use crate::methods::temperature::Temperature;
+use crate::methods::thresholds::{AtcThreshold, ModeCalibration};
+pub use crate::report::intervals::{Intervals, MethodIntervals, ReplicateValues};
+use crate::report::model::{Estimates, Modes};
 
 /// Most replicates a run takes: counts grow as replicates x groups (in memory per chunk
 /// and in every tally file), and percentile intervals gain nothing past a few thousand.
@@ -350,19 +350,9 @@ fn replicate_temperature(
     Ok(fit.temperature)
 }
 
-/// Every replicate's estimates and true accuracy of a target (or a group), from its
-/// replicate counts in both modes.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct ReplicateValues {
-    /// Estimates per replicate.
-    pub estimates: Modes<Vec<Estimates>>,
-    /// True accuracy per replicate (NaN where the replicate drew no labelled row).
-    pub truth: Vec<f64>,
-}
-
-impl ReplicateValues {
+impl CalibrationBootstrap {
     /// From the replicate counts of both modes (the raw mode's labels give the truth).
-    pub fn new(boot: &CalibrationBootstrap, counts: &Modes<RepCounts>) -> Self {
+    pub fn replicate_values(&self, counts: &Modes<RepCounts>) -> ReplicateValues {
         let est = |cals: &[ReplicateCalibration], rc: &RepCounts| -> Vec<Estimates> {
             cals.iter()
                 .zip(rc.counts.iter().zip(&rc.sum_p1))
@@ -377,97 +367,10 @@ impl ReplicateValues {
             .collect();
         ReplicateValues {
             estimates: Modes {
-                raw: est(&boot.modes.raw, &counts.raw),
-                ts: est(&boot.modes.ts, &counts.ts),
+                raw: est(&self.modes.raw, &counts.raw),
+                ts: est(&self.modes.ts, &counts.ts),
             },
             truth,
-        }
-    }
-
-    /// Per replicate, the absolute error of method `m` in mode `ts` or `raw`.
-    pub fn errors(&self, ts: bool, m: Method) -> Vec<f64> {
-        let est = if ts {
-            &self.estimates.ts
-        } else {
-            &self.estimates.raw
-        };
-        est.iter()
-            .zip(&self.truth)
-            .map(|(e, t)| (e.get(m) - t).abs())
-            .collect()
-    }
-
-    /// The intervals of every estimate.
-    pub fn estimate_intervals(&self, confidence: f64) -> Modes<MethodIntervals> {
-        let of = |est: &[Estimates]| -> MethodIntervals {
-            Method::ALL
-                .into_iter()
-                .map(|m| {
-                    let v: Vec<f64> = est.iter().map(|e| e.get(m)).collect();
-                    (m.name(), percentile_interval(&v, confidence))
-                })
-                .collect()
-        };
-        Modes {
-            raw: of(&self.estimates.raw),
-            ts: of(&self.estimates.ts),
-        }
-    }
-
-    /// The intervals of every absolute error.
-    pub fn error_intervals(&self, confidence: f64) -> Modes<MethodIntervals> {
-        let of = |ts: bool| -> MethodIntervals {
-            Method::ALL
-                .into_iter()
-                .map(|m| {
-                    (
-                        m.name(),
-                        percentile_interval(&self.errors(ts, m), confidence),
-                    )
-                })
-                .collect()
-        };
-        Modes {
-            raw: of(false),
-            ts: of(true),
-        }
-    }
-
-    /// The interval of the true accuracy.
-    pub fn truth_interval(&self, confidence: f64) -> Option<[f64; 2]> {
-        percentile_interval(&self.truth, confidence)
-    }
-}
-
-/// An interval per method name (`None`: no replicate had a value).
-pub type MethodIntervals = std::collections::BTreeMap<&'static str, Option<[f64; 2]>>;
-
-/// Intervals of one target or group, as the report carries them.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct Intervals {
-    /// Every estimate's interval per mode.
-    pub ci: Modes<MethodIntervals>,
-    /// The true accuracy's (`None` when unlabelled).
-    pub true_accuracy_ci: Option<[f64; 2]>,
-    /// Every absolute error's per mode (`None` when unlabelled).
-    pub error_ci: Option<Modes<MethodIntervals>>,
-    /// The replicate values the intervals come from (MAE intervals need them).
-    #[serde(skip)]
-    pub values: ReplicateValues,
-}
-
-impl Intervals {
-    /// The intervals of `values`; `labelled` says whether the truth exists.
-    pub fn new(values: ReplicateValues, labelled: bool, confidence: f64) -> Self {
-        Intervals {
-            ci: values.estimate_intervals(confidence),
-            true_accuracy_ci: if labelled {
-                values.truth_interval(confidence)
-            } else {
-                None
-            },
-            error_ci: labelled.then(|| values.error_intervals(confidence)),
-            values,
         }
     }
 }

@@ -15,31 +15,21 @@ use crate::data::PredictionSet;
 use crate::error::{Error, Result};
 use crate::kernel::bootstrap::{name_key, BootstrapTallyPlan, ReplicatePlan};
 use crate::kernel::calibration::{CalibrationStats, BINS};
-use crate::kernel::row_stats::NSTAT;
-use crate::kernel::tally::{TallyPlan, GROUP_ARRAYS};
+use crate::kernel::tally::GROUP_ARRAYS;
 use crate::methods::bootstrap::{fit_replicates, BootstrapOptions, CalibrationBootstrap};
-use crate::methods::quantile::{check_alpha, conformal_k};
-use crate::methods::tally::{Tally, TargetRows};
+use crate::methods::quantile::check_alpha;
+use crate::methods::tally::{Tally, TallyShape, TargetRows};
+pub use crate::methods::temperature::Temperature;
 use crate::methods::temperature::{
     fit_temperature, validate_source, validate_temperature, TemperatureFit,
 };
+pub use crate::methods::thresholds::{cpc_sweep, AtcThreshold, ModeCalibration};
 use crate::report::model::{InputFile, Modes, SourceReport};
 
 /// `format` of a calibration file.
 pub const CALIBRATION_FORMAT: &str = "conformal-gpu calibration";
 /// `version` of the calibration files this build writes and reads.
 pub const CALIBRATION_VERSION: u32 = 1;
-
-/// How the temperature of the `ts` mode is chosen.
-#[derive(Clone, Copy, Debug)]
-pub enum Temperature<'a> {
-    /// Fitted on the source (default).
-    FitSource,
-    /// Given by the user.
-    Fixed(f64),
-    /// Fitted on another labelled set.
-    FitOn(&'a PredictionSet),
-}
 
 /// Options of [`Calibration::fit`].
 #[derive(Clone, Debug)]
@@ -58,165 +48,6 @@ impl Default for CalibrationOptions<'_> {
             alphas: vec![0.1],
             temperature: Temperature::FitSource,
             bootstrap: BootstrapOptions::default(),
-        }
-    }
-}
-
-/// ATC threshold on the source: `t`, and the share `lambda` of the tie group at `t`.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
-pub struct AtcThreshold {
-    /// The c-th largest source score (`None` when no source row is correct).
-    #[serde(with = "crate::serde_exact::opt")]
-    pub t: Option<f32>,
-    /// `(c - #{g > t}) / #{g = t}`.
-    pub lambda: f64,
-}
-
-impl AtcThreshold {
-    /// From the ascending-sorted source scores and the number of correct rows `c`.
-    pub fn new(sorted: &[f32], c: usize) -> Self {
-        if c == 0 || sorted.is_empty() {
-            return AtcThreshold {
-                t: None,
-                lambda: 0.0,
-            };
-        }
-        let n = sorted.len();
-        let c = c.min(n);
-        let t = sorted[n - c];
-        let upper = sorted.partition_point(|&x| x <= t);
-        let lower = sorted.partition_point(|&x| x < t);
-        let above = n - upper;
-        let ties = upper - lower;
-        AtcThreshold {
-            t: Some(t),
-            lambda: (c - above) as f64 / ties as f64,
-        }
-    }
-
-    /// ATC from the counts of target scores above and equal to `t` over `n` rows.
-    pub fn estimate(&self, above: u64, equal: u64, n: u64) -> f64 {
-        match self.t {
-            None => 0.0,
-            Some(_) => (above as f64 + self.lambda * equal as f64) / n as f64,
-        }
-    }
-}
-
-/// Chooses CPC's `q*` by the sweep of DESIGN.md 2.8. `scores` are the ascending LAC
-/// scores, `one_minus_p1`/`one_minus_p2` the ascending `1 - p_(1)` and `1 - p_(2)` of the
-/// same rows, `correct` the number of correct source rows. Returns `(q*, i)` with `i` the
-/// 1-based index of q*'s first occurrence (`n + 1` and `None` for +inf).
-pub fn cpc_sweep(
-    scores: &[f32],
-    one_minus_p1: &[f32],
-    one_minus_p2: &[f32],
-    correct: usize,
-) -> (Option<f32>, usize) {
-    let n = scores.len();
-    // +inf: no singleton (1 - p_(2) > inf never holds), |R - acc| = c / n.
-    let mut best: (Option<f32>, usize, usize) = (None, n + 1, usize::MAX);
-    let (mut ia, mut ib) = (0usize, 0usize);
-    for (i, &q) in scores.iter().enumerate() {
-        if i > 0 && scores[i - 1] == q {
-            continue; // same candidate: R is equal, the first index stands
-        }
-        while ia < n && one_minus_p1[ia] <= q {
-            ia += 1;
-        }
-        while ib < n && one_minus_p2[ib] <= q {
-            ib += 1;
-        }
-        // Singletons at q: rows with 1 - p_(1) <= q minus rows with 1 - p_(2) <= q
-        // (the second implies the first). |R_S - acc(S)| = |count - c| / n, in integers.
-        let diff = (ia - ib).abs_diff(correct);
-        if diff < best.2 {
-            best = (Some(q), i + 1, diff);
-        }
-    }
-    if best.0.is_none() || correct < best.2 {
-        // +inf (count 0) is strictly better than every finite candidate.
-        return (None, n + 1);
-    }
-    (best.0, best.1)
-}
-
-/// Everything the targets need from the source in one mode.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct ModeCalibration {
-    /// Temperature of the mode (1 for `raw`).
-    #[serde(with = "crate::serde_exact::one")]
-    pub t: f32,
-    /// Source rows.
-    pub n: usize,
-    /// Correct source rows.
-    pub correct: usize,
-    /// AC(S): mean largest probability on the source.
-    pub ac: f64,
-    /// ATC-MC threshold.
-    pub atc_mc: AtcThreshold,
-    /// ATC-NE threshold.
-    pub atc_ne: AtcThreshold,
-    /// qhat per level (`None` = +inf: k > n).
-    #[serde(with = "crate::serde_exact::vec_opt")]
-    pub qhats: Vec<Option<f32>>,
-    /// CPC's q* (`None` = +inf).
-    #[serde(with = "crate::serde_exact::opt")]
-    pub cpc_q: Option<f32>,
-    /// `alpha* = 1 - i/(n+1)`.
-    pub cpc_alpha: f64,
-    /// The source's LAC scores, ascending (p-values count against them).
-    #[serde(with = "crate::serde_exact::vec")]
-    pub sorted_lac: Vec<f32>,
-}
-
-impl ModeCalibration {
-    /// Accuracy of the source.
-    pub fn accuracy(&self) -> f64 {
-        self.correct as f64 / self.n as f64
-    }
-
-    /// From the source's sorted statistics columns at temperature `t` and its number
-    /// of correct rows `correct` (argmax of the logits: the same in every mode).
-    pub(crate) fn from_columns(
-        cols: [Vec<f32>; NSTAT],
-        correct: usize,
-        t: f32,
-        alphas: &[f64],
-    ) -> Self {
-        let [mc, ne, lac, a, b] = cols;
-        let n = lac.len();
-        // AC(S): summed in sorted order, the same on every backend.
-        let ac = mc.iter().map(|&p| p as f64).sum::<f64>() / n as f64;
-        let qhats = alphas
-            .iter()
-            .map(|&alpha| conformal_k(n, alpha).map(|k| lac[k - 1]))
-            .collect();
-        let (cpc_q, i) = cpc_sweep(&lac, &a, &b, correct);
-        ModeCalibration {
-            t,
-            n,
-            correct,
-            ac,
-            atc_mc: AtcThreshold::new(&mc, correct),
-            atc_ne: AtcThreshold::new(&ne, correct),
-            qhats,
-            cpc_q,
-            cpc_alpha: 1.0 - i as f64 / (n as f64 + 1.0),
-            sorted_lac: lac,
-        }
-    }
-
-    /// The tally plan of this mode for a chunk's labels and group ids.
-    pub fn plan<'a>(&'a self, labels: &'a [i32], groups: [Option<&'a [i64]>; 2]) -> TallyPlan<'a> {
-        TallyPlan {
-            t: self.t,
-            atc_mc: self.atc_mc.t,
-            atc_ne: self.atc_ne.t,
-            cpc_q: self.cpc_q,
-            qhats: &self.qhats,
-            labels,
-            groups,
         }
     }
 }
@@ -276,6 +107,18 @@ pub struct Calibration {
     pub timings_ms: FitTimings,
 }
 
+/// What a tally made with this calibration must agree on.
+impl<'a> From<&'a Calibration> for TallyShape<'a> {
+    fn from(cal: &'a Calibration) -> Self {
+        TallyShape {
+            calibration: &cal.id,
+            k: cal.k,
+            n_alpha: cal.alphas.len(),
+            bootstrap: cal.bootstrap.as_ref().map(|b| (b.replicates, b.seed)),
+        }
+    }
+}
+
 /// The fields an id covers, borrowed, in a fixed order.
 #[derive(Serialize)]
 struct IdContent<'a> {
@@ -291,15 +134,7 @@ struct IdContent<'a> {
     bootstrap: &'a Option<CalibrationBootstrap>,
 }
 
-/// Lowercase hex of a digest.
-pub fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        let _ = write!(s, "{b:02x}");
-    }
-    s
-}
+pub use crate::provenance::hex;
 
 /// SHA-256 of a set's arrays as the kernels read them: K, N, the f32 logits row-major and
 /// the labels as i64, little-endian (independent of the file's dtype and layout).
@@ -553,6 +388,20 @@ impl Calibration {
             plans: self.bootstrap.as_ref().map(|b| b.plans()),
             name_key: name_key(name),
         })
+    }
+
+    /// What the user should hear about this calibration: a temperature fit that did not
+    /// converge, levels whose qhat is +inf (too few source rows).
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out: Vec<String> = self.source.warning.iter().cloned().collect();
+        for (a, q) in self.alphas.iter().zip(&self.modes.ts.qhats) {
+            if q.is_none() {
+                out.push(format!(
+                    "alpha = {a}: the source has too few rows (k > n), qhat = +inf"
+                ));
+            }
+        }
+        out
     }
 
     /// The versioned JSON document (pretty, one trailing newline).

@@ -1,5 +1,5 @@
 //! Tally anywhere, merge exactly (DESIGN.md 3): a [`Tally`] holds one target's integer
-//! counts per (hospital, slide) pair and mode, made by [`Calibration::tally`] from one
+//! counts per (hospital, slide) pair and mode, made by `Calibration::tally` from one
 //! chunk of rows. Tallies of the same target and calibration merge by addition, so a
 //! target split into shards of any sizes, tallied anywhere and merged in any order,
 //! reports the same bits as the whole target in one piece.
@@ -9,7 +9,6 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::kernel::bootstrap::{merge_pair_reps, rep, PairRepCounts, RepCounts, MAX_WEIGHT};
 use crate::kernel::tally::{Counts, GroupKey, PairCounts, GROUP_ARRAYS};
-use crate::methods::calibration::Calibration;
 use crate::report::model::InputFile;
 use crate::report::model::Modes;
 
@@ -340,6 +339,20 @@ pub struct ModePairs {
     pub ts: PairCounts,
 }
 
+/// What a tally must agree on with the calibration that makes it (a calibration gives
+/// one: `Tally::empty(&cal, ..)`), so this floor needs no calibration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TallyShape<'a> {
+    /// The calibration's id.
+    pub calibration: &'a str,
+    /// Classes.
+    pub k: usize,
+    /// Levels.
+    pub n_alpha: usize,
+    /// Bootstrap replicates and seed, when the calibration has a bootstrap.
+    pub bootstrap: Option<(usize, u64)>,
+}
+
 /// One target's counts (of a chunk, a shard, or the whole target). See the module docs.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Tally {
@@ -372,14 +385,15 @@ pub struct Tally {
 
 impl Tally {
     /// An empty tally of target `name` under `cal`.
-    pub fn empty(cal: &Calibration, name: &str, group_arrays: [bool; 2]) -> Self {
+    pub fn empty<'a>(cal: impl Into<TallyShape<'a>>, name: &str, group_arrays: [bool; 2]) -> Self {
+        let cal = cal.into();
         Tally {
             format: TALLY_FORMAT.into(),
             version: TALLY_VERSION,
-            calibration: cal.id.clone(),
+            calibration: cal.calibration.to_string(),
             name: name.to_string(),
             k: cal.k,
-            n_alpha: cal.alphas.len(),
+            n_alpha: cal.n_alpha,
             group_arrays: GROUP_ARRAYS
                 .iter()
                 .zip(group_arrays)
@@ -389,9 +403,9 @@ impl Tally {
             rows: Vec::new(),
             inputs: Vec::new(),
             modes: ModePairs::default(),
-            bootstrap: cal.bootstrap.as_ref().map(|b| TallyBootstrap {
-                replicates: b.replicates,
-                seed: b.seed,
+            bootstrap: cal.bootstrap.map(|(replicates, seed)| TallyBootstrap {
+                replicates,
+                seed,
                 ..Default::default()
             }),
         }
@@ -540,13 +554,12 @@ impl Tally {
 
     /// Checks that the tally was made with `cal` (`Error::Invalid`-class mismatch errors
     /// are data errors: exit 5 on the command line).
-    pub fn check_against(&self, cal: &Calibration) -> Result<()> {
-        let boot = |b: Option<(usize, u64)>| b;
-        let same_boot = boot(self.bootstrap.as_ref().map(|b| (b.replicates, b.seed)))
-            == boot(cal.bootstrap.as_ref().map(|b| (b.replicates, b.seed)));
-        if self.calibration != cal.id
+    pub fn check_against<'a>(&self, cal: impl Into<TallyShape<'a>>) -> Result<()> {
+        let cal = cal.into();
+        let same_boot = self.bootstrap.as_ref().map(|b| (b.replicates, b.seed)) == cal.bootstrap;
+        if self.calibration != cal.calibration
             || self.k != cal.k
-            || self.n_alpha != cal.alphas.len()
+            || self.n_alpha != cal.n_alpha
             || !same_boot
         {
             return Err(Error::Incompatible {
@@ -554,7 +567,7 @@ impl Tally {
                 detail: format!(
                     "made with calibration {}, not with this one ({})",
                     short(&self.calibration),
-                    short(&cal.id)
+                    short(cal.calibration)
                 ),
             });
         }

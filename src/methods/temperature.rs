@@ -8,6 +8,17 @@ use crate::backend::{Backend, NllSums};
 use crate::data::PredictionSet;
 use crate::error::{Error, Result};
 
+/// How the temperature of the `ts` mode is chosen.
+#[derive(Clone, Copy, Debug)]
+pub enum Temperature<'a> {
+    /// Fitted on the source (default).
+    FitSource,
+    /// Given by the user.
+    Fixed(f64),
+    /// Fitted on another labelled set.
+    FitOn(&'a PredictionSet),
+}
+
 /// Smallest and largest temperature the fit returns.
 pub const T_MIN: f64 = 1e-3;
 /// See [`T_MIN`].

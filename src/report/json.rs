@@ -4,7 +4,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use crate::error::{Error, Result};
-use crate::methods::evaluate::Evaluation;
+use crate::report::model::Evaluation;
 pub use crate::report::model::{InputFile, Transfers};
 
 /// Provenance recorded in the report's `meta`.

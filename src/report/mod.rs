@@ -1,6 +1,8 @@
 //! Reports of an evaluation: the data model, the JSON document, a readable table, SVG
 //! plots, and writing them all or nothing.
 
+pub mod estimates;
+pub mod intervals;
 pub mod json;
 pub mod model;
 pub mod plots;

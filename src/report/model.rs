@@ -5,93 +5,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
 use crate::kernel::calibration::CalibrationStats;
-
-/// The five estimates of a target's accuracy (JSON names as in the report).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct Estimates {
-    /// Average confidence.
-    #[serde(rename = "AC")]
-    pub ac: f64,
-    /// Difference of confidences.
-    #[serde(rename = "DoC")]
-    pub doc: f64,
-    /// Average thresholded confidence, max-probability score.
-    #[serde(rename = "ATC-MC")]
-    pub atc_mc: f64,
-    /// Average thresholded confidence, negative-entropy score.
-    #[serde(rename = "ATC-NE")]
-    pub atc_ne: f64,
-    /// Conformal prediction confidence (singleton rate at the source-matched q*).
-    #[serde(rename = "CPC")]
-    pub cpc: f64,
-}
-
-/// The estimators of a target's accuracy, in report order: the one list every table,
-/// plot, MAE row and JSON key is made from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Method {
-    /// Average confidence.
-    Ac,
-    /// Difference of confidences.
-    Doc,
-    /// Average thresholded confidence, max-probability score.
-    AtcMc,
-    /// Average thresholded confidence, negative-entropy score.
-    AtcNe,
-    /// Conformal prediction confidence.
-    Cpc,
-}
-
-impl Method {
-    /// Every method, in report order.
-    pub const ALL: [Method; 5] = [
-        Method::Ac,
-        Method::Doc,
-        Method::AtcMc,
-        Method::AtcNe,
-        Method::Cpc,
-    ];
-
-    /// The name in reports (JSON keys, table headers, legends).
-    pub fn name(self) -> &'static str {
-        match self {
-            Method::Ac => "AC",
-            Method::Doc => "DoC",
-            Method::AtcMc => "ATC-MC",
-            Method::AtcNe => "ATC-NE",
-            Method::Cpc => "CPC",
-        }
-    }
-}
-
-impl Estimates {
-    /// The estimate of `m`.
-    pub fn get(&self, m: Method) -> f64 {
-        match m {
-            Method::Ac => self.ac,
-            Method::Doc => self.doc,
-            Method::AtcMc => self.atc_mc,
-            Method::AtcNe => self.atc_ne,
-            Method::Cpc => self.cpc,
-        }
-    }
-
-    /// `(name, value)` pairs in report order.
-    pub fn named(&self) -> [(&'static str, f64); 5] {
-        Method::ALL.map(|m| (m.name(), self.get(m)))
-    }
-}
-
-/// Per-mode pair of values (`raw` = T = 1, `ts` = temperature-scaled).
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct Modes<T> {
-    /// At T = 1.
-    pub raw: T,
-    /// At the fitted or given temperature.
-    pub ts: T,
-}
+pub use crate::provenance::InputFile;
+pub use crate::report::estimates::{Estimates, Method, Modes};
 
 /// The CPC threshold chosen on the source.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]
@@ -134,7 +50,7 @@ pub struct GroupReport {
     pub estimates: Modes<Estimates>,
     /// Bootstrap intervals (`ci`, `true_accuracy_ci`, `error_ci`), with a bootstrap.
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
-    pub intervals: Option<crate::methods::bootstrap::Intervals>,
+    pub intervals: Option<crate::report::intervals::Intervals>,
 }
 
 /// Everything reported for one target.
@@ -160,7 +76,7 @@ pub struct TargetReport {
     pub groups: BTreeMap<String, Vec<GroupReport>>,
     /// Bootstrap intervals (`ci`, `true_accuracy_ci`, `error_ci`), with a bootstrap.
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
-    pub intervals: Option<crate::methods::bootstrap::Intervals>,
+    pub intervals: Option<crate::report::intervals::Intervals>,
 }
 
 /// The source set's calibration summary.
@@ -267,7 +183,7 @@ pub struct Evaluation {
     /// Phase timings.
     pub timings_ms: Timings,
     /// MAE intervals, keyed as `mae` (with a bootstrap).
-    pub mae_ci: Option<BTreeMap<String, crate::methods::bootstrap::MethodIntervals>>,
+    pub mae_ci: Option<BTreeMap<String, crate::report::intervals::MethodIntervals>>,
     /// Replicates, confidence and seed (with a bootstrap).
     pub bootstrap: Option<BootstrapMeta>,
 }
@@ -281,37 +197,6 @@ pub struct BootstrapMeta {
     pub confidence: f64,
     /// Seed of the weights.
     pub seed: u64,
-}
-
-/// One input file.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct InputFile {
-    /// Path as given.
-    pub file: String,
-    /// Hex SHA-256 of the bytes.
-    pub sha256: String,
-}
-
-impl InputFile {
-    /// Hashes `path`.
-    pub fn hash(path: &std::path::Path) -> Result<Self> {
-        use sha2::{Digest, Sha256};
-        use std::io::Read;
-        let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-        let mut h = Sha256::new();
-        let mut buf = vec![0u8; 1 << 20];
-        loop {
-            let n = f.read(&mut buf).map_err(|e| Error::io(path, e))?;
-            if n == 0 {
-                break;
-            }
-            h.update(&buf[..n]);
-        }
-        Ok(InputFile {
-            file: path.display().to_string(),
-            sha256: crate::methods::calibration::hex(&h.finalize()),
-        })
-    }
 }
 
 /// Host-device traffic since the context was built or `GpuContext::reset_transfers`.

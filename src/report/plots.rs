@@ -4,7 +4,7 @@
 use plotters::prelude::*;
 
 use crate::error::{Error, Result};
-use crate::methods::evaluate::Evaluation;
+use crate::report::model::Evaluation;
 use crate::report::model::Method;
 
 fn plot_err(e: impl std::fmt::Display) -> Error {

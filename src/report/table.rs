@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use crate::methods::evaluate::Evaluation;
+use crate::report::model::Evaluation;
 use crate::report::model::Method;
 
 fn pct(x: Option<f64>) -> String {

@@ -4,8 +4,8 @@ use std::path::Path;
 
 use crate::data::npz::{save_npz_arrays, write_atomic, NpzArray};
 use crate::error::{Error, Result};
-use crate::methods::evaluate::Evaluation;
 use crate::report::json::{to_json, Meta};
+use crate::report::model::Evaluation;
 use crate::report::plots::{conformal_svg, groups_svg, reliability_svg};
 
 fn write_text(path: &Path, text: &str) -> Result<()> {

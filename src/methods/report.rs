@@ -1,0 +1,267 @@
+//! A target's report from its merged tally (DESIGN.md 2.3-2.10): the estimates, the
+//! conformal diagnostics, the groups, the truth and errors where labelled, the intervals;
+//! and an evaluation's MAE rows over its targets and groups.
+
+use std::collections::BTreeMap;
+
+use crate::error::Result;
+use crate::kernel::bootstrap::{percentile_interval, RepCounts};
+use crate::kernel::tally::{count, level, Counts, GROUP_ARRAYS};
+use crate::methods::bootstrap::{Intervals, MethodIntervals, ReplicateValues};
+use crate::methods::calibration::Calibration;
+use crate::methods::quantile::conformal_rank;
+use crate::methods::tally::Tally;
+use crate::methods::thresholds::ModeCalibration;
+use crate::report::model::{
+    BootstrapMeta, ConformalStats, CpcChoice, Estimates, Evaluation, GroupReport, MaeRow, Method,
+    Modes, RowOutputs, TargetReport, Timings,
+};
+
+impl Counts {
+    /// The five estimates from these counts under mode calibration `cal`.
+    pub fn estimates(&self, cal: &ModeCalibration) -> Estimates {
+        let c = &self.counts;
+        let n = self.n();
+        let ac = self.mean_p1();
+        Estimates {
+            ac,
+            doc: cal.accuracy() + ac - cal.ac,
+            atc_mc: cal
+                .atc_mc
+                .estimate(c[count::MC_ABOVE], c[count::MC_EQUAL], n),
+            atc_ne: cal
+                .atc_ne
+                .estimate(c[count::NE_ABOVE], c[count::NE_EQUAL], n),
+            cpc: c[count::CPC] as f64 / n as f64,
+        }
+    }
+
+    /// Accuracy over the labelled rows (`None` without any).
+    pub fn true_accuracy(&self) -> Option<f64> {
+        let l = self.labelled();
+        (l > 0).then(|| self.counts[count::CORRECT] as f64 / l as f64)
+    }
+
+    /// Conformal diagnostics per level.
+    pub fn conformal(&self, cal: &ModeCalibration, alphas: &[f64]) -> Vec<ConformalStats> {
+        let n = self.n() as f64;
+        let labelled = self.labelled();
+        alphas
+            .iter()
+            .zip(&self.levels)
+            .enumerate()
+            .map(|(a, (&alpha, lv))| ConformalStats {
+                alpha,
+                k: conformal_rank(cal.n, alpha),
+                qhat: cal.qhats[a].map(|q| q as f64),
+                mean_set_size: lv[level::SIZE_SUM] as f64 / n,
+                singleton_rate: lv[level::SINGLETON] as f64 / n,
+                empty_rate: lv[level::EMPTY] as f64 / n,
+                coverage: (labelled > 0).then(|| lv[level::COVERED] as f64 / labelled as f64),
+            })
+            .collect()
+    }
+}
+
+impl Calibration {
+    /// The report of target `name` from its (merged) tally: estimates, diagnostics,
+    /// groups, true accuracy where labelled. The tally must come from this calibration.
+    pub fn report(&self, name: &str, tally: &Tally) -> Result<TargetReport> {
+        tally.check_against(self)?;
+        let a = self.alphas.len();
+        let all = Modes {
+            raw: Tally::total(&tally.modes.raw, a),
+            ts: Tally::total(&tally.modes.ts, a),
+        };
+        // With a bootstrap: every replicate's values, then the intervals.
+        let boot = match (&self.bootstrap, &tally.bootstrap) {
+            (Some(cb), Some(tb)) => Some((cb, tb)),
+            _ => None,
+        };
+        let intervals = |counts: &Modes<RepCounts>, labelled: bool| {
+            boot.map(|(cb, _)| Intervals::new(cb.replicate_values(counts), labelled, cb.confidence))
+        };
+        let mut groups = BTreeMap::new();
+        for (g, group) in GROUP_ARRAYS.iter().enumerate() {
+            if !tally.group_arrays.iter().any(|x| x == group) {
+                continue;
+            }
+            let raw = Tally::by_group(&tally.modes.raw, g, a);
+            let ts = Tally::by_group(&tally.modes.ts, g, a);
+            let reps = boot.map(|(_, tb)| tb.by_group(g));
+            let list = raw
+                .iter()
+                .zip(ts.values())
+                .map(|((&id, r), t)| GroupReport {
+                    id,
+                    n: r.n() as usize,
+                    true_accuracy: r.true_accuracy(),
+                    estimates: Modes {
+                        raw: r.estimates(&self.modes.raw),
+                        ts: t.estimates(&self.modes.ts),
+                    },
+                    intervals: reps
+                        .as_ref()
+                        .and_then(|m| m.get(&id))
+                        .and_then(|c| intervals(c, r.labelled() > 0)),
+                })
+                .collect();
+            groups.insert(group.to_string(), list);
+        }
+        let cpc = |c: &ModeCalibration| CpcChoice {
+            q: c.cpc_q.map(|q| q as f64),
+            alpha: c.cpc_alpha,
+        };
+        Ok(TargetReport {
+            name: name.to_string(),
+            n: all.raw.n() as usize,
+            n_labelled: all.raw.labelled() as usize,
+            labelled: all.raw.labelled() == all.raw.n(),
+            true_accuracy: all.raw.true_accuracy(),
+            estimates: Modes {
+                raw: all.raw.estimates(&self.modes.raw),
+                ts: all.ts.estimates(&self.modes.ts),
+            },
+            cpc: Modes {
+                raw: cpc(&self.modes.raw),
+                ts: cpc(&self.modes.ts),
+            },
+            conformal: Modes {
+                raw: all.raw.conformal(&self.modes.raw, &self.alphas),
+                ts: all.ts.conformal(&self.modes.ts, &self.alphas),
+            },
+            groups,
+            intervals: boot.and_then(|(_, tb)| intervals(&tb.total(), all.raw.labelled() > 0)),
+        })
+    }
+}
+
+impl Evaluation {
+    /// Assembles an evaluation from a calibration and its targets' reports: the MAE rows
+    /// and the source summary come from them.
+    pub fn assemble(
+        cal: &Calibration,
+        device: String,
+        targets: Vec<TargetReport>,
+        rows: Vec<RowOutputs>,
+        timings_ms: Timings,
+    ) -> Self {
+        let bootstrap = cal.bootstrap.as_ref().map(|b| BootstrapMeta {
+            replicates: b.replicates,
+            confidence: b.confidence,
+            seed: b.seed,
+        });
+        Evaluation {
+            device,
+            alphas: cal.alphas.clone(),
+            source: cal.source.clone(),
+            mae: mae_rows(&targets),
+            mae_ci: bootstrap.map(|b| mae_intervals(&targets, b.confidence)),
+            bootstrap,
+            targets,
+            rows,
+            timings_ms,
+        }
+    }
+}
+
+fn mae_of(pairs: &[(Estimates, f64)]) -> MaeRow {
+    Method::ALL
+        .into_iter()
+        .map(|m| {
+            let v = (!pairs.is_empty()).then(|| {
+                pairs.iter().map(|(e, t)| (e.get(m) - t).abs()).sum::<f64>() / pairs.len() as f64
+            });
+            (m.name(), v)
+        })
+        .collect()
+}
+
+/// Per replicate, the mean over `members` of method `m`'s absolute error (errors taken
+/// within a replicate), then its interval.
+fn mae_interval(
+    members: &[&ReplicateValues],
+    ts: bool,
+    m: Method,
+    confidence: f64,
+) -> Option<[f64; 2]> {
+    let first = members.first()?;
+    let reps = first.truth.len();
+    let mut per_rep = vec![0.0f64; reps];
+    for v in members {
+        for (acc, e) in per_rep.iter_mut().zip(v.errors(ts, m)) {
+            *acc += e;
+        }
+    }
+    let n = members.len() as f64;
+    let per_rep: Vec<f64> = per_rep.into_iter().map(|s| s / n).collect();
+    percentile_interval(&per_rep, confidence)
+}
+
+/// MAE intervals keyed as [`mae_rows`]: over the same labelled targets and groups.
+pub fn mae_intervals(
+    reports: &[TargetReport],
+    confidence: f64,
+) -> BTreeMap<String, MethodIntervals> {
+    let mut out = BTreeMap::new();
+    let row = |members: &[&ReplicateValues], ts: bool| -> MethodIntervals {
+        Method::ALL
+            .into_iter()
+            .map(|m| (m.name(), mae_interval(members, ts, m, confidence)))
+            .collect()
+    };
+    let targets: Vec<&ReplicateValues> = reports
+        .iter()
+        .filter(|r| r.true_accuracy.is_some())
+        .filter_map(|r| r.intervals.as_ref().map(|i| &i.values))
+        .collect();
+    out.insert("raw".to_string(), row(&targets, false));
+    out.insert("ts".to_string(), row(&targets, true));
+    for name in GROUP_ARRAYS {
+        if !reports.iter().any(|r| r.groups.contains_key(name)) {
+            continue;
+        }
+        let members: Vec<&ReplicateValues> = reports
+            .iter()
+            .flat_map(|r| r.groups.get(name).into_iter().flatten())
+            .filter(|g| g.true_accuracy.is_some())
+            .filter_map(|g| g.intervals.as_ref().map(|i| &i.values))
+            .collect();
+        out.insert(format!("{name}_raw"), row(&members, false));
+        out.insert(format!("{name}_ts"), row(&members, true));
+    }
+    out
+}
+
+/// MAE per method over labelled targets, and over (target, group) pairs per group array.
+pub fn mae_rows(reports: &[TargetReport]) -> BTreeMap<String, MaeRow> {
+    let mut out = BTreeMap::new();
+    let pairs = |ts: bool| -> Vec<(Estimates, f64)> {
+        reports
+            .iter()
+            .filter_map(|r| {
+                r.true_accuracy
+                    .map(|acc| (if ts { r.estimates.ts } else { r.estimates.raw }, acc))
+            })
+            .collect()
+    };
+    out.insert("raw".to_string(), mae_of(&pairs(false)));
+    out.insert("ts".to_string(), mae_of(&pairs(true)));
+    for name in GROUP_ARRAYS {
+        if !reports.iter().any(|r| r.groups.contains_key(name)) {
+            continue;
+        }
+        for (suffix, ts) in [("raw", false), ("ts", true)] {
+            let pairs: Vec<(Estimates, f64)> = reports
+                .iter()
+                .flat_map(|r| r.groups.get(name).into_iter().flatten())
+                .filter_map(|g| {
+                    g.true_accuracy
+                        .map(|acc| (if ts { g.estimates.ts } else { g.estimates.raw }, acc))
+                })
+                .collect();
+            out.insert(format!("{name}_{suffix}"), mae_of(&pairs));
+        }
+    }
+    out
+}
