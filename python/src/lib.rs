@@ -989,7 +989,7 @@ fn evaluate<'py>(
     enum Target {
         /// An index into `held`.
         Arrays(usize),
-        File(FileJob),
+        File(Box<FileJob>),
     }
     let mut held: Vec<(String, TargetNumpy<'py>)> = Vec::new();
     let mut list = Vec::new();
@@ -1006,7 +1006,7 @@ fn evaluate<'py>(
             Target::Arrays(held.len() - 1)
         } else if let Some(p) = as_path(&value) {
             let job = py.detach(|| FileJob::open(&p, &name, None)).py_err(py)?;
-            Target::File(job)
+            Target::File(Box::new(job))
         } else {
             return Err(to_py(
                 py,
@@ -1062,7 +1062,7 @@ fn evaluate<'py>(
     for t in list {
         targets.push(match t {
             Target::Arrays(i) => TargetInput::Arrays(held[i].1.view(&held[i].0, 0)?),
-            Target::File(job) => TargetInput::File(Box::new(job)),
+            Target::File(job) => TargetInput::File(job),
         });
     }
     inputs.extend(source_input);

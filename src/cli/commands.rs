@@ -59,38 +59,73 @@ fn load_hashed(path: &Path) -> Result<(PredictionSet, InputFile)> {
     Ok((set?, hash?))
 }
 
-/// Loads the source (and temperature set), opens the device and fits the calibration.
+/// The source and the temperature set of a dataset, read and hashed.
+struct SourceSets {
+    source: PredictionSet,
+    /// The temperature set (`--temperature-source`).
+    temperature_set: Option<PredictionSet>,
+    /// Their files.
+    inputs: Vec<InputFile>,
+}
+
+impl SourceSets {
+    /// Reads the source and the temperature set named by `args` (the temperature checked
+    /// first, before any reading).
+    fn load(args: &SourceArgs<'_>, files: &[PathBuf]) -> Result<Self> {
+        if let Some(t) = args.temperature {
+            conformal_gpu::methods::temperature::validate_temperature(t)?;
+        }
+        let source_path = find_set(args.data, files, args.source, "source")?;
+        let temp_path = args
+            .temperature_source
+            .map(|name| find_set(args.data, files, name, "temperature"))
+            .transpose()?;
+        let (source, source_input) = load_hashed(&source_path)?;
+        let temp = temp_path.as_deref().map(load_hashed).transpose()?;
+        let mut inputs = vec![source_input];
+        let temperature_set = temp.map(|(set, input)| {
+            inputs.push(input);
+            set
+        });
+        Ok(SourceSets {
+            source,
+            temperature_set,
+            inputs,
+        })
+    }
+
+    /// The fit's options under `args`.
+    fn options<'a>(&'a self, args: &SourceArgs<'_>) -> CalibrationOptions<'a> {
+        let temperature = match (args.temperature, &self.temperature_set) {
+            (Some(t), _) => Temperature::Fixed(t),
+            (None, Some(set)) => Temperature::FitOn(set),
+            (None, None) => Temperature::FitSource,
+        };
+        CalibrationOptions {
+            alphas: args.alphas.clone(),
+            temperature,
+            bootstrap: args.bootstrap,
+        }
+    }
+}
+
+/// Loads the source (and temperature set) and fits the calibration (`calibrate`).
 fn calibrate(
     args: &SourceArgs<'_>,
     files: &[PathBuf],
     engine: &Engine,
     choice: DeviceChoice,
 ) -> Result<Calibration> {
-    if let Some(t) = args.temperature {
-        conformal_gpu::methods::temperature::validate_temperature(t)?;
-    }
-    let source_path = find_set(args.data, files, args.source, "source")?;
-    let temp_path = args
-        .temperature_source
-        .map(|name| find_set(args.data, files, name, "temperature"))
-        .transpose()?;
-    let (source, source_input) = load_hashed(&source_path)?;
-    let temp = temp_path.as_deref().map(load_hashed).transpose()?;
-    let temperature = match (args.temperature, &temp) {
-        (Some(t), _) => Temperature::Fixed(t),
-        (None, Some((set, _))) => Temperature::FitOn(set),
-        (None, None) => Temperature::FitSource,
-    };
-    let options = CalibrationOptions {
-        alphas: args.alphas.clone(),
-        temperature,
-        bootstrap: args.bootstrap,
-    };
-    let mut cal = with_backend!(engine, choice, |b| Calibration::fit(b, &source, &options))?;
-    cal.inputs.push(source_input);
-    if let Some((_, input)) = temp {
-        if !cal.inputs.contains(&input) {
-            cal.inputs.push(input);
+    let sets = SourceSets::load(args, files)?;
+    let options = sets.options(args);
+    let mut cal = with_backend!(engine, choice, |b| Calibration::fit(
+        b,
+        &sets.source,
+        &options
+    ))?;
+    for input in sets.inputs.iter() {
+        if !cal.inputs.contains(input) {
+            cal.inputs.push(input.clone());
         }
     }
     cal.inputs.sort();
@@ -275,38 +310,19 @@ pub fn run_evaluate(job: EvalJob<'_>) -> Result<()> {
         .collect();
     let (engine, choice) = open_device(job.device)?;
     let args = &job.source;
-    if let Some(t) = args.temperature {
-        conformal_gpu::methods::temperature::validate_temperature(t)?;
-    }
-    let temp_path = args
-        .temperature_source
-        .map(|name| find_set(data, &files, name, "temperature"))
-        .transpose()?;
-    let (source, source_input) = load_hashed(&source_path)?;
-    let temp = temp_path.as_deref().map(load_hashed).transpose()?;
-    let temperature = match (args.temperature, &temp) {
-        (Some(t), _) => Temperature::Fixed(t),
-        (None, Some((set, _))) => Temperature::FitOn(set),
-        (None, None) => Temperature::FitSource,
-    };
-    let mut inputs = vec![source_input];
-    inputs.extend(temp.as_ref().map(|(_, input)| input.clone()));
+    let sets = SourceSets::load(args, &files)?;
     let pb = phase(&format!(
         "evaluating {} targets ({} predictions)",
         targets.len(),
-        targets.iter().map(|t| t.n()).sum::<usize>() + source.n()
+        targets.iter().map(|t| t.n()).sum::<usize>() + sets.source.n()
     ));
     let outcome = evaluation::run(
         &engine,
         choice,
         EvaluationJob {
-            source: &source,
-            options: CalibrationOptions {
-                alphas: args.alphas.clone(),
-                temperature,
-                bootstrap: args.bootstrap,
-            },
-            inputs,
+            source: &sets.source,
+            options: sets.options(args),
+            inputs: sets.inputs.clone(),
             targets: targets
                 .into_iter()
                 .map(|reader| {

@@ -18,13 +18,14 @@ use crate::kernel::calibration::{CalibrationStats, BINS};
 use crate::kernel::tally::GROUP_ARRAYS;
 use crate::methods::bootstrap::{fit_replicates, BootstrapOptions, CalibrationBootstrap};
 use crate::methods::quantile::check_alpha;
+use crate::methods::row_outputs::prepared_row_outputs;
 use crate::methods::tally::{Tally, TallyShape, TargetRows};
 pub use crate::methods::temperature::Temperature;
 use crate::methods::temperature::{
     fit_temperature, validate_source, validate_temperature, TemperatureFit,
 };
 pub use crate::methods::thresholds::{cpc_sweep, AtcThreshold, ModeCalibration};
-use crate::report::model::{InputFile, Modes, SourceReport};
+use crate::report::model::{InputFile, Modes, RowOutputs, SourceReport};
 
 /// `format` of a calibration file.
 pub const CALIBRATION_FORMAT: &str = "conformal-gpu calibration";
@@ -404,6 +405,20 @@ impl Calibration {
         out
     }
 
+    /// Per-row outputs of one chunk in both modes (see
+    /// [`prepared_row_outputs`]), the chunk validated first.
+    pub fn row_outputs<B: Backend>(
+        &self,
+        backend: &B,
+        rows: &TargetRows<'_>,
+    ) -> Result<RowOutputs> {
+        rows.validate(self.k)?;
+        with_labels(rows.labels, rows.rows(), |labels| {
+            let prepared = backend.prepare(rows.logits, labels, self.k)?;
+            prepared_row_outputs(backend, &prepared, &self.modes, rows.name)
+        })
+    }
+
     /// The versioned JSON document (pretty, one trailing newline).
     pub fn to_json(&self) -> Result<String> {
         serde_json::to_string_pretty(self)
@@ -496,6 +511,16 @@ impl<B: Backend> TallyStream<'_, B> {
     /// [`TallyStream::add`] of a chunk already validated (by the stream reader, which
     /// checks every value it decodes): each input is validated once.
     pub(crate) fn add_valid(&mut self, rows: &TargetRows<'_>) -> Result<()> {
+        self.add_valid_with_rows(rows, false).map(drop)
+    }
+
+    /// [`TallyStream::add_valid`], and with `want_rows` the chunk's per-row outputs from
+    /// the same upload.
+    pub(crate) fn add_valid_with_rows(
+        &mut self,
+        rows: &TargetRows<'_>,
+        want_rows: bool,
+    ) -> Result<Option<RowOutputs>> {
         if rows.name != self.tally.name || rows.group_arrays() != self.group_arrays() {
             return Err(Error::Incompatible {
                 what: format!("chunk of {}", rows.name),
@@ -510,7 +535,10 @@ impl<B: Backend> TallyStream<'_, B> {
         self.tally
             .add_rows(rows.row_offset as u64..(rows.row_offset + n) as u64)?;
         if n == 0 {
-            return Ok(());
+            return Ok(want_rows.then(|| RowOutputs {
+                name: rows.name.to_string(),
+                ..Default::default()
+            }));
         }
         let acc = self
             .acc
@@ -519,7 +547,7 @@ impl<B: Backend> TallyStream<'_, B> {
         let (cal, backend) = (self.cal, self.backend);
         let (plans, key) = (&self.plans, self.name_key);
         let boot = &mut self.tally.bootstrap;
-        let result = with_labels(rows.labels, n, |labels| -> Result<()> {
+        let result = with_labels(rows.labels, n, |labels| -> Result<Option<RowOutputs>> {
             let prepared = backend.prepare(rows.logits, labels, cal.k)?;
             let groups = [rows.hospital, rows.slide];
             backend.tally_add(&mut acc.raw, &prepared, &cal.modes.raw.plan(labels, groups))?;
@@ -536,7 +564,9 @@ impl<B: Backend> TallyStream<'_, B> {
                 let [raw, ts] = backend.bootstrap_tally(&prepared, &plan)?;
                 boot.add(raw, ts);
             }
-            Ok(())
+            want_rows
+                .then(|| prepared_row_outputs(backend, &prepared, &cal.modes, rows.name))
+                .transpose()
         });
         if result.is_err() {
             // Counts of this chunk may be partly in: the stream cannot be finished.

@@ -352,15 +352,8 @@ pub fn with_set_rows<R>(
     end: usize,
     f: impl FnOnce(&TargetRows<'_>) -> Result<R>,
 ) -> Result<R> {
-    if start > end || end > set.n() {
-        return Err(Error::Invalid(format!(
-            "{}: rows {start}..{end} of a set of {} rows",
-            set.name,
-            set.n()
-        )));
-    }
     TargetArrays::of_set(&set.standard())?
-        .rows(start, end)
+        .rows(start, end)?
         .with_rows(f)
 }
 

@@ -153,12 +153,11 @@ pub fn tally_files<B: Backend>(
             let step = msg.and_then(|m| match m {
                 Decoded::Chunk(i, c) => {
                     let view = chunk_view(&names[i], &c);
-                    streams[i]
+                    let part = streams[i]
                         .as_mut()
                         .ok_or_else(|| Error::Invalid("tally stream finished".into()))?
-                        .add_valid(&view)?;
-                    if let Some(rows) = out[i].rows.as_mut() {
-                        let part = cal.row_outputs(backend, &view)?;
+                        .add_valid_with_rows(&view, out[i].rows.is_some())?;
+                    if let (Some(rows), Some(part)) = (out[i].rows.as_mut(), part) {
                         rows.yhat.extend(part.yhat);
                         rows.modes.raw.append(part.modes.raw);
                         rows.modes.ts.append(part.modes.ts);

@@ -82,10 +82,19 @@ impl<'a> TargetArrays<'a> {
         })
     }
 
-    /// Rows `start..end` of these arrays, as arrays of their own (offset kept).
-    pub fn rows(&self, start: usize, end: usize) -> Self {
+    /// Rows `start..end` of these arrays, as arrays of their own (offset kept); a range
+    /// past the rows is an error naming the target.
+    pub fn rows(&self, start: usize, end: usize) -> Result<Self> {
+        self.check_lengths()?;
+        if start > end || end > self.n() {
+            return Err(Error::Invalid(format!(
+                "{}: rows {start}..{end} of a target of {} rows",
+                self.name,
+                self.n()
+            )));
+        }
         let k = self.k;
-        TargetArrays {
+        Ok(TargetArrays {
             row_offset: self.row_offset + start,
             logits: &self.logits[start * k..end * k],
             labels: self.labels.map(|l| match l {
@@ -95,7 +104,7 @@ impl<'a> TargetArrays<'a> {
             hospital: self.hospital.map(|h| &h[start..end]),
             slide: self.slide.map(|s| &s[start..end]),
             ..*self
-        }
+        })
     }
 
     /// Runs `f` on all these rows as one chunk (lengths checked, labels narrowed).
