@@ -129,3 +129,40 @@ fn gpu_run_without_xdg_runtime_dir_is_quiet() {
         );
     }
 }
+
+/// Readbacks reuse staging buffers of their size class (powers of two, at least 256
+/// bytes): a long stream of readbacks of changing sizes, each reading through a buffer an
+/// earlier readback of another length used, returns exactly its own elements, and the
+/// ledger counts the bytes copied, not the buffer's size.
+#[test]
+fn pooled_staging_reads_back_exactly() {
+    let Some(ctx) = gpu_with(GpuOptions::default()) else {
+        return;
+    };
+    let src: Vec<u32> = (0..4096u32)
+        .map(|i| i.wrapping_mul(2_654_435_761))
+        .collect();
+    let buf = ctx.upload("src", &src).unwrap();
+    ctx.reset_transfers();
+    // 1 and 64 words share the 256-byte class; 65 and 128 the 512-byte one; 1000 then 5
+    // again (back to a used 256-byte buffer, its tail holding older data).
+    let mut copied = 0;
+    for (offset, len) in [
+        (0, 64),
+        (3, 1),
+        (10, 65),
+        (7, 128),
+        (0, 1000),
+        (4000, 5),
+        (1, 64),
+    ] {
+        let got: Vec<u32> = ctx.readback(&buf, offset, len).unwrap();
+        assert_eq!(
+            got,
+            src[offset as usize..offset as usize + len],
+            "{offset} {len}"
+        );
+        copied += 4 * len as u64;
+    }
+    assert_eq!(ctx.transfers().download_bytes, copied);
+}

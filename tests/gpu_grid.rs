@@ -120,16 +120,16 @@ fn one_chunk(ctx: &GpuContext, l: &[f32], y: &[i32], k: usize) -> gpu::DeviceRow
         "{n} rows of K = {k} exceed one binding of {} bytes",
         ctx.limits().max_binding_bytes
     );
-    gpu::DeviceRows {
+    gpu::DeviceRows::from_chunks(
         k,
         n,
-        chunks: vec![(
+        vec![(
             0,
             n,
             ctx.upload("logits", l).unwrap(),
             ctx.upload("labels", y).unwrap(),
         )],
-    }
+    )
 }
 
 /// Logits uniform in [-6, 6] and labels in -1..k (some rows unlabelled; the last row

@@ -75,6 +75,54 @@ mod gpu {
         }
     }
 
+    /// The second pass over the same rows with the same slot numbering (the other mode's
+    /// tally) uploads no slot ids: its uploads are the first pass's less `4 n` bytes. The
+    /// counts are unchanged, and a pass with other ids (a tally that has seen other
+    /// groups first) uploads its own. n spans two workgroups and a ragged end.
+    #[test]
+    fn slot_ids_upload_once_per_chunk() {
+        // A context of its own: the ledger counts this test's uploads alone.
+        let Some(ctx) = common::gpu() else {
+            return;
+        };
+        let ctx = &ctx;
+        let b = GpuBackend::new(ctx);
+        let (n, k, a) = (2 * WG + 37, 3, 2);
+        let c = case(91, n, k, 50);
+        let qhats = vec![Some(0.4f32), None];
+        let rows = b.prepare(&c.logits, &c.labels, k).unwrap();
+        let st = conformal_gpu::gpu::row_stats::row_stats(ctx, &rows, 0.7, &[0.4, 2.0]).unwrap();
+        let p = plan(&c, &qhats, true, &st);
+        let uploads = |f: &mut dyn FnMut()| {
+            let before = ctx.transfers().upload_bytes;
+            f();
+            ctx.transfers().upload_bytes - before
+        };
+        let (mut raw, mut ts) = (DeviceTally::new(a).unwrap(), DeviceTally::new(a).unwrap());
+        let first = uploads(&mut || raw.add(ctx, &rows, &p).unwrap());
+        let second = uploads(&mut || ts.add(ctx, &rows, &p).unwrap());
+        assert_eq!(
+            first - second,
+            4 * n as u64,
+            "first {first}, second {second}"
+        );
+        let (raw, ts) = (raw.finish(ctx).unwrap(), ts.finish(ctx).unwrap());
+        assert_eq!(raw, ts);
+        let mut want = PairCounts::new();
+        count_block(st.all(), 0, &p, &mut want);
+        assert_eq!(raw, want);
+        // A tally that numbered another group first gives these rows other ids.
+        let mut other = DeviceTally::new(a).unwrap();
+        let one = case(92, 1, k, 1);
+        let one_rows = b.prepare(&one.logits, &one.labels, k).unwrap();
+        let mut shifted = plan(&one, &qhats, true, &st);
+        let (h, s) = ([-7i64], [-7i64]);
+        shifted.groups = [Some(&h), Some(&s)];
+        other.add(ctx, &one_rows, &shifted).unwrap();
+        let third = uploads(&mut || other.add(ctx, &rows, &p).unwrap());
+        assert_eq!(third, first, "other ids are uploaded");
+    }
+
     #[test]
     fn device_tally_equals_host_count() {
         let Some(ctx) = common::shared_gpu() else {

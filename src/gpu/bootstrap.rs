@@ -48,9 +48,13 @@ pub fn bootstrap_tally(
     let words = ctx.zeroed("bootstrap-words", bytes)?;
     let mut totals: Vec<RepCounts> = (0..MODES * slots).map(|_| RepCounts::zeros(reps)).collect();
     let draws = reps.div_ceil(REPS_PER_DRAW) as u64;
-    for (start, n, logits, labels) in &rows.chunks {
-        let slot_buf = match &slot_ids {
-            Some(ids) => ctx.upload("bootstrap-slots", &ids[*start..*start + *n])?,
+    let slot_buffers = match &slot_ids {
+        Some(ids) => Some(rows.slot_buffers(ctx, "bootstrap-slots", ids)?),
+        None => None,
+    };
+    for (c, (start, n, logits, labels)) in rows.chunks.iter().enumerate() {
+        let slot_buf = match &slot_buffers {
+            Some(b) => b[c].clone(),
             None => ctx.storage("bootstrap-slots", 4)?,
         };
         let mut first = 0usize;

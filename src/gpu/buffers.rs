@@ -142,12 +142,7 @@ impl GpuContext {
             return Ok(Vec::new());
         }
         let elem = std::mem::size_of::<T>() as u64;
-        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("readback"),
-            size: size.div_ceil(4) * 4,
-            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
+        let staging = self.staging_buffer(size.div_ceil(4) * 4);
         let mut enc = self
             .device
             .create_command_encoder(&wgpu::CommandEncoderDescriptor {
@@ -157,7 +152,23 @@ impl GpuContext {
         self.count_download(size.div_ceil(4) * 4);
         self.count_submission();
         let idx = self.queue.submit(Some(enc.finish()));
-        self.map_and_read(&staging, idx, len)
+        let out = self.map_and_read(&staging, idx, len)?;
+        self.staging.give_back(staging);
+        Ok(out)
+    }
+
+    /// A mappable buffer of at least `bytes` bytes to copy a readback into: one kept from
+    /// an earlier readback of the same size class, or a new one.
+    pub(crate) fn staging_buffer(&self, bytes: u64) -> wgpu::Buffer {
+        let size = StagingPool::size_class(bytes);
+        self.staging.take(size).unwrap_or_else(|| {
+            self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("readback"),
+                size,
+                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            })
+        })
     }
 
     /// Maps `staging` after submission `idx` completes and copies `len` elements out.
@@ -331,12 +342,7 @@ impl<'a> Batch<'a> {
             Some((src, offset, len)) if len > 0 => {
                 let bytes = (len * std::mem::size_of::<T>()) as u64;
                 let padded = bytes.div_ceil(4) * 4;
-                let staging = ctx.device.create_buffer(&wgpu::BufferDescriptor {
-                    label: Some("readback"),
-                    size: padded,
-                    usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-                    mapped_at_creation: false,
-                });
+                let staging = ctx.staging_buffer(padded);
                 self.encoder
                     .copy_buffer_to_buffer(src, offset, &staging, 0, padded);
                 ctx.count_download(padded);
@@ -370,7 +376,11 @@ impl<'a> Batch<'a> {
         ctx.count_submission();
         let idx = ctx.queue.submit(Some(self.encoder.finish()));
         let out = match staging {
-            Some((staging, len)) => ctx.map_and_read::<T>(&staging, idx.clone(), len)?,
+            Some((staging, len)) => {
+                let out = ctx.map_and_read::<T>(&staging, idx.clone(), len)?;
+                ctx.staging.give_back(staging);
+                out
+            }
             None => {
                 ctx.wait(idx.clone())?;
                 Vec::new()
@@ -412,6 +422,52 @@ pub struct DeviceRows {
     pub n: usize,
     /// `(first row, rows, logits buffer, labels buffer)` per chunk.
     pub chunks: Vec<(usize, usize, wgpu::Buffer, wgpu::Buffer)>,
+    /// The last slot ids uploaded for these rows (one buffer per chunk), so the passes
+    /// over the same rows that number their slots alike (both modes' tallies; a target's
+    /// first chunk in the bootstrap too) upload them once.
+    slot_ids: std::sync::Mutex<Option<(Vec<u32>, Vec<wgpu::Buffer>)>>,
+}
+
+impl DeviceRows {
+    /// Rows already on the device: `(first row, rows, logits, labels)` per chunk.
+    pub fn from_chunks(
+        k: usize,
+        n: usize,
+        chunks: Vec<(usize, usize, wgpu::Buffer, wgpu::Buffer)>,
+    ) -> Self {
+        DeviceRows {
+            k,
+            n,
+            chunks,
+            slot_ids: Default::default(),
+        }
+    }
+
+    /// The device buffers of slot ids `ids` (one per row), one per chunk: the ones
+    /// uploaded by the last pass when the ids are the same, else uploaded now.
+    pub(crate) fn slot_buffers(
+        &self,
+        ctx: &GpuContext,
+        label: &str,
+        ids: &[u32],
+    ) -> Result<Vec<wgpu::Buffer>> {
+        let mut cached = self
+            .slot_ids
+            .lock()
+            .map_err(|_| Error::Gpu("slot id cache poisoned".into()))?;
+        if let Some((known, buffers)) = cached.as_ref() {
+            if known.as_slice() == ids {
+                return Ok(buffers.clone());
+            }
+        }
+        let buffers = self
+            .chunks
+            .iter()
+            .map(|(start, n, _, _)| ctx.upload(label, &ids[*start..*start + *n]))
+            .collect::<Result<Vec<_>>>()?;
+        *cached = Some((ids.to_vec(), buffers.clone()));
+        Ok(buffers)
+    }
 }
 
 impl GpuContext {
@@ -447,6 +503,46 @@ impl GpuContext {
             chunks.push((start, rows, l, y));
             start += rows;
         }
-        Ok(DeviceRows { k, n, chunks })
+        Ok(DeviceRows::from_chunks(k, n, chunks))
+    }
+}
+
+/// Readback staging buffers kept between readbacks, so a stream of chunks does not create
+/// (and the driver zero) a fresh mappable buffer per readback. Sizes are powers of two
+/// (at least 256 bytes); a few buffers of at most [`StagingPool::MAX_BYTES`] are kept.
+/// A buffer comes back only after a successful map and unmap.
+#[derive(Default)]
+pub(crate) struct StagingPool {
+    free: std::sync::Mutex<Vec<wgpu::Buffer>>,
+}
+
+impl StagingPool {
+    /// Buffers kept at most.
+    const KEPT: usize = 8;
+    /// The largest buffer kept.
+    const MAX_BYTES: u64 = 1 << 26;
+
+    /// The size of the buffer that serves a readback of `bytes` bytes.
+    fn size_class(bytes: u64) -> u64 {
+        bytes.max(256).next_power_of_two()
+    }
+
+    /// A kept buffer of exactly `size` bytes, if there is one.
+    fn take(&self, size: u64) -> Option<wgpu::Buffer> {
+        let mut free = self.free.lock().ok()?;
+        let i = free.iter().position(|b| b.size() == size)?;
+        Some(free.swap_remove(i))
+    }
+
+    /// Keeps `buf` (unmapped) for a later readback, unless the pool is full or it is large.
+    pub(crate) fn give_back(&self, buf: wgpu::Buffer) {
+        if buf.size() > Self::MAX_BYTES {
+            return;
+        }
+        if let Ok(mut free) = self.free.lock() {
+            if free.len() < Self::KEPT {
+                free.push(buf);
+            }
+        }
     }
 }

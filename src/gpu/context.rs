@@ -113,6 +113,8 @@ pub struct GpuContext {
     kernel_ns_by_name: Mutex<std::collections::BTreeMap<&'static str, KernelTime>>,
     poison: bool,
     ledger: Ledger,
+    /// Readback staging buffers kept for the next readback (`buffers::StagingPool`).
+    pub(crate) staging: super::buffers::StagingPool,
 }
 
 impl std::fmt::Debug for GpuContext {
@@ -136,12 +138,8 @@ fn preference(t: wgpu::DeviceType) -> u8 {
     }
 }
 
-/// True for adapters that run on the CPU (llvmpipe/lavapipe report `DeviceType::Cpu`).
-pub fn is_software(info: &wgpu::AdapterInfo) -> bool {
-    info.device_type == wgpu::DeviceType::Cpu
-        || info.name.to_lowercase().contains("llvmpipe")
-        || info.name.to_lowercase().contains("swiftshader")
-}
+pub use super::quirks::is_software;
+use super::quirks::AdapterQuirks;
 
 impl GpuContext {
     /// Picks an adapter and creates the device.
@@ -307,6 +305,7 @@ impl GpuContext {
             kernel_ns_by_name: Mutex::new(Default::default()),
             poison: options.poison_outputs,
             ledger: Ledger::default(),
+            staging: Default::default(),
         })
     }
 
@@ -322,7 +321,12 @@ impl GpuContext {
 
     /// True when the adapter is a CPU rasteriser (llvmpipe): correct but slower than the CPU path.
     pub fn is_software(&self) -> bool {
-        is_software(&self.info)
+        self.quirks().software
+    }
+
+    /// What this context does differently on its adapter (`gpu::quirks`).
+    pub fn quirks(&self) -> AdapterQuirks {
+        AdapterQuirks::of(&self.info)
     }
 
     /// Limits the kernels chunk against.
@@ -447,8 +451,7 @@ impl GpuContext {
     /// [`LLVMPIPE_LOOP_LIMIT`](crate::kernel::loop_budget::LLVMPIPE_LOOP_LIMIT) in all,
     /// silently), `None` where nothing is known to cap them.
     pub fn loop_limit(&self) -> Option<u64> {
-        self.is_software()
-            .then_some(crate::kernel::loop_budget::LLVMPIPE_LOOP_LIMIT)
+        self.quirks().loop_limit
     }
 
     /// Refuses a dispatch whose invocations would each run `iterations` loop iterations,

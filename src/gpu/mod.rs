@@ -9,6 +9,7 @@ pub mod copy;
 pub mod lac_scores;
 pub mod ledger;
 pub mod pvalues;
+pub mod quirks;
 pub mod radix_sort;
 pub mod row_stats;
 pub mod select_histogram;

@@ -27,7 +27,7 @@ pub fn tally_constants(ctx: &GpuContext, k: usize, levels: usize) -> [(&'static 
     let lanes = match (ctx.specialises_pipelines(), ctx.forced_tally_lanes()) {
         (false, _) => 1,
         (true, Some(lanes)) => lanes.min(tally_lanes(k)),
-        (true, None) if ctx.is_software() => 1,
+        (true, None) if !ctx.quirks().team_lanes => 1,
         (true, None) => tally_lanes(k),
     };
     let [classes, levels] = pipeline_constants(k, levels);
@@ -140,9 +140,13 @@ impl DeviceTally {
                 flags |= bit;
             }
         }
-        for (start, n, logits, labels) in &rows.chunks {
-            let slots = match &slot_ids {
-                Some(ids) => ctx.upload("tally-slots", &ids[*start..*start + *n])?,
+        let slot_buffers = match &slot_ids {
+            Some(ids) => Some(rows.slot_buffers(ctx, "tally-slots", ids)?),
+            None => None,
+        };
+        for (c, (_, n, logits, labels)) in rows.chunks.iter().enumerate() {
+            let slots = match &slot_buffers {
+                Some(b) => b[c].clone(),
                 None => ctx.storage("tally-slots", 4)?,
             };
             let groups = (*n as u64).div_ceil(tile_rows(rpt, lanes));
