@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 use conformal_gpu::backend::Backend;
-use conformal_gpu::data::npz::load_npz;
+use conformal_gpu::data::npz::load_npz_hashed;
 use conformal_gpu::data::PredictionSet;
 use conformal_gpu::data::{binary_rows, LogitsShape};
 use conformal_gpu::device::{DeviceChoice, Engine};
@@ -1030,8 +1030,9 @@ fn evaluate<'py>(
     let (source_set, source_input) = if let Some(p) = as_path(source) {
         let (set, input) = py
             .detach(|| {
-                let (set, hash) = rayon_join(|| load_npz(&p), || InputFile::hash(&p));
-                Ok::<_, Error>((set?, hash?))
+                let (set, sha256) = load_npz_hashed(&p)?;
+                let file = p.display().to_string();
+                Ok::<_, Error>((set, InputFile { file, sha256 }))
             })
             .py_err(py)?;
         (set, Some(input))
@@ -1087,17 +1088,6 @@ fn evaluate<'py>(
     let eval = outcome.evaluation;
     let value = report::to_json(&eval, &meta(outcome.inputs, &eval.device)).py_err(py)?;
     json_to_py(py, &value)
-}
-
-fn rayon_join<A: Send, B: Send>(
-    a: impl FnOnce() -> A + Send,
-    b: impl FnOnce() -> B + Send,
-) -> (A, B) {
-    std::thread::scope(|s| {
-        let hb = s.spawn(b);
-        let ra = a();
-        (ra, hb.join().expect("hashing thread"))
-    })
 }
 
 // ---------------------------------------------------------------- single steps

@@ -55,8 +55,9 @@ impl<'a> SourceArgs<'a> {
 
 /// A whole set and its file's SHA-256, read in parallel.
 fn load_hashed(path: &Path) -> Result<(PredictionSet, InputFile)> {
-    let (set, hash) = rayon::join(|| npz::load_npz(path), || InputFile::hash(path));
-    Ok((set?, hash?))
+    let (set, sha256) = npz::load_npz_hashed(path)?;
+    let file = path.display().to_string();
+    Ok((set, InputFile { file, sha256 }))
 }
 
 /// The source and the temperature set of a dataset, read and hashed.

@@ -6,6 +6,7 @@ mod atomic;
 pub mod camelyon;
 mod npy;
 pub mod npz;
+pub mod rows;
 pub mod stream;
 
 pub use camelyon::{generate_dataset, generate_split, split_specs, GeneratorConfig, SplitSpec};
@@ -146,49 +147,26 @@ impl PredictionSet {
     /// Checks DESIGN.md section 6: K >= 2, finite logits, labels in range, lengths agree.
     /// Errors name the set, the array and the first offending row.
     pub fn validate(&self) -> Result<()> {
-        let (n, k) = self.logits.dim();
+        let k = self.k();
         if k < 2 {
             return Err(Error::TooFewClasses {
                 what: format!("{}: logits", self.name),
                 k,
             });
         }
-        if let Some(i) = self.logits.iter().position(|v| !v.is_finite()) {
-            return Err(Error::NonFinite {
-                what: format!("{}: logits", self.name),
-                row: i / k,
-                col: i % k,
-                value: self.logits_slice()[i],
-            });
+        let set = self.standard();
+        fn ids(a: &Option<Array1<i64>>) -> Option<&[i64]> {
+            a.as_ref().and_then(|a| a.as_slice())
         }
-        for (arr, label) in [
-            (&self.labels, "labels"),
-            (&self.hospital, "hospital"),
-            (&self.slide, "slide"),
-        ] {
-            if let Some(a) = arr {
-                if a.len() != n {
-                    return Err(Error::LengthMismatch {
-                        what: format!("{}: {label}", self.name),
-                        detail: format!("{} entries for {n} logit rows", a.len()),
-                    });
-                }
-            }
+        rows::RowsToCheck {
+            name: &self.name,
+            row_offset: 0,
+            k,
+            logits: set.logits.as_slice().unwrap_or(&[]),
+            labels: ids(&set.labels).map(rows::Labels::I64),
+            hospital: ids(&set.hospital),
+            slide: ids(&set.slide),
         }
-        if let Some(labels) = &self.labels {
-            if let Some((row, &label)) = labels
-                .iter()
-                .enumerate()
-                .find(|(_, &y)| y < -1 || y >= k as i64)
-            {
-                return Err(Error::LabelOutOfRange {
-                    what: format!("{}: labels", self.name),
-                    row,
-                    label,
-                    k,
-                });
-            }
-        }
-        Ok(())
+        .check()
     }
 }

@@ -5,8 +5,7 @@
 //! Writers go through [`write_atomic`]: a temporary file in the destination directory,
 //! renamed into place only when everything was written, removed on error.
 
-use std::fs::File;
-use std::io::{BufReader, BufWriter, Read, Seek, Write};
+use std::io::{BufWriter, Read, Seek, Write};
 use std::path::Path;
 
 use ndarray::{Array1, Array2};
@@ -265,14 +264,45 @@ fn read_ids<R: Read + Seek>(
 /// `hospital`, `slide` int64/int32 `[N]`. The set's name is the file stem. The result is
 /// validated; every error names the file and the array.
 pub fn load_npz(path: &Path) -> Result<PredictionSet> {
+    load_npz_hashed(path).map(|(set, _)| set)
+}
+
+/// [`load_npz`] and the file's SHA-256 (lowercase hex), taken on the same read: the
+/// streaming reader ([`super::stream::NpzRowReader`]) reads the whole set chunk by chunk,
+/// so a file is read, checked and hashed one way whether it is a source loaded whole or a
+/// target streamed.
+pub fn load_npz_hashed(path: &Path) -> Result<(PredictionSet, String)> {
+    let mut reader = super::stream::NpzRowReader::open(path)?;
+    let (n, k) = (reader.n(), reader.k());
+    let mut logits = Vec::with_capacity(n * k);
+    let mut labels = reader.has_labels().then(|| Vec::with_capacity(n));
+    let mut hospital = reader.has_hospital().then(|| Vec::with_capacity(n));
+    let mut slide = reader.has_slide().then(|| Vec::with_capacity(n));
+    let mut chunk = super::stream::RowChunk::default();
+    while reader.next_chunk(1 << 18, &mut chunk)? {
+        logits.extend_from_slice(&chunk.logits);
+        if let (Some(all), Some(c)) = (labels.as_mut(), chunk.labels.as_ref()) {
+            all.extend(c.iter().map(|&y| y as i64));
+        }
+        for (all, c) in [(&mut hospital, &chunk.hospital), (&mut slide, &chunk.slide)] {
+            if let (Some(all), Some(c)) = (all.as_mut(), c.as_ref()) {
+                all.extend_from_slice(c);
+            }
+        }
+    }
+    let name = reader.name().to_string();
+    let sha256 = reader.finish()?;
     let file = path.display().to_string();
-    let f = File::open(path).map_err(|e| Error::io(path, e))?;
-    let len = f.metadata().map_err(|e| Error::io(path, e))?.len();
-    let name = path
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_else(|| file.clone());
-    load_npz_from(BufReader::new(f), len, &file, name, Some(path))
+    let logits = Array2::from_shape_vec((n, k), logits)
+        .map_err(|e| Error::format(&file, format!("array 'logits': {e}")))?;
+    let set = PredictionSet {
+        name,
+        logits,
+        labels: labels.map(Array1::from),
+        hospital: hospital.map(Array1::from),
+        slide: slide.map(Array1::from),
+    };
+    Ok((set, sha256))
 }
 
 /// Loads a prediction set from the bytes of a `.npz` file held in memory (same checks

@@ -6,6 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::data::rows::{Labels, RowsToCheck};
 use crate::error::{Error, Result};
 use crate::kernel::bootstrap::{merge_pair_reps, rep, PairRepCounts, RepCounts, MAX_WEIGHT};
 use crate::kernel::tally::{Counts, GroupKey, PairCounts, GROUP_ARRAYS};
@@ -61,49 +62,16 @@ impl TargetRows<'_> {
                 ),
             });
         }
-        if !self.logits.len().is_multiple_of(k) {
-            return Err(Error::LengthMismatch {
-                what: format!("{}: logits", self.name),
-                detail: format!("{} values do not make rows of K = {k}", self.logits.len()),
-            });
+        RowsToCheck {
+            name: self.name,
+            row_offset: self.row_offset,
+            k,
+            logits: self.logits,
+            labels: self.labels.map(Labels::I32),
+            hospital: self.hospital,
+            slide: self.slide,
         }
-        let n = self.rows();
-        if let Some(i) = self.logits.iter().position(|v| !v.is_finite()) {
-            return Err(Error::NonFinite {
-                what: format!("{}: logits", self.name),
-                row: self.row_offset + i / k,
-                col: i % k,
-                value: self.logits[i],
-            });
-        }
-        let lens = [
-            ("labels", self.labels.map(|l| l.len())),
-            ("hospital", self.hospital.map(|l| l.len())),
-            ("slide", self.slide.map(|l| l.len())),
-        ];
-        for (name, len) in lens {
-            if let Some(len) = len.filter(|&l| l != n) {
-                return Err(Error::LengthMismatch {
-                    what: format!("{}: {name}", self.name),
-                    detail: format!("{len} entries for {n} logit rows"),
-                });
-            }
-        }
-        if let Some(labels) = self.labels {
-            if let Some((i, &y)) = labels
-                .iter()
-                .enumerate()
-                .find(|(_, &y)| y < -1 || y as i64 >= k as i64)
-            {
-                return Err(Error::LabelOutOfRange {
-                    what: format!("{}: labels", self.name),
-                    row: self.row_offset + i,
-                    label: y as i64,
-                    k,
-                });
-            }
-        }
-        Ok(())
+        .check()
     }
 }
 

@@ -12,25 +12,8 @@ use crate::methods::files::FileJob;
 use crate::methods::tally::{Tally, TargetRows};
 use crate::report::model::RowOutputs;
 
-/// Labels of in-memory rows: int32 (borrowed as the tally reads them) or int64 (narrowed
-/// a chunk at a time; a value outside the classes is the crate's label error, not a
-/// silently clamped one).
-#[derive(Clone, Copy, Debug)]
-pub enum Labels<'a> {
-    /// int32, -1 = unknown.
-    I32(&'a [i32]),
-    /// int64, -1 = unknown.
-    I64(&'a [i64]),
-}
-
-impl Labels<'_> {
-    fn len(&self) -> usize {
-        match self {
-            Labels::I32(l) => l.len(),
-            Labels::I64(l) => l.len(),
-        }
-    }
-}
+pub use crate::data::rows::Labels;
+use crate::data::rows::RowsToCheck;
 
 /// A whole target in memory, borrowed: row-major `n * k` logits and optional labels and
 /// group ids, `row_offset` the index of its first row in a larger target (0 for a whole
@@ -121,20 +104,16 @@ impl<'a> TargetArrays<'a> {
     /// Checks the per-row arrays' lengths against the logits, before any chunk is cut
     /// (so a chunk never slices past an array).
     pub fn check_lengths(&self) -> Result<()> {
-        let n = self.n();
-        for (arr, len) in [
-            ("labels", self.labels.map(|l| l.len())),
-            ("hospital", self.hospital.map(<[i64]>::len)),
-            ("slide", self.slide.map(<[i64]>::len)),
-        ] {
-            if let Some(len) = len.filter(|&len| len != n) {
-                return Err(Error::LengthMismatch {
-                    what: format!("{}: {arr}", self.name),
-                    detail: format!("{len} entries for {n} logit rows"),
-                });
-            }
+        RowsToCheck {
+            name: self.name,
+            row_offset: self.row_offset,
+            k: self.k,
+            logits: self.logits,
+            labels: self.labels,
+            hospital: self.hospital,
+            slide: self.slide,
         }
-        Ok(())
+        .check_lengths()
     }
 
     /// Runs `f` on rows `start..end` as the tally takes them; int64 labels are narrowed
