@@ -1146,6 +1146,29 @@ fn softmax<'py>(
     Ok(PyArray2::from_owned_array(py, arr))
 }
 
+/// COT (DESIGN.md 2.11), exact: 1 - the optimal transport cost between the rows of
+/// `probabilities` (float32 `[N, K]`, mass 1/N each) and the classes in the shares of
+/// `class_counts` (the source's label counts), a row's cost to class k being `1 - p_k`.
+#[pyfunction]
+#[pyo3(signature = (probabilities, class_counts))]
+fn cot_from_probabilities(
+    py: Python<'_>,
+    probabilities: &Bound<'_, PyAny>,
+    class_counts: Vec<u64>,
+) -> PyResult<f64> {
+    let arr = np_asarray(probabilities)?;
+    let shape: Vec<usize> = arr.getattr("shape")?.extract()?;
+    let [_, k] = shape[..] else {
+        return Err(to_py(
+            py,
+            invalid(format!("probabilities: need [N, K], not shape {shape:?}")),
+        ));
+    };
+    let p = convert_f32(&arr, "probabilities")?;
+    py.detach(|| conformal_gpu::methods::cot::cot(&p, k, &class_counts))
+        .py_err(py)
+}
+
 /// The conformal quantile qhat of `scores` at each alpha: the CLI's `quantile --json`
 /// report. float64 scores give their own float64 order statistic.
 #[pyfunction]
@@ -1209,6 +1232,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(evaluate, m)?)?;
     m.add_function(wrap_pyfunction!(fit_temperature, m)?)?;
     m.add_function(wrap_pyfunction!(softmax, m)?)?;
+    m.add_function(wrap_pyfunction!(cot_from_probabilities, m)?)?;
     m.add_function(wrap_pyfunction!(conformal_quantile, m)?)?;
     m.add_function(wrap_pyfunction!(device_name, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;

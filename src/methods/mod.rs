@@ -3,6 +3,7 @@
 
 pub mod bootstrap;
 pub mod calibration;
+pub mod cot;
 pub mod evaluate;
 pub mod files;
 pub mod quantile;
@@ -12,3 +13,4 @@ pub mod tally;
 pub mod target;
 pub mod temperature;
 pub mod thresholds;
+pub mod transport;
