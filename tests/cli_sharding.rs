@@ -392,3 +392,203 @@ fn gpu_downloads_are_bounded_by_the_source_not_the_targets() {
         "{per_target_rows:?}"
     );
 }
+
+/// Rows `idx` of `set` as a set of their own (named `name`).
+fn pick(
+    set: &conformal_gpu::data::PredictionSet,
+    idx: &[usize],
+    name: &str,
+) -> conformal_gpu::data::PredictionSet {
+    let sel = |a: &Option<ndarray::Array1<i64>>| {
+        a.as_ref()
+            .map(|a| ndarray::Array1::from_iter(idx.iter().map(|&i| a[i])))
+    };
+    let mut out =
+        conformal_gpu::data::PredictionSet::new(name, set.logits.select(ndarray::Axis(0), idx));
+    out.labels = sel(&set.labels);
+    out.hospital = sel(&set.hospital);
+    out.slide = sel(&set.slide);
+    out
+}
+
+/// DESIGN.md 3: a target that arrives as several files. (1) Its rows shuffled and cut
+/// into files of random sizes, each tallied under one `--name` at its `--row-offset`,
+/// merge to the unsharded report (bootstrap off: counts do not depend on row order).
+/// (2) The same files named `NAME.part-000.npz`, ... are one target in `evaluate`. (3) In
+/// order, with the bootstrap on, parts reproduce the whole file's intervals bit for bit
+/// (weights follow the offset row index). Overlapping offsets and a missing part are
+/// errors.
+#[test]
+fn target_parts_at_row_offsets_merge_like_row_ranges() {
+    use conformal_gpu::data::npz::{load_npz, save_npz};
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let data = tmp.path().join("data");
+    run(&[
+        "generate",
+        "--out",
+        s(&data),
+        "--scale",
+        "0.005",
+        "--seed",
+        "4",
+    ]);
+    // One labelled target with groups; the other targets out of the way.
+    let keep = ["id_val", "test"];
+    for f in std::fs::read_dir(&data).expect("dir") {
+        let p = f.expect("entry").path();
+        if !keep.iter().any(|k| p.file_stem().is_some_and(|s| s == *k)) {
+            std::fs::remove_file(&p).expect("rm");
+        }
+    }
+    let test = load_npz(&data.join("test.npz")).expect("test");
+    let n = test.n();
+    let evaluate = |dir: &Path, out: &Path, boot: &str| {
+        run(&[
+            "evaluate",
+            "--data",
+            s(dir),
+            "--device",
+            "cpu",
+            "--bootstrap",
+            boot,
+            "--seed",
+            "2",
+            "--json",
+            s(out),
+        ]);
+        comparable(&read_json(out))
+    };
+    let whole = evaluate(&data, &tmp.path().join("whole.json"), "0");
+    // Shuffled rows in 3 files of random sizes.
+    let mut r = common::rng(21);
+    let mut order: Vec<usize> = (0..n).collect();
+    order.shuffle(&mut r);
+    let a = r.random_range(1..n / 2);
+    let b = r.random_range(a + 1..n - 1);
+    let cuts = [0, a, b, n];
+    let parts_dir = tmp.path().join("parts");
+    std::fs::create_dir(&parts_dir).expect("mkdir");
+    std::fs::copy(data.join("id_val.npz"), parts_dir.join("id_val.npz")).expect("copy");
+    let cal = tmp.path().join("cal.json");
+    run(&[
+        "calibrate",
+        "--data",
+        s(&data),
+        "--device",
+        "cpu",
+        "--out",
+        s(&cal),
+    ]);
+    let mut tallies = Vec::new();
+    for i in 0..3 {
+        let file = parts_dir.join(format!("test.part-{i:03}.npz"));
+        save_npz(
+            &file,
+            &pick(&test, &order[cuts[i]..cuts[i + 1]], "p"),
+            i == 1,
+        )
+        .expect("save");
+        let t = tmp.path().join(format!("t{i}.json"));
+        let offset = cuts[i].to_string();
+        run(&[
+            "tally",
+            "--calibration",
+            s(&cal),
+            "--data",
+            s(&file),
+            "--name",
+            "test",
+            "--row-offset",
+            &offset,
+            "--device",
+            "cpu",
+            "--out",
+            s(&t),
+        ]);
+        tallies.push(t);
+    }
+    let merged = tmp.path().join("merged.json");
+    let o = run(&[
+        "merge",
+        "--calibration",
+        s(&cal),
+        s(&tallies[2]),
+        s(&tallies[0]),
+        s(&tallies[1]),
+        "--json",
+        s(&merged),
+    ]);
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains(&format!("{n} rows tallied in 1 range")),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(comparable(&read_json(&merged)), whole);
+    // (2) evaluate takes the parts as one target.
+    assert_eq!(evaluate(&parts_dir, &tmp.path().join("p.json"), "0"), whole);
+    // Overlap: part 1 tallied again at part 0's offset.
+    let t_over = tmp.path().join("over.json");
+    run(&[
+        "tally",
+        "--calibration",
+        s(&cal),
+        "--data",
+        s(&parts_dir.join("test.part-001.npz")),
+        "--name",
+        "test",
+        "--row-offset",
+        "0",
+        "--device",
+        "cpu",
+        "--out",
+        s(&t_over),
+    ]);
+    let o = bin()
+        .args([
+            "merge",
+            "--calibration",
+            s(&cal),
+            s(&tallies[0]),
+            s(&t_over),
+        ])
+        .output()
+        .expect("run");
+    assert_eq!(
+        o.status.code(),
+        Some(5),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    // (3) In order, bootstrap on: the parts' report is the whole file's, intervals too.
+    let ordered_dir = tmp.path().join("ordered");
+    std::fs::create_dir(&ordered_dir).expect("mkdir");
+    std::fs::copy(data.join("id_val.npz"), ordered_dir.join("id_val.npz")).expect("copy");
+    let identity: Vec<usize> = (0..n).collect();
+    for i in 0..3 {
+        let file = ordered_dir.join(format!("test.part-{i:03}.npz"));
+        save_npz(
+            &file,
+            &pick(&test, &identity[cuts[i]..cuts[i + 1]], "p"),
+            false,
+        )
+        .expect("save");
+    }
+    let whole_boot = evaluate(&data, &tmp.path().join("wb.json"), "8");
+    assert!(whole_boot["targets"][0]["ci"].is_object());
+    assert_eq!(
+        evaluate(&ordered_dir, &tmp.path().join("ob.json"), "8"),
+        whole_boot
+    );
+    // A missing part is an error naming it.
+    std::fs::remove_file(ordered_dir.join("test.part-001.npz")).expect("rm");
+    let o = bin()
+        .args(["evaluate", "--data", s(&ordered_dir), "--device", "cpu"])
+        .output()
+        .expect("run");
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("part 001 is missing"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}

@@ -121,6 +121,10 @@ pub enum Command {
         /// Only rows START:END (half-open, 0-based); the offset is kept.
         #[arg(long, value_name = "START:END")]
         rows: Option<String>,
+        /// The file holds rows N.. of a larger target (tally each part of a target under
+        /// one --name with its offset; with --rows A:B the rows are N+A..N+B).
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        row_offset: usize,
         /// Where to run: auto, gpu, cpu.
         #[arg(long, default_value = "auto")]
         device: String,

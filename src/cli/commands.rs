@@ -22,7 +22,7 @@ use conformal_gpu::methods::target::TargetInput;
 use conformal_gpu::report::{self, InputFile, Meta, SkippedFile};
 use conformal_gpu::{with_backend, Error, Result};
 
-use crate::cli::dataset::{dataset_files, find_set, set_name};
+use crate::cli::dataset::{dataset_files, find_set, set_name, target_part};
 use crate::cli::outputs::{check_json_target, check_writable_dir, emit_json, open_device, phase};
 
 /// What `evaluate` and `calibrate` read from a dataset directory.
@@ -240,6 +240,84 @@ fn emit_report(
     Ok(())
 }
 
+/// The targets of a dataset directory as the driver takes them: each file a target
+/// named by its stem, except `NAME.part-000.npz`, `NAME.part-001.npz`, ...: the parts of
+/// one target NAME, in order, each at the offset of the rows before it. Parts must run
+/// from 000 without a gap, and a name is either whole or in parts.
+fn target_jobs(readers: Vec<NpzRowReader>) -> Result<Vec<TargetInput<'static>>> {
+    let mut parts: BTreeMap<String, Vec<(usize, NpzRowReader)>> = BTreeMap::new();
+    let mut order = Vec::new();
+    for reader in readers {
+        let stem = reader.name().to_string();
+        let (name, part) = target_part(&stem);
+        let name = name.to_string();
+        let entry = parts.entry(name.clone()).or_insert_with(|| {
+            order.push(name.clone());
+            Vec::new()
+        });
+        match part {
+            Some(i) => entry.push((i, reader)),
+            None => entry.push((usize::MAX, reader)),
+        }
+    }
+    let mut out = Vec::new();
+    for name in order {
+        let mut files = parts.remove(&name).unwrap_or_default();
+        files.sort_by_key(|(i, _)| *i);
+        let whole = files.iter().any(|(i, _)| *i == usize::MAX);
+        if whole && files.len() > 1 {
+            return Err(Error::Invalid(format!(
+                "target {name:?} is both a whole file and parts ({name}.npz and {name}.part-NNN.npz)"
+            )));
+        }
+        let mut offset = 0;
+        for (expect, (i, reader)) in files.into_iter().enumerate() {
+            if !whole && i != expect {
+                return Err(Error::Invalid(format!(
+                    "target {name:?}: part {expect:03} is missing (found part {i:03} after it); \
+                     parts must run from 000 without a gap"
+                )));
+            }
+            let n = reader.n();
+            out.push(TargetInput::File(Box::new(
+                FileJob {
+                    name: name.clone(),
+                    reader,
+                    rows: None,
+                    row_offset: 0,
+                }
+                .at_offset(offset),
+            )));
+            offset += n;
+        }
+    }
+    Ok(out)
+}
+
+/// What a merged target's row ranges cover: rows tallied, the span, and the rows in gaps
+/// between the ranges (parts or shards that were not tallied).
+fn row_coverage(rows: &[[u64; 2]]) -> String {
+    let tallied: u64 = rows.iter().map(|r| r[1] - r[0]).sum();
+    let (Some(first), Some(last)) = (rows.first(), rows.last()) else {
+        return "no rows".into();
+    };
+    let span = last[1] - first[0];
+    let ranges: Vec<String> = rows.iter().map(|r| format!("{}..{}", r[0], r[1])).collect();
+    let mut out = format!(
+        "{tallied} rows tallied in {} range(s) ({})",
+        rows.len(),
+        ranges.join(", ")
+    );
+    if tallied < span || first[0] > 0 {
+        out.push_str(&format!(
+            "; {} rows before the first range and {} in gaps were not tallied",
+            first[0],
+            span - tallied
+        ));
+    }
+    out
+}
+
 /// Options of `evaluate`.
 pub struct EvalJob<'a> {
     pub source: SourceArgs<'a>,
@@ -309,11 +387,12 @@ pub fn run_evaluate(job: EvalJob<'_>) -> Result<()> {
             }
         })
         .collect();
+    let targets = target_jobs(targets)?;
     let (engine, choice) = open_device(job.device)?;
     let args = &job.source;
     let sets = SourceSets::load(args, &files)?;
     let pb = phase(&format!(
-        "evaluating {} targets ({} predictions)",
+        "evaluating {} target files ({} predictions)",
         targets.len(),
         targets.iter().map(|t| t.n()).sum::<usize>() + sets.source.n()
     ));
@@ -324,16 +403,7 @@ pub fn run_evaluate(job: EvalJob<'_>) -> Result<()> {
             source: &sets.source,
             options: sets.options(args),
             inputs: sets.inputs.clone(),
-            targets: targets
-                .into_iter()
-                .map(|reader| {
-                    TargetInput::File(Box::new(FileJob {
-                        name: reader.name().to_string(),
-                        reader,
-                        rows: None,
-                    }))
-                })
-                .collect(),
+            targets,
             rows: job.rows,
             started,
         },
@@ -404,6 +474,7 @@ pub struct TallyJob<'a> {
     pub data: &'a Path,
     pub name: Option<&'a str>,
     pub rows: Option<&'a str>,
+    pub row_offset: usize,
     pub device: &'a str,
     pub out: &'a Path,
 }
@@ -440,6 +511,7 @@ pub fn run_tally(job: TallyJob<'_>) -> Result<()> {
             reader: r,
             name: name.clone(),
             rows: rows.clone(),
+            row_offset: job.row_offset,
         }];
         tally_files(b, &cal, jobs, TARGET_CHUNK_ROWS, false).map(|mut d| d.remove(0))
     })?;
@@ -504,6 +576,7 @@ pub fn run_merge(
     let mut inputs = cal.inputs.clone();
     let mut reports = Vec::new();
     for (name, t) in &by_name {
+        eprintln!("merged {name}: {}", row_coverage(&t.rows));
         reports.push(cal.report(name, t)?);
         inputs.extend(t.inputs.iter().cloned());
     }

@@ -40,6 +40,19 @@ pub fn set_name(path: &Path) -> String {
         .unwrap_or_else(|| path.display().to_string())
 }
 
+/// The target and part a file stem names: `NAME.part-007` is part 7 of target NAME
+/// (DESIGN.md 3: a target that arrives as several files), any other stem is a whole set.
+pub fn target_part(stem: &str) -> (&str, Option<usize>) {
+    if let Some((name, part)) = stem.rsplit_once(".part-") {
+        if !name.is_empty() && !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit()) {
+            if let Ok(i) = part.parse::<usize>() {
+                return (name, Some(i));
+            }
+        }
+    }
+    (stem, None)
+}
+
 /// The file of set `name` among `files`; a missing set is an I/O error (exit 3) that
 /// lists the sets the directory holds.
 pub fn find_set(dir: &Path, files: &[PathBuf], name: &str, role: &str) -> Result<PathBuf> {
@@ -104,4 +117,19 @@ pub fn cached_dataset(cfg: &GeneratorConfig) -> Result<PathBuf> {
         eprintln!("dataset: {} (cached)", dir.display());
     }
     Ok(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::target_part;
+
+    #[test]
+    fn part_names() {
+        assert_eq!(target_part("test.part-000"), ("test", Some(0)));
+        assert_eq!(target_part("a.b.part-12"), ("a.b", Some(12)));
+        assert_eq!(target_part("test"), ("test", None));
+        assert_eq!(target_part("test.part-"), ("test.part-", None));
+        assert_eq!(target_part("test.part-1x"), ("test.part-1x", None));
+        assert_eq!(target_part(".part-3"), (".part-3", None));
+    }
 }

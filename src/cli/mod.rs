@@ -86,6 +86,7 @@ pub fn run(cli: Cli) -> Result<()> {
             data,
             name,
             rows,
+            row_offset,
             device,
             out,
         } => run_tally(TallyJob {
@@ -93,6 +94,7 @@ pub fn run(cli: Cli) -> Result<()> {
             data: &data,
             name: name.as_deref(),
             rows: rows.as_deref(),
+            row_offset,
             device: &device,
             out: &out,
         }),

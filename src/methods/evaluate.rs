@@ -96,7 +96,7 @@ pub struct EvaluationOutcome {
 }
 
 /// What opens a file target again: its path, name and row range.
-type Reopen = (PathBuf, String, Option<std::ops::Range<usize>>);
+type Reopen = (PathBuf, String, Option<std::ops::Range<usize>>, usize);
 
 fn ms(since: Instant) -> f64 {
     since.elapsed().as_secs_f64() * 1e3
@@ -144,8 +144,21 @@ pub fn run(
     }
     cal.inputs.sort();
     let warnings = cal.warnings();
+    let mut names = std::collections::HashMap::new();
     for t in &job.targets {
         check_k(&target_label(t), t.k(), &cal)?;
+        // One name is one target: files of one name are its parts, anything else twice
+        // is an error.
+        let file = matches!(t, TargetInput::File(_));
+        if let Some(&was_file) = names.get(t.name()) {
+            if !(was_file && file) {
+                return Err(Error::Invalid(format!(
+                    "two targets are named {:?}",
+                    t.name()
+                )));
+            }
+        }
+        names.insert(t.name().to_string(), file);
     }
     let phase = Instant::now();
     // A CPU rerun after a GPU failure opens the files again.
@@ -157,6 +170,7 @@ pub fn run(
                 f.reader.path().to_path_buf(),
                 f.name.clone(),
                 f.rows.clone(),
+                f.row_offset,
             )),
             TargetInput::Arrays(_) => None,
         })
@@ -204,11 +218,9 @@ fn reopen_targets<'a>(reopen: &[Option<Reopen>]) -> Result<Vec<TargetInput<'a>>>
     reopen
         .iter()
         .map(|r| match r {
-            Some((path, name, rows)) => Ok(TargetInput::File(Box::new(FileJob::open(
-                path,
-                name,
-                rows.clone(),
-            )?))),
+            Some((path, name, rows, offset)) => Ok(TargetInput::File(Box::new(
+                FileJob::open(path, name, rows.clone())?.at_offset(*offset),
+            ))),
             None => Err(Error::Invalid(
                 "in-memory targets cannot be reopened".into(),
             )),
@@ -237,6 +249,8 @@ fn tally_targets<B: Backend>(
     let mut tallies: Vec<Option<(Tally, Option<RowOutputs>)>> = Vec::new();
     let mut jobs = Vec::new();
     let mut job_slots = Vec::new();
+    // Files of one name are the parts of one target (each at its row offset).
+    let mut file_slot: std::collections::HashMap<String, usize> = Default::default();
     for t in targets {
         match t {
             TargetInput::Arrays(a) => {
@@ -247,16 +261,30 @@ fn tally_targets<B: Backend>(
                 tallies.push(Some((tally, r)));
             }
             TargetInput::File(job) => {
-                job_slots.push(tallies.len());
+                let slot = *file_slot.entry(job.name.clone()).or_insert_with(|| {
+                    tallies.push(None);
+                    tallies.len() - 1
+                });
+                job_slots.push(slot);
                 jobs.push(*job);
-                tallies.push(None);
             }
         }
     }
     if !jobs.is_empty() {
         let done = tally_files(backend, cal, jobs, TARGET_CHUNK_ROWS, rows)?;
         for (slot, d) in job_slots.into_iter().zip(done) {
-            tallies[slot] = Some((d.tally, d.rows));
+            match &mut tallies[slot] {
+                Some((tally, r)) => {
+                    // A later part: its rows follow (overlaps are refused by the merge).
+                    tally.merge(&d.tally)?;
+                    if let (Some(r), Some(more)) = (r.as_mut(), d.rows) {
+                        r.yhat.extend(more.yhat);
+                        r.modes.raw.append(more.modes.raw);
+                        r.modes.ts.append(more.modes.ts);
+                    }
+                }
+                empty => *empty = Some((d.tally, d.rows)),
+            }
         }
     }
     let mut out = Vec::with_capacity(tallies.len());

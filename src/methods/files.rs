@@ -32,6 +32,9 @@ pub struct FileJob {
     pub name: String,
     /// Rows to read (all when `None`).
     pub rows: Option<Range<usize>>,
+    /// Index in the whole target of the file's first row (`tally --row-offset`; a target
+    /// in parts): the file holds rows `row_offset..` of a larger target.
+    pub row_offset: usize,
 }
 
 impl FileJob {
@@ -41,15 +44,23 @@ impl FileJob {
             reader: NpzRowReader::open(path)?,
             name: name.to_string(),
             rows,
+            row_offset: 0,
         })
+    }
+
+    /// The same job, its file holding rows `row_offset..` of a larger target.
+    pub fn at_offset(mut self, row_offset: usize) -> Self {
+        self.row_offset = row_offset;
+        self
     }
 }
 
-/// The borrowed view of a decoded chunk.
-pub fn chunk_view<'a>(name: &'a str, c: &'a RowChunk) -> TargetRows<'a> {
+/// The borrowed view of a decoded chunk of a file whose first row is row `file_offset`
+/// of its target.
+pub fn chunk_view<'a>(name: &'a str, c: &'a RowChunk, file_offset: usize) -> TargetRows<'a> {
     TargetRows {
         name,
-        row_offset: c.row_offset,
+        row_offset: file_offset + c.row_offset,
         k: c.k,
         logits: &c.logits,
         labels: c.labels.as_deref(),
@@ -93,6 +104,7 @@ pub fn tally_files<B: Backend>(
         });
     }
     let names: Vec<String> = jobs.iter().map(|j| j.name.clone()).collect();
+    let offsets: Vec<usize> = jobs.iter().map(|j| j.row_offset).collect();
     let files: Vec<String> = jobs
         .iter()
         .map(|j| j.reader.path().display().to_string())
@@ -152,7 +164,7 @@ pub fn tally_files<B: Backend>(
             }
             let step = msg.and_then(|m| match m {
                 Decoded::Chunk(i, c) => {
-                    let view = chunk_view(&names[i], &c);
+                    let view = chunk_view(&names[i], &c, offsets[i]);
                     let part = streams[i]
                         .as_mut()
                         .ok_or_else(|| Error::Invalid("tally stream finished".into()))?
