@@ -158,7 +158,7 @@ impl PredictionSet {
         fn ids(a: &Option<Array1<i64>>) -> Option<&[i64]> {
             a.as_ref().and_then(|a| a.as_slice())
         }
-        rows::RowsToCheck {
+        rows::RowArrays {
             name: &self.name,
             row_offset: 0,
             k,

@@ -41,10 +41,11 @@ impl Labels<'_> {
     }
 }
 
-/// Rows to check: `name` (errors say `name: array`), the index of the first row in the
-/// whole set, K, row-major logits and the optional per-row arrays.
+/// Rows held as borrowed arrays: `name` (errors say `name: array`), the index of the
+/// first row in the whole set, K, row-major logits and the optional per-row arrays. An
+/// evaluation's in-memory target is one (`methods::target::TargetArrays`).
 #[derive(Clone, Copy, Debug)]
-pub struct RowsToCheck<'a> {
+pub struct RowArrays<'a> {
     /// The set's name.
     pub name: &'a str,
     /// Index of the first row in the whole set (errors name rows of the set).
@@ -61,9 +62,9 @@ pub struct RowsToCheck<'a> {
     pub slide: Option<&'a [i64]>,
 }
 
-impl RowsToCheck<'_> {
+impl RowArrays<'_> {
     /// Checks that every per-row array has one entry a row (the cheap part of
-    /// [`RowsToCheck::check`]: what a caller needs before it cuts the rows into chunks).
+    /// [`RowArrays::check`]: what a caller needs before it cuts the rows into chunks).
     pub fn check_lengths(&self) -> Result<()> {
         let n = self.logits.len().checked_div(self.k).unwrap_or(0);
         for (array, len) in [
@@ -116,8 +117,8 @@ impl RowsToCheck<'_> {
 mod tests {
     use super::*;
 
-    fn rows<'a>(logits: &'a [f32], labels: Option<Labels<'a>>) -> RowsToCheck<'a> {
-        RowsToCheck {
+    fn rows<'a>(logits: &'a [f32], labels: Option<Labels<'a>>) -> RowArrays<'a> {
+        RowArrays {
             name: "t",
             row_offset: 100,
             k: 2,

@@ -160,7 +160,7 @@ impl GpuContext {
     /// A mappable buffer of at least `bytes` bytes to copy a readback into: one kept from
     /// an earlier readback of the same size class, or a new one.
     pub(crate) fn staging_buffer(&self, bytes: u64) -> wgpu::Buffer {
-        let size = StagingPool::size_class(bytes);
+        let size = super::staging::StagingPool::size_class(bytes);
         self.staging.take(size).unwrap_or_else(|| {
             self.device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some("readback"),
@@ -504,45 +504,5 @@ impl GpuContext {
             start += rows;
         }
         Ok(DeviceRows::from_chunks(k, n, chunks))
-    }
-}
-
-/// Readback staging buffers kept between readbacks, so a stream of chunks does not create
-/// (and the driver zero) a fresh mappable buffer per readback. Sizes are powers of two
-/// (at least 256 bytes); a few buffers of at most [`StagingPool::MAX_BYTES`] are kept.
-/// A buffer comes back only after a successful map and unmap.
-#[derive(Default)]
-pub(crate) struct StagingPool {
-    free: std::sync::Mutex<Vec<wgpu::Buffer>>,
-}
-
-impl StagingPool {
-    /// Buffers kept at most.
-    const KEPT: usize = 8;
-    /// The largest buffer kept.
-    const MAX_BYTES: u64 = 1 << 26;
-
-    /// The size of the buffer that serves a readback of `bytes` bytes.
-    fn size_class(bytes: u64) -> u64 {
-        bytes.max(256).next_power_of_two()
-    }
-
-    /// A kept buffer of exactly `size` bytes, if there is one.
-    fn take(&self, size: u64) -> Option<wgpu::Buffer> {
-        let mut free = self.free.lock().ok()?;
-        let i = free.iter().position(|b| b.size() == size)?;
-        Some(free.swap_remove(i))
-    }
-
-    /// Keeps `buf` (unmapped) for a later readback, unless the pool is full or it is large.
-    pub(crate) fn give_back(&self, buf: wgpu::Buffer) {
-        if buf.size() > Self::MAX_BYTES {
-            return;
-        }
-        if let Ok(mut free) = self.free.lock() {
-            if free.len() < Self::KEPT {
-                free.push(buf);
-            }
-        }
     }
 }

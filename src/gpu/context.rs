@@ -114,7 +114,7 @@ pub struct GpuContext {
     poison: bool,
     ledger: Ledger,
     /// Readback staging buffers kept for the next readback (`buffers::StagingPool`).
-    pub(crate) staging: super::buffers::StagingPool,
+    pub(crate) staging: super::staging::StagingPool,
 }
 
 impl std::fmt::Debug for GpuContext {

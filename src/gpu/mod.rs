@@ -14,6 +14,7 @@ pub mod radix_sort;
 pub mod row_stats;
 pub mod select_histogram;
 pub mod softmax;
+pub mod staging;
 pub mod tally;
 pub mod temperature_nll;
 pub mod warm_up;

@@ -6,7 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::data::rows::{Labels, RowsToCheck};
+use crate::data::rows::{Labels, RowArrays};
 use crate::error::{Error, Result};
 use crate::kernel::bootstrap::{merge_pair_reps, rep, PairRepCounts, RepCounts, MAX_WEIGHT};
 use crate::kernel::tally::{Counts, GroupKey, PairCounts, GROUP_ARRAYS};
@@ -62,7 +62,7 @@ impl TargetRows<'_> {
                 ),
             });
         }
-        RowsToCheck {
+        RowArrays {
             name: self.name,
             row_offset: self.row_offset,
             k,

@@ -13,28 +13,12 @@ use crate::methods::tally::{Tally, TargetRows};
 use crate::report::model::RowOutputs;
 
 pub use crate::data::rows::Labels;
-use crate::data::rows::RowsToCheck;
+use crate::data::rows::RowArrays;
 
 /// A whole target in memory, borrowed: row-major `n * k` logits and optional labels and
 /// group ids, `row_offset` the index of its first row in a larger target (0 for a whole
 /// one; bootstrap weights follow it).
-#[derive(Clone, Copy, Debug)]
-pub struct TargetArrays<'a> {
-    /// Target name (tallies merge by name; bootstrap weights are keyed by it).
-    pub name: &'a str,
-    /// Index of the first row in the whole target.
-    pub row_offset: usize,
-    /// Classes.
-    pub k: usize,
-    /// `n * k` logits, row-major.
-    pub logits: &'a [f32],
-    /// One per row; `None` = all unknown.
-    pub labels: Option<Labels<'a>>,
-    /// Hospital ids, one per row.
-    pub hospital: Option<&'a [i64]>,
-    /// Slide ids, one per row.
-    pub slide: Option<&'a [i64]>,
-}
+pub type TargetArrays<'a> = RowArrays<'a>;
 
 impl<'a> TargetArrays<'a> {
     /// The arrays of a whole set in standard layout ([`PredictionSet::standard`] gives
@@ -99,21 +83,6 @@ impl<'a> TargetArrays<'a> {
     /// Rows.
     pub fn n(&self) -> usize {
         self.logits.len().checked_div(self.k).unwrap_or(0)
-    }
-
-    /// Checks the per-row arrays' lengths against the logits, before any chunk is cut
-    /// (so a chunk never slices past an array).
-    pub fn check_lengths(&self) -> Result<()> {
-        RowsToCheck {
-            name: self.name,
-            row_offset: self.row_offset,
-            k: self.k,
-            logits: self.logits,
-            labels: self.labels,
-            hospital: self.hospital,
-            slide: self.slide,
-        }
-        .check_lengths()
     }
 
     /// Runs `f` on rows `start..end` as the tally takes them; int64 labels are narrowed
