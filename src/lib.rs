@@ -10,6 +10,12 @@
 //! imports the other. Estimators are written once over the [`backend::Backend`] trait.
 //! Method definitions follow DESIGN.md section 2 to the letter.
 //!
+//! `methods/` is a ladder, each file importing only those below it: the source math
+//! (`thresholds`, `temperature`, `quantile`) and the mergeable `tally`; the `bootstrap`
+//! refit; the `calibration`; a target's `report`; the targets (`target`: rows in memory,
+//! `files`: `.npz` streamed); and one driver, [`methods::evaluate::run`], that the
+//! command line and Python both call.
+//!
 //! ```
 //! use conformal_gpu::backend::CpuBackend;
 //! use conformal_gpu::data::PredictionSet;

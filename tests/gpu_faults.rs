@@ -167,3 +167,55 @@ fn backends_reject_inconsistent_shapes() {
         assert!(!e.is_gpu_failure(), "{e:?}");
     }
 }
+
+/// The evaluation driver (`methods::evaluate::run`, what the CLI and Python call) under
+/// `auto` on a device that is lost: the fit and the targets (rows in memory, borrowed
+/// again; a file, opened again) rerun on the CPU, with the CPU's numbers.
+#[test]
+fn the_driver_falls_back_for_rows_in_memory_and_files() {
+    use conformal_gpu::data::npz::save_npz;
+    use conformal_gpu::methods::calibration::{CalibrationOptions, Temperature};
+    use conformal_gpu::methods::evaluate::{run, EvaluationJob};
+    use conformal_gpu::methods::files::FileJob;
+    use conformal_gpu::methods::target::{TargetArrays, TargetInput};
+    let (source, targets) = sets();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("b.npz");
+    save_npz(&file, &targets[1], false).expect("save");
+    let job = || EvaluationJob {
+        source: &source,
+        options: CalibrationOptions {
+            alphas: options().alphas,
+            temperature: Temperature::FitSource,
+            bootstrap: Default::default(),
+        },
+        inputs: Vec::new(),
+        targets: vec![
+            TargetInput::Arrays(TargetArrays::of_set(&targets[0]).expect("standard")),
+            TargetInput::File(Box::new(FileJob::open(&file, "b", None).expect("open"))),
+        ],
+        rows: true,
+        started: std::time::Instant::now(),
+    };
+    let cpu = run(&Engine::Cpu, DeviceChoice::Cpu, job()).expect("cpu run");
+    let Some(ctx) = ctx_with(Fault::DeviceLost) else {
+        return;
+    };
+    let engine = Engine::Gpu(Box::new(ctx));
+    let got = run(&engine, DeviceChoice::Auto, job()).expect("auto falls back");
+    assert_eq!(got.evaluation.device, "cpu");
+    assert_eq!(
+        comparable(got.evaluation),
+        comparable(cpu.evaluation),
+        "fallback numbers equal the CPU run"
+    );
+    assert_eq!(got.inputs, cpu.inputs);
+    // Under `gpu` the loss is the error.
+    let Some(ctx) = ctx_with(Fault::DeviceLost) else {
+        return;
+    };
+    let e = run(&Engine::Gpu(Box::new(ctx)), DeviceChoice::Gpu, job())
+        .err()
+        .expect("device lost");
+    assert_kind(Fault::DeviceLost, &e);
+}

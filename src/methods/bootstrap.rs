@@ -3,7 +3,7 @@
 //! replicate is a resampled multiset and every estimator is recomputed on it exactly as
 //! on the data itself: the source refit here (temperature by the same safeguarded Newton
 //! on weighted sums, accuracy, AC(S), ATC thresholds and tie shares, CPC's sweep, all on
-//! the multiset's sorted columns through [`ModeCalibration::from_columns`]), the target
+//! the multiset's sorted columns through `ModeCalibration::from_columns`), the target
 //! side as weighted counts in the tally ([`crate::kernel::bootstrap::RepCounts`]).
 //!
 //! The source side runs on the host for every backend: it is one small set (the tally

@@ -95,8 +95,12 @@ pub struct EvaluationOutcome {
     pub warnings: Vec<String>,
 }
 
-/// What opens a file target again: its path, name and row range.
-type Reopen = (PathBuf, String, Option<std::ops::Range<usize>>, usize);
+/// A target again, for a CPU rerun after a GPU failure: a file is opened anew (its
+/// path, name, row range and offset); rows in memory are borrowed again.
+enum Reopen<'a> {
+    File(PathBuf, String, Option<std::ops::Range<usize>>, usize),
+    Arrays(TargetArrays<'a>),
+}
 
 fn ms(since: Instant) -> f64 {
     since.elapsed().as_secs_f64() * 1e3
@@ -162,17 +166,17 @@ pub fn run(
     }
     let phase = Instant::now();
     // A CPU rerun after a GPU failure opens the files again.
-    let reopen: Vec<Option<Reopen>> = job
+    let reopen: Vec<Reopen<'_>> = job
         .targets
         .iter()
         .map(|t| match t {
-            TargetInput::File(f) => Some((
+            TargetInput::File(f) => Reopen::File(
                 f.reader.path().to_path_buf(),
                 f.name.clone(),
                 f.rows.clone(),
                 f.row_offset,
-            )),
-            TargetInput::Arrays(_) => None,
+            ),
+            TargetInput::Arrays(a) => Reopen::Arrays(*a),
         })
         .collect();
     let mut first_try = Some(job.targets);
@@ -214,16 +218,14 @@ fn target_label(t: &TargetInput<'_>) -> String {
     }
 }
 
-fn reopen_targets<'a>(reopen: &[Option<Reopen>]) -> Result<Vec<TargetInput<'a>>> {
+fn reopen_targets<'a>(reopen: &[Reopen<'a>]) -> Result<Vec<TargetInput<'a>>> {
     reopen
         .iter()
         .map(|r| match r {
-            Some((path, name, rows, offset)) => Ok(TargetInput::File(Box::new(
+            Reopen::File(path, name, rows, offset) => Ok(TargetInput::File(Box::new(
                 FileJob::open(path, name, rows.clone())?.at_offset(*offset),
             ))),
-            None => Err(Error::Invalid(
-                "in-memory targets cannot be reopened".into(),
-            )),
+            Reopen::Arrays(a) => Ok(TargetInput::Arrays(*a)),
         })
         .collect()
 }
