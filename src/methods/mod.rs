@@ -9,6 +9,7 @@ pub mod files;
 pub mod quantile;
 pub mod report;
 pub mod row_outputs;
+pub mod scores;
 pub mod tally;
 pub mod target;
 pub mod temperature;
