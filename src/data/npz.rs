@@ -1,22 +1,22 @@
 //! `.npz` reading and writing of whole prediction sets (DESIGN.md sections 1 and 6), on
-//! top of the `.npy` layer (`npy.rs`). The streaming reader for sets too large to
-//! hold is [`super::stream::NpzRowReader`].
+//! top of the `.npy` layer (`npy.rs`). There is one reader: a whole set (from a file or
+//! from bytes in memory) is every chunk of the streaming reader
+//! [`super::stream::NpzRowReader`], so a file is checked the same way whether it is
+//! loaded whole (a source) or streamed (a target).
 //!
 //! Writers go through [`write_atomic`]: a temporary file in the destination directory,
 //! renamed into place only when everything was written, removed on error.
 
-use std::io::{BufWriter, Read, Seek, Write};
+use std::io::{BufWriter, Write};
 use std::path::Path;
 
 use ndarray::{Array1, Array2};
 
 pub use super::atomic::write_atomic;
 use super::atomic::write_atomic_file;
-use super::npy::{
-    conv_f32, conv_i64, npy_header, read_npy, Decoded, Dtype, CHUNK_ELEMS, MAX_DEFLATE_RATIO,
-};
 pub use super::npy::{load_npy_scores, load_npy_scores_f64};
-use super::{binary_rows, LogitsShape, PredictionSet};
+use super::npy::{npy_header, CHUNK_ELEMS};
+use super::PredictionSet;
 use crate::error::{Error, Result};
 
 // ---------------------------------------------------------------------------------------
@@ -187,78 +187,6 @@ pub fn save_npz(path: &Path, set: &PredictionSet, compressed: bool) -> Result<()
 // Reading: .npz
 // ---------------------------------------------------------------------------------------
 
-/// Reads member `array` (stored as `array.npy`, or bare `array`) of an open archive,
-/// or `None` when it is absent.
-fn read_member<T: Clone + bytemuck::Pod, R: Read + Seek>(
-    zip: &mut zip::ZipArchive<R>,
-    file_len: u64,
-    file: &str,
-    array: &str,
-    accept: impl Fn(Dtype) -> bool,
-    want: &str,
-    conv: impl Fn(&[u8], Dtype, bool) -> T,
-) -> Result<Option<Decoded<T>>> {
-    let npy = format!("{array}.npy");
-    let name = if zip.index_for_name(&npy).is_some() {
-        npy
-    } else if zip.index_for_name(array).is_some() {
-        array.to_string()
-    } else {
-        return Ok(None);
-    };
-    let mut member = zip.by_name(&name).map_err(|e| {
-        Error::format(
-            file,
-            format!("array '{array}': cannot open zip member ({e})"),
-        )
-    })?;
-    let compressed = member.compressed_size();
-    let size = member.size();
-    // The zip directory's sizes are claims too: bound them by the file's real length
-    // and deflate's maximum ratio before trusting them as an allocation limit.
-    if compressed > file_len || size > compressed.saturating_mul(MAX_DEFLATE_RATIO) + 1024 {
-        return Err(Error::format(
-            file,
-            format!(
-                "array '{array}': zip member claims {size} bytes ({compressed} compressed) in a {file_len}-byte file"
-            ),
-        ));
-    }
-    read_npy(&mut member, Some(size), file, array, accept, want, conv).map(Some)
-}
-
-fn is_int(t: Dtype) -> bool {
-    matches!(t, Dtype::I32 | Dtype::I64)
-}
-
-/// Reads one optional 1-D int64/int32 array.
-fn read_ids<R: Read + Seek>(
-    zip: &mut zip::ZipArchive<R>,
-    file_len: u64,
-    file: &str,
-    array: &str,
-) -> Result<Option<Array1<i64>>> {
-    let Some(d) = read_member(
-        zip,
-        file_len,
-        file,
-        array,
-        is_int,
-        "int64 or int32",
-        conv_i64,
-    )?
-    else {
-        return Ok(None);
-    };
-    if d.shape.len() != 1 {
-        return Err(Error::format(
-            file,
-            format!("array '{array}': shape {:?}, need 1-D [N]", d.shape),
-        ));
-    }
-    Ok(Some(Array1::from(d.data)))
-}
-
 /// Loads one prediction set from a `.npz` (DESIGN.md section 1): `logits` float32/16/64
 /// `[N, K]` (or `[N]` / `[N, 1]` binary logits, read as rows `(0, z)`), optional `labels`,
 /// `hospital`, `slide` int64/int32 `[N]`. The set's name is the file stem. The result is
@@ -272,7 +200,11 @@ pub fn load_npz(path: &Path) -> Result<PredictionSet> {
 /// so a file is read, checked and hashed one way whether it is a source loaded whole or a
 /// target streamed.
 pub fn load_npz_hashed(path: &Path) -> Result<(PredictionSet, String)> {
-    let mut reader = super::stream::NpzRowReader::open(path)?;
+    read_whole(super::stream::NpzRowReader::open(path)?)
+}
+
+/// Every row of `reader` as one set, and the SHA-256 of what it read.
+fn read_whole(mut reader: super::stream::NpzRowReader) -> Result<(PredictionSet, String)> {
     let (n, k) = (reader.n(), reader.k());
     let mut logits = Vec::with_capacity(n * k);
     let mut labels = reader.has_labels().then(|| Vec::with_capacity(n));
@@ -291,8 +223,8 @@ pub fn load_npz_hashed(path: &Path) -> Result<(PredictionSet, String)> {
         }
     }
     let name = reader.name().to_string();
+    let file = reader.path().display().to_string();
     let sha256 = reader.finish()?;
-    let file = path.display().to_string();
     let logits = Array2::from_shape_vec((n, k), logits)
         .map_err(|e| Error::format(&file, format!("array 'logits': {e}")))?;
     let set = PredictionSet {
@@ -305,119 +237,9 @@ pub fn load_npz_hashed(path: &Path) -> Result<(PredictionSet, String)> {
     Ok((set, sha256))
 }
 
-/// Loads a prediction set from the bytes of a `.npz` file held in memory (same checks
-/// and errors as [`load_npz`]; `name` names the set and stands for the file in messages).
+/// Loads a prediction set from the bytes of a `.npz` file held in memory (same reader,
+/// checks and errors as [`load_npz`]; `name` names the set and stands for the file in
+/// messages).
 pub fn load_npz_bytes(bytes: &[u8], name: &str) -> Result<PredictionSet> {
-    load_npz_from(
-        std::io::Cursor::new(bytes),
-        bytes.len() as u64,
-        name,
-        name.to_string(),
-        None,
-    )
-}
-
-fn load_npz_from<R: Read + Seek>(
-    reader: R,
-    file_len: u64,
-    file: &str,
-    name: String,
-    path: Option<&Path>,
-) -> Result<PredictionSet> {
-    let file = file.to_string();
-    let mut zip = zip::ZipArchive::new(reader).map_err(|e| match (e, path) {
-        (zip::result::ZipError::Io(io), Some(path))
-            if io.kind() != std::io::ErrorKind::UnexpectedEof =>
-        {
-            Error::io(path, io)
-        }
-        (other, _) => Error::format(&file, format!("not a readable .npz (zip) file: {other}")),
-    })?;
-    let logits = read_member(
-        &mut zip,
-        file_len,
-        &file,
-        "logits",
-        Dtype::is_float,
-        "float32, float16 or float64",
-        conv_f32,
-    )?
-    .ok_or_else(|| Error::format(&file, "no array named 'logits'"))?;
-    let logits = match LogitsShape::of(&logits.shape) {
-        LogitsShape::Rows { n, k } => Array2::from_shape_vec((n, k), logits.data)
-            .map_err(|e| Error::format(&file, format!("array 'logits': {e}")))?,
-        LogitsShape::Binary { n } => {
-            Array2::from_shape_vec((n, 2), binary_rows(logits.data).collect())
-                .map_err(|e| Error::format(&file, format!("array 'logits': {e}")))?
-        }
-        LogitsShape::TooFewClasses { k } => {
-            return Err(Error::TooFewClasses {
-                what: format!("{file}: logits"),
-                k,
-            })
-        }
-        LogitsShape::Unreadable => {
-            return Err(Error::format(
-                &file,
-                format!(
-                    "array 'logits': shape {:?}, need [N, K] or [N]",
-                    logits.shape
-                ),
-            ))
-        }
-    };
-    let labels = read_ids(&mut zip, file_len, &file, "labels")?;
-    let hospital = read_ids(&mut zip, file_len, &file, "hospital")?;
-    let slide = read_ids(&mut zip, file_len, &file, "slide")?;
-    let set = PredictionSet {
-        name,
-        logits,
-        labels,
-        hospital,
-        slide,
-    };
-    set.validate().map_err(|e| with_file(e, &set.name, &file))?;
-    Ok(set)
-}
-
-/// `validate` names the set by its stem; a loaded set's errors name the whole path.
-fn with_file(e: Error, stem: &str, file: &str) -> Error {
-    let fix = |what: String| match what.strip_prefix(stem) {
-        Some(rest) => format!("{file}{rest}"),
-        None => format!("{file}: {what}"),
-    };
-    match e {
-        Error::NonFinite {
-            what,
-            row,
-            col,
-            value,
-        } => Error::NonFinite {
-            what: fix(what),
-            row,
-            col,
-            value,
-        },
-        Error::LabelOutOfRange {
-            what,
-            row,
-            label,
-            k,
-        } => Error::LabelOutOfRange {
-            what: fix(what),
-            row,
-            label,
-            k,
-        },
-        Error::LengthMismatch { what, detail } => Error::LengthMismatch {
-            what: fix(what),
-            detail,
-        },
-        Error::TooFewClasses { what, k } => Error::TooFewClasses { what: fix(what), k },
-        Error::Empty { what, detail } => Error::Empty {
-            what: fix(what),
-            detail,
-        },
-        other => other,
-    }
+    read_whole(super::stream::NpzRowReader::from_bytes(bytes, name)?).map(|(set, _)| set)
 }

@@ -83,7 +83,28 @@ impl RowChunk {
 // Positional reads on one shared handle
 // ---------------------------------------------------------------------------------------
 
-fn read_at(file: &File, buf: &mut [u8], pos: u64) -> io::Result<usize> {
+/// What a reader reads: a file (positional reads on one shared handle), or the bytes of
+/// one held in memory (`load_npz_bytes`), through the same code.
+pub(crate) enum Source {
+    /// A file.
+    File(File),
+    /// A file's bytes.
+    Bytes(Vec<u8>),
+}
+
+fn read_at(src: &Source, buf: &mut [u8], pos: u64) -> io::Result<usize> {
+    match src {
+        Source::File(f) => read_file_at(f, buf, pos),
+        Source::Bytes(b) => {
+            let start = (pos.min(b.len() as u64)) as usize;
+            let n = buf.len().min(b.len() - start);
+            buf[..n].copy_from_slice(&b[start..start + n]);
+            Ok(n)
+        }
+    }
+}
+
+fn read_file_at(file: &File, buf: &mut [u8], pos: u64) -> io::Result<usize> {
     #[cfg(unix)]
     {
         std::os::unix::fs::FileExt::read_at(file, buf, pos)
@@ -106,7 +127,7 @@ fn read_at(file: &File, buf: &mut [u8], pos: u64) -> io::Result<usize> {
 
 /// Bytes `pos..end` of the shared file.
 struct Window {
-    file: Arc<File>,
+    file: Arc<Source>,
     pos: u64,
     end: u64,
 }
@@ -246,7 +267,7 @@ fn find_entry<R: Read + Seek>(
 /// Opens a member's stream and reads its npy header; returns the member (positioned at
 /// its first value), the header's shape and fortran flag.
 fn open_member(
-    handle: &Arc<File>,
+    handle: &Arc<Source>,
     e: &Entry,
     file: &str,
     array: &'static str,
@@ -425,7 +446,7 @@ fn check_end(m: &mut Member, file: &str) -> Result<()> {
 
 /// Hashes the whole file on its own thread; `Ok(None)` when cancelled (reader dropped).
 fn spawn_hasher(
-    handle: Arc<File>,
+    handle: Arc<Source>,
     len: u64,
     cancel: Arc<AtomicBool>,
 ) -> io::Result<JoinHandle<io::Result<Option<String>>>> {
@@ -534,11 +555,35 @@ impl NpzRowReader {
         let file = path.display().to_string();
         let f = File::open(path).map_err(|e| Error::io(path, e))?;
         let len = f.metadata().map_err(|e| Error::io(path, e))?.len();
-        let handle = Arc::new(f);
         let name = path
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_else(|| file.clone());
+        Self::open_source(Source::File(f), len, path, file, name)
+    }
+
+    /// [`NpzRowReader::open`] over the bytes of a `.npz` held in memory; `name` names the
+    /// set and stands for the file in messages.
+    pub fn from_bytes(bytes: &[u8], name: &str) -> Result<Self> {
+        let len = bytes.len() as u64;
+        let source = Source::Bytes(bytes.to_vec());
+        Self::open_source(
+            source,
+            len,
+            Path::new(name),
+            name.to_string(),
+            name.to_string(),
+        )
+    }
+
+    fn open_source(
+        source: Source,
+        len: u64,
+        path: &Path,
+        file: String,
+        name: String,
+    ) -> Result<Self> {
+        let handle = Arc::new(source);
 
         let whole = Window {
             file: Arc::clone(&handle),
