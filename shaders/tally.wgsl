@@ -41,8 +41,12 @@ const MAX_WORDS: u32 = 165u;
 @group(0) @binding(2) var<storage, read> labels: array<i32>;
 // n_alpha thresholds (+inf is passed as 2.0: every 1 - p_k <= 1 < 2).
 @group(0) @binding(3) var<storage, read> qhats: array<f32>;
+// Each row's slot in this chunk (numbered by first appearance in the chunk: the ids the
+// bootstrap kernel reads too, uploaded once), and each chunk slot's slot in the target's
+// words (the tally's numbering, kept across chunks).
 @group(0) @binding(4) var<storage, read> slot_of_row: array<u32>;
 @group(0) @binding(5) var<storage, read_write> words: array<atomic<u32>>;
+@group(0) @binding(6) var<storage, read> slot_map: array<u32>;
 
 var<workgroup> wg_words: array<atomic<u32>, MAX_WORDS>;
 var<workgroup> wg_mixed: atomic<u32>;
@@ -148,7 +152,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
             }
             let grid = p1_grid(sum.p1);
             if (mixed) {
-                let base = slot_of_row[row] * nwords;
+                let base = slot_map[slot_of_row[row]] * nwords;
                 for (var i = 0u; i < 8u; i++) {
                     add_word(base + i, rc[i]);
                 }
@@ -197,7 +201,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
         return;
     }
     // One tile, one slot: its totals go to the slot's words, pairs by one thread each.
-    let fbase = first_slot * nwords;
+    let fbase = slot_map[first_slot] * nwords;
     for (var i = lid; i < nwords; i += WG) {
         let is_pair_lo = i == 8u || (i >= HEAD && (i - HEAD) % PER_LEVEL == 0u);
         let is_pair_hi = i == 9u || (i >= HEAD && (i - HEAD) % PER_LEVEL == 1u);

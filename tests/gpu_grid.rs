@@ -631,7 +631,8 @@ fn tally_past_65535_workgroups() {
     let ids = slots.assign(plan.groups, n);
     let per = device_words(qhats.len());
     let mut words = vec![0u32; slots.keys.len() * per];
-    cpu::tally::tally_words(&st, ids.as_deref(), &plan, &mut words);
+    let identity: Vec<u32> = (0..slots.keys.len() as u32).collect();
+    cpu::tally::tally_words(&st, ids.as_deref(), &identity, &plan, &mut words);
     let mut mirror = PairCounts::new();
     for (key, w) in slots.keys.iter().zip(words.chunks_exact(per)) {
         let c = counts_from_device(w, qhats.len());

@@ -75,10 +75,11 @@ mod gpu {
         }
     }
 
-    /// The second pass over the same rows with the same slot numbering (the other mode's
-    /// tally) uploads no slot ids: its uploads are the first pass's less `4 n` bytes. The
-    /// counts are unchanged, and a pass with other ids (a tally that has seen other
-    /// groups first) uploads its own. n spans two workgroups and a ragged end.
+    /// The second pass over the same rows (the other mode's tally) uploads no slot ids:
+    /// its uploads are the first pass's less `4 n` bytes, and the counts are unchanged. A
+    /// tally that numbered another group first maps the same chunk slots to its own slots:
+    /// no upload of ids either, and the same counts for these rows. n spans two
+    /// workgroups and a ragged end.
     #[test]
     fn slot_ids_upload_once_per_chunk() {
         // A context of its own: the ledger counts this test's uploads alone.
@@ -119,8 +120,13 @@ mod gpu {
         let (h, s) = ([-7i64], [-7i64]);
         shifted.groups = [Some(&h), Some(&s)];
         other.add(ctx, &one_rows, &shifted).unwrap();
+        // Rows carry chunk slots, so its pass shares the upload too; its map takes them
+        // to its own numbering, and its counts of these rows are the same.
         let third = uploads(&mut || other.add(ctx, &rows, &p).unwrap());
-        assert_eq!(third, first, "other ids are uploaded");
+        assert_eq!(third, second, "chunk slots are shared across tallies");
+        let mut other = other.finish(ctx).unwrap();
+        assert!(other.remove(&[Some(-7), Some(-7)]).is_some());
+        assert_eq!(other, want);
     }
 
     #[test]
@@ -173,7 +179,14 @@ mod gpu {
                     let mut slots = SlotMap::default();
                     let ids = slots.assign(p.groups, n);
                     let mut words = vec![0u32; slots.keys.len().max(1) * device_words(a)];
-                    conformal_gpu::cpu::tally::tally_words(&st, ids.as_deref(), &p, &mut words);
+                    let identity: Vec<u32> = (0..slots.keys.len() as u32).collect();
+                    conformal_gpu::cpu::tally::tally_words(
+                        &st,
+                        ids.as_deref(),
+                        &identity,
+                        &p,
+                        &mut words,
+                    );
                     let mut mirror = PairCounts::new();
                     for (key, w) in slots.keys.iter().zip(words.chunks_exact(device_words(a))) {
                         let cnt = conformal_gpu::kernel::tally::counts_from_device(w, a);

@@ -7,10 +7,13 @@ use crate::kernel::row_stats::RowStats;
 use crate::kernel::tally::{device_words, TallyPlan, DEVICE_HEAD, DEVICE_PER_LEVEL};
 
 /// Adds the chunk's rows into `words` (`slots x device_words(A)` u32s), as the shader
-/// does: 32-bit counters, the two sums as (low, high) pairs with carry.
+/// does: 32-bit counters, the two sums as (low, high) pairs with carry. `slots` are the
+/// rows' chunk slots (`None`: every row in chunk slot 0) and `slot_map` each chunk
+/// slot's slot in `words`, the shader's two bindings.
 pub fn tally_words(
     stats: &RowStats,
     slots: Option<&[u32]>,
+    slot_map: &[u32],
     plan: &TallyPlan<'_>,
     words: &mut [u32],
 ) {
@@ -22,7 +25,7 @@ pub fn tally_words(
         w[i + 1] = (total >> 32) as u32;
     };
     for i in 0..stats.len() {
-        let slot = slots.map_or(0, |s| s[i]) as usize;
+        let slot = slot_map[slots.map_or(0, |s| s[i]) as usize] as usize;
         let w = &mut words[slot * per..(slot + 1) * per];
         let [p1, ne, lac, r1, r2] = stats.stats[i];
         let y = plan.labels[i];

@@ -49,7 +49,7 @@ pub fn bootstrap_tally(
     let mut totals: Vec<RepCounts> = (0..MODES * slots).map(|_| RepCounts::zeros(reps)).collect();
     let draws = reps.div_ceil(REPS_PER_DRAW) as u64;
     let slot_buffers = match &slot_ids {
-        Some(ids) => Some(rows.slot_buffers(ctx, "bootstrap-slots", ids)?),
+        Some(ids) => Some(rows.slot_buffers(ctx, "slot-ids", ids)?),
         None => None,
     };
     for (c, (start, n, logits, labels)) in rows.chunks.iter().enumerate() {

@@ -422,9 +422,9 @@ pub struct DeviceRows {
     pub n: usize,
     /// `(first row, rows, logits buffer, labels buffer)` per chunk.
     pub chunks: Vec<(usize, usize, wgpu::Buffer, wgpu::Buffer)>,
-    /// The last slot ids uploaded for these rows (one buffer per chunk), so the passes
-    /// over the same rows that number their slots alike (both modes' tallies; a target's
-    /// first chunk in the bootstrap too) upload them once.
+    /// The last slot ids uploaded for these rows (one buffer per chunk): both modes'
+    /// tallies and the bootstrap number a chunk's slots alike (first appearance in the
+    /// chunk), so they upload them once.
     slot_ids: std::sync::Mutex<Option<(Vec<u32>, Vec<wgpu::Buffer>)>>,
 }
 

@@ -115,7 +115,16 @@ impl DeviceTally {
         if rows.n == 0 {
             return Ok(());
         }
-        let slot_ids = self.slots.assign(plan.groups, rows.n);
+        // Rows carry chunk slots (first appearance in the chunk, as the bootstrap numbers
+        // them: one upload serves both modes and the bootstrap); a small map takes each
+        // chunk slot to the target's slot, numbered across chunks.
+        let mut chunk_slots = SlotMap::default();
+        let slot_ids = chunk_slots.assign(plan.groups, rows.n);
+        let slot_map: Vec<u32> = chunk_slots
+            .keys
+            .iter()
+            .map(|&key| self.slots.slot(key))
+            .collect();
         self.reserve(ctx, self.slots.keys.len())?;
         let words = self
             .words
@@ -141,9 +150,10 @@ impl DeviceTally {
             }
         }
         let slot_buffers = match &slot_ids {
-            Some(ids) => Some(rows.slot_buffers(ctx, "tally-slots", ids)?),
+            Some(ids) => Some(rows.slot_buffers(ctx, "slot-ids", ids)?),
             None => None,
         };
+        let slot_map = ctx.upload("tally-slot-map", &slot_map)?;
         for (c, (_, n, logits, labels)) in rows.chunks.iter().enumerate() {
             let slots = match &slot_buffers {
                 Some(b) => b[c].clone(),
@@ -177,6 +187,7 @@ impl DeviceTally {
                     qhats.as_entire_binding(),
                     slots.as_entire_binding(),
                     words.as_entire_binding(),
+                    slot_map.as_entire_binding(),
                 ],
                 groups,
             )?;

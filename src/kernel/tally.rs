@@ -441,7 +441,8 @@ impl SlotMap {
         Some(out)
     }
 
-    fn slot(&mut self, key: GroupKey) -> u32 {
+    /// The slot of `key`, numbering it if new.
+    pub fn slot(&mut self, key: GroupKey) -> u32 {
         if let Some(&s) = self.index.get(&key) {
             return s;
         }
