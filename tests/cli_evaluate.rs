@@ -120,7 +120,7 @@ fn evaluate_json_has_the_documented_shape() {
         for mode in ["raw", "ts"] {
             assert_eq!(
                 keys(&t["estimates"][mode]),
-                sorted(&["AC", "DoC", "ATC-MC", "ATC-NE", "CPC"])
+                sorted(&["AC", "DoC", "ATC-MC", "ATC-NE", "CPC", "COT"])
             );
             assert_eq!(keys(&t["cpc"][mode]), sorted(&["q", "alpha"]));
             let conf = t["conformal"][mode].as_array().unwrap();
@@ -154,7 +154,7 @@ fn evaluate_json_has_the_documented_shape() {
     for row in ["raw", "ts", "slide_raw", "slide_ts"] {
         assert_eq!(
             keys(&v["mae"][row]),
-            sorted(&["AC", "DoC", "ATC-MC", "ATC-NE", "CPC"]),
+            sorted(&["AC", "DoC", "ATC-MC", "ATC-NE", "CPC", "COT"]),
             "mae.{row}"
         );
     }

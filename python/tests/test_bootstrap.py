@@ -47,12 +47,14 @@ def test_intervals_in_the_report(sets):
     assert r["meta"]["bootstrap"] == {"replicates": B, "confidence": 0.95, "seed": 3}
     # The MAE intervals, keyed as the MAE rows, one per method.
     assert set(r["mae_ci"]) == set(r["mae"])
-    assert set(r["mae_ci"]["ts"]) == {"AC", "ATC-MC", "ATC-NE", "CPC", "DoC"}
+    assert set(r["mae_ci"]["ts"]) == {"AC", "ATC-MC", "ATC-NE", "CPC", "DoC", "COT"}
+    assert r["mae_ci"]["ts"]["COT"] is None  # COT's intervals are not built yet
     test, ood = r["targets"]
     assert (test["name"], ood["name"]) == ("test", "ood")
     for t, labelled in ((test, True), (ood, False)):
         assert set(t["ci"]) == {"raw", "ts"}
-        assert set(t["ci"]["ts"]) == {"AC", "ATC-MC", "ATC-NE", "CPC", "DoC"}
+        assert set(t["ci"]["ts"]) == {"AC", "ATC-MC", "ATC-NE", "CPC", "DoC", "COT"}
+        assert t["ci"]["ts"]["COT"] is None
         assert (t["true_accuracy_ci"] is not None) == labelled
         assert (t["error_ci"] is not None) == labelled
         assert set(t["groups"]) == {"hospital", "slide"}

@@ -83,7 +83,7 @@ pub enum Command {
         #[arg(long, default_value_t = 0)]
         seed: u64,
     },
-    /// Estimate every target's accuracy (AC, DoC, ATC-MC, ATC-NE, CPC, with and without TS).
+    /// Estimate every target's accuracy (AC, DoC, ATC-MC, ATC-NE, CPC, COT, with and without TS).
     Evaluate {
         #[command(flatten)]
         source: SourceOpts,

@@ -139,6 +139,7 @@ impl ReplicateCalibration {
             atc_mc: rate(self.atc_mc.estimate(c[rep::MC_ABOVE], c[rep::MC_EQUAL], n)),
             atc_ne: rate(self.atc_ne.estimate(c[rep::NE_ABOVE], c[rep::NE_EQUAL], n)),
             cpc: rate(c[rep::CPC] as f64 / nf),
+            cot: None,
         }
     }
 }

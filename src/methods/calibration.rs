@@ -30,7 +30,7 @@ use crate::report::model::{InputFile, Modes, RowOutputs, SourceReport};
 /// `format` of a calibration file.
 pub const CALIBRATION_FORMAT: &str = "conformal-gpu calibration";
 /// `version` of the calibration files this build writes and reads.
-pub const CALIBRATION_VERSION: u32 = 1;
+pub const CALIBRATION_VERSION: u32 = 2;
 
 /// Options of [`Calibration::fit`].
 #[derive(Clone, Debug)]
@@ -94,6 +94,8 @@ pub struct Calibration {
     pub source: SourceReport,
     /// Thresholds per mode.
     pub modes: Modes<ModeCalibration>,
+    /// Source rows per class (COT's label shares `pi_k = n_k / n`; version 2).
+    pub class_counts: Vec<u64>,
     /// Every bootstrap replicate's refit of the source (absent without a bootstrap).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bootstrap: Option<CalibrationBootstrap>,
@@ -131,6 +133,7 @@ struct IdContent<'a> {
     temperature_source: &'a TemperatureSource,
     source: &'a SourceReport,
     modes: &'a Modes<ModeCalibration>,
+    class_counts: &'a [u64],
     #[serde(skip_serializing_if = "Option::is_none")]
     bootstrap: &'a Option<CalibrationBootstrap>,
 }
@@ -242,6 +245,11 @@ impl Calibration {
         let phase = Instant::now();
         let src_logits = source.logits_slice();
         let src_labels = labels_i32(source);
+        // Every source label is known and in range (validated above).
+        let mut class_counts = vec![0u64; k];
+        for &y in &src_labels {
+            class_counts[y as usize] += 1;
+        }
         let src_rows = backend.prepare(&src_logits, &src_labels, k)?;
         let fit: TemperatureFit = match options.temperature {
             Temperature::FitSource => fit_temperature(backend, &src_rows)?,
@@ -329,6 +337,7 @@ impl Calibration {
             temperature_source,
             source: source_report,
             modes,
+            class_counts,
             bootstrap,
             device: backend.device_name(),
             inputs: Vec::new(),
@@ -352,6 +361,7 @@ impl Calibration {
             temperature_source: &self.temperature_source,
             source: &self.source,
             modes: &self.modes,
+            class_counts: &self.class_counts,
             bootstrap: &self.bootstrap,
         };
         let bytes = serde_json::to_vec(&content)
@@ -474,6 +484,11 @@ impl Calibration {
                 return Some(format!("mode {name}: sizes or thresholds disagree"));
             }
         }
+        if self.class_counts.len() != self.k
+            || self.class_counts.iter().sum::<u64>() != self.source.n as u64
+        {
+            return Some("class counts do not match K and the source's rows".into());
+        }
         if let Some(why) = self.bootstrap.as_ref().and_then(|b| b.inconsistency()) {
             return Some(why);
         }
@@ -568,6 +583,16 @@ impl<B: Backend> TallyStream<'_, B> {
                 .then(|| prepared_row_outputs(backend, &prepared, &cal.modes, rows.name))
                 .transpose()
         });
+        if result.is_ok() {
+            if let Some(cot) = self.tally.cot.as_mut() {
+                cot.add(
+                    rows.row_offset as u64,
+                    rows.logits,
+                    cal.k,
+                    [rows.hospital, rows.slide],
+                );
+            }
+        }
         if result.is_err() {
             // Counts of this chunk may be partly in: the stream cannot be finished.
             self.acc = None;

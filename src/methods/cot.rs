@@ -9,10 +9,19 @@
 //!   a fraction of the next; tied rows cost the same, so which one moves does not matter.
 //! - K > 2: [`transport::solve`], successive shortest paths over the K classes.
 //!
-//! This is the in-memory reference; COT is not yet in the reports (see the README).
+//! [`CotRows`] carries a target's rows to the report, where COT is solved for the target
+//! and each of its groups.
 
 use crate::error::{Error, Result};
+use std::collections::BTreeMap;
+
+use rayon::prelude::*;
+
+use serde::{Deserialize, Serialize};
+
+use crate::cpu::softmax::softmax;
 use crate::methods::transport::{self, grid_cost, COST_GRID_BITS};
+use crate::report::estimates::Modes;
 
 /// The share of each class among the labelled rows, as counts (`-1` = unknown, skipped).
 pub fn class_counts(labels: &[i64], k: usize) -> Result<Vec<u64>> {
@@ -68,6 +77,13 @@ pub fn cot_cost(probs: &[f32], k: usize, class_counts: &[u64]) -> Result<f64> {
             i / k
         )));
     }
+    let costs = grid_costs(probs);
+    grid_cot_cost(&costs, k, class_counts)
+}
+
+/// [`cot_cost`] of rows already on the cost grid (`n x k` integers, row-major): the one
+/// solver behind the in-memory function and the reports' COT.
+pub fn grid_cot_cost(costs: &[i64], k: usize, class_counts: &[u64]) -> Result<f64> {
     let n_source: u64 = class_counts.iter().sum();
     if n_source == 0 {
         return Err(Error::Empty {
@@ -75,14 +91,13 @@ pub fn cot_cost(probs: &[f32], k: usize, class_counts: &[u64]) -> Result<f64> {
             detail: "no labelled source row: the class shares are unknown".into(),
         });
     }
-    let n = probs.len() / k;
+    let n = costs.len() / k;
     if n == 0 {
         return Err(Error::Empty {
             what: "COT target".into(),
             detail: "no rows".into(),
         });
     }
-    let costs = grid_costs(probs);
     let demand: Vec<u64> = class_counts
         .iter()
         .map(|&c| {
@@ -91,9 +106,9 @@ pub fn cot_cost(probs: &[f32], k: usize, class_counts: &[u64]) -> Result<f64> {
         })
         .collect::<Result<_>>()?;
     let cost_units = if k == 2 {
-        two_class_cost(&costs, n_source, demand[1])
+        two_class_cost(costs, n_source, demand[1])
     } else {
-        transport::solve(&costs, k, n_source, &demand)?.cost_units
+        transport::solve(costs, k, n_source, &demand)?.cost_units
     };
     Ok(mean(cost_units, n as u128 * n_source as u128))
 }
@@ -113,15 +128,423 @@ fn mean(cost_units: u128, units: u128) -> f64 {
 /// the largest gain `c_i0 - c_i1`, `supply` units a row, the last one in part.
 fn two_class_cost(costs: &[i64], supply: u64, demand1: u64) -> u128 {
     let mut gains: Vec<i64> = costs.chunks_exact(2).map(|c| c[0] - c[1]).collect();
-    gains.sort_unstable_by(|a, b| b.cmp(a));
-    let base: i128 = costs.chunks_exact(2).map(|c| c[0] as i128).sum::<i128>() * supply as i128;
+    let base: i128 = costs.chunks_exact(2).map(|c| c[0] as i128).sum();
+    two_class_units(base, &mut gains, supply, demand1)
+}
+
+/// [`two_class_cost`] from the rows' base sum `sum c_i0` and their gains (reordered).
+/// The `whole` largest gains are found by selection, not a sort (O(N)); their sum and
+/// the next gain do not depend on which of tied rows is picked.
+fn two_class_units(base: i128, gains: &mut [i64], supply: u64, demand1: u64) -> u128 {
     let whole = (demand1 / supply) as usize;
     let part = demand1 % supply;
-    let mut moved: i128 = gains[..whole].iter().map(|&g| g as i128).sum::<i128>() * supply as i128;
-    if part > 0 {
-        moved += gains[whole] as i128 * part as i128;
+    if whole > 0 && whole < gains.len() {
+        gains.select_nth_unstable_by(whole - 1, |a, b| b.cmp(a));
     }
-    (base - moved) as u128
+    let mut moved: i128 = gains[..whole].iter().map(|&g| g as i128).sum();
+    moved *= supply as i128;
+    if part > 0 {
+        // The largest of the rest: the next row in gain order.
+        let next = gains[whole..].iter().copied().max().unwrap_or(0);
+        moved += next as i128 * part as i128;
+    }
+    (base * supply as i128 - moved) as u128
+}
+
+/// COT's cost (per unit of mass) of K = 2 rows given as their base sum and gains.
+fn two_class_mean(base: i128, gains: &mut [i64], class_counts: &[u64]) -> Result<f64> {
+    let n_source: u64 = class_counts.iter().sum();
+    let n = gains.len() as u64;
+    if n_source == 0 || n == 0 {
+        return Err(Error::Empty {
+            what: "COT".into(),
+            detail: "no labelled source row or no target row".into(),
+        });
+    }
+    let demand1 = class_counts[1]
+        .checked_mul(n)
+        .ok_or_else(|| Error::Invalid(format!("COT: {} x {n} units overflow", class_counts[1])))?;
+    let units = two_class_units(base, gains, n_source, demand1);
+    Ok(mean(units, n as u128 * n_source as u128))
+}
+
+/// One chunk of a target as COT sees it: its first row, its logits (`rows x K`,
+/// row-major) and its group ids (one array per group array present).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+struct CotChunk {
+    row_offset: u64,
+    rows: u64,
+    #[serde(with = "b64_f32")]
+    logits: Vec<f32>,
+    #[serde(with = "b64_groups")]
+    groups: [Option<Vec<i64>>; 2],
+}
+
+/// COT's share of a target (DESIGN.md 2.11): the rows themselves (logits and group ids),
+/// kept until the report, where each mode's costs `1 - p_ik` are put on the 2^-40 grid
+/// and the optimum is solved exactly for the target and for each group. Chunks are kept
+/// in row order, so the rows (and the solution, an exact integer optimum) do not depend
+/// on chunking or merge order. Probabilities are the CPU softmax's (`cpu::softmax`) in
+/// both backends, so COT is the same bits on CPU and GPU runs.
+///
+/// Not a bounded summary: a tally file carries these rows (4 K bytes a row, plus 8 a
+/// group id), which is what makes merged shards give the unsharded COT bit for bit.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct CotRows {
+    chunks: Vec<CotChunk>,
+}
+
+impl PartialEq for CotRows {
+    /// Equal rows, whatever the chunking.
+    fn eq(&self, other: &Self) -> bool {
+        let flat = |r: &CotRows| {
+            let mut logits = Vec::new();
+            let mut groups: [Vec<i64>; 2] = Default::default();
+            for c in &r.chunks {
+                logits.extend(c.logits.iter().map(|v| v.to_bits()));
+                for (g, ids) in groups.iter_mut().zip(&c.groups) {
+                    g.extend(ids.iter().flatten());
+                }
+            }
+            (logits, groups)
+        };
+        flat(self) == flat(other)
+    }
+}
+
+impl CotRows {
+    /// Adds a chunk of `logits` (`rows x k`) whose first row is `row_offset`.
+    pub fn add(&mut self, row_offset: u64, logits: &[f32], k: usize, groups: [Option<&[i64]>; 2]) {
+        if logits.is_empty() || k == 0 {
+            return;
+        }
+        let chunk = CotChunk {
+            row_offset,
+            rows: (logits.len() / k) as u64,
+            logits: logits.to_vec(),
+            groups: groups.map(|g| g.map(<[i64]>::to_vec)),
+        };
+        self.insert(vec![chunk]);
+    }
+
+    /// Adds the rows of `other` (disjoint rows of the same target).
+    pub fn merge(&mut self, other: &CotRows) {
+        self.insert(other.chunks.clone());
+    }
+
+    /// Adds chunks, then joins chunks whose rows follow on: one chunk per run of
+    /// consecutive rows, so the rows' form (and a tally's JSON) does not depend on how
+    /// they were cut.
+    fn insert(&mut self, chunks: Vec<CotChunk>) {
+        let mut all = std::mem::take(&mut self.chunks);
+        all.extend(chunks);
+        all.sort_by_key(|c| c.row_offset);
+        let mut out: Vec<CotChunk> = Vec::with_capacity(all.len());
+        for c in all {
+            match out.last_mut() {
+                Some(last)
+                    if last.row_offset + last.rows == c.row_offset
+                        && last.groups.each_ref().map(Option::is_some)
+                            == c.groups.each_ref().map(Option::is_some) =>
+                {
+                    last.rows += c.rows;
+                    last.logits.extend_from_slice(&c.logits);
+                    for (a, b) in last.groups.iter_mut().zip(c.groups) {
+                        if let (Some(a), Some(b)) = (a, b) {
+                            a.extend(b);
+                        }
+                    }
+                }
+                _ => out.push(c),
+            }
+        }
+        self.chunks = out;
+    }
+
+    /// Why these rows cannot be the rows `rows` (sorted `[start, end)` ranges) of a
+    /// target of `k` classes with group arrays `groups`, if they cannot (a tally file's
+    /// COT rows are untrusted input).
+    pub fn inconsistency(&self, k: usize, rows: &[[u64; 2]], groups: [bool; 2]) -> Option<String> {
+        let mut ranges: Vec<[u64; 2]> = Vec::new();
+        for c in &self.chunks {
+            let n = c.rows;
+            if c.logits.len() as u64 != n.saturating_mul(k as u64) || n == 0 {
+                return Some(format!(
+                    "COT rows at {}: logits do not make rows of K",
+                    c.row_offset
+                ));
+            }
+            if c.logits.iter().any(|v| !v.is_finite()) {
+                return Some(format!(
+                    "COT rows at {}: a logit is not finite",
+                    c.row_offset
+                ));
+            }
+            for (ids, on) in c.groups.iter().zip(groups) {
+                if ids.as_ref().map(|v| v.len() as u64) != on.then_some(n) {
+                    return Some(format!(
+                        "COT rows at {}: group ids do not match",
+                        c.row_offset
+                    ));
+                }
+            }
+            let Some(end) = c.row_offset.checked_add(n) else {
+                return Some(format!("COT rows at {}: past the last row", c.row_offset));
+            };
+            match ranges.last_mut() {
+                Some([_, e]) if *e == c.row_offset => *e = end,
+                Some([_, e]) if *e > c.row_offset => {
+                    return Some(format!("COT rows at {}: overlap", c.row_offset))
+                }
+                _ => ranges.push([c.row_offset, end]),
+            }
+        }
+        (ranges != rows).then(|| "COT rows do not cover the tally's rows".into())
+    }
+
+    /// Every row's grid costs at temperature `t`, in row order.
+    fn costs(&self, k: usize, t: f32) -> Vec<i64> {
+        let mut out = Vec::with_capacity(self.rows(k) * k);
+        for c in &self.chunks {
+            out.extend(grid_costs_at(&c.logits, k, t));
+        }
+        out
+    }
+
+    /// Rows held.
+    fn rows(&self, k: usize) -> usize {
+        self.chunks.iter().map(|c| c.logits.len() / k).sum()
+    }
+
+    /// COT of the whole target and of every group, in each mode (temperatures `t`),
+    /// against the source's `class_counts`. Each mode's costs are made once; a group is
+    /// its own problem (its rows against the source's shares).
+    pub fn solve(&self, k: usize, class_counts: &[u64], t: Modes<f32>) -> Result<CotSolution> {
+        let partitions: [Option<Partition>; 2] = [0, 1].map(|g| self.partition(g, k));
+        let one = |ts: bool| -> Result<(f64, [Vec<f64>; 2])> {
+            let costs = self.costs(k, *t.of(ts));
+            let target = scope_cost(&costs, k, class_counts)?;
+            let mut groups: [Vec<f64>; 2] = Default::default();
+            for (out, p) in groups.iter_mut().zip(&partitions) {
+                if let Some(p) = p {
+                    *out = p.costs(&costs, k, class_counts)?;
+                }
+            }
+            Ok((target, groups))
+        };
+        let (raw, ts) = rayon::join(|| one(false), || one(true));
+        let ((raw, raw_groups), (ts, ts_groups)) = (raw?, ts?);
+        let mut groups: [BTreeMap<i64, Modes<f64>>; 2] = Default::default();
+        for (g, p) in partitions.iter().enumerate() {
+            let Some(p) = p else { continue };
+            groups[g] = p
+                .ids
+                .iter()
+                .zip(raw_groups[g].iter().zip(&ts_groups[g]))
+                .map(|(&id, (r, t))| {
+                    (
+                        id,
+                        Modes {
+                            raw: 1.0 - r,
+                            ts: 1.0 - t,
+                        },
+                    )
+                })
+                .collect();
+        }
+        Ok(CotSolution {
+            target: Modes {
+                raw: 1.0 - raw,
+                ts: 1.0 - ts,
+            },
+            groups,
+        })
+    }
+
+    /// The rows of group array `g` partitioned by id (`None` without that array).
+    fn partition(&self, g: usize, k: usize) -> Option<Partition> {
+        let mut distinct = std::collections::BTreeSet::new();
+        for c in &self.chunks {
+            // Ids come in runs (a slide's patches together): one insert a run.
+            let mut last = None;
+            for &id in c.groups[g].as_ref()? {
+                if last != Some(id) {
+                    distinct.insert(id);
+                    last = Some(id);
+                }
+            }
+        }
+        let ids: Vec<i64> = distinct.into_iter().collect();
+        let mut slot = Vec::with_capacity(self.rows(k));
+        for c in &self.chunks {
+            let mut last: Option<(i64, u32)> = None;
+            for &id in c.groups[g].iter().flatten() {
+                let s = match last {
+                    Some((l, s)) if l == id => s,
+                    _ => ids.binary_search(&id).unwrap_or(0) as u32,
+                };
+                last = Some((id, s));
+                slot.push(s);
+            }
+        }
+        let mut start = vec![0usize; ids.len() + 1];
+        for &s in &slot {
+            start[s as usize + 1] += 1;
+        }
+        for i in 0..ids.len() {
+            start[i + 1] += start[i];
+        }
+        Some(Partition { ids, slot, start })
+    }
+}
+
+/// COT per target and group, both modes (see [`CotRows::solve`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct CotSolution {
+    /// The whole target's COT.
+    pub target: Modes<f64>,
+    /// Per group array ([`crate::kernel::tally::GROUP_ARRAYS`] order), COT by group id.
+    pub groups: [BTreeMap<i64, Modes<f64>>; 2],
+}
+
+/// A target's rows grouped by the ids of one group array: the distinct ids ascending,
+/// each row's index among them, and where each group starts in grouped order.
+struct Partition {
+    ids: Vec<i64>,
+    slot: Vec<u32>,
+    start: Vec<usize>,
+}
+
+impl Partition {
+    /// COT's cost of every group, from every row's `costs` (`rows x k`, row order).
+    fn costs(&self, costs: &[i64], k: usize, class_counts: &[u64]) -> Result<Vec<f64>> {
+        let groups = self.ids.len();
+        let mut next = self.start.clone();
+        if k == 2 {
+            // Only the gains are grouped; each group's base sum is kept on the way.
+            let mut gains = vec![0i64; self.slot.len()];
+            let mut base = vec![0i128; groups];
+            for (&s, r) in self.slot.iter().zip(costs.chunks_exact(2)) {
+                let s = s as usize;
+                gains[next[s]] = r[0] - r[1];
+                next[s] += 1;
+                base[s] += r[0] as i128;
+            }
+            let mut parts: Vec<(i128, &mut [i64])> = Vec::with_capacity(groups);
+            let mut rest = gains.as_mut_slice();
+            for (j, &b) in base.iter().enumerate() {
+                let (head, tail) = rest.split_at_mut(self.start[j + 1] - self.start[j]);
+                parts.push((b, head));
+                rest = tail;
+            }
+            return parts
+                .into_par_iter()
+                .map(|(b, gains)| two_class_mean(b, gains, class_counts))
+                .collect();
+        }
+        let mut grouped = vec![0i64; costs.len()];
+        for (&s, r) in self.slot.iter().zip(costs.chunks_exact(k)) {
+            let at = next[s as usize];
+            next[s as usize] += 1;
+            grouped[at * k..(at + 1) * k].copy_from_slice(r);
+        }
+        (0..groups)
+            .into_par_iter()
+            .map(|j| {
+                let rows = self.start[j] * k..self.start[j + 1] * k;
+                grid_cot_cost(&grouped[rows], k, class_counts)
+            })
+            .collect()
+    }
+}
+
+/// COT's cost of rows given by their grid `costs` (`rows x k`).
+fn scope_cost(costs: &[i64], k: usize, class_counts: &[u64]) -> Result<f64> {
+    if k != 2 {
+        return grid_cot_cost(costs, k, class_counts);
+    }
+    // K = 2 without another copy of the costs: the gains and the base sum in one loop.
+    let mut gains = Vec::with_capacity(costs.len() / 2);
+    let mut base = 0i128;
+    for r in costs.chunks_exact(2) {
+        base += r[0] as i128;
+        gains.push(r[0] - r[1]);
+    }
+    two_class_mean(base, &mut gains, class_counts)
+}
+
+/// Grid costs `1 - p_ik` of `logits` at temperature `t`, in blocks of rows (the CPU
+/// softmax's bits; no whole-chunk probability array).
+fn grid_costs_at(logits: &[f32], k: usize, t: f32) -> Vec<i64> {
+    const BLOCK_ROWS: usize = 4096;
+    let mut out = vec![0i64; logits.len()];
+    out.par_chunks_mut(BLOCK_ROWS * k)
+        .zip(logits.par_chunks(BLOCK_ROWS * k))
+        .for_each(|(o, l)| {
+            for (c, p) in o.iter_mut().zip(softmax(l, k, t)) {
+                *c = grid_cost(1.0 - p as f64);
+            }
+        });
+    out
+}
+
+/// f32 values as base64 of their little-endian bytes (exact, a third of JSON's size).
+mod b64_f32 {
+    use base64::{engine::general_purpose::STANDARD, Engine};
+    use serde::{de::Error, Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[f32], s: S) -> Result<S::Ok, S::Error> {
+        let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+        s.serialize_str(&STANDARD.encode(bytes))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<f32>, D::Error> {
+        let text = String::deserialize(d)?;
+        let bytes = STANDARD.decode(text).map_err(D::Error::custom)?;
+        if !bytes.len().is_multiple_of(4) {
+            return Err(D::Error::custom("f32 bytes not a multiple of 4"));
+        }
+        Ok(bytes
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect())
+    }
+}
+
+/// Group ids (per group array, absent or i64 per row) as base64 of little-endian bytes.
+mod b64_groups {
+    use base64::{engine::general_purpose::STANDARD, Engine};
+    use serde::{de::Error, Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[Option<Vec<i64>>; 2], s: S) -> Result<S::Ok, S::Error> {
+        let enc = v.each_ref().map(|ids| {
+            ids.as_ref().map(|ids| {
+                let bytes: Vec<u8> = ids.iter().flat_map(|x| x.to_le_bytes()).collect();
+                STANDARD.encode(bytes)
+            })
+        });
+        enc.serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[Option<Vec<i64>>; 2], D::Error> {
+        let enc: [Option<String>; 2] = Deserialize::deserialize(d)?;
+        let mut out: [Option<Vec<i64>>; 2] = [None, None];
+        for (o, e) in out.iter_mut().zip(enc) {
+            if let Some(text) = e {
+                let bytes = STANDARD.decode(text).map_err(D::Error::custom)?;
+                if !bytes.len().is_multiple_of(8) {
+                    return Err(D::Error::custom("i64 bytes not a multiple of 8"));
+                }
+                *o = Some(
+                    bytes
+                        .chunks_exact(8)
+                        .map(|b| i64::from_le_bytes(b.try_into().unwrap_or([0; 8])))
+                        .collect(),
+                );
+            }
+        }
+        Ok(out)
+    }
 }
 
 #[cfg(test)]
@@ -248,5 +671,92 @@ mod tests {
         // All rows want class 0 but the source is all class 1: every unit moves at cost 1.
         let q = [1.0f32, 0.0, 1.0, 0.0];
         assert_eq!(cot(&q, 2, &[0, 5]).unwrap(), 0.0);
+    }
+
+    /// Logits with ties (quarter steps), K = 2, and slide-like group ids in runs.
+    fn logit_rows(seed: u64, n: usize) -> (Vec<f32>, Vec<i64>) {
+        let p = rows(seed, n, 2);
+        let logits = p.iter().map(|&v| (v * 8.0).round() / 4.0).collect();
+        let ids = (0..n as i64).map(|i| i / 37 % 5).collect();
+        (logits, ids)
+    }
+
+    /// Rows added in any cut and order, or merged from parts (through JSON, as a tally
+    /// file carries them), solve to the same bits and serialise to the same text; sizes
+    /// 1 (a single row), 2, and 300 cut at 1, 37 and 299.
+    #[test]
+    fn cuts_and_merge_order_do_not_change_cot() {
+        let counts = [7u64, 13];
+        let t = Modes { raw: 1.0, ts: 1.7 };
+        for n in [1usize, 2, 300] {
+            let (logits, ids) = logit_rows(n as u64, n);
+            let mut whole = CotRows::default();
+            whole.add(0, &logits, 2, [None, Some(&ids)]);
+            let want = whole.solve(2, &counts, t.clone()).unwrap();
+            let cuts: Vec<usize> = [0, 1, 37, 299, n].into_iter().filter(|&c| c <= n).collect();
+            let mut parts: Vec<CotRows> = cuts
+                .windows(2)
+                .filter(|w| w[0] < w[1])
+                .map(|w| {
+                    let mut r = CotRows::default();
+                    r.add(
+                        w[0] as u64,
+                        &logits[w[0] * 2..w[1] * 2],
+                        2,
+                        [None, Some(&ids[w[0]..w[1]])],
+                    );
+                    serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap()
+                })
+                .collect();
+            parts.reverse();
+            let mut merged = CotRows::default();
+            for p in &parts {
+                merged.merge(p);
+            }
+            assert_eq!(merged, whole, "n={n}");
+            assert_eq!(
+                serde_json::to_string(&merged).unwrap(),
+                serde_json::to_string(&whole).unwrap()
+            );
+            assert_eq!(merged.solve(2, &counts, t.clone()).unwrap(), want, "n={n}");
+            // A group's COT is the in-memory function on its rows.
+            for (id, m) in &want.groups[1] {
+                let mut p = Vec::new();
+                for (row, &g) in logits.chunks_exact(2).zip(&ids) {
+                    if g == *id {
+                        let mut out = [0f32; 2];
+                        crate::cpu::softmax::softmax_row(row, 1.0, &mut out);
+                        p.extend(out);
+                    }
+                }
+                assert_eq!(m.raw, cot(&p, 2, &counts).unwrap());
+            }
+        }
+    }
+
+    /// COT rows that do not match their tally (a gap, an overlap, a group array missing,
+    /// logits short of the row count) are refused: a tally file is untrusted input.
+    #[test]
+    fn inconsistent_rows_are_named() {
+        let (logits, ids) = logit_rows(3, 10);
+        let mut r = CotRows::default();
+        r.add(0, &logits[..8], 2, [None, Some(&ids[..4])]);
+        r.add(4, &logits[8..], 2, [None, Some(&ids[4..])]);
+        assert_eq!(r.inconsistency(2, &[[0, 10]], [false, true]), None);
+        assert!(r.inconsistency(2, &[[0, 11]], [false, true]).is_some());
+        assert!(r.inconsistency(2, &[[0, 10]], [true, true]).is_some());
+        let mut gap = CotRows::default();
+        gap.add(0, &logits[..4], 2, [None, Some(&ids[..2])]);
+        gap.add(3, &logits[6..], 2, [None, Some(&ids[3..])]);
+        assert!(gap
+            .inconsistency(2, &[[0, 2], [3, 10]], [false, true])
+            .is_none());
+        assert!(gap.inconsistency(2, &[[0, 10]], [false, true]).is_some());
+        let mut short = r.clone();
+        short.chunks[0].rows += 1;
+        assert!(short.inconsistency(2, &[[0, 11]], [false, true]).is_some());
+        let mut nan = r.clone();
+        nan.chunks[0].logits[3] = f32::NAN;
+        assert!(nan.inconsistency(2, &[[0, 10]], [false, true]).is_some());
     }
 }

@@ -18,7 +18,8 @@ use crate::report::model::{
 };
 
 impl Counts {
-    /// The five estimates from these counts under mode calibration `cal`.
+    /// The count-based estimates from these counts under mode calibration `cal` (COT,
+    /// which needs the rows, is added by the report).
     pub fn estimates(&self, cal: &ModeCalibration) -> Estimates {
         let c = &self.counts;
         let n = self.n();
@@ -33,6 +34,7 @@ impl Counts {
                 .atc_ne
                 .estimate(c[count::NE_ABOVE], c[count::NE_EQUAL], n),
             cpc: c[count::CPC] as f64 / n as f64,
+            cot: None,
         }
     }
 
@@ -81,11 +83,24 @@ impl Calibration {
         let intervals = |counts: &Modes<RepCounts>, labelled: bool| {
             boot.map(|(cb, _)| Intervals::new(cb.replicate_values(counts), labelled, cb.confidence))
         };
+        // COT where the tally carries its rows (not from files) and the target has rows.
+        let cot_rows = tally
+            .cot
+            .as_ref()
+            .filter(|_| all.raw.n() > 0 && !self.class_counts.is_empty());
+        let t = Modes {
+            raw: self.modes.raw.t,
+            ts: self.modes.ts.t,
+        };
+        let cot = cot_rows
+            .map(|c| c.solve(self.k, &self.class_counts, t))
+            .transpose()?;
         let mut groups = BTreeMap::new();
         for (g, group) in GROUP_ARRAYS.iter().enumerate() {
             if !tally.group_arrays.iter().any(|x| x == group) {
                 continue;
             }
+            let group_cot = cot.as_ref().map(|c| &c.groups[g]);
             let raw = Tally::by_group(&tally.modes.raw, g, a);
             let ts = Tally::by_group(&tally.modes.ts, g, a);
             let reps = boot.map(|(_, tb)| tb.by_group(g));
@@ -96,10 +111,13 @@ impl Calibration {
                     id,
                     n: r.n() as usize,
                     true_accuracy: r.true_accuracy(),
-                    estimates: Modes {
-                        raw: r.estimates(&self.modes.raw),
-                        ts: t.estimates(&self.modes.ts),
-                    },
+                    estimates: with_cot(
+                        Modes {
+                            raw: r.estimates(&self.modes.raw),
+                            ts: t.estimates(&self.modes.ts),
+                        },
+                        group_cot.as_ref().and_then(|m| m.get(&id)),
+                    ),
                     intervals: reps
                         .as_ref()
                         .and_then(|m| m.get(&id))
@@ -118,10 +136,13 @@ impl Calibration {
             n_labelled: all.raw.labelled() as usize,
             labelled: all.raw.labelled() == all.raw.n(),
             true_accuracy: all.raw.true_accuracy(),
-            estimates: Modes {
-                raw: all.raw.estimates(&self.modes.raw),
-                ts: all.ts.estimates(&self.modes.ts),
-            },
+            estimates: with_cot(
+                Modes {
+                    raw: all.raw.estimates(&self.modes.raw),
+                    ts: all.ts.estimates(&self.modes.ts),
+                },
+                cot.as_ref().map(|c| &c.target),
+            ),
             cpc: Modes {
                 raw: cpc(&self.modes.raw),
                 ts: cpc(&self.modes.ts),
@@ -134,6 +155,15 @@ impl Calibration {
             intervals: boot.and_then(|(_, tb)| intervals(&tb.total(), all.raw.labelled() > 0)),
         })
     }
+}
+
+/// `estimates` with COT's values, where computed.
+fn with_cot(mut estimates: Modes<Estimates>, cot: Option<&Modes<f64>>) -> Modes<Estimates> {
+    if let Some(c) = cot {
+        estimates.raw.cot = Some(c.raw);
+        estimates.ts.cot = Some(c.ts);
+    }
+    estimates
 }
 
 impl Evaluation {
@@ -169,9 +199,13 @@ fn mae_of(pairs: &[(Estimates, f64)]) -> MaeRow {
     Method::ALL
         .into_iter()
         .map(|m| {
-            let v = (!pairs.is_empty()).then(|| {
-                pairs.iter().map(|(e, t)| (e.get(m) - t).abs()).sum::<f64>() / pairs.len() as f64
-            });
+            // NaN (a method not computed for some member) leaves the row empty.
+            let v = (!pairs.is_empty())
+                .then(|| {
+                    pairs.iter().map(|(e, t)| (e.get(m) - t).abs()).sum::<f64>()
+                        / pairs.len() as f64
+                })
+                .filter(|v| !v.is_nan());
             (m.name(), v)
         })
         .collect()

@@ -10,6 +10,7 @@ use crate::data::rows::{Labels, RowArrays};
 use crate::error::{Error, Result};
 use crate::kernel::bootstrap::{merge_pair_reps, rep, PairRepCounts, RepCounts, MAX_WEIGHT};
 use crate::kernel::tally::{Counts, GroupKey, PairCounts, GROUP_ARRAYS};
+use crate::methods::cot::CotRows;
 use crate::report::model::InputFile;
 use crate::report::model::Modes;
 
@@ -349,6 +350,10 @@ pub struct Tally {
     /// Every bootstrap replicate's counts (when the calibration has a bootstrap).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bootstrap: Option<TallyBootstrap>,
+    /// COT's rows (see [`CotRows`]); `None` when some rows came from a tally without
+    /// them, and then the report has no COT.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cot: Option<CotRows>,
 }
 
 impl Tally {
@@ -376,6 +381,7 @@ impl Tally {
                 seed,
                 ..Default::default()
             }),
+            cot: Some(CotRows::default()),
         }
     }
 
@@ -464,6 +470,14 @@ impl Tally {
                 })
             }
         }
+        out.cot = match (out.cot.take(), &other.cot) {
+            (Some(mut mine), Some(theirs)) => {
+                mine.merge(theirs);
+                Some(mine)
+            }
+            // One side's rows are unknown (read from a file): so is the whole's COT.
+            _ => None,
+        };
         for f in &other.inputs {
             if !out.inputs.contains(f) {
                 out.inputs.push(f.clone());
@@ -561,6 +575,13 @@ impl Tally {
         }
         let n = self.n();
         let present: [bool; 2] = GROUP_ARRAYS.map(|g| self.group_arrays.iter().any(|x| x == g));
+        if let Some(why) = self
+            .cot
+            .as_ref()
+            .and_then(|c| c.inconsistency(self.k, &self.rows, present))
+        {
+            return Some(why);
+        }
         for (mode, pairs) in [("raw", &self.modes.raw), ("ts", &self.modes.ts)] {
             let mut total = 0u64;
             for (key, c) in pairs {

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-/// The five estimates of a target's accuracy (JSON names as in the report).
+/// The estimates of a target's accuracy (JSON names as in the report).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Estimates {
     /// Average confidence.
@@ -21,6 +21,10 @@ pub struct Estimates {
     /// Conformal prediction confidence (singleton rate at the source-matched q*).
     #[serde(rename = "CPC")]
     pub cpc: f64,
+    /// Confidence optimal transport (`None`, `null` in JSON: not computed, e.g. a report
+    /// merged from tally files, which do not carry COT's rows).
+    #[serde(rename = "COT")]
+    pub cot: Option<f64>,
 }
 
 /// The estimators of a target's accuracy, in report order: the one list every table,
@@ -37,11 +41,23 @@ pub enum Method {
     AtcNe,
     /// Conformal prediction confidence.
     Cpc,
+    /// Confidence optimal transport.
+    Cot,
 }
 
 impl Method {
     /// Every method, in report order.
-    pub const ALL: [Method; 5] = [
+    pub const ALL: [Method; 6] = [
+        Method::Ac,
+        Method::Doc,
+        Method::AtcMc,
+        Method::AtcNe,
+        Method::Cpc,
+        Method::Cot,
+    ];
+
+    /// The methods with bootstrap intervals (COT's are not built yet: `null`).
+    pub const WITH_INTERVALS: [Method; 5] = [
         Method::Ac,
         Method::Doc,
         Method::AtcMc,
@@ -57,12 +73,14 @@ impl Method {
             Method::AtcMc => "ATC-MC",
             Method::AtcNe => "ATC-NE",
             Method::Cpc => "CPC",
+            Method::Cot => "COT",
         }
     }
 }
 
 impl Estimates {
-    /// The estimate of `m`.
+    /// The estimate of `m` (NaN where it was not computed: the convention of replicate
+    /// values, which intervals and MAE leave out).
     pub fn get(&self, m: Method) -> f64 {
         match m {
             Method::Ac => self.ac,
@@ -70,11 +88,12 @@ impl Estimates {
             Method::AtcMc => self.atc_mc,
             Method::AtcNe => self.atc_ne,
             Method::Cpc => self.cpc,
+            Method::Cot => self.cot.unwrap_or(f64::NAN),
         }
     }
 
     /// `(name, value)` pairs in report order.
-    pub fn named(&self) -> [(&'static str, f64); 5] {
+    pub fn named(&self) -> [(&'static str, f64); 6] {
         Method::ALL.map(|m| (m.name(), self.get(m)))
     }
 }
@@ -86,4 +105,15 @@ pub struct Modes<T> {
     pub raw: T,
     /// At the fitted or given temperature.
     pub ts: T,
+}
+
+impl<T> Modes<T> {
+    /// The `ts` value when `ts`, else the `raw` one.
+    pub fn of(&self, ts: bool) -> &T {
+        if ts {
+            &self.ts
+        } else {
+            &self.raw
+        }
+    }
 }

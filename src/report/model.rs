@@ -244,6 +244,7 @@ mod tests {
             atc_mc: 3.0,
             atc_ne: 4.0,
             cpc: 5.0,
+            cot: Some(6.0),
         };
         let v = serde_json::to_value(e).unwrap();
         for (i, m) in Method::ALL.into_iter().enumerate() {

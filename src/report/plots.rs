@@ -76,12 +76,13 @@ fn finish<'a, 'b>(
     root.present().map_err(plot_err)
 }
 
-const COLORS: [RGBColor; 5] = [
+const COLORS: [RGBColor; Method::ALL.len()] = [
     RGBColor(31, 119, 180),
     RGBColor(255, 127, 14),
     RGBColor(44, 160, 44),
     RGBColor(214, 39, 40),
     RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
 ];
 
 /// One group's point: true accuracy, estimate, and their bootstrap intervals.
@@ -91,7 +92,7 @@ type GroupPoint = (f64, f64, Option<[f64; 2]>, Option<[f64; 2]>);
 /// with a bootstrap, error bars: the estimate's interval vertically, the true accuracy's
 /// horizontally.
 pub(crate) fn groups_svg(eval: &Evaluation, group: &str, ts: bool) -> Result<Option<String>> {
-    let mut points: Vec<Vec<GroupPoint>> = vec![Vec::new(); 5];
+    let mut points: Vec<Vec<GroupPoint>> = vec![Vec::new(); Method::ALL.len()];
     for t in &eval.targets {
         for g in t.groups.get(group).into_iter().flatten() {
             if let Some(acc) = g.true_accuracy {
@@ -99,6 +100,10 @@ pub(crate) fn groups_svg(eval: &Evaluation, group: &str, ts: bool) -> Result<Opt
                 let iv = g.intervals.as_ref();
                 let truth_ci = iv.and_then(|i| i.true_accuracy_ci);
                 for (i, (m, v)) in est.named().iter().enumerate() {
+                    // A method not computed (NaN) has no point.
+                    if v.is_nan() {
+                        continue;
+                    }
                     let est_ci = iv
                         .and_then(|i| if ts { i.ci.ts.get(m) } else { i.ci.raw.get(m) })
                         .copied()
