@@ -289,9 +289,7 @@ fn cpu_and_gpu_intervals_within(
         ("raw", &ci.ci.raw, &gi.ci.raw),
         ("ts", &ci.ci.ts, &gi.ci.ts),
     ] {
-        // COT has no intervals yet.
-        assert_eq!((a["COT"], b["COT"]), (None, None));
-        for m in Method::WITH_INTERVALS {
+        for m in Method::ALL {
             let (x, y) = (a[m.name()].unwrap(), b[m.name()].unwrap());
             for e in 0..2 {
                 assert!(
@@ -347,7 +345,7 @@ fn intervals_cover_the_population_value() {
     .unwrap();
     let truth = &big.targets[0].estimates;
     let pairs = 300;
-    let mut covered = [[0usize; 5]; 2];
+    let mut covered = [[0usize; Method::ALL.len()]; 2];
     for p in 0..pairs as u64 {
         let e = evaluate(
             &CpuBackend,
@@ -362,14 +360,14 @@ fn intervals_cover_the_population_value() {
             .into_iter()
             .enumerate()
         {
-            for (i, m) in Method::WITH_INTERVALS.into_iter().enumerate() {
+            for (i, m) in Method::ALL.into_iter().enumerate() {
                 let [lo, hi] = cis[m.name()].unwrap();
                 covered[mode][i] += (lo <= pop.get(m) && pop.get(m) <= hi) as usize;
             }
         }
     }
     for (mode, row) in ["raw", "ts"].iter().zip(covered) {
-        for (m, c) in Method::WITH_INTERVALS.into_iter().zip(row) {
+        for (m, c) in Method::ALL.into_iter().zip(row) {
             let rate = c as f64 / pairs as f64;
             eprintln!("coverage {mode} {}: {rate:.3}", m.name());
             assert!(

@@ -155,6 +155,8 @@ pub struct CalibrationBootstrap {
     pub confidence: f64,
     /// Replicate calibrations per mode, `B` each.
     pub modes: Modes<Vec<ReplicateCalibration>>,
+    /// Every replicate's weighted source rows per class (COT's shares in the replicate).
+    pub class_counts: Vec<Vec<u64>>,
 }
 
 impl CalibrationBootstrap {
@@ -171,6 +173,17 @@ impl CalibrationBootstrap {
         let b = self.replicates;
         if b == 0 || b > MAX_REPLICATES || check_confidence(self.confidence).is_err() {
             return Some("bootstrap settings".into());
+        }
+        if self.class_counts.len() != b {
+            return Some(format!(
+                "bootstrap: {} class counts",
+                self.class_counts.len()
+            ));
+        }
+        for (i, (c, r)) in self.class_counts.iter().zip(&self.modes.raw).enumerate() {
+            if c.iter().try_fold(0u64, |a, &x| a.checked_add(x)) != Some(r.n) {
+                return Some(format!("bootstrap replicate {i}: class counts"));
+            }
         }
         for (name, m) in [("raw", &self.modes.raw), ("ts", &self.modes.ts)] {
             if m.len() != b {
@@ -316,11 +329,22 @@ pub fn fit_replicates<B: Backend>(
             modes.ts.push(t);
         }
     }
+    let class_counts = (0..reps)
+        .into_par_iter()
+        .map(|b| {
+            let mut c = vec![0u64; k];
+            for (&w, &y) in weights(b).iter().zip(&labels) {
+                c[y as usize] += w as u64;
+            }
+            c
+        })
+        .collect();
     Ok(CalibrationBootstrap {
         replicates: reps,
         seed: opts.seed,
         confidence: opts.confidence,
         modes,
+        class_counts,
     })
 }
 

@@ -489,6 +489,11 @@ impl Calibration {
         {
             return Some("class counts do not match K and the source's rows".into());
         }
+        if let Some(b) = &self.bootstrap {
+            if b.class_counts.iter().any(|c| c.len() != self.k) {
+                return Some("bootstrap class counts do not match K".into());
+            }
+        }
         if let Some(why) = self.bootstrap.as_ref().and_then(|b| b.inconsistency()) {
             return Some(why);
         }

@@ -20,6 +20,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::cpu::softmax::softmax;
+use crate::kernel::bootstrap::{weights4, REPS_PER_DRAW};
 use crate::methods::transport::{self, grid_cost, COST_GRID_BITS};
 use crate::report::estimates::Modes;
 
@@ -361,6 +362,60 @@ impl CotRows {
         })
     }
 
+    /// Every bootstrap replicate's COT of the whole target (DESIGN.md 2.12), per mode:
+    /// replicate `b` weighs row `i` by the Poisson weight the target tally uses
+    /// (`weights4(seed, name_key, i, b / 4)`), its probabilities are at the replicate's
+    /// temperature (`t.ts[b]`: refitted in each replicate; `t.raw[b]` = 1), and the
+    /// source's shares are its weighted class counts `class_counts[b]`; the weighted
+    /// problem is solved exactly as the point one (integer units: `w_i n_b` a row,
+    /// `n_kb W` a class). NaN where the replicate drew no target row.
+    pub fn replicates(
+        &self,
+        k: usize,
+        t: &Modes<Vec<f32>>,
+        seed: u64,
+        name_key: u32,
+        class_counts: &[Vec<u64>],
+    ) -> Result<Modes<Vec<f64>>> {
+        let draw = Draw {
+            seed,
+            name_key,
+            class_counts,
+        };
+        let index: Vec<u64> = self
+            .chunks
+            .iter()
+            .flat_map(|c| c.row_offset..c.row_offset + c.rows)
+            .collect();
+        let logits: Vec<f32> = self
+            .chunks
+            .iter()
+            .flat_map(|c| c.logits.iter().copied())
+            .collect();
+        if k == 2 {
+            // Rows in order of their margin z_1 - z_0 (the order of the gains at any T,
+            // up to rounding, which the walk checks), then by row.
+            let mut order: Vec<u32> = (0..index.len() as u32).collect();
+            let margin = |i: u32| logits[2 * i as usize + 1] as f64 - logits[2 * i as usize] as f64;
+            order.par_sort_unstable_by(|&a, &b| margin(b).total_cmp(&margin(a)).then(a.cmp(&b)));
+            let sorted_logits: Vec<f32> = order
+                .iter()
+                .flat_map(|&i| [logits[2 * i as usize], logits[2 * i as usize + 1]])
+                .collect();
+            let sorted_index: Vec<u64> = order.iter().map(|&i| index[i as usize]).collect();
+            let (raw, ts) = rayon::join(
+                || draw.two_class(&sorted_logits, &sorted_index, &t.raw),
+                || draw.two_class(&sorted_logits, &sorted_index, &t.ts),
+            );
+            return Ok(Modes { raw, ts });
+        }
+        let (raw, ts) = rayon::join(
+            || draw.general(&logits, &index, k, &t.raw),
+            || draw.general(&logits, &index, k, &t.ts),
+        );
+        Ok(Modes { raw: raw?, ts: ts? })
+    }
+
     /// The rows of group array `g` partitioned by id (`None` without that array).
     fn partition(&self, g: usize, k: usize) -> Option<Partition> {
         let mut distinct = std::collections::BTreeSet::new();
@@ -396,6 +451,137 @@ impl CotRows {
         }
         Some(Partition { ids, slot, start })
     }
+}
+
+/// The bootstrap's draws of a target: its weights' key and each replicate's source
+/// class counts.
+struct Draw<'a> {
+    seed: u64,
+    name_key: u32,
+    class_counts: &'a [Vec<u64>],
+}
+
+impl Draw<'_> {
+    /// K = 2, rows (`logits`, their set indices `index`) in margin order. Per group of
+    /// four replicates, one Philox draw a row gives the weights; per replicate, the
+    /// costs at its temperature, the total weight and base sum, then a walk down the
+    /// gains until class 1's units are met. The walk is exact when the gains do not
+    /// increase along the order (checked); otherwise that replicate sorts its gains.
+    fn two_class(&self, logits: &[f32], index: &[u64], t: &[f32]) -> Vec<f64> {
+        let reps = self.class_counts.len();
+        // Costs shared by replicates of one temperature (all of the raw mode).
+        let shared = t.windows(2).all(|w| w[0] == w[1]);
+        let shared_costs = (shared && !t.is_empty()).then(|| grid_costs_at(logits, 2, t[0]));
+        (0..reps.div_ceil(REPS_PER_DRAW))
+            .into_par_iter()
+            .flat_map_iter(|g| {
+                let w: Vec<[u8; REPS_PER_DRAW]> = index
+                    .iter()
+                    .map(|&row| weights4(self.seed, self.name_key, row, g as u32).map(|x| x as u8))
+                    .collect();
+                let shared_costs = &shared_costs;
+                (0..REPS_PER_DRAW)
+                    .map(move |j| (g * REPS_PER_DRAW + j, j))
+                    .filter(move |&(b, _)| b < reps)
+                    .map(move |(b, j)| {
+                        let own;
+                        let costs = match shared_costs {
+                            Some(c) => c,
+                            None => {
+                                own = grid_costs_at(logits, 2, t[b]);
+                                &own
+                            }
+                        };
+                        self.two_class_one(costs, &w, j, &self.class_counts[b])
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    /// One replicate of [`Draw::two_class`]: weights `w[i][j]`, source counts `c`.
+    fn two_class_one(&self, costs: &[i64], w: &[[u8; REPS_PER_DRAW]], j: usize, c: &[u64]) -> f64 {
+        let supply: u64 = c.iter().sum();
+        let mut total = 0u64;
+        let mut base = 0i128;
+        let mut monotone = true;
+        let mut last = i64::MAX;
+        for (r, wi) in costs.chunks_exact(2).zip(w) {
+            let wj = wi[j] as u64;
+            if wj == 0 {
+                continue;
+            }
+            total += wj;
+            base += wj as i128 * r[0] as i128;
+            let gain = r[0] - r[1];
+            monotone &= gain <= last;
+            last = gain;
+        }
+        if supply == 0 || total == 0 {
+            return f64::NAN;
+        }
+        let need = c[1] as u128 * total as u128;
+        let moved = if monotone {
+            walk(
+                costs
+                    .chunks_exact(2)
+                    .zip(w)
+                    .map(|(r, wi)| (r[0] - r[1], wi[j] as u64)),
+                supply,
+                need,
+            )
+        } else {
+            let mut rows: Vec<(i64, u64)> = costs
+                .chunks_exact(2)
+                .zip(w)
+                .map(|(r, wi)| (r[0] - r[1], wi[j] as u64))
+                .filter(|&(_, w)| w > 0)
+                .collect();
+            rows.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+            walk(rows.into_iter(), supply, need)
+        };
+        let units = (base * supply as i128 - moved) as u128;
+        1.0 - mean(units, total as u128 * supply as u128)
+    }
+
+    /// K > 2: each replicate's multiset (a row repeated by its weight) at its
+    /// temperature, through the transport solver.
+    fn general(&self, logits: &[f32], index: &[u64], k: usize, t: &[f32]) -> Result<Vec<f64>> {
+        (0..self.class_counts.len())
+            .into_par_iter()
+            .map(|b| {
+                let (g, j) = ((b / REPS_PER_DRAW) as u32, b % REPS_PER_DRAW);
+                let costs = grid_costs_at(logits, k, t[b]);
+                let mut multiset = Vec::new();
+                for (c, &i) in costs.chunks_exact(k).zip(index) {
+                    let w = weights4(self.seed, self.name_key, i, g)[j];
+                    for _ in 0..w {
+                        multiset.extend_from_slice(c);
+                    }
+                }
+                let c = &self.class_counts[b];
+                if multiset.is_empty() || c.iter().sum::<u64>() == 0 {
+                    return Ok(f64::NAN);
+                }
+                Ok(1.0 - grid_cot_cost(&multiset, k, c)?)
+            })
+            .collect()
+    }
+}
+
+/// The gain moved to class 1 by taking `need` units from `(gain, weight)` rows in
+/// non-increasing gain order, `supply` units per unit of weight, the last row in part.
+fn walk(rows: impl Iterator<Item = (i64, u64)>, supply: u64, mut need: u128) -> i128 {
+    let mut moved = 0i128;
+    for (gain, w) in rows {
+        if need == 0 {
+            break;
+        }
+        let take = (w as u128 * supply as u128).min(need);
+        moved += take as i128 * gain as i128;
+        need -= take;
+    }
+    moved
 }
 
 /// COT per target and group, both modes (see [`CotRows::solve`]).
@@ -758,5 +944,67 @@ mod tests {
         let mut nan = r.clone();
         nan.chunks[0].logits[3] = f32::NAN;
         assert!(nan.inconsistency(2, &[[0, 10]], [false, true]).is_some());
+    }
+
+    /// Each bootstrap replicate's K = 2 COT is the exact optimum of its multiset (every
+    /// row repeated by its Poisson weight, the source shares the replicate's counts),
+    /// solved by the general transport solver: B = 9 (two full Philox draws and one
+    /// partial), a replicate with an empty class, tied rows, rows at a shard's offset.
+    #[test]
+    fn two_class_replicates_are_the_weighted_optimum() {
+        let (logits, _) = logit_rows(11, 150);
+        let offset = 1000u64;
+        let mut r = CotRows::default();
+        r.add(offset, &logits, 2, [None, None]);
+        let class_counts: Vec<Vec<u64>> = (0..9u64).map(|b| vec![b * 3 % 7, 5 + b]).collect();
+        let (seed, key) = (42u64, 0xdead_beefu32);
+        // Each replicate its own temperature in the ts mode, as refits give.
+        let t = Modes {
+            raw: vec![1.0f32; 9],
+            ts: (0..9).map(|b| 0.5 + 0.1 * b as f32).collect::<Vec<f32>>(),
+        };
+        let got = r.replicates(2, &t, seed, key, &class_counts).unwrap();
+        for (ts, values) in [(false, &got.raw), (true, &got.ts)] {
+            for (b, &v) in values.iter().enumerate() {
+                let costs = r.costs(2, t.of(ts)[b]);
+                let (g, j) = ((b / REPS_PER_DRAW) as u32, b % REPS_PER_DRAW);
+                let mut multiset = Vec::new();
+                for (i, c) in costs.chunks_exact(2).enumerate() {
+                    let w = weights4(seed, key, offset + i as u64, g)[j];
+                    for _ in 0..w {
+                        multiset.extend_from_slice(c);
+                    }
+                }
+                let c = &class_counts[b];
+                let supply: u64 = c.iter().sum();
+                let rows = (multiset.len() / 2) as u64;
+                let demand: Vec<u64> = c.iter().map(|&x| x * rows).collect();
+                let plan = transport::solve(&multiset, 2, supply, &demand).unwrap();
+                let want = 1.0 - mean(plan.cost_units, rows as u128 * supply as u128);
+                assert_eq!(v, want, "ts={ts} replicate {b}");
+            }
+        }
+    }
+
+    /// A replicate whose gains are out of order (as rounding could leave them) sorts
+    /// them: the same value as the rows given in gain order.
+    #[test]
+    fn out_of_order_gains_fall_back_to_a_sort() {
+        let draw = Draw {
+            seed: 0,
+            name_key: 0,
+            class_counts: &[],
+        };
+        let sorted: Vec<i64> = vec![9, 1, 7, 2, 5, 3, 4, 6];
+        let shuffled: Vec<i64> = vec![5, 3, 9, 1, 4, 6, 7, 2];
+        let w = vec![[1u8, 2, 0, 3]; 4];
+        for j in 0..4 {
+            let a = draw.two_class_one(&sorted, &w, j, &[3, 4]);
+            let b = draw.two_class_one(&shuffled, &w, j, &[3, 4]);
+            assert!(
+                a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan()),
+                "j={j}"
+            );
+        }
     }
 }

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use crate::error::Result;
-use crate::kernel::bootstrap::{percentile_interval, RepCounts};
+use crate::kernel::bootstrap::{name_key, percentile_interval, RepCounts};
 use crate::kernel::tally::{count, level, Counts, GROUP_ARRAYS};
 use crate::methods::bootstrap::{Intervals, MethodIntervals, ReplicateValues};
 use crate::methods::calibration::Calibration;
@@ -93,7 +93,7 @@ impl Calibration {
             ts: self.modes.ts.t,
         };
         let cot = cot_rows
-            .map(|c| c.solve(self.k, &self.class_counts, t))
+            .map(|c| c.solve(self.k, &self.class_counts, t.clone()))
             .transpose()?;
         let mut groups = BTreeMap::new();
         for (g, group) in GROUP_ARRAYS.iter().enumerate() {
@@ -152,7 +152,37 @@ impl Calibration {
                 ts: all.ts.conformal(&self.modes.ts, &self.alphas),
             },
             groups,
-            intervals: boot.and_then(|(_, tb)| intervals(&tb.total(), all.raw.labelled() > 0)),
+            intervals: match (boot, cot_rows) {
+                (Some((cb, tb)), Some(rows)) => {
+                    // The target's intervals with COT's replicates (groups: none yet).
+                    let mut values = cb.replicate_values(&tb.total());
+                    let temps = Modes {
+                        raw: cb.modes.raw.iter().map(|r| r.t).collect(),
+                        ts: cb.modes.ts.iter().map(|r| r.t).collect(),
+                    };
+                    let reps = rows.replicates(
+                        self.k,
+                        &temps,
+                        cb.seed,
+                        name_key(&tally.name),
+                        &cb.class_counts,
+                    )?;
+                    for (est, v) in [
+                        (&mut values.estimates.raw, &reps.raw),
+                        (&mut values.estimates.ts, &reps.ts),
+                    ] {
+                        for (e, &v) in est.iter_mut().zip(v) {
+                            e.cot = Some(v);
+                        }
+                    }
+                    Some(Intervals::new(
+                        values,
+                        all.raw.labelled() > 0,
+                        cb.confidence,
+                    ))
+                }
+                _ => boot.and_then(|(_, tb)| intervals(&tb.total(), all.raw.labelled() > 0)),
+            },
         })
     }
 }

@@ -56,15 +56,6 @@ impl Method {
         Method::Cot,
     ];
 
-    /// The methods with bootstrap intervals (COT's are not built yet: `null`).
-    pub const WITH_INTERVALS: [Method; 5] = [
-        Method::Ac,
-        Method::Doc,
-        Method::AtcMc,
-        Method::AtcNe,
-        Method::Cpc,
-    ];
-
     /// The name in reports (JSON keys, table headers, legends).
     pub fn name(self) -> &'static str {
         match self {
