@@ -537,7 +537,7 @@ impl Draw<'_> {
                 .map(|(r, wi)| (r[0] - r[1], wi[j] as u64))
                 .filter(|&(_, w)| w > 0)
                 .collect();
-            rows.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+            rows.sort_unstable_by_key(|r| std::cmp::Reverse(r.0));
             walk(rows.into_iter(), supply, need)
         };
         let units = (base * supply as i128 - moved) as u128;
