@@ -11,6 +11,16 @@ use std::path::PathBuf;
 #[non_exhaustive]
 #[allow(missing_docs)] // fields are named by the messages
 pub enum Error {
+    /// Some cells of a sweep failed; the others were done (exit code 7).
+    #[error("{failed} of {cells} sweep cells failed (listed in {path})")]
+    CellsFailed {
+        failed: usize,
+        cells: usize,
+        path: PathBuf,
+    },
+    /// Another sweep holds the output directory's lock (exit code 8).
+    #[error("{path}: another sweep is writing into this directory (its lock is held)")]
+    Locked { path: PathBuf },
     /// Reading or writing a file failed at the OS level.
     #[error("{path}: {source}")]
     Io {
@@ -107,7 +117,8 @@ impl Error {
     }
 
     /// The command line's exit code for this class of error (documented in the README):
-    /// 2 usage/invalid argument, 3 I/O, 4 bad file format, 5 invalid data, 6 GPU failure.
+    /// 2 usage/invalid argument, 3 I/O, 4 bad file format, 5 invalid data, 6 GPU failure,
+    /// 7 sweep cells failed (the others done), 8 another sweep holds the output's lock.
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::BadAlpha(_) | Error::BadTemperature(_) | Error::Invalid(_) => 2,
@@ -124,6 +135,8 @@ impl Error {
             | Error::GpuOutOfMemory(_)
             | Error::DeviceLost(_)
             | Error::Gpu(_) => 6,
+            Error::CellsFailed { .. } => 7,
+            Error::Locked { .. } => 8,
         }
     }
 }

@@ -116,6 +116,7 @@ fn failed_report_writing_leaves_no_files() {
         gpu_kernel_ms: None,
         gpu_kernels: Default::default(),
         skipped: vec![],
+        fingerprint: None,
     };
     let dir = tempfile::tempdir().expect("tempdir");
     let out = dir.path().join("out");

@@ -83,6 +83,19 @@ pub enum Command {
         #[arg(long, default_value_t = 0)]
         seed: u64,
     },
+    /// Evaluate every cell of ROOT/DATASET/MODEL/RUN/ (evaluate's options) into
+    /// DIR/cells/, then results.csv, summary.csv, timings.csv and failures.csv; resumable.
+    Sweep {
+        /// `--data ROOT` (cells are ROOT/DATASET/MODEL/RUN/) and evaluate's options.
+        #[command(flatten)]
+        source: SourceOpts,
+        /// Output directory.
+        #[arg(long)]
+        out: PathBuf,
+        /// Where to run: auto (hardware GPU if present, else CPU), gpu (any adapter), cpu.
+        #[arg(long, default_value = "auto")]
+        device: String,
+    },
     /// Estimate every target's accuracy (AC, DoC, ATC-MC, ATC-NE, CPC, COT, with and without TS).
     Evaluate {
         #[command(flatten)]

@@ -159,6 +159,7 @@ fn meta(
         gpu_kernel_ms: None,
         gpu_kernels: Default::default(),
         skipped,
+        fingerprint: None,
     }
 }
 
@@ -341,6 +342,27 @@ pub fn run_evaluate(job: EvalJob<'_>) -> Result<()> {
         check_writable_dir(dir)?;
     }
     check_json_target(job.json)?;
+    let device = Device::Open(job.device);
+    let (eval, meta) = evaluate_dir(&job, device, started)?;
+    emit_report(&eval, &meta, job.json, job.out)
+}
+
+/// The device an evaluation runs on: opened by it (`evaluate`), or opened once and
+/// shared by many (`sweep`).
+pub enum Device<'a> {
+    /// Open this `--device` when the data has been checked.
+    Open(&'a str),
+    /// An engine already open.
+    Shared(&'a Engine, DeviceChoice),
+}
+
+/// `evaluate` of one dataset directory, without printing the report: the evaluation and
+/// the report's `meta`.
+pub fn evaluate_dir(
+    job: &EvalJob<'_>,
+    device: Device<'_>,
+    started: Instant,
+) -> Result<(Evaluation, Meta)> {
     let data = job.source.data;
     let files = dataset_files(data)?;
     let source_path = find_set(data, &files, job.source.source, "source")?;
@@ -388,7 +410,14 @@ pub fn run_evaluate(job: EvalJob<'_>) -> Result<()> {
         })
         .collect();
     let targets = target_jobs(targets)?;
-    let (engine, choice) = open_device(job.device)?;
+    let opened;
+    let (engine, choice) = match device {
+        Device::Open(d) => {
+            opened = open_device(d)?;
+            (&opened.0, opened.1)
+        }
+        Device::Shared(e, c) => (e, c),
+    };
     let args = &job.source;
     let sets = SourceSets::load(args, &files)?;
     let pb = phase(&format!(
@@ -397,7 +426,7 @@ pub fn run_evaluate(job: EvalJob<'_>) -> Result<()> {
         targets.iter().map(|t| t.n()).sum::<usize>() + sets.source.n()
     ));
     let outcome = evaluation::run(
-        &engine,
+        engine,
         choice,
         EvaluationJob {
             source: &sets.source,
@@ -415,16 +444,16 @@ pub fn run_evaluate(job: EvalJob<'_>) -> Result<()> {
     let eval = outcome.evaluation;
     let inputs = outcome.inputs;
     let mut meta = meta(&eval.device, inputs, skipped, job.seed);
-    record_transfers(&mut meta, &engine, &eval.device);
+    record_transfers(&mut meta, engine, &eval.device);
     #[cfg(feature = "gpu")]
-    if let Engine::Gpu(ctx) = &engine {
+    if let Engine::Gpu(ctx) = engine {
         let info = ctx.adapter_info();
         if eval.device.starts_with("gpu") {
             meta.adapter = Some(info.name.clone());
             meta.driver = Some(format!("{} {}", info.driver, info.driver_info));
         }
     }
-    emit_report(&eval, &meta, job.json, job.out)
+    Ok((eval, meta))
 }
 
 /// `calibrate`: fit once, write the calibration file.

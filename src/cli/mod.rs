@@ -5,6 +5,7 @@ pub mod args;
 pub mod commands;
 pub mod dataset;
 pub mod outputs;
+pub mod sweep;
 
 use conformal_gpu::data::{self, npz, GeneratorConfig};
 use conformal_gpu::methods::temperature::temperature_report;
@@ -63,6 +64,15 @@ pub fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Command::Sweep {
+            source,
+            out,
+            device,
+        } => sweep::run_sweep(sweep::SweepJob {
+            opts: &source,
+            out: &out,
+            device: &device,
+        }),
         Command::Evaluate {
             source,
             out,

@@ -39,6 +39,9 @@ pub struct Meta {
     /// Files of the dataset directory that are not readable prediction sets, skipped.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub skipped: Vec<SkippedFile>,
+    /// A sweep cell's fingerprint: what the report depends on (see the sweep's docs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
 }
 
 /// Timed GPU work of one shader in the report's `meta.gpu_kernels`.

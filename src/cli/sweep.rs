@@ -1,0 +1,585 @@
+//! `sweep`: the paper's protocol in one command (DESIGN.md 3, "The sweep"), layout form.
+//!
+//! Every `ROOT/DATASET/MODEL/RUN/` directory holding `.npz` files is a cell, evaluated
+//! exactly as `evaluate --data ROOT/DATASET/MODEL/RUN` with the same options (one device
+//! opened for all cells). Outputs in `--out DIR`, each written atomically:
+//! - `cells/DATASET/MODEL/RUN.json`: the cell's report (`evaluate --json`'s, with
+//!   `meta.fingerprint`);
+//! - `results.csv`: the long form (one row per target and per (target, group) pair, mode
+//!   and method), rebuilt from the reports of this sweep's cells only;
+//! - `summary.csv`: per dataset, model, MAE key and method, the MAE and bias over runs
+//!   (mean, sample std);
+//! - `timings.csv` (each cell's `timings_ms.total` in seconds) and `failures.csv`.
+//!
+//! Resumable: a cell whose report carries the fingerprint of its current inputs and
+//! options is kept; otherwise it is redone. A killed sweep leaves only temporary files
+//! (removed by the next run) and whole reports. An advisory lock refuses a second sweep
+//! into the same DIR (exit code 8); failed cells are listed and the sweep exits with 7.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+use conformal_gpu::data::write_atomic;
+use conformal_gpu::report::estimates::Method;
+use conformal_gpu::report::{self, InputFile};
+use conformal_gpu::{Error, Result};
+
+use crate::cli::args::SourceOpts;
+use crate::cli::commands::{evaluate_dir, Device, EvalJob, SourceArgs};
+use crate::cli::dataset::dataset_files;
+use crate::cli::outputs::{check_writable_dir, open_device};
+
+/// One (dataset, model, run): a directory of prediction sets.
+#[derive(Clone, Debug)]
+struct Cell {
+    dataset: String,
+    model: String,
+    run: String,
+    dir: PathBuf,
+}
+
+impl Cell {
+    fn report_path(&self, out: &Path) -> PathBuf {
+        out.join("cells")
+            .join(&self.dataset)
+            .join(&self.model)
+            .join(format!("{}.json", self.run))
+    }
+}
+
+/// The sub-directories of `dir`, by name (byte order).
+fn subdirs(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
+        let e = e.map_err(|e| Error::io(dir, e))?;
+        let path = e.path();
+        let name = e.file_name().to_string_lossy().into_owned();
+        if path.is_dir() && !name.starts_with('.') {
+            out.push((name, path));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// The cells under `root` (`ROOT/DATASET/MODEL/RUN/` with at least one `.npz`), sorted
+/// by dataset, model, then run: numerically when every run of the model is an integer,
+/// else by bytes.
+fn discover(root: &Path) -> Result<Vec<Cell>> {
+    let mut cells = Vec::new();
+    for (dataset, d) in subdirs(root)? {
+        for (model, m) in subdirs(&d)? {
+            let mut runs = Vec::new();
+            for (run, r) in subdirs(&m)? {
+                let has_sets = std::fs::read_dir(&r)
+                    .map_err(|e| Error::io(&r, e))?
+                    .filter_map(|e| e.ok())
+                    .any(|e| e.path().extension().is_some_and(|x| x == "npz"));
+                if has_sets {
+                    runs.push(Cell {
+                        dataset: dataset.clone(),
+                        model: model.clone(),
+                        run,
+                        dir: r,
+                    });
+                }
+            }
+            if runs.iter().all(|c| c.run.parse::<i64>().is_ok()) {
+                runs.sort_by_key(|c| c.run.parse::<i64>().unwrap_or(0));
+            }
+            cells.extend(runs);
+        }
+    }
+    if cells.is_empty() {
+        return Err(Error::Empty {
+            what: root.display().to_string(),
+            detail: "no cell: expected ROOT/DATASET/MODEL/RUN/ directories of .npz files".into(),
+        });
+    }
+    Ok(cells)
+}
+
+/// What a cell's report depends on: the crate's version, the device asked for, every
+/// option that can change the report, and each prediction set's name and SHA-256 (which
+/// also fixes every part's row offset). Hex SHA-256 of that canonical JSON.
+fn fingerprint(cell: &Cell, opts: &SourceOpts, device: &str) -> Result<String> {
+    let mut files = Vec::new();
+    for f in dataset_files(&cell.dir)? {
+        let name = f.file_name().map(|n| n.to_string_lossy().into_owned());
+        files.push(json!({"name": name, "sha256": InputFile::hash(&f)?.sha256}));
+    }
+    let content = json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "device": device,
+        "source": opts.source,
+        "alpha": opts.alpha,
+        "temperature": opts.temperature,
+        "temperature_source": opts.temperature_source,
+        "bootstrap": opts.bootstrap,
+        "confidence": opts.confidence,
+        "seed": opts.seed,
+        "files": files,
+    });
+    Ok(conformal_gpu::provenance::hex(&Sha256::digest(
+        content.to_string().as_bytes(),
+    )))
+}
+
+/// Options of `sweep`.
+pub struct SweepJob<'a> {
+    /// `--data ROOT` and evaluate's options.
+    pub opts: &'a SourceOpts,
+    pub out: &'a Path,
+    pub device: &'a str,
+}
+
+/// `sweep`: every cell evaluated (or kept), then the CSV files rebuilt.
+pub fn run_sweep(job: SweepJob<'_>) -> Result<()> {
+    let root = &job.opts.data;
+    let cells = discover(root)?;
+    std::fs::create_dir_all(job.out).map_err(|e| Error::io(job.out, e))?;
+    check_writable_dir(job.out)?;
+    let lock_path = job.out.join(".sweep.lock");
+    let lock = File::create(&lock_path).map_err(|e| Error::io(&lock_path, e))?;
+    match lock.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => return Err(Error::Locked { path: lock_path }),
+        Err(std::fs::TryLockError::Error(e)) => return Err(Error::io(&lock_path, e)),
+    }
+    remove_temporaries(job.out)?;
+    let (engine, choice) = open_device(job.device)?;
+    let bar = progress(cells.len());
+    let mut failures: Vec<(Cell, i32, String)> = Vec::new();
+    let mut reports: Vec<(Cell, Value)> = Vec::new();
+    for cell in &cells {
+        bar.set_message(format!("{}/{}/{}", cell.dataset, cell.model, cell.run));
+        let path = cell.report_path(job.out);
+        match sweep_cell(cell, &job, &path, &engine, choice) {
+            Ok(v) => reports.push((cell.clone(), v)),
+            Err(e) => {
+                // A failed cell keeps no stale report.
+                let _ = std::fs::remove_file(&path);
+                bar.suspend(|| {
+                    eprintln!(
+                        "error: cell {}/{}/{}: {}",
+                        cell.dataset,
+                        cell.model,
+                        cell.run,
+                        e.to_string().replace(['\n', '\r'], " ")
+                    )
+                });
+                failures.push((cell.clone(), e.exit_code(), e.to_string()));
+            }
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    let results = results_rows(&reports)?;
+    write_csv(&job.out.join("results.csv"), RESULTS_HEADER, &results)?;
+    let summary = summary_rows(&reports)?;
+    write_csv(&job.out.join("summary.csv"), SUMMARY_HEADER, &summary)?;
+    let timings: Vec<Vec<String>> = reports
+        .iter()
+        .map(|(c, v)| {
+            let s = v["timings_ms"]["total"].as_f64().map(|ms| ms / 1000.0);
+            vec![c.dataset.clone(), c.model.clone(), c.run.clone(), field(s)]
+        })
+        .collect();
+    write_csv(
+        &job.out.join("timings.csv"),
+        &["dataset", "model", "run", "seconds"],
+        &timings,
+    )?;
+    let failed: Vec<Vec<String>> = failures
+        .iter()
+        .map(|(c, code, msg)| {
+            vec![
+                c.dataset.clone(),
+                c.model.clone(),
+                c.run.clone(),
+                code.to_string(),
+                msg.clone(),
+            ]
+        })
+        .collect();
+    let failures_path = job.out.join("failures.csv");
+    write_csv(
+        &failures_path,
+        &["dataset", "model", "run", "exit_code", "error"],
+        &failed,
+    )?;
+    print_table(SUMMARY_HEADER, &summary);
+    drop(lock);
+    if !failures.is_empty() {
+        return Err(Error::CellsFailed {
+            failed: failures.len(),
+            cells: cells.len(),
+            path: failures_path,
+        });
+    }
+    Ok(())
+}
+
+/// A cell's report: the one on disk when its fingerprint is current and it reads back
+/// into results rows, else a fresh evaluation written atomically.
+fn sweep_cell(
+    cell: &Cell,
+    job: &SweepJob<'_>,
+    path: &Path,
+    engine: &conformal_gpu::device::Engine,
+    choice: conformal_gpu::device::DeviceChoice,
+) -> Result<Value> {
+    let fp = fingerprint(cell, job.opts, job.device)?;
+    if let Ok(text) = std::fs::read_to_string(path) {
+        if let Ok(v) = serde_json::from_str::<Value>(&text) {
+            // The report on disk is untrusted: kept only if it reads back whole.
+            let current = v["meta"]["fingerprint"].as_str() == Some(fp.as_str());
+            if current && results_rows(&[(cell.clone(), v.clone())]).is_ok() {
+                return Ok(v);
+            }
+        }
+    }
+    let _ = std::fs::remove_file(path);
+    let mut opts = job.opts.clone();
+    opts.data = cell.dir.clone();
+    let eval_job = EvalJob {
+        source: SourceArgs::new(&opts)?,
+        out: None,
+        rows: false,
+        device: job.device,
+        json: &None,
+        seed: None,
+    };
+    let (eval, mut meta) = evaluate_dir(&eval_job, Device::Shared(engine, choice), Instant::now())?;
+    meta.fingerprint = Some(fp);
+    let value = report::to_json(&eval, &meta)?;
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+    }
+    let text = serde_json::to_string_pretty(&value)
+        .map_err(|e| Error::Invalid(format!("JSON encoding: {e}")))?;
+    write_atomic(path, |w| {
+        w.write_all(text.as_bytes())
+            .and_then(|_| w.write_all(b"\n"))
+            .map_err(|e| Error::io(path, e))
+    })?;
+    Ok(value)
+}
+
+/// Removes the temporary files a killed run left (`.NAME.tmp.PID.N`, see
+/// `data::atomic`) under `dir`.
+fn remove_temporaries(dir: &Path) -> Result<()> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(());
+    };
+    for e in entries.flatten() {
+        let path = e.path();
+        let name = e.file_name().to_string_lossy().into_owned();
+        if path.is_dir() {
+            remove_temporaries(&path)?;
+        } else if name.starts_with('.') && name.contains(".tmp.") {
+            std::fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
+        }
+    }
+    Ok(())
+}
+
+fn progress(n: usize) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(n as u64);
+    if let Ok(style) =
+        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} cells {msg} [{elapsed}]")
+    {
+        bar.set_style(style);
+    }
+    bar
+}
+
+const RESULTS_HEADER: &[&str] = &[
+    "dataset",
+    "model",
+    "run",
+    "mode",
+    "target",
+    "group_kind",
+    "group_id",
+    "method",
+    "n",
+    "n_labelled",
+    "estimate",
+    "true_accuracy",
+    "error",
+    "abs_error",
+    "lo",
+    "hi",
+];
+
+const SUMMARY_HEADER: &[&str] = &[
+    "dataset",
+    "model",
+    "mae_key",
+    "method",
+    "runs",
+    "mae_mean",
+    "mae_std",
+    "bias_mean",
+    "bias_std",
+];
+
+const MODES: [&str; 2] = ["raw", "ts"];
+
+/// An f64 as Rust's `{}` prints it (the shortest form that reads back the same); an
+/// unknown value is an empty field.
+fn field(x: Option<f64>) -> String {
+    x.filter(|v| v.is_finite())
+        .map(|v| format!("{v}"))
+        .unwrap_or_default()
+}
+
+/// A report's part that must be there, or a typed error naming the field.
+fn need<'a>(v: &'a Value, what: &str) -> Result<&'a Value> {
+    if v.is_null() {
+        return Err(Error::Invalid(format!("sweep report: {what} is missing")));
+    }
+    Ok(v)
+}
+
+/// One target's or group's estimate row values: `(estimate, interval)` of `method`.
+fn estimate_of(entry: &Value, mode: &str, method: &str) -> (Option<f64>, Option<[f64; 2]>) {
+    let est = entry["estimates"][mode][method].as_f64();
+    let ci = entry["ci"][mode][method].as_array().and_then(|a| {
+        let lo = a.first()?.as_f64()?;
+        let hi = a.get(1)?.as_f64()?;
+        Some([lo, hi])
+    });
+    (est, ci)
+}
+
+/// A report's targets sorted by name (byte order).
+fn targets_of(v: &Value) -> Result<Vec<&Value>> {
+    let mut targets: Vec<&Value> = need(&v["targets"], "targets")?
+        .as_array()
+        .ok_or_else(|| Error::Invalid("sweep report: targets is not a list".into()))?
+        .iter()
+        .collect();
+    for t in &targets {
+        if !t["name"].is_string() || !t["estimates"].is_object() {
+            return Err(Error::Invalid(
+                "sweep report: a target lacks its name or estimates".into(),
+            ));
+        }
+    }
+    targets.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+    Ok(targets)
+}
+
+/// A target's groups: `(kind, entries sorted by numeric id)`, kinds in byte order.
+fn groups_of(t: &Value) -> Vec<(String, Vec<&Value>)> {
+    let mut out = Vec::new();
+    if let Some(kinds) = t["groups"].as_object() {
+        let mut names: Vec<&String> = kinds.keys().collect();
+        names.sort();
+        for kind in names {
+            let mut entries: Vec<&Value> = kinds[kind].as_array().into_iter().flatten().collect();
+            entries.sort_by_key(|g| g["id"].as_i64());
+            out.push((kind.clone(), entries));
+        }
+    }
+    out
+}
+
+/// The long-form rows of every cell's report (see the module docs).
+fn results_rows(reports: &[(Cell, Value)]) -> Result<Vec<Vec<String>>> {
+    let mut rows = Vec::new();
+    for (cell, v) in reports {
+        let targets = targets_of(v)?;
+        for mode in MODES {
+            for t in &targets {
+                let name = t["name"].as_str().unwrap_or_default();
+                let truth = t["true_accuracy"].as_f64();
+                let mut push = |kind: &str,
+                                id: String,
+                                n: Option<u64>,
+                                labelled: Option<u64>,
+                                entry: &Value,
+                                truth: Option<f64>| {
+                    for m in Method::ALL {
+                        let (est, ci) = estimate_of(entry, mode, m.name());
+                        let err = est.zip(truth).map(|(e, t)| e - t);
+                        rows.push(vec![
+                            cell.dataset.clone(),
+                            cell.model.clone(),
+                            cell.run.clone(),
+                            mode.to_string(),
+                            name.to_string(),
+                            kind.to_string(),
+                            id.clone(),
+                            m.name().to_string(),
+                            n.map(|x| x.to_string()).unwrap_or_default(),
+                            labelled.map(|x| x.to_string()).unwrap_or_default(),
+                            field(est),
+                            field(truth),
+                            field(err),
+                            field(err.map(f64::abs)),
+                            field(ci.map(|c| c[0])),
+                            field(ci.map(|c| c[1])),
+                        ]);
+                    }
+                };
+                push(
+                    "",
+                    String::new(),
+                    t["n"].as_u64(),
+                    t["n_labelled"].as_u64(),
+                    t,
+                    truth,
+                );
+                for (kind, entries) in groups_of(t) {
+                    for g in entries {
+                        let id = g["id"].as_i64().map(|x| x.to_string()).unwrap_or_default();
+                        push(
+                            &kind,
+                            id,
+                            g["n"].as_u64(),
+                            None,
+                            g,
+                            g["true_accuracy"].as_f64(),
+                        );
+                    }
+                }
+            }
+        }
+    }
+    Ok(rows)
+}
+
+/// Mean and sample standard deviation (ddof 1; `None` for fewer than two values).
+fn mean_std(v: &[f64]) -> (Option<f64>, Option<f64>) {
+    if v.is_empty() {
+        return (None, None);
+    }
+    let n = v.len() as f64;
+    let mean = v.iter().sum::<f64>() / n;
+    let std = (v.len() > 1)
+        .then(|| (v.iter().map(|x| (x - mean) * (x - mean)).sum::<f64>() / (n - 1.0)).sqrt());
+    (Some(mean), std)
+}
+
+/// A cell's signed errors of `method` over the members of MAE key `key` (labelled
+/// targets for `raw`/`ts`, labelled (target, group) pairs of the kind for `KIND_MODE`):
+/// their mean, the bias (`None` when a member has no estimate).
+fn bias(v: &Value, key: &str, method: &str) -> Option<f64> {
+    let (kind, mode) = match key {
+        "raw" | "ts" => (None, key),
+        _ => {
+            let (k, m) = key.rsplit_once('_')?;
+            (Some(k), m)
+        }
+    };
+    let mut errors = Vec::new();
+    for t in v["targets"].as_array()? {
+        let members: Vec<&Value> = match kind {
+            None => vec![t],
+            Some(k) => t["groups"][k].as_array().into_iter().flatten().collect(),
+        };
+        for m in members {
+            let Some(truth) = m["true_accuracy"].as_f64() else {
+                continue;
+            };
+            errors.push(m["estimates"][mode][method].as_f64()? - truth);
+        }
+    }
+    (!errors.is_empty()).then(|| errors.iter().sum::<f64>() / errors.len() as f64)
+}
+
+/// Per dataset, model, MAE key and method: the MAE and bias over runs.
+fn summary_rows(reports: &[(Cell, Value)]) -> Result<Vec<Vec<String>>> {
+    type Key = (String, String, String, usize);
+    let mut acc: BTreeMap<Key, (Vec<f64>, Vec<f64>)> = BTreeMap::new();
+    for (cell, v) in reports {
+        let Some(mae) = v["mae"].as_object() else {
+            return Err(Error::Invalid("sweep report: mae is missing".into()));
+        };
+        for (key, row) in mae {
+            for (i, m) in Method::ALL.iter().enumerate() {
+                let Some(x) = row[m.name()].as_f64() else {
+                    continue;
+                };
+                let e = acc
+                    .entry((cell.dataset.clone(), cell.model.clone(), key.clone(), i))
+                    .or_default();
+                e.0.push(x);
+                if let Some(b) = bias(v, key, m.name()) {
+                    e.1.push(b);
+                }
+            }
+        }
+    }
+    Ok(acc
+        .into_iter()
+        .map(|((dataset, model, key, i), (mae, bias))| {
+            let (mm, ms) = mean_std(&mae);
+            let (bm, bs) = mean_std(&bias);
+            vec![
+                dataset,
+                model,
+                key,
+                Method::ALL[i].name().to_string(),
+                mae.len().to_string(),
+                field(mm),
+                field(ms),
+                field(bm),
+                field(bs),
+            ]
+        })
+        .collect())
+}
+
+/// Writes `header` and `rows` as CSV, atomically.
+fn write_csv(path: &Path, header: &[&str], rows: &[Vec<String>]) -> Result<()> {
+    let io = |e: csv::Error| Error::Invalid(format!("{}: {e}", path.display()));
+    let mut w = csv::WriterBuilder::new().from_writer(Vec::new());
+    w.write_record(header).map_err(io)?;
+    for r in rows {
+        w.write_record(r).map_err(io)?;
+    }
+    let bytes = w
+        .into_inner()
+        .map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?;
+    write_atomic(path, |out| {
+        out.write_all(&bytes).map_err(|e| Error::io(path, e))
+    })
+}
+
+/// The summary as an aligned table on stdout.
+fn print_table(header: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.len().min(12));
+        }
+    }
+    let line = |cells: Vec<String>| {
+        cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| {
+                let c = if c.len() > 12 && c.parse::<f64>().is_ok() {
+                    format!("{:.6}", c.parse::<f64>().unwrap_or(f64::NAN))
+                } else {
+                    c.clone()
+                };
+                format!("{c:<w$}")
+            })
+            .collect::<Vec<_>>()
+            .join("  ")
+    };
+    println!("{}", line(header.iter().map(|h| h.to_string()).collect()));
+    for r in rows {
+        println!("{}", line(r.clone()));
+    }
+}

@@ -1,0 +1,287 @@
+//! `sweep` on the command line (README "The sweep"): every cell's report equals `evaluate
+//! --json` of its directory (all but `meta`, `timings_ms`, `device`); `results.csv` and
+//! `summary.csv` are the documented long form and summary of those reports; a rerun keeps
+//! current cells and rewrites the CSV files byte for byte (removing a killed run's
+//! temporary files); a changed input redoes its cell; a failing cell is listed and the
+//! others are done (exit 7); a held lock refuses a second sweep (exit 8).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_conformal-gpu"));
+    c.env("RUST_BACKTRACE", "1").env("XDG_RUNTIME_DIR", "/tmp");
+    c
+}
+
+fn run(args: &[&str]) -> Output {
+    bin().args(args).output().expect("run binary")
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+/// A layout of one dataset, models `a` (runs 0, 1, 10: numeric order puts 10 last) and
+/// `b` (run 0), each cell a small generated Camelyon-shaped set (seeded per cell).
+fn layout(root: &Path) -> Vec<(String, String, String)> {
+    let mut cells = Vec::new();
+    for (i, (model, run)) in [("a", "0"), ("a", "1"), ("a", "10"), ("b", "0")]
+        .into_iter()
+        .enumerate()
+    {
+        let dir = root.join("cam").join(model).join(run);
+        let seed = (i + 1).to_string();
+        let o = run_ok(&[
+            "generate",
+            "--out",
+            s(&dir),
+            "--scale",
+            "0.002",
+            "--seed",
+            &seed,
+        ]);
+        drop(o);
+        cells.push(("cam".to_string(), model.to_string(), run.to_string()));
+    }
+    cells
+}
+
+#[track_caller]
+fn run_ok(args: &[&str]) -> Output {
+    let o = run(args);
+    assert!(
+        o.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    o
+}
+
+const OPTS: [&str; 6] = ["--device", "cpu", "--alpha", "0.1,0.05", "--bootstrap", "8"];
+
+fn sweep(root: &Path, out: &Path) -> Output {
+    let mut args = vec!["sweep", "--data", s(root), "--out", s(out)];
+    args.extend(OPTS);
+    run(&args)
+}
+
+fn without_run_fields(mut v: Value) -> Value {
+    if let Some(o) = v.as_object_mut() {
+        for k in ["meta", "timings_ms", "device"] {
+            o.remove(k);
+        }
+    }
+    v
+}
+
+fn read_json(p: &Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+}
+
+fn csv_rows(p: &Path) -> Vec<Vec<String>> {
+    std::fs::read_to_string(p)
+        .unwrap()
+        .lines()
+        .map(|l| l.split(',').map(str::to_string).collect())
+        .collect()
+}
+
+fn cell_path(out: &Path, c: &(String, String, String)) -> PathBuf {
+    out.join("cells")
+        .join(&c.0)
+        .join(&c.1)
+        .join(format!("{}.json", c.2))
+}
+
+const METHODS: [&str; 6] = ["AC", "DoC", "ATC-MC", "ATC-NE", "CPC", "COT"];
+
+#[test]
+fn sweep_cells_equal_evaluate_and_the_csv_files_follow_the_reports() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (root, out) = (tmp.path().join("root"), tmp.path().join("out"));
+    let cells = layout(&root);
+    let o = sweep(&root, &out);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+
+    // Each cell's report is evaluate's.
+    let mut reports = Vec::new();
+    for c in &cells {
+        let cell = read_json(&cell_path(&out, c));
+        assert!(cell["meta"]["fingerprint"].is_string());
+        let json = tmp.path().join("e.json");
+        let dir = root.join(&c.0).join(&c.1).join(&c.2);
+        let mut args = vec!["evaluate", "--data", s(&dir), "--json", s(&json)];
+        args.extend(OPTS);
+        run_ok(&args);
+        assert_eq!(
+            without_run_fields(read_json(&json)),
+            without_run_fields(cell.clone()),
+            "{c:?}"
+        );
+        reports.push(cell);
+    }
+
+    // results.csv: the header, then per cell (runs in numeric order), mode, target (by
+    // name), the target's row before its groups, one row per method in order.
+    let rows = csv_rows(&out.join("results.csv"));
+    assert_eq!(
+        rows[0].join(","),
+        "dataset,model,run,mode,target,group_kind,group_id,method,n,n_labelled,estimate,true_accuracy,error,abs_error,lo,hi"
+    );
+    let mut want = Vec::new();
+    for (c, v) in cells.iter().zip(&reports) {
+        let mut targets: Vec<&Value> = v["targets"].as_array().unwrap().iter().collect();
+        targets.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+        for mode in ["raw", "ts"] {
+            for t in &targets {
+                let mut entries = vec![(String::new(), String::new(), *t)];
+                for kind in ["hospital", "slide"] {
+                    let mut gs: Vec<&Value> =
+                        t["groups"][kind].as_array().unwrap().iter().collect();
+                    gs.sort_by_key(|g| g["id"].as_i64());
+                    entries.extend(
+                        gs.into_iter()
+                            .map(|g| (kind.to_string(), g["id"].to_string(), g)),
+                    );
+                }
+                for (kind, id, e) in entries {
+                    for m in METHODS {
+                        let est = e["estimates"][mode][m].as_f64();
+                        let truth = e["true_accuracy"].as_f64();
+                        let f = |x: Option<f64>| x.map(|x| format!("{x}")).unwrap_or_default();
+                        let err = est.zip(truth).map(|(a, b)| a - b);
+                        let ci = &e["ci"][mode][m];
+                        want.push(vec![
+                            c.0.clone(),
+                            c.1.clone(),
+                            c.2.clone(),
+                            mode.to_string(),
+                            t["name"].as_str().unwrap().to_string(),
+                            kind.clone(),
+                            id.clone(),
+                            m.to_string(),
+                            e["n"].to_string(),
+                            if kind.is_empty() {
+                                t["n_labelled"].to_string()
+                            } else {
+                                String::new()
+                            },
+                            f(est),
+                            f(truth),
+                            f(err),
+                            f(err.map(f64::abs)),
+                            f(ci[0].as_f64()),
+                            f(ci[1].as_f64()),
+                        ]);
+                    }
+                }
+            }
+        }
+    }
+    assert_eq!(rows.len() - 1, want.len());
+    assert_eq!(&rows[1..], &want[..]);
+    assert_eq!(rows.iter().filter(|r| r[2] == "10").count(), want.len() / 4);
+    // Numeric run order: run 10 after run 1.
+    let runs: Vec<&str> = rows[1..].iter().map(|r| r[2].as_str()).collect();
+    assert!(runs.iter().position(|&r| r == "10") > runs.iter().rposition(|&r| r == "1"));
+
+    // summary.csv: model a's `ts` MAE of CPC is the mean and sample std of its 3 runs'.
+    let summary = csv_rows(&out.join("summary.csv"));
+    assert_eq!(
+        summary[0].join(","),
+        "dataset,model,mae_key,method,runs,mae_mean,mae_std,bias_mean,bias_std"
+    );
+    let row = summary
+        .iter()
+        .find(|r| r[1] == "a" && r[2] == "ts" && r[3] == "CPC")
+        .unwrap();
+    let maes: Vec<f64> = reports[..3]
+        .iter()
+        .map(|v| v["mae"]["ts"]["CPC"].as_f64().unwrap())
+        .collect();
+    let mean = maes.iter().sum::<f64>() / 3.0;
+    let std = (maes.iter().map(|x| (x - mean) * (x - mean)).sum::<f64>() / 2.0).sqrt();
+    assert_eq!(row[4], "3");
+    assert_eq!(row[5], format!("{mean}"));
+    assert_eq!(row[6], format!("{std}"));
+    let b = summary
+        .iter()
+        .find(|r| r[1] == "b" && r[2] == "ts" && r[3] == "CPC")
+        .unwrap();
+    assert_eq!((b[4].as_str(), b[6].as_str()), ("1", ""), "one run: no std");
+
+    // A rerun keeps every cell (same bytes) and rewrites the CSV files byte for byte,
+    // removing what a killed run left.
+    let before: Vec<Vec<u8>> = cells
+        .iter()
+        .map(|c| std::fs::read(cell_path(&out, c)).unwrap())
+        .collect();
+    let results = std::fs::read(out.join("results.csv")).unwrap();
+    let leftover = out.join(".results.csv.tmp.1.0");
+    std::fs::write(&leftover, b"half").unwrap();
+    std::fs::remove_file(out.join("summary.csv")).unwrap();
+    assert!(sweep(&root, &out).status.success());
+    assert!(!leftover.exists());
+    for (c, b) in cells.iter().zip(&before) {
+        assert_eq!(
+            &std::fs::read(cell_path(&out, c)).unwrap(),
+            b,
+            "{c:?} redone"
+        );
+    }
+    assert_eq!(std::fs::read(out.join("results.csv")).unwrap(), results);
+    assert!(out.join("summary.csv").exists());
+
+    // A changed input redoes its cell only.
+    let a0 = root.join("cam/a/0/test.npz");
+    std::fs::copy(root.join("cam/b/0/test.npz"), &a0).unwrap();
+    assert!(sweep(&root, &out).status.success());
+    assert_ne!(
+        std::fs::read(cell_path(&out, &cells[0])).unwrap(),
+        before[0]
+    );
+    assert_eq!(
+        std::fs::read(cell_path(&out, &cells[1])).unwrap(),
+        before[1]
+    );
+}
+
+#[test]
+fn failed_cells_are_listed_and_a_held_lock_refuses() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (root, out) = (tmp.path().join("root"), tmp.path().join("out"));
+    let cells = layout(&root);
+    assert!(sweep(&root, &out).status.success());
+    // Cell b/0 breaks: its source is no longer a prediction set.
+    std::fs::write(root.join("cam/b/0/id_val.npz"), b"not a zip").unwrap();
+    let o = sweep(&root, &out);
+    assert_eq!(
+        o.status.code(),
+        Some(7),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(String::from_utf8_lossy(&o.stderr).contains("cam/b/0"));
+    let failures = csv_rows(&out.join("failures.csv"));
+    assert_eq!(failures.len(), 2);
+    assert_eq!(&failures[1][..4], &["cam", "b", "0", "4"]);
+    assert!(!cell_path(&out, &cells[3]).exists(), "stale report removed");
+    assert!(cell_path(&out, &cells[0]).exists());
+    let rows = csv_rows(&out.join("results.csv"));
+    assert!(rows[1..].iter().all(|r| r[1] == "a"));
+
+    // Another process holds the lock: exit 8, nothing changed.
+    let lock = std::fs::File::create(out.join(".sweep.lock")).unwrap();
+    lock.lock().unwrap();
+    let o = sweep(&root, &out);
+    assert_eq!(
+        o.status.code(),
+        Some(8),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    drop(lock);
+}
