@@ -395,19 +395,24 @@ impl CotRows {
         if k == 2 {
             // Rows in order of their margin z_1 - z_0 (the order of the gains at any T,
             // up to rounding, which the walk checks), then by row.
-            let mut order: Vec<u32> = (0..index.len() as u32).collect();
-            let margin = |i: u32| logits[2 * i as usize + 1] as f64 - logits[2 * i as usize] as f64;
-            order.par_sort_unstable_by(|&a, &b| margin(b).total_cmp(&margin(a)).then(a.cmp(&b)));
+            // Keys: the margin's order-preserving bits, negated (largest margin first).
+            let mut keyed: Vec<(u64, u32)> = logits
+                .par_chunks_exact(2)
+                .enumerate()
+                .map(|(i, z)| {
+                    let m = (z[1] as f64 - z[0] as f64).to_bits();
+                    let sortable = if m >> 63 == 1 { !m } else { m | 1 << 63 };
+                    (!sortable, i as u32)
+                })
+                .collect();
+            keyed.par_sort_unstable();
+            let order: Vec<u32> = keyed.into_iter().map(|(_, i)| i).collect();
             let sorted_logits: Vec<f32> = order
                 .iter()
                 .flat_map(|&i| [logits[2 * i as usize], logits[2 * i as usize + 1]])
                 .collect();
             let sorted_index: Vec<u64> = order.iter().map(|&i| index[i as usize]).collect();
-            let (raw, ts) = rayon::join(
-                || draw.two_class(&sorted_logits, &sorted_index, &t.raw),
-                || draw.two_class(&sorted_logits, &sorted_index, &t.ts),
-            );
-            return Ok(Modes { raw, ts });
+            return Ok(draw.two_class(&sorted_logits, &sorted_index, t));
         }
         let (raw, ts) = rayon::join(
             || draw.general(&logits, &index, k, &t.raw),
@@ -462,86 +467,166 @@ struct Draw<'a> {
 }
 
 impl Draw<'_> {
-    /// K = 2, rows (`logits`, their set indices `index`) in margin order. Per group of
-    /// four replicates, one Philox draw a row gives the weights; per replicate, the
-    /// costs at its temperature, the total weight and base sum, then a walk down the
-    /// gains until class 1's units are met. The walk is exact when the gains do not
-    /// increase along the order (checked); otherwise that replicate sorts its gains.
-    fn two_class(&self, logits: &[f32], index: &[u64], t: &[f32]) -> Vec<f64> {
+    /// K = 2, rows (`logits`, their set indices `index`) in margin order, both modes.
+    /// Per group of four replicates (one Philox draw a row gives their weights, shared by
+    /// the modes): per replicate, the costs at its temperature (made once for all
+    /// replicates of one temperature, as the raw mode's), the total weight and base sum,
+    /// then a walk down the gains until class 1's units are met. The walk is exact when
+    /// the gains do not increase along the order (checked); otherwise that replicate
+    /// sorts its gains.
+    fn two_class(&self, logits: &[f32], index: &[u64], t: &Modes<Vec<f32>>) -> Modes<Vec<f64>> {
         let reps = self.class_counts.len();
-        // Costs shared by replicates of one temperature (all of the raw mode).
-        let shared = t.windows(2).all(|w| w[0] == w[1]);
-        let shared_costs = (shared && !t.is_empty()).then(|| grid_costs_at(logits, 2, t[0]));
-        (0..reps.div_ceil(REPS_PER_DRAW))
+        let shared = |t: &[f32]| {
+            (!t.is_empty() && t.windows(2).all(|w| w[0] == w[1]))
+                .then(|| grid_costs_at(logits, 2, t[0]))
+        };
+        let shared = Modes {
+            raw: shared(&t.raw),
+            ts: shared(&t.ts),
+        };
+        let groups: Vec<Modes<Vec<f64>>> = (0..reps.div_ceil(REPS_PER_DRAW))
             .into_par_iter()
-            .flat_map_iter(|g| {
+            .map(|g| {
                 let w: Vec<[u8; REPS_PER_DRAW]> = index
                     .iter()
                     .map(|&row| weights4(self.seed, self.name_key, row, g as u32).map(|x| x as u8))
                     .collect();
-                let shared_costs = &shared_costs;
-                (0..REPS_PER_DRAW)
-                    .map(move |j| (g * REPS_PER_DRAW + j, j))
-                    .filter(move |&(b, _)| b < reps)
-                    .map(move |(b, j)| {
-                        let own;
-                        let costs = match shared_costs {
-                            Some(c) => c,
-                            None => {
-                                own = grid_costs_at(logits, 2, t[b]);
-                                &own
-                            }
+                // Each replicate's total weight, shared by the modes.
+                let mut totals = [0u64; REPS_PER_DRAW];
+                for wi in &w {
+                    for (t, &x) in totals.iter_mut().zip(wi) {
+                        *t += x as u64;
+                    }
+                }
+                let mut block = Vec::new();
+                let mut out = Modes::<Vec<f64>>::default();
+                for (j, &total) in totals.iter().enumerate() {
+                    let b = g * REPS_PER_DRAW + j;
+                    if b >= reps {
+                        break;
+                    }
+                    for ts in [false, true] {
+                        let costs = Costs {
+                            logits,
+                            shared: shared.of(ts).as_deref(),
+                            t: t.of(ts)[b],
                         };
-                        self.two_class_one(costs, &w, j, &self.class_counts[b])
-                    })
-                    .collect::<Vec<_>>()
+                        let v = self.two_class_one(&costs, &w, j, b, total, &mut block);
+                        if ts {
+                            out.ts.push(v);
+                        } else {
+                            out.raw.push(v);
+                        }
+                    }
+                }
+                out
             })
-            .collect()
+            .collect();
+        let mut out = Modes::<Vec<f64>>::default();
+        for m in groups {
+            out.raw.extend(m.raw);
+            out.ts.extend(m.ts);
+        }
+        out
     }
 
-    /// One replicate of [`Draw::two_class`]: weights `w[i][j]`, source counts `c`.
-    fn two_class_one(&self, costs: &[i64], w: &[[u8; REPS_PER_DRAW]], j: usize, c: &[u64]) -> f64 {
+    /// One replicate `b` of [`Draw::two_class`] (weights `w[i][j]`, total weight
+    /// `total`), in one pass over the rows: the base sum, the walk down the gains, and
+    /// the check that the rows taken are the top ones (no smaller gain taken before the
+    /// boundary row, no larger one after it); where rounding breaks that, the
+    /// replicate's gains are sorted. `block` is a buffer reused across replicates.
+    fn two_class_one(
+        &self,
+        costs: &Costs<'_>,
+        w: &[[u8; REPS_PER_DRAW]],
+        j: usize,
+        b: usize,
+        total: u64,
+        block: &mut Vec<i64>,
+    ) -> f64 {
+        let c = &self.class_counts[b];
         let supply: u64 = c.iter().sum();
-        let mut total = 0u64;
-        let mut base = 0i128;
-        let mut monotone = true;
-        let mut last = i64::MAX;
-        for (r, wi) in costs.chunks_exact(2).zip(w) {
-            let wj = wi[j] as u64;
-            if wj == 0 {
-                continue;
-            }
-            total += wj;
-            base += wj as i128 * r[0] as i128;
-            let gain = r[0] - r[1];
-            monotone &= gain <= last;
-            last = gain;
-        }
         if supply == 0 || total == 0 {
             return f64::NAN;
         }
-        let need = c[1] as u128 * total as u128;
-        let moved = if monotone {
-            walk(
-                costs
-                    .chunks_exact(2)
-                    .zip(w)
-                    .map(|(r, wi)| (r[0] - r[1], wi[j] as u64)),
-                supply,
-                need,
-            )
-        } else {
-            let mut rows: Vec<(i64, u64)> = costs
-                .chunks_exact(2)
-                .zip(w)
-                .map(|(r, wi)| (r[0] - r[1], wi[j] as u64))
-                .filter(|&(_, w)| w > 0)
-                .collect();
-            rows.sort_unstable_by_key(|r| std::cmp::Reverse(r.0));
-            walk(rows.into_iter(), supply, need)
-        };
+        let mut need = c[1] as u128 * total as u128;
+        let (mut base, mut moved) = (0i128, 0i128);
+        // Smallest gain taken whole, the split row's gain, largest gain left whole.
+        let (mut taken_min, mut split, mut rest_max) = (i64::MAX, None::<i64>, i64::MIN);
+        let rows = w.len();
+        let mut start = 0;
+        while start < rows {
+            let end = (start + COST_BLOCK_ROWS).min(rows);
+            let part = costs.block(start, end, block);
+            // Weights <= 12 and costs <= 2^40: a block's base (< 2^58) fits an i64.
+            let mut block_base = 0i64;
+            // Rows of weight 0 add nothing and are kept out of the check by selects, not
+            // branches (a third of the rows, at random: branches would mispredict).
+            for (r, wi) in part.chunks_exact(2).zip(&w[start..end]) {
+                let wj = wi[j] as u64;
+                block_base += wj as i64 * r[0];
+                let gain = r[0] - r[1];
+                let drawn = wj > 0;
+                if need == 0 {
+                    rest_max = if drawn { rest_max.max(gain) } else { rest_max };
+                    continue;
+                }
+                let units = wj as u128 * supply as u128;
+                let take = units.min(need);
+                moved += take as i128 * gain as i128;
+                need -= take;
+                if take < units {
+                    split = Some(gain);
+                } else if drawn {
+                    taken_min = taken_min.min(gain);
+                }
+            }
+            base += block_base as i128;
+            start = end;
+        }
+        let low = split.unwrap_or(taken_min);
+        let top = taken_min >= low && low >= rest_max;
+        if !top {
+            moved = self.sorted_moved(costs, w, j, supply, c[1] as u128 * total as u128, block);
+        }
         let units = (base * supply as i128 - moved) as u128;
         1.0 - mean(units, total as u128 * supply as u128)
+    }
+
+    /// The gain moved when the replicate's rows are sorted by gain first (the fallback
+    /// of [`Draw::two_class_one`]).
+    fn sorted_moved(
+        &self,
+        costs: &Costs<'_>,
+        w: &[[u8; REPS_PER_DRAW]],
+        j: usize,
+        supply: u64,
+        mut need: u128,
+        block: &mut Vec<i64>,
+    ) -> i128 {
+        let mut rows: Vec<(i64, u64)> = Vec::new();
+        let mut start = 0;
+        while start < w.len() {
+            let end = (start + COST_BLOCK_ROWS).min(w.len());
+            let part = costs.block(start, end, block);
+            for (r, wi) in part.chunks_exact(2).zip(&w[start..end]) {
+                if wi[j] > 0 {
+                    rows.push((r[0] - r[1], wi[j] as u64));
+                }
+            }
+            start = end;
+        }
+        rows.sort_unstable_by_key(|r| std::cmp::Reverse(r.0));
+        let mut moved = 0i128;
+        for (gain, wj) in rows {
+            if need == 0 {
+                break;
+            }
+            let take = (wj as u128 * supply as u128).min(need);
+            moved += take as i128 * gain as i128;
+            need -= take;
+        }
+        moved
     }
 
     /// K > 2: each replicate's multiset (a row repeated by its weight) at its
@@ -569,19 +654,68 @@ impl Draw<'_> {
     }
 }
 
-/// The gain moved to class 1 by taking `need` units from `(gain, weight)` rows in
-/// non-increasing gain order, `supply` units per unit of weight, the last row in part.
-fn walk(rows: impl Iterator<Item = (i64, u64)>, supply: u64, mut need: u128) -> i128 {
-    let mut moved = 0i128;
-    for (gain, w) in rows {
-        if need == 0 {
-            break;
+/// Rows of a replicate's K = 2 grid costs, in blocks: from costs made once for every
+/// replicate of one temperature, or made per block from the logits at `t`.
+struct Costs<'a> {
+    logits: &'a [f32],
+    shared: Option<&'a [i64]>,
+    t: f32,
+}
+
+/// Rows a block of [`Costs`] makes at a time (a few hundred kilobytes).
+const COST_BLOCK_ROWS: usize = 16384;
+
+impl Costs<'_> {
+    /// The costs of rows `start..end` (`2 (end - start)` values), made into `buf` when
+    /// not shared.
+    fn block<'b>(&'b self, start: usize, end: usize, buf: &'b mut Vec<i64>) -> &'b [i64] {
+        if let Some(c) = self.shared {
+            return &c[2 * start..2 * end];
         }
-        let take = (w as u128 * supply as u128).min(need);
-        moved += take as i128 * gain as i128;
-        need -= take;
+        two_class_costs(&self.logits[2 * start..2 * end], self.t, buf);
+        buf
     }
-    moved
+}
+
+/// K = 2 grid costs of `logits` at temperature `t` into `out`: the bits of
+/// [`grid_costs_at`] (the CPU softmax: the larger logit's term is `exp(0) = 1`, the other
+/// `e = exp((z_other - m) / t)`, the sum `1 + e` in class order, each term divided by
+/// it) with one exponential a row instead of two.
+fn two_class_costs(logits: &[f32], t: f32, out: &mut Vec<i64>) {
+    let mut e: Vec<f32> = logits
+        .chunks_exact(2)
+        .map(|z| {
+            // row_max: the first of tied maxima is the max.
+            if z[1] > z[0] {
+                (z[0] - z[1]) / t
+            } else {
+                (z[1] - z[0]) / t
+            }
+        })
+        .collect();
+    crate::cpu::math::exp_in_place(&mut e);
+    out.clear();
+    out.reserve(logits.len());
+    for (z, &e) in logits.chunks_exact(2).zip(&e) {
+        let (o0, o1) = if z[1] > z[0] {
+            (e, 1.0f32)
+        } else {
+            (1.0f32, e)
+        };
+        let s = o0 + o1;
+        out.push(probability_cost(o0 / s));
+        out.push(probability_cost(o1 / s));
+    }
+}
+
+/// [`grid_cost`] of `1 - p` for an f32 probability `p`: `1 - p` is 0 or at least 2^-24
+/// and exact in f64 (or, for `p < 2^-29`, at least 1/2), so `x = (1 - p) 2^40` is 0, a
+/// multiple of 2^16, or at least 2^39 with an ulp of at most 2^-13: `x + 1/2` is exact
+/// and its floor is `round(x)` without the libm call.
+#[inline(always)]
+fn probability_cost(p: f32) -> i64 {
+    // Truncation is the floor here (x + 1/2 > 0), without a libm call.
+    ((1.0 - p as f64) * (1u64 << COST_GRID_BITS) as f64 + 0.5) as i64
 }
 
 /// COT per target and group, both modes (see [`CotRows::solve`]).
@@ -667,6 +801,12 @@ fn grid_costs_at(logits: &[f32], k: usize, t: f32) -> Vec<i64> {
     out.par_chunks_mut(BLOCK_ROWS * k)
         .zip(logits.par_chunks(BLOCK_ROWS * k))
         .for_each(|(o, l)| {
+            if k == 2 {
+                let mut buf = Vec::new();
+                two_class_costs(l, t, &mut buf);
+                o.copy_from_slice(&buf);
+                return;
+            }
             for (c, p) in o.iter_mut().zip(softmax(l, k, t)) {
                 *c = grid_cost(1.0 - p as f64);
             }
@@ -952,7 +1092,14 @@ mod tests {
     /// partial), a replicate with an empty class, tied rows, rows at a shard's offset.
     #[test]
     fn two_class_replicates_are_the_weighted_optimum() {
-        let (logits, _) = logit_rows(11, 150);
+        // 150 rows: one cost block; COST_BLOCK_ROWS + 3: a block boundary.
+        for n in [150, COST_BLOCK_ROWS + 3] {
+            replicates_match_the_solver(n);
+        }
+    }
+
+    fn replicates_match_the_solver(n: usize) {
+        let (logits, _) = logit_rows(11, n);
         let offset = 1000u64;
         let mut r = CotRows::default();
         r.add(offset, &logits, 2, [None, None]);
@@ -990,21 +1137,78 @@ mod tests {
     /// them: the same value as the rows given in gain order.
     #[test]
     fn out_of_order_gains_fall_back_to_a_sort() {
+        let counts = [vec![3u64, 4]];
         let draw = Draw {
             seed: 0,
             name_key: 0,
-            class_counts: &[],
+            class_counts: &counts,
         };
         let sorted: Vec<i64> = vec![9, 1, 7, 2, 5, 3, 4, 6];
         let shuffled: Vec<i64> = vec![5, 3, 9, 1, 4, 6, 7, 2];
         let w = vec![[1u8, 2, 0, 3]; 4];
+        let mut block = Vec::new();
         for j in 0..4 {
-            let a = draw.two_class_one(&sorted, &w, j, &[3, 4]);
-            let b = draw.two_class_one(&shuffled, &w, j, &[3, 4]);
+            let mut one = |c: &[i64]| {
+                let costs = Costs {
+                    logits: &[],
+                    shared: Some(c),
+                    t: 1.0,
+                };
+                let total = w.iter().map(|x| x[j] as u64).sum();
+                draw.two_class_one(&costs, &w, j, 0, total, &mut block)
+            };
+            let (a, b) = (one(&sorted), one(&shuffled));
             assert!(
                 a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan()),
                 "j={j}"
             );
+        }
+    }
+
+    /// The one-exponential K = 2 costs equal the CPU softmax's grid costs bit for bit:
+    /// ties (z_0 = z_1, -0.0 against 0.0), huge spreads (e underflows to 0), both orders,
+    /// several temperatures; and the fast rounding equals `grid_cost` on every f32
+    /// probability near the edges.
+    #[test]
+    fn two_class_costs_equal_the_softmax_costs() {
+        let mut logits = vec![
+            0.0f32, 0.0, -0.0, 0.0, 0.0, -0.0, 1.0, 1.0, -200.0, 200.0, 200.0, -200.0,
+        ];
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        for _ in 0..20_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let a = ((x >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 40.0;
+            let b = ((x & 0xff_ffff) as f32 / (1u64 << 24) as f32 - 0.5) * 40.0;
+            logits.extend([a, if x.is_multiple_of(7) { a } else { b }]);
+        }
+        for t in [1.0f32, 0.37, 2.1626, 1e-3, 50.0] {
+            let mut fast = Vec::new();
+            two_class_costs(&logits, t, &mut fast);
+            let reference: Vec<i64> = softmax(&logits, 2, t)
+                .into_iter()
+                .map(|p| grid_cost(1.0 - p as f64))
+                .collect();
+            assert_eq!(fast, reference, "t={t}");
+        }
+        for bits in [
+            0u32,
+            1,
+            0x3000_0000,
+            0x3eff_ffff,
+            0x3f00_0000,
+            0x3f7f_fffe,
+            0x3f7f_ffff,
+            0x3f80_0000,
+        ] {
+            let p = f32::from_bits(bits);
+            assert_eq!(probability_cost(p), grid_cost(1.0 - p as f64), "p={p:e}");
+        }
+        let mut p = 1e-45f32;
+        while p < 1.0 {
+            assert_eq!(probability_cost(p), grid_cost(1.0 - p as f64), "p={p:e}");
+            p = f32::from_bits(p.to_bits() + 997);
         }
     }
 }
