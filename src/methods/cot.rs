@@ -324,7 +324,7 @@ impl CotRows {
         let partitions: [Option<Partition>; 2] = [0, 1].map(|g| self.partition(g, k));
         let one = |ts: bool| -> Result<(f64, [Vec<f64>; 2])> {
             let costs = self.costs(k, *t.of(ts));
-            let target = scope_cost(&costs, k, class_counts)?;
+            let target = grid_cot_cost(&costs, k, class_counts)?;
             let mut groups: [Vec<f64>; 2] = Default::default();
             for (out, p) in groups.iter_mut().zip(&partitions) {
                 if let Some(p) = p {
@@ -553,16 +553,12 @@ impl Draw<'_> {
         let (mut base, mut moved) = (0i128, 0i128);
         // Smallest gain taken whole, the split row's gain, largest gain left whole.
         let (mut taken_min, mut split, mut rest_max) = (i64::MAX, None::<i64>, i64::MIN);
-        let rows = w.len();
-        let mut start = 0;
-        while start < rows {
-            let end = (start + COST_BLOCK_ROWS).min(rows);
-            let part = costs.block(start, end, block);
+        costs.each_block(w.len(), block, |part, rows| {
             // Weights <= 12 and costs <= 2^40: a block's base (< 2^58) fits an i64.
             let mut block_base = 0i64;
             // Rows of weight 0 add nothing and are kept out of the check by selects, not
             // branches (a third of the rows, at random: branches would mispredict).
-            for (r, wi) in part.chunks_exact(2).zip(&w[start..end]) {
+            for (r, wi) in part.chunks_exact(2).zip(&w[rows]) {
                 let wj = wi[j] as u64;
                 block_base += wj as i64 * r[0];
                 let gain = r[0] - r[1];
@@ -582,8 +578,7 @@ impl Draw<'_> {
                 }
             }
             base += block_base as i128;
-            start = end;
-        }
+        });
         let low = split.unwrap_or(taken_min);
         let top = taken_min >= low && low >= rest_max;
         if !top {
@@ -605,17 +600,13 @@ impl Draw<'_> {
         block: &mut Vec<i64>,
     ) -> i128 {
         let mut rows: Vec<(i64, u64)> = Vec::new();
-        let mut start = 0;
-        while start < w.len() {
-            let end = (start + COST_BLOCK_ROWS).min(w.len());
-            let part = costs.block(start, end, block);
-            for (r, wi) in part.chunks_exact(2).zip(&w[start..end]) {
+        costs.each_block(w.len(), block, |part, range| {
+            for (r, wi) in part.chunks_exact(2).zip(&w[range]) {
                 if wi[j] > 0 {
                     rows.push((r[0] - r[1], wi[j] as u64));
                 }
             }
-            start = end;
-        }
+        });
         rows.sort_unstable_by_key(|r| std::cmp::Reverse(r.0));
         let mut moved = 0i128;
         for (gain, wj) in rows {
@@ -674,6 +665,21 @@ impl Costs<'_> {
         }
         two_class_costs(&self.logits[2 * start..2 * end], self.t, buf);
         buf
+    }
+
+    /// `f(costs, rows)` for every block of `COST_BLOCK_ROWS` of the `rows` rows, in order.
+    fn each_block(
+        &self,
+        rows: usize,
+        buf: &mut Vec<i64>,
+        mut f: impl FnMut(&[i64], std::ops::Range<usize>),
+    ) {
+        let mut start = 0;
+        while start < rows {
+            let end = (start + COST_BLOCK_ROWS).min(rows);
+            f(self.block(start, end, buf), start..end);
+            start = end;
+        }
     }
 }
 
@@ -776,21 +782,6 @@ impl Partition {
             })
             .collect()
     }
-}
-
-/// COT's cost of rows given by their grid `costs` (`rows x k`).
-fn scope_cost(costs: &[i64], k: usize, class_counts: &[u64]) -> Result<f64> {
-    if k != 2 {
-        return grid_cot_cost(costs, k, class_counts);
-    }
-    // K = 2 without another copy of the costs: the gains and the base sum in one loop.
-    let mut gains = Vec::with_capacity(costs.len() / 2);
-    let mut base = 0i128;
-    for r in costs.chunks_exact(2) {
-        base += r[0] as i128;
-        gains.push(r[0] - r[1]);
-    }
-    two_class_mean(base, &mut gains, class_counts)
 }
 
 /// Grid costs `1 - p_ik` of `logits` at temperature `t`, in blocks of rows (the CPU

@@ -20,12 +20,9 @@ pub struct ReplicateValues {
 impl ReplicateValues {
     /// Per replicate, the absolute error of method `m` in mode `ts` or `raw`.
     pub fn errors(&self, ts: bool, m: Method) -> Vec<f64> {
-        let est = if ts {
-            &self.estimates.ts
-        } else {
-            &self.estimates.raw
-        };
-        est.iter()
+        self.estimates
+            .of(ts)
+            .iter()
             .zip(&self.truth)
             .map(|(e, t)| (e.get(m) - t).abs())
             .collect()
