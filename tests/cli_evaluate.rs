@@ -96,7 +96,10 @@ fn evaluate_json_has_the_documented_shape() {
             "nll_before",
             "nll_after",
             "ece_before",
-            "ece_after"
+            "ece_after",
+            "conformal",
+            "qhat",
+            "cpc"
         ])
     );
     let targets = v["targets"].as_array().unwrap();
@@ -134,22 +137,47 @@ fn evaluate_json_has_the_documented_shape() {
                     "mean_set_size",
                     "singleton_rate",
                     "empty_rate",
-                    "coverage"
+                    "coverage",
+                    "score",
+                    "class_conditional",
+                    "sscv",
+                    "covgap",
+                    "class_coverage"
                 ])
             );
+            assert_eq!(conf[0]["score"], "lac");
+            if t["n_labelled"].as_u64() > Some(0) {
+                assert_eq!(conf[0]["class_coverage"].as_array().unwrap().len(), 4);
+            }
         }
         // tiny4 has slide ids: one entry per slide with estimates in both modes.
         let slides = t["groups"]["slide"].as_array().unwrap();
         assert!(!slides.is_empty());
         assert_eq!(
             keys(&slides[0]),
-            sorted(&["id", "n", "true_accuracy", "estimates"])
+            sorted(&[
+                "id",
+                "n",
+                "n_labelled",
+                "true_accuracy",
+                "estimates",
+                "conformal"
+            ])
         );
+        // A group's entries have no class coverage (target level only).
+        assert!(
+            slides[0]["conformal"]["raw"][0]["sscv"].is_number()
+                || slides[0]["n_labelled"].as_u64() == Some(0)
+        );
+        assert!(slides[0]["conformal"]["raw"][0].get("covgap").is_none());
     }
     let unl = &targets[1];
     assert_eq!(unl["labelled"], false);
     assert!(unl["true_accuracy"].is_null());
     assert!(unl["conformal"]["ts"][0]["coverage"].is_null());
+    assert!(unl["conformal"]["ts"][0]["sscv"].is_null());
+    assert!(unl["conformal"]["ts"][0]["class_coverage"].is_null());
+    assert!(unl["conformal"]["ts"][0]["covgap"].is_null());
     assert_eq!(targets[0]["labelled"], true);
     for row in ["raw", "ts", "slide_raw", "slide_ts"] {
         assert_eq!(

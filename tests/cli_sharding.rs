@@ -476,6 +476,8 @@ fn target_parts_at_row_offsets_merge_like_row_ranges() {
         s(&data),
         "--device",
         "cpu",
+        "--seed",
+        "2",
         "--out",
         s(&cal),
     ]);

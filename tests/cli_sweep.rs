@@ -60,7 +60,19 @@ fn run_ok(args: &[&str]) -> Output {
     o
 }
 
-const OPTS: [&str; 6] = ["--device", "cpu", "--alpha", "0.1,0.05", "--bootstrap", "8"];
+/// Two scores and Mondrian entries: CPC-APS enters the method order, conformal.csv has
+/// four entries per level.
+const OPTS: [&str; 9] = [
+    "--device",
+    "cpu",
+    "--alpha",
+    "0.1,0.05",
+    "--bootstrap",
+    "8",
+    "--score",
+    "aps,lac",
+    "--class-conditional",
+];
 
 fn sweep(root: &Path, out: &Path) -> Output {
     let mut args = vec!["sweep", "--data", s(root), "--out", s(out)];
@@ -96,7 +108,22 @@ fn cell_path(out: &Path, c: &(String, String, String)) -> PathBuf {
         .join(format!("{}.json", c.2))
 }
 
-const METHODS: [&str; 6] = ["AC", "DoC", "ATC-MC", "ATC-NE", "CPC", "COT"];
+const METHODS: [&str; 7] = ["AC", "DoC", "ATC-MC", "ATC-NE", "CPC", "CPC-APS", "COT"];
+
+/// A target's entries in the CSV files' order: `(kind, id, entry)`, the target itself
+/// (kind and id empty), then its groups by kind and numeric id.
+fn entries_of(t: &Value) -> Vec<(String, String, &Value)> {
+    let mut entries = vec![(String::new(), String::new(), t)];
+    for kind in ["hospital", "slide"] {
+        let mut gs: Vec<&Value> = t["groups"][kind].as_array().unwrap().iter().collect();
+        gs.sort_by_key(|g| g["id"].as_i64());
+        entries.extend(
+            gs.into_iter()
+                .map(|g| (kind.to_string(), g["id"].to_string(), g)),
+        );
+    }
+    entries
+}
 
 #[test]
 fn sweep_cells_equal_evaluate_and_the_csv_files_follow_the_reports() {
@@ -137,16 +164,7 @@ fn sweep_cells_equal_evaluate_and_the_csv_files_follow_the_reports() {
         targets.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
         for mode in ["raw", "ts"] {
             for t in &targets {
-                let mut entries = vec![(String::new(), String::new(), *t)];
-                for kind in ["hospital", "slide"] {
-                    let mut gs: Vec<&Value> =
-                        t["groups"][kind].as_array().unwrap().iter().collect();
-                    gs.sort_by_key(|g| g["id"].as_i64());
-                    entries.extend(
-                        gs.into_iter()
-                            .map(|g| (kind.to_string(), g["id"].to_string(), g)),
-                    );
-                }
+                let entries = entries_of(t);
                 for (kind, id, e) in entries {
                     for m in METHODS {
                         let est = e["estimates"][mode][m].as_f64();
@@ -164,11 +182,7 @@ fn sweep_cells_equal_evaluate_and_the_csv_files_follow_the_reports() {
                             id.clone(),
                             m.to_string(),
                             e["n"].to_string(),
-                            if kind.is_empty() {
-                                t["n_labelled"].to_string()
-                            } else {
-                                String::new()
-                            },
+                            e["n_labelled"].to_string(),
                             f(est),
                             f(truth),
                             f(err),
@@ -187,6 +201,55 @@ fn sweep_cells_equal_evaluate_and_the_csv_files_follow_the_reports() {
     // Numeric run order: run 10 after run 1.
     let runs: Vec<&str> = rows[1..].iter().map(|r| r[2].as_str()).collect();
     assert!(runs.iter().position(|&r| r == "10") > runs.iter().rposition(|&r| r == "1"));
+
+    // conformal.csv: the same order, one row per conformal entry of the report.
+    let conformal = csv_rows(&out.join("conformal.csv"));
+    assert_eq!(
+        conformal[0].join(","),
+        "dataset,model,run,mode,target,group_kind,group_id,score,class_conditional,alpha,n,n_labelled,qhat,coverage,mean_set_size,singleton_rate,empty_rate,sscv,covgap"
+    );
+    let mut want = Vec::new();
+    for (c, v) in cells.iter().zip(&reports) {
+        let mut targets: Vec<&Value> = v["targets"].as_array().unwrap().iter().collect();
+        targets.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+        for mode in ["raw", "ts"] {
+            for t in &targets {
+                let entries = entries_of(t);
+                for (kind, id, e) in entries {
+                    let list = e["conformal"][mode].as_array().unwrap();
+                    assert_eq!(list.len(), 8, "2 scores x (marginal, Mondrian) x 2 levels");
+                    for x in list {
+                        let f = |k: &str| x[k].as_f64().map(|v| format!("{v}")).unwrap_or_default();
+                        want.push(vec![
+                            c.0.clone(),
+                            c.1.clone(),
+                            c.2.clone(),
+                            mode.to_string(),
+                            t["name"].as_str().unwrap().to_string(),
+                            kind.clone(),
+                            id.clone(),
+                            x["score"].as_str().unwrap().to_string(),
+                            x["class_conditional"].to_string(),
+                            f("alpha"),
+                            e["n"].to_string(),
+                            e["n_labelled"].to_string(),
+                            f("qhat"),
+                            f("coverage"),
+                            f("mean_set_size"),
+                            f("singleton_rate"),
+                            f("empty_rate"),
+                            f("sscv"),
+                            f("covgap"),
+                        ]);
+                    }
+                }
+            }
+        }
+    }
+    assert_eq!(&conformal[1..], &want[..]);
+    assert!(conformal[1..]
+        .iter()
+        .any(|r| r[7] == "aps" && r[8] == "true"));
 
     // summary.csv: model a's `ts` MAE of CPC is the mean and sample std of its 3 runs'.
     let summary = csv_rows(&out.join("summary.csv"));

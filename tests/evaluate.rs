@@ -332,7 +332,12 @@ fn check_against_oracle<B: Backend>(
                     &got.conformal.raw[a]
                 };
                 let qhat = want_qhat(&fit, alpha);
-                c.opt(&format!("{what} qhat"), conf.qhat, qhat, 1e-6);
+                c.opt(
+                    &format!("{what} qhat"),
+                    conf.qhat.marginal().flatten(),
+                    qhat,
+                    1e-6,
+                );
                 // Rows tied with qhat in exact arithmetic but not in floating point (the
                 // same differences z_j - z_k in another class order sum in another order)
                 // fall either side of it in any implementation: they widen the tolerance.

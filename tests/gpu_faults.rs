@@ -188,6 +188,7 @@ fn the_driver_falls_back_for_rows_in_memory_and_files() {
             alphas: options().alphas,
             temperature: Temperature::FitSource,
             bootstrap: Default::default(),
+            sets: Default::default(),
         },
         inputs: Vec::new(),
         targets: vec![

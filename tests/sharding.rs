@@ -12,6 +12,7 @@ use conformal_gpu::data::PredictionSet;
 use conformal_gpu::methods::bootstrap::BootstrapOptions;
 use conformal_gpu::methods::calibration::{Calibration, CalibrationOptions, Temperature};
 use conformal_gpu::methods::evaluate::{tally_set, with_set_rows, TargetReport};
+use conformal_gpu::methods::sets::SetOptions;
 use conformal_gpu::methods::tally::Tally;
 use conformal_gpu::Error;
 use ndarray::{Array1, Array2};
@@ -64,6 +65,16 @@ fn fit<B: Backend>(b: &B, source: &PredictionSet) -> Calibration {
             replicates: 10,
             seed: 42,
             confidence: 0.9,
+        },
+        // Every score, randomised (draws keyed by the row's index in the target) and
+        // Mondrian: their set counts must shard exactly too.
+        sets: SetOptions {
+            scores: ["lac", "aps", "raps", "saps", "topk"]
+                .map(String::from)
+                .to_vec(),
+            randomize: true,
+            class_conditional: true,
+            ..Default::default()
         },
     };
     Calibration::fit(b, source, &opts).unwrap()
@@ -170,10 +181,25 @@ fn sharded_equals_whole<B: Backend>(b: &B) {
     let mut got = cal.report("target", &acc.unwrap()).unwrap();
     let mut want = want;
     assert!(got.intervals.is_some() && want.intervals.is_some());
+    // So do the randomised scores' draws: only LAC's entries (and no CPC-score) compare.
+    let lac_only = |list: &mut Vec<conformal_gpu::report::model::ConformalStats>| {
+        list.retain(|e| e.score == "lac");
+    };
+    let no_draws = |e: &mut conformal_gpu::report::model::Estimates| {
+        (e.cpc_aps, e.cpc_raps, e.cpc_saps) = (None, None, None);
+    };
     for r in [&mut got, &mut want] {
         r.intervals = None;
+        lac_only(&mut r.conformal.raw);
+        lac_only(&mut r.conformal.ts);
+        no_draws(&mut r.estimates.raw);
+        no_draws(&mut r.estimates.ts);
         for g in r.groups.values_mut().flatten() {
             g.intervals = None;
+            lac_only(&mut g.conformal.raw);
+            lac_only(&mut g.conformal.ts);
+            no_draws(&mut g.estimates.raw);
+            no_draws(&mut g.estimates.ts);
         }
     }
     assert_eq!(report_bits(&got), report_bits(&want), "shuffled rows");
@@ -248,6 +274,7 @@ fn mismatched_or_damaged_pieces_are_typed_errors() {
             alphas: vec![0.1, 0.05, 0.3],
             temperature: Temperature::Fixed(2.0),
             bootstrap: BootstrapOptions::default(),
+            sets: SetOptions::default(),
         },
     )
     .unwrap();

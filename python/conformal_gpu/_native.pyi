@@ -44,6 +44,12 @@ class Calibration:
         bootstrap: int = 0,
         confidence: float = 0.95,
         seed: int = 0,
+        score: str | Sequence[str] | None = "lac",
+        randomize: bool = False,
+        raps_lambda: float = 0.01,
+        raps_k_reg: int = 1,
+        saps_lambda: float = 0.2,
+        class_conditional: bool = False,
     ) -> Calibration: ...
     def tally(
         self,
@@ -109,6 +115,12 @@ def evaluate(
     bootstrap: int = 0,
     confidence: float = 0.95,
     seed: int = 0,
+    score: str | Sequence[str] | None = "lac",
+    randomize: bool = False,
+    raps_lambda: float = 0.01,
+    raps_k_reg: int = 1,
+    saps_lambda: float = 0.2,
+    class_conditional: bool = False,
 ) -> dict[str, Any]: ...
 def fit_temperature(
     logits: ArrayLike, labels: ArrayLike, device: Device = "auto"

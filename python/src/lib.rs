@@ -22,6 +22,7 @@ use conformal_gpu::methods::evaluate::{
     self as evaluation, Evaluation, EvaluationJob, Timings, TARGET_CHUNK_ROWS,
 };
 use conformal_gpu::methods::files::FileJob;
+use conformal_gpu::methods::sets::{parse_scores, SetOptions};
 use conformal_gpu::methods::tally::Tally;
 use conformal_gpu::methods::target::{Labels as TargetLabels, TargetArrays, TargetInput};
 use conformal_gpu::report::{self, InputFile, Meta};
@@ -426,6 +427,48 @@ fn bootstrap_arg(
     Ok(options)
 }
 
+/// The conformal options of `fit` and `evaluate` (`score` a comma list or a list of
+/// names), checked: a bad name or parameter is a ValueError naming it.
+#[allow(clippy::too_many_arguments)]
+fn sets_arg(
+    py: Python<'_>,
+    score: &Bound<'_, PyAny>,
+    randomize: bool,
+    seed: u64,
+    raps_lambda: f64,
+    raps_k_reg: i128,
+    saps_lambda: f64,
+    class_conditional: bool,
+) -> PyResult<SetOptions> {
+    let scores = if let Ok(s) = score.extract::<String>() {
+        parse_scores(&s)
+    } else {
+        score.extract::<Vec<String>>().map_err(|_| {
+            to_py(
+                py,
+                invalid("score: expected a name, a comma list or a list of names"),
+            )
+        })?
+    };
+    let raps_k_reg = usize::try_from(raps_k_reg).map_err(|_| {
+        to_py(
+            py,
+            invalid(format!("raps_k_reg {raps_k_reg}: must be an integer >= 0")),
+        )
+    })?;
+    let options = SetOptions {
+        scores,
+        randomize,
+        seed,
+        raps_lambda,
+        raps_k_reg,
+        saps_lambda,
+        class_conditional,
+    };
+    options.parsed().py_err(py)?;
+    Ok(options)
+}
+
 /// A serde_json value as the equivalent Python object (through `json.loads`, so floats
 /// keep every bit of their shortest round-trip text).
 fn json_to_py<'py>(py: Python<'py>, v: &serde_json::Value) -> PyResult<Bound<'py, PyAny>> {
@@ -490,6 +533,7 @@ fn fit_calibration(
     alphas: Vec<f64>,
     temperature: &Bound<'_, PyAny>,
     bootstrap: BootstrapOptions,
+    sets: SetOptions,
     device: &str,
 ) -> PyResult<Calibration> {
     let mut other = None;
@@ -498,6 +542,7 @@ fn fit_calibration(
         alphas,
         temperature,
         bootstrap,
+        sets,
     };
     on_device!(py, device, |b| Calibration::fit(b, source, &options))
 }
@@ -609,7 +654,7 @@ impl PyCalibration {
     /// source's refit in B Poisson bootstrap replicates (weights seeded by `seed`), so
     /// its tallies carry per-replicate counts and its reports intervals at `confidence`.
     #[staticmethod]
-    #[pyo3(signature = (logits, labels, alphas = None, temperature = None, device = "auto", groups = None, name = "source", bootstrap = 0, confidence = 0.95, seed = 0))]
+    #[pyo3(signature = (logits, labels, alphas = None, temperature = None, device = "auto", groups = None, name = "source", bootstrap = 0, confidence = 0.95, seed = 0, score = None, randomize = false, raps_lambda = 0.01, raps_k_reg = 1, saps_lambda = 0.2, class_conditional = false))]
     #[allow(clippy::too_many_arguments)]
     fn fit(
         py: Python<'_>,
@@ -623,16 +668,33 @@ impl PyCalibration {
         bootstrap: i128,
         confidence: f64,
         seed: i128,
+        score: Option<&Bound<'_, PyAny>>,
+        randomize: bool,
+        raps_lambda: f64,
+        raps_k_reg: i128,
+        saps_lambda: f64,
+        class_conditional: bool,
     ) -> PyResult<Self> {
         let alphas = alphas
             .map(alphas_arg)
             .transpose()?
             .unwrap_or_else(|| vec![0.1]);
         let boot = bootstrap_arg(py, bootstrap, confidence, seed)?;
+        let lac = PyString::new(py, "lac");
+        let sets = sets_arg(
+            py,
+            score.unwrap_or(lac.as_any()),
+            randomize,
+            boot.seed,
+            raps_lambda,
+            raps_k_reg,
+            saps_lambda,
+            class_conditional,
+        )?;
         let fit_str = PyString::new(py, "fit");
         let temperature = temperature.unwrap_or(fit_str.as_any());
         let source = prediction_set(name, logits, Some(labels), groups)?;
-        let cal = fit_calibration(py, &source, alphas, temperature, boot, device)?;
+        let cal = fit_calibration(py, &source, alphas, temperature, boot, sets, device)?;
         Ok(PyCalibration {
             inner: Arc::new(cal),
             device: device.to_string(),
@@ -964,7 +1026,7 @@ fn need<'py>(d: &Bound<'py, PyDict>, key: &str, what: &str) -> PyResult<Bound<'p
 /// `bootstrap` = B > 0, Poisson bootstrap intervals at `confidence` (weights seeded by
 /// `seed`), as `conformal-gpu evaluate --bootstrap B --confidence C --seed N`.
 #[pyfunction]
-#[pyo3(signature = (source, targets, alphas = None, device = "auto", temperature = None, bootstrap = 0, confidence = 0.95, seed = 0))]
+#[pyo3(signature = (source, targets, alphas = None, device = "auto", temperature = None, bootstrap = 0, confidence = 0.95, seed = 0, score = None, randomize = false, raps_lambda = 0.01, raps_k_reg = 1, saps_lambda = 0.2, class_conditional = false))]
 #[allow(clippy::too_many_arguments)]
 fn evaluate<'py>(
     py: Python<'py>,
@@ -976,6 +1038,12 @@ fn evaluate<'py>(
     bootstrap: i128,
     confidence: f64,
     seed: i128,
+    score: Option<&Bound<'py, PyAny>>,
+    randomize: bool,
+    raps_lambda: f64,
+    raps_k_reg: i128,
+    saps_lambda: f64,
+    class_conditional: bool,
 ) -> PyResult<Bound<'py, PyAny>> {
     let started = Instant::now();
     let alphas = alphas
@@ -983,6 +1051,17 @@ fn evaluate<'py>(
         .transpose()?
         .unwrap_or_else(|| vec![0.1]);
     let boot = bootstrap_arg(py, bootstrap, confidence, seed)?;
+    let lac = PyString::new(py, "lac");
+    let sets = sets_arg(
+        py,
+        score.unwrap_or(lac.as_any()),
+        randomize,
+        boot.seed,
+        raps_lambda,
+        raps_k_reg,
+        saps_lambda,
+        class_conditional,
+    )?;
     let choice = parse_device(device).py_err(py)?;
     // Targets are opened (paths: headers read and checked) before any work; dict targets
     // are borrowed numpy arrays.
@@ -1073,6 +1152,7 @@ fn evaluate<'py>(
             alphas,
             temperature,
             bootstrap: boot,
+            sets,
         },
         inputs,
         targets,

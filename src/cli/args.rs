@@ -53,9 +53,34 @@ pub struct SourceOpts {
     /// Confidence of the bootstrap intervals.
     #[arg(long, default_value_t = 0.95)]
     pub confidence: f64,
-    /// Seed of the bootstrap weights: same seed, same intervals.
+    /// Seed of the bootstrap weights and of the randomised scores' draws: same seed,
+    /// same intervals and sets.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Conformal scores, comma-separated: lac, aps, raps, saps, topk.
+    #[arg(long, default_value = "lac")]
+    pub score: String,
+    /// Randomised scores (one uniform draw per row from --seed), or deterministic.
+    #[arg(
+        long,
+        default_value_t = false,
+        num_args = 0..=1,
+        default_missing_value = "true",
+        action = clap::ArgAction::Set
+    )]
+    pub randomize: bool,
+    /// RAPS penalty per rank past --raps-k-reg (>= 0).
+    #[arg(long, default_value_t = 0.01, allow_negative_numbers = true)]
+    pub raps_lambda: f64,
+    /// RAPS ranks without penalty.
+    #[arg(long, default_value_t = 1)]
+    pub raps_k_reg: usize,
+    /// SAPS weight of a rank (> 0).
+    #[arg(long, default_value_t = 0.2, allow_negative_numbers = true)]
+    pub saps_lambda: f64,
+    /// Also report Mondrian (per-class) thresholds for every score.
+    #[arg(long)]
+    pub class_conditional: bool,
 }
 
 /// Shared by every subcommand.

@@ -17,6 +17,7 @@ use conformal_gpu::methods::evaluate::{
     self as evaluation, Evaluation, EvaluationJob, Timings, TARGET_CHUNK_ROWS,
 };
 use conformal_gpu::methods::files::{tally_files, FileJob};
+use conformal_gpu::methods::sets::{parse_scores, SetOptions};
 use conformal_gpu::methods::tally::Tally;
 use conformal_gpu::methods::target::TargetInput;
 use conformal_gpu::report::{self, InputFile, Meta, SkippedFile};
@@ -33,6 +34,7 @@ pub struct SourceArgs<'a> {
     pub temperature: Option<f64>,
     pub temperature_source: Option<&'a str>,
     pub bootstrap: BootstrapOptions,
+    pub sets: SetOptions,
 }
 
 impl<'a> SourceArgs<'a> {
@@ -48,6 +50,19 @@ impl<'a> SourceArgs<'a> {
                 replicates: o.bootstrap,
                 seed: o.seed,
                 confidence: o.confidence,
+            },
+            sets: {
+                let sets = SetOptions {
+                    scores: parse_scores(&o.score),
+                    randomize: o.randomize,
+                    seed: o.seed,
+                    raps_lambda: o.raps_lambda,
+                    raps_k_reg: o.raps_k_reg,
+                    saps_lambda: o.saps_lambda,
+                    class_conditional: o.class_conditional,
+                };
+                sets.parsed()?;
+                sets
             },
         })
     }
@@ -106,6 +121,7 @@ impl SourceSets {
             alphas: args.alphas.clone(),
             temperature,
             bootstrap: args.bootstrap,
+            sets: args.sets.clone(),
         }
     }
 }

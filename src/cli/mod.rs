@@ -38,6 +38,7 @@ fn main_job() -> Result<()> {
                 seed: 0,
                 confidence: 0.95,
             },
+            sets: Default::default(),
         },
         out: Some(&out),
         rows: false,

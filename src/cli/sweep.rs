@@ -7,6 +7,8 @@
 //!   `meta.fingerprint`);
 //! - `results.csv`: the long form (one row per target and per (target, group) pair, mode
 //!   and method), rebuilt from the reports of this sweep's cells only;
+//! - `conformal.csv`: the set metrics in the same long form (score, class_conditional,
+//!   alpha instead of method; see `conformal_rows`);
 //! - `summary.csv`: per dataset, model, MAE key and method, the MAE and bias over runs
 //!   (mean, sample std);
 //! - `timings.csv` (each cell's `timings_ms.total` in seconds) and `failures.csv`.
@@ -123,6 +125,12 @@ fn fingerprint(cell: &Cell, opts: &SourceOpts, device: &str) -> Result<String> {
         "bootstrap": opts.bootstrap,
         "confidence": opts.confidence,
         "seed": opts.seed,
+        "score": opts.score,
+        "randomize": opts.randomize,
+        "raps_lambda": opts.raps_lambda,
+        "raps_k_reg": opts.raps_k_reg,
+        "saps_lambda": opts.saps_lambda,
+        "class_conditional": opts.class_conditional,
         "files": files,
     });
     Ok(conformal_gpu::provenance::hex(&Sha256::digest(
@@ -181,6 +189,8 @@ pub fn run_sweep(job: SweepJob<'_>) -> Result<()> {
     bar.finish_and_clear();
     let results = results_rows(&reports)?;
     write_csv(&job.out.join("results.csv"), RESULTS_HEADER, &results)?;
+    let conformal = conformal_rows(&reports)?;
+    write_csv(&job.out.join("conformal.csv"), CONFORMAL_HEADER, &conformal)?;
     let summary = summary_rows(&reports)?;
     write_csv(&job.out.join("summary.csv"), SUMMARY_HEADER, &summary)?;
     let timings: Vec<Vec<String>> = reports
@@ -318,6 +328,28 @@ const RESULTS_HEADER: &[&str] = &[
     "hi",
 ];
 
+const CONFORMAL_HEADER: &[&str] = &[
+    "dataset",
+    "model",
+    "run",
+    "mode",
+    "target",
+    "group_kind",
+    "group_id",
+    "score",
+    "class_conditional",
+    "alpha",
+    "n",
+    "n_labelled",
+    "qhat",
+    "coverage",
+    "mean_set_size",
+    "singleton_rate",
+    "empty_rate",
+    "sscv",
+    "covgap",
+];
+
 const SUMMARY_HEADER: &[&str] = &[
     "dataset",
     "model",
@@ -395,66 +427,104 @@ fn groups_of(t: &Value) -> Vec<(String, Vec<&Value>)> {
 /// The long-form rows of every cell's report (see the module docs).
 fn results_rows(reports: &[(Cell, Value)]) -> Result<Vec<Vec<String>>> {
     let mut rows = Vec::new();
+    each_entry(reports, |at, entry| {
+        // Optional methods (a score's CPC) only where the report has them.
+        for m in Method::ALL.into_iter().filter(|m| at.methods.contains(m)) {
+            let truth = entry["true_accuracy"].as_f64();
+            let (est, ci) = estimate_of(entry, at.mode, m.name());
+            let err = est.zip(truth).map(|(e, t)| e - t);
+            let mut row = at.key();
+            row.extend([
+                m.name().to_string(),
+                count(&entry["n"]),
+                count(&entry["n_labelled"]),
+                field(est),
+                field(truth),
+                field(err),
+                field(err.map(f64::abs)),
+                field(ci.map(|c| c[0])),
+                field(ci.map(|c| c[1])),
+            ]);
+            rows.push(row);
+        }
+    })?;
+    Ok(rows)
+}
+
+/// Where an entry (a target or one of its groups) stands in the CSV files.
+struct At<'a> {
+    cell: &'a Cell,
+    mode: &'static str,
+    target: &'a str,
+    kind: &'a str,
+    id: String,
+    /// The report's methods (optional ones only where some target has them).
+    methods: &'a [Method],
+}
+
+impl At<'_> {
+    /// `dataset,model,run,mode,target,group_kind,group_id`.
+    fn key(&self) -> Vec<String> {
+        vec![
+            self.cell.dataset.clone(),
+            self.cell.model.clone(),
+            self.cell.run.clone(),
+            self.mode.to_string(),
+            self.target.to_string(),
+            self.kind.to_string(),
+            self.id.clone(),
+        ]
+    }
+}
+
+/// An unsigned count field (empty when absent).
+fn count(v: &Value) -> String {
+    v.as_u64().map(|x| x.to_string()).unwrap_or_default()
+}
+
+/// Calls `f` on every entry of every cell's report in the CSV files' order: per cell,
+/// mode, target (by name), the target before its groups (by kind, then numeric id).
+fn each_entry(reports: &[(Cell, Value)], mut f: impl FnMut(&At<'_>, &Value)) -> Result<()> {
     for (cell, v) in reports {
         let targets = targets_of(v)?;
+        let methods: Vec<Method> = Method::ALL
+            .into_iter()
+            .filter(|m| {
+                !m.is_optional()
+                    || targets
+                        .iter()
+                        .any(|t| t["estimates"]["raw"].get(m.name()).is_some())
+            })
+            .collect();
         for mode in MODES {
             for t in &targets {
-                let name = t["name"].as_str().unwrap_or_default();
-                let truth = t["true_accuracy"].as_f64();
-                let mut push = |kind: &str,
-                                id: String,
-                                n: Option<u64>,
-                                labelled: Option<u64>,
-                                entry: &Value,
-                                truth: Option<f64>| {
-                    for m in Method::ALL {
-                        let (est, ci) = estimate_of(entry, mode, m.name());
-                        let err = est.zip(truth).map(|(e, t)| e - t);
-                        rows.push(vec![
-                            cell.dataset.clone(),
-                            cell.model.clone(),
-                            cell.run.clone(),
-                            mode.to_string(),
-                            name.to_string(),
-                            kind.to_string(),
-                            id.clone(),
-                            m.name().to_string(),
-                            n.map(|x| x.to_string()).unwrap_or_default(),
-                            labelled.map(|x| x.to_string()).unwrap_or_default(),
-                            field(est),
-                            field(truth),
-                            field(err),
-                            field(err.map(f64::abs)),
-                            field(ci.map(|c| c[0])),
-                            field(ci.map(|c| c[1])),
-                        ]);
-                    }
+                let target = t["name"].as_str().unwrap_or_default();
+                let whole = At {
+                    cell,
+                    mode,
+                    target,
+                    kind: "",
+                    id: String::new(),
+                    methods: &methods,
                 };
-                push(
-                    "",
-                    String::new(),
-                    t["n"].as_u64(),
-                    t["n_labelled"].as_u64(),
-                    t,
-                    truth,
-                );
+                f(&whole, t);
                 for (kind, entries) in groups_of(t) {
                     for g in entries {
                         let id = g["id"].as_i64().map(|x| x.to_string()).unwrap_or_default();
-                        push(
-                            &kind,
-                            id,
-                            g["n"].as_u64(),
-                            None,
+                        f(
+                            &At {
+                                kind: &kind,
+                                id,
+                                ..whole
+                            },
                             g,
-                            g["true_accuracy"].as_f64(),
                         );
                     }
                 }
             }
         }
     }
-    Ok(rows)
+    Ok(())
 }
 
 /// Mean and sample standard deviation (ddof 1; `None` for fewer than two values).
@@ -494,6 +564,36 @@ fn bias(v: &Value, key: &str, method: &str) -> Option<f64> {
         }
     }
     (!errors.is_empty()).then(|| errors.iter().sum::<f64>() / errors.len() as f64)
+}
+
+/// The set metrics of every cell's targets and groups (DESIGN.md 2.14) in the long form
+/// of `results.csv`, one row per conformal entry in the report's order (score, marginal
+/// before class-conditional, level). `qhat` is empty for a class-conditional entry
+/// (per-class values are in the cell's JSON) and for +inf; `covgap` for groups.
+fn conformal_rows(reports: &[(Cell, Value)]) -> Result<Vec<Vec<String>>> {
+    let mut rows = Vec::new();
+    each_entry(reports, |at, entry| {
+        for e in entry["conformal"][at.mode].as_array().into_iter().flatten() {
+            let cc = e["class_conditional"].as_bool().unwrap_or(false);
+            let mut row = at.key();
+            row.extend([
+                e["score"].as_str().unwrap_or("lac").to_string(),
+                cc.to_string(),
+                field(e["alpha"].as_f64()),
+                count(&entry["n"]),
+                count(&entry["n_labelled"]),
+                field(e["qhat"].as_f64()),
+                field(e["coverage"].as_f64()),
+                field(e["mean_set_size"].as_f64()),
+                field(e["singleton_rate"].as_f64()),
+                field(e["empty_rate"].as_f64()),
+                field(e["sscv"].as_f64()),
+                field(e["covgap"].as_f64()),
+            ]);
+            rows.push(row);
+        }
+    })?;
+    Ok(rows)
 }
 
 /// Per dataset, model, MAE key and method: the MAE and bias over runs.

@@ -140,6 +140,7 @@ impl ReplicateCalibration {
             atc_ne: rate(self.atc_ne.estimate(c[rep::NE_ABOVE], c[rep::NE_EQUAL], n)),
             cpc: rate(c[rep::CPC] as f64 / nf),
             cot: None,
+            ..Default::default()
         }
     }
 }

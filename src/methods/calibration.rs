@@ -19,6 +19,8 @@ use crate::kernel::tally::GROUP_ARRAYS;
 use crate::methods::bootstrap::{fit_replicates, BootstrapOptions, CalibrationBootstrap};
 use crate::methods::quantile::check_alpha;
 use crate::methods::row_outputs::prepared_row_outputs;
+pub use crate::methods::sets::SetOptions;
+use crate::methods::sets::{SetCalibration, SetRows, SetSource};
 use crate::methods::tally::{Tally, TallyShape, TargetRows};
 pub use crate::methods::temperature::Temperature;
 use crate::methods::temperature::{
@@ -41,6 +43,9 @@ pub struct CalibrationOptions<'a> {
     pub temperature: Temperature<'a>,
     /// Bootstrap replicates (0 = none), their seed and the intervals' confidence.
     pub bootstrap: BootstrapOptions,
+    /// Conformal scores and their options (the randomised draws use the bootstrap's
+    /// seed: `sets.seed` is overwritten by it).
+    pub sets: SetOptions,
 }
 
 impl Default for CalibrationOptions<'_> {
@@ -49,6 +54,7 @@ impl Default for CalibrationOptions<'_> {
             alphas: vec![0.1],
             temperature: Temperature::FitSource,
             bootstrap: BootstrapOptions::default(),
+            sets: SetOptions::default(),
         }
     }
 }
@@ -96,6 +102,9 @@ pub struct Calibration {
     pub modes: Modes<ModeCalibration>,
     /// Source rows per class (COT's label shares `pi_k = n_k / n`; version 2).
     pub class_counts: Vec<u64>,
+    /// Every conformal score's thresholds (absent in files written before scores).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sets: Option<SetCalibration>,
     /// Every bootstrap replicate's refit of the source (absent without a bootstrap).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bootstrap: Option<CalibrationBootstrap>,
@@ -118,6 +127,7 @@ impl<'a> From<&'a Calibration> for TallyShape<'a> {
             k: cal.k,
             n_alpha: cal.alphas.len(),
             bootstrap: cal.bootstrap.as_ref().map(|b| (b.replicates, b.seed)),
+            sets: cal.sets.as_ref(),
         }
     }
 }
@@ -136,6 +146,8 @@ struct IdContent<'a> {
     class_counts: &'a [u64],
     #[serde(skip_serializing_if = "Option::is_none")]
     bootstrap: &'a Option<CalibrationBootstrap>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sets: &'a Option<SetCalibration>,
 }
 
 pub use crate::provenance::hex;
@@ -285,6 +297,27 @@ impl Calibration {
             raw: mode(1.0)?,
             ts: mode(t_ts)?,
         };
+        let mut set_options = options.sets.clone();
+        set_options.seed = options.bootstrap.seed;
+        let sets = SetCalibration::fit(
+            &set_options,
+            &SetSource {
+                name: &source.name,
+                k,
+                logits: &src_logits,
+                labels: &src_labels,
+                correct,
+            },
+            alphas,
+            Modes {
+                raw: modes.raw.t,
+                ts: modes.ts.t,
+            },
+            Modes {
+                raw: &modes.raw.qhats,
+                ts: &modes.ts.qhats,
+            },
+        )?;
         let t_sort = ms(phase);
         let bootstrap = (options.bootstrap.replicates > 0)
             .then(|| {
@@ -322,6 +355,15 @@ impl Calibration {
                 ts: modes.ts.qhats.iter().map(|q| q.map(|v| v as f64)).collect(),
             },
             warning: fit.warning,
+            conformal: Some(set_options),
+            score_qhat: Some(Modes {
+                raw: sets.modes.raw.qhat_by_score(),
+                ts: sets.modes.ts.qhat_by_score(),
+            }),
+            score_cpc: Some(Modes {
+                raw: sets.modes.raw.cpc_by_score(&modes.raw),
+                ts: sets.modes.ts.cpc_by_score(&modes.ts),
+            }),
             calibration: Modes {
                 raw: cal_before,
                 ts: cal_after,
@@ -338,6 +380,7 @@ impl Calibration {
             source: source_report,
             modes,
             class_counts,
+            sets: Some(sets),
             bootstrap,
             device: backend.device_name(),
             inputs: Vec::new(),
@@ -363,6 +406,7 @@ impl Calibration {
             modes: &self.modes,
             class_counts: &self.class_counts,
             bootstrap: &self.bootstrap,
+            sets: &self.sets,
         };
         let bytes = serde_json::to_vec(&content)
             .map_err(|e| Error::Invalid(format!("calibration encoding: {e}")))?;
@@ -494,6 +538,9 @@ impl Calibration {
                 return Some("bootstrap class counts do not match K".into());
             }
         }
+        if let Some(why) = self.sets.as_ref().and_then(|s| s.inconsistency(self.k, a)) {
+            return Some(why);
+        }
         if let Some(why) = self.bootstrap.as_ref().and_then(|b| b.inconsistency()) {
             return Some(why);
         }
@@ -589,6 +636,29 @@ impl<B: Backend> TallyStream<'_, B> {
                 .transpose()
         });
         if result.is_ok() {
+            if let (Some(st), Some(sc)) = (self.tally.sets.as_mut(), cal.sets.as_ref()) {
+                let added = with_labels(rows.labels, n, |labels| {
+                    st.add(
+                        sc,
+                        Modes {
+                            raw: cal.modes.raw.t,
+                            ts: cal.modes.ts.t,
+                        },
+                        &SetRows {
+                            name: rows.name,
+                            row_offset: rows.row_offset as u64,
+                            k: cal.k,
+                            logits: rows.logits,
+                            labels,
+                            groups: [rows.hospital, rows.slide],
+                        },
+                    )
+                });
+                if let Err(e) = added {
+                    self.acc = None;
+                    return Err(e);
+                }
+            }
             if let Some(cot) = self.tally.cot.as_mut() {
                 cot.add(
                     rows.row_offset as u64,

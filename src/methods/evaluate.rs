@@ -15,6 +15,7 @@ use crate::device::{DeviceChoice, Engine};
 use crate::error::{Error, Result};
 use crate::methods::calibration::check_k;
 use crate::methods::files::{tally_files, FileJob};
+use crate::methods::sets::SetOptions;
 use crate::methods::tally::{Tally, TargetRows};
 use crate::methods::target::{TargetArrays, TargetInput};
 use crate::provenance::InputFile;
@@ -55,6 +56,9 @@ pub struct EvalOptions {
     pub rows: bool,
     /// Bootstrap intervals (DESIGN.md 2.12): replicates (0 = off), seed, confidence.
     pub bootstrap: BootstrapOptions,
+    /// Conformal scores and their options (DESIGN.md 2.13; draws seeded by the
+    /// bootstrap's seed).
+    pub sets: SetOptions,
 }
 
 impl Default for EvalOptions {
@@ -64,6 +68,7 @@ impl Default for EvalOptions {
             temperature: TemperatureChoice::FitSource,
             rows: false,
             bootstrap: BootstrapOptions::default(),
+            sets: SetOptions::default(),
         }
     }
 }
@@ -336,6 +341,7 @@ pub fn evaluate<B: Backend>(
             alphas: options.alphas.clone(),
             temperature,
             bootstrap: options.bootstrap,
+            sets: options.sets.clone(),
         },
     )?;
     let phase = Instant::now();

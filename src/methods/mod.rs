@@ -10,6 +10,7 @@ pub mod quantile;
 pub mod report;
 pub mod row_outputs;
 pub mod scores;
+pub mod sets;
 pub mod tally;
 pub mod target;
 pub mod temperature;

@@ -6,15 +6,16 @@ use std::collections::BTreeMap;
 
 use crate::error::Result;
 use crate::kernel::bootstrap::{name_key, percentile_interval, RepCounts};
-use crate::kernel::tally::{count, level, Counts, GROUP_ARRAYS};
+use crate::kernel::tally::{count, level, Counts, GroupKey, GROUP_ARRAYS};
 use crate::methods::bootstrap::{Intervals, MethodIntervals, ReplicateValues};
 use crate::methods::calibration::Calibration;
 use crate::methods::quantile::conformal_rank;
+use crate::methods::sets::{cpc_method, report_entries, score_cpc};
 use crate::methods::tally::Tally;
 use crate::methods::thresholds::ModeCalibration;
 use crate::report::model::{
     BootstrapMeta, ConformalStats, CpcChoice, Estimates, Evaluation, GroupReport, MaeRow, Method,
-    Modes, RowOutputs, TargetReport, Timings,
+    Modes, PerClass, RowOutputs, TargetReport, Timings,
 };
 
 impl Counts {
@@ -35,6 +36,7 @@ impl Counts {
                 .estimate(c[count::NE_ABOVE], c[count::NE_EQUAL], n),
             cpc: c[count::CPC] as f64 / n as f64,
             cot: None,
+            ..Default::default()
         }
     }
 
@@ -53,13 +55,17 @@ impl Counts {
             .zip(&self.levels)
             .enumerate()
             .map(|(a, (&alpha, lv))| ConformalStats {
+                score: "lac".into(),
+                class_conditional: false,
                 alpha,
-                k: conformal_rank(cal.n, alpha),
-                qhat: cal.qhats[a].map(|q| q as f64),
+                k: PerClass::One(conformal_rank(cal.n, alpha)),
+                qhat: PerClass::One(cal.qhats[a].map(|q| q as f64)),
                 mean_set_size: lv[level::SIZE_SUM] as f64 / n,
                 singleton_rate: lv[level::SINGLETON] as f64 / n,
                 empty_rate: lv[level::EMPTY] as f64 / n,
                 coverage: (labelled > 0).then(|| lv[level::COVERED] as f64 / labelled as f64),
+                sscv: None,
+                by_class: None,
             })
             .collect()
     }
@@ -80,8 +86,48 @@ impl Calibration {
             (Some(cb), Some(tb)) => Some((cb, tb)),
             _ => None,
         };
+        // The sets of every score, where the calibration and the tally carry them.
+        let sets = match (&self.sets, &tally.sets) {
+            (Some(c), Some(t)) => Some((c, t)),
+            _ => None,
+        };
+        let optional: Vec<&str> = sets
+            .map(|(c, _)| {
+                c.modes
+                    .raw
+                    .cpc
+                    .iter()
+                    .filter_map(|s| cpc_method(&s.score))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let values = |counts: &Modes<RepCounts>,
+                      cb: &crate::methods::bootstrap::CalibrationBootstrap| {
+            let mut v = cb.replicate_values(counts);
+            v.mark_optional(&optional);
+            v
+        };
         let intervals = |counts: &Modes<RepCounts>, labelled: bool| {
-            boot.map(|(cb, _)| Intervals::new(cb.replicate_values(counts), labelled, cb.confidence))
+            boot.map(|(cb, _)| Intervals::new(values(counts, cb), labelled, cb.confidence))
+        };
+        // A mode's entries and CPC-score estimates over the pairs `keep` accepts, on top
+        // of the backend's LAC entries `lac` (`classes`: target level).
+        let with_sets = |est: &mut Estimates,
+                         lac: Vec<ConformalStats>,
+                         ts: bool,
+                         keep: &dyn Fn(&GroupKey) -> bool,
+                         classes: bool|
+         -> Vec<ConformalStats> {
+            let Some((sc, st)) = sets else {
+                return lac;
+            };
+            let c = st.summed(sc, ts, keep);
+            let mode = sc.modes.of(ts);
+            for (name, v) in score_cpc(mode, &c) {
+                est.set_optional(name, v);
+            }
+            let cl = classes.then(|| st.classes.of(ts).as_slice());
+            report_entries(mode, &self.alphas, &c, cl, &lac)
         };
         // COT where the tally carries its rows (not from files) and the target has rows.
         let cot_rows = tally
@@ -107,21 +153,43 @@ impl Calibration {
             let list = raw
                 .iter()
                 .zip(ts.values())
-                .map(|((&id, r), t)| GroupReport {
-                    id,
-                    n: r.n() as usize,
-                    true_accuracy: r.true_accuracy(),
-                    estimates: with_cot(
+                .map(|((&id, r), t)| {
+                    let mut estimates = with_cot(
                         Modes {
                             raw: r.estimates(&self.modes.raw),
                             ts: t.estimates(&self.modes.ts),
                         },
                         group_cot.as_ref().and_then(|m| m.get(&id)),
-                    ),
-                    intervals: reps
-                        .as_ref()
-                        .and_then(|m| m.get(&id))
-                        .and_then(|c| intervals(c, r.labelled() > 0)),
+                    );
+                    let keep = move |key: &GroupKey| key[g] == Some(id);
+                    let conformal = Modes {
+                        raw: with_sets(
+                            &mut estimates.raw,
+                            r.conformal(&self.modes.raw, &self.alphas),
+                            false,
+                            &keep,
+                            false,
+                        ),
+                        ts: with_sets(
+                            &mut estimates.ts,
+                            t.conformal(&self.modes.ts, &self.alphas),
+                            true,
+                            &keep,
+                            false,
+                        ),
+                    };
+                    GroupReport {
+                        id,
+                        n: r.n() as usize,
+                        n_labelled: r.labelled() as usize,
+                        true_accuracy: r.true_accuracy(),
+                        estimates,
+                        conformal,
+                        intervals: reps
+                            .as_ref()
+                            .and_then(|m| m.get(&id))
+                            .and_then(|c| intervals(c, r.labelled() > 0)),
+                    }
                 })
                 .collect();
             groups.insert(group.to_string(), list);
@@ -130,32 +198,47 @@ impl Calibration {
             q: c.cpc_q.map(|q| q as f64),
             alpha: c.cpc_alpha,
         };
+        let mut estimates = with_cot(
+            Modes {
+                raw: all.raw.estimates(&self.modes.raw),
+                ts: all.ts.estimates(&self.modes.ts),
+            },
+            cot.as_ref().map(|c| &c.target),
+        );
+        let everything = |_: &GroupKey| true;
+        let conformal = Modes {
+            raw: with_sets(
+                &mut estimates.raw,
+                all.raw.conformal(&self.modes.raw, &self.alphas),
+                false,
+                &everything,
+                true,
+            ),
+            ts: with_sets(
+                &mut estimates.ts,
+                all.ts.conformal(&self.modes.ts, &self.alphas),
+                true,
+                &everything,
+                true,
+            ),
+        };
         Ok(TargetReport {
             name: name.to_string(),
             n: all.raw.n() as usize,
             n_labelled: all.raw.labelled() as usize,
             labelled: all.raw.labelled() == all.raw.n(),
             true_accuracy: all.raw.true_accuracy(),
-            estimates: with_cot(
-                Modes {
-                    raw: all.raw.estimates(&self.modes.raw),
-                    ts: all.ts.estimates(&self.modes.ts),
-                },
-                cot.as_ref().map(|c| &c.target),
-            ),
+            estimates,
             cpc: Modes {
                 raw: cpc(&self.modes.raw),
                 ts: cpc(&self.modes.ts),
             },
-            conformal: Modes {
-                raw: all.raw.conformal(&self.modes.raw, &self.alphas),
-                ts: all.ts.conformal(&self.modes.ts, &self.alphas),
-            },
+            conformal,
             groups,
             intervals: match (boot, cot_rows) {
                 (Some((cb, tb)), Some(rows)) => {
                     // The target's intervals with COT's replicates (groups: none yet).
-                    let mut values = cb.replicate_values(&tb.total());
+                    let mut values = values(&tb.total(), cb);
                     let temps = Modes {
                         raw: cb.modes.raw.iter().map(|r| r.t).collect(),
                         ts: cb.modes.ts.iter().map(|r| r.t).collect(),
@@ -225,9 +308,10 @@ impl Evaluation {
     }
 }
 
-fn mae_of(pairs: &[(Estimates, f64)]) -> MaeRow {
-    Method::ALL
-        .into_iter()
+fn mae_of(pairs: &[(Estimates, f64)], methods: &[Method]) -> MaeRow {
+    methods
+        .iter()
+        .copied()
         .map(|m| {
             // NaN (a method not computed for some member) leaves the row empty.
             let v = (!pairs.is_empty())
@@ -268,9 +352,11 @@ pub fn mae_intervals(
     confidence: f64,
 ) -> BTreeMap<String, MethodIntervals> {
     let mut out = BTreeMap::new();
+    let methods = Method::present(reports.first().map(|r| &r.estimates.raw));
     let row = |members: &[&ReplicateValues], ts: bool| -> MethodIntervals {
-        Method::ALL
-            .into_iter()
+        methods
+            .iter()
+            .copied()
             .map(|m| (m.name(), mae_interval(members, ts, m, confidence)))
             .collect()
     };
@@ -300,6 +386,7 @@ pub fn mae_intervals(
 /// MAE per method over labelled targets, and over (target, group) pairs per group array.
 pub fn mae_rows(reports: &[TargetReport]) -> BTreeMap<String, MaeRow> {
     let mut out = BTreeMap::new();
+    let methods = Method::present(reports.first().map(|r| &r.estimates.raw));
     let pairs = |ts: bool| -> Vec<(Estimates, f64)> {
         reports
             .iter()
@@ -309,8 +396,8 @@ pub fn mae_rows(reports: &[TargetReport]) -> BTreeMap<String, MaeRow> {
             })
             .collect()
     };
-    out.insert("raw".to_string(), mae_of(&pairs(false)));
-    out.insert("ts".to_string(), mae_of(&pairs(true)));
+    out.insert("raw".to_string(), mae_of(&pairs(false), &methods));
+    out.insert("ts".to_string(), mae_of(&pairs(true), &methods));
     for name in GROUP_ARRAYS {
         if !reports.iter().any(|r| r.groups.contains_key(name)) {
             continue;
@@ -324,7 +411,7 @@ pub fn mae_rows(reports: &[TargetReport]) -> BTreeMap<String, MaeRow> {
                         .map(|acc| (if ts { g.estimates.ts } else { g.estimates.raw }, acc))
                 })
                 .collect();
-            out.insert(format!("{name}_{suffix}"), mae_of(&pairs));
+            out.insert(format!("{name}_{suffix}"), mae_of(&pairs, &methods));
         }
     }
     out

@@ -115,23 +115,39 @@ pub fn randomized_u(seed: u64, name: &str, row: u64) -> f64 {
 /// The score of every class of one row (`probs`, its K f32 probabilities) under `score`
 /// with the row's uniform `u` (1 for the deterministic score).
 pub fn row_scores(probs: &[f32], score: Score, u: f64) -> Vec<f64> {
+    let mut out = vec![0.0f64; probs.len()];
+    row_scores_into(probs, score, u, &mut Vec::new(), &mut out);
+    out
+}
+
+/// [`row_scores`] into `out` (K long), with `order` as reusable scratch: the row loop of
+/// a tally calls it once per row and score without allocating.
+pub fn row_scores_into(
+    probs: &[f32],
+    score: Score,
+    u: f64,
+    order: &mut Vec<usize>,
+    out: &mut [f64],
+) {
     let k = probs.len();
     if let Score::Lac = score {
-        return probs.iter().map(|&p| (1.0 - p) as f64).collect();
+        for (o, &p) in out.iter_mut().zip(probs) {
+            *o = (1.0 - p) as f64;
+        }
+        return;
     }
     // Classes by probability, descending; tie groups are runs of equal probabilities.
-    let mut order: Vec<usize> = (0..k).collect();
-    order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]));
-    let grid: Vec<u64> = probs.iter().map(|&p| on_grid(p)).collect();
-    let sigma: u64 = grid.iter().sum();
+    order.clear();
+    order.extend(0..k);
+    order.sort_unstable_by(|&a, &b| probs[b].total_cmp(&probs[a]));
+    let sigma: u64 = probs.iter().map(|&p| on_grid(p)).sum();
     let p_max = probs.iter().copied().fold(0.0f32, f32::max) as f64;
-    let mut out = vec![0.0f64; k];
     let mut above: u64 = 0;
     let mut start = 0;
     while start < k {
         let p = probs[order[start]];
         let end = (start..k).find(|&i| probs[order[i]] != p).unwrap_or(k);
-        let group: u64 = order[start..end].iter().map(|&j| grid[j]).sum();
+        let group: u64 = order[start..end].iter().map(|&j| on_grid(probs[j])).sum();
         let rank = end; // o: every class at or above p
         let aps = || {
             if sigma == 0 {
@@ -159,7 +175,6 @@ pub fn row_scores(probs: &[f32], score: Score, u: f64) -> Vec<f64> {
         above += group;
         start = end;
     }
-    out
 }
 
 /// The conformal quantile of `scores` at level `alpha` (DESIGN.md 2.5 on f64 scores):

@@ -11,6 +11,7 @@ use crate::error::{Error, Result};
 use crate::kernel::bootstrap::{merge_pair_reps, rep, PairRepCounts, RepCounts, MAX_WEIGHT};
 use crate::kernel::tally::{Counts, GroupKey, PairCounts, GROUP_ARRAYS};
 use crate::methods::cot::CotRows;
+use crate::methods::sets::{SetCalibration, SetTally};
 use crate::report::model::InputFile;
 use crate::report::model::Modes;
 
@@ -310,7 +311,7 @@ pub struct ModePairs {
 
 /// What a tally must agree on with the calibration that makes it (a calibration gives
 /// one: `Tally::empty(&cal, ..)`), so this floor needs no calibration.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct TallyShape<'a> {
     /// The calibration's id.
     pub calibration: &'a str,
@@ -320,6 +321,8 @@ pub struct TallyShape<'a> {
     pub n_alpha: usize,
     /// Bootstrap replicates and seed, when the calibration has a bootstrap.
     pub bootstrap: Option<(usize, u64)>,
+    /// The conformal scores' thresholds, when the calibration has them.
+    pub sets: Option<&'a SetCalibration>,
 }
 
 /// One target's counts (of a chunk, a shard, or the whole target). See the module docs.
@@ -354,6 +357,10 @@ pub struct Tally {
     /// them, and then the report has no COT.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cot: Option<CotRows>,
+    /// The prediction-set counts of every score (see [`SetTally`]); `None` when the
+    /// calibration has no set thresholds (a file written before scores).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sets: Option<SetTally>,
 }
 
 impl Tally {
@@ -382,6 +389,7 @@ impl Tally {
                 ..Default::default()
             }),
             cot: Some(CotRows::default()),
+            sets: cal.sets.map(|s| SetTally::empty(s, cal.k)),
         }
     }
 
@@ -470,6 +478,23 @@ impl Tally {
                 })
             }
         }
+        out.sets = match (out.sets.take(), &other.sets) {
+            (Some(mut mine), Some(theirs)) => {
+                mine.checked_merge(theirs)
+                    .ok_or_else(|| Error::Incompatible {
+                        what: format!("tallies of {}", self.name),
+                        detail: "their set counts differ in shape or overflow".into(),
+                    })?;
+                Some(mine)
+            }
+            (None, None) => None,
+            _ => {
+                return Err(Error::Incompatible {
+                    what: format!("tallies of {}", self.name),
+                    detail: "one has set counts and the other not".into(),
+                })
+            }
+        };
         out.cot = match (out.cot.take(), &other.cot) {
             (Some(mut mine), Some(theirs)) => {
                 mine.merge(theirs);
@@ -552,6 +577,17 @@ impl Tally {
                     short(cal.calibration)
                 ),
             });
+        }
+        if let (Some(sc), Some(st)) = (cal.sets, &self.sets) {
+            let why = st.inconsistency(sc, self.k).or_else(|| {
+                (st.rows() != self.n()).then(|| "set counts: rows disagree".to_string())
+            });
+            if let Some(why) = why {
+                return Err(Error::Incompatible {
+                    what: format!("tally of {}", self.name),
+                    detail: format!("damaged: {why}"),
+                });
+            }
         }
         Ok(())
     }

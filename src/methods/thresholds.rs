@@ -53,15 +53,17 @@ impl AtcThreshold {
 /// scores, `one_minus_p1`/`one_minus_p2` the ascending `1 - p_(1)` and `1 - p_(2)` of the
 /// same rows, `correct` the number of correct source rows. Returns `(q*, i)` with `i` the
 /// 1-based index of q*'s first occurrence (`n + 1` and `None` for +inf).
-pub fn cpc_sweep(
-    scores: &[f32],
-    one_minus_p1: &[f32],
-    one_minus_p2: &[f32],
+/// Generic over the score type: the same sweep serves every score's smallest and
+/// second-smallest class scores (DESIGN.md 2.15, in f64).
+pub fn cpc_sweep<F: PartialOrd + Copy>(
+    scores: &[F],
+    one_minus_p1: &[F],
+    one_minus_p2: &[F],
     correct: usize,
-) -> (Option<f32>, usize) {
+) -> (Option<F>, usize) {
     let n = scores.len();
     // +inf: no singleton (1 - p_(2) > inf never holds), |R - acc| = c / n.
-    let mut best: (Option<f32>, usize, usize) = (None, n + 1, usize::MAX);
+    let mut best: (Option<F>, usize, usize) = (None, n + 1, usize::MAX);
     let (mut ia, mut ib) = (0usize, 0usize);
     for (i, &q) in scores.iter().enumerate() {
         if i > 0 && scores[i - 1] == q {

@@ -21,6 +21,15 @@ pub struct Estimates {
     /// Conformal prediction confidence (singleton rate at the source-matched q*).
     #[serde(rename = "CPC")]
     pub cpc: f64,
+    /// CPC under the APS score's sets (with `--score` naming `aps`; absent otherwise).
+    #[serde(rename = "CPC-APS", default, skip_serializing_if = "Option::is_none")]
+    pub cpc_aps: Option<f64>,
+    /// CPC under RAPS.
+    #[serde(rename = "CPC-RAPS", default, skip_serializing_if = "Option::is_none")]
+    pub cpc_raps: Option<f64>,
+    /// CPC under SAPS.
+    #[serde(rename = "CPC-SAPS", default, skip_serializing_if = "Option::is_none")]
+    pub cpc_saps: Option<f64>,
     /// Confidence optimal transport (`None`, `null` in JSON: not computed, e.g. a report
     /// merged from tally files, which do not carry COT's rows).
     #[serde(rename = "COT")]
@@ -41,20 +50,48 @@ pub enum Method {
     AtcNe,
     /// Conformal prediction confidence.
     Cpc,
+    /// CPC under APS sets.
+    CpcAps,
+    /// CPC under RAPS sets.
+    CpcRaps,
+    /// CPC under SAPS sets.
+    CpcSaps,
     /// Confidence optimal transport.
     Cot,
 }
 
 impl Method {
     /// Every method, in report order.
-    pub const ALL: [Method; 6] = [
+    pub const ALL: [Method; 9] = [
         Method::Ac,
         Method::Doc,
         Method::AtcMc,
         Method::AtcNe,
         Method::Cpc,
+        Method::CpcAps,
+        Method::CpcRaps,
+        Method::CpcSaps,
         Method::Cot,
     ];
+
+    /// Whether the method is reported only when asked for (the CPC of a `--score`).
+    pub fn is_optional(self) -> bool {
+        matches!(self, Method::CpcAps | Method::CpcRaps | Method::CpcSaps)
+    }
+
+    /// The method named `name` in reports.
+    pub fn named(name: &str) -> Option<Method> {
+        Method::ALL.into_iter().find(|m| m.name() == name)
+    }
+
+    /// The methods of a report whose estimates include `sample`: every method but the
+    /// optional ones `sample` lacks.
+    pub fn present(sample: Option<&Estimates>) -> Vec<Method> {
+        Method::ALL
+            .into_iter()
+            .filter(|&m| !m.is_optional() || sample.is_some_and(|e| e.has(m)))
+            .collect()
+    }
 
     /// The name in reports (JSON keys, table headers, legends).
     pub fn name(self) -> &'static str {
@@ -64,6 +101,9 @@ impl Method {
             Method::AtcMc => "ATC-MC",
             Method::AtcNe => "ATC-NE",
             Method::Cpc => "CPC",
+            Method::CpcAps => "CPC-APS",
+            Method::CpcRaps => "CPC-RAPS",
+            Method::CpcSaps => "CPC-SAPS",
             Method::Cot => "COT",
         }
     }
@@ -79,13 +119,40 @@ impl Estimates {
             Method::AtcMc => self.atc_mc,
             Method::AtcNe => self.atc_ne,
             Method::Cpc => self.cpc,
+            Method::CpcAps => self.cpc_aps.unwrap_or(f64::NAN),
+            Method::CpcRaps => self.cpc_raps.unwrap_or(f64::NAN),
+            Method::CpcSaps => self.cpc_saps.unwrap_or(f64::NAN),
             Method::Cot => self.cot.unwrap_or(f64::NAN),
         }
     }
 
-    /// `(name, value)` pairs in report order.
-    pub fn named(&self) -> [(&'static str, f64); 6] {
-        Method::ALL.map(|m| (m.name(), self.get(m)))
+    /// Whether the estimates carry method `m` (an optional method only when asked for).
+    pub fn has(&self, m: Method) -> bool {
+        match m {
+            Method::CpcAps => self.cpc_aps.is_some(),
+            Method::CpcRaps => self.cpc_raps.is_some(),
+            Method::CpcSaps => self.cpc_saps.is_some(),
+            _ => true,
+        }
+    }
+
+    /// Sets the estimate of the optional method named `name` (`CPC-APS`, ...).
+    pub fn set_optional(&mut self, name: &str, v: f64) {
+        match name {
+            "CPC-APS" => self.cpc_aps = Some(v),
+            "CPC-RAPS" => self.cpc_raps = Some(v),
+            "CPC-SAPS" => self.cpc_saps = Some(v),
+            _ => {}
+        }
+    }
+
+    /// `(name, value)` pairs of the methods present, in report order.
+    pub fn named(&self) -> Vec<(&'static str, f64)> {
+        Method::ALL
+            .into_iter()
+            .filter(|&m| self.has(m))
+            .map(|m| (m.name(), self.get(m)))
+            .collect()
     }
 }
 

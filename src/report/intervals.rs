@@ -18,6 +18,16 @@ pub struct ReplicateValues {
 }
 
 impl ReplicateValues {
+    /// Marks the optional methods named in `names` as present in every replicate, with
+    /// no value (NaN: their intervals are `null`; the replicates do not recompute them).
+    pub fn mark_optional(&mut self, names: &[&str]) {
+        for e in self.estimates.raw.iter_mut().chain(&mut self.estimates.ts) {
+            for n in names {
+                e.set_optional(n, f64::NAN);
+            }
+        }
+    }
+
     /// Per replicate, the absolute error of method `m` in mode `ts` or `raw`.
     pub fn errors(&self, ts: bool, m: Method) -> Vec<f64> {
         self.estimates
@@ -31,7 +41,7 @@ impl ReplicateValues {
     /// The intervals of every estimate.
     pub fn estimate_intervals(&self, confidence: f64) -> Modes<MethodIntervals> {
         let of = |est: &[Estimates]| -> MethodIntervals {
-            Method::ALL
+            Method::present(est.first())
                 .into_iter()
                 .map(|m| {
                     let v: Vec<f64> = est.iter().map(|e| e.get(m)).collect();
@@ -48,7 +58,7 @@ impl ReplicateValues {
     /// The intervals of every absolute error.
     pub fn error_intervals(&self, confidence: f64) -> Modes<MethodIntervals> {
         let of = |ts: bool| -> MethodIntervals {
-            Method::ALL
+            Method::present(self.estimates.raw.first())
                 .into_iter()
                 .map(|m| {
                     (

@@ -77,12 +77,23 @@ pub fn to_json(eval: &Evaluation, meta: &Meta) -> Result<Value> {
         v.map_err(|e| Error::Invalid(format!("JSON encoding: {e}")))
     };
     let s = &eval.source;
-    let source = json!({
+    let mut source = json!({
         "name": s.name, "n": s.n, "k": s.k, "accuracy": num(s.accuracy),
         "temperature": num(s.temperature), "converged": s.converged, "iterations": s.iterations,
         "nll_before": num(s.nll_before), "nll_after": num(s.nll_after),
         "ece_before": num(s.ece_before), "ece_after": num(s.ece_after),
     });
+    // The conformal options and, keyed by score, qhat and CPC's threshold (sources
+    // fitted before scores have neither).
+    if let Some(c) = &s.conformal {
+        source["conformal"] = enc(serde_json::to_value(c))?;
+    }
+    if let Some(q) = &s.score_qhat {
+        source["qhat"] = enc(serde_json::to_value(q))?;
+    }
+    if let Some(c) = &s.score_cpc {
+        source["cpc"] = enc(serde_json::to_value(c))?;
+    }
     let targets = enc(serde_json::to_value(&eval.targets))?;
     let mae = enc(serde_json::to_value(&eval.mae))?;
     let timings = enc(serde_json::to_value(&eval.timings_ms))?;

@@ -10,7 +10,7 @@ pub use crate::provenance::InputFile;
 pub use crate::report::estimates::{Estimates, Method, Modes};
 
 /// The CPC threshold chosen on the source.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CpcChoice {
     /// `q*` (`None` = +inf).
     pub q: Option<f64>,
@@ -18,15 +18,96 @@ pub struct CpcChoice {
     pub alpha: f64,
 }
 
-/// Conformal diagnostics at one level.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+/// The conformal options of an evaluation (`--score`, `--randomize`, the score
+/// parameters, `--class-conditional`), recorded in calibrations and reports.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SetOptions {
+    /// Scores, in report order (`lac`, `aps`, `raps`, `saps`, `topk`; no repeats).
+    pub scores: Vec<String>,
+    /// One uniform draw per row (`true`) or the deterministic score (`u = 1`).
+    pub randomize: bool,
+    /// Seed of the draws (the evaluation's `--seed`).
+    pub seed: u64,
+    /// RAPS penalty per rank past `k_reg` (>= 0).
+    pub raps_lambda: f64,
+    /// RAPS ranks without penalty.
+    pub raps_k_reg: usize,
+    /// SAPS weight of a rank (> 0).
+    pub saps_lambda: f64,
+    /// Mondrian thresholds per class as well (entries after the marginal ones).
+    pub class_conditional: bool,
+}
+
+impl Default for SetOptions {
+    fn default() -> Self {
+        SetOptions {
+            scores: vec!["lac".into()],
+            randomize: false,
+            seed: 0,
+            raps_lambda: 0.01,
+            raps_k_reg: 1,
+            saps_lambda: 0.2,
+            class_conditional: false,
+        }
+    }
+}
+
+/// One value, or one per class (a class-conditional entry's `k` and `qhat`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum PerClass<T> {
+    /// Marginal.
+    One(T),
+    /// Per class.
+    Each(Vec<T>),
+}
+
+impl<T: Clone> PerClass<T> {
+    /// The marginal value (`None` for a per-class list).
+    pub fn marginal(&self) -> Option<T> {
+        match self {
+            PerClass::One(v) => Some(v.clone()),
+            PerClass::Each(_) => None,
+        }
+    }
+
+    /// `One` for a single value, else `Each`.
+    pub fn of(v: Vec<T>) -> Self {
+        if v.len() == 1 {
+            PerClass::One(v[0].clone())
+        } else {
+            PerClass::Each(v)
+        }
+    }
+}
+
+/// Class-conditional coverage of an entry (target level only).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ClassCoverage {
+    /// Mean of `|cov_c - (1 - alpha)|` over the classes with a labelled row (`None`
+    /// without labels).
+    pub covgap: Option<f64>,
+    /// `cov_c` per class (`None` for a class without labelled rows; the whole list
+    /// `None` without labels).
+    pub class_coverage: Option<Vec<Option<f64>>>,
+}
+
+/// Conformal diagnostics of one entry: a score, marginal or class-conditional, at one
+/// level (DESIGN.md 2.14).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ConformalStats {
+    /// Score (`lac`, `aps`, `raps`, `saps`, `topk`).
+    pub score: String,
+    /// Mondrian thresholds (per class).
+    pub class_conditional: bool,
     /// Level.
     pub alpha: f64,
-    /// The conformal rank `k = ceil((n+1)(1-alpha))` on the source's n (DESIGN.md 2.5).
-    pub k: usize,
-    /// `qhat(alpha) = s_(k)`; `None` (`null` in JSON) = +inf: k > n.
-    pub qhat: Option<f64>,
+    /// The conformal rank `k = ceil((n+1)(1-alpha))` on the source's n (DESIGN.md 2.5);
+    /// per class on `n_c` when class-conditional.
+    pub k: PerClass<usize>,
+    /// `qhat(alpha) = s_(k)`; `None` (`null` in JSON) = +inf: k > n. Per class when
+    /// class-conditional.
+    pub qhat: PerClass<Option<f64>>,
     /// Mean prediction-set size.
     pub mean_set_size: f64,
     /// Share of singleton sets.
@@ -35,6 +116,11 @@ pub struct ConformalStats {
     pub empty_rate: f64,
     /// Share of labelled rows whose label is in the set (`None` without labels).
     pub coverage: Option<f64>,
+    /// Size-stratified coverage violation (`None` without labels).
+    pub sscv: Option<f64>,
+    /// Per-class coverage and CovGap (target level only).
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub by_class: Option<ClassCoverage>,
 }
 
 /// One group (slide or hospital) of a target.
@@ -44,10 +130,14 @@ pub struct GroupReport {
     pub id: i64,
     /// Rows.
     pub n: usize,
+    /// Rows with a known label.
+    pub n_labelled: usize,
     /// Accuracy over the group's labelled rows.
     pub true_accuracy: Option<f64>,
     /// Estimates on the group's rows.
     pub estimates: Modes<Estimates>,
+    /// Conformal diagnostics per entry (no class coverage: target level only).
+    pub conformal: Modes<Vec<ConformalStats>>,
     /// Bootstrap intervals (`ci`, `true_accuracy_ci`, `error_ci`), with a bootstrap.
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     pub intervals: Option<crate::report::intervals::Intervals>,
@@ -108,6 +198,17 @@ pub struct SourceReport {
     pub qhat: Modes<Vec<Option<f64>>>,
     /// Warning from the fit, if any.
     pub warning: Option<String>,
+    /// The conformal options (scores, randomize, seed, score parameters,
+    /// class_conditional; absent in calibrations written before scores).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conformal: Option<SetOptions>,
+    /// Per mode and score: the marginal qhat per level (the report's `source.qhat`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub score_qhat: Option<Modes<BTreeMap<String, Vec<Option<f64>>>>>,
+    /// Per mode and score (`lac`, `aps`, `raps`, `saps`): CPC's threshold (the report's
+    /// `source.cpc`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub score_cpc: Option<Modes<BTreeMap<String, CpcChoice>>>,
     /// ECE bins before (`raw`) and after (`ts`) scaling, for reliability diagrams.
     pub calibration: Modes<CalibrationStats>,
 }
@@ -244,7 +345,10 @@ mod tests {
             atc_mc: 3.0,
             atc_ne: 4.0,
             cpc: 5.0,
-            cot: Some(6.0),
+            cpc_aps: Some(6.0),
+            cpc_raps: Some(7.0),
+            cpc_saps: Some(8.0),
+            cot: Some(9.0),
         };
         let v = serde_json::to_value(e).unwrap();
         for (i, m) in Method::ALL.into_iter().enumerate() {
@@ -257,5 +361,16 @@ mod tests {
             assert_eq!(e.get(m), i as f64 + 1.0);
         }
         assert_eq!(v.as_object().unwrap().len(), Method::ALL.len());
+        // Without a score's CPC its key is absent, not null (default reports unchanged).
+        let plain = Estimates {
+            cpc_aps: None,
+            cpc_raps: None,
+            cpc_saps: None,
+            ..e
+        };
+        let v = serde_json::to_value(plain).unwrap();
+        assert_eq!(v.as_object().unwrap().len(), Method::ALL.len() - 3);
+        assert_eq!(Method::present(Some(&plain)).len(), Method::ALL.len() - 3);
+        assert_eq!(Method::present(Some(&e)), Method::ALL.to_vec());
     }
 }

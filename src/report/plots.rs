@@ -82,6 +82,9 @@ const COLORS: [RGBColor; Method::ALL.len()] = [
     RGBColor(44, 160, 44),
     RGBColor(214, 39, 40),
     RGBColor(148, 103, 189),
+    RGBColor(227, 119, 194),
+    RGBColor(127, 127, 127),
+    RGBColor(188, 189, 34),
     RGBColor(140, 86, 75),
 ];
 
@@ -99,7 +102,8 @@ pub(crate) fn groups_svg(eval: &Evaluation, group: &str, ts: bool) -> Result<Opt
                 let est = if ts { g.estimates.ts } else { g.estimates.raw };
                 let iv = g.intervals.as_ref();
                 let truth_ci = iv.and_then(|i| i.true_accuracy_ci);
-                for (i, (m, v)) in est.named().iter().enumerate() {
+                for (i, method) in Method::ALL.into_iter().enumerate() {
+                    let (m, v) = (&method.name(), &est.get(method));
                     // A method not computed (NaN) has no point.
                     if v.is_nan() {
                         continue;
@@ -132,7 +136,7 @@ pub(crate) fn groups_svg(eval: &Evaluation, group: &str, ts: bool) -> Result<Opt
         for (i, name) in Method::ALL.map(Method::name).iter().enumerate() {
             let c = COLORS[i];
             // Shrinking markers keep coinciding methods visible (CPC = ATC-MC for K = 2).
-            let r = 7 - i as i32;
+            let r = (7 - i as i32).max(2);
             let style = c.mix(0.6).stroke_width(1);
             let vertical = points[i].iter().filter_map(|&(x, y, e, _)| {
                 e.map(|[lo, hi]| ErrorBar::new_vertical(x, lo, y, hi, style, 6))
@@ -198,10 +202,17 @@ pub(crate) fn conformal_svg(eval: &Evaluation, coverage: bool) -> Result<String>
         .targets
         .iter()
         .map(|t| {
+            // The first score's entries (marginal or not, as listed first).
+            let first = t.conformal.ts.first();
             let pts: Vec<(f64, f64)> = t
                 .conformal
                 .ts
                 .iter()
+                .filter(|c| {
+                    first.is_some_and(|f| {
+                        f.score == c.score && f.class_conditional == c.class_conditional
+                    })
+                })
                 .filter_map(|c| {
                     let y = if coverage {
                         c.coverage

@@ -62,7 +62,10 @@ pub fn table(eval: &Evaluation) -> String {
     // Widths: value (and interval), then the error in brackets.
     // `100.0 [99.9, 100.0]` is the widest interval cell.
     let (vw, tw) = if boot { (19, 20) } else { (6, 7) };
-    let methods = Method::ALL.map(Method::name);
+    let methods: Vec<&str> = Method::present(eval.targets.first().map(|t| &t.estimates.raw))
+        .into_iter()
+        .map(Method::name)
+        .collect();
     let mut header = format!(
         "{:<20} {:>9} {:>tw$} {:>4}",
         "target",
@@ -71,7 +74,7 @@ pub fn table(eval: &Evaluation) -> String {
         "TS",
         tw = tw
     );
-    for m in methods {
+    for m in &methods {
         let _ = write!(header, " {m:>w$}", w = vw + 8);
     }
     let _ = writeln!(out, "{header}");
@@ -122,11 +125,42 @@ pub fn table(eval: &Evaluation) -> String {
             t.name, t.n_labelled, t.n
         );
     }
+    // The first conformal entry of each target (the score and level listed first).
+    if let Some(first) = eval.targets.first().and_then(|t| t.conformal.raw.first()) {
+        let kind = if first.class_conditional {
+            ", class-conditional"
+        } else {
+            ""
+        };
+        let _ = writeln!(
+            out,
+            "\nPrediction sets ({}{kind}, alpha = {}): coverage, mean size, singleton, empty, SSCV, CovGap",
+            first.score, first.alpha
+        );
+        for t in &eval.targets {
+            for (mode, list) in [("raw", &t.conformal.raw), ("ts", &t.conformal.ts)] {
+                if let Some(e) = list.first() {
+                    let covgap = e.by_class.as_ref().and_then(|c| c.covgap);
+                    let _ = writeln!(
+                        out,
+                        "{:<20} {mode:>4} {:>7} {:>7.3} {:>7} {:>7} {:>7} {:>7}",
+                        if mode == "raw" { t.name.as_str() } else { "" },
+                        pct(e.coverage),
+                        e.mean_set_size,
+                        pct(Some(e.singleton_rate)),
+                        pct(Some(e.empty_rate)),
+                        pct(e.sscv),
+                        pct(covgap),
+                    );
+                }
+            }
+        }
+    }
     let _ = writeln!(out, "\nMAE (points of accuracy; lower is better)");
     for (row, vals) in &eval.mae {
         let mut line = format!("{row:<20}");
         let cis = eval.mae_ci.as_ref().and_then(|c| c.get(row));
-        for m in methods {
+        for &m in &methods {
             let v = vals.get(m).copied().flatten();
             let cell = match (cis, v) {
                 (Some(c), Some(v)) => pct_ci(v, c.get(m).copied().flatten()),
