@@ -3,13 +3,25 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches};
 
 mod cli;
 
 fn main() -> ExitCode {
-    let cli = cli::args::Cli::parse();
-    match cli::run(cli) {
+    let matches = cli::args::Cli::command().get_matches();
+    let cli = cli::args::Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    // The sweep's options given on the command line win over its manifest's.
+    let explicit: Vec<String> = matches
+        .subcommand_matches("sweep")
+        .map(|m| {
+            m.ids()
+                .filter(|id| m.value_source(id.as_str()) == Some(ValueSource::CommandLine))
+                .map(|id| id.to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    match cli::run(cli, &explicit) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // One line, whatever an OS or zip message carries.

@@ -23,8 +23,9 @@ pub struct Cli {
 /// The dataset and what the calibration is fitted with (`evaluate` and `calibrate`).
 #[derive(clap::Args, Debug, Clone)]
 pub struct SourceOpts {
-    /// Directory of `.npz` prediction sets.
-    #[arg(long)]
+    /// Directory of `.npz` prediction sets (`sweep`: the layout root, or a manifest
+    /// `.toml` file, also as `--manifest`).
+    #[arg(long, alias = "manifest")]
     pub data: PathBuf,
     /// Name of the source (calibration) set in DIR.
     #[arg(long, default_value = "id_val")]
@@ -81,6 +82,10 @@ pub struct SourceOpts {
     /// Also report Mondrian (per-class) thresholds for every score.
     #[arg(long)]
     pub class_conditional: bool,
+    /// Targets kept out of the MAE rows (and the sweep's summaries): comma-separated
+    /// globs of target names (`train,id_*`).
+    #[arg(long, value_delimiter = ',')]
+    pub exclude: Vec<String>,
 }
 
 /// Shared by every subcommand.

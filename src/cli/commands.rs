@@ -35,6 +35,8 @@ pub struct SourceArgs<'a> {
     pub temperature_source: Option<&'a str>,
     pub bootstrap: BootstrapOptions,
     pub sets: SetOptions,
+    /// Globs of target names kept out of the MAE rows.
+    pub exclude: Vec<String>,
 }
 
 impl<'a> SourceArgs<'a> {
@@ -63,6 +65,13 @@ impl<'a> SourceArgs<'a> {
                 };
                 sets.parsed()?;
                 sets
+            },
+            exclude: {
+                for g in &o.exclude {
+                    glob::Pattern::new(g)
+                        .map_err(|e| Error::Invalid(format!("--exclude {g:?}: {e}")))?;
+                }
+                o.exclude.clone()
             },
         })
     }
@@ -457,7 +466,8 @@ pub fn evaluate_dir(
     for w in &outcome.warnings {
         eprintln!("warning: {w}");
     }
-    let eval = outcome.evaluation;
+    let mut eval = outcome.evaluation;
+    eval.exclude_from_mae(&args.exclude)?;
     let inputs = outcome.inputs;
     let mut meta = meta(&eval.device, inputs, skipped, job.seed);
     record_transfers(&mut meta, engine, &eval.device);

@@ -4,6 +4,7 @@
 pub mod args;
 pub mod commands;
 pub mod dataset;
+pub mod manifest;
 pub mod outputs;
 pub mod sweep;
 
@@ -39,6 +40,7 @@ fn main_job() -> Result<()> {
                 confidence: 0.95,
             },
             sets: Default::default(),
+            exclude: Vec::new(),
         },
         out: Some(&out),
         rows: false,
@@ -48,7 +50,9 @@ fn main_job() -> Result<()> {
     })
 }
 
-pub fn run(cli: Cli) -> Result<()> {
+/// Runs the parsed command line; `explicit` names the sweep's options given on the
+/// command line (they win over a manifest's).
+pub fn run(cli: Cli, explicit: &[String]) -> Result<()> {
     let Some(command) = cli.command else {
         return main_job();
     };
@@ -73,6 +77,7 @@ pub fn run(cli: Cli) -> Result<()> {
             opts: &source,
             out: &out,
             device: &device,
+            explicit,
         }),
         Command::Evaluate {
             source,

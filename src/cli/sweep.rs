@@ -26,6 +26,8 @@ use std::time::Instant;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
+use crate::cli::dataset::set_name;
+use crate::cli::manifest::{Manifest, ManifestCell};
 use conformal_gpu::data::write_atomic;
 use conformal_gpu::report::estimates::Method;
 use conformal_gpu::report::{self, InputFile};
@@ -42,7 +44,48 @@ struct Cell {
     dataset: String,
     model: String,
     run: String,
+    /// The directory evaluated: the layout's, or a manifest cell's stage.
     dir: PathBuf,
+    /// A manifest cell: its source's set name and the links its stage holds.
+    manifest: Option<Staged>,
+}
+
+/// A manifest cell's files under their set names: `(link name, file)`.
+#[derive(Clone, Debug)]
+struct Staged {
+    source: String,
+    links: Vec<(String, PathBuf)>,
+}
+
+impl Staged {
+    fn of(cell: &ManifestCell) -> Result<Self> {
+        let abs = |p: &Path| p.canonicalize().map_err(|e| Error::io(p, e));
+        let source = set_name(&cell.source);
+        let mut links = vec![(format!("{source}.npz"), abs(&cell.source)?)];
+        for (name, files) in &cell.targets {
+            if files.len() == 1 && set_name(&files[0]) == *name {
+                links.push((format!("{name}.npz"), abs(&files[0])?));
+            } else {
+                for (i, f) in files.iter().enumerate() {
+                    links.push((format!("{name}.part-{i:03}.npz"), abs(f)?));
+                }
+            }
+        }
+        Ok(Staged { source, links })
+    }
+
+    /// (Re)makes the stage `dir`: exactly the cell's files, as symbolic links.
+    fn make(&self, dir: &Path) -> Result<()> {
+        if dir.exists() {
+            std::fs::remove_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        }
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        for (name, file) in &self.links {
+            let link = dir.join(name);
+            std::os::unix::fs::symlink(file, &link).map_err(|e| Error::io(&link, e))?;
+        }
+        Ok(())
+    }
 }
 
 impl Cell {
@@ -88,6 +131,7 @@ fn discover(root: &Path) -> Result<Vec<Cell>> {
                         model: model.clone(),
                         run,
                         dir: r,
+                        manifest: None,
                     });
                 }
             }
@@ -131,6 +175,7 @@ fn fingerprint(cell: &Cell, opts: &SourceOpts, device: &str) -> Result<String> {
         "raps_k_reg": opts.raps_k_reg,
         "saps_lambda": opts.saps_lambda,
         "class_conditional": opts.class_conditional,
+        "exclude": opts.exclude,
         "files": files,
     });
     Ok(conformal_gpu::provenance::hex(&Sha256::digest(
@@ -140,16 +185,47 @@ fn fingerprint(cell: &Cell, opts: &SourceOpts, device: &str) -> Result<String> {
 
 /// Options of `sweep`.
 pub struct SweepJob<'a> {
-    /// `--data ROOT` and evaluate's options.
+    /// `--data ROOT` (or a manifest) and evaluate's options.
     pub opts: &'a SourceOpts,
     pub out: &'a Path,
     pub device: &'a str,
+    /// Options given on the command line (they win over a manifest's `[options]`).
+    pub explicit: &'a [String],
+}
+
+/// The cells of a manifest, in its order, staged under `out/.stage/DATASET/MODEL/RUN`.
+fn manifest_cells(manifest: &Manifest, out: &Path) -> Result<Vec<Cell>> {
+    manifest
+        .cells
+        .iter()
+        .map(|c| {
+            Ok(Cell {
+                dataset: c.dataset.clone(),
+                model: c.model.clone(),
+                run: c.run.clone(),
+                dir: out
+                    .join(".stage")
+                    .join(&c.dataset)
+                    .join(&c.model)
+                    .join(&c.run),
+                manifest: Some(Staged::of(c)?),
+            })
+        })
+        .collect()
 }
 
 /// `sweep`: every cell evaluated (or kept), then the CSV files rebuilt.
 pub fn run_sweep(job: SweepJob<'_>) -> Result<()> {
     let root = &job.opts.data;
-    let cells = discover(root)?;
+    // A manifest is read and checked whole before anything is written.
+    let mut opts = job.opts.clone();
+    let cells = if root.is_file() || root.extension().is_some_and(|e| e == "toml") {
+        let manifest = Manifest::read(root, &mut opts, job.explicit)?;
+        manifest_cells(&manifest, job.out)?
+    } else {
+        discover(root)?
+    };
+    let job = SweepJob { opts: &opts, ..job };
     std::fs::create_dir_all(job.out).map_err(|e| Error::io(job.out, e))?;
     check_writable_dir(job.out)?;
     let lock_path = job.out.join(".sweep.lock");
@@ -244,7 +320,13 @@ fn sweep_cell(
     engine: &conformal_gpu::device::Engine,
     choice: conformal_gpu::device::DeviceChoice,
 ) -> Result<Value> {
-    let fp = fingerprint(cell, job.opts, job.device)?;
+    let mut opts = job.opts.clone();
+    opts.data = cell.dir.clone();
+    if let Some(staged) = &cell.manifest {
+        staged.make(&cell.dir)?;
+        opts.source = staged.source.clone();
+    }
+    let fp = fingerprint(cell, &opts, job.device)?;
     if let Ok(text) = std::fs::read_to_string(path) {
         if let Ok(v) = serde_json::from_str::<Value>(&text) {
             // The report on disk is untrusted: kept only if it reads back whole.
@@ -255,8 +337,6 @@ fn sweep_cell(
         }
     }
     let _ = std::fs::remove_file(path);
-    let mut opts = job.opts.clone();
-    opts.data = cell.dir.clone();
     let eval_job = EvalJob {
         source: SourceArgs::new(&opts)?,
         out: None,
@@ -550,8 +630,19 @@ fn bias(v: &Value, key: &str, method: &str) -> Option<f64> {
             (Some(k), m)
         }
     };
+    let excluded: Vec<glob::Pattern> = v["mae_exclude"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|g| glob::Pattern::new(g.as_str()?).ok())
+        .collect();
     let mut errors = Vec::new();
     for t in v["targets"].as_array()? {
+        // The targets the report's MAE leaves out.
+        let name = t["name"].as_str().unwrap_or_default();
+        if excluded.iter().any(|p| p.matches(name)) {
+            continue;
+        }
         let members: Vec<&Value> = match kind {
             None => vec![t],
             Some(k) => t["groups"][k].as_array().into_iter().flatten().collect(),

@@ -304,7 +304,36 @@ impl Evaluation {
             targets,
             rows,
             timings_ms,
+            mae_exclude: Vec::new(),
         }
+    }
+
+    /// Keeps the targets whose name matches one of `globs` (`*`, `?`, `[..]`) out of the
+    /// MAE rows and their intervals (they are still reported); a bad glob is an error
+    /// naming it.
+    pub fn exclude_from_mae(&mut self, globs: &[String]) -> Result<()> {
+        if globs.is_empty() {
+            return Ok(());
+        }
+        let patterns = globs
+            .iter()
+            .map(|g| {
+                glob::Pattern::new(g)
+                    .map_err(|e| crate::Error::Invalid(format!("--exclude {g:?}: {e}")))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let kept: Vec<TargetReport> = self
+            .targets
+            .iter()
+            .filter(|t| !patterns.iter().any(|p| p.matches(&t.name)))
+            .cloned()
+            .collect();
+        self.mae = mae_rows(&kept);
+        if let Some(b) = &self.bootstrap {
+            self.mae_ci = Some(mae_intervals(&kept, b.confidence));
+        }
+        self.mae_exclude = globs.to_vec();
+        Ok(())
     }
 }
 

@@ -107,6 +107,9 @@ pub fn to_json(eval: &Evaluation, meta: &Meta) -> Result<Value> {
         "mae": mae,
         "timings_ms": timings,
     });
+    if !eval.mae_exclude.is_empty() {
+        out["mae_exclude"] = json!(eval.mae_exclude);
+    }
     // With a bootstrap: the MAE intervals beside the MAE, and the settings in `meta`.
     if let (Some(b), Some(ci)) = (&eval.bootstrap, &eval.mae_ci) {
         if let Some(m) = meta.as_object_mut() {

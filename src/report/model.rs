@@ -287,6 +287,8 @@ pub struct Evaluation {
     pub mae_ci: Option<BTreeMap<String, crate::report::intervals::MethodIntervals>>,
     /// Replicates, confidence and seed (with a bootstrap).
     pub bootstrap: Option<BootstrapMeta>,
+    /// Globs of target names kept out of the MAE rows (`--exclude`).
+    pub mae_exclude: Vec<String>,
 }
 
 /// The bootstrap settings of a report (`meta.bootstrap`).
