@@ -276,6 +276,50 @@ fn sweep_cells_equal_evaluate_and_the_csv_files_follow_the_reports() {
         .unwrap();
     assert_eq!((b[4].as_str(), b[6].as_str()), ("1", ""), "one run: no std");
 
+    // paired.csv: over the 4 (model, run) cells of dataset cam, `ts` MAE of CPC minus
+    // CPC-APS: mean, 95% Student-t interval (t(0.975, 3) = 3.182446305284263, from the
+    // tables), wins, losses, ties.
+    let paired = csv_rows(&out.join("paired.csv"));
+    assert_eq!(
+        paired[0].join(","),
+        "dataset,mae_key,method_a,method_b,cells,mean_diff,lo,hi,wins,losses,ties"
+    );
+    let row = paired
+        .iter()
+        .find(|r| r[1] == "ts" && r[2] == "CPC" && r[3] == "CPC-APS")
+        .unwrap();
+    let pairs: Vec<(f64, f64)> = reports
+        .iter()
+        .map(|v| {
+            let m = &v["mae"]["ts"];
+            (m["CPC"].as_f64().unwrap(), m["CPC-APS"].as_f64().unwrap())
+        })
+        .collect();
+    let d: Vec<f64> = pairs.iter().map(|(a, b)| a - b).collect();
+    let mean = d.iter().sum::<f64>() / 4.0;
+    let sd = (d.iter().map(|x| (x - mean) * (x - mean)).sum::<f64>() / 3.0).sqrt();
+    let half = 3.182446305284263 * sd / 2.0;
+    assert_eq!(row[4], "4");
+    assert_eq!(row[5], format!("{mean}"));
+    let lo: f64 = row[6].parse().unwrap();
+    let hi: f64 = row[7].parse().unwrap();
+    assert!((lo - (mean - half)).abs() < 1e-12 && (hi - (mean + half)).abs() < 1e-12);
+    let wins = pairs.iter().filter(|(a, b)| a < b).count();
+    let losses = pairs.iter().filter(|(a, b)| a > b).count();
+    assert_eq!(
+        (row[8].clone(), row[9].clone()),
+        (wins.to_string(), losses.to_string())
+    );
+    assert_eq!(row[10], (4 - wins - losses).to_string());
+    // Pairs in method order, a before b; no pair of a method with itself.
+    let order = |m: &str| METHODS.iter().position(|x| *x == m).unwrap();
+    assert!(paired[1..].iter().all(|r| order(&r[2]) < order(&r[3])));
+    // The scatter plots of each mode.
+    for mode in ["raw", "ts"] {
+        let svg = std::fs::read_to_string(out.join(format!("scatter_cam_{mode}.svg"))).unwrap();
+        assert!(svg.starts_with("<svg") && svg.contains("CPC-APS") && svg.contains("model b"));
+    }
+
     // A rerun keeps every cell (same bytes) and rewrites the CSV files byte for byte,
     // removing what a killed run left.
     let before: Vec<Vec<u8>> = cells

@@ -25,11 +25,13 @@ use std::time::Instant;
 
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
+use statrs::distribution::{ContinuousCDF, StudentsT};
 
 use crate::cli::dataset::set_name;
 use crate::cli::manifest::{Manifest, ManifestCell};
 use conformal_gpu::data::write_atomic;
 use conformal_gpu::report::estimates::Method;
+use conformal_gpu::report::plots::{scatter_svg, ScatterPoint};
 use conformal_gpu::report::{self, InputFile};
 use conformal_gpu::{Error, Result};
 
@@ -269,6 +271,9 @@ pub fn run_sweep(job: SweepJob<'_>) -> Result<()> {
     write_csv(&job.out.join("conformal.csv"), CONFORMAL_HEADER, &conformal)?;
     let summary = summary_rows(&reports)?;
     write_csv(&job.out.join("summary.csv"), SUMMARY_HEADER, &summary)?;
+    let paired = paired_rows(&reports)?;
+    write_csv(&job.out.join("paired.csv"), PAIRED_HEADER, &paired)?;
+    write_scatters(job.out, &reports)?;
     let timings: Vec<Vec<String>> = reports
         .iter()
         .map(|(c, v)| {
@@ -428,6 +433,20 @@ const CONFORMAL_HEADER: &[&str] = &[
     "empty_rate",
     "sscv",
     "covgap",
+];
+
+const PAIRED_HEADER: &[&str] = &[
+    "dataset",
+    "mae_key",
+    "method_a",
+    "method_b",
+    "cells",
+    "mean_diff",
+    "lo",
+    "hi",
+    "wins",
+    "losses",
+    "ties",
 ];
 
 const SUMMARY_HEADER: &[&str] = &[
@@ -728,6 +747,114 @@ fn summary_rows(reports: &[(Cell, Value)]) -> Result<Vec<Vec<String>>> {
             ]
         })
         .collect())
+}
+
+/// Per dataset and MAE key, every pair of methods (a before b in method order) over the
+/// (model, run) cells where both MAEs exist: `MAE_a - MAE_b`, its mean and 95% Student-t
+/// interval (empty below 2 cells), wins (`MAE_a < MAE_b`), losses and ties.
+fn paired_rows(reports: &[(Cell, Value)]) -> Result<Vec<Vec<String>>> {
+    type PerCell = BTreeMap<usize, f64>;
+    let mut acc: BTreeMap<(String, String), Vec<PerCell>> = BTreeMap::new();
+    for (cell, v) in reports {
+        let Some(mae) = v["mae"].as_object() else {
+            return Err(Error::Invalid("sweep report: mae is missing".into()));
+        };
+        for (key, row) in mae {
+            let per: PerCell = Method::ALL
+                .iter()
+                .enumerate()
+                .filter_map(|(i, m)| row[m.name()].as_f64().map(|x| (i, x)))
+                .collect();
+            acc.entry((cell.dataset.clone(), key.clone()))
+                .or_default()
+                .push(per);
+        }
+    }
+    let mut rows = Vec::new();
+    for ((dataset, key), cells) in acc {
+        for a in 0..Method::ALL.len() {
+            for b in a + 1..Method::ALL.len() {
+                let both: Vec<(f64, f64)> = cells
+                    .iter()
+                    .filter_map(|c| Some((*c.get(&a)?, *c.get(&b)?)))
+                    .collect();
+                if both.is_empty() {
+                    continue;
+                }
+                let diffs: Vec<f64> = both.iter().map(|(x, y)| x - y).collect();
+                let (mean, std) = mean_std(&diffs);
+                let half = std.and_then(|sd| {
+                    let n = diffs.len() as f64;
+                    let t = StudentsT::new(0.0, 1.0, n - 1.0).ok()?.inverse_cdf(0.975);
+                    Some(t * sd / n.sqrt())
+                });
+                let count = |f: fn(&(f64, f64)) -> bool| both.iter().filter(|p| f(p)).count();
+                rows.push(vec![
+                    dataset.clone(),
+                    key.clone(),
+                    Method::ALL[a].name().to_string(),
+                    Method::ALL[b].name().to_string(),
+                    diffs.len().to_string(),
+                    field(mean),
+                    field(mean.zip(half).map(|(m, h)| m - h)),
+                    field(mean.zip(half).map(|(m, h)| m + h)),
+                    count(|(x, y)| x < y).to_string(),
+                    count(|(x, y)| x > y).to_string(),
+                    count(|(x, y)| x == y).to_string(),
+                ]);
+            }
+        }
+    }
+    Ok(rows)
+}
+
+/// `DIR/scatter_DATASET_MODE.svg` for each dataset and mode: every labelled (cell,
+/// target), estimate against true accuracy, per method and model.
+fn write_scatters(out: &Path, reports: &[(Cell, Value)]) -> Result<()> {
+    let mut datasets: Vec<&str> = Vec::new();
+    for (c, _) in reports {
+        if !datasets.contains(&c.dataset.as_str()) {
+            datasets.push(&c.dataset);
+        }
+    }
+    for dataset in datasets {
+        let mine: Vec<&(Cell, Value)> = reports
+            .iter()
+            .filter(|(c, _)| c.dataset == dataset)
+            .collect();
+        let mut models: Vec<String> = Vec::new();
+        for (c, _) in &mine {
+            if !models.contains(&c.model) {
+                models.push(c.model.clone());
+            }
+        }
+        for mode in MODES {
+            let mut points: Vec<ScatterPoint> = Vec::new();
+            for (c, v) in &mine {
+                let model = models.iter().position(|m| *m == c.model).unwrap_or(0);
+                for t in targets_of(v)? {
+                    let Some(truth) = t["true_accuracy"].as_f64() else {
+                        continue;
+                    };
+                    for m in Method::ALL {
+                        if let Some(est) = t["estimates"][mode][m.name()].as_f64() {
+                            points.push((model, m, truth, est));
+                        }
+                    }
+                }
+            }
+            if points.is_empty() {
+                continue;
+            }
+            let title = format!("{dataset}: estimated vs true accuracy ({mode})");
+            let svg = scatter_svg(&title, &models, &points)?;
+            let path = out.join(format!("scatter_{dataset}_{mode}.svg"));
+            write_atomic(&path, |w| {
+                w.write_all(svg.as_bytes()).map_err(|e| Error::io(&path, e))
+            })?;
+        }
+    }
+    Ok(())
 }
 
 /// Writes `header` and `rows` as CSV, atomically.

@@ -263,3 +263,77 @@ pub(crate) fn conformal_svg(eval: &Evaluation, coverage: bool) -> Result<String>
     }
     Ok(svg)
 }
+
+/// One point of a sweep's scatter: model index, method, true accuracy, estimate.
+pub type ScatterPoint = (usize, Method, f64, f64);
+
+/// The sweep's estimate-vs-true scatter of one dataset and mode (DESIGN.md 3): every
+/// labelled (cell, target), one colour per method, one marker per model (circle,
+/// triangle, square, cross, repeating), the line y = x. Axes span the points.
+pub fn scatter_svg(title: &str, models: &[String], points: &[ScatterPoint]) -> Result<String> {
+    let lo = points
+        .iter()
+        .flat_map(|p| [p.2, p.3])
+        .fold(1.0f64, f64::min)
+        .clamp(0.0, 1.0);
+    let lo = ((lo * 10.0).floor() / 10.0).min(0.9);
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (760, 680)).into_drawing_area();
+        let axes = ("true accuracy", "estimated accuracy");
+        let mut chart = frame(&root, title, lo..1.0, lo..1.0, axes)?;
+        chart
+            .draw_series(LineSeries::new(vec![(lo, lo), (1.0, 1.0)], BLACK.mix(0.4)))
+            .map_err(plot_err)?;
+        for (i, m) in Method::ALL.into_iter().enumerate() {
+            let c = COLORS[i].mix(0.8);
+            let mut labelled = false;
+            for j in 0..models.len() {
+                let at: Vec<(f64, f64)> = points
+                    .iter()
+                    .filter(|p| p.1 == m && p.0 == j)
+                    .map(|p| (p.2, p.3))
+                    .collect();
+                if at.is_empty() {
+                    continue;
+                }
+                let drawn = match j % 4 {
+                    0 => chart.draw_series(at.into_iter().map(|p| Circle::new(p, 4, c.filled()))),
+                    1 => chart.draw_series(
+                        at.into_iter()
+                            .map(|p| TriangleMarker::new(p, 5, c.filled())),
+                    ),
+                    2 => chart.draw_series(at.into_iter().map(|p| {
+                        EmptyElement::at(p) + Rectangle::new([(-4, -4), (4, 4)], c.filled())
+                    })),
+                    _ => chart
+                        .draw_series(at.into_iter().map(|p| Cross::new(p, 4, c.stroke_width(2)))),
+                }
+                .map_err(plot_err)?;
+                if !labelled {
+                    drawn
+                        .label(m.name())
+                        .legend(move |(x, y)| Circle::new((x, y), 4, c.filled()));
+                    labelled = true;
+                }
+            }
+        }
+        // The markers' models, as legend entries in grey.
+        let g = BLACK.mix(0.7);
+        for (j, model) in models.iter().enumerate() {
+            let none = std::iter::empty::<Circle<(f64, f64), i32>>();
+            let anno = chart.draw_series(none).map_err(plot_err)?;
+            let anno = anno.label(format!("model {model}"));
+            match j % 4 {
+                0 => anno.legend(move |(x, y)| Circle::new((x, y), 4, g.filled())),
+                1 => anno.legend(move |(x, y)| TriangleMarker::new((x, y), 5, g.filled())),
+                2 => anno.legend(move |(x, y)| {
+                    Rectangle::new([(x - 4, y - 4), (x + 4, y + 4)], g.filled())
+                }),
+                _ => anno.legend(move |(x, y)| Cross::new((x, y), 4, g.stroke_width(2))),
+            };
+        }
+        finish(chart, &root, SeriesLabelPosition::LowerRight)?;
+    }
+    Ok(svg)
+}
