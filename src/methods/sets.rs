@@ -651,14 +651,26 @@ fn count_block(
     let k = rows.k;
     let e = sets.entries.len();
     let len = cal.pair_len();
-    let mut pairs: BTreeMap<GroupKey, Vec<u64>> = BTreeMap::new();
+    // Pairs in order of first sight, with the last one's index: rows of one slide come
+    // in runs, so most rows find their pair without a search.
+    let mut pairs: Vec<(GroupKey, Vec<u64>)> = Vec::new();
+    let mut last = 0usize;
     let mut class = vec![0u64; k * (1 + e)];
     let mut order = Vec::new();
     let mut row = vec![0.0f64; k];
     for (j, p) in probs.chunks_exact(k).enumerate() {
         let i = first + j;
         let key = [rows.groups[0].map(|g| g[i]), rows.groups[1].map(|g| g[i])];
-        let c = pairs.entry(key).or_insert_with(|| vec![0; len]);
+        if pairs.get(last).is_none_or(|(k, _)| *k != key) {
+            last = match pairs.iter().position(|(k, _)| *k == key) {
+                Some(at) => at,
+                None => {
+                    pairs.push((key, vec![0; len]));
+                    pairs.len() - 1
+                }
+            };
+        }
+        let c = &mut pairs[last].1;
         let y = rows.labels[i];
         let labelled = y >= 0;
         c[pair::N] += 1;
@@ -714,7 +726,7 @@ fn count_block(
             }
         }
     }
-    (pairs, class)
+    (pairs.into_iter().collect(), class)
 }
 
 impl SetTally {
