@@ -117,6 +117,7 @@ fn evaluate_json_has_the_documented_shape() {
                 "estimates",
                 "cpc",
                 "conformal",
+                "scores",
                 "groups"
             ])
         );

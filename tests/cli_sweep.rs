@@ -125,6 +125,110 @@ fn entries_of(t: &Value) -> Vec<(String, String, &Value)> {
     entries
 }
 
+/// The sweep's score estimators, recomputed: per model and mode, a target's estimate is
+/// the least-squares line of truth on the score over the labelled targets of the model's
+/// runs whose name differs (none below 3 points); each appears right after the target's
+/// report methods. And scores.csv's in-sample R^2.
+fn check_sweep_estimates(
+    scores_csv: &Path,
+    rows: &[Vec<String>],
+    cells: &[(String, String, String)],
+    reports: &[Value],
+) {
+    let ols = |pts: &[(f64, f64)]| -> Option<(f64, f64)> {
+        if pts.len() < 3 || pts.iter().all(|p| p.0 == pts[0].0) {
+            return None; // too few points, or a constant score
+        }
+        let n = pts.len() as f64;
+        let mx = pts.iter().map(|p| p.0).sum::<f64>() / n;
+        let my = pts.iter().map(|p| p.1).sum::<f64>() / n;
+        let sxx: f64 = pts.iter().map(|p| (p.0 - mx).powi(2)).sum();
+        let sxy: f64 = pts.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum();
+        Some((sxy / sxx, my - sxy / sxx * mx))
+    };
+    let mut checked = 0;
+    for (method, score) in [("NuclearNorm", "nuclear_norm"), ("MaNo", "mano")] {
+        for mode in ["raw", "ts"] {
+            for (i, c) in cells.iter().enumerate() {
+                let points: Vec<(String, f64, f64)> = cells
+                    .iter()
+                    .zip(reports)
+                    .filter(|(d, _)| d.1 == c.1)
+                    .flat_map(|(_, v)| v["targets"].as_array().unwrap().iter())
+                    .filter_map(|t| {
+                        Some((
+                            t["name"].as_str()?.to_string(),
+                            t["scores"][mode][score].as_f64()?,
+                            t["true_accuracy"].as_f64()?,
+                        ))
+                    })
+                    .collect();
+                for t in reports[i]["targets"].as_array().unwrap() {
+                    let name = t["name"].as_str().unwrap();
+                    let fit: Vec<(f64, f64)> = points
+                        .iter()
+                        .filter(|p| p.0 != name)
+                        .map(|p| (p.1, p.2))
+                        .collect();
+                    let x = t["scores"][mode][score].as_f64().unwrap();
+                    let want = ols(&fit).map(|(b, a)| a + b * x);
+                    let row = rows
+                        .iter()
+                        .find(|r| {
+                            r[1] == c.1
+                                && r[2] == c.2
+                                && r[3] == mode
+                                && r[4] == name
+                                && r[5].is_empty()
+                                && r[7] == method
+                        })
+                        .unwrap();
+                    match want {
+                        Some(w) => {
+                            let got: f64 = row[10].parse().unwrap();
+                            assert!((got - w).abs() < 1e-12, "{c:?} {mode} {name} {method}");
+                            checked += 1;
+                        }
+                        None => assert_eq!(row[10], "", "{c:?} {mode} {name}: too few points"),
+                    }
+                }
+            }
+        }
+    }
+    assert!(checked > 0);
+    // scores.csv: model a's raw nuclear-norm fit over all 9 labelled points.
+    let scores = csv_rows(scores_csv);
+    assert_eq!(
+        scores[0].join(","),
+        "dataset,model,mode,score,points,r2,spearman"
+    );
+    let pts: Vec<(f64, f64)> = cells
+        .iter()
+        .zip(reports)
+        .filter(|(c, _)| c.1 == "a")
+        .flat_map(|(_, v)| v["targets"].as_array().unwrap().iter())
+        .filter_map(|t| {
+            Some((
+                t["scores"]["raw"]["nuclear_norm"].as_f64()?,
+                t["true_accuracy"].as_f64()?,
+            ))
+        })
+        .collect();
+    let (b, a) = ols(&pts).unwrap();
+    let my = pts.iter().map(|p| p.1).sum::<f64>() / pts.len() as f64;
+    let ss_tot: f64 = pts.iter().map(|p| (p.1 - my).powi(2)).sum();
+    let ss_res: f64 = pts.iter().map(|p| (p.1 - a - b * p.0).powi(2)).sum();
+    let row = scores
+        .iter()
+        .find(|r| r[1] == "a" && r[2] == "raw" && r[3] == "nuclear_norm")
+        .unwrap();
+    assert_eq!(row[4], pts.len().to_string());
+    let r2: f64 = row[5].parse().unwrap();
+    assert!((r2 - (1.0 - ss_res / ss_tot)).abs() < 1e-12);
+    let rho: f64 = row[6].parse().unwrap();
+    assert!((-1.0..=1.0).contains(&rho));
+}
+
 #[test]
 fn sweep_cells_equal_evaluate_and_the_csv_files_follow_the_reports() {
     let tmp = tempfile::tempdir().unwrap();
@@ -195,9 +299,21 @@ fn sweep_cells_equal_evaluate_and_the_csv_files_follow_the_reports() {
             }
         }
     }
-    assert_eq!(rows.len() - 1, want.len());
-    assert_eq!(&rows[1..], &want[..]);
-    assert_eq!(rows.iter().filter(|r| r[2] == "10").count(), want.len() / 4);
+    // The report's methods' rows, exactly; the sweep's own (NuclearNorm, MaNo) follow
+    // each target's rows and are checked below.
+    let sweep_methods = ["NuclearNorm", "MaNo"];
+    let report_rows: Vec<Vec<String>> = rows[1..]
+        .iter()
+        .filter(|r| !sweep_methods.contains(&r[7].as_str()))
+        .cloned()
+        .collect();
+    assert_eq!(report_rows.len(), want.len());
+    assert_eq!(&report_rows[..], &want[..]);
+    check_sweep_estimates(&out.join("scores.csv"), &rows, &cells, &reports);
+    assert_eq!(
+        report_rows.iter().filter(|r| r[2] == "10").count(),
+        want.len() / 4
+    );
     // Numeric run order: run 10 after run 1.
     let runs: Vec<&str> = rows[1..].iter().map(|r| r[2].as_str()).collect();
     assert!(runs.iter().position(|&r| r == "10") > runs.iter().rposition(|&r| r == "1"));
@@ -312,7 +428,16 @@ fn sweep_cells_equal_evaluate_and_the_csv_files_follow_the_reports() {
     );
     assert_eq!(row[10], (4 - wins - losses).to_string());
     // Pairs in method order, a before b; no pair of a method with itself.
-    let order = |m: &str| METHODS.iter().position(|x| *x == m).unwrap();
+    let all: Vec<&str> = METHODS
+        .iter()
+        .copied()
+        .chain(["NuclearNorm", "MaNo"])
+        .collect();
+    let order = |m: &str| all.iter().position(|x| *x == m).unwrap();
+    assert!(
+        paired[1..].iter().any(|r| r[3] == "NuclearNorm"),
+        "the sweep's own methods pair too"
+    );
     assert!(paired[1..].iter().all(|r| order(&r[2]) < order(&r[3])));
     // The scatter plots of each mode.
     for mode in ["raw", "ts"] {

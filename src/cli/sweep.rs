@@ -29,6 +29,9 @@ use statrs::distribution::{ContinuousCDF, StudentsT};
 
 use crate::cli::dataset::set_name;
 use crate::cli::manifest::{Manifest, ManifestCell};
+use crate::cli::sweep_scores::{
+    excluded, sweep_estimates, SweepEstimates, SCORES_HEADER, SWEEP_METHODS,
+};
 use conformal_gpu::data::write_atomic;
 use conformal_gpu::report::estimates::Method;
 use conformal_gpu::report::plots::{scatter_svg, ScatterPoint};
@@ -265,13 +268,21 @@ pub fn run_sweep(job: SweepJob<'_>) -> Result<()> {
         bar.inc(1);
     }
     bar.finish_and_clear();
-    let results = results_rows(&reports)?;
+    let groups: Vec<(String, String)> = reports
+        .iter()
+        .map(|(c, _)| (c.dataset.clone(), c.model.clone()))
+        .collect();
+    let values: Vec<&Value> = reports.iter().map(|(_, v)| v).collect();
+    let (estimates, scores) = sweep_estimates(&groups, &values);
+    write_csv(&job.out.join("scores.csv"), SCORES_HEADER, &scores)?;
+    let results = results_rows(&reports, &estimates)?;
     write_csv(&job.out.join("results.csv"), RESULTS_HEADER, &results)?;
     let conformal = conformal_rows(&reports)?;
     write_csv(&job.out.join("conformal.csv"), CONFORMAL_HEADER, &conformal)?;
-    let summary = summary_rows(&reports)?;
+    let table = mae_table(&reports, &estimates)?;
+    let summary = summary_rows(&reports, &table);
     write_csv(&job.out.join("summary.csv"), SUMMARY_HEADER, &summary)?;
-    let paired = paired_rows(&reports)?;
+    let paired = paired_rows(&reports, &table);
     write_csv(&job.out.join("paired.csv"), PAIRED_HEADER, &paired)?;
     write_scatters(job.out, &reports)?;
     let timings: Vec<Vec<String>> = reports
@@ -336,7 +347,8 @@ fn sweep_cell(
         if let Ok(v) = serde_json::from_str::<Value>(&text) {
             // The report on disk is untrusted: kept only if it reads back whole.
             let current = v["meta"]["fingerprint"].as_str() == Some(fp.as_str());
-            if current && results_rows(&[(cell.clone(), v.clone())]).is_ok() {
+            if current && results_rows(&[(cell.clone(), v.clone())], &SweepEstimates::new()).is_ok()
+            {
                 return Ok(v);
             }
         }
@@ -524,17 +536,15 @@ fn groups_of(t: &Value) -> Vec<(String, Vec<&Value>)> {
 }
 
 /// The long-form rows of every cell's report (see the module docs).
-fn results_rows(reports: &[(Cell, Value)]) -> Result<Vec<Vec<String>>> {
+fn results_rows(reports: &[(Cell, Value)], estimates: &SweepEstimates) -> Result<Vec<Vec<String>>> {
     let mut rows = Vec::new();
     each_entry(reports, |at, entry| {
-        // Optional methods (a score's CPC) only where the report has them.
-        for m in Method::ALL.into_iter().filter(|m| at.methods.contains(m)) {
-            let truth = entry["true_accuracy"].as_f64();
-            let (est, ci) = estimate_of(entry, at.mode, m.name());
+        let truth = entry["true_accuracy"].as_f64();
+        let mut push = |name: &str, est: Option<f64>, ci: Option<[f64; 2]>| {
             let err = est.zip(truth).map(|(e, t)| e - t);
             let mut row = at.key();
             row.extend([
-                m.name().to_string(),
+                name.to_string(),
                 count(&entry["n"]),
                 count(&entry["n_labelled"]),
                 field(est),
@@ -545,6 +555,18 @@ fn results_rows(reports: &[(Cell, Value)]) -> Result<Vec<Vec<String>>> {
                 field(ci.map(|c| c[1])),
             ]);
             rows.push(row);
+        };
+        // Optional methods (a score's CPC) only where the report has them.
+        for m in Method::ALL.into_iter().filter(|m| at.methods.contains(m)) {
+            let (est, ci) = estimate_of(entry, at.mode, m.name());
+            push(m.name(), est, ci);
+        }
+        // The sweep's own, at the target level, where the target has scores.
+        if at.kind.is_empty() && entry["scores"][at.mode].is_object() {
+            for (name, _) in SWEEP_METHODS {
+                let key = (at.index, at.mode.to_string(), at.target.to_string(), name);
+                push(name, estimates.get(&key).copied(), None);
+            }
         }
     })?;
     Ok(rows)
@@ -552,6 +574,8 @@ fn results_rows(reports: &[(Cell, Value)]) -> Result<Vec<Vec<String>>> {
 
 /// Where an entry (a target or one of its groups) stands in the CSV files.
 struct At<'a> {
+    /// The report's index in the sweep.
+    index: usize,
     cell: &'a Cell,
     mode: &'static str,
     target: &'a str,
@@ -584,7 +608,7 @@ fn count(v: &Value) -> String {
 /// Calls `f` on every entry of every cell's report in the CSV files' order: per cell,
 /// mode, target (by name), the target before its groups (by kind, then numeric id).
 fn each_entry(reports: &[(Cell, Value)], mut f: impl FnMut(&At<'_>, &Value)) -> Result<()> {
-    for (cell, v) in reports {
+    for (index, (cell, v)) in reports.iter().enumerate() {
         let targets = targets_of(v)?;
         let methods: Vec<Method> = Method::ALL
             .into_iter()
@@ -599,6 +623,7 @@ fn each_entry(reports: &[(Cell, Value)], mut f: impl FnMut(&At<'_>, &Value)) -> 
             for t in &targets {
                 let target = t["name"].as_str().unwrap_or_default();
                 let whole = At {
+                    index,
                     cell,
                     mode,
                     target,
@@ -649,17 +674,10 @@ fn bias(v: &Value, key: &str, method: &str) -> Option<f64> {
             (Some(k), m)
         }
     };
-    let excluded: Vec<glob::Pattern> = v["mae_exclude"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|g| glob::Pattern::new(g.as_str()?).ok())
-        .collect();
     let mut errors = Vec::new();
     for t in v["targets"].as_array()? {
         // The targets the report's MAE leaves out.
-        let name = t["name"].as_str().unwrap_or_default();
-        if excluded.iter().any(|p| p.matches(name)) {
+        if excluded(v, t["name"].as_str().unwrap_or_default()) {
             continue;
         }
         let members: Vec<&Value> = match kind {
@@ -706,31 +724,90 @@ fn conformal_rows(reports: &[(Cell, Value)]) -> Result<Vec<Vec<String>>> {
     Ok(rows)
 }
 
-/// Per dataset, model, MAE key and method: the MAE and bias over runs.
-fn summary_rows(reports: &[(Cell, Value)]) -> Result<Vec<Vec<String>>> {
-    type Key = (String, String, String, usize);
-    let mut acc: BTreeMap<Key, (Vec<f64>, Vec<f64>)> = BTreeMap::new();
-    for (cell, v) in reports {
+/// Every method's name in method order: the reports' methods, then the sweep's own.
+fn method_names() -> Vec<&'static str> {
+    Method::ALL
+        .iter()
+        .map(|m| m.name())
+        .chain(SWEEP_METHODS.iter().map(|(n, _)| *n))
+        .collect()
+}
+
+/// Per report, MAE key, method (index into [`method_names`]): its MAE and bias.
+type MaeTable = Vec<BTreeMap<String, BTreeMap<usize, (f64, Option<f64>)>>>;
+
+/// Each report's MAE rows and biases, with the sweep's methods' MAE and bias taken from
+/// their results rows (the report's labelled targets it does not exclude; none where a
+/// target has no estimate). The sweep's methods have no group rows.
+fn mae_table(reports: &[(Cell, Value)], estimates: &SweepEstimates) -> Result<MaeTable> {
+    let names = method_names();
+    let mut out = Vec::new();
+    for (index, (_, v)) in reports.iter().enumerate() {
         let Some(mae) = v["mae"].as_object() else {
             return Err(Error::Invalid("sweep report: mae is missing".into()));
         };
+        let mut keys: BTreeMap<String, BTreeMap<usize, (f64, Option<f64>)>> = BTreeMap::new();
         for (key, row) in mae {
+            let per = keys.entry(key.clone()).or_default();
             for (i, m) in Method::ALL.iter().enumerate() {
-                let Some(x) = row[m.name()].as_f64() else {
-                    continue;
-                };
+                if let Some(x) = row[m.name()].as_f64() {
+                    per.insert(i, (x, bias(v, key, m.name())));
+                }
+            }
+        }
+        for mode in MODES {
+            for (j, (name, _)) in SWEEP_METHODS.iter().enumerate() {
+                let mut errors = Vec::new();
+                let mut complete = true;
+                for t in v["targets"].as_array().into_iter().flatten() {
+                    let tname = t["name"].as_str().unwrap_or_default();
+                    let Some(truth) = t["true_accuracy"].as_f64() else {
+                        continue;
+                    };
+                    if excluded(v, tname) {
+                        continue;
+                    }
+                    let key = (index, mode.to_string(), tname.to_string(), *name);
+                    match estimates.get(&key) {
+                        Some(e) => errors.push(e - truth),
+                        None => complete = false,
+                    }
+                }
+                if complete && !errors.is_empty() {
+                    let n = errors.len() as f64;
+                    let mae = errors.iter().map(|e| e.abs()).sum::<f64>() / n;
+                    let bias = errors.iter().sum::<f64>() / n;
+                    keys.entry(mode.to_string())
+                        .or_default()
+                        .insert(Method::ALL.len() + j, (mae, Some(bias)));
+                }
+            }
+        }
+        debug_assert!(keys.values().all(|m| m.keys().all(|&i| i < names.len())));
+        out.push(keys);
+    }
+    Ok(out)
+}
+
+/// Per dataset, model, MAE key and method: the MAE and bias over runs.
+fn summary_rows(reports: &[(Cell, Value)], table: &MaeTable) -> Vec<Vec<String>> {
+    type Key = (String, String, String, usize);
+    let names = method_names();
+    let mut acc: BTreeMap<Key, (Vec<f64>, Vec<f64>)> = BTreeMap::new();
+    for ((cell, _), keys) in reports.iter().zip(table) {
+        for (key, per) in keys {
+            for (&i, &(mae, bias)) in per {
                 let e = acc
                     .entry((cell.dataset.clone(), cell.model.clone(), key.clone(), i))
                     .or_default();
-                e.0.push(x);
-                if let Some(b) = bias(v, key, m.name()) {
+                e.0.push(mae);
+                if let Some(b) = bias {
                     e.1.push(b);
                 }
             }
         }
     }
-    Ok(acc
-        .into_iter()
+    acc.into_iter()
         .map(|((dataset, model, key, i), (mae, bias))| {
             let (mm, ms) = mean_std(&mae);
             let (bm, bs) = mean_std(&bias);
@@ -738,7 +815,7 @@ fn summary_rows(reports: &[(Cell, Value)]) -> Result<Vec<Vec<String>>> {
                 dataset,
                 model,
                 key,
-                Method::ALL[i].name().to_string(),
+                names[i].to_string(),
                 mae.len().to_string(),
                 field(mm),
                 field(ms),
@@ -746,34 +823,27 @@ fn summary_rows(reports: &[(Cell, Value)]) -> Result<Vec<Vec<String>>> {
                 field(bs),
             ]
         })
-        .collect())
+        .collect()
 }
 
 /// Per dataset and MAE key, every pair of methods (a before b in method order) over the
 /// (model, run) cells where both MAEs exist: `MAE_a - MAE_b`, its mean and 95% Student-t
 /// interval (empty below 2 cells), wins (`MAE_a < MAE_b`), losses and ties.
-fn paired_rows(reports: &[(Cell, Value)]) -> Result<Vec<Vec<String>>> {
+fn paired_rows(reports: &[(Cell, Value)], table: &MaeTable) -> Vec<Vec<String>> {
+    let names = method_names();
     type PerCell = BTreeMap<usize, f64>;
     let mut acc: BTreeMap<(String, String), Vec<PerCell>> = BTreeMap::new();
-    for (cell, v) in reports {
-        let Some(mae) = v["mae"].as_object() else {
-            return Err(Error::Invalid("sweep report: mae is missing".into()));
-        };
-        for (key, row) in mae {
-            let per: PerCell = Method::ALL
-                .iter()
-                .enumerate()
-                .filter_map(|(i, m)| row[m.name()].as_f64().map(|x| (i, x)))
-                .collect();
+    for ((cell, _), keys) in reports.iter().zip(table) {
+        for (key, per) in keys {
             acc.entry((cell.dataset.clone(), key.clone()))
                 .or_default()
-                .push(per);
+                .push(per.iter().map(|(&i, &(m, _))| (i, m)).collect());
         }
     }
     let mut rows = Vec::new();
     for ((dataset, key), cells) in acc {
-        for a in 0..Method::ALL.len() {
-            for b in a + 1..Method::ALL.len() {
+        for a in 0..names.len() {
+            for b in a + 1..names.len() {
                 let both: Vec<(f64, f64)> = cells
                     .iter()
                     .filter_map(|c| Some((*c.get(&a)?, *c.get(&b)?)))
@@ -792,8 +862,8 @@ fn paired_rows(reports: &[(Cell, Value)]) -> Result<Vec<Vec<String>>> {
                 rows.push(vec![
                     dataset.clone(),
                     key.clone(),
-                    Method::ALL[a].name().to_string(),
-                    Method::ALL[b].name().to_string(),
+                    names[a].to_string(),
+                    names[b].to_string(),
                     diffs.len().to_string(),
                     field(mean),
                     field(mean.zip(half).map(|(m, h)| m - h)),
@@ -805,7 +875,7 @@ fn paired_rows(reports: &[(Cell, Value)]) -> Result<Vec<Vec<String>>> {
             }
         }
     }
-    Ok(rows)
+    rows
 }
 
 /// `DIR/scatter_DATASET_MODE.svg` for each dataset and mode: every labelled (cell,

@@ -214,6 +214,11 @@ impl PartialEq for CotRows {
 }
 
 impl CotRows {
+    /// The logits of every chunk (`rows x K`, row-major), in row order.
+    pub fn logits(&self) -> impl Iterator<Item = &[f32]> {
+        self.chunks.iter().map(|c| c.logits.as_slice())
+    }
+
     /// Adds a chunk of `logits` (`rows x k`) whose first row is `row_offset`.
     pub fn add(&mut self, row_offset: u64, logits: &[f32], k: usize, groups: [Option<&[i64]>; 2]) {
         if logits.is_empty() || k == 0 {

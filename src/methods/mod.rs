@@ -11,6 +11,7 @@ pub mod report;
 pub mod row_outputs;
 pub mod scores;
 pub mod sets;
+pub mod shift_scores;
 pub mod tally;
 pub mod target;
 pub mod temperature;

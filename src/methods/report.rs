@@ -11,6 +11,7 @@ use crate::methods::bootstrap::{Intervals, MethodIntervals, ReplicateValues};
 use crate::methods::calibration::Calibration;
 use crate::methods::quantile::conformal_rank;
 use crate::methods::sets::{cpc_method, report_entries, score_cpc};
+use crate::methods::shift_scores::shift_scores;
 use crate::methods::tally::Tally;
 use crate::methods::thresholds::ModeCalibration;
 use crate::report::model::{
@@ -234,6 +235,7 @@ impl Calibration {
                 ts: cpc(&self.modes.ts),
             },
             conformal,
+            scores: cot_rows.and_then(|rows| shift_scores(rows, self.k, t.clone())),
             groups,
             intervals: match (boot, cot_rows) {
                 (Some((cb, tb)), Some(rows)) => {

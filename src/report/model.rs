@@ -143,6 +143,15 @@ pub struct GroupReport {
     pub intervals: Option<crate::report::intervals::Intervals>,
 }
 
+/// A target's score-based estimators (DESIGN.md 2.17): scores, not accuracies.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ShiftScores {
+    /// `||P||_* / sqrt(N min(N, K))`.
+    pub nuclear_norm: f64,
+    /// MaNo (global form).
+    pub mano: f64,
+}
+
 /// Everything reported for one target.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct TargetReport {
@@ -162,6 +171,10 @@ pub struct TargetReport {
     pub cpc: Modes<CpcChoice>,
     /// Conformal diagnostics per level.
     pub conformal: Modes<Vec<ConformalStats>>,
+    /// Score-based estimators per mode (absent when the rows are not known, as in a
+    /// report merged from tallies without them).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scores: Option<Modes<ShiftScores>>,
     /// Per group array present (`hospital`, `slide`): per group id.
     pub groups: BTreeMap<String, Vec<GroupReport>>,
     /// Bootstrap intervals (`ci`, `true_accuracy_ci`, `error_ci`), with a bootstrap.

@@ -1,0 +1,149 @@
+//! Score-based estimators (DESIGN.md 2.17) from a target's rows: the nuclear norm of the
+//! probability matrix (Deng et al. 2023) and MaNo (Xie et al. 2024, the official code's
+//! global form). Each is a score, not an accuracy: `evaluate` reports it per target under
+//! `scores[mode]`, and the sweep turns it into an accuracy by a regression across targets.
+//!
+//! Every sum is exact and order-free: each row's value is rounded once to a fixed grid and
+//! added as an integer, so the scores do not depend on chunking, sharding or threads. The
+//! rows are the ones COT keeps ([`CotRows`]), probabilities the CPU softmax's f32.
+
+use nalgebra::DMatrix;
+use rayon::prelude::*;
+
+use crate::cpu::softmax::softmax_row;
+use crate::methods::cot::CotRows;
+use crate::report::estimates::Modes;
+use crate::report::model::ShiftScores;
+
+/// Bits of the grid the Gram matrix and the fourth powers are summed on.
+const GRID_BITS: i32 = 64;
+/// Bits of the grid MaNo's `delta` terms are summed on.
+const DELTA_BITS: i32 = 40;
+/// Rows per parallel block.
+const BLOCK_ROWS: usize = 4096;
+
+/// `x >= 0` rounded to the nearest multiple of `2^-bits` (ties to even), as an integer.
+fn on_grid(x: f64, bits: i32) -> u128 {
+    (x * 2f64.powi(bits)).round_ties_even() as u128
+}
+
+/// The exact sums of one mode: the Gram matrix's upper triangle, MaNo's delta terms and
+/// both branches' fourth powers.
+#[derive(Clone, Default)]
+struct Sums {
+    gram: Vec<u128>,
+    delta: i128,
+    softmax4: u128,
+    taylor4: u128,
+}
+
+impl Sums {
+    fn zeros(k: usize) -> Self {
+        Sums {
+            gram: vec![0; k * (k + 1) / 2],
+            ..Default::default()
+        }
+    }
+
+    fn add(mut self, o: Sums) -> Self {
+        for (a, b) in self.gram.iter_mut().zip(&o.gram) {
+            *a += *b;
+        }
+        self.delta += o.delta;
+        self.softmax4 += o.softmax4;
+        self.taylor4 += o.taylor4;
+        self
+    }
+
+    /// One row's logits at temperature `t` (`p`, `v` scratch of K).
+    fn row(&mut self, z: &[f32], t: f32, p: &mut [f32], v: &mut [f64]) {
+        let k = z.len();
+        softmax_row(z, t, p);
+        let mut at = 0;
+        for a in 0..k {
+            for b in a..k {
+                // A product of two f32 is exact in f64.
+                self.gram[at] += on_grid(p[a] as f64 * p[b] as f64, GRID_BITS);
+                at += 1;
+            }
+        }
+        // MaNo on z / T in f64.
+        let zt = |x: f32| x as f64 / t as f64;
+        let m = z.iter().map(|&x| zt(x)).fold(f64::NEG_INFINITY, f64::max);
+        let lse = m + z.iter().map(|&x| (zt(x) - m).exp()).sum::<f64>().ln();
+        let mean = z.iter().map(|&x| zt(x)).sum::<f64>() / k as f64;
+        self.delta += on_grid((lse - mean).max(0.0), DELTA_BITS) as i128;
+        self.softmax4 += on_grid(p.iter().map(|&q| (q as f64).powi(4)).sum(), GRID_BITS);
+        for (vk, &x) in v.iter_mut().zip(z) {
+            let y = zt(x);
+            *vk = 1.0 + y + y * y / 2.0;
+        }
+        let low = v.iter().copied().fold(f64::INFINITY, f64::min);
+        let total: f64 = v.iter().map(|x| x - low).sum();
+        let q4: f64 = if total > 0.0 {
+            v.iter().map(|x| ((x - low) / total).powi(4)).sum()
+        } else {
+            // Every class equal: the uniform row.
+            k as f64 * (1.0 / k as f64).powi(4)
+        };
+        self.taylor4 += on_grid(q4, GRID_BITS);
+    }
+}
+
+/// The scores of a target's rows (`k` classes) at the temperatures `t` (raw, ts);
+/// `None` without rows.
+pub fn shift_scores(rows: &CotRows, k: usize, t: Modes<f32>) -> Option<Modes<ShiftScores>> {
+    let chunks: Vec<&[f32]> = rows.logits().collect();
+    let n: usize = chunks.iter().map(|c| c.len() / k).sum();
+    if n == 0 || k < 2 {
+        return None;
+    }
+    let mode = |t: f32| -> ShiftScores {
+        let blocks: Vec<&[f32]> = chunks
+            .iter()
+            .flat_map(|c| c.chunks(k * BLOCK_ROWS))
+            .collect();
+        let sums = blocks
+            .par_iter()
+            .map(|block| {
+                let mut s = Sums::zeros(k);
+                let (mut p, mut v) = (vec![0f32; k], vec![0f64; k]);
+                for z in block.chunks_exact(k) {
+                    s.row(z, t, &mut p, &mut v);
+                }
+                s
+            })
+            .reduce(|| Sums::zeros(k), Sums::add);
+        let scale = 2f64.powi(-GRID_BITS);
+        let mut gram = DMatrix::<f64>::zeros(k, k);
+        let mut at = 0;
+        for a in 0..k {
+            for b in a..k {
+                let g = sums.gram[at] as f64 * scale;
+                gram[(a, b)] = g;
+                gram[(b, a)] = g;
+                at += 1;
+            }
+        }
+        let nuclear: f64 = gram
+            .symmetric_eigenvalues()
+            .iter()
+            .map(|&e| e.max(0.0).sqrt())
+            .sum();
+        let nf = n as f64;
+        let delta = sums.delta as f64 * 2f64.powi(-DELTA_BITS) / nf;
+        let q4 = if delta > 5.0 {
+            sums.softmax4
+        } else {
+            sums.taylor4
+        };
+        ShiftScores {
+            nuclear_norm: nuclear / (nf * nf.min(k as f64)).sqrt(),
+            mano: (q4 as f64 * scale / (nf * k as f64)).powf(0.25),
+        }
+    };
+    Some(Modes {
+        raw: mode(t.raw),
+        ts: mode(t.ts),
+    })
+}
