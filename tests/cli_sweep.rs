@@ -301,7 +301,7 @@ fn sweep_cells_equal_evaluate_and_the_csv_files_follow_the_reports() {
     }
     // The report's methods' rows, exactly; the sweep's own (NuclearNorm, MaNo) follow
     // each target's rows and are checked below.
-    let sweep_methods = ["NuclearNorm", "MaNo"];
+    let sweep_methods = ["GDE", "NuclearNorm", "MaNo"];
     let report_rows: Vec<Vec<String>> = rows[1..]
         .iter()
         .filter(|r| !sweep_methods.contains(&r[7].as_str()))
@@ -431,7 +431,7 @@ fn sweep_cells_equal_evaluate_and_the_csv_files_follow_the_reports() {
     let all: Vec<&str> = METHODS
         .iter()
         .copied()
-        .chain(["NuclearNorm", "MaNo"])
+        .chain(["GDE", "NuclearNorm", "MaNo"])
         .collect();
     let order = |m: &str| all.iter().position(|x| *x == m).unwrap();
     assert!(
@@ -566,4 +566,100 @@ fn killed_sweeps_rerun_to_the_same_csv() {
             }
         }
     }
+}
+
+/// GDE: three runs of one model on the same rows (`test` with seeded noise added to each
+/// run's logits, the other sets identical): each run's GDE estimate of a target is its
+/// mean agreement with the other two, recomputed here from the files; identical sets
+/// agree everywhere (1); pair counts land in `pairs/`, and a damaged pair file is
+/// recomputed to the same results.
+#[test]
+fn gde_is_the_mean_agreement_with_the_other_runs() {
+    use conformal_gpu::data::npz::{load_npz, save_npz};
+    use rand::{Rng, SeedableRng};
+    let tmp = tempfile::tempdir().unwrap();
+    let (root, out) = (tmp.path().join("root"), tmp.path().join("out"));
+    let base = root.join("cam").join("m").join("0");
+    run_ok(&[
+        "generate",
+        "--out",
+        s(&base),
+        "--scale",
+        "0.002",
+        "--seed",
+        "4",
+    ]);
+    let mut yhat: Vec<Vec<usize>> = Vec::new();
+    for run in 0..3u64 {
+        let dir = root.join("cam").join("m").join(run.to_string());
+        if run > 0 {
+            std::fs::create_dir_all(&dir).unwrap();
+            for e in std::fs::read_dir(&base).unwrap().flatten() {
+                std::fs::copy(e.path(), dir.join(e.file_name())).unwrap();
+            }
+        }
+        let path = dir.join("test.npz");
+        let mut set = load_npz(&path).unwrap();
+        let mut r = rand_chacha::ChaCha8Rng::seed_from_u64(run + 10);
+        set.logits
+            .mapv_inplace(|z| z + r.random_range(-1.5f32..1.5));
+        save_npz(&path, &set, true).unwrap();
+        let set = load_npz(&path).unwrap();
+        yhat.push(
+            set.logits
+                .rows()
+                .into_iter()
+                .map(|row| {
+                    (0..row.len()).fold(0, |best, k| if row[k] > row[best] { k } else { best })
+                })
+                .collect(),
+        );
+    }
+    let sweep = || {
+        run_ok(&[
+            "sweep",
+            "--data",
+            s(&root),
+            "--out",
+            s(&out),
+            "--device",
+            "cpu",
+        ])
+    };
+    sweep();
+    let agree = |a: usize, b: usize| {
+        let n = yhat[a].len();
+        (0..n).filter(|&i| yhat[a][i] == yhat[b][i]).count() as f64 / n as f64
+    };
+    let rows = csv_rows(&out.join("results.csv"));
+    let gde = |run: &str, target: &str, mode: &str| -> String {
+        rows.iter()
+            .find(|r| {
+                r[2] == run && r[3] == mode && r[4] == target && r[5].is_empty() && r[7] == "GDE"
+            })
+            .unwrap()[10]
+            .clone()
+    };
+    for (run, others) in [(0, [1, 2]), (1, [0, 2]), (2, [0, 1])] {
+        let want = (agree(run, others[0]) + agree(run, others[1])) / 2.0;
+        for mode in ["raw", "ts"] {
+            let got: f64 = gde(&run.to_string(), "test", mode).parse().unwrap();
+            assert!(
+                (got - want).abs() < 1e-12,
+                "run {run} {mode}: {got} vs {want}"
+            );
+            assert_eq!(gde(&run.to_string(), "ood_val", mode), "1");
+        }
+    }
+    assert!(agree(0, 1) < 1.0, "the noise changes some predictions");
+    let pair = out.join("pairs/cam/m/test/0__1.json");
+    let text = std::fs::read_to_string(&pair).unwrap();
+    let before = std::fs::read(out.join("results.csv")).unwrap();
+    // A damaged pair file (more agreements than rows) is recomputed.
+    let mut v: Value = serde_json::from_str(&text).unwrap();
+    v["agree"] = serde_json::json!(1_000_000_000u64);
+    std::fs::write(&pair, v.to_string()).unwrap();
+    sweep();
+    assert_eq!(std::fs::read(out.join("results.csv")).unwrap(), before);
+    assert_eq!(std::fs::read_to_string(&pair).unwrap(), text);
 }

@@ -7,6 +7,7 @@ pub mod dataset;
 pub mod manifest;
 pub mod outputs;
 pub mod sweep;
+pub mod sweep_gde;
 pub mod sweep_scores;
 
 use conformal_gpu::data::{self, npz, GeneratorConfig};

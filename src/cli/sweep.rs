@@ -29,8 +29,9 @@ use statrs::distribution::{ContinuousCDF, StudentsT};
 
 use crate::cli::dataset::set_name;
 use crate::cli::manifest::{Manifest, ManifestCell};
+use crate::cli::sweep_gde::{gde_estimates, Member};
 use crate::cli::sweep_scores::{
-    excluded, sweep_estimates, SweepEstimates, SCORES_HEADER, SWEEP_METHODS,
+    excluded, sweep_estimates, SweepEstimates, SCORES_HEADER, SWEEP_NAMES,
 };
 use conformal_gpu::data::write_atomic;
 use conformal_gpu::report::estimates::Method;
@@ -273,7 +274,18 @@ pub fn run_sweep(job: SweepJob<'_>) -> Result<()> {
         .map(|(c, _)| (c.dataset.clone(), c.model.clone()))
         .collect();
     let values: Vec<&Value> = reports.iter().map(|(_, v)| v).collect();
-    let (estimates, scores) = sweep_estimates(&groups, &values);
+    let (mut estimates, scores) = sweep_estimates(&groups, &values);
+    let members: Vec<Member> = reports
+        .iter()
+        .map(|(c, v)| Member {
+            dataset: &c.dataset,
+            model: &c.model,
+            run: &c.run,
+            dir: &c.dir,
+            report: v,
+        })
+        .collect();
+    gde_estimates(job.out, &members, &mut estimates)?;
     write_csv(&job.out.join("scores.csv"), SCORES_HEADER, &scores)?;
     let results = results_rows(&reports, &estimates)?;
     write_csv(&job.out.join("results.csv"), RESULTS_HEADER, &results)?;
@@ -561,9 +573,9 @@ fn results_rows(reports: &[(Cell, Value)], estimates: &SweepEstimates) -> Result
             let (est, ci) = estimate_of(entry, at.mode, m.name());
             push(m.name(), est, ci);
         }
-        // The sweep's own, at the target level, where the target has scores.
-        if at.kind.is_empty() && entry["scores"][at.mode].is_object() {
-            for (name, _) in SWEEP_METHODS {
+        // The sweep's own, at the target level.
+        if at.kind.is_empty() {
+            for name in SWEEP_NAMES {
                 let key = (at.index, at.mode.to_string(), at.target.to_string(), name);
                 push(name, estimates.get(&key).copied(), None);
             }
@@ -729,7 +741,7 @@ fn method_names() -> Vec<&'static str> {
     Method::ALL
         .iter()
         .map(|m| m.name())
-        .chain(SWEEP_METHODS.iter().map(|(n, _)| *n))
+        .chain(SWEEP_NAMES)
         .collect()
 }
 
@@ -756,7 +768,7 @@ fn mae_table(reports: &[(Cell, Value)], estimates: &SweepEstimates) -> Result<Ma
             }
         }
         for mode in MODES {
-            for (j, (name, _)) in SWEEP_METHODS.iter().enumerate() {
+            for (j, name) in SWEEP_NAMES.iter().enumerate() {
                 let mut errors = Vec::new();
                 let mut complete = true;
                 for t in v["targets"].as_array().into_iter().flatten() {

@@ -14,6 +14,9 @@ use serde_json::Value;
 /// The sweep's methods, in method order, with the report score they regress on.
 pub const SWEEP_METHODS: [(&str, &str); 2] = [("NuclearNorm", "nuclear_norm"), ("MaNo", "mano")];
 
+/// The sweep's own methods in method order (GDE from `sweep_gde`, then the score fits).
+pub const SWEEP_NAMES: [&str; 3] = ["GDE", "NuclearNorm", "MaNo"];
+
 /// `scores.csv`'s header.
 pub const SCORES_HEADER: &[&str] = &[
     "dataset", "model", "mode", "score", "points", "r2", "spearman",
