@@ -51,6 +51,16 @@ class Calibration:
         saps_lambda: float = 0.2,
         class_conditional: bool = False,
     ) -> Calibration: ...
+    def predict_sets(
+        self,
+        logits: ArrayLike,
+        alpha: float | None = None,
+        score: str = "lac",
+        class_conditional: bool = False,
+        mode: Literal["ts", "raw"] = "ts",
+        name: str = "target",
+        row_offset: int = 0,
+    ) -> np.ndarray[Any, np.dtype[np.bool_]]: ...
     def tally(
         self,
         logits: ArrayLike,

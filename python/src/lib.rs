@@ -701,6 +701,72 @@ impl PyCalibration {
         })
     }
 
+    /// Per-row prediction sets: a boolean array [N, K] (True = the class is in the set)
+    /// under the entry (score, class_conditional, alpha) of mode `mode` ("ts" or "raw");
+    /// randomised scores draw by (seed, name, row_offset + row), as a tally does.
+    #[pyo3(signature = (logits, alpha = None, score = "lac", class_conditional = false, mode = "ts", name = "target", row_offset = 0))]
+    #[allow(clippy::too_many_arguments)]
+    fn predict_sets<'py>(
+        &self,
+        py: Python<'py>,
+        logits: &Bound<'py, PyAny>,
+        alpha: Option<f64>,
+        score: &str,
+        class_conditional: bool,
+        mode: &str,
+        name: &str,
+        row_offset: u64,
+    ) -> PyResult<Bound<'py, PyArray2<bool>>> {
+        let cal = self.inner.clone();
+        let ts = match mode {
+            "ts" => true,
+            "raw" => false,
+            other => {
+                return Err(to_py(
+                    py,
+                    invalid(format!("mode {other:?}: expected \"ts\" or \"raw\"")),
+                ))
+            }
+        };
+        let alpha = alpha.unwrap_or(cal.alphas[0]);
+        let l = logits_arg(logits, name)?;
+        let (n, k) = (l.n, l.k);
+        let slice = l.slice();
+        let out = py
+            .detach(|| {
+                check_k(name, k, &cal)?;
+                if let Some(i) = slice.iter().position(|v| !v.is_finite()) {
+                    return Err(Error::NonFinite {
+                        what: format!("{name}: logits"),
+                        row: row_offset as usize + i / k,
+                        col: i % k,
+                        value: slice[i],
+                    });
+                }
+                let sets = cal.sets.as_ref().ok_or_else(|| {
+                    invalid(
+                        "this calibration has no prediction-set thresholds (written before scores)",
+                    )
+                })?;
+                let t = if ts { cal.modes.ts.t } else { cal.modes.raw.t };
+                sets.predict_sets(
+                    slice,
+                    k,
+                    t,
+                    ts,
+                    score,
+                    class_conditional,
+                    alpha,
+                    name,
+                    row_offset,
+                )
+            })
+            .py_err(py)?;
+        let arr =
+            Array2::from_shape_vec((n, k), out).map_err(|e| to_py(py, invalid(e.to_string())))?;
+        Ok(PyArray2::from_owned_array(py, arr))
+    }
+
     /// Counts target rows (logits, optional labels and group ids) under this calibration.
     #[pyo3(signature = (logits, labels = None, groups = None, row_offset = 0, device = None, name = "target"))]
     #[allow(clippy::too_many_arguments)]

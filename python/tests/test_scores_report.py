@@ -287,3 +287,62 @@ def test_bad_score_options_are_typed_errors(kw, names):
     source, target = case(4, False)
     with pytest.raises(cg.InvalidInput, match=names):
         cg.evaluate(source, {"t": target}, device="cpu", **kw)
+
+
+@pytest.mark.parametrize("device", ["cpu", "gpu"])
+def test_predict_sets_are_the_reported_sets(device, request):
+    """Calibration.predict_sets: the oracle's sets, row by row (deterministic scores);
+    their mean size and coverage are the report's; randomised sets of row ranges at
+    their offsets are the whole's; a missing entry is a typed error."""
+    if device == "gpu":
+        device = request.getfixturevalue("gpu")
+    k = 5
+    source, target = case(k, True)
+    cal = cg.Calibration.fit(
+        source["logits"],
+        source["labels"],
+        alphas=ALPHAS,
+        device=device,
+        score="lac,aps,raps,saps,topk",
+        raps_lambda=RAPS_LAMBDA,
+        raps_k_reg=RAPS_K_REG,
+        saps_lambda=SAPS_LAMBDA,
+        class_conditional=True,
+    )
+    rep = cal.report({"t": [cal.tally(target["logits"], target["labels"], name="t")]})
+    entries = rep["targets"][0]["conformal"]["ts"]
+    t_ts = rep["source"]["temperature"]
+    ps = cg.softmax(source["logits"], t=t_ts, device="cpu")
+    pt = cg.softmax(target["logits"], t=t_ts, device="cpu")
+    for score in ("aps", "raps", "saps", "topk"):
+        for alpha in ALPHAS:
+            sets = cal.predict_sets(target["logits"], alpha=alpha, score=score, name="t")
+            assert sets.shape == (400, k) and sets.dtype == np.bool_
+            label = oracle_scores(ps, score)[np.arange(300), source["labels"]]
+            r = conformal_rank(300, alpha)
+            q = np.sort(label)[r - 1]
+            np.testing.assert_array_equal(sets, oracle_scores(pt, score) <= q)
+            e = next(
+                e
+                for e in entries
+                if (e["score"], e["class_conditional"], e["alpha"]) == (score, False, alpha)
+            )
+            assert sets.sum(axis=1).mean() == e["mean_set_size"]
+    cc = cal.predict_sets(target["logits"], alpha=0.1, score="aps", class_conditional=True)
+    assert cc.shape == (400, k)
+    # Randomised: the same draws at each row's index, whole or in two ranges.
+    rnd = cg.Calibration.fit(
+        source["logits"], source["labels"], device=device, score="aps", randomize=True, seed=3
+    )
+    whole = rnd.predict_sets(target["logits"], score="aps", name="t")
+    halves = np.concatenate(
+        [
+            rnd.predict_sets(target["logits"][:150], score="aps", name="t"),
+            rnd.predict_sets(target["logits"][150:], score="aps", name="t", row_offset=150),
+        ]
+    )
+    np.testing.assert_array_equal(whole, halves)
+    with pytest.raises(cg.InvalidInput, match="no prediction-set entry"):
+        rnd.predict_sets(target["logits"], score="raps")
+    with pytest.raises(cg.InvalidInput, match="mode"):
+        rnd.predict_sets(target["logits"], mode="both")

@@ -238,6 +238,68 @@ impl SetCalibration {
     }
 }
 
+impl SetCalibration {
+    /// The prediction sets of `logits` (`rows x k`, finite) under the entry (`score`,
+    /// `class_conditional`, `alpha`) of mode `ts` at its temperature `t`: one K-long row
+    /// of booleans per row, row-major. The randomised draws are keyed by `name` and each
+    /// row's index `row_offset + i`, as in a tally. An entry the calibration lacks is an
+    /// error naming it.
+    #[allow(clippy::too_many_arguments)]
+    pub fn predict_sets(
+        &self,
+        logits: &[f32],
+        k: usize,
+        t: f32,
+        ts: bool,
+        score: &str,
+        class_conditional: bool,
+        alpha: f64,
+        name: &str,
+        row_offset: u64,
+    ) -> Result<Vec<bool>> {
+        let scores = self.options.parsed()?;
+        let entry = self
+            .modes
+            .of(ts)
+            .entries
+            .iter()
+            .find(|e| e.score == score && e.class_conditional == class_conditional && e.alpha == alpha)
+            .ok_or_else(|| {
+                Error::Invalid(format!(
+                    "no prediction-set entry for score {score:?}, class_conditional {class_conditional}, alpha {alpha} in this calibration (fitted with scores {:?}, levels as given)",
+                    self.options.scores
+                ))
+            })?;
+        let s = scores
+            .iter()
+            .find(|s| s.name() == score)
+            .copied()
+            .unwrap_or(Score::Lac);
+        let probs = softmax(logits, k, t);
+        let mut out = vec![false; probs.len()];
+        out.par_chunks_mut(k * BLOCK_ROWS)
+            .zip(probs.par_chunks(k * BLOCK_ROWS))
+            .enumerate()
+            .for_each(|(b, (o, p))| {
+                let (mut order, mut row) = (Vec::new(), vec![0.0f64; k]);
+                for (j, (orow, prow)) in o.chunks_exact_mut(k).zip(p.chunks_exact(k)).enumerate() {
+                    let i = (b * BLOCK_ROWS + j) as u64;
+                    let u = draw(&self.options, name, row_offset + i);
+                    row_scores_into(prow, s, u, &mut order, &mut row);
+                    for (c, (x, &v)) in orow.iter_mut().zip(&row).enumerate() {
+                        let q = if entry.qhat.len() == 1 {
+                            entry.qhat[0]
+                        } else {
+                            entry.qhat[c]
+                        };
+                        *x = q.is_none_or(|q| v <= q);
+                    }
+                }
+            });
+        Ok(out)
+    }
+}
+
 fn fit_mode(
     options: &SetOptions,
     scores: &[Score],
