@@ -10,7 +10,7 @@
 use nalgebra::DMatrix;
 use rayon::prelude::*;
 
-use crate::cpu::softmax::softmax_row;
+use crate::cpu::softmax::softmax;
 use crate::methods::cot::CotRows;
 use crate::report::estimates::Modes;
 use crate::report::model::ShiftScores;
@@ -55,10 +55,10 @@ impl Sums {
         self
     }
 
-    /// One row's logits at temperature `t` (`p`, `v` scratch of K).
-    fn row(&mut self, z: &[f32], t: f32, p: &mut [f32], v: &mut [f64]) {
+    /// One row's logits `z` at temperature `t`, its CPU-softmax probabilities `p` (`v`
+    /// scratch of K).
+    fn row(&mut self, z: &[f32], t: f32, p: &[f32], v: &mut [f64]) {
         let k = z.len();
-        softmax_row(z, t, p);
         let mut at = 0;
         for a in 0..k {
             for b in a..k {
@@ -70,7 +70,16 @@ impl Sums {
         // MaNo on z / T in f64.
         let zt = |x: f32| x as f64 / t as f64;
         let m = z.iter().map(|&x| zt(x)).fold(f64::NEG_INFINITY, f64::max);
-        let lse = m + z.iter().map(|&x| (zt(x) - m).exp()).sum::<f64>().ln();
+        // exp(0) = 1 exactly: the top class's term costs no exponential.
+        let terms = z.iter().map(|&x| {
+            let d = zt(x) - m;
+            if d == 0.0 {
+                1.0
+            } else {
+                d.exp()
+            }
+        });
+        let lse = m + terms.sum::<f64>().ln();
         let mean = z.iter().map(|&x| zt(x)).sum::<f64>() / k as f64;
         self.delta += on_grid((lse - mean).max(0.0), DELTA_BITS) as i128;
         self.softmax4 += on_grid(p.iter().map(|&q| (q as f64).powi(4)).sum(), GRID_BITS);
@@ -107,9 +116,11 @@ pub fn shift_scores(rows: &CotRows, k: usize, t: Modes<f32>) -> Option<Modes<Shi
             .par_iter()
             .map(|block| {
                 let mut s = Sums::zeros(k);
-                let (mut p, mut v) = (vec![0f32; k], vec![0f64; k]);
-                for z in block.chunks_exact(k) {
-                    s.row(z, t, &mut p, &mut v);
+                let mut v = vec![0f64; k];
+                // The block's probabilities at once (vectorised exp; `softmax_row`'s bits).
+                let probs = softmax(block, k, t);
+                for (z, p) in block.chunks_exact(k).zip(probs.chunks_exact(k)) {
+                    s.row(z, t, p, &mut v);
                 }
                 s
             })
