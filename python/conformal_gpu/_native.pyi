@@ -74,6 +74,7 @@ class Calibration:
         self,
         targets: Mapping[str, Tally | Iterable[Tally]],
         confidence: float | None = None,
+        exclude: Sequence[str] | None = None,
     ) -> dict[str, Any]: ...
     def to_json(self) -> str: ...
     @staticmethod
@@ -131,6 +132,7 @@ def evaluate(
     raps_k_reg: int = 1,
     saps_lambda: float = 0.2,
     class_conditional: bool = False,
+    exclude: Sequence[str] | None = None,
 ) -> dict[str, Any]: ...
 def fit_temperature(
     logits: ArrayLike, labels: ArrayLike, device: Device = "auto"

@@ -634,6 +634,7 @@ fn report_dict<'py>(
     cal: &Calibration,
     tallies: &[(String, Tally)],
     timings: Timings,
+    exclude: &[String],
 ) -> PyResult<Bound<'py, PyAny>> {
     let mut reports = Vec::with_capacity(tallies.len());
     let mut inputs = cal.inputs.clone();
@@ -643,7 +644,8 @@ fn report_dict<'py>(
     }
     inputs.sort();
     inputs.dedup();
-    let eval = Evaluation::assemble(cal, cal.device.clone(), reports, Vec::new(), timings);
+    let mut eval = Evaluation::assemble(cal, cal.device.clone(), reports, Vec::new(), timings);
+    eval.exclude_from_mae(exclude).py_err(py)?;
     let value = report::to_json(&eval, &meta(inputs, &eval.device)).py_err(py)?;
     json_to_py(py, &value)
 }
@@ -798,13 +800,15 @@ impl PyCalibration {
     /// The report of targets `{name: tally or [tallies]}` (tallies of a name are merged).
     /// `confidence` overrides the calibration's for the bootstrap intervals (as
     /// `conformal-gpu merge --confidence`); a calibration without replicates warns.
-    #[pyo3(signature = (targets, confidence = None))]
+    #[pyo3(signature = (targets, confidence = None, exclude = None))]
     fn report<'py>(
         &self,
         py: Python<'py>,
         targets: &Bound<'py, PyDict>,
         confidence: Option<f64>,
+        exclude: Option<Vec<String>>,
     ) -> PyResult<Bound<'py, PyAny>> {
+        let exclude = exclude.unwrap_or_default();
         let mut overridden = None;
         if let Some(c) = confidence {
             check_confidence(c).py_err(py)?;
@@ -861,7 +865,7 @@ impl PyCalibration {
             sort: cal.timings_ms.sort,
             ..Default::default()
         };
-        report_dict(py, cal, &tallies, timings)
+        report_dict(py, cal, &tallies, timings, &exclude)
     }
 
     /// The versioned JSON document (what `conformal-gpu calibrate` writes).
@@ -1092,7 +1096,7 @@ fn need<'py>(d: &Bound<'py, PyDict>, key: &str, what: &str) -> PyResult<Bound<'p
 /// `bootstrap` = B > 0, Poisson bootstrap intervals at `confidence` (weights seeded by
 /// `seed`), as `conformal-gpu evaluate --bootstrap B --confidence C --seed N`.
 #[pyfunction]
-#[pyo3(signature = (source, targets, alphas = None, device = "auto", temperature = None, bootstrap = 0, confidence = 0.95, seed = 0, score = None, randomize = false, raps_lambda = 0.01, raps_k_reg = 1, saps_lambda = 0.2, class_conditional = false))]
+#[pyo3(signature = (source, targets, alphas = None, device = "auto", temperature = None, bootstrap = 0, confidence = 0.95, seed = 0, score = None, randomize = false, raps_lambda = 0.01, raps_k_reg = 1, saps_lambda = 0.2, class_conditional = false, exclude = None))]
 #[allow(clippy::too_many_arguments)]
 fn evaluate<'py>(
     py: Python<'py>,
@@ -1110,6 +1114,7 @@ fn evaluate<'py>(
     raps_k_reg: i128,
     saps_lambda: f64,
     class_conditional: bool,
+    exclude: Option<Vec<String>>,
 ) -> PyResult<Bound<'py, PyAny>> {
     let started = Instant::now();
     let alphas = alphas
@@ -1231,7 +1236,9 @@ fn evaluate<'py>(
             evaluation::run(&eng, choice, job)
         })
         .py_err(py)?;
-    let eval = outcome.evaluation;
+    let mut eval = outcome.evaluation;
+    eval.exclude_from_mae(&exclude.unwrap_or_default())
+        .py_err(py)?;
     let value = report::to_json(&eval, &meta(outcome.inputs, &eval.device)).py_err(py)?;
     json_to_py(py, &value)
 }

@@ -271,3 +271,23 @@ def test_binary_logit_shapes_equal_cli(cli, tmp_path, shape):
     assert cal.k == 2
     t = cal.tally(test["logits"], labels=test["labels"], name="test", device="cpu")
     assert t.n == 3000
+
+
+def test_exclude_equals_cli(cli, data, tmp_path):
+    """`exclude=` (evaluate, Calibration.report) is the CLI's `--exclude`: the matching
+    targets are reported but kept out of the MAE rows, whose members are the others."""
+    want = cli_evaluate(cli, data, tmp_path, extra=("--exclude", "te*"))
+    got = cg.evaluate(data["source"], data["targets"], alphas=ALPHAS, device="cpu", exclude=["te*"])
+    assert comparable(got) == comparable(want)
+    assert got["mae_exclude"] == ["te*"]
+    # test is the only labelled target: nothing is left to average.
+    assert got["mae"]["ts"]["CPC"] is None
+    plain = cg.evaluate(data["source"], data["targets"], alphas=ALPHAS, device="cpu")
+    assert plain["mae"]["ts"]["CPC"] is not None and "mae_exclude" not in plain
+    assert [t["estimates"] for t in got["targets"]] == [t["estimates"] for t in plain["targets"]]
+    src, t = data["source"], data["targets"]["test"]
+    cal = cg.Calibration.fit(src["logits"], src["labels"], alphas=ALPHAS, device="cpu")
+    rep = cal.report({"test": cal.tally(t["logits"], t["labels"], name="test")}, exclude=["te*"])
+    assert rep["mae"]["ts"]["CPC"] is None
+    with pytest.raises(cg.InvalidInput, match="exclude"):
+        cg.evaluate(data["source"], data["targets"], device="cpu", exclude=["[unclosed"])

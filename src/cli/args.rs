@@ -192,6 +192,9 @@ pub enum Command {
         /// Confidence of the bootstrap intervals (default: the calibration's).
         #[arg(long)]
         confidence: Option<f64>,
+        /// Targets kept out of the MAE rows: comma-separated globs of target names.
+        #[arg(long, value_delimiter = ',')]
+        exclude: Vec<String>,
     },
     /// Conformal quantiles qhat(alpha) of a 1-D score array (`.npy`, float32 or float64).
     Quantile {

@@ -591,6 +591,7 @@ pub fn run_merge(
     json: &Option<String>,
     out: Option<&Path>,
     confidence: Option<f64>,
+    exclude: &[String],
 ) -> Result<()> {
     let started = Instant::now();
     if let Some(dir) = out {
@@ -644,7 +645,8 @@ pub fn run_merge(
         estimate: 0.0,
         total: started.elapsed().as_secs_f64() * 1e3,
     };
-    let eval = Evaluation::assemble(&cal, cal.device.clone(), reports, Vec::new(), timings);
+    let mut eval = Evaluation::assemble(&cal, cal.device.clone(), reports, Vec::new(), timings);
+    eval.exclude_from_mae(exclude)?;
     let meta = meta(&eval.device, inputs, Vec::new(), None);
     emit_report(&eval, &meta, json, out)
 }

@@ -122,7 +122,15 @@ pub fn run(cli: Cli, explicit: &[String]) -> Result<()> {
             json,
             out,
             confidence,
-        } => run_merge(&calibration, &tallies, &json, out.as_deref(), confidence),
+            exclude,
+        } => run_merge(
+            &calibration,
+            &tallies,
+            &json,
+            out.as_deref(),
+            confidence,
+            &exclude,
+        ),
         Command::Quantile {
             scores,
             alpha,
