@@ -427,12 +427,25 @@ fn bootstrap_arg(
     Ok(options)
 }
 
+/// `score=`: a name, a comma list or a list of names.
+fn score_names(py: Python<'_>, score: &Bound<'_, PyAny>) -> PyResult<Vec<String>> {
+    if let Ok(s) = score.extract::<String>() {
+        return Ok(parse_scores(&s));
+    }
+    score.extract::<Vec<String>>().map_err(|_| {
+        to_py(
+            py,
+            invalid("score: expected a name, a comma list or a list of names"),
+        )
+    })
+}
+
 /// The conformal options of `fit` and `evaluate` (`score` a comma list or a list of
 /// names), checked: a bad name or parameter is a ValueError naming it.
 #[allow(clippy::too_many_arguments)]
 fn sets_arg(
     py: Python<'_>,
-    score: &Bound<'_, PyAny>,
+    score: Option<&Bound<'_, PyAny>>,
     randomize: bool,
     seed: u64,
     raps_lambda: f64,
@@ -440,15 +453,10 @@ fn sets_arg(
     saps_lambda: f64,
     class_conditional: bool,
 ) -> PyResult<SetOptions> {
-    let scores = if let Ok(s) = score.extract::<String>() {
-        parse_scores(&s)
+    let scores = if let Some(score) = score.filter(|s| !s.is_none()) {
+        score_names(py, score)?
     } else {
-        score.extract::<Vec<String>>().map_err(|_| {
-            to_py(
-                py,
-                invalid("score: expected a name, a comma list or a list of names"),
-            )
-        })?
+        vec!["lac".to_string()]
     };
     let raps_k_reg = usize::try_from(raps_k_reg).map_err(|_| {
         to_py(
@@ -682,10 +690,9 @@ impl PyCalibration {
             .transpose()?
             .unwrap_or_else(|| vec![0.1]);
         let boot = bootstrap_arg(py, bootstrap, confidence, seed)?;
-        let lac = PyString::new(py, "lac");
         let sets = sets_arg(
             py,
-            score.unwrap_or(lac.as_any()),
+            score,
             randomize,
             boot.seed,
             raps_lambda,
@@ -1122,10 +1129,9 @@ fn evaluate<'py>(
         .transpose()?
         .unwrap_or_else(|| vec![0.1]);
     let boot = bootstrap_arg(py, bootstrap, confidence, seed)?;
-    let lac = PyString::new(py, "lac");
     let sets = sets_arg(
         py,
-        score.unwrap_or(lac.as_any()),
+        score,
         randomize,
         boot.seed,
         raps_lambda,

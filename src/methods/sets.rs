@@ -97,6 +97,19 @@ pub struct EntryCalibration {
     pub qhat: Vec<Option<f64>>,
 }
 
+impl EntryCalibration {
+    /// Whether class `class` with score `s` is in this entry's set (`s <= qhat`, the
+    /// class's own qhat when class-conditional; `None` = +inf).
+    pub fn contains(&self, class: usize, s: f64) -> bool {
+        let q = if self.qhat.len() == 1 {
+            self.qhat[0]
+        } else {
+            self.qhat[class]
+        };
+        q.is_none_or(|q| s <= q)
+    }
+}
+
 /// The CPC threshold of a score (DESIGN.md 2.15).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ScoreCpc {
@@ -287,12 +300,7 @@ impl SetCalibration {
                     let u = draw(&self.options, name, row_offset + i);
                     row_scores_into(prow, s, u, &mut order, &mut row);
                     for (c, (x, &v)) in orow.iter_mut().zip(&row).enumerate() {
-                        let q = if entry.qhat.len() == 1 {
-                            entry.qhat[0]
-                        } else {
-                            entry.qhat[c]
-                        };
-                        *x = q.is_none_or(|q| v <= q);
+                        *x = entry.contains(c, v);
                     }
                 }
             });
@@ -759,14 +767,7 @@ fn count_block(
                     }
                 }
             }
-            let within = |cls: usize, s: f64| {
-                let q = if ent.qhat.len() == 1 {
-                    ent.qhat[0]
-                } else {
-                    ent.qhat[cls]
-                };
-                q.is_none_or(|q| s <= q)
-            };
+            let within = |cls: usize, s: f64| ent.contains(cls, s);
             let size = row
                 .iter()
                 .enumerate()
