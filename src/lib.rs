@@ -34,6 +34,12 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod backend;
+// The command line lives in the library so that the binary and Python's `sweep` run the
+// same code (one option parser, one sweep); it is the top rung, imported by nothing here,
+// and not a stable API: its items are documented by `--help`.
+#[doc(hidden)]
+#[allow(missing_docs)]
+pub mod cli;
 pub mod cpu;
 pub mod data;
 pub mod device;

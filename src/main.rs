@@ -3,24 +3,15 @@
 
 use std::process::ExitCode;
 
-use clap::parser::ValueSource;
 use clap::{CommandFactory, FromArgMatches};
 
-mod cli;
+use conformal_gpu::cli;
 
 fn main() -> ExitCode {
     let matches = cli::args::Cli::command().get_matches();
     let cli = cli::args::Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     // The sweep's options given on the command line win over its manifest's.
-    let explicit: Vec<String> = matches
-        .subcommand_matches("sweep")
-        .map(|m| {
-            m.ids()
-                .filter(|id| m.value_source(id.as_str()) == Some(ValueSource::CommandLine))
-                .map(|id| id.to_string())
-                .collect()
-        })
-        .unwrap_or_default();
+    let explicit = cli::explicit_sweep_options(&matches);
     match cli::run(cli, &explicit) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

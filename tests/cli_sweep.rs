@@ -663,3 +663,106 @@ fn gde_is_the_mean_agreement_with_the_other_runs() {
     assert_eq!(std::fs::read(out.join("results.csv")).unwrap(), before);
     assert_eq!(std::fs::read_to_string(&pair).unwrap(), text);
 }
+
+/// `generate --grid`: the documented layout (datasets x 3 models x 5 runs), the same bytes
+/// for the same seed, the scanner targets one file each; its sweep runs every cell with
+/// every target and its groups; an unknown dataset is refused before anything is written.
+#[test]
+fn the_grid_generates_the_layout_and_sweeps() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    for dir in [&a, &b] {
+        // Scale 0.02: DMIST's sets are 40 and 50 rows (10+ per class of K = 4),
+        // Fitzpatrick's 38 and 78: most of K = 114 classes have no source row, which every
+        // estimator must survive.
+        run_ok(&[
+            "generate",
+            "--grid",
+            "--datasets",
+            "dmist,fitzpatrick17k",
+            "--scale",
+            "0.02",
+            "--seed",
+            "3",
+            "--out",
+            s(dir),
+        ]);
+    }
+    let mut files = Vec::new();
+    for d in ["dmist", "fitzpatrick17k"] {
+        for m in ["densenet121", "resnet50", "vit_b16"] {
+            for r in 0..5 {
+                let dir = a.join(d).join(m).join(r.to_string());
+                let mut names: Vec<String> = std::fs::read_dir(&dir)
+                    .unwrap()
+                    .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                    .collect();
+                names.sort();
+                let want: &[&str] = if d == "dmist" {
+                    &[
+                        "id_val.npz",
+                        "scanner_0.npz",
+                        "scanner_1.npz",
+                        "scanner_2.npz",
+                        "scanner_3.npz",
+                    ]
+                } else {
+                    &["atlas_dermatologico.npz", "id_val.npz", "test.npz"]
+                };
+                assert_eq!(names, want, "{}", dir.display());
+                files.extend(names.iter().map(|n| dir.join(n)));
+            }
+        }
+    }
+    for f in &files {
+        let twin = b.join(f.strip_prefix(&a).unwrap());
+        assert_eq!(std::fs::read(f).unwrap(), std::fs::read(twin).unwrap());
+    }
+    assert!(!a.join("camelyon17").exists() && !a.join("cifar10").exists());
+
+    let out = tmp.path().join("out");
+    let o = sweep(&a, &out);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let rows = csv_rows(&out.join("results.csv"));
+    let header = &rows[0];
+    let col = |name: &str| header.iter().position(|h| h == name).unwrap();
+    for (d, targets, kinds) in [
+        (
+            "dmist",
+            &["scanner_0", "scanner_1", "scanner_2", "scanner_3"][..],
+            "hospital",
+        ),
+        (
+            "fitzpatrick17k",
+            &["atlas_dermatologico", "test"][..],
+            "hospital",
+        ),
+    ] {
+        for t in targets {
+            let cells: std::collections::BTreeSet<(&str, &str)> = rows[1..]
+                .iter()
+                .filter(|r| r[col("dataset")] == d && r[col("target")] == *t)
+                .map(|r| (r[col("model")].as_str(), r[col("run")].as_str()))
+                .collect();
+            assert_eq!(cells.len(), 15, "{d}/{t}: every model and run");
+            assert!(rows[1..].iter().any(|r| r[col("dataset")] == d
+                && r[col("target")] == *t
+                && r[col("group_kind")] == kinds
+                && r[col("method")] == "CPC"
+                && !r[col("estimate")].is_empty()));
+        }
+    }
+
+    let bad = tmp.path().join("bad");
+    let o = run(&[
+        "generate",
+        "--grid",
+        "--datasets",
+        "dmist,mnist",
+        "--out",
+        s(&bad),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("\"mnist\""));
+    assert!(!bad.join("dmist").exists(), "nothing written");
+}

@@ -13,7 +13,9 @@ use clap::{Parser, Subcommand};
                   With no subcommand: the main job. Generates the Camelyon17-shaped dataset \
                   (scale 1, seed 0) into a cache directory unless it is there, evaluates every \
                   estimator on it, prints a table and writes report.json and plots into \
-                  ./conformal-gpu-report."
+                  ./conformal-gpu-report; then sweeps the default grid (generate --grid: 4 \
+                  datasets x 3 models x 5 runs) into ./conformal-gpu-sweep and prints its \
+                  MAE summary and where CPC and ATC differ."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -101,7 +103,8 @@ pub struct Common {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Write the seeded Camelyon17-shaped synthetic dataset (WILDS split sizes).
+    /// Write the seeded Camelyon17-shaped synthetic dataset (WILDS split sizes), or with
+    /// --grid the sweep's grid (datasets x models x 5 runs) in the layout form.
     Generate {
         /// Output directory.
         #[arg(long)]
@@ -112,6 +115,14 @@ pub enum Command {
         /// Seed: same seed, same bytes.
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// Write the grid OUT/DATASET/MODEL/RUN/*.npz: camelyon17 (K = 2), cifar10
+        /// (K = 10), fitzpatrick17k (K = 114), dmist (K = 4, one target per scanner), each
+        /// with models densenet121, resnet50, vit_b16 and runs 0..4.
+        #[arg(long)]
+        grid: bool,
+        /// With --grid: only these datasets (comma-separated).
+        #[arg(long, value_delimiter = ',', requires = "grid")]
+        datasets: Vec<String>,
     },
     /// Evaluate every cell of ROOT/DATASET/MODEL/RUN/ (evaluate's options) into
     /// DIR/cells/, then results.csv, summary.csv, timings.csv and failures.csv; resumable.

@@ -7,21 +7,21 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use conformal_gpu::data::npz;
-use conformal_gpu::data::stream::NpzRowReader;
-use conformal_gpu::data::PredictionSet;
-use conformal_gpu::device::{DeviceChoice, Engine};
-use conformal_gpu::methods::bootstrap::{check_confidence, BootstrapOptions};
-use conformal_gpu::methods::calibration::{Calibration, CalibrationOptions, Temperature};
-use conformal_gpu::methods::evaluate::{
+use crate::data::npz;
+use crate::data::stream::NpzRowReader;
+use crate::data::PredictionSet;
+use crate::device::{DeviceChoice, Engine};
+use crate::methods::bootstrap::{check_confidence, BootstrapOptions};
+use crate::methods::calibration::{Calibration, CalibrationOptions, Temperature};
+use crate::methods::evaluate::{
     self as evaluation, Evaluation, EvaluationJob, Timings, TARGET_CHUNK_ROWS,
 };
-use conformal_gpu::methods::files::{tally_files, FileJob};
-use conformal_gpu::methods::sets::{parse_scores, SetOptions};
-use conformal_gpu::methods::tally::Tally;
-use conformal_gpu::methods::target::TargetInput;
-use conformal_gpu::report::{self, InputFile, Meta, SkippedFile};
-use conformal_gpu::{with_backend, Error, Result};
+use crate::methods::files::{tally_files, FileJob};
+use crate::methods::sets::{parse_scores, SetOptions};
+use crate::methods::tally::Tally;
+use crate::methods::target::TargetInput;
+use crate::report::{self, InputFile, Meta, SkippedFile};
+use crate::{with_backend, Error, Result};
 
 use crate::cli::dataset::{dataset_files, find_set, set_name, target_part};
 use crate::cli::outputs::{check_json_target, check_writable_dir, emit_json, open_device, phase};
@@ -98,7 +98,7 @@ impl SourceSets {
     /// first, before any reading).
     fn load(args: &SourceArgs<'_>, files: &[PathBuf]) -> Result<Self> {
         if let Some(t) = args.temperature {
-            conformal_gpu::methods::temperature::validate_temperature(t)?;
+            crate::methods::temperature::validate_temperature(t)?;
         }
         let source_path = find_set(args.data, files, args.source, "source")?;
         let temp_path = args
@@ -219,10 +219,7 @@ fn record_transfers(meta: &mut Meta, engine: &Engine, device: &str) {
                     .map(|(name, t)| {
                         let ms = t.ns as f64 / 1e6;
                         let dispatches = t.dispatches;
-                        (
-                            name.to_string(),
-                            conformal_gpu::report::KernelMs { ms, dispatches },
-                        )
+                        (name.to_string(), crate::report::KernelMs { ms, dispatches })
                     })
                     .collect();
             }
@@ -550,11 +547,7 @@ pub fn run_tally(job: TallyJob<'_>) -> Result<()> {
         .map(str::to_string)
         .unwrap_or_else(|| set_name(job.data));
     let reader = NpzRowReader::open(job.data)?;
-    conformal_gpu::methods::calibration::check_k(
-        &job.data.display().to_string(),
-        reader.k(),
-        &cal,
-    )?;
+    crate::methods::calibration::check_k(&job.data.display().to_string(), reader.k(), &cal)?;
     let (engine, choice) = open_device(job.device)?;
     let mut reader = Some(reader);
     let done = with_backend!(&engine, choice, |b| {

@@ -3,8 +3,9 @@
 
 use std::path::{Path, PathBuf};
 
-use conformal_gpu::data::{self, npz, GeneratorConfig};
-use conformal_gpu::{Error, Result};
+use crate::data::grid::{GridConfig, PROFILES, RUNS};
+use crate::data::{self, npz, GeneratorConfig};
+use crate::{Error, Result};
 
 use crate::cli::outputs::phase;
 
@@ -94,29 +95,79 @@ fn cache_dir() -> PathBuf {
 /// copy is there. Returns its directory.
 pub fn cached_dataset(cfg: &GeneratorConfig) -> Result<PathBuf> {
     let dir = cache_dir().join(format!("camelyon17-scale{}-seed{}", cfg.scale, cfg.seed));
-    let marker = dir.join(".complete");
     let expected: Vec<String> = data::split_specs(cfg.scale)
         .iter()
         .map(|s| format!("{} {}", s.name, s.n))
         .collect();
+    cached(&dir, &expected, "the Camelyon17-shaped dataset", |show| {
+        data::generate_dataset(cfg, &dir, Some(show)).map(|_| ())
+    })?;
+    Ok(dir)
+}
+
+/// The main job's grid (`cfg`: every dataset shape x model x run), generated into the
+/// cache unless a complete copy is there. Returns its root.
+pub fn cached_grid(cfg: &GridConfig) -> Result<PathBuf> {
+    let dir = cache_dir().join(format!(
+        "grid-v1-scale{}-seed{}-{}",
+        cfg.scale,
+        cfg.seed,
+        if cfg.datasets.is_empty() {
+            "all".to_string()
+        } else {
+            cfg.datasets.join("+")
+        }
+    ));
+    let mut expected = Vec::new();
+    for shape in cfg.shapes()? {
+        for profile in &PROFILES {
+            for run in 0..RUNS {
+                for set in shape.sets {
+                    expected.push(format!(
+                        "{}/{}/{run}/{} {}",
+                        shape.name,
+                        profile.name,
+                        set.name,
+                        cfg.rows(set)
+                    ));
+                }
+            }
+        }
+    }
+    cached(&dir, &expected, "the sweep's grid", |show| {
+        data::grid::generate_grid(cfg, &dir, Some(show)).map(|_| ())
+    })?;
+    Ok(dir)
+}
+
+/// Runs `generate` into `dir` unless its `.complete` marker lists `expected`; writes the
+/// marker (atomically) after.
+fn cached(
+    dir: &Path,
+    expected: &[String],
+    what: &str,
+    generate: impl FnOnce(&dyn Fn(&str)) -> Result<()>,
+) -> Result<()> {
+    let marker = dir.join(".complete");
     let complete = std::fs::read_to_string(&marker)
         .is_ok_and(|m| m.lines().eq(expected.iter().map(|s| s.as_str())));
-    if !complete {
-        let pb = phase(&format!(
-            "generating the Camelyon17-shaped dataset into {}",
-            dir.display()
-        ));
-        let show = |m: &str| pb.set_message(m.to_string());
-        data::generate_dataset(cfg, &dir, Some(&show))?;
-        npz::write_atomic(&marker, |w| {
-            writeln!(w, "{}", expected.join("\n")).map_err(|e| Error::io(&marker, e))
-        })?;
-        pb.finish_and_clear();
-        eprintln!("generated {} into {}", expected.join(", "), dir.display());
-    } else {
+    if complete {
         eprintln!("dataset: {} (cached)", dir.display());
+        return Ok(());
     }
-    Ok(dir)
+    let pb = phase(&format!("generating {what} into {}", dir.display()));
+    let show = |m: &str| pb.set_message(m.to_string());
+    generate(&show)?;
+    npz::write_atomic(&marker, |w| {
+        writeln!(w, "{}", expected.join("\n")).map_err(|e| Error::io(&marker, e))
+    })?;
+    pb.finish_and_clear();
+    eprintln!(
+        "generated {what} ({} sets) into {}",
+        expected.len(),
+        dir.display()
+    );
+    Ok(())
 }
 
 #[cfg(test)]

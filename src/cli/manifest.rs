@@ -26,8 +26,8 @@ use toml::Spanned;
 
 use crate::cli::args::SourceOpts;
 use crate::cli::dataset::set_name;
-use conformal_gpu::methods::files::FileJob;
-use conformal_gpu::{Error, Result};
+use crate::methods::files::FileJob;
+use crate::{Error, Result};
 
 /// One cell of a manifest: its names, its source and targets (absolute or relative to
 /// the working directory), and the line of its `[[cell]]` table.

@@ -1,6 +1,9 @@
 //! The `conformal-gpu` command line: arguments, dataset discovery, outputs, and the
 //! subcommands. Thin: parses, calls the library, prints.
 
+// Without the `gpu` feature `with_backend!` ignores the device choice it is handed.
+#![cfg_attr(not(feature = "gpu"), allow(unused_variables))]
+
 pub mod args;
 pub mod commands;
 pub mod dataset;
@@ -9,10 +12,12 @@ pub mod outputs;
 pub mod sweep;
 pub mod sweep_gde;
 pub mod sweep_scores;
+pub mod sweep_table;
 
-use conformal_gpu::data::{self, npz, GeneratorConfig};
-use conformal_gpu::methods::temperature::temperature_report;
-use conformal_gpu::{with_backend, Error, Result};
+use crate::data::grid::GridConfig;
+use crate::data::{self, npz, GeneratorConfig};
+use crate::methods::temperature::temperature_report;
+use crate::{with_backend, Error, Result};
 
 use args::{Cli, Command};
 use commands::{run_calibrate, run_evaluate, run_merge, run_tally, EvalJob, SourceArgs, TallyJob};
@@ -21,8 +26,44 @@ use outputs::{check_json_target, check_writable_dir, emit_json, open_device, par
 /// Bootstrap replicates of the main job: intervals in seconds on 2 cores.
 const MAIN_JOB_REPLICATES: usize = 50;
 
-/// The main job: generate (once), evaluate, report.
+/// The main job: generate (once), evaluate, report; then the sweep over the default grid.
 fn main_job() -> Result<()> {
+    camelyon_report()?;
+    grid_sweep()
+}
+
+/// Where the main job's sweep writes.
+const MAIN_SWEEP_DIR: &str = "conformal-gpu-sweep";
+
+/// The main job's second half: the default grid (every dataset shape x model x 5 runs,
+/// scale 1, seed 0) swept with `sweep`'s defaults into ./conformal-gpu-sweep, its MAE
+/// summary printed per dataset, and where CPC and ATC differ.
+fn grid_sweep() -> Result<()> {
+    let cfg = GridConfig {
+        scale: 1.0,
+        seed: 0,
+        datasets: Vec::new(),
+    };
+    let root = dataset::cached_grid(&cfg)?;
+    let args: [&std::ffi::OsStr; 4] = [
+        "--data".as_ref(),
+        root.as_os_str(),
+        "--out".as_ref(),
+        MAIN_SWEEP_DIR.as_ref(),
+    ];
+    let outcome = sweep::sweep_from_args(args)?;
+    println!();
+    print!("{}", sweep_table::mae_blocks(&outcome.summary));
+    print!("{}", sweep_table::cpc_vs_atc(&outcome));
+    println!(
+        "sweep: {} cells; results.csv, summary.csv, paired.csv, scatter plots in ./{MAIN_SWEEP_DIR}",
+        outcome.cells
+    );
+    outcome.checked().map(|_| ())
+}
+
+/// The main job's first half: the Camelyon17-shaped dataset, every estimator, intervals.
+fn camelyon_report() -> Result<()> {
     let cfg = GeneratorConfig {
         scale: 1.0,
         seed: 0,
@@ -36,7 +77,7 @@ fn main_job() -> Result<()> {
             alphas: vec![0.02, 0.05, 0.1, 0.15, 0.2, 0.3],
             temperature: None,
             temperature_source: None,
-            bootstrap: conformal_gpu::methods::bootstrap::BootstrapOptions {
+            bootstrap: crate::methods::bootstrap::BootstrapOptions {
                 replicates: MAIN_JOB_REPLICATES,
                 seed: 0,
                 confidence: 0.95,
@@ -52,6 +93,22 @@ fn main_job() -> Result<()> {
     })
 }
 
+/// The `sweep` options given on the command line in `matches` (the whole command's):
+/// they win over a manifest's.
+pub fn explicit_sweep_options(matches: &clap::ArgMatches) -> Vec<String> {
+    matches
+        .subcommand_matches("sweep")
+        .map(|m| {
+            m.ids()
+                .filter(|id| {
+                    m.value_source(id.as_str()) == Some(clap::parser::ValueSource::CommandLine)
+                })
+                .map(|id| id.to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// Runs the parsed command line; `explicit` names the sweep's options given on the
 /// command line (they win over a manifest's).
 pub fn run(cli: Cli, explicit: &[String]) -> Result<()> {
@@ -59,12 +116,26 @@ pub fn run(cli: Cli, explicit: &[String]) -> Result<()> {
         return main_job();
     };
     match command {
-        Command::Generate { out, scale, seed } => {
+        Command::Generate {
+            out,
+            scale,
+            seed,
+            grid,
+            datasets,
+        } => {
             check_writable_dir(&out)?;
             let pb = phase(&format!("generating into {}", out.display()));
             let show = |m: &str| pb.set_message(m.to_string());
-            let files =
-                data::generate_dataset(&GeneratorConfig { scale, seed }, &out, Some(&show))?;
+            let files = if grid {
+                let cfg = GridConfig {
+                    scale,
+                    seed,
+                    datasets,
+                };
+                data::grid::generate_grid(&cfg, &out, Some(&show))?
+            } else {
+                data::generate_dataset(&GeneratorConfig { scale, seed }, &out, Some(&show))?
+            };
             pb.finish_and_clear();
             for f in files {
                 println!("{}", f.display());
@@ -75,12 +146,16 @@ pub fn run(cli: Cli, explicit: &[String]) -> Result<()> {
             source,
             out,
             device,
-        } => sweep::run_sweep(sweep::SweepJob {
-            opts: &source,
-            out: &out,
-            device: &device,
-            explicit,
-        }),
+        } => {
+            let outcome = sweep::run_sweep(sweep::SweepJob {
+                opts: &source,
+                out: &out,
+                device: &device,
+                explicit,
+            })?;
+            outcome.print_summary();
+            outcome.checked().map(|_| ())
+        }
         Command::Evaluate {
             source,
             out,
@@ -143,12 +218,12 @@ pub fn run(cli: Cli, explicit: &[String]) -> Result<()> {
                 // float64 scores: the order statistic is taken in float64 on the host, so
                 // qhat is one of the user's own values, not its float32 rounding.
                 eprintln!("note: float64 scores: qhat taken in float64 on the CPU");
-                conformal_gpu::methods::quantile::quantile_report_f64(&exact, &alphas)?
+                crate::methods::quantile::quantile_report_f64(&exact, &alphas)?
             } else {
                 let scores: Vec<f32> = exact.iter().map(|&v| v as f32).collect();
                 let (engine, choice) = open_device(&common.device)?;
                 with_backend!(&engine, choice, |b| {
-                    conformal_gpu::methods::quantile::quantile_report(b, &scores, &alphas)
+                    crate::methods::quantile::quantile_report(b, &scores, &alphas)
                 })?
             };
             report.alphas = alphas;

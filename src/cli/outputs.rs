@@ -4,9 +4,9 @@
 use std::path::Path;
 use std::time::Duration;
 
-use conformal_gpu::data::npz;
-use conformal_gpu::device::{DeviceChoice, Engine};
-use conformal_gpu::{Error, Result};
+use crate::data::npz;
+use crate::device::{DeviceChoice, Engine};
+use crate::{Error, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 
 /// Prints `value` as JSON on stdout or writes it atomically to a file.
@@ -122,7 +122,7 @@ pub fn parse_alphas(list: &[String]) -> Result<Vec<f64>> {
                 .trim()
                 .parse()
                 .map_err(|_| Error::Invalid(format!("--alpha {a:?} is not a number")))?;
-            conformal_gpu::methods::quantile::check_alpha(v)?;
+            crate::methods::quantile::check_alpha(v)?;
             Ok(v)
         })
         .collect()

@@ -33,11 +33,11 @@ use crate::cli::sweep_gde::{gde_estimates, Member};
 use crate::cli::sweep_scores::{
     excluded, sweep_estimates, SweepEstimates, SCORES_HEADER, SWEEP_NAMES,
 };
-use conformal_gpu::data::write_atomic;
-use conformal_gpu::report::estimates::Method;
-use conformal_gpu::report::plots::{scatter_svg, ScatterPoint};
-use conformal_gpu::report::{self, InputFile};
-use conformal_gpu::{Error, Result};
+use crate::data::write_atomic;
+use crate::report::estimates::Method;
+use crate::report::plots::{scatter_svg, ScatterPoint};
+use crate::report::{self, InputFile};
+use crate::{Error, Result};
 
 use crate::cli::args::SourceOpts;
 use crate::cli::commands::{evaluate_dir, Device, EvalJob, SourceArgs};
@@ -184,7 +184,7 @@ fn fingerprint(cell: &Cell, opts: &SourceOpts, device: &str) -> Result<String> {
         "exclude": opts.exclude,
         "files": files,
     });
-    Ok(conformal_gpu::provenance::hex(&Sha256::digest(
+    Ok(crate::provenance::hex(&Sha256::digest(
         content.to_string().as_bytes(),
     )))
 }
@@ -220,8 +220,9 @@ fn manifest_cells(manifest: &Manifest, out: &Path) -> Result<Vec<Cell>> {
         .collect()
 }
 
-/// `sweep`: every cell evaluated (or kept), then the CSV files rebuilt.
-pub fn run_sweep(job: SweepJob<'_>) -> Result<()> {
+/// `sweep`: every cell evaluated (or kept), then the CSV files rebuilt. Failed cells do
+/// not make this an error (see [`SweepOutcome::checked`]).
+pub fn run_sweep(job: SweepJob<'_>) -> Result<SweepOutcome> {
     let root = &job.opts.data;
     // A manifest is read and checked whole before anything is written.
     let mut opts = job.opts.clone();
@@ -327,16 +328,120 @@ pub fn run_sweep(job: SweepJob<'_>) -> Result<()> {
         &["dataset", "model", "run", "exit_code", "error"],
         &failed,
     )?;
-    print_table(SUMMARY_HEADER, &summary);
     drop(lock);
-    if !failures.is_empty() {
-        return Err(Error::CellsFailed {
-            failed: failures.len(),
-            cells: cells.len(),
-            path: failures_path,
-        });
+    Ok(SweepOutcome {
+        cells: cells.len(),
+        failed: failures.len(),
+        failures_path,
+        summary,
+        paired,
+    })
+}
+
+/// What a finished sweep reports back (its files are in `--out`).
+#[derive(Debug, Clone)]
+pub struct SweepOutcome {
+    /// Cells in the sweep.
+    pub cells: usize,
+    /// Cells that failed (named in `failures_path`).
+    pub failed: usize,
+    /// `DIR/failures.csv`.
+    pub failures_path: PathBuf,
+    /// `summary.csv`'s rows.
+    pub summary: Vec<Vec<String>>,
+    /// `paired.csv`'s rows.
+    pub paired: Vec<Vec<String>>,
+}
+
+impl SweepOutcome {
+    /// The outcome, or the failed-cells error (exit code 7) when a cell failed.
+    pub fn checked(self) -> Result<Self> {
+        if self.failed > 0 {
+            return Err(Error::CellsFailed {
+                failed: self.failed,
+                cells: self.cells,
+                path: self.failures_path,
+            });
+        }
+        Ok(self)
     }
-    Ok(())
+
+    /// `summary.csv` as an aligned table on stdout (the `sweep` command's output).
+    pub fn print_summary(&self) {
+        print_table(SUMMARY_HEADER, &self.summary);
+    }
+
+    /// The paired comparison of `method_a` and `method_b` (either order): rows of
+    /// `paired.csv` with `method_a`, `method_b` as given when they are stored swapped
+    /// (`mean_diff`, `lo`, `hi` negated, wins and losses exchanged).
+    pub fn paired_of(&self, method_a: &str, method_b: &str) -> Vec<Vec<String>> {
+        let neg = |s: &str| {
+            s.parse::<f64>()
+                .map_or(String::new(), |v| format!("{}", -v))
+        };
+        self.paired
+            .iter()
+            .filter_map(|r| {
+                if r[2] == method_a && r[3] == method_b {
+                    Some(r.clone())
+                } else if r[2] == method_b && r[3] == method_a {
+                    let mut out = r.clone();
+                    out.swap(2, 3);
+                    out[5] = neg(&r[5]);
+                    out[6] = neg(&r[7]);
+                    out[7] = neg(&r[6]);
+                    out.swap(8, 9);
+                    Some(out)
+                } else {
+                    None
+                }
+            })
+            .collect()
+    }
+}
+
+/// `sweep` from its arguments as on the command line (without `sweep` itself), parsed
+/// by the same parser: the library entry Python's `sweep` and the main job use. Options
+/// given here win over a manifest's, as on the command line.
+pub fn sweep_from_args<I, T>(args: I) -> Result<SweepOutcome>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    use clap::{CommandFactory, FromArgMatches};
+    let argv = ["conformal-gpu".into(), "sweep".into()]
+        .into_iter()
+        .chain(args.into_iter().map(Into::into));
+    let matches = crate::cli::args::Cli::command()
+        .try_get_matches_from(argv)
+        .map_err(|e| Error::Invalid(clap_message(&e)))?;
+    let cli = crate::cli::args::Cli::from_arg_matches(&matches)
+        .map_err(|e| Error::Invalid(clap_message(&e)))?;
+    let explicit = crate::cli::explicit_sweep_options(&matches);
+    let Some(crate::cli::args::Command::Sweep {
+        source,
+        out,
+        device,
+    }) = cli.command
+    else {
+        unreachable!("the arguments were parsed as `sweep`")
+    };
+    run_sweep(SweepJob {
+        opts: &source,
+        out: &out,
+        device: &device,
+        explicit: &explicit,
+    })
+}
+
+/// clap's message, one line, without its `error: ` prefix and usage.
+fn clap_message(e: &clap::Error) -> String {
+    let text = e.to_string();
+    let first = text.lines().next().unwrap_or_default();
+    format!(
+        "sweep options: {}",
+        first.strip_prefix("error: ").unwrap_or(first)
+    )
 }
 
 /// A cell's report: the one on disk when its fingerprint is current and it reads back
@@ -345,8 +450,8 @@ fn sweep_cell(
     cell: &Cell,
     job: &SweepJob<'_>,
     path: &Path,
-    engine: &conformal_gpu::device::Engine,
-    choice: conformal_gpu::device::DeviceChoice,
+    engine: &crate::device::Engine,
+    choice: crate::device::DeviceChoice,
 ) -> Result<Value> {
     let mut opts = job.opts.clone();
     opts.data = cell.dir.clone();

@@ -12,9 +12,9 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use conformal_gpu::data::npz::load_npz_hashed;
-use conformal_gpu::data::write_atomic;
-use conformal_gpu::{Error, Result};
+use crate::data::npz::load_npz_hashed;
+use crate::data::write_atomic;
+use crate::{Error, Result};
 
 use crate::cli::dataset::set_name;
 use crate::cli::sweep_scores::SweepEstimates;
@@ -143,7 +143,7 @@ pub fn gde_estimates(
                 let files = (target_files(ma.dir, target)?, target_files(mb.dir, target)?);
                 let sha = |fs: &[PathBuf]| -> Result<Vec<String>> {
                     fs.iter()
-                        .map(|f| conformal_gpu::report::InputFile::hash(f).map(|i| i.sha256))
+                        .map(|f| crate::report::InputFile::hash(f).map(|i| i.sha256))
                         .collect()
                 };
                 let (sa, sb) = (sha(&files.0)?, sha(&files.1)?);

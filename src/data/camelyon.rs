@@ -171,7 +171,7 @@ pub fn phi(x: f64) -> f64 {
 }
 
 /// Inverse of [`phi`] by bisection (only called once per slide).
-fn phi_inv(p: f64) -> f64 {
+pub(crate) fn phi_inv(p: f64) -> f64 {
     let (mut lo, mut hi) = (-10.0, 10.0);
     for _ in 0..100 {
         let mid = 0.5 * (lo + hi);
@@ -242,7 +242,7 @@ fn split_key(seed: u64, name: &str) -> [u8; 32] {
 }
 
 /// Fills `out` with standard normals (Box-Muller; `1 - u` keeps the log finite).
-fn normals(rng: &mut ChaCha8Rng, out: &mut [f64]) {
+pub(crate) fn normals(rng: &mut ChaCha8Rng, out: &mut [f64]) {
     for pair in out.chunks_mut(2) {
         let u1: f64 = 1.0 - rng.random::<f64>();
         let u2: f64 = rng.random::<f64>();

@@ -1,9 +1,10 @@
 //! Prediction sets: the in-memory form of one `.npz` file (DESIGN.md section 1),
 //! its validation, the npz/npy reader and writer (whole sets in [`npz`], chunks of rows in
-//! [`stream`]), atomic writes, and the Camelyon17-shaped generator.
+//! [`stream`]), atomic writes, the Camelyon17-shaped generator and the sweep's grid of other shapes.
 
 mod atomic;
 pub mod camelyon;
+pub mod grid;
 mod npy;
 pub mod npz;
 pub mod rows;
