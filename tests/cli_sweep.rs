@@ -766,3 +766,37 @@ fn the_grid_generates_the_layout_and_sweeps() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("\"mnist\""));
     assert!(!bad.join("dmist").exists(), "nothing written");
 }
+
+/// Options that would fail every cell fail the sweep at once (exit 2), before `--out` is
+/// made.
+#[test]
+fn bad_options_fail_before_any_cell() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("root");
+    layout(&root);
+    for (flag, value, said) in [
+        ("--alpha", "0.1,1.5", "alpha = 1.5"),
+        ("--score", "lac,nonsense", "nonsense"),
+        ("--temperature", "-1", "temperature"),
+        ("--exclude", "[", "--exclude"),
+    ] {
+        let out = tmp.path().join("out");
+        let o = run(&[
+            "sweep",
+            "--data",
+            s(&root),
+            "--out",
+            s(&out),
+            "--device",
+            "cpu",
+            flag,
+            value,
+        ]);
+        assert_eq!(o.status.code(), Some(2), "{flag} {value}");
+        assert!(
+            String::from_utf8_lossy(&o.stderr).contains(said),
+            "{flag} {value}"
+        );
+        assert!(!out.exists(), "{flag} {value}: nothing written");
+    }
+}

@@ -18,6 +18,10 @@ Bootstrap confidence intervals (the CLI's ``--bootstrap B --confidence C --seed 
 ``evaluate``; reports then carry ``ci``, ``true_accuracy_ci``, ``error_ci`` and
 ``mae_ci``, and ``cal.report(..., confidence=0.9)`` overrides the level.
 
+The paper's protocol over many datasets x models x runs: :func:`sweep` (the crate's
+``conformal-gpu sweep``, results as a pandas DataFrame; needs the ``sweep`` extra) and
+:func:`read_sweep`.
+
 Exceptions: :class:`InvalidInput` (a ``ValueError``: bad arguments or data, the command
 line's exit codes 2 and 5), :class:`MalformedFile` (an ``InvalidInput``: a damaged .npz,
 calibration or tally, exit code 4), :class:`GpuError` (a ``RuntimeError``: exit code 6),
@@ -39,6 +43,7 @@ from ._native import (
     fit_temperature,
     softmax,
 )
+from .sweep import read_sweep, sweep
 
 
 def _calibration_from_json(text: str, device: str = "auto") -> Calibration:
@@ -64,5 +69,7 @@ __all__ = [
     "device_name",
     "evaluate",
     "fit_temperature",
+    "read_sweep",
     "softmax",
+    "sweep",
 ]

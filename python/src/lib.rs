@@ -1380,6 +1380,18 @@ fn device_name(py: Python<'_>, device: &str) -> PyResult<String> {
     on_device!(py, device, |b| Ok::<_, Error>(b.device_name()))
 }
 
+/// `conformal-gpu sweep ARGS...` (the arguments after `sweep`), run by the crate's own
+/// parser and sweep with the GIL released: the same cells, files and fingerprints as the
+/// command line. Returns `(cells, failed)`; a failed cell is not an error here (the
+/// Python wrapper decides), a bad argument or manifest is `InvalidInput`.
+#[pyfunction]
+fn _sweep(py: Python<'_>, args: Vec<std::ffi::OsString>) -> PyResult<(usize, usize)> {
+    let outcome = py
+        .detach(|| conformal_gpu::cli::sweep::sweep_from_args(args))
+        .py_err(py)?;
+    Ok((outcome.cells, outcome.failed))
+}
+
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
@@ -1394,6 +1406,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(cot_from_probabilities, m)?)?;
     m.add_function(wrap_pyfunction!(conformal_quantile, m)?)?;
     m.add_function(wrap_pyfunction!(device_name, m)?)?;
+    m.add_function(wrap_pyfunction!(_sweep, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

@@ -233,6 +233,7 @@ pub fn run_sweep(job: SweepJob<'_>) -> Result<SweepOutcome> {
         discover(root)?
     };
     let job = SweepJob { opts: &opts, ..job };
+    check_options(&opts)?;
     std::fs::create_dir_all(job.out).map_err(|e| Error::io(job.out, e))?;
     check_writable_dir(job.out)?;
     let lock_path = job.out.join(".sweep.lock");
@@ -336,6 +337,24 @@ pub fn run_sweep(job: SweepJob<'_>) -> Result<SweepOutcome> {
         summary,
         paired,
     })
+}
+
+/// Options that would fail every cell fail the sweep before anything is written (exit
+/// code 2): levels, scores, globs, the bootstrap's confidence, a fixed temperature.
+fn check_options(opts: &SourceOpts) -> Result<()> {
+    let args = SourceArgs::new(opts)?;
+    for &a in &args.alphas {
+        crate::methods::quantile::check_alpha(a)?;
+    }
+    if args.bootstrap.replicates > 0 {
+        crate::methods::bootstrap::check_confidence(args.bootstrap.confidence)?;
+    }
+    if let Some(t) = args.temperature {
+        if !(t.is_finite() && t > 0.0) {
+            return Err(Error::BadTemperature(t));
+        }
+    }
+    Ok(())
 }
 
 /// What a finished sweep reports back (its files are in `--out`).
