@@ -41,6 +41,7 @@ from ._native import (
     device_name,
     evaluate,
     fit_temperature,
+    pvalues,
     softmax,
 )
 from .sweep import read_sweep, sweep
@@ -69,6 +70,7 @@ __all__ = [
     "device_name",
     "evaluate",
     "fit_temperature",
+    "pvalues",
     "read_sweep",
     "softmax",
     "sweep",

@@ -51,6 +51,9 @@ class Calibration:
         saps_lambda: float = 0.2,
         class_conditional: bool = False,
     ) -> Calibration: ...
+    def pvalues(
+        self, logits: ArrayLike, mode: Literal["ts", "raw"] = "ts", device: Device | None = None
+    ) -> npt.NDArray[np.float64]: ...
     def predict_sets(
         self,
         logits: ArrayLike,
@@ -145,6 +148,9 @@ def conformal_quantile(
 ) -> dict[str, Any]: ...
 def cot_from_probabilities(probabilities: ArrayLike, class_counts: Sequence[int]) -> float: ...
 def device_name(device: Device = "auto") -> str: ...
+def pvalues(
+    scores: ArrayLike, logits: ArrayLike, t: float = 1.0, device: Device = "auto"
+) -> npt.NDArray[np.float64]: ...
 
 def _sweep(args: Sequence[str]) -> tuple[int, int]:
     """`conformal-gpu sweep ARGS...` by the crate's parser and sweep: (cells, failed)."""

@@ -776,6 +776,42 @@ impl PyCalibration {
         Ok(PyArray2::from_owned_array(py, arr))
     }
 
+    /// Conformal p-values (DESIGN.md 2.6) of every class of every row, float64 [N, K]:
+    /// `(1 + #{source LAC scores >= 1 - p_k(x)}) / (n + 1)` at the temperature of `mode`
+    /// ("ts" or "raw"), on `device` (default: the calibration's). LAC's scores only: the
+    /// calibration keeps LAC's sorted source scores, not the other scores'.
+    #[pyo3(signature = (logits, mode = "ts", device = None))]
+    fn pvalues<'py>(
+        &self,
+        py: Python<'py>,
+        logits: &Bound<'py, PyAny>,
+        mode: &str,
+        device: Option<&str>,
+    ) -> PyResult<Bound<'py, PyArray2<f64>>> {
+        let m = match mode {
+            "ts" => &self.inner.modes.ts,
+            "raw" => &self.inner.modes.raw,
+            other => {
+                return Err(to_py(
+                    py,
+                    invalid(format!("mode {other:?}: expected \"ts\" or \"raw\"")),
+                ))
+            }
+        };
+        let l = logits_arg(logits, "logits")?;
+        let (n, k) = (l.n, l.k);
+        let slice = l.slice();
+        let cal = Arc::clone(&self.inner);
+        let device = device.unwrap_or(&self.device);
+        let out = on_device!(py, device, |b| {
+            check_k("logits", k, &cal)?;
+            conformal_gpu::methods::row_outputs::pvalue_matrix(b, slice, k, m.t, &m.sorted_lac)
+        })?;
+        let arr =
+            Array2::from_shape_vec((n, k), out).map_err(|e| to_py(py, invalid(e.to_string())))?;
+        Ok(PyArray2::from_owned_array(py, arr))
+    }
+
     /// Counts target rows (logits, optional labels and group ids) under this calibration.
     #[pyo3(signature = (logits, labels = None, groups = None, row_offset = 0, device = None, name = "target"))]
     #[allow(clippy::too_many_arguments)]
@@ -1328,6 +1364,40 @@ fn cot_from_probabilities(
         .py_err(py)
 }
 
+/// Conformal p-values (DESIGN.md 2.6) of every class of every row of `logits` at
+/// temperature `t` against the calibration scores `scores` (any order; float32, e.g.
+/// the source's `1 - p_y`), float64 [N, K]: `(1 + #{i : s_i >= 1 - p_k(x)}) / (n + 1)`.
+#[pyfunction]
+#[pyo3(signature = (scores, logits, t = 1.0, device = "auto"))]
+fn pvalues<'py>(
+    py: Python<'py>,
+    scores: &Bound<'py, PyAny>,
+    logits: &Bound<'py, PyAny>,
+    t: f64,
+    device: &str,
+) -> PyResult<Bound<'py, PyArray2<f64>>> {
+    conformal_gpu::methods::temperature::validate_temperature(t).py_err(py)?;
+    let arr = np_asarray(scores)?;
+    let ndim: usize = arr.getattr("ndim")?.extract()?;
+    if ndim != 1 {
+        return Err(to_py(
+            py,
+            invalid(format!("scores: must be 1-D, not {ndim}-D")),
+        ));
+    }
+    let mut sorted = convert_f32(&arr, "scores")?;
+    let l = logits_arg(logits, "logits")?;
+    let (n, k) = (l.n, l.k);
+    let slice = l.slice();
+    let out = on_device!(py, device, |b| {
+        // NaN scores are refused by the kernel's check, after this sort puts them last.
+        sorted.sort_unstable_by(f32::total_cmp);
+        conformal_gpu::methods::row_outputs::pvalue_matrix(b, slice, k, t as f32, &sorted)
+    })?;
+    let arr = Array2::from_shape_vec((n, k), out).map_err(|e| to_py(py, invalid(e.to_string())))?;
+    Ok(PyArray2::from_owned_array(py, arr))
+}
+
 /// The conformal quantile qhat of `scores` at each alpha: the CLI's `quantile --json`
 /// report. float64 scores give their own float64 order statistic.
 #[pyfunction]
@@ -1405,6 +1475,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(softmax, m)?)?;
     m.add_function(wrap_pyfunction!(cot_from_probabilities, m)?)?;
     m.add_function(wrap_pyfunction!(conformal_quantile, m)?)?;
+    m.add_function(wrap_pyfunction!(pvalues, m)?)?;
     m.add_function(wrap_pyfunction!(device_name, m)?)?;
     m.add_function(wrap_pyfunction!(_sweep, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;

@@ -48,3 +48,44 @@ pub fn prepared_row_outputs<B: Backend>(
     }
     Ok(out)
 }
+
+/// Conformal p-values (DESIGN.md 2.6) of every class of every row of `logits` (`n * k`,
+/// row-major) at temperature `t` against the ascending source scores `sorted`:
+/// `[row * k + class]` = `(1 + #{i : s_i >= 1 - p_k})/(n_cal + 1)`, the numerator counted
+/// by the p-value kernel (exact, by binary search) and divided once in f64.
+pub fn pvalue_matrix<B: Backend>(
+    backend: &B,
+    logits: &[f32],
+    k: usize,
+    t: f32,
+    sorted: &[f32],
+) -> Result<Vec<f64>> {
+    if k < 2 {
+        return Err(crate::error::Error::TooFewClasses {
+            what: "p-values: logits".into(),
+            k,
+        });
+    }
+    if let Some(i) = logits.iter().position(|v| !v.is_finite()) {
+        return Err(crate::error::Error::NonFinite {
+            what: "p-values: logits".into(),
+            row: i / k,
+            col: i % k,
+            value: logits[i],
+        });
+    }
+    let n = logits.len() / k;
+    if n == 0 {
+        return Ok(Vec::new());
+    }
+    let labels = vec![-1i32; n];
+    let rows = backend.prepare(logits, &labels, k)?;
+    let found = backend.pvalues(&rows, t, sorted, &[], true)?;
+    let denominator = (sorted.len() + 1) as f64;
+    Ok(found
+        .numerators
+        .unwrap_or_default()
+        .iter()
+        .map(|&c| c as f64 / denominator)
+        .collect())
+}
