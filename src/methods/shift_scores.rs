@@ -27,6 +27,47 @@ fn on_grid(x: f64, bits: i32) -> u128 {
     (x * 2f64.powi(bits)).round_ties_even() as u128
 }
 
+/// An f32 `p >= 0` as `(m, e)` with `p = m 2^e`, `m` its integer significand (the
+/// implicit bit included for normal numbers).
+#[inline(always)]
+fn significand(p: f32) -> (u64, i32) {
+    let bits = p.to_bits();
+    let field = ((bits >> 23) & 0xff) as i32;
+    let frac = (bits & 0x7f_ffff) as u64;
+    if field == 0 {
+        (frac, -149)
+    } else {
+        (frac | 1 << 23, field - 150)
+    }
+}
+
+/// `on_grid(a b, GRID_BITS)` for f32 `a, b >= 0` given as [`significand`]s, in integers:
+/// the product `m_a m_b 2^(e_a + e_b)` is exact (48 bits), so its place on the 2^-64 grid
+/// is a shift, rounded to even where bits fall off; the same integer as the f64 path
+/// without its software f64 -> u128 conversion.
+#[inline(always)]
+fn product_on_grid(a: (u64, i32), b: (u64, i32)) -> u128 {
+    let m = a.0 as u128 * b.0 as u128;
+    let shift = a.1 + b.1 + GRID_BITS;
+    if shift >= 0 {
+        // p_a p_b <= 1: at most 2^64 on the grid.
+        return m << shift;
+    }
+    let r = (-shift) as u32;
+    if r >= 100 {
+        // m < 2^48: far below half a grid step.
+        return 0;
+    }
+    let q = m >> r;
+    let rest = m & ((1u128 << r) - 1);
+    let half = 1u128 << (r - 1);
+    if rest > half || (rest == half && q & 1 == 1) {
+        q + 1
+    } else {
+        q
+    }
+}
+
 /// The exact sums of one mode: the Gram matrix's upper triangle, MaNo's delta terms and
 /// both branches' fourth powers.
 #[derive(Clone, Default)]
@@ -59,11 +100,11 @@ impl Sums {
     /// scratch of K).
     fn row(&mut self, z: &[f32], t: f32, p: &[f32], v: &mut [f64]) {
         let k = z.len();
+        let parts: Vec<(u64, i32)> = p.iter().map(|&x| significand(x)).collect();
         let mut at = 0;
         for a in 0..k {
             for b in a..k {
-                // A product of two f32 is exact in f64.
-                self.gram[at] += on_grid(p[a] as f64 * p[b] as f64, GRID_BITS);
+                self.gram[at] += product_on_grid(parts[a], parts[b]);
                 at += 1;
             }
         }
@@ -157,4 +198,45 @@ pub fn shift_scores(rows: &CotRows, k: usize, t: Modes<f32>) -> Option<Modes<Shi
         raw: mode(t.raw),
         ts: mode(t.ts),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    /// The integer product equals the f64 path's rounding on every kind of f32: zero,
+    /// subnormals, the smallest normal, exact halves of a grid step (ties to even both
+    /// ways), one, and seeded values over every exponent a probability takes.
+    #[test]
+    fn integer_products_equal_the_f64_rounding() {
+        let mut values = vec![
+            0.0f32,
+            1.0,
+            0.5,
+            f32::MIN_POSITIVE,
+            f32::from_bits(1),
+            f32::from_bits(0x7f_ffff),
+            2f32.powi(-32),
+            2f32.powi(-33),
+            2f32.powi(-33) * (1.0 + f32::EPSILON),
+            3.0 * 2f32.powi(-34),
+            1.0 - f32::EPSILON / 2.0,
+        ];
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+        for _ in 0..2000 {
+            let e = rng.random_range(-60..=0);
+            values.push(rng.random::<f32>() * 2f32.powi(e));
+        }
+        for &a in &values {
+            for &b in values.iter().step_by(7) {
+                let want = on_grid(a as f64 * b as f64, GRID_BITS);
+                assert_eq!(
+                    product_on_grid(significand(a), significand(b)),
+                    want,
+                    "{a:e} x {b:e}"
+                );
+            }
+        }
+    }
 }
