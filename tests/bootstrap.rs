@@ -289,7 +289,7 @@ fn cpu_and_gpu_intervals_within(
         ("raw", &ci.ci.raw, &gi.ci.raw),
         ("ts", &ci.ci.ts, &gi.ci.ts),
     ] {
-        for m in Method::ALL.into_iter().filter(|m| !m.is_optional()) {
+        for m in Method::ALL.into_iter().filter(|m| m.has_intervals()) {
             let (x, y) = (a[m.name()].unwrap(), b[m.name()].unwrap());
             for e in 0..2 {
                 assert!(
@@ -361,8 +361,8 @@ fn intervals_cover_the_population_value() {
             .enumerate()
         {
             for (i, m) in Method::ALL.into_iter().enumerate() {
-                if m.is_optional() {
-                    continue; // a score's CPC, not asked for here
+                if !m.has_intervals() {
+                    continue; // a score's CPC (not asked for here) and COTT: no intervals
                 }
                 let [lo, hi] = cis[m.name()].unwrap();
                 covered[mode][i] += (lo <= pop.get(m) && pop.get(m) <= hi) as usize;
@@ -371,7 +371,7 @@ fn intervals_cover_the_population_value() {
     }
     for (mode, row) in ["raw", "ts"].iter().zip(covered) {
         for (m, c) in Method::ALL.into_iter().zip(row) {
-            if m.is_optional() {
+            if !m.has_intervals() {
                 continue;
             }
             let rate = c as f64 / pairs as f64;

@@ -124,7 +124,7 @@ fn evaluate_json_has_the_documented_shape() {
         for mode in ["raw", "ts"] {
             assert_eq!(
                 keys(&t["estimates"][mode]),
-                sorted(&["AC", "DoC", "ATC-MC", "ATC-NE", "CPC", "COT"])
+                sorted(&["AC", "DoC", "ATC-MC", "ATC-NE", "CPC", "COT", "COTT"])
             );
             assert_eq!(keys(&t["cpc"][mode]), sorted(&["q", "alpha"]));
             let conf = t["conformal"][mode].as_array().unwrap();
@@ -183,7 +183,7 @@ fn evaluate_json_has_the_documented_shape() {
     for row in ["raw", "ts", "slide_raw", "slide_ts"] {
         assert_eq!(
             keys(&v["mae"][row]),
-            sorted(&["AC", "DoC", "ATC-MC", "ATC-NE", "CPC", "COT"]),
+            sorted(&["AC", "DoC", "ATC-MC", "ATC-NE", "CPC", "COT", "COTT"]),
             "mae.{row}"
         );
     }

@@ -108,7 +108,9 @@ fn cell_path(out: &Path, c: &(String, String, String)) -> PathBuf {
         .join(format!("{}.json", c.2))
 }
 
-const METHODS: [&str; 7] = ["AC", "DoC", "ATC-MC", "ATC-NE", "CPC", "CPC-APS", "COT"];
+const METHODS: [&str; 8] = [
+    "AC", "DoC", "ATC-MC", "ATC-NE", "CPC", "CPC-APS", "COT", "COTT",
+];
 
 /// A target's entries in the CSV files' order: `(kind, id, entry)`, the target itself
 /// (kind and id empty), then its groups by kind and numeric id.

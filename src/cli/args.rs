@@ -137,7 +137,7 @@ pub enum Command {
         #[arg(long, default_value = "auto")]
         device: String,
     },
-    /// Estimate every target's accuracy (AC, DoC, ATC-MC, ATC-NE, CPC, COT, with and without TS).
+    /// Estimate every target's accuracy (AC, DoC, ATC-MC, ATC-NE, CPC, COT, COTT, with and without TS).
     Evaluate {
         #[command(flatten)]
         source: SourceOpts,

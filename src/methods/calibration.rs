@@ -17,6 +17,7 @@ use crate::kernel::bootstrap::{name_key, BootstrapTallyPlan, ReplicatePlan};
 use crate::kernel::calibration::{CalibrationStats, BINS};
 use crate::kernel::tally::GROUP_ARRAYS;
 use crate::methods::bootstrap::{fit_replicates, BootstrapOptions, CalibrationBootstrap};
+use crate::methods::cott::{source_threshold, CottThreshold};
 use crate::methods::quantile::check_alpha;
 use crate::methods::row_outputs::prepared_row_outputs;
 pub use crate::methods::sets::SetOptions;
@@ -105,6 +106,10 @@ pub struct Calibration {
     /// Every conformal score's thresholds (absent in files written before scores).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sets: Option<SetCalibration>,
+    /// COTT's threshold and tie weight per mode (DESIGN.md 2.16; absent in files written
+    /// before COTT, whose reports then carry no COTT).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cott: Option<Modes<CottThreshold>>,
     /// Every bootstrap replicate's refit of the source (absent without a bootstrap).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bootstrap: Option<CalibrationBootstrap>,
@@ -148,6 +153,8 @@ struct IdContent<'a> {
     bootstrap: &'a Option<CalibrationBootstrap>,
     #[serde(skip_serializing_if = "Option::is_none")]
     sets: &'a Option<SetCalibration>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cott: &'a Option<Modes<CottThreshold>>,
 }
 
 pub use crate::provenance::hex;
@@ -318,6 +325,16 @@ impl Calibration {
                 ts: &modes.ts.qhats,
             },
         )?;
+        // COTT's threshold: the source's own plan against its shares, per mode.
+        let errors = (source.n() - correct) as u64;
+        let threshold = |t: f32| {
+            let costs = crate::methods::cot::grid_costs_at(&src_logits, k, t);
+            source_threshold(&costs, k, &class_counts, errors)
+        };
+        let cott = Some(Modes {
+            raw: threshold(modes.raw.t)?,
+            ts: threshold(modes.ts.t)?,
+        });
         let t_sort = ms(phase);
         let bootstrap = (options.bootstrap.replicates > 0)
             .then(|| {
@@ -381,6 +398,7 @@ impl Calibration {
             modes,
             class_counts,
             sets: Some(sets),
+            cott,
             bootstrap,
             device: backend.device_name(),
             inputs: Vec::new(),
@@ -407,6 +425,7 @@ impl Calibration {
             class_counts: &self.class_counts,
             bootstrap: &self.bootstrap,
             sets: &self.sets,
+            cott: &self.cott,
         };
         let bytes = serde_json::to_vec(&content)
             .map_err(|e| Error::Invalid(format!("calibration encoding: {e}")))?;
@@ -540,6 +559,11 @@ impl Calibration {
         }
         if let Some(why) = self.sets.as_ref().and_then(|s| s.inconsistency(self.k, a)) {
             return Some(why);
+        }
+        if let Some(c) = &self.cott {
+            if let Err(e) = c.raw.check().and_then(|_| c.ts.check()) {
+                return Some(e.to_string());
+            }
         }
         if let Some(why) = self.bootstrap.as_ref().and_then(|b| b.inconsistency()) {
             return Some(why);

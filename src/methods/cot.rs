@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::cpu::softmax::softmax;
 use crate::kernel::bootstrap::{weights4, REPS_PER_DRAW};
+use crate::methods::cott::CottThreshold;
 use crate::methods::transport::{self, grid_cost, COST_GRID_BITS};
 use crate::report::estimates::Modes;
 
@@ -325,9 +326,16 @@ impl CotRows {
     /// COT of the whole target and of every group, in each mode (temperatures `t`),
     /// against the source's `class_counts`. Each mode's costs are made once; a group is
     /// its own problem (its rows against the source's shares).
-    pub fn solve(&self, k: usize, class_counts: &[u64], t: Modes<f32>) -> Result<CotSolution> {
+    pub fn solve(
+        &self,
+        k: usize,
+        class_counts: &[u64],
+        t: Modes<f32>,
+        cott: Option<&Modes<CottThreshold>>,
+    ) -> Result<CotSolution> {
         let partitions: [Option<Partition>; 2] = [0, 1].map(|g| self.partition(g, k));
-        let one = |ts: bool| -> Result<(f64, [Vec<f64>; 2])> {
+        type Solved = (f64, [Vec<f64>; 2], Option<(f64, [Vec<f64>; 2])>);
+        let one = |ts: bool| -> Result<Solved> {
             let costs = self.costs(k, *t.of(ts));
             let target = grid_cot_cost(&costs, k, class_counts)?;
             let mut groups: [Vec<f64>; 2] = Default::default();
@@ -336,10 +344,50 @@ impl CotRows {
                     *out = p.costs(&costs, k, class_counts)?;
                 }
             }
-            Ok((target, groups))
+            let thresholded = cott
+                .map(|c| -> Result<(f64, [Vec<f64>; 2])> {
+                    use crate::methods::cott::{cott, two_class_sets};
+                    let thr = c.of(ts);
+                    let target = if k == 2 {
+                        two_class_sets(&costs, None, 1, class_counts, thr)?[0]
+                    } else {
+                        cott(&costs, k, class_counts, thr)?
+                    };
+                    let mut groups: [Vec<f64>; 2] = Default::default();
+                    for (out, p) in groups.iter_mut().zip(&partitions) {
+                        let Some(p) = p else { continue };
+                        *out = if k == 2 {
+                            two_class_sets(&costs, Some(&p.slot), p.ids.len(), class_counts, thr)?
+                        } else {
+                            p.rows(&costs, k)
+                                .par_iter()
+                                .map(|rows| cott(rows, k, class_counts, thr))
+                                .collect::<Result<_>>()?
+                        };
+                    }
+                    Ok((target, groups))
+                })
+                .transpose()?;
+            Ok((target, groups, thresholded))
         };
         let (raw, ts) = rayon::join(|| one(false), || one(true));
-        let ((raw, raw_groups), (ts, ts_groups)) = (raw?, ts?);
+        let ((raw, raw_groups, raw_cott), (ts, ts_groups, ts_cott)) = (raw?, ts?);
+        let mut cott_groups: [BTreeMap<i64, Modes<f64>>; 2] = Default::default();
+        let cott = match (raw_cott, ts_cott) {
+            (Some((r, rg)), Some((t, tg))) => {
+                for (g, p) in partitions.iter().enumerate() {
+                    let Some(p) = p else { continue };
+                    cott_groups[g] = p
+                        .ids
+                        .iter()
+                        .zip(rg[g].iter().zip(&tg[g]))
+                        .map(|(&id, (&raw, &ts))| (id, Modes { raw, ts }))
+                        .collect();
+                }
+                Some(Modes { raw: r, ts: t })
+            }
+            _ => None,
+        };
         let mut groups: [BTreeMap<i64, Modes<f64>>; 2] = Default::default();
         for (g, p) in partitions.iter().enumerate() {
             let Some(p) = p else { continue };
@@ -364,6 +412,8 @@ impl CotRows {
                 ts: 1.0 - ts,
             },
             groups,
+            cott,
+            cott_groups,
         })
     }
 
@@ -736,6 +786,10 @@ pub struct CotSolution {
     pub target: Modes<f64>,
     /// Per group array ([`crate::kernel::tally::GROUP_ARRAYS`] order), COT by group id.
     pub groups: [BTreeMap<i64, Modes<f64>>; 2],
+    /// The whole target's COTT (with the calibration's thresholds).
+    pub cott: Option<Modes<f64>>,
+    /// COTT by group, as `groups`.
+    pub cott_groups: [BTreeMap<i64, Modes<f64>>; 2],
 }
 
 /// A target's rows grouped by the ids of one group array: the distinct ids ascending,
@@ -747,6 +801,17 @@ struct Partition {
 }
 
 impl Partition {
+    /// Every group's rows' costs (`rows x k` each), in group order.
+    fn rows(&self, costs: &[i64], k: usize) -> Vec<Vec<i64>> {
+        let mut out: Vec<Vec<i64>> = (0..self.ids.len())
+            .map(|j| Vec::with_capacity((self.start[j + 1] - self.start[j]) * k))
+            .collect();
+        for (&s, r) in self.slot.iter().zip(costs.chunks_exact(k)) {
+            out[s as usize].extend_from_slice(r);
+        }
+        out
+    }
+
     /// COT's cost of every group, from every row's `costs` (`rows x k`, row order).
     fn costs(&self, costs: &[i64], k: usize, class_counts: &[u64]) -> Result<Vec<f64>> {
         let groups = self.ids.len();
@@ -791,7 +856,7 @@ impl Partition {
 
 /// Grid costs `1 - p_ik` of `logits` at temperature `t`, in blocks of rows (the CPU
 /// softmax's bits; no whole-chunk probability array).
-fn grid_costs_at(logits: &[f32], k: usize, t: f32) -> Vec<i64> {
+pub(crate) fn grid_costs_at(logits: &[f32], k: usize, t: f32) -> Vec<i64> {
     const BLOCK_ROWS: usize = 4096;
     let mut out = vec![0i64; logits.len()];
     out.par_chunks_mut(BLOCK_ROWS * k)
@@ -1010,11 +1075,23 @@ mod tests {
     fn cuts_and_merge_order_do_not_change_cot() {
         let counts = [7u64, 13];
         let t = Modes { raw: 1.0, ts: 1.7 };
+        // COTT's thresholds too: its plans are solved from the same merged rows.
+        let thr = Modes {
+            raw: CottThreshold {
+                t: 1 << 39,
+                lambda: 0.25,
+            },
+            ts: CottThreshold {
+                t: 3 << 37,
+                lambda: 0.75,
+            },
+        };
         for n in [1usize, 2, 300] {
             let (logits, ids) = logit_rows(n as u64, n);
             let mut whole = CotRows::default();
             whole.add(0, &logits, 2, [None, Some(&ids)]);
-            let want = whole.solve(2, &counts, t.clone()).unwrap();
+            let want = whole.solve(2, &counts, t.clone(), Some(&thr)).unwrap();
+            assert!(want.cott.is_some());
             let cuts: Vec<usize> = [0, 1, 37, 299, n].into_iter().filter(|&c| c <= n).collect();
             let mut parts: Vec<CotRows> = cuts
                 .windows(2)
@@ -1040,7 +1117,11 @@ mod tests {
                 serde_json::to_string(&merged).unwrap(),
                 serde_json::to_string(&whole).unwrap()
             );
-            assert_eq!(merged.solve(2, &counts, t.clone()).unwrap(), want, "n={n}");
+            assert_eq!(
+                merged.solve(2, &counts, t.clone(), Some(&thr)).unwrap(),
+                want,
+                "n={n}"
+            );
             // A group's COT is the in-memory function on its rows.
             for (id, m) in &want.groups[1] {
                 let mut p = Vec::new();

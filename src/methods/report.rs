@@ -140,7 +140,7 @@ impl Calibration {
             ts: self.modes.ts.t,
         };
         let cot = cot_rows
-            .map(|c| c.solve(self.k, &self.class_counts, t.clone()))
+            .map(|c| c.solve(self.k, &self.class_counts, t.clone(), self.cott.as_ref()))
             .transpose()?;
         let mut groups = BTreeMap::new();
         for (g, group) in GROUP_ARRAYS.iter().enumerate() {
@@ -148,6 +148,7 @@ impl Calibration {
                 continue;
             }
             let group_cot = cot.as_ref().map(|c| &c.groups[g]);
+            let group_cott = cot.as_ref().map(|c| &c.cott_groups[g]);
             let raw = Tally::by_group(&tally.modes.raw, g, a);
             let ts = Tally::by_group(&tally.modes.ts, g, a);
             let reps = boot.map(|(_, tb)| tb.by_group(g));
@@ -161,6 +162,7 @@ impl Calibration {
                             ts: t.estimates(&self.modes.ts),
                         },
                         group_cot.as_ref().and_then(|m| m.get(&id)),
+                        group_cott.as_ref().and_then(|m| m.get(&id)),
                     );
                     let keep = move |key: &GroupKey| key[g] == Some(id);
                     let conformal = Modes {
@@ -205,6 +207,7 @@ impl Calibration {
                 ts: all.ts.estimates(&self.modes.ts),
             },
             cot.as_ref().map(|c| &c.target),
+            cot.as_ref().and_then(|c| c.cott.as_ref()),
         );
         let everything = |_: &GroupKey| true;
         let conformal = Modes {
@@ -273,10 +276,18 @@ impl Calibration {
 }
 
 /// `estimates` with COT's values, where computed.
-fn with_cot(mut estimates: Modes<Estimates>, cot: Option<&Modes<f64>>) -> Modes<Estimates> {
+fn with_cot(
+    mut estimates: Modes<Estimates>,
+    cot: Option<&Modes<f64>>,
+    cott: Option<&Modes<f64>>,
+) -> Modes<Estimates> {
     if let Some(c) = cot {
         estimates.raw.cot = Some(c.raw);
         estimates.ts.cot = Some(c.ts);
+    }
+    if let Some(c) = cott {
+        estimates.raw.cott = Some(c.raw);
+        estimates.ts.cott = Some(c.ts);
     }
     estimates
 }

@@ -34,6 +34,10 @@ pub struct Estimates {
     /// merged from tally files, which do not carry COT's rows).
     #[serde(rename = "COT")]
     pub cot: Option<f64>,
+    /// COT with a threshold (DESIGN.md 2.16; `null` where COT is, or with a calibration
+    /// written before COTT).
+    #[serde(rename = "COTT", default)]
+    pub cott: Option<f64>,
 }
 
 /// The estimators of a target's accuracy, in report order: the one list every table,
@@ -58,11 +62,13 @@ pub enum Method {
     CpcSaps,
     /// Confidence optimal transport.
     Cot,
+    /// COT with a threshold.
+    Cott,
 }
 
 impl Method {
     /// Every method, in report order.
-    pub const ALL: [Method; 9] = [
+    pub const ALL: [Method; 10] = [
         Method::Ac,
         Method::Doc,
         Method::AtcMc,
@@ -72,11 +78,18 @@ impl Method {
         Method::CpcRaps,
         Method::CpcSaps,
         Method::Cot,
+        Method::Cott,
     ];
 
     /// Whether the method is reported only when asked for (the CPC of a `--score`).
     pub fn is_optional(self) -> bool {
         matches!(self, Method::CpcAps | Method::CpcRaps | Method::CpcSaps)
+    }
+
+    /// Whether a bootstrap gives the method's estimate an interval (not yet for a
+    /// score's CPC and COTT: their intervals are `null`).
+    pub fn has_intervals(self) -> bool {
+        !self.is_optional() && self != Method::Cott
     }
 
     /// The method named `name` in reports.
@@ -105,6 +118,7 @@ impl Method {
             Method::CpcRaps => "CPC-RAPS",
             Method::CpcSaps => "CPC-SAPS",
             Method::Cot => "COT",
+            Method::Cott => "COTT",
         }
     }
 }
@@ -123,6 +137,7 @@ impl Estimates {
             Method::CpcRaps => self.cpc_raps.unwrap_or(f64::NAN),
             Method::CpcSaps => self.cpc_saps.unwrap_or(f64::NAN),
             Method::Cot => self.cot.unwrap_or(f64::NAN),
+            Method::Cott => self.cott.unwrap_or(f64::NAN),
         }
     }
 

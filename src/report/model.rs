@@ -364,6 +364,7 @@ mod tests {
             cpc_raps: Some(7.0),
             cpc_saps: Some(8.0),
             cot: Some(9.0),
+            cott: Some(10.0),
         };
         let v = serde_json::to_value(e).unwrap();
         for (i, m) in Method::ALL.into_iter().enumerate() {

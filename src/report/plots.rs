@@ -86,6 +86,7 @@ const COLORS: [RGBColor; Method::ALL.len()] = [
     RGBColor(127, 127, 127),
     RGBColor(188, 189, 34),
     RGBColor(140, 86, 75),
+    RGBColor(23, 190, 207),
 ];
 
 /// One group's point: true accuracy, estimate, and their bootstrap intervals.

@@ -1,0 +1,584 @@
+//! COTT, COT with a threshold (Lu, Y. et al. 2023; DESIGN.md 2.16), exact.
+//!
+//! For a set X and an optimal plan `gamma` of COT's problem (X's rows, mass `1/N` each,
+//! against the source's label shares; [`crate::methods::cot`]), `E_X(u)` is the mass the
+//! plan moves on edges costing more than `u`, `F_X(u)` at least `u` (a row split between
+//! classes counts in each in proportion). On the source S: `e` = its misclassified rows,
+//! `t` = the largest `u` with `F_S(u) >= e/n` (the e-th largest transported source cost),
+//! `lambda = (e/n - E_S(t)) / (F_S(t) - E_S(t))` (with `e = 0`: `t` the largest
+//! transported source cost, `lambda = 0`); then
+//! `COTT(D) = 1 - E_D(t) - lambda (F_D(t) - E_D(t))`, which gives `acc(S)` on S itself.
+//!
+//! Everything is in integers: masses in COT's units (`n` a row, `n_k N` a class), costs
+//! on the 2^-40 grid, so `t` is a grid cost and `E`, `F` are exact unit counts.
+//!
+//! **Which plan.** Where the optimal plan is not unique, E and F are those of the optimal
+//! plan that puts the least mass on edges costing more than `t`. Rows tight on one class
+//! under an optimal dual `g` (from the solver's plan, `g_0 = 0`, decided exactly on the
+//! grid) go there in every optimal plan; the other ("free") rows are settled by a small
+//! transport over the classes' remaining demand with cost `1{c_ik > t}` on their tight
+//! edges (and no other edge). K = 2: the dual is the boundary gain, the free rows those
+//! whose gain equals it. This crate's choices where DESIGN leaves one open: among plans
+//! with the least mass above `t`, the one the solver finds (for K = 2, the free rows
+//! whose class-1 edge costs more than `t` stay in class 0 first); on the source, `t` is
+//! taken from the solver's plan, the plan is then settled at that `t` and `t` and
+//! `lambda` are read from the settled plan (one step; on untied data nothing moves).
+//!
+//! Intervals: none yet (a replicate would need its own source plan).
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::methods::transport;
+
+/// COTT's threshold and tie weight from the source, per mode.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CottThreshold {
+    /// `t` on the 2^-40 cost grid.
+    pub t: i64,
+    /// `lambda` in [0, 1].
+    pub lambda: f64,
+}
+
+impl CottThreshold {
+    /// A threshold read back from a file is untrusted: `t` on the grid of costs in
+    /// [0, 1], `lambda` in [0, 1].
+    pub fn check(&self) -> Result<()> {
+        let top = 1i64 << transport::COST_GRID_BITS;
+        if !(0..=top).contains(&self.t) || !(0.0..=1.0).contains(&self.lambda) {
+            return Err(Error::Invalid(format!(
+                "COTT threshold t = {}, lambda = {}: t must be a grid cost in [0, 2^40] and lambda in [0, 1]",
+                self.t, self.lambda
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// A plan of COT's problem in units: for K = 2 the units each row sends to class 1 (the
+/// rest go to class 0); for K > 2 each row's `(class, units)`.
+enum Plan {
+    Two(Vec<u64>),
+    General(Vec<Vec<(u32, u64)>>),
+}
+
+/// The units of COT's problem for `n` rows against `class_counts`: a row's supply and
+/// each class's demand.
+fn units(class_counts: &[u64], n: usize) -> Result<(u64, Vec<u64>)> {
+    let supply: u64 = class_counts.iter().sum();
+    if supply == 0 {
+        return Err(Error::Empty {
+            what: "COTT source labels".into(),
+            detail: "no labelled source row: the class shares are unknown".into(),
+        });
+    }
+    if n == 0 {
+        return Err(Error::Empty {
+            what: "COTT".into(),
+            detail: "no rows".into(),
+        });
+    }
+    let demand = class_counts
+        .iter()
+        .map(|&c| {
+            c.checked_mul(n as u64)
+                .ok_or_else(|| Error::Invalid(format!("COTT: {c} x {n} units overflow")))
+        })
+        .collect::<Result<_>>()?;
+    Ok((supply, demand))
+}
+
+impl Plan {
+    /// The optimal plan, its free rows settled at `t` (`None`: as the solver leaves them).
+    fn solve(costs: &[i64], k: usize, supply: u64, demand: &[u64], t: Option<i64>) -> Result<Plan> {
+        if k == 2 {
+            return Ok(Plan::Two(two_class(costs, supply, demand[1], t)));
+        }
+        let plan = transport::solve(costs, k, supply, demand)?;
+        let Some(t) = t else {
+            return Ok(Plan::General(plan.flows));
+        };
+        Ok(Plan::General(settle(
+            costs, k, supply, demand, plan.flows, t,
+        )?))
+    }
+
+    /// `(E, F)` at `u` in units: mass on edges costing more than `u`, at least `u`.
+    fn above(&self, costs: &[i64], k: usize, supply: u64, u: i64) -> (u128, u128) {
+        let (mut e, mut f) = (0u128, 0u128);
+        self.each(costs, k, supply, |c, units| {
+            if c > u {
+                e += units as u128;
+            }
+            if c >= u {
+                f += units as u128;
+            }
+        });
+        (e, f)
+    }
+
+    /// Every `(cost, units)` piece with units > 0.
+    fn each(&self, costs: &[i64], k: usize, supply: u64, mut f: impl FnMut(i64, u64)) {
+        match self {
+            Plan::Two(to1) => {
+                for (c, &u1) in costs.chunks_exact(2).zip(to1) {
+                    if u1 > 0 {
+                        f(c[1], u1);
+                    }
+                    if u1 < supply {
+                        f(c[0], supply - u1);
+                    }
+                }
+            }
+            Plan::General(flows) => {
+                for (i, row) in flows.iter().enumerate() {
+                    for &(class, units) in row {
+                        f(costs[i * k + class as usize], units);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The largest `u` with `F(u) >= need` units (`need > 0`), or with `need == 0` the
+    /// largest transported cost.
+    fn threshold(&self, costs: &[i64], k: usize, supply: u64, need: u128) -> i64 {
+        let mut pieces: Vec<(i64, u64)> = Vec::new();
+        self.each(costs, k, supply, |c, u| pieces.push((c, u)));
+        pieces.sort_unstable_by_key(|p| std::cmp::Reverse(p.0));
+        let mut total = 0u128;
+        for &(c, u) in &pieces {
+            total += u as u128;
+            if total >= need.max(1) {
+                return c;
+            }
+        }
+        pieces.last().map_or(0, |p| p.0)
+    }
+}
+
+/// K = 2: the units of class 1 per row. Rows with a gain `c_i0 - c_i1` above the boundary
+/// gain `g*` (the last gain class 1 needs) send all their units to class 1, rows below
+/// none; the tied rows at `g*` share what class 1 still needs, those whose class-1 edge
+/// costs no more than `t` first when `t` is given, else in row order.
+fn two_class(costs: &[i64], supply: u64, demand1: u64, t: Option<i64>) -> Vec<u64> {
+    let n = costs.len() / 2;
+    let mut to1 = vec![0u64; n];
+    if demand1 == 0 {
+        return to1;
+    }
+    let gains: Vec<i64> = costs.chunks_exact(2).map(|c| c[0] - c[1]).collect();
+    // The boundary: the gain of the last row class 1 takes (whole or in part).
+    let last = (demand1.div_ceil(supply) as usize).min(n) - 1;
+    let mut order = gains.clone();
+    order.select_nth_unstable_by(last, |a, b| b.cmp(a));
+    let boundary = order[last];
+    let mut need = demand1;
+    for (u, &g) in to1.iter_mut().zip(&gains) {
+        if g > boundary {
+            *u = supply;
+            need -= supply;
+        }
+    }
+    let mut tied: Vec<usize> = (0..n).filter(|&i| gains[i] == boundary).collect();
+    if let Some(t) = t {
+        // Stable: row order within each preference.
+        let above = |i: usize| (costs[2 * i + 1] > t) as i8 - (costs[2 * i] > t) as i8;
+        tied.sort_by_key(|&i| above(i));
+    }
+    for i in tied {
+        let take = need.min(supply);
+        to1[i] = take;
+        need -= take;
+        if need == 0 {
+            break;
+        }
+    }
+    to1
+}
+
+/// K > 2: the optimal `flows` with their free rows re-settled to put the least mass on
+/// edges costing more than `t` (see the module docs).
+fn settle(
+    costs: &[i64],
+    k: usize,
+    supply: u64,
+    demand: &[u64],
+    flows: Vec<Vec<(u32, u64)>>,
+    t: i64,
+) -> Result<Vec<Vec<(u32, u64)>>> {
+    let n = flows.len();
+    let cost = |i: usize, c: usize| costs[i * k + c] as i128;
+    // An optimal dual: g_b - g_a <= c_ib - c_ia for every row i on class a, i.e. the
+    // shortest-path potentials of the class graph with those edge weights (no negative
+    // cycle at an optimum), from a virtual root; then shifted so g_0 = 0.
+    let mut weight = vec![i128::MAX; k * k];
+    for (i, row) in flows.iter().enumerate() {
+        for &(a, _) in row {
+            let a = a as usize;
+            for b in 0..k {
+                let w = cost(i, b) - cost(i, a);
+                if w < weight[a * k + b] {
+                    weight[a * k + b] = w;
+                }
+            }
+        }
+    }
+    let mut g = vec![0i128; k];
+    for _ in 0..k {
+        let mut changed = false;
+        for a in 0..k {
+            for b in 0..k {
+                let w = weight[a * k + b];
+                if a != b && w != i128::MAX && g[a] + w < g[b] {
+                    g[b] = g[a] + w;
+                    changed = true;
+                }
+            }
+        }
+        if !changed {
+            break;
+        }
+    }
+    let g0 = g[0];
+    for x in &mut g {
+        *x -= g0;
+    }
+    // Rows tight on one class are fixed there; the others are free.
+    let mut remaining: Vec<i128> = demand.iter().map(|&d| d as i128).collect();
+    let mut out: Vec<Vec<(u32, u64)>> = vec![Vec::new(); n];
+    let mut free: Vec<(usize, Vec<usize>)> = Vec::new();
+    for (i, slot) in out.iter_mut().enumerate() {
+        let reduced = |c: usize| cost(i, c) - g[c];
+        let least = (0..k).map(reduced).min().unwrap_or(0);
+        let tight: Vec<usize> = (0..k).filter(|&c| reduced(c) == least).collect();
+        if tight.len() == 1 {
+            *slot = vec![(tight[0] as u32, supply)];
+            remaining[tight[0]] -= supply as i128;
+        } else {
+            free.push((i, tight));
+        }
+    }
+    if free.is_empty() {
+        return Ok(out);
+    }
+    if remaining.iter().any(|&r| r < 0) {
+        return Err(Error::Invalid(
+            "COTT: the dual's tight classes do not hold the plan (solver inconsistency)".into(),
+        ));
+    }
+    // The free rows' 0/1 problem: cost 1 on a tight edge above t, 0 on one at most t, and
+    // an edge that is not tight costs more than any plan of tight edges can.
+    let forbidden = (free.len() as u64 * supply + 1) as i64;
+    let mut small = Vec::with_capacity(free.len() * k);
+    for (i, tight) in &free {
+        for c in 0..k {
+            small.push(if tight.contains(&c) {
+                (costs[i * k + c] > t) as i64
+            } else {
+                forbidden
+            });
+        }
+    }
+    let demand_free: Vec<u64> = remaining.iter().map(|&r| r as u64).collect();
+    let plan = transport::solve(&small, k, supply, &demand_free)?;
+    for (at, ((i, _), row)) in free.iter().zip(plan.flows).enumerate() {
+        if row
+            .iter()
+            .any(|&(c, _)| small[at * k + c as usize] == forbidden)
+        {
+            return Err(Error::Invalid(
+                "COTT: no optimal plan on the tight edges (solver inconsistency)".into(),
+            ));
+        }
+        out[*i] = row;
+    }
+    Ok(out)
+}
+
+/// COTT's threshold from the source's grid costs (`n x k`, at the mode's temperature),
+/// its class counts and its misclassified rows `errors`.
+pub fn source_threshold(
+    costs: &[i64],
+    k: usize,
+    class_counts: &[u64],
+    errors: u64,
+) -> Result<CottThreshold> {
+    let n = costs.len() / k.max(1);
+    let (supply, demand) = units(class_counts, n)?;
+    let need = errors as u128 * supply as u128;
+    let first = Plan::solve(costs, k, supply, &demand, None)?;
+    let t0 = first.threshold(costs, k, supply, need);
+    let plan = Plan::solve(costs, k, supply, &demand, Some(t0))?;
+    let t = plan.threshold(costs, k, supply, need);
+    if errors == 0 {
+        return Ok(CottThreshold { t, lambda: 0.0 });
+    }
+    let (e, f) = plan.above(costs, k, supply, t);
+    // e < need <= f: t is the largest cost with F(t) >= need.
+    let lambda = if f > e {
+        (need.saturating_sub(e)) as f64 / (f - e) as f64
+    } else {
+        0.0
+    };
+    Ok(CottThreshold {
+        t,
+        lambda: lambda.clamp(0.0, 1.0),
+    })
+}
+
+/// COTT's estimate of a set's accuracy from its grid costs (`n x k`), the source's
+/// `class_counts` and threshold.
+pub fn cott(costs: &[i64], k: usize, class_counts: &[u64], thr: &CottThreshold) -> Result<f64> {
+    let n = costs.len() / k.max(1);
+    let (supply, demand) = units(class_counts, n)?;
+    let plan = Plan::solve(costs, k, supply, &demand, Some(thr.t))?;
+    let (e, f) = plan.above(costs, k, supply, thr.t);
+    let total = n as u128 * supply as u128;
+    let moved = e as f64 + thr.lambda * (f - e) as f64;
+    Ok(1.0 - moved / total as f64)
+}
+
+/// K = 2 COTT of several sets of rows at once (`slot[i]`: the set of row `i`, `sets`
+/// of them; `None`: one set of every row), from one pass over the rows after one
+/// selection per set: the same plan as [`two_class`] (rows above the boundary gain to
+/// class 1, below to class 0, the tied ones settled at `t` in row order), without making
+/// it. The report's path for a target and its groups.
+pub fn two_class_sets(
+    costs: &[i64],
+    slot: Option<&[u32]>,
+    sets: usize,
+    class_counts: &[u64],
+    thr: &CottThreshold,
+) -> Result<Vec<f64>> {
+    let n = costs.len() / 2;
+    let set_of = |i: usize| slot.map_or(0, |s| s[i] as usize);
+    let mut size = vec![0usize; sets];
+    for i in 0..n {
+        size[set_of(i)] += 1;
+    }
+    let mut start = vec![0usize; sets + 1];
+    for s in 0..sets {
+        start[s + 1] = start[s] + size[s];
+    }
+    // Each set's gains together, for its selection.
+    let mut gains = vec![0i64; n];
+    let mut next = start.clone();
+    for (i, c) in costs.chunks_exact(2).enumerate() {
+        let s = set_of(i);
+        gains[next[s]] = c[0] - c[1];
+        next[s] += 1;
+    }
+    let mut supply_demand = Vec::with_capacity(sets);
+    let mut boundary: Vec<Option<i64>> = vec![None; sets];
+    for s in 0..sets {
+        let (supply, demand) = units(class_counts, size[s])?;
+        let d1 = demand[1];
+        if d1 > 0 {
+            let part = &mut gains[start[s]..start[s + 1]];
+            let last = (d1.div_ceil(supply) as usize).min(part.len()) - 1;
+            part.select_nth_unstable_by(last, |a, b| b.cmp(a));
+            boundary[s] = Some(part[last]);
+        }
+        supply_demand.push((supply, d1));
+    }
+    let t = thr.t;
+    let mut e = vec![0u128; sets];
+    let mut f = vec![0u128; sets];
+    let mut taken = vec![0u64; sets];
+    // Tied rows per set, in row order: (class-1 edge above t minus class-0 edge above t,
+    // c0, c1).
+    let mut tied: Vec<Vec<(i8, i64, i64)>> = vec![Vec::new(); sets];
+    for (i, c) in costs.chunks_exact(2).enumerate() {
+        let s = set_of(i);
+        let supply = supply_demand[s].0 as u128;
+        let class = match boundary[s] {
+            None => 0,
+            Some(b) if c[0] - c[1] > b => 1,
+            Some(b) if c[0] - c[1] < b => 0,
+            Some(_) => {
+                tied[s].push(((c[1] > t) as i8 - (c[0] > t) as i8, c[0], c[1]));
+                continue;
+            }
+        };
+        if class == 1 {
+            taken[s] += supply as u64;
+        }
+        e[s] += supply * (c[class] > t) as u128;
+        f[s] += supply * (c[class] >= t) as u128;
+    }
+    let mut out = Vec::with_capacity(sets);
+    for s in 0..sets {
+        let (supply, d1) = supply_demand[s];
+        let mut need = d1 - taken[s];
+        tied[s].sort_by_key(|r| r.0);
+        for &(_, c0, c1) in &tied[s] {
+            let to1 = need.min(supply);
+            need -= to1;
+            let to0 = (supply - to1) as u128;
+            let to1 = to1 as u128;
+            e[s] += to1 * (c1 > t) as u128 + to0 * (c0 > t) as u128;
+            f[s] += to1 * (c1 >= t) as u128 + to0 * (c0 >= t) as u128;
+        }
+        let total = size[s] as u128 * supply as u128;
+        let moved = e[s] as f64 + thr.lambda * (f[s] - e[s]) as f64;
+        out.push(1.0 - moved / total as f64);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::methods::transport::grid_cost;
+    use rand::{Rng, SeedableRng};
+
+    /// Seeded probability rows on the grid, each row summing to about 1.
+    fn rows(seed: u64, n: usize, k: usize, ties: bool) -> Vec<i64> {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let mut out = Vec::with_capacity(n * k);
+        for i in 0..n {
+            let mut p: Vec<f64> = (0..k).map(|_| rng.random::<f64>().powi(3)).collect();
+            if ties && i % 3 == 0 {
+                // Coarse values: many rows share a cost vector.
+                for x in &mut p {
+                    *x = (*x * 4.0).round() + 0.5;
+                }
+            }
+            let s: f64 = p.iter().sum();
+            out.extend(p.iter().map(|x| grid_cost(1.0 - x / s)));
+        }
+        out
+    }
+
+    fn errors(costs: &[i64], k: usize, labels: &[usize]) -> u64 {
+        costs
+            .chunks_exact(k)
+            .zip(labels)
+            .filter(|(c, &y)| (0..k).min_by_key(|&j| (c[j], j)).unwrap() != y)
+            .count() as u64
+    }
+
+    /// On the source itself COTT gives its accuracy, exactly up to one rounding: K = 2,
+    /// 3, 10, untied and tied rows.
+    #[test]
+    fn the_source_gets_its_accuracy() {
+        for (k, ties) in [
+            (2, false),
+            (2, true),
+            (3, false),
+            (3, true),
+            (10, false),
+            (10, true),
+        ] {
+            let n = 400;
+            let costs = rows(k as u64 * 7 + ties as u64, n, k, ties);
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(k as u64);
+            let labels: Vec<usize> = (0..n).map(|_| rng.random_range(0..k)).collect();
+            let mut counts = vec![0u64; k];
+            for &y in &labels {
+                counts[y] += 1;
+            }
+            let e = errors(&costs, k, &labels);
+            let thr = source_threshold(&costs, k, &counts, e).unwrap();
+            thr.check().unwrap();
+            let got = cott(&costs, k, &counts, &thr).unwrap();
+            let want = 1.0 - e as f64 / n as f64;
+            assert!(
+                (got - want).abs() < 1e-12,
+                "K = {k}, ties {ties}: {got} vs {want}"
+            );
+        }
+    }
+
+    /// E and F come from an optimal plan: COTT with t below every cost and lambda 1 is
+    /// 1 - (all mass) = 0, and with t at the largest cost and lambda 0 it is 1; on
+    /// a target, COTT lies in [0, 1].
+    #[test]
+    fn extreme_thresholds() {
+        for k in [2, 5] {
+            let costs = rows(3, 200, k, false);
+            let counts = vec![30u64; k];
+            let low = CottThreshold { t: -1, lambda: 1.0 };
+            assert_eq!(cott(&costs, k, &counts, &low).unwrap(), 0.0);
+            let high = CottThreshold {
+                t: 1 << 40,
+                lambda: 0.0,
+            };
+            assert_eq!(cott(&costs, k, &counts, &high).unwrap(), 1.0);
+            let target = rows(4, 150, k, true);
+            let thr = source_threshold(&costs, k, &counts, 37).unwrap();
+            let v = cott(&target, k, &counts, &thr).unwrap();
+            assert!((0.0..=1.0).contains(&v), "{v}");
+        }
+    }
+
+    /// Settled plans keep COT's optimal cost (the free rows only move among their tight
+    /// classes) on data full of ties.
+    #[test]
+    fn settling_keeps_the_optimum() {
+        for k in [3, 6] {
+            let costs = rows(11, 300, k, true);
+            let counts: Vec<u64> = (0..k as u64).map(|c| 10 + 3 * c).collect();
+            let (supply, demand) = units(&counts, 300).unwrap();
+            let best = transport::solve(&costs, k, supply, &demand)
+                .unwrap()
+                .cost_units;
+            for t in [0, 1 << 38, 1 << 39, 3 << 38] {
+                let Plan::General(flows) =
+                    Plan::solve(&costs, k, supply, &demand, Some(t)).unwrap()
+                else {
+                    unreachable!()
+                };
+                let mut got = 0u128;
+                let mut load = vec![0u64; k];
+                for (i, row) in flows.iter().enumerate() {
+                    assert_eq!(row.iter().map(|r| r.1).sum::<u64>(), supply);
+                    for &(c, u) in row {
+                        got += u as u128 * costs[i * k + c as usize] as u128;
+                        load[c as usize] += u;
+                    }
+                }
+                assert_eq!(load, demand);
+                assert_eq!(got, best, "K = {k}, t = {t}");
+            }
+        }
+    }
+
+    /// The one-pass K = 2 path equals the plan's, for the whole set and for sets cut by
+    /// a slot array, at thresholds on and off the costs, on tied rows.
+    #[test]
+    fn two_class_sets_equal_the_plan() {
+        let costs = rows(21, 500, 2, true);
+        let counts = [11u64, 17];
+        let slot: Vec<u32> = (0..500u32).map(|i| (i * 7 + i / 50) % 4).collect();
+        for t in [0, costs[7], costs[8], 1 << 39, 1 << 40] {
+            let thr = CottThreshold { t, lambda: 0.3 };
+            let whole = two_class_sets(&costs, None, 1, &counts, &thr).unwrap();
+            assert_eq!(whole, vec![cott(&costs, 2, &counts, &thr).unwrap()]);
+            let parts = two_class_sets(&costs, Some(&slot), 4, &counts, &thr).unwrap();
+            for (s, got) in parts.into_iter().enumerate() {
+                let mine: Vec<i64> = costs
+                    .chunks_exact(2)
+                    .zip(&slot)
+                    .filter(|(_, &x)| x as usize == s)
+                    .flat_map(|(c, _)| c.to_vec())
+                    .collect();
+                assert_eq!(
+                    got,
+                    cott(&mine, 2, &counts, &thr).unwrap(),
+                    "t = {t}, set {s}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn bad_thresholds_and_empty_sets_are_named() {
+        assert!(CottThreshold { t: 0, lambda: 1.5 }.check().is_err());
+        assert!(CottThreshold { t: -3, lambda: 0.5 }.check().is_err());
+        let thr = CottThreshold { t: 5, lambda: 0.5 };
+        assert!(cott(&[], 3, &[1, 1, 1], &thr).is_err());
+        assert!(cott(&[0, 0], 2, &[0, 0], &thr).is_err());
+    }
+}
