@@ -1,8 +1,8 @@
 """COTT in the reports (DESIGN 2.16): the threshold from the source's own optimal plan
 and its tie weight lambda, then the target's plan's mass above the threshold, equal an
 exact LP (POT's network simplex) on the crate's float32 probabilities to 1e-7, per target
-and per group, raw and ts, K = 2, 3, 10; on the source itself COTT is its accuracy; the
-CLI's calibrate/tally/merge gives the same COTT as evaluate."""
+and per group, raw and ts, K = 2, 3, 10, CPU and lavapipe; on the source itself COTT is
+its accuracy; the CLI's calibrate/tally/merge gives the same COTT as evaluate."""
 
 from __future__ import annotations
 
@@ -48,11 +48,10 @@ def lp_cott(p: np.ndarray, counts: np.ndarray, t: float, lam: float) -> float:
     return 1.0 - above - lam * (at_least - above)
 
 
-@pytest.mark.parametrize(("k", "n"), [(2, 2000), (3, 600), (10, 400)])
-def test_report_cott_equals_exact_lp(k, n):
+def check_cott(k: int, n: int, device: str) -> None:
     source = make_set(40 + k, 500, k)
     target = make_set(50 + k, n, k, shift=0.8)
-    report = cg.evaluate(source, {"target": target, "source_again": source}, device="cpu")
+    report = cg.evaluate(source, {"target": target, "source_again": source}, device=device)
     counts = np.bincount(source["labels"], minlength=k)
     yhat = source["logits"].argmax(axis=1)
     by_name = {t["name"]: t for t in report["targets"]}
@@ -75,6 +74,18 @@ def test_report_cott_equals_exact_lp(k, n):
     err = abs(by_name["target"]["estimates"]["ts"]["COTT"] - by_name["target"]["true_accuracy"])
     assert "COTT" in report["mae"]["ts"]
     assert np.isfinite(err)
+
+
+@pytest.mark.parametrize(("k", "n"), [(2, 2000), (3, 600), (10, 400)])
+def test_report_cott_equals_exact_lp(k, n):
+    check_cott(k, n, "cpu")
+
+
+@pytest.mark.parametrize(("k", "n"), [(2, 2000), (10, 400)])
+def test_report_cott_equals_exact_lp_gpu(k, n, gpu):
+    """On the GPU backend the temperature is the GPU's fit; COTT's costs are the CPU
+    softmax's at it (as COT's), so the same oracle at the report's temperature holds."""
+    check_cott(k, n, gpu)
 
 
 def test_cott_through_calibrate_tally_merge(cli, tmp_path):
