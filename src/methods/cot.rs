@@ -115,6 +115,36 @@ pub fn grid_cot_cost(costs: &[i64], k: usize, class_counts: &[u64]) -> Result<f6
     Ok(mean(cost_units, n as u128 * n_source as u128))
 }
 
+/// K > 2: COT's cost (per unit of mass) of grid costs and, with a threshold, COTT's
+/// estimate from the same optimal plan (one transport solve for both).
+fn cot_and_cott(
+    costs: &[i64],
+    k: usize,
+    class_counts: &[u64],
+    thr: Option<&CottThreshold>,
+) -> Result<(f64, Option<f64>)> {
+    let Some(thr) = thr else {
+        return Ok((grid_cot_cost(costs, k, class_counts)?, None));
+    };
+    let n_source: u64 = class_counts.iter().sum();
+    let n = costs.len() / k;
+    if n_source == 0 || n == 0 {
+        // The same typed errors as COT alone.
+        return Ok((grid_cot_cost(costs, k, class_counts)?, None));
+    }
+    let demand: Vec<u64> = class_counts
+        .iter()
+        .map(|&c| {
+            c.checked_mul(n as u64)
+                .ok_or_else(|| Error::Invalid(format!("COT: {c} x {n} units overflow")))
+        })
+        .collect::<Result<_>>()?;
+    let plan = transport::solve(costs, k, n_source, &demand)?;
+    let cot = mean(plan.cost_units, n as u128 * n_source as u128);
+    let cott = crate::methods::cott::from_flows(costs, k, class_counts, plan.flows, thr)?;
+    Ok((cot, Some(cott)))
+}
+
 /// COT's estimate of the target's accuracy: `1 - cot_cost`.
 pub fn cot(probs: &[f32], k: usize, class_counts: &[u64]) -> Result<f64> {
     Ok(1.0 - cot_cost(probs, k, class_counts)?)
@@ -336,38 +366,52 @@ impl CotRows {
         let partitions: [Option<Partition>; 2] = [0, 1].map(|g| self.partition(g, k));
         type Solved = (f64, [Vec<f64>; 2], Option<(f64, [Vec<f64>; 2])>);
         let one = |ts: bool| -> Result<Solved> {
+            use crate::methods::cott::two_class_sets;
             let costs = self.costs(k, *t.of(ts));
-            let target = grid_cot_cost(&costs, k, class_counts)?;
-            let mut groups: [Vec<f64>; 2] = Default::default();
-            for (out, p) in groups.iter_mut().zip(&partitions) {
-                if let Some(p) = p {
-                    *out = p.costs(&costs, k, class_counts)?;
-                }
-            }
-            let thresholded = cott
-                .map(|c| -> Result<(f64, [Vec<f64>; 2])> {
-                    use crate::methods::cott::{cott, two_class_sets};
-                    let thr = c.of(ts);
-                    let target = if k == 2 {
-                        two_class_sets(&costs, None, 1, class_counts, thr)?[0]
-                    } else {
-                        cott(&costs, k, class_counts, thr)?
-                    };
-                    let mut groups: [Vec<f64>; 2] = Default::default();
-                    for (out, p) in groups.iter_mut().zip(&partitions) {
-                        let Some(p) = p else { continue };
-                        *out = if k == 2 {
-                            two_class_sets(&costs, Some(&p.slot), p.ids.len(), class_counts, thr)?
-                        } else {
-                            p.rows(&costs, k)
-                                .par_iter()
-                                .map(|rows| cott(rows, k, class_counts, thr))
-                                .collect::<Result<_>>()?
-                        };
+            let thr = cott.map(|c| c.of(ts));
+            if k == 2 {
+                let target = grid_cot_cost(&costs, k, class_counts)?;
+                let mut groups: [Vec<f64>; 2] = Default::default();
+                for (out, p) in groups.iter_mut().zip(&partitions) {
+                    if let Some(p) = p {
+                        *out = p.costs(&costs, k, class_counts)?;
                     }
-                    Ok((target, groups))
-                })
-                .transpose()?;
+                }
+                let thresholded = thr
+                    .map(|thr| -> Result<(f64, [Vec<f64>; 2])> {
+                        let target = two_class_sets(&costs, None, 1, class_counts, thr)?[0];
+                        let mut groups: [Vec<f64>; 2] = Default::default();
+                        for (out, p) in groups.iter_mut().zip(&partitions) {
+                            if let Some(p) = p {
+                                *out = two_class_sets(
+                                    &costs,
+                                    Some(&p.slot),
+                                    p.ids.len(),
+                                    class_counts,
+                                    thr,
+                                )?;
+                            }
+                        }
+                        Ok((target, groups))
+                    })
+                    .transpose()?;
+                return Ok((target, groups, thresholded));
+            }
+            // K > 2: one transport solve a set gives both COT and COTT.
+            let (target, target_cott) = cot_and_cott(&costs, k, class_counts, thr)?;
+            let mut groups: [Vec<f64>; 2] = Default::default();
+            let mut cott_groups: [Vec<f64>; 2] = Default::default();
+            for ((out, out_cott), p) in groups.iter_mut().zip(&mut cott_groups).zip(&partitions) {
+                let Some(p) = p else { continue };
+                let both: Vec<(f64, Option<f64>)> = p
+                    .rows(&costs, k)
+                    .par_iter()
+                    .map(|rows| cot_and_cott(rows, k, class_counts, thr))
+                    .collect::<Result<_>>()?;
+                *out = both.iter().map(|b| b.0).collect();
+                *out_cott = both.iter().map(|b| b.1.unwrap_or(f64::NAN)).collect();
+            }
+            let thresholded = target_cott.map(|c| (c, cott_groups));
             Ok((target, groups, thresholded))
         };
         let (raw, ts) = rayon::join(|| one(false), || one(true));

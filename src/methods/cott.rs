@@ -327,16 +327,43 @@ pub fn source_threshold(
     })
 }
 
+/// [`cott`] from an optimal plan already solved (`flows` of [`transport::solve`] on the
+/// same costs, K > 2): its free rows are settled at `t`, then E and F are read.
+pub fn from_flows(
+    costs: &[i64],
+    k: usize,
+    class_counts: &[u64],
+    flows: Vec<Vec<(u32, u64)>>,
+    thr: &CottThreshold,
+) -> Result<f64> {
+    let n = costs.len() / k.max(1);
+    let (supply, demand) = units(class_counts, n)?;
+    let plan = Plan::General(settle(costs, k, supply, &demand, flows, thr.t)?);
+    Ok(estimate(&plan, costs, k, supply, n, thr))
+}
+
+/// `1 - E(t) - lambda (F(t) - E(t))` of a plan of `n` rows.
+fn estimate(
+    plan: &Plan,
+    costs: &[i64],
+    k: usize,
+    supply: u64,
+    n: usize,
+    thr: &CottThreshold,
+) -> f64 {
+    let (e, f) = plan.above(costs, k, supply, thr.t);
+    let total = n as u128 * supply as u128;
+    let moved = e as f64 + thr.lambda * (f - e) as f64;
+    1.0 - moved / total as f64
+}
+
 /// COTT's estimate of a set's accuracy from its grid costs (`n x k`), the source's
 /// `class_counts` and threshold.
 pub fn cott(costs: &[i64], k: usize, class_counts: &[u64], thr: &CottThreshold) -> Result<f64> {
     let n = costs.len() / k.max(1);
     let (supply, demand) = units(class_counts, n)?;
     let plan = Plan::solve(costs, k, supply, &demand, Some(thr.t))?;
-    let (e, f) = plan.above(costs, k, supply, thr.t);
-    let total = n as u128 * supply as u128;
-    let moved = e as f64 + thr.lambda * (f - e) as f64;
-    Ok(1.0 - moved / total as f64)
+    Ok(estimate(&plan, costs, k, supply, n, thr))
 }
 
 /// K = 2 COTT of several sets of rows at once (`slot[i]`: the set of row `i`, `sets`
