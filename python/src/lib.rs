@@ -1364,6 +1364,19 @@ fn cot_from_probabilities(
         .py_err(py)
 }
 
+/// `scores` as a numpy array, refused unless 1-D.
+fn scores_1d<'py>(py: Python<'py>, scores: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+    let arr = np_asarray(scores)?;
+    let ndim: usize = arr.getattr("ndim")?.extract()?;
+    if ndim != 1 {
+        return Err(to_py(
+            py,
+            invalid(format!("scores: must be 1-D, not {ndim}-D")),
+        ));
+    }
+    Ok(arr)
+}
+
 /// Conformal p-values (DESIGN.md 2.6) of every class of every row of `logits` at
 /// temperature `t` against the calibration scores `scores` (any order; float32, e.g.
 /// the source's `1 - p_y`), float64 [N, K]: `(1 + #{i : s_i >= 1 - p_k(x)}) / (n + 1)`.
@@ -1377,14 +1390,7 @@ fn pvalues<'py>(
     device: &str,
 ) -> PyResult<Bound<'py, PyArray2<f64>>> {
     conformal_gpu::methods::temperature::validate_temperature(t).py_err(py)?;
-    let arr = np_asarray(scores)?;
-    let ndim: usize = arr.getattr("ndim")?.extract()?;
-    if ndim != 1 {
-        return Err(to_py(
-            py,
-            invalid(format!("scores: must be 1-D, not {ndim}-D")),
-        ));
-    }
+    let arr = scores_1d(py, scores)?;
     let mut sorted = convert_f32(&arr, "scores")?;
     let l = logits_arg(logits, "logits")?;
     let (n, k) = (l.n, l.k);
@@ -1412,14 +1418,7 @@ fn conformal_quantile<'py>(
         .map(alphas_arg)
         .transpose()?
         .unwrap_or_else(|| vec![0.1]);
-    let arr = np_asarray(scores)?;
-    let ndim: usize = arr.getattr("ndim")?.extract()?;
-    if ndim != 1 {
-        return Err(to_py(
-            py,
-            invalid(format!("scores: must be 1-D, not {ndim}-D")),
-        ));
-    }
+    let arr = scores_1d(py, scores)?;
     let report = if let Ok(a) = arr.cast::<PyArray1<f64>>() {
         let ro = a.readonly();
         let v = ro.as_array();

@@ -301,6 +301,18 @@ pub fn generate_split(cfg: &GeneratorConfig, spec: &SplitSpec) -> PredictionSet 
     }
 }
 
+/// A generator's `scale`: finite, > 0 and at most 1000. Above 1000 (3.4e9 Camelyon rows,
+/// ~27 GB of logits per copy) a generator would only abort on a failed allocation;
+/// refuse clearly instead.
+pub(crate) fn check_scale(scale: f64) -> Result<()> {
+    if !scale.is_finite() || scale <= 0.0 || scale > 1000.0 {
+        return Err(Error::Invalid(format!(
+            "generator scale {scale} must be finite, > 0 and <= 1000"
+        )));
+    }
+    Ok(())
+}
+
 /// Generates every split of [`split_specs`]`(cfg.scale)` and writes `<name>.npz`
 /// (uncompressed, atomically) into `out_dir`, creating it if needed. `progress` is told
 /// about each file. Returns the written paths in split order.
@@ -309,14 +321,7 @@ pub fn generate_dataset(
     out_dir: &Path,
     progress: Option<&dyn Fn(&str)>,
 ) -> Result<Vec<PathBuf>> {
-    // Above 1000 (3.4e9 rows, ~27 GB of logits per copy) the generator would only abort
-    // on a failed allocation; refuse clearly instead.
-    if !cfg.scale.is_finite() || cfg.scale <= 0.0 || cfg.scale > 1000.0 {
-        return Err(Error::Invalid(format!(
-            "generator scale {} must be finite, > 0 and <= 1000",
-            cfg.scale
-        )));
-    }
+    check_scale(cfg.scale)?;
     std::fs::create_dir_all(out_dir).map_err(|e| Error::io(out_dir, e))?;
     let mut paths = Vec::new();
     for spec in split_specs(cfg.scale) {

@@ -58,7 +58,7 @@ use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 
-use super::camelyon::{normals, phi_inv, BLOCK};
+use super::camelyon::{check_scale, normals, phi_inv, BLOCK};
 use super::npz::save_npz;
 use super::PredictionSet;
 use crate::error::{Error, Result};
@@ -404,12 +404,7 @@ pub fn generate_grid(
     out: &Path,
     progress: Option<&dyn Fn(&str)>,
 ) -> Result<Vec<PathBuf>> {
-    if !cfg.scale.is_finite() || cfg.scale <= 0.0 || cfg.scale > 1000.0 {
-        return Err(Error::Invalid(format!(
-            "generator scale {} must be finite, > 0 and <= 1000",
-            cfg.scale
-        )));
-    }
+    check_scale(cfg.scale)?;
     let mut paths = Vec::new();
     for shape in cfg.shapes()? {
         for profile in &PROFILES {

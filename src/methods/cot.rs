@@ -100,19 +100,24 @@ pub fn grid_cot_cost(costs: &[i64], k: usize, class_counts: &[u64]) -> Result<f6
             detail: "no rows".into(),
         });
     }
-    let demand: Vec<u64> = class_counts
-        .iter()
-        .map(|&c| {
-            c.checked_mul(n as u64)
-                .ok_or_else(|| Error::Invalid(format!("COT: {c} x {n} units overflow")))
-        })
-        .collect::<Result<_>>()?;
+    let demand = demand_units(class_counts, n)?;
     let cost_units = if k == 2 {
         two_class_cost(costs, n_source, demand[1])
     } else {
         transport::solve(costs, k, n_source, &demand)?.cost_units
     };
     Ok(mean(cost_units, n as u128 * n_source as u128))
+}
+
+/// Each class's units for `n` target rows: `n_k n` (an overflow is a typed error).
+fn demand_units(class_counts: &[u64], n: usize) -> Result<Vec<u64>> {
+    class_counts
+        .iter()
+        .map(|&c| {
+            c.checked_mul(n as u64)
+                .ok_or_else(|| Error::Invalid(format!("COT: {c} x {n} units overflow")))
+        })
+        .collect()
 }
 
 /// K > 2: COT's cost (per unit of mass) of grid costs and, with a threshold, COTT's
@@ -132,13 +137,7 @@ fn cot_and_cott(
         // The same typed errors as COT alone.
         return Ok((grid_cot_cost(costs, k, class_counts)?, None));
     }
-    let demand: Vec<u64> = class_counts
-        .iter()
-        .map(|&c| {
-            c.checked_mul(n as u64)
-                .ok_or_else(|| Error::Invalid(format!("COT: {c} x {n} units overflow")))
-        })
-        .collect::<Result<_>>()?;
+    let demand = demand_units(class_counts, n)?;
     let plan = transport::solve(costs, k, n_source, &demand)?;
     let cot = mean(plan.cost_units, n as u128 * n_source as u128);
     let cott = crate::methods::cott::from_flows(costs, k, class_counts, plan.flows, thr)?;
