@@ -189,6 +189,7 @@ fn the_driver_falls_back_for_rows_in_memory_and_files() {
             temperature: Temperature::FitSource,
             bootstrap: Default::default(),
             sets: Default::default(),
+            cot_reference: None,
         },
         inputs: Vec::new(),
         targets: vec![

@@ -76,6 +76,8 @@ fn fit<B: Backend>(b: &B, source: &PredictionSet) -> Calibration {
             class_conditional: true,
             ..Default::default()
         },
+        // COT's reference mode: its values must come out of merged shards unchanged.
+        cot_reference: Some(Default::default()),
     };
     Calibration::fit(b, source, &opts).unwrap()
 }
@@ -101,6 +103,9 @@ fn sharded_equals_whole<B: Backend>(b: &B) {
     let cal = fit(b, &source);
     let whole = tally_set(b, &cal, &target, target.n()).unwrap();
     let want = cal.report("target", &whole).unwrap();
+    // The reference mode's values are in the report compared below.
+    let (cot_ref, cott_ref) = (want.estimates.ts.cot_ref, want.estimates.ts.cott_ref);
+    assert!(cot_ref.flatten().is_some() && cott_ref.flatten().is_some());
     assert_eq!(whole.n(), 5003);
     assert_eq!(whole.rows, vec![[0, 5003]]);
     for seed in 0..6 {
@@ -275,6 +280,7 @@ fn mismatched_or_damaged_pieces_are_typed_errors() {
             temperature: Temperature::Fixed(2.0),
             bootstrap: BootstrapOptions::default(),
             sets: SetOptions::default(),
+            cot_reference: None,
         },
     )
     .unwrap();

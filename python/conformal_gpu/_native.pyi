@@ -50,6 +50,8 @@ class Calibration:
         raps_k_reg: int = 1,
         saps_lambda: float = 0.2,
         class_conditional: bool = False,
+        cot_reference: bool | Literal["source", "uniform"] | None = None,
+        cott_reference_subsample: Sequence[int] | None = None,
     ) -> Calibration: ...
     def pvalues(
         self, logits: ArrayLike, mode: Literal["ts", "raw"] = "ts", device: Device | None = None
@@ -136,6 +138,8 @@ def evaluate(
     saps_lambda: float = 0.2,
     class_conditional: bool = False,
     exclude: Sequence[str] | None = None,
+    cot_reference: bool | Literal["source", "uniform"] | None = None,
+    cott_reference_subsample: Sequence[int] | None = None,
 ) -> dict[str, Any]: ...
 def fit_temperature(
     logits: ArrayLike, labels: ArrayLike, device: Device = "auto"

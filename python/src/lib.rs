@@ -18,6 +18,7 @@ use conformal_gpu::data::{binary_rows, LogitsShape};
 use conformal_gpu::device::{DeviceChoice, Engine};
 use conformal_gpu::methods::bootstrap::{check_confidence, BootstrapOptions};
 use conformal_gpu::methods::calibration::{check_k, Calibration, CalibrationOptions, Temperature};
+use conformal_gpu::methods::cot_reference::{CotPrior, CotReferenceOptions};
 use conformal_gpu::methods::evaluate::{
     self as evaluation, Evaluation, EvaluationJob, Timings, TARGET_CHUNK_ROWS,
 };
@@ -477,6 +478,63 @@ fn sets_arg(
     Ok(options)
 }
 
+/// `cot_reference=` (None/False: off; True or "source": the source's label shares;
+/// "uniform") and `cott_reference_subsample=` (the source rows of their COTT threshold).
+fn cot_reference_arg(
+    py: Python<'_>,
+    cot_reference: Option<&Bound<'_, PyAny>>,
+    subsample: Option<&Bound<'_, PyAny>>,
+) -> PyResult<Option<CotReferenceOptions>> {
+    let bad = || {
+        to_py(
+            py,
+            invalid("cot_reference: expected None, a bool, \"source\" or \"uniform\""),
+        )
+    };
+    let prior = match cot_reference.filter(|c| !c.is_none()) {
+        None => None,
+        Some(c) => {
+            if let Ok(on) = c.extract::<bool>() {
+                on.then_some(CotPrior::Source)
+            } else if let Ok(name) = c.extract::<String>() {
+                Some(CotPrior::parse(&name).map_err(|_| bad())?)
+            } else {
+                return Err(bad());
+            }
+        }
+    };
+    let subsample = subsample
+        .filter(|s| !s.is_none())
+        .map(|s| {
+            s.extract::<Vec<i64>>()
+                .map_err(|_| {
+                    to_py(
+                        py,
+                        invalid("cott_reference_subsample: expected a sequence of row indices"),
+                    )
+                })?
+                .into_iter()
+                .map(|i| {
+                    u64::try_from(i).map_err(|_| {
+                        to_py(
+                            py,
+                            invalid(format!("cott_reference_subsample: index {i} is negative")),
+                        )
+                    })
+                })
+                .collect::<PyResult<Vec<u64>>>()
+        })
+        .transpose()?;
+    match (prior, subsample) {
+        (None, Some(_)) => Err(to_py(
+            py,
+            invalid("cott_reference_subsample is given but cot_reference is off"),
+        )),
+        (None, None) => Ok(None),
+        (Some(prior), subsample) => Ok(Some(CotReferenceOptions { prior, subsample })),
+    }
+}
+
 /// A serde_json value as the equivalent Python object (through `json.loads`, so floats
 /// keep every bit of their shortest round-trip text).
 fn json_to_py<'py>(py: Python<'py>, v: &serde_json::Value) -> PyResult<Bound<'py, PyAny>> {
@@ -535,6 +593,7 @@ fn temperature_arg<'a>(
     ))
 }
 
+#[allow(clippy::too_many_arguments)]
 fn fit_calibration(
     py: Python<'_>,
     source: &PredictionSet,
@@ -542,6 +601,7 @@ fn fit_calibration(
     temperature: &Bound<'_, PyAny>,
     bootstrap: BootstrapOptions,
     sets: SetOptions,
+    cot_reference: Option<CotReferenceOptions>,
     device: &str,
 ) -> PyResult<Calibration> {
     let mut other = None;
@@ -551,6 +611,7 @@ fn fit_calibration(
         temperature,
         bootstrap,
         sets,
+        cot_reference,
     };
     on_device!(py, device, |b| Calibration::fit(b, source, &options))
 }
@@ -664,7 +725,7 @@ impl PyCalibration {
     /// source's refit in B Poisson bootstrap replicates (weights seeded by `seed`), so
     /// its tallies carry per-replicate counts and its reports intervals at `confidence`.
     #[staticmethod]
-    #[pyo3(signature = (logits, labels, alphas = None, temperature = None, device = "auto", groups = None, name = "source", bootstrap = 0, confidence = 0.95, seed = 0, score = None, randomize = false, raps_lambda = 0.01, raps_k_reg = 1, saps_lambda = 0.2, class_conditional = false))]
+    #[pyo3(signature = (logits, labels, alphas = None, temperature = None, device = "auto", groups = None, name = "source", bootstrap = 0, confidence = 0.95, seed = 0, score = None, randomize = false, raps_lambda = 0.01, raps_k_reg = 1, saps_lambda = 0.2, class_conditional = false, cot_reference = None, cott_reference_subsample = None))]
     #[allow(clippy::too_many_arguments)]
     fn fit(
         py: Python<'_>,
@@ -684,7 +745,10 @@ impl PyCalibration {
         raps_k_reg: i128,
         saps_lambda: f64,
         class_conditional: bool,
+        cot_reference: Option<&Bound<'_, PyAny>>,
+        cott_reference_subsample: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
+        let cot_reference = cot_reference_arg(py, cot_reference, cott_reference_subsample)?;
         let alphas = alphas
             .map(alphas_arg)
             .transpose()?
@@ -703,7 +767,16 @@ impl PyCalibration {
         let fit_str = PyString::new(py, "fit");
         let temperature = temperature.unwrap_or(fit_str.as_any());
         let source = prediction_set(name, logits, Some(labels), groups)?;
-        let cal = fit_calibration(py, &source, alphas, temperature, boot, sets, device)?;
+        let cal = fit_calibration(
+            py,
+            &source,
+            alphas,
+            temperature,
+            boot,
+            sets,
+            cot_reference,
+            device,
+        )?;
         Ok(PyCalibration {
             inner: Arc::new(cal),
             device: device.to_string(),
@@ -1139,7 +1212,7 @@ fn need<'py>(d: &Bound<'py, PyDict>, key: &str, what: &str) -> PyResult<Bound<'p
 /// `bootstrap` = B > 0, Poisson bootstrap intervals at `confidence` (weights seeded by
 /// `seed`), as `conformal-gpu evaluate --bootstrap B --confidence C --seed N`.
 #[pyfunction]
-#[pyo3(signature = (source, targets, alphas = None, device = "auto", temperature = None, bootstrap = 0, confidence = 0.95, seed = 0, score = None, randomize = false, raps_lambda = 0.01, raps_k_reg = 1, saps_lambda = 0.2, class_conditional = false, exclude = None))]
+#[pyo3(signature = (source, targets, alphas = None, device = "auto", temperature = None, bootstrap = 0, confidence = 0.95, seed = 0, score = None, randomize = false, raps_lambda = 0.01, raps_k_reg = 1, saps_lambda = 0.2, class_conditional = false, exclude = None, cot_reference = None, cott_reference_subsample = None))]
 #[allow(clippy::too_many_arguments)]
 fn evaluate<'py>(
     py: Python<'py>,
@@ -1158,8 +1231,11 @@ fn evaluate<'py>(
     saps_lambda: f64,
     class_conditional: bool,
     exclude: Option<Vec<String>>,
+    cot_reference: Option<&Bound<'py, PyAny>>,
+    cott_reference_subsample: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyAny>> {
     let started = Instant::now();
+    let cot_reference = cot_reference_arg(py, cot_reference, cott_reference_subsample)?;
     let alphas = alphas
         .map(alphas_arg)
         .transpose()?
@@ -1266,6 +1342,7 @@ fn evaluate<'py>(
             temperature,
             bootstrap: boot,
             sets,
+            cot_reference,
         },
         inputs,
         targets,

@@ -84,6 +84,19 @@ pub struct SourceOpts {
     /// Also report Mondrian (per-class) thresholds for every score.
     #[arg(long)]
     pub class_conditional: bool,
+    /// Also report COT and COTT as the authors' code computes them (COT-ref, COTT-ref:
+    /// their 10,000-row batches and seed replayed; ts, target level, out of the MAE).
+    #[arg(long)]
+    pub cot_reference: bool,
+    /// The reference mode's label shares: source (the source's, their WILDS setting) or
+    /// uniform (their CIFAR/ImageNet setting).
+    #[arg(long, default_value = "source", requires = "cot_reference")]
+    pub cot_prior: String,
+    /// The reference mode with a source of more than 10,000 rows: a 1-D integer `.npy` of
+    /// the 10,000 source rows their COTT threshold used (`torch.manual_seed(0);
+    /// torch.randperm(n)[:10000]`); without it COTT-ref is null.
+    #[arg(long, value_name = "FILE", requires = "cot_reference")]
+    pub cott_reference_subsample: Option<PathBuf>,
     /// Targets kept out of the MAE rows (and the sweep's summaries): comma-separated
     /// globs of target names (`train,id_*`).
     #[arg(long, value_delimiter = ',')]

@@ -13,6 +13,7 @@ use crate::data::PredictionSet;
 use crate::device::{DeviceChoice, Engine};
 use crate::methods::bootstrap::{check_confidence, BootstrapOptions};
 use crate::methods::calibration::{Calibration, CalibrationOptions, Temperature};
+use crate::methods::cot_reference::{CotPrior, CotReferenceOptions};
 use crate::methods::evaluate::{
     self as evaluation, Evaluation, EvaluationJob, Timings, TARGET_CHUNK_ROWS,
 };
@@ -37,6 +38,8 @@ pub struct SourceArgs<'a> {
     pub sets: SetOptions,
     /// Globs of target names kept out of the MAE rows.
     pub exclude: Vec<String>,
+    /// COT's reference mode, when asked for.
+    pub cot_reference: Option<CotReferenceOptions>,
 }
 
 impl<'a> SourceArgs<'a> {
@@ -73,6 +76,19 @@ impl<'a> SourceArgs<'a> {
                 }
                 o.exclude.clone()
             },
+            cot_reference: o
+                .cot_reference
+                .then(|| -> Result<CotReferenceOptions> {
+                    Ok(CotReferenceOptions {
+                        prior: CotPrior::parse(&o.cot_prior)?,
+                        subsample: o
+                            .cott_reference_subsample
+                            .as_deref()
+                            .map(crate::data::npy::load_npy_indices)
+                            .transpose()?,
+                    })
+                })
+                .transpose()?,
         })
     }
 }
@@ -131,6 +147,7 @@ impl SourceSets {
             temperature,
             bootstrap: args.bootstrap,
             sets: args.sets.clone(),
+            cot_reference: args.cot_reference.clone(),
         }
     }
 }

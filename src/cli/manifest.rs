@@ -322,6 +322,13 @@ fn apply_options(
             "saps_lambda" => opts.saps_lambda = float()?,
             "class_conditional" => opts.class_conditional = boolean()?,
             "exclude" => opts.exclude = strings()?,
+            "cot_reference" => opts.cot_reference = boolean()?,
+            "cot_prior" => {
+                opts.cot_prior = value
+                    .as_str()
+                    .ok_or_else(|| bad("expected source or uniform"))?
+                    .to_string()
+            }
             "source" => return Err(bad("the source is named per cell (cell.source)")),
             _ => return Err(bad("not an option of evaluate")),
         }
@@ -343,6 +350,8 @@ fn apply_options(
             "saps_lambda" => opts.saps_lambda = cli.saps_lambda,
             "class_conditional" => opts.class_conditional = cli.class_conditional,
             "exclude" => opts.exclude = cli.exclude.clone(),
+            "cot_reference" => opts.cot_reference = cli.cot_reference,
+            "cot_prior" => opts.cot_prior = cli.cot_prior.clone(),
             _ => {}
         }
     }

@@ -84,6 +84,7 @@ fn camelyon_report() -> Result<()> {
             },
             sets: Default::default(),
             exclude: Vec::new(),
+            cot_reference: None,
         },
         out: Some(&out),
         rows: false,

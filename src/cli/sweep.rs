@@ -182,6 +182,8 @@ fn fingerprint(cell: &Cell, opts: &SourceOpts, device: &str) -> Result<String> {
         "saps_lambda": opts.saps_lambda,
         "class_conditional": opts.class_conditional,
         "exclude": opts.exclude,
+        "cot_reference": opts.cot_reference,
+        "cot_prior": opts.cot_prior,
         "files": files,
     });
     Ok(crate::provenance::hex(&Sha256::digest(
@@ -342,6 +344,13 @@ pub fn run_sweep(job: SweepJob<'_>) -> Result<SweepOutcome> {
 /// Options that would fail every cell fail the sweep before anything is written (exit
 /// code 2): levels, scores, globs, the bootstrap's confidence, a fixed temperature.
 fn check_options(opts: &SourceOpts) -> Result<()> {
+    if opts.cott_reference_subsample.is_some() {
+        return Err(Error::Invalid(
+            "--cott-reference-subsample names one source's rows: evaluate or calibrate \
+             that cell instead of sweeping"
+                .into(),
+        ));
+    }
     let args = SourceArgs::new(opts)?;
     for &a in &args.alphas {
         crate::methods::quantile::check_alpha(a)?;

@@ -5,7 +5,7 @@
 mod atomic;
 pub mod camelyon;
 pub mod grid;
-mod npy;
+pub(crate) mod npy;
 pub mod npz;
 pub mod rows;
 pub mod stream;

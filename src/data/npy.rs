@@ -514,6 +514,42 @@ pub fn load_npy_scores_f64(path: &Path) -> Result<(Vec<f64>, bool)> {
     Ok((load_npy_scores_as(path, conv, f64::is_nan)?, f64_file))
 }
 
+/// Loads a 1-D int32/int64 `.npy` of row indices (each `>= 0`); errors name the file and
+/// the first negative index.
+pub fn load_npy_indices(path: &Path) -> Result<Vec<u64>> {
+    let file = path.display().to_string();
+    let f = File::open(path).map_err(|e| Error::io(path, e))?;
+    let len = f.metadata().map_err(|e| Error::io(path, e))?.len();
+    let mut r = BufReader::new(f);
+    let d = read_npy(
+        &mut r,
+        Some(len),
+        &file,
+        "indices",
+        |t| !t.is_float(),
+        "int32 or int64",
+        conv_i64,
+    )?;
+    if d.shape.len() != 1 {
+        return Err(Error::format(
+            &file,
+            format!("array 'indices': shape {:?}, need 1-D", d.shape),
+        ));
+    }
+    d.data
+        .iter()
+        .enumerate()
+        .map(|(at, &i)| {
+            u64::try_from(i).map_err(|_| {
+                Error::format(
+                    &file,
+                    format!("array 'indices': index {i} at {at} is negative"),
+                )
+            })
+        })
+        .collect()
+}
+
 fn load_npy_scores_as<T: Clone + bytemuck::Pod>(
     path: &Path,
     conv: impl Fn(&[u8], Dtype, bool) -> T,

@@ -17,6 +17,7 @@ use crate::kernel::bootstrap::{name_key, BootstrapTallyPlan, ReplicatePlan};
 use crate::kernel::calibration::{CalibrationStats, BINS};
 use crate::kernel::tally::GROUP_ARRAYS;
 use crate::methods::bootstrap::{fit_replicates, BootstrapOptions, CalibrationBootstrap};
+use crate::methods::cot_reference::{CotReference, CotReferenceOptions};
 use crate::methods::cott::{source_threshold, CottThreshold};
 use crate::methods::quantile::check_alpha;
 use crate::methods::row_outputs::prepared_row_outputs;
@@ -47,6 +48,8 @@ pub struct CalibrationOptions<'a> {
     /// Conformal scores and their options (the randomised draws use the bootstrap's
     /// seed: `sets.seed` is overwritten by it).
     pub sets: SetOptions,
+    /// COT's reference mode (`COT-ref`, `COTT-ref`; DESIGN.md 2.16), when asked for.
+    pub cot_reference: Option<CotReferenceOptions>,
 }
 
 impl Default for CalibrationOptions<'_> {
@@ -56,6 +59,7 @@ impl Default for CalibrationOptions<'_> {
             temperature: Temperature::FitSource,
             bootstrap: BootstrapOptions::default(),
             sets: SetOptions::default(),
+            cot_reference: None,
         }
     }
 }
@@ -110,6 +114,10 @@ pub struct Calibration {
     /// before COTT, whose reports then carry no COTT).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cott: Option<Modes<CottThreshold>>,
+    /// COT's reference mode: its label shares and COTT-ref's threshold (present only when
+    /// asked for; see [`crate::methods::cot_reference`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cot_reference: Option<CotReference>,
     /// Every bootstrap replicate's refit of the source (absent without a bootstrap).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bootstrap: Option<CalibrationBootstrap>,
@@ -155,6 +163,8 @@ struct IdContent<'a> {
     sets: &'a Option<SetCalibration>,
     #[serde(skip_serializing_if = "Option::is_none")]
     cott: &'a Option<Modes<CottThreshold>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cot_reference: &'a Option<CotReference>,
 }
 
 pub use crate::provenance::hex;
@@ -335,6 +345,11 @@ impl Calibration {
             raw: threshold(modes.raw.t)?,
             ts: threshold(modes.ts.t)?,
         });
+        let cot_reference = options
+            .cot_reference
+            .as_ref()
+            .map(|o| CotReference::fit(o, &src_logits, &src_labels, k, &class_counts, modes.ts.t))
+            .transpose()?;
         let t_sort = ms(phase);
         let bootstrap = (options.bootstrap.replicates > 0)
             .then(|| {
@@ -399,6 +414,7 @@ impl Calibration {
             class_counts,
             sets: Some(sets),
             cott,
+            cot_reference,
             bootstrap,
             device: backend.device_name(),
             inputs: Vec::new(),
@@ -426,6 +442,7 @@ impl Calibration {
             bootstrap: &self.bootstrap,
             sets: &self.sets,
             cott: &self.cott,
+            cot_reference: &self.cot_reference,
         };
         let bytes = serde_json::to_vec(&content)
             .map_err(|e| Error::Invalid(format!("calibration encoding: {e}")))?;
@@ -564,6 +581,13 @@ impl Calibration {
             if let Err(e) = c.raw.check().and_then(|_| c.ts.check()) {
                 return Some(e.to_string());
             }
+        }
+        if let Some(why) = self
+            .cot_reference
+            .as_ref()
+            .and_then(|r| r.inconsistency(self.k))
+        {
+            return Some(why);
         }
         if let Some(why) = self.bootstrap.as_ref().and_then(|b| b.inconsistency()) {
             return Some(why);

@@ -14,6 +14,7 @@ use crate::data::PredictionSet;
 use crate::device::{DeviceChoice, Engine};
 use crate::error::{Error, Result};
 use crate::methods::calibration::check_k;
+pub use crate::methods::cot_reference::{CotPrior, CotReferenceOptions};
 use crate::methods::files::{tally_files, FileJob};
 use crate::methods::sets::SetOptions;
 use crate::methods::tally::{Tally, TargetRows};
@@ -59,6 +60,8 @@ pub struct EvalOptions {
     /// Conformal scores and their options (DESIGN.md 2.13; draws seeded by the
     /// bootstrap's seed).
     pub sets: SetOptions,
+    /// COT's reference mode (`COT-ref`, `COTT-ref`), when asked for.
+    pub cot_reference: Option<CotReferenceOptions>,
 }
 
 impl Default for EvalOptions {
@@ -69,6 +72,7 @@ impl Default for EvalOptions {
             rows: false,
             bootstrap: BootstrapOptions::default(),
             sets: SetOptions::default(),
+            cot_reference: None,
         }
     }
 }
@@ -342,6 +346,7 @@ pub fn evaluate<B: Backend>(
             temperature,
             bootstrap: options.bootstrap,
             sets: options.sets.clone(),
+            cot_reference: options.cot_reference.clone(),
         },
     )?;
     let phase = Instant::now();

@@ -142,6 +142,14 @@ impl Calibration {
         let cot = cot_rows
             .map(|c| c.solve(self.k, &self.class_counts, t.clone(), self.cott.as_ref()))
             .transpose()?;
+        // The reference mode's values: ts, the whole target only.
+        let reference = match (&self.cot_reference, cot_rows) {
+            (Some(r), Some(rows)) => {
+                let logits: Vec<f32> = rows.logits().flatten().copied().collect();
+                Some(r.estimate(&logits, self.k, self.modes.ts.t)?)
+            }
+            _ => None,
+        };
         let mut groups = BTreeMap::new();
         for (g, group) in GROUP_ARRAYS.iter().enumerate() {
             if !tally.group_arrays.iter().any(|x| x == group) {
@@ -209,6 +217,10 @@ impl Calibration {
             cot.as_ref().map(|c| &c.target),
             cot.as_ref().and_then(|c| c.cott.as_ref()),
         );
+        if let Some((cot_ref, cott_ref)) = reference {
+            estimates.ts.cot_ref = Some(Some(cot_ref));
+            estimates.ts.cott_ref = Some(cott_ref);
+        }
         let everything = |_: &GroupKey| true;
         let conformal = Modes {
             raw: with_sets(

@@ -38,6 +38,30 @@ pub struct Estimates {
     /// written before COTT).
     #[serde(rename = "COTT", default)]
     pub cott: Option<f64>,
+    /// COT as the authors' code computes it (`--cot-reference`; ts, target level, no
+    /// interval, not a [`Method`]: out of the MAE rows). Absent unless asked for.
+    #[serde(
+        rename = "COT-ref",
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub cot_ref: Option<Option<f64>>,
+    /// COTT as the authors' code computes it (`null`: a source of more than 10,000 rows
+    /// without their subsample's indices).
+    #[serde(
+        rename = "COTT-ref",
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub cott_ref: Option<Option<f64>>,
+}
+
+/// A key that is present (even as `null`) is `Some`: the reference values are absent
+/// when not asked for, `null` when asked for and not computable.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<f64>>, D::Error> {
+    Option::<f64>::deserialize(d).map(Some)
 }
 
 /// The estimators of a target's accuracy, in report order: the one list every table,

@@ -365,6 +365,8 @@ mod tests {
             cpc_saps: Some(8.0),
             cot: Some(9.0),
             cott: Some(10.0),
+            cot_ref: None,
+            cott_ref: None,
         };
         let v = serde_json::to_value(e).unwrap();
         for (i, m) in Method::ALL.into_iter().enumerate() {
@@ -388,5 +390,19 @@ mod tests {
         assert_eq!(v.as_object().unwrap().len(), Method::ALL.len() - 3);
         assert_eq!(Method::present(Some(&plain)).len(), Method::ALL.len() - 3);
         assert_eq!(Method::present(Some(&e)), Method::ALL.to_vec());
+        // The reference values: absent when not asked for, `null` when not computable,
+        // and read back as they were written (present-null stays present).
+        let with_ref = Estimates {
+            cot_ref: Some(Some(0.5)),
+            cott_ref: Some(None),
+            ..e
+        };
+        let v = serde_json::to_value(with_ref).unwrap();
+        assert_eq!(v["COT-ref"], serde_json::json!(0.5));
+        assert!(v["COTT-ref"].is_null() && v.as_object().unwrap().contains_key("COTT-ref"));
+        let back: Estimates = serde_json::from_value(v).unwrap();
+        assert_eq!(back, with_ref);
+        let back: Estimates = serde_json::from_value(serde_json::to_value(e).unwrap()).unwrap();
+        assert_eq!(back.cot_ref, None);
     }
 }

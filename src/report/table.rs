@@ -125,6 +125,18 @@ pub fn table(eval: &Evaluation) -> String {
             t.name, t.n_labelled, t.n
         );
     }
+    // The reference mode's values (ts, target level), where asked for.
+    for t in &eval.targets {
+        if let Some(cot) = t.estimates.ts.cot_ref {
+            let _ = writeln!(
+                out,
+                "{}: COT-ref {}, COTT-ref {} (the authors' batched code replayed, ts)",
+                t.name,
+                pct(cot),
+                pct(t.estimates.ts.cott_ref.flatten())
+            );
+        }
+    }
     // The first conformal entry of each target (the score and level listed first).
     if let Some(first) = eval.targets.first().and_then(|t| t.conformal.raw.first()) {
         let kind = if first.class_conditional {
