@@ -362,7 +362,7 @@ fn intervals_cover_the_population_value() {
         {
             for (i, m) in Method::ALL.into_iter().enumerate() {
                 if !m.has_intervals() {
-                    continue; // a score's CPC (not asked for here) and COTT: no intervals
+                    continue; // a score's CPC (not asked for here): no intervals
                 }
                 let [lo, hi] = cis[m.name()].unwrap();
                 covered[mode][i] += (lo <= pop.get(m) && pop.get(m) <= hi) as usize;

@@ -48,23 +48,23 @@ def test_intervals_in_the_report(sets):
     # The MAE intervals, keyed as the MAE rows, one per method.
     assert set(r["mae_ci"]) == set(r["mae"])
     assert set(r["mae_ci"]["ts"]) == {"AC", "ATC-MC", "ATC-NE", "CPC", "DoC", "COT", "COTT"}
-    assert r["mae_ci"]["ts"]["COTT"] is None  # no intervals for COTT yet
-    # COT's intervals are built at the target level, not per group.
-    assert r["mae_ci"]["ts"]["COT"] is not None
-    assert r["mae_ci"]["slide_ts"]["COT"] is None
+    # COT's and COTT's intervals are built at the target level, not per group.
+    for m in ("COT", "COTT"):
+        assert r["mae_ci"]["ts"][m] is not None
+        assert r["mae_ci"]["slide_ts"][m] is None
     test, ood = r["targets"]
     assert (test["name"], ood["name"]) == ("test", "ood")
     for t, labelled in ((test, True), (ood, False)):
         assert set(t["ci"]) == {"raw", "ts"}
         assert set(t["ci"]["ts"]) == {"AC", "ATC-MC", "ATC-NE", "CPC", "DoC", "COT", "COTT"}
-        assert t["ci"]["ts"]["COT"] is not None
+        assert t["ci"]["ts"]["COT"] is not None and t["ci"]["ts"]["COTT"] is not None
         assert (t["true_accuracy_ci"] is not None) == labelled
         assert (t["error_ci"] is not None) == labelled
         assert set(t["groups"]) == {"hospital", "slide"}
         for entries in t["groups"].values():
             for g in entries:
                 assert set(g["ci"]) == {"raw", "ts"}
-                assert g["ci"]["ts"]["COT"] is None
+                assert g["ci"]["ts"]["COT"] is None and g["ci"]["ts"]["COTT"] is None
                 assert (g["true_accuracy_ci"] is not None) == labelled
                 assert (g["error_ci"] is not None) == labelled
     found = list(intervals(r))

@@ -113,3 +113,26 @@ def test_cott_through_calibrate_tally_merge(cli, tmp_path):
             want["targets"][0]["estimates"][mode]["COTT"] is not None
     got = cg.evaluate(tmp_path / "id_val.npz", {"test": tmp_path / "test.npz"}, device="cpu")
     assert comparable(got) == comparable(want)
+
+
+@pytest.mark.parametrize("k", [2, 4])
+def test_cott_intervals_on_the_source_itself(k):
+    """Every bootstrap replicate refits COTT's threshold on its weighted source (DESIGN
+    2.12). On the source itself as a target of the same name (so the same weights) each
+    replicate's COTT is that replicate's weighted accuracy, as the point COTT is: COTT's
+    interval is the true accuracy's and its error's is [0, 0], raw and ts. Another
+    target's COTT interval holds its point estimate."""
+    s = make_set(3 + k, 600, k)
+    other = make_set(4 + k, 500, k, shift=0.5)
+    r = cg.evaluate(dict(s, name="src"), {"src": s, "other": other}, device="cpu",
+                    bootstrap=40, seed=5)
+    same, t = r["targets"]
+    for mode in ("raw", "ts"):
+        lo, hi = same["ci"][mode]["COTT"]
+        want = same["true_accuracy_ci"]
+        assert abs(lo - want[0]) <= 1e-12 and abs(hi - want[1]) <= 1e-12, mode
+        assert max(abs(v) for v in same["error_ci"][mode]["COTT"]) <= 1e-12
+        lo, hi = t["ci"][mode]["COTT"]
+        assert lo <= t["estimates"][mode]["COTT"] <= hi
+        assert hi - lo > 0.01  # a real spread, not a point
+        assert r["mae_ci"][mode]["COTT"] is not None

@@ -20,6 +20,8 @@ use crate::error::{Error, Result};
 use crate::kernel::bootstrap::{name_key, rep, weights4, RepCounts, ReplicatePlan, REPS_PER_DRAW};
 use crate::kernel::row_stats::NSTAT;
 use crate::kernel::tally::P1_GRID_BITS;
+use crate::methods::cot::{grid_costs_at, weighted_rows};
+use crate::methods::cott::{source_threshold, CottThreshold};
 use crate::methods::temperature::fit_temperature_with;
 use crate::methods::temperature::Temperature;
 use crate::methods::thresholds::{AtcThreshold, ModeCalibration};
@@ -158,6 +160,12 @@ pub struct CalibrationBootstrap {
     pub modes: Modes<Vec<ReplicateCalibration>>,
     /// Every replicate's weighted source rows per class (COT's shares in the replicate).
     pub class_counts: Vec<Vec<u64>>,
+    /// Every replicate's COTT threshold per mode: the weighted source's own plan at the
+    /// replicate's temperature (`null` for a replicate without source rows; the whole
+    /// field absent in files written before COTT's intervals, whose reports then give
+    /// COTT no interval).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cott: Option<Modes<Vec<Option<CottThreshold>>>>,
 }
 
 impl CalibrationBootstrap {
@@ -184,6 +192,21 @@ impl CalibrationBootstrap {
         for (i, (c, r)) in self.class_counts.iter().zip(&self.modes.raw).enumerate() {
             if c.iter().try_fold(0u64, |a, &x| a.checked_add(x)) != Some(r.n) {
                 return Some(format!("bootstrap replicate {i}: class counts"));
+            }
+        }
+        if let Some(c) = &self.cott {
+            for list in [&c.raw, &c.ts] {
+                if list.len() != b {
+                    return Some(format!("bootstrap: {} COTT thresholds", list.len()));
+                }
+                if let Some(Err(e)) = list
+                    .iter()
+                    .flatten()
+                    .map(|t| t.check())
+                    .find(Result::is_err)
+                {
+                    return Some(e.to_string());
+                }
             }
         }
         for (name, m) in [("raw", &self.modes.raw), ("ts", &self.modes.ts)] {
@@ -330,7 +353,7 @@ pub fn fit_replicates<B: Backend>(
             modes.ts.push(t);
         }
     }
-    let class_counts = (0..reps)
+    let class_counts: Vec<Vec<u64>> = (0..reps)
         .into_par_iter()
         .map(|b| {
             let mut c = vec![0u64; k];
@@ -340,12 +363,58 @@ pub fn fit_replicates<B: Backend>(
             c
         })
         .collect();
+    let cott = Some(replicate_cott(
+        &logits,
+        k,
+        &correct,
+        &temps,
+        &class_counts,
+        weights,
+    )?);
     Ok(CalibrationBootstrap {
         replicates: reps,
         seed: opts.seed,
         confidence: opts.confidence,
         modes,
         class_counts,
+        cott,
+    })
+}
+
+/// COTT's threshold in every replicate (DESIGN.md 2.12 and 2.16): the point fit's rule on
+/// the replicate's multiset of source rows (each row repeated by its weight), its
+/// weighted class counts and misclassified rows, at T = 1 and at its temperature.
+fn replicate_cott(
+    logits: &[f32],
+    k: usize,
+    correct: &[bool],
+    temps: &[f32],
+    class_counts: &[Vec<u64>],
+    weights: impl Fn(usize) -> Vec<u8> + Sync,
+) -> Result<Modes<Vec<Option<CottThreshold>>>> {
+    let raw_costs = grid_costs_at(logits, k, 1.0);
+    let both: Vec<[Option<CottThreshold>; 2]> = (0..temps.len())
+        .into_par_iter()
+        .map(|b| -> Result<[Option<CottThreshold>; 2]> {
+            let w = weights(b);
+            let counts = &class_counts[b];
+            if counts.iter().sum::<u64>() == 0 {
+                return Ok([None, None]);
+            }
+            let errors: u64 = w
+                .iter()
+                .zip(correct)
+                .map(|(&w, &ok)| if ok { 0 } else { w as u64 })
+                .sum();
+            let one = |costs: &[i64]| {
+                source_threshold(&weighted_rows(costs, k, &w), k, counts, errors).map(Some)
+            };
+            Ok([one(&raw_costs)?, one(&grid_costs_at(logits, k, temps[b]))?])
+        })
+        .collect::<Result<_>>()?;
+    Ok(Modes {
+        raw: both.iter().map(|m| m[0]).collect(),
+        ts: both.iter().map(|m| m[1]).collect(),
     })
 }
 

@@ -467,6 +467,11 @@ impl CotRows {
     /// source's shares are its weighted class counts `class_counts[b]`; the weighted
     /// problem is solved exactly as the point one (integer units: `w_i n_b` a row,
     /// `n_kb W` a class). NaN where the replicate drew no target row.
+    ///
+    /// With `cott` (every replicate's source threshold per mode), also every replicate's
+    /// COTT: the same weighted problem's plan read at the replicate's threshold (K > 2:
+    /// from the same solve; K = 2: [`two_class_sets`](crate::methods::cott::two_class_sets)
+    /// on the replicate's multiset, rows in row order as the point estimate's).
     pub fn replicates(
         &self,
         k: usize,
@@ -474,7 +479,8 @@ impl CotRows {
         seed: u64,
         name_key: u32,
         class_counts: &[Vec<u64>],
-    ) -> Result<Modes<Vec<f64>>> {
+        cott: Option<&Modes<Vec<Option<CottThreshold>>>>,
+    ) -> Result<(Modes<Vec<f64>>, Option<Modes<Vec<f64>>>)> {
         let draw = Draw {
             seed,
             name_key,
@@ -510,13 +516,26 @@ impl CotRows {
                 .flat_map(|&i| [logits[2 * i as usize], logits[2 * i as usize + 1]])
                 .collect();
             let sorted_index: Vec<u64> = order.iter().map(|&i| index[i as usize]).collect();
-            return Ok(draw.two_class(&sorted_logits, &sorted_index, t));
+            let (cot, thresholded) = draw.two_class(&sorted_logits, &sorted_index, t, cott)?;
+            return Ok((cot, thresholded));
         }
         let (raw, ts) = rayon::join(
-            || draw.general(&logits, &index, k, &t.raw),
-            || draw.general(&logits, &index, k, &t.ts),
+            || draw.general(&logits, &index, k, &t.raw, cott.map(|c| c.raw.as_slice())),
+            || draw.general(&logits, &index, k, &t.ts, cott.map(|c| c.ts.as_slice())),
         );
-        Ok(Modes { raw: raw?, ts: ts? })
+        let (raw, ts) = (raw?, ts?);
+        let split = |v: Vec<(f64, f64)>| -> (Vec<f64>, Vec<f64>) { v.into_iter().unzip() };
+        let ((raw_cot, raw_cott), (ts_cot, ts_cott)) = (split(raw), split(ts));
+        Ok((
+            Modes {
+                raw: raw_cot,
+                ts: ts_cot,
+            },
+            cott.map(|_| Modes {
+                raw: raw_cott,
+                ts: ts_cott,
+            }),
+        ))
     }
 
     /// The rows of group array `g` partitioned by id (`None` without that array).
@@ -572,7 +591,16 @@ impl Draw<'_> {
     /// then a walk down the gains until class 1's units are met. The walk is exact when
     /// the gains do not increase along the order (checked); otherwise that replicate
     /// sorts its gains.
-    fn two_class(&self, logits: &[f32], index: &[u64], t: &Modes<Vec<f32>>) -> Modes<Vec<f64>> {
+    ///
+    /// With `cott`, the same walk gives each replicate's COTT at its threshold
+    /// ([`Draw::two_class_one`]).
+    fn two_class(
+        &self,
+        logits: &[f32],
+        index: &[u64],
+        t: &Modes<Vec<f32>>,
+        cott: Option<&Modes<Vec<Option<CottThreshold>>>>,
+    ) -> Result<(Modes<Vec<f64>>, Option<Modes<Vec<f64>>>)> {
         let reps = self.class_counts.len();
         let shared = |t: &[f32]| {
             (!t.is_empty() && t.windows(2).all(|w| w[0] == w[1]))
@@ -582,9 +610,10 @@ impl Draw<'_> {
             raw: shared(&t.raw),
             ts: shared(&t.ts),
         };
-        let groups: Vec<Modes<Vec<f64>>> = (0..reps.div_ceil(REPS_PER_DRAW))
+        type Pair = (Modes<Vec<f64>>, Modes<Vec<f64>>);
+        let groups: Vec<Pair> = (0..reps.div_ceil(REPS_PER_DRAW))
             .into_par_iter()
-            .map(|g| {
+            .map(|g| -> Result<Pair> {
                 let w: Vec<[u8; REPS_PER_DRAW]> = index
                     .iter()
                     .map(|&row| weights4(self.seed, self.name_key, row, g as u32).map(|x| x as u8))
@@ -598,6 +627,7 @@ impl Draw<'_> {
                 }
                 let mut block = Vec::new();
                 let mut out = Modes::<Vec<f64>>::default();
+                let mut out_cott = Modes::<Vec<f64>>::default();
                 for (j, &total) in totals.iter().enumerate() {
                     let b = g * REPS_PER_DRAW + j;
                     if b >= reps {
@@ -609,23 +639,30 @@ impl Draw<'_> {
                             shared: shared.of(ts).as_deref(),
                             t: t.of(ts)[b],
                         };
-                        let v = self.two_class_one(&costs, &w, j, b, total, &mut block);
-                        if ts {
-                            out.ts.push(v);
+                        let thr = cott.and_then(|c| c.of(ts).get(b).copied().flatten());
+                        let (v, c) =
+                            self.two_class_one(&costs, &w, j, b, total, &mut block, thr.as_ref())?;
+                        let (o, oc) = if ts {
+                            (&mut out.ts, &mut out_cott.ts)
                         } else {
-                            out.raw.push(v);
-                        }
+                            (&mut out.raw, &mut out_cott.raw)
+                        };
+                        o.push(v);
+                        oc.push(c);
                     }
                 }
-                out
+                Ok((out, out_cott))
             })
-            .collect();
+            .collect::<Result<_>>()?;
         let mut out = Modes::<Vec<f64>>::default();
-        for m in groups {
+        let mut out_cott = Modes::<Vec<f64>>::default();
+        for (m, c) in groups {
             out.raw.extend(m.raw);
             out.ts.extend(m.ts);
+            out_cott.raw.extend(c.raw);
+            out_cott.ts.extend(c.ts);
         }
-        out
+        Ok((out, cott.map(|_| out_cott)))
     }
 
     /// One replicate `b` of [`Draw::two_class`] (weights `w[i][j]`, total weight
@@ -633,6 +670,14 @@ impl Draw<'_> {
     /// the check that the rows taken are the top ones (no smaller gain taken before the
     /// boundary row, no larger one after it); where rounding breaks that, the
     /// replicate's gains are sorted. `block` is a buffer reused across replicates.
+    ///
+    /// With a COTT threshold, the same pass adds each row's units to E (edge cost `> t`)
+    /// and F (`>= t`) under the walk's plan, and records the cost pairs of the rows whose
+    /// gain is the boundary's: where they all agree, every optimal plan (and so the one
+    /// [`two_class_sets`](crate::methods::cott::two_class_sets) settles) has these E and
+    /// F; otherwise, or where the walk was not exact, that function runs on the
+    /// replicate's multiset. Returns `(COT, COTT)` (COTT NaN without a threshold).
+    #[allow(clippy::too_many_arguments)]
     fn two_class_one(
         &self,
         costs: &Costs<'_>,
@@ -641,16 +686,24 @@ impl Draw<'_> {
         b: usize,
         total: u64,
         block: &mut Vec<i64>,
-    ) -> f64 {
+        thr: Option<&CottThreshold>,
+    ) -> Result<(f64, f64)> {
         let c = &self.class_counts[b];
         let supply: u64 = c.iter().sum();
         if supply == 0 || total == 0 {
-            return f64::NAN;
+            return Ok((f64::NAN, f64::NAN));
         }
         let mut need = c[1] as u128 * total as u128;
         let (mut base, mut moved) = (0i128, 0i128);
         // Smallest gain taken whole, the split row's gain, largest gain left whole.
         let (mut taken_min, mut split, mut rest_max) = (i64::MAX, None::<i64>, i64::MIN);
+        // COTT: E and F units, and the cost pairs at the taken minimum, the split row
+        // and the rest maximum (`None` once two differ at that gain).
+        let t = thr.map(|x| x.t);
+        let (mut e, mut f) = (0u128, 0u128);
+        let mut taken_pair: Option<[i64; 2]> = None;
+        let mut split_pair = [0i64; 2];
+        let mut rest_pair: Option<[i64; 2]> = None;
         costs.each_block(w.len(), block, |part, rows| {
             // Weights <= 12 and costs <= 2^40: a block's base (< 2^58) fits an i64.
             let mut block_base = 0i64;
@@ -662,6 +715,17 @@ impl Draw<'_> {
                 let gain = r[0] - r[1];
                 let drawn = wj > 0;
                 if need == 0 {
+                    if let (Some(t), true) = (t, drawn) {
+                        let units = wj as u128 * supply as u128;
+                        e += units * (r[0] > t) as u128;
+                        f += units * (r[0] >= t) as u128;
+                        let pair = [r[0], r[1]];
+                        if gain > rest_max {
+                            rest_pair = Some(pair);
+                        } else if gain == rest_max && rest_pair != Some(pair) {
+                            rest_pair = None;
+                        }
+                    }
                     rest_max = if drawn { rest_max.max(gain) } else { rest_max };
                     continue;
                 }
@@ -669,9 +733,23 @@ impl Draw<'_> {
                 let take = units.min(need);
                 moved += take as i128 * gain as i128;
                 need -= take;
+                if let Some(t) = t {
+                    let rest = units - take;
+                    e += take * (r[1] > t) as u128 + rest * (r[0] > t) as u128;
+                    f += take * (r[1] >= t) as u128 + rest * (r[0] >= t) as u128;
+                }
                 if take < units {
                     split = Some(gain);
+                    split_pair = [r[0], r[1]];
                 } else if drawn {
+                    if t.is_some() {
+                        let pair = [r[0], r[1]];
+                        if gain < taken_min {
+                            taken_pair = Some(pair);
+                        } else if gain == taken_min && taken_pair != Some(pair) {
+                            taken_pair = None;
+                        }
+                    }
                     taken_min = taken_min.min(gain);
                 }
             }
@@ -683,7 +761,37 @@ impl Draw<'_> {
             moved = self.sorted_moved(costs, w, j, supply, c[1] as u128 * total as u128, block);
         }
         let units = (base * supply as i128 - moved) as u128;
-        1.0 - mean(units, total as u128 * supply as u128)
+        let cot = 1.0 - mean(units, total as u128 * supply as u128);
+        let Some(thr) = thr else {
+            return Ok((cot, f64::NAN));
+        };
+        // The rows tied at the boundary gain (the only rows a settlement can move) must
+        // all have the boundary row's costs.
+        let boundary_pair = if split.is_some() {
+            Some(split_pair)
+        } else {
+            taken_pair
+        };
+        let agrees = |at: i64, pair: Option<[i64; 2]>| at != low || pair == boundary_pair;
+        let settled = c[1] == 0
+            || (boundary_pair.is_some()
+                && agrees(taken_min, taken_pair)
+                && agrees(rest_max, rest_pair));
+        let cott = if top && settled {
+            let all = total as u128 * supply as u128;
+            1.0 - (e as f64 + thr.lambda * (f - e) as f64) / all as f64
+        } else {
+            let mut multiset = Vec::new();
+            costs.each_block(w.len(), block, |part, range| {
+                for (r, wi) in part.chunks_exact(2).zip(&w[range]) {
+                    for _ in 0..wi[j] {
+                        multiset.extend_from_slice(r);
+                    }
+                }
+            });
+            crate::methods::cott::two_class_sets(&multiset, None, 1, c, thr)?[0]
+        };
+        Ok((cot, cott))
     }
 
     /// The gain moved when the replicate's rows are sorted by gain first (the fallback
@@ -719,26 +827,38 @@ impl Draw<'_> {
     }
 
     /// K > 2: each replicate's multiset (a row repeated by its weight) at its
-    /// temperature, through the transport solver.
-    fn general(&self, logits: &[f32], index: &[u64], k: usize, t: &[f32]) -> Result<Vec<f64>> {
+    /// temperature, through the transport solver: `(COT, COTT)` per replicate (COTT NaN
+    /// without a threshold).
+    fn general(
+        &self,
+        logits: &[f32],
+        index: &[u64],
+        k: usize,
+        t: &[f32],
+        cott: Option<&[Option<CottThreshold>]>,
+    ) -> Result<Vec<(f64, f64)>> {
         (0..self.class_counts.len())
             .into_par_iter()
             .map(|b| {
-                let (g, j) = ((b / REPS_PER_DRAW) as u32, b % REPS_PER_DRAW);
                 let costs = grid_costs_at(logits, k, t[b]);
-                let mut multiset = Vec::new();
-                for (c, &i) in costs.chunks_exact(k).zip(index) {
-                    let w = weights4(self.seed, self.name_key, i, g)[j];
-                    for _ in 0..w {
-                        multiset.extend_from_slice(c);
-                    }
-                }
+                let multiset = weighted_rows(&costs, k, &self.weights(index, b));
                 let c = &self.class_counts[b];
                 if multiset.is_empty() || c.iter().sum::<u64>() == 0 {
-                    return Ok(f64::NAN);
+                    return Ok((f64::NAN, f64::NAN));
                 }
-                Ok(1.0 - grid_cot_cost(&multiset, k, c)?)
+                let thr = cott.and_then(|c| c[b]);
+                let (cost, cott) = cot_and_cott(&multiset, k, c, thr.as_ref())?;
+                Ok((1.0 - cost, cott.unwrap_or(f64::NAN)))
             })
+            .collect()
+    }
+
+    /// Replicate `b`'s weight of every row (`index`: the rows' indices in their set).
+    fn weights(&self, index: &[u64], b: usize) -> Vec<u8> {
+        let (g, j) = ((b / REPS_PER_DRAW) as u32, b % REPS_PER_DRAW);
+        index
+            .iter()
+            .map(|&i| weights4(self.seed, self.name_key, i, g)[j] as u8)
             .collect()
     }
 }
@@ -895,6 +1015,18 @@ impl Partition {
             })
             .collect()
     }
+}
+
+/// A weighted set's multiset: each row of `costs` (`n x k`) repeated by its weight.
+pub(crate) fn weighted_rows(costs: &[i64], k: usize, weights: &[u8]) -> Vec<i64> {
+    let total: usize = weights.iter().map(|&w| w as usize).sum();
+    let mut out = Vec::with_capacity(total * k);
+    for (row, &w) in costs.chunks_exact(k).zip(weights) {
+        for _ in 0..w {
+            out.extend_from_slice(row);
+        }
+    }
+    out
 }
 
 /// Grid costs `1 - p_ik` of `logits` at temperature `t`, in blocks of rows (the CPU
@@ -1230,7 +1362,25 @@ mod tests {
             raw: vec![1.0f32; 9],
             ts: (0..9).map(|b| 0.5 + 0.1 * b as f32).collect::<Vec<f32>>(),
         };
-        let got = r.replicates(2, &t, seed, key, &class_counts).unwrap();
+        // COTT's thresholds per replicate: several t, one replicate without.
+        let thr = |ts: bool| -> Vec<Option<CottThreshold>> {
+            (0..9)
+                .map(|b| {
+                    (b != 4).then(|| CottThreshold {
+                        t: (1i64 << 38) * (b as i64 % 4) + ts as i64,
+                        lambda: 0.25 * (b % 5) as f64,
+                    })
+                })
+                .collect()
+        };
+        let thresholds = Modes {
+            raw: thr(false),
+            ts: thr(true),
+        };
+        let (got, got_cott) = r
+            .replicates(2, &t, seed, key, &class_counts, Some(&thresholds))
+            .unwrap();
+        let got_cott = got_cott.unwrap();
         for (ts, values) in [(false, &got.raw), (true, &got.ts)] {
             for (b, &v) in values.iter().enumerate() {
                 let costs = r.costs(2, t.of(ts)[b]);
@@ -1249,6 +1399,16 @@ mod tests {
                 let plan = transport::solve(&multiset, 2, supply, &demand).unwrap();
                 let want = 1.0 - mean(plan.cost_units, rows as u128 * supply as u128);
                 assert_eq!(v, want, "ts={ts} replicate {b}");
+                // COTT: the settled plan of the same multiset at the replicate's threshold.
+                let got = got_cott.of(ts)[b];
+                match thresholds.of(ts)[b] {
+                    Some(th) => {
+                        let want = crate::methods::cott::two_class_sets(&multiset, None, 1, c, &th)
+                            .unwrap()[0];
+                        assert_eq!(got, want, "COTT ts={ts} replicate {b}");
+                    }
+                    None => assert!(got.is_nan()),
+                }
             }
         }
     }
@@ -1275,13 +1435,99 @@ mod tests {
                     t: 1.0,
                 };
                 let total = w.iter().map(|x| x[j] as u64).sum();
-                draw.two_class_one(&costs, &w, j, 0, total, &mut block)
+                draw.two_class_one(&costs, &w, j, 0, total, &mut block, None)
+                    .unwrap()
+                    .0
             };
             let (a, b) = (one(&sorted), one(&shuffled));
             assert!(
                 a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan()),
                 "j={j}"
             );
+        }
+    }
+
+    /// A replicate's COTT from the walk equals `two_class_sets` on its multiset, bit for
+    /// bit: rows in gain order (the walk's E and F) and shuffled (the fallback), with
+    /// tied gains of equal costs (the walk settles them) and of unequal costs (the
+    /// fallback settles them), at thresholds on, between and beyond the costs, class
+    /// counts that split a row or end on a whole one, and none for a class.
+    #[test]
+    fn two_class_cott_walk_equals_the_settled_multiset() {
+        use crate::methods::cott::two_class_sets;
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+        for case in 0..300 {
+            let n = 1 + case % 23;
+            let mut rows: Vec<[i64; 2]> = (0..n)
+                .map(|_| {
+                    let c1 = rng.random_range(0..16i64);
+                    [c1 + rng.random_range(-4..5i64), c1]
+                })
+                .collect();
+            if case % 3 == 0 {
+                // Same gain, other costs: only a settlement decides these.
+                let r = rows[0];
+                rows.push([r[0] + 1, r[1] + 1]);
+            }
+            rows.sort_by_key(|r| std::cmp::Reverse(r[0] - r[1]));
+            let sorted: Vec<i64> = rows.iter().flatten().copied().collect();
+            let mut shuffled = rows.clone();
+            shuffled.reverse();
+            let shuffled: Vec<i64> = shuffled.iter().flatten().copied().collect();
+            let w: Vec<[u8; REPS_PER_DRAW]> = (0..rows.len())
+                .map(|_| std::array::from_fn(|_| rng.random_range(0..3u8)))
+                .collect();
+            let counts = [vec![rng.random_range(0..4u64), [0, 1, 3, 5][case % 4]]];
+            let draw = Draw {
+                seed: 0,
+                name_key: 0,
+                class_counts: &counts,
+            };
+            let w_reversed: Vec<[u8; REPS_PER_DRAW]> = w.iter().rev().copied().collect();
+            let unequal_ties = rows
+                .iter()
+                .any(|a| rows.iter().any(|b| a[0] - a[1] == b[0] - b[1] && a != b));
+            let mut block = Vec::new();
+            for j in 0..REPS_PER_DRAW {
+                let total: u64 = w.iter().map(|x| x[j] as u64).sum();
+                for t in [-1i64, 3, 8, 12, 30] {
+                    let thr = CottThreshold { t, lambda: 0.3 };
+                    let multiset: Vec<i64> = rows
+                        .iter()
+                        .zip(&w)
+                        .flat_map(|(r, wi)| std::iter::repeat_n(*r, wi[j] as usize))
+                        .flatten()
+                        .collect();
+                    let want = if total == 0 || counts[0].iter().sum::<u64>() == 0 {
+                        f64::NAN
+                    } else {
+                        two_class_sets(&multiset, None, 1, &counts[0], &thr).unwrap()[0]
+                    };
+                    for (c, w) in [(&sorted, &w), (&shuffled, &w_reversed)] {
+                        let costs = Costs {
+                            logits: &[],
+                            shared: Some(c),
+                            t: 1.0,
+                        };
+                        let got = draw
+                            .two_class_one(&costs, w, j, 0, total, &mut block, Some(&thr))
+                            .unwrap()
+                            .1;
+                        let same = got.to_bits() == want.to_bits();
+                        // The shuffled order's multiset settles its tied rows in its own
+                        // order: equal whenever tied gains have one cost pair.
+                        if c == &sorted || !unequal_ties {
+                            assert!(
+                                same || (got.is_nan() && want.is_nan()),
+                                "case {case} j {j} t {t} sorted {}: {got} vs {want} rows {rows:?} w {:?} counts {counts:?}",
+                                c == &sorted,
+                                w.iter().map(|x| x[j]).collect::<Vec<_>>()
+                            );
+                        }
+                    }
+                }
+            }
         }
     }
 

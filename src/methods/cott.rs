@@ -24,7 +24,11 @@
 //! taken from the solver's plan, the plan is then settled at that `t` and `t` and
 //! `lambda` are read from the settled plan (one step; on untied data nothing moves).
 //!
-//! Intervals: none yet (a replicate would need its own source plan).
+//! Intervals (DESIGN.md 2.12), target level: each bootstrap replicate refits `t` and
+//! `lambda` by the same rule on its weighted source (rows repeated by their weights, its
+//! weighted class counts and errors, at its temperature; stored in the calibration's
+//! bootstrap part), then reads its weighted target's plan at them. Groups have none (their
+//! own plans per replicate would multiply the report's time by the group count).
 
 use serde::{Deserialize, Serialize};
 

@@ -260,12 +260,16 @@ impl Calibration {
                         raw: cb.modes.raw.iter().map(|r| r.t).collect(),
                         ts: cb.modes.ts.iter().map(|r| r.t).collect(),
                     };
-                    let reps = rows.replicates(
+                    // COTT's replicates where the calibration has the replicates'
+                    // thresholds and the point COTT is there.
+                    let cott = cb.cott.as_ref().filter(|_| self.cott.is_some());
+                    let (reps, cott_reps) = rows.replicates(
                         self.k,
                         &temps,
                         cb.seed,
                         name_key(&tally.name),
                         &cb.class_counts,
+                        cott,
                     )?;
                     for (est, v) in [
                         (&mut values.estimates.raw, &reps.raw),
@@ -273,6 +277,16 @@ impl Calibration {
                     ] {
                         for (e, &v) in est.iter_mut().zip(v) {
                             e.cot = Some(v);
+                        }
+                    }
+                    if let Some(c) = cott_reps {
+                        for (est, v) in [
+                            (&mut values.estimates.raw, &c.raw),
+                            (&mut values.estimates.ts, &c.ts),
+                        ] {
+                            for (e, &v) in est.iter_mut().zip(v) {
+                                e.cott = Some(v);
+                            }
                         }
                     }
                     Some(Intervals::new(

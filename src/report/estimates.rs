@@ -111,9 +111,9 @@ impl Method {
     }
 
     /// Whether a bootstrap gives the method's estimate an interval (not yet for a
-    /// score's CPC and COTT: their intervals are `null`).
+    /// score's CPC: its intervals are `null`).
     pub fn has_intervals(self) -> bool {
-        !self.is_optional() && self != Method::Cott
+        !self.is_optional()
     }
 
     /// The method named `name` in reports.
