@@ -480,7 +480,7 @@ impl CotRows {
         name_key: u32,
         class_counts: &[Vec<u64>],
         cott: Option<&Modes<Vec<Option<CottThreshold>>>>,
-    ) -> Result<(Modes<Vec<f64>>, Option<Modes<Vec<f64>>>)> {
+    ) -> Result<ReplicateValues> {
         let draw = Draw {
             seed,
             name_key,
@@ -600,7 +600,7 @@ impl Draw<'_> {
         index: &[u64],
         t: &Modes<Vec<f32>>,
         cott: Option<&Modes<Vec<Option<CottThreshold>>>>,
-    ) -> Result<(Modes<Vec<f64>>, Option<Modes<Vec<f64>>>)> {
+    ) -> Result<ReplicateValues> {
         let reps = self.class_counts.len();
         let shared = |t: &[f32]| {
             (!t.is_empty() && t.windows(2).all(|w| w[0] == w[1]))
@@ -941,6 +941,9 @@ fn probability_cost(p: f32) -> i64 {
     // Truncation is the floor here (x + 1/2 > 0), without a libm call.
     ((1.0 - p as f64) * (1u64 << COST_GRID_BITS) as f64 + 0.5) as i64
 }
+
+/// Every replicate's COT per mode, and with thresholds every replicate's COTT.
+type ReplicateValues = (Modes<Vec<f64>>, Option<Modes<Vec<f64>>>);
 
 /// COT per target and group, both modes (see [`CotRows::solve`]).
 #[derive(Clone, Debug, PartialEq)]
