@@ -101,6 +101,7 @@ def sweep(
     saps_lambda: float | None = None,
     class_conditional: bool | None = None,
     exclude: Sequence[str] | None = None,
+    cot_reference: bool | str | None = None,
 ):
     """``conformal-gpu sweep --data DATA --out OUT`` with these options; returns
     ``results.csv`` as a DataFrame (:func:`read_sweep` gives every table).
@@ -113,6 +114,9 @@ def sweep(
     ``RuntimeError`` (``exit_code`` 7) after the other cells are done and every file is
     written (``failures.csv`` names it); a sweep already running into ``out`` raises
     ``RuntimeError`` (``exit_code`` 8); a bad option or manifest raises ``InvalidInput``.
+    ``cot_reference`` (``True``, ``"source"`` or ``"uniform"``) adds COT's reference mode
+    (``COT-ref``, ``COTT-ref`` rows in ``results.csv``: ts, target level, never in the
+    summaries).
     """
     pd = _pandas()  # before any work: a missing pandas is said at once
     del pd
@@ -143,6 +147,10 @@ def sweep(
         args += ["--randomize", "true" if randomize else "false"]
     if class_conditional:
         args.append("--class-conditional")
+    if cot_reference:
+        args.append("--cot-reference")
+        if isinstance(cot_reference, str):
+            args += ["--cot-prior", cot_reference]
     cells, failed = _native._sweep([os.fspath(a) for a in args])
     del cells
     frame = _read_table(Path(out) / "results.csv", *_TABLES["results"])

@@ -150,3 +150,26 @@ def test_manifest_options_and_keywords(layout, tmp_path):
 
     assert len(a) == len(b) > 0
     assert exact(a["estimate"]) == exact(b["estimate"])
+
+
+def test_reference_mode_rows(layout, tmp_path):
+    """COT's reference mode in a sweep: results.csv holds COT-ref and COTT-ref rows (ts,
+    target level, after the sweep's own methods) equal to one evaluate of the cell; the
+    summaries never hold them; without the option there are none."""
+    out = tmp_path / "ref"
+    res = cg.sweep(layout, out, device="cpu", cot_reference="uniform")
+    ref = res[res["method"].isin(["COT-ref", "COTT-ref"])]
+    assert len(ref) == 2 * 5 * len(TARGETS)  # two values, five cells, three targets
+    assert set(ref["mode"]) == {"ts"} and (ref["group_kind"] == "").all()
+    cell = layout / "d" / "m1" / "10"
+    rep = cg.evaluate(cell / "id_val.npz", {n: cell / f"{n}.npz" for n in TARGETS},
+                      device="cpu", cot_reference="uniform")
+    for t in rep["targets"]:
+        for m in ("COT-ref", "COTT-ref"):
+            row = ref[(ref["model"] == "m1") & (ref["run"] == "10")
+                      & (ref["target"] == t["name"]) & (ref["method"] == m)]
+            assert row["estimate"].tolist() == [t["estimates"]["ts"][m]]
+    summary = cg.read_sweep(out)["summary"]
+    assert not summary["method"].isin(["COT-ref", "COTT-ref"]).any()
+    res = cg.sweep(layout, tmp_path / "none", device="cpu")
+    assert not res["method"].isin(["COT-ref", "COTT-ref"]).any()

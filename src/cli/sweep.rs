@@ -6,7 +6,9 @@
 //! - `cells/DATASET/MODEL/RUN.json`: the cell's report (`evaluate --json`'s, with
 //!   `meta.fingerprint`);
 //! - `results.csv`: the long form (one row per target and per (target, group) pair, mode
-//!   and method), rebuilt from the reports of this sweep's cells only;
+//!   and method), rebuilt from the reports of this sweep's cells only; with
+//!   `--cot-reference`, `COT-ref` and `COTT-ref` rows (ts, target level) after the
+//!   sweep's own methods, never summarised;
 //! - `conformal.csv`: the set metrics in the same long form (score, class_conditional,
 //!   alpha instead of method; see `conformal_rows`);
 //! - `summary.csv`: per dataset, model, MAE key and method, the MAE and bias over runs
@@ -712,10 +714,21 @@ fn results_rows(reports: &[(Cell, Value)], estimates: &SweepEstimates) -> Result
                 let key = (at.index, at.mode.to_string(), at.target.to_string(), name);
                 push(name, estimates.get(&key).copied(), None);
             }
+            // The reference mode's values (`--cot-reference`): ts, target level, no
+            // interval; listed, never summarised (out of the MAE).
+            for name in REFERENCE_NAMES {
+                let e = &entry["estimates"][at.mode];
+                if e.get(name).is_some() {
+                    push(name, e[name].as_f64(), None);
+                }
+            }
         }
     })?;
     Ok(rows)
 }
+
+/// The reference mode's values in results.csv, after the sweep's own methods.
+const REFERENCE_NAMES: [&str; 2] = ["COT-ref", "COTT-ref"];
 
 /// Where an entry (a target or one of its groups) stands in the CSV files.
 struct At<'a> {
