@@ -54,7 +54,13 @@ class Calibration:
         cott_reference_subsample: Sequence[int] | None = None,
     ) -> Calibration: ...
     def pvalues(
-        self, logits: ArrayLike, mode: Literal["ts", "raw"] = "ts", device: Device | None = None
+        self,
+        logits: ArrayLike,
+        mode: Literal["ts", "raw"] = "ts",
+        device: Device | None = None,
+        score: str = "lac",
+        name: str = "target",
+        row_offset: int = 0,
     ) -> npt.NDArray[np.float64]: ...
     def predict_sets(
         self,

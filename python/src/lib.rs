@@ -850,16 +850,21 @@ impl PyCalibration {
     }
 
     /// Conformal p-values (DESIGN.md 2.6) of every class of every row, float64 [N, K]:
-    /// `(1 + #{source LAC scores >= 1 - p_k(x)}) / (n + 1)` at the temperature of `mode`
-    /// ("ts" or "raw"), on `device` (default: the calibration's). LAC's scores only: the
-    /// calibration keeps LAC's sorted source scores, not the other scores'.
-    #[pyo3(signature = (logits, mode = "ts", device = None))]
+    /// `(1 + #{i : s_i >= s(x, k)}) / (n + 1)` over the source's label scores of `score`
+    /// at the temperature of `mode` ("ts" or "raw"). LAC (`1 - p_k`) on `device` (default:
+    /// the calibration's); the other scores of the calibration on the host, their
+    /// randomised draws keyed by `name` and `row_offset + i` as in a tally.
+    #[pyo3(signature = (logits, mode = "ts", device = None, score = "lac", name = "target", row_offset = 0))]
+    #[allow(clippy::too_many_arguments)]
     fn pvalues<'py>(
         &self,
         py: Python<'py>,
         logits: &Bound<'py, PyAny>,
         mode: &str,
         device: Option<&str>,
+        score: &str,
+        name: &str,
+        row_offset: u64,
     ) -> PyResult<Bound<'py, PyArray2<f64>>> {
         let m = match mode {
             "ts" => &self.inner.modes.ts,
@@ -876,10 +881,30 @@ impl PyCalibration {
         let slice = l.slice();
         let cal = Arc::clone(&self.inner);
         let device = device.unwrap_or(&self.device);
-        let out = on_device!(py, device, |b| {
-            check_k("logits", k, &cal)?;
-            conformal_gpu::methods::row_outputs::pvalue_matrix(b, slice, k, m.t, &m.sorted_lac)
-        })?;
+        let out = if score == "lac" {
+            on_device!(py, device, |b| {
+                check_k("logits", k, &cal)?;
+                conformal_gpu::methods::row_outputs::pvalue_matrix(b, slice, k, m.t, &m.sorted_lac)
+            })?
+        } else {
+            let ts = mode == "ts";
+            py.detach(|| -> conformal_gpu::Result<Vec<f64>> {
+                check_k("logits", k, &cal)?;
+                if let Some(i) = slice.iter().position(|v| !v.is_finite()) {
+                    return Err(Error::NonFinite {
+                        what: "p-values: logits".into(),
+                        row: i / k,
+                        col: i % k,
+                        value: slice[i],
+                    });
+                }
+                let sets = cal.sets.as_ref().ok_or_else(|| {
+                    invalid("this calibration was written before scores: LAC's p-values only")
+                })?;
+                sets.pvalues(slice, k, m.t, ts, score, name, row_offset)
+            })
+            .py_err(py)?
+        };
         let arr =
             Array2::from_shape_vec((n, k), out).map_err(|e| to_py(py, invalid(e.to_string())))?;
         Ok(PyArray2::from_owned_array(py, arr))

@@ -84,3 +84,36 @@ def test_bad_input_is_named():
         cal.pvalues(np.zeros((4, 5), np.float32))
     with pytest.raises(cg.InvalidInput, match="mode"):
         cal.pvalues(src["logits"], mode="both")
+
+
+@pytest.mark.parametrize("score", ["aps", "raps", "saps", "topk"])
+def test_other_scores_pvalues_equal_the_float64_oracle(score):
+    """Every score's p-values (DESIGN 2.6 with items 13's scores): the source's label
+    scores and the target's class scores from the float64 oracle of test_scores_report
+    (deterministic), counted and divided as DESIGN says; equal exactly, both modes. A
+    randomised calibration's p-values depend on the name and the row offset as a tally's
+    draws do, and rows cut at an offset give the whole's."""
+    from test_scores_report import RAPS_K_REG, RAPS_LAMBDA, SAPS_LAMBDA, oracle_scores
+
+    src, tgt = make_set(51, 600, k=5), make_set(52, 300, k=5, shift=0.6)
+    tgt["logits"][::7] = tgt["logits"][::7].round()  # tied classes in some rows
+    opts = dict(raps_lambda=RAPS_LAMBDA, raps_k_reg=RAPS_K_REG, saps_lambda=SAPS_LAMBDA)
+    cal = cg.Calibration.fit(src["logits"], src["labels"], device="cpu",
+                             score=["lac", score], **opts)
+    for mode, t in (("ts", cal.temperature), ("raw", 1.0)):
+        ps = cg.softmax(src["logits"], t=t, device="cpu")
+        label = oracle_scores(ps, score)[np.arange(len(src["labels"])), src["labels"]]
+        cls = oracle_scores(cg.softmax(tgt["logits"], t=t, device="cpu"), score)
+        want = (1 + (label[None, None, :] >= cls[:, :, None]).sum(axis=2)) / (len(label) + 1)
+        got = cal.pvalues(tgt["logits"], mode=mode, score=score)
+        assert got.shape == want.shape and np.array_equal(got, want), mode
+    # LAC still comes from the mode calibration's scores, on any device.
+    assert np.array_equal(cal.pvalues(tgt["logits"], score="lac"), cal.pvalues(tgt["logits"]))
+    rnd = cg.Calibration.fit(src["logits"], src["labels"], device="cpu", score=score,
+                             randomize=True, seed=9, **opts)
+    whole = rnd.pvalues(tgt["logits"], score=score, name="t")
+    part = rnd.pvalues(tgt["logits"][100:], score=score, name="t", row_offset=100)
+    assert np.array_equal(whole[100:], part)
+    assert not np.array_equal(whole, rnd.pvalues(tgt["logits"], score=score, name="u"))
+    with pytest.raises(cg.InvalidInput, match="no sorted source scores"):
+        cal.pvalues(tgt["logits"], score="aps" if score != "aps" else "raps")

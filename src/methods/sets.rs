@@ -128,6 +128,19 @@ pub struct ModeSets {
     pub entries: Vec<EntryCalibration>,
     /// CPC per score, in the order given (APS, RAPS, SAPS only).
     pub cpc: Vec<ScoreCpc>,
+    /// Every score but LAC (whose sorted scores the mode calibration keeps): the
+    /// source's label scores, ascending, for p-values (absent in files written before).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sorted: Vec<SortedScores>,
+}
+
+/// One score's source label scores `s(x_i, y_i)`, ascending (exact f64 in JSON).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct SortedScores {
+    /// Score name.
+    pub score: String,
+    /// The n label scores, ascending.
+    pub sorted: Vec<f64>,
 }
 
 impl ModeSets {
@@ -227,6 +240,17 @@ impl SetCalibration {
             if m.entries.len() != scores.len() * per_score * n_alpha || m.cpc.len() != cpcs {
                 return Some("set entries do not match the options".into());
             }
+            let non_lac = scores.iter().filter(|s| **s != Score::Lac).count();
+            // Absent (a file written before p-values) or one list per non-LAC score.
+            if !m.sorted.is_empty() && m.sorted.len() != non_lac {
+                return Some("sorted source scores do not match the options".into());
+            }
+            for list in &m.sorted {
+                let ordered = list.sorted.windows(2).all(|w| w[0] <= w[1]);
+                if !ordered || list.sorted.iter().any(|v| !v.is_finite()) {
+                    return Some(format!("sorted source scores of {}", list.score));
+                }
+            }
             for e in &m.entries {
                 let want = if e.class_conditional { k } else { 1 };
                 if e.k.len() != want || e.qhat.len() != want {
@@ -308,6 +332,65 @@ impl SetCalibration {
     }
 }
 
+impl SetCalibration {
+    /// Conformal p-values (DESIGN.md 2.6 with score `score`) of every class of every row
+    /// of `logits` (`rows x k`, finite) in mode `ts` at its temperature `t`:
+    /// `(1 + #{i : s_i >= s(x, k)}) / (n + 1)` over the source's label scores, counted by
+    /// binary search, divided once. LAC's come from the mode calibration's sorted scores
+    /// (see `row_outputs::pvalue_matrix`); this serves the others. Randomised draws are
+    /// keyed by `name` and each row's index `row_offset + i`, as in a tally.
+    #[allow(clippy::too_many_arguments)]
+    pub fn pvalues(
+        &self,
+        logits: &[f32],
+        k: usize,
+        t: f32,
+        ts: bool,
+        score: &str,
+        name: &str,
+        row_offset: u64,
+    ) -> Result<Vec<f64>> {
+        let list = self
+            .modes
+            .of(ts)
+            .sorted
+            .iter()
+            .find(|l| l.score == score)
+            .ok_or_else(|| {
+                Error::Invalid(format!(
+                    "no sorted source scores for score {score:?} in this calibration (fitted with scores {:?}; LAC's p-values come from the mode calibration, and files written before p-values hold none)",
+                    self.options.scores
+                ))
+            })?;
+        let s = self
+            .options
+            .parsed()?
+            .into_iter()
+            .find(|s| s.name() == score)
+            .unwrap_or(Score::Lac);
+        let sorted = &list.sorted;
+        let denominator = (sorted.len() + 1) as f64;
+        let probs = softmax(logits, k, t);
+        let mut out = vec![0.0f64; probs.len()];
+        out.par_chunks_mut(k * BLOCK_ROWS)
+            .zip(probs.par_chunks(k * BLOCK_ROWS))
+            .enumerate()
+            .for_each(|(b, (o, p))| {
+                let (mut order, mut row) = (Vec::new(), vec![0.0f64; k]);
+                for (j, (orow, prow)) in o.chunks_exact_mut(k).zip(p.chunks_exact(k)).enumerate() {
+                    let i = (b * BLOCK_ROWS + j) as u64;
+                    let u = draw(&self.options, name, row_offset + i);
+                    row_scores_into(prow, s, u, &mut order, &mut row);
+                    for (x, &v) in orow.iter_mut().zip(&row) {
+                        let at_least = sorted.len() - sorted.partition_point(|&c| c < v);
+                        *x = (1 + at_least) as f64 / denominator;
+                    }
+                }
+            });
+        Ok(out)
+    }
+}
+
 fn fit_mode(
     options: &SetOptions,
     scores: &[Score],
@@ -339,6 +422,12 @@ fn fit_mode(
         }
         let mut sorted = label.clone();
         sorted.sort_unstable_by(f64::total_cmp);
+        if score != Score::Lac {
+            out.sorted.push(SortedScores {
+                score: score.name().into(),
+                sorted: sorted.clone(),
+            });
+        }
         for (a, &alpha) in alphas.iter().enumerate() {
             let rank = conformal_rank(n, alpha);
             let qhat = match score {
