@@ -202,3 +202,32 @@ def test_cli_flag_and_shards(cli, tmp_path):
     # Without the flag, no reference keys (reports as before).
     plain = cg.evaluate(source, {"test": target}, device="cpu")
     assert "COT-ref" not in plain["targets"][0]["estimates"]["ts"]
+
+
+def test_cli_subsample_file(cli, tmp_path):
+    """`--cott-reference-subsample FILE.npy` (int32 or int64 row indices) gives Python's
+    `cott_reference_subsample` values; a float file or a flag without the mode is refused
+    before anything is written."""
+    source, target = make_set(95, 10_020, 2), make_set(96, 500, 2, shift=0.4)
+    save(tmp_path / "id_val.npz", source)
+    save(tmp_path / "test.npz", target)
+    rows = np.random.default_rng(1).permutation(10_020)[:10_000]
+    np.save(tmp_path / "rows.npy", rows.astype(np.int32))
+    out = tmp_path / "e.json"
+    got = cli("evaluate", "--data", str(tmp_path), "--device", "cpu", "--cot-reference",
+              "--cott-reference-subsample", str(tmp_path / "rows.npy"), "--json", str(out),
+              json_out=out)
+    py = cg.evaluate(source, {"test": target}, device="cpu", cot_reference=True,
+                     cott_reference_subsample=rows.tolist())
+    ts = got["targets"][0]["estimates"]["ts"]
+    assert ts["COTT-ref"] is not None
+    assert ts["COTT-ref"] == py["targets"][0]["estimates"]["ts"]["COTT-ref"]
+    np.save(tmp_path / "bad.npy", rows.astype(np.float64))
+    proc = cli("evaluate", "--data", str(tmp_path), "--device", "cpu", "--cot-reference",
+               "--cott-reference-subsample", str(tmp_path / "bad.npy"), "--out",
+               str(tmp_path / "never"), check=False)
+    assert proc.returncode != 0 and "bad.npy" in proc.stderr
+    assert not (tmp_path / "never").exists()
+    proc = cli("evaluate", "--data", str(tmp_path), "--device", "cpu",
+               "--cott-reference-subsample", str(tmp_path / "rows.npy"), check=False)
+    assert proc.returncode == 2 and "cot-reference" in proc.stderr
