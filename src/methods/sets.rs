@@ -312,22 +312,10 @@ impl SetCalibration {
             .find(|s| s.name() == score)
             .copied()
             .unwrap_or(Score::Lac);
-        let probs = softmax(logits, k, t);
-        let mut out = vec![false; probs.len()];
-        out.par_chunks_mut(k * BLOCK_ROWS)
-            .zip(probs.par_chunks(k * BLOCK_ROWS))
-            .enumerate()
-            .for_each(|(b, (o, p))| {
-                let (mut order, mut row) = (Vec::new(), vec![0.0f64; k]);
-                for (j, (orow, prow)) in o.chunks_exact_mut(k).zip(p.chunks_exact(k)).enumerate() {
-                    let i = (b * BLOCK_ROWS + j) as u64;
-                    let u = draw(&self.options, name, row_offset + i);
-                    row_scores_into(prow, s, u, &mut order, &mut row);
-                    for (c, (x, &v)) in orow.iter_mut().zip(&row).enumerate() {
-                        *x = entry.contains(c, v);
-                    }
-                }
-            });
+        let mut out = vec![false; logits.len()];
+        self.map_row_scores(logits, k, t, s, (name, row_offset), &mut out, |c, v| {
+            entry.contains(c, v)
+        });
         Ok(out)
     }
 }
@@ -370,8 +358,29 @@ impl SetCalibration {
             .unwrap_or(Score::Lac);
         let sorted = &list.sorted;
         let denominator = (sorted.len() + 1) as f64;
+        let mut out = vec![0.0f64; logits.len()];
+        self.map_row_scores(logits, k, t, s, (name, row_offset), &mut out, |_, v| {
+            let at_least = sorted.len() - sorted.partition_point(|&c| c < v);
+            (1 + at_least) as f64 / denominator
+        });
+        Ok(out)
+    }
+
+    /// Every class score of every row of `logits` under `score` at temperature `t`
+    /// (randomised draws keyed by the set name and `row_offset + i`, as in a tally),
+    /// mapped by `f(class, score)` into `out` (`rows x k`), in parallel blocks of rows.
+    #[allow(clippy::too_many_arguments)]
+    fn map_row_scores<T: Send>(
+        &self,
+        logits: &[f32],
+        k: usize,
+        t: f32,
+        score: Score,
+        (name, row_offset): (&str, u64),
+        out: &mut [T],
+        f: impl Fn(usize, f64) -> T + Sync,
+    ) {
         let probs = softmax(logits, k, t);
-        let mut out = vec![0.0f64; probs.len()];
         out.par_chunks_mut(k * BLOCK_ROWS)
             .zip(probs.par_chunks(k * BLOCK_ROWS))
             .enumerate()
@@ -380,14 +389,12 @@ impl SetCalibration {
                 for (j, (orow, prow)) in o.chunks_exact_mut(k).zip(p.chunks_exact(k)).enumerate() {
                     let i = (b * BLOCK_ROWS + j) as u64;
                     let u = draw(&self.options, name, row_offset + i);
-                    row_scores_into(prow, s, u, &mut order, &mut row);
-                    for (x, &v) in orow.iter_mut().zip(&row) {
-                        let at_least = sorted.len() - sorted.partition_point(|&c| c < v);
-                        *x = (1 + at_least) as f64 / denominator;
+                    row_scores_into(prow, score, u, &mut order, &mut row);
+                    for (c, (x, &v)) in orow.iter_mut().zip(&row).enumerate() {
+                        *x = f(c, v);
                     }
                 }
             });
-        Ok(out)
     }
 }
 
