@@ -83,6 +83,20 @@ pub fn weights4(seed: u64, name_key: u32, row: u64, g: u32) -> [u32; 4] {
     out.map(poisson_weight)
 }
 
+/// Replicate `b`'s weights of the rows `rows` of the set keyed `name_key` (one Philox draw
+/// a row gives four replicates; this keeps replicate `b`'s word).
+pub fn replicate_weights(
+    seed: u64,
+    name_key: u32,
+    rows: impl IntoIterator<Item = u64>,
+    b: usize,
+) -> Vec<u8> {
+    let (g, j) = ((b / REPS_PER_DRAW) as u32, b % REPS_PER_DRAW);
+    rows.into_iter()
+        .map(|row| weights4(seed, name_key, row, g)[j] as u8)
+        .collect()
+}
+
 /// Indices of the per-replicate counters of a target ([`RepCounts`]): the point tally's
 /// counters ([`crate::kernel::tally::count`]), each now a sum of row weights, so a
 /// replicate's counts are the counts of its resampled multiset.

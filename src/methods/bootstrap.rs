@@ -17,7 +17,7 @@ use crate::backend::{labels_i32, Backend, NllSums};
 use crate::cpu::temperature_nll::nll_sums_f64_weighted;
 use crate::data::PredictionSet;
 use crate::error::{Error, Result};
-use crate::kernel::bootstrap::{name_key, rep, weights4, RepCounts, ReplicatePlan, REPS_PER_DRAW};
+use crate::kernel::bootstrap::{name_key, rep, RepCounts, ReplicatePlan};
 use crate::kernel::row_stats::NSTAT;
 use crate::kernel::tally::P1_GRID_BITS;
 use crate::methods::cot::{grid_costs_at, weighted_rows};
@@ -232,10 +232,7 @@ impl CalibrationBootstrap {
 
 /// Replicate `b`'s weight of every row of a set of `n` rows keyed `key`.
 fn replicate_weights(seed: u64, key: u32, n: usize, b: usize) -> Vec<u8> {
-    let (g, j) = ((b / REPS_PER_DRAW) as u32, b % REPS_PER_DRAW);
-    (0..n)
-        .map(|i| weights4(seed, key, i as u64, g)[j] as u8)
-        .collect()
+    crate::kernel::bootstrap::replicate_weights(seed, key, 0..n as u64, b)
 }
 
 /// The multiset's column: each row's value repeated by its weight, in `order`.

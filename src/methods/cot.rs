@@ -415,40 +415,35 @@ impl CotRows {
         };
         let (raw, ts) = rayon::join(|| one(false), || one(true));
         let ((raw, raw_groups, raw_cott), (ts, ts_groups, ts_cott)) = (raw?, ts?);
-        let mut cott_groups: [BTreeMap<i64, Modes<f64>>; 2] = Default::default();
-        let cott = match (raw_cott, ts_cott) {
-            (Some((r, rg)), Some((t, tg))) => {
-                for (g, p) in partitions.iter().enumerate() {
-                    let Some(p) = p else { continue };
-                    cott_groups[g] = p
-                        .ids
-                        .iter()
-                        .zip(rg[g].iter().zip(&tg[g]))
-                        .map(|(&id, (&raw, &ts))| (id, Modes { raw, ts }))
-                        .collect();
-                }
-                Some(Modes { raw: r, ts: t })
+        // Each group array's values by id, both modes, through `f`.
+        let by_id = |raw: &[Vec<f64>; 2], ts: &[Vec<f64>; 2], f: fn(f64) -> f64| {
+            let mut out: [BTreeMap<i64, Modes<f64>>; 2] = Default::default();
+            for (g, p) in partitions.iter().enumerate() {
+                let Some(p) = p else { continue };
+                out[g] = p
+                    .ids
+                    .iter()
+                    .zip(raw[g].iter().zip(&ts[g]))
+                    .map(|(&id, (&r, &t))| {
+                        (
+                            id,
+                            Modes {
+                                raw: f(r),
+                                ts: f(t),
+                            },
+                        )
+                    })
+                    .collect();
             }
-            _ => None,
+            out
         };
-        let mut groups: [BTreeMap<i64, Modes<f64>>; 2] = Default::default();
-        for (g, p) in partitions.iter().enumerate() {
-            let Some(p) = p else { continue };
-            groups[g] = p
-                .ids
-                .iter()
-                .zip(raw_groups[g].iter().zip(&ts_groups[g]))
-                .map(|(&id, (r, t))| {
-                    (
-                        id,
-                        Modes {
-                            raw: 1.0 - r,
-                            ts: 1.0 - t,
-                        },
-                    )
-                })
-                .collect();
-        }
+        let (cott, cott_groups) = match (raw_cott, ts_cott) {
+            (Some((r, rg)), Some((t, tg))) => {
+                (Some(Modes { raw: r, ts: t }), by_id(&rg, &tg, |v| v))
+            }
+            _ => (None, Default::default()),
+        };
+        let groups = by_id(&raw_groups, &ts_groups, |cost| 1.0 - cost);
         Ok(CotSolution {
             target: Modes {
                 raw: 1.0 - raw,
@@ -855,11 +850,12 @@ impl Draw<'_> {
 
     /// Replicate `b`'s weight of every row (`index`: the rows' indices in their set).
     fn weights(&self, index: &[u64], b: usize) -> Vec<u8> {
-        let (g, j) = ((b / REPS_PER_DRAW) as u32, b % REPS_PER_DRAW);
-        index
-            .iter()
-            .map(|&i| weights4(self.seed, self.name_key, i, g)[j] as u8)
-            .collect()
+        crate::kernel::bootstrap::replicate_weights(
+            self.seed,
+            self.name_key,
+            index.iter().copied(),
+            b,
+        )
     }
 }
 

@@ -142,10 +142,11 @@ impl CotReference {
             None => None,
             Some(rows) => {
                 threshold_rows = rows.len();
-                let mut probs = Vec::with_capacity(rows.len() * k);
-                for &i in &rows {
-                    probs.extend(softmax(&logits[i * k..(i + 1) * k], k, t));
-                }
+                let picked: Vec<f32> = rows
+                    .iter()
+                    .flat_map(|&i| logits[i * k..(i + 1) * k].iter().copied())
+                    .collect();
+                let probs = softmax(&picked, k, t);
                 let mut counts = vec![0u64; k];
                 let mut errors = 0usize;
                 for &i in &rows {

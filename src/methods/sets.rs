@@ -294,7 +294,6 @@ impl SetCalibration {
         name: &str,
         row_offset: u64,
     ) -> Result<Vec<bool>> {
-        let scores = self.options.parsed()?;
         let entry = self
             .modes
             .of(ts)
@@ -307,20 +306,25 @@ impl SetCalibration {
                     self.options.scores
                 ))
             })?;
-        let s = scores
-            .iter()
-            .find(|s| s.name() == score)
-            .copied()
-            .unwrap_or(Score::Lac);
+        let s = self.score_named(score)?;
         let mut out = vec![false; logits.len()];
         self.map_row_scores(logits, k, t, s, (name, row_offset), &mut out, |c, v| {
             entry.contains(c, v)
         });
         Ok(out)
     }
-}
 
-impl SetCalibration {
+    /// The calibration's score named `name` with its parameters (LAC when it has none
+    /// of that name: the entry and sorted-score lookups name the missing score).
+    fn score_named(&self, name: &str) -> Result<Score> {
+        Ok(self
+            .options
+            .parsed()?
+            .into_iter()
+            .find(|s| s.name() == name)
+            .unwrap_or(Score::Lac))
+    }
+
     /// Conformal p-values (DESIGN.md 2.6 with score `score`) of every class of every row
     /// of `logits` (`rows x k`, finite) in mode `ts` at its temperature `t`:
     /// `(1 + #{i : s_i >= s(x, k)}) / (n + 1)` over the source's label scores, counted by
@@ -350,12 +354,7 @@ impl SetCalibration {
                     self.options.scores
                 ))
             })?;
-        let s = self
-            .options
-            .parsed()?
-            .into_iter()
-            .find(|s| s.name() == score)
-            .unwrap_or(Score::Lac);
+        let s = self.score_named(score)?;
         let sorted = &list.sorted;
         let denominator = (sorted.len() + 1) as f64;
         let mut out = vec![0.0f64; logits.len()];
