@@ -80,7 +80,14 @@ pub fn weights4(seed: u64, name_key: u32, row: u64, g: u32) -> [u32; 4] {
         [row as u32, (row >> 32) as u32, g, name_key],
         [seed as u32, (seed >> 32) as u32],
     );
-    out.map(poisson_weight)
+    // poisson_weight of each word, lanes innermost so the compares vectorise.
+    let mut w = [0u32; 4];
+    for &c in &POISSON_CDF {
+        for (w, &u) in w.iter_mut().zip(&out) {
+            *w += (u >= c) as u32;
+        }
+    }
+    w
 }
 
 /// Replicate `b`'s weights of the rows `rows` of the set keyed `name_key` (one Philox draw

@@ -620,31 +620,76 @@ impl Draw<'_> {
                         *t += x as u64;
                     }
                 }
-                let mut block = Vec::new();
-                let mut out = Modes::<Vec<f64>>::default();
-                let mut out_cott = Modes::<Vec<f64>>::default();
+                // The group's walks (replicate, mode), run a block of rows at a time so
+                // a block's weights and costs stay in cache across them.
+                struct Job<'c> {
+                    j: usize,
+                    b: usize,
+                    ts: bool,
+                    costs: Costs<'c>,
+                    thr: Option<CottThreshold>,
+                    walk: Option<Walk>,
+                }
+                let mut jobs: Vec<Job<'_>> = Vec::new();
                 for (j, &total) in totals.iter().enumerate() {
                     let b = g * REPS_PER_DRAW + j;
                     if b >= reps {
                         break;
                     }
                     for ts in [false, true] {
-                        let costs = Costs {
-                            logits,
-                            shared: shared.of(ts).as_deref(),
-                            t: t.of(ts)[b],
-                        };
                         let thr = cott.and_then(|c| c.of(ts).get(b).copied().flatten());
-                        let (v, c) =
-                            self.two_class_one(&costs, &w, j, b, total, &mut block, thr.as_ref())?;
-                        let (o, oc) = if ts {
-                            (&mut out.ts, &mut out_cott.ts)
-                        } else {
-                            (&mut out.raw, &mut out_cott.raw)
-                        };
-                        o.push(v);
-                        oc.push(c);
+                        jobs.push(Job {
+                            j,
+                            b,
+                            ts,
+                            costs: Costs {
+                                logits,
+                                shared: shared.of(ts).as_deref(),
+                                t: t.of(ts)[b],
+                            },
+                            thr,
+                            walk: self.walk(b, total, thr.as_ref()),
+                        });
                     }
+                }
+                let mut block = Vec::new();
+                let mut start = 0;
+                while start < w.len() {
+                    let end = (start + COST_BLOCK_ROWS).min(w.len());
+                    for job in &mut jobs {
+                        if let Some(walk) = &mut job.walk {
+                            walk.block(
+                                job.costs.block(start, end, &mut block),
+                                &w[start..end],
+                                job.j,
+                            );
+                        }
+                    }
+                    start = end;
+                }
+                let mut out = Modes::<Vec<f64>>::default();
+                let mut out_cott = Modes::<Vec<f64>>::default();
+                for job in jobs {
+                    let (v, c) = match job.walk {
+                        Some(walk) => self.finish(
+                            walk,
+                            &job.costs,
+                            &w,
+                            job.j,
+                            job.b,
+                            totals[job.j],
+                            &mut block,
+                            job.thr.as_ref(),
+                        )?,
+                        None => (f64::NAN, f64::NAN),
+                    };
+                    let (o, oc) = if job.ts {
+                        (&mut out.ts, &mut out_cott.ts)
+                    } else {
+                        (&mut out.raw, &mut out_cott.raw)
+                    };
+                    o.push(v);
+                    oc.push(c);
                 }
                 Ok((out, out_cott))
             })
@@ -661,10 +706,11 @@ impl Draw<'_> {
     }
 
     /// One replicate `b` of [`Draw::two_class`] (weights `w[i][j]`, total weight
-    /// `total`), in one pass over the rows: the base sum, the walk down the gains, and
-    /// the check that the rows taken are the top ones (no smaller gain taken before the
-    /// boundary row, no larger one after it); where rounding breaks that, the
-    /// replicate's gains are sorted. `block` is a buffer reused across replicates.
+    /// `total`), in one pass over the rows ([`Walk`]): the rows class 1 takes whole, the
+    /// row it splits, the rows it leaves, and the check that the rows taken are the top
+    /// ones (no smaller gain taken before the boundary row, no larger one after it);
+    /// where rounding breaks that, the replicate's gains are sorted. `block` is a buffer
+    /// reused across replicates.
     ///
     /// With a COTT threshold, the same pass adds each row's units to E (edge cost `> t`)
     /// and F (`>= t`) under the walk's plan, and records the cost pairs of the rows whose
@@ -672,6 +718,7 @@ impl Draw<'_> {
     /// [`two_class_sets`](crate::methods::cott::two_class_sets) settles) has these E and
     /// F; otherwise, or where the walk was not exact, that function runs on the
     /// replicate's multiset. Returns `(COT, COTT)` (COTT NaN without a threshold).
+    #[cfg(test)]
     #[allow(clippy::too_many_arguments)]
     fn two_class_one(
         &self,
@@ -683,97 +730,72 @@ impl Draw<'_> {
         block: &mut Vec<i64>,
         thr: Option<&CottThreshold>,
     ) -> Result<(f64, f64)> {
+        let Some(mut walk) = self.walk(b, total, thr) else {
+            return Ok((f64::NAN, f64::NAN));
+        };
+        costs.each_block(w.len(), block, |part, rows| walk.block(part, &w[rows], j));
+        self.finish(walk, costs, w, j, b, total, block, thr)
+    }
+
+    /// Replicate `b`'s walk before its first row (`None` where the replicate drew no
+    /// source or no target row: its values are NaN).
+    fn walk(&self, b: usize, total: u64, thr: Option<&CottThreshold>) -> Option<Walk> {
         let c = &self.class_counts[b];
         let supply: u64 = c.iter().sum();
         if supply == 0 || total == 0 {
-            return Ok((f64::NAN, f64::NAN));
+            return None;
         }
-        let mut need = c[1] as u128 * total as u128;
-        let (mut base, mut moved) = (0i128, 0i128);
-        // Smallest gain taken whole, the split row's gain, largest gain left whole.
-        let (mut taken_min, mut split, mut rest_max) = (i64::MAX, None::<i64>, i64::MIN);
-        // COTT: E and F units, and the cost pairs at the taken minimum, the split row
-        // and the rest maximum (`None` once two differ at that gain).
-        let t = thr.map(|x| x.t);
-        let (mut e, mut f) = (0u128, 0u128);
-        let mut taken_pair: Option<[i64; 2]> = None;
-        let mut split_pair = [0i64; 2];
-        let mut rest_pair: Option<[i64; 2]> = None;
-        costs.each_block(w.len(), block, |part, rows| {
-            // Weights <= 12 and costs <= 2^40: a block's base (< 2^58) fits an i64.
-            let mut block_base = 0i64;
-            // Rows of weight 0 add nothing and are kept out of the check by selects, not
-            // branches (a third of the rows, at random: branches would mispredict).
-            for (r, wi) in part.chunks_exact(2).zip(&w[rows]) {
-                let wj = wi[j] as u64;
-                block_base += wj as i64 * r[0];
-                let gain = r[0] - r[1];
-                let drawn = wj > 0;
-                if need == 0 {
-                    if let (Some(t), true) = (t, drawn) {
-                        let units = wj as u128 * supply as u128;
-                        e += units * (r[0] > t) as u128;
-                        f += units * (r[0] >= t) as u128;
-                        let pair = [r[0], r[1]];
-                        if gain > rest_max {
-                            rest_pair = Some(pair);
-                        } else if gain == rest_max && rest_pair != Some(pair) {
-                            rest_pair = None;
-                        }
-                    }
-                    rest_max = if drawn { rest_max.max(gain) } else { rest_max };
-                    continue;
-                }
-                let units = wj as u128 * supply as u128;
-                let take = units.min(need);
-                moved += take as i128 * gain as i128;
-                need -= take;
-                if let Some(t) = t {
-                    let rest = units - take;
-                    e += take * (r[1] > t) as u128 + rest * (r[0] > t) as u128;
-                    f += take * (r[1] >= t) as u128 + rest * (r[0] >= t) as u128;
-                }
-                if take < units {
-                    split = Some(gain);
-                    split_pair = [r[0], r[1]];
-                } else if drawn {
-                    if t.is_some() {
-                        let pair = [r[0], r[1]];
-                        if gain < taken_min {
-                            taken_pair = Some(pair);
-                        } else if gain == taken_min && taken_pair != Some(pair) {
-                            taken_pair = None;
-                        }
-                    }
-                    taken_min = taken_min.min(gain);
-                }
-            }
-            base += block_base as i128;
-        });
-        let low = split.unwrap_or(taken_min);
-        let top = taken_min >= low && low >= rest_max;
-        if !top {
-            moved = self.sorted_moved(costs, w, j, supply, c[1] as u128 * total as u128, block);
-        }
-        let units = (base * supply as i128 - moved) as u128;
+        Some(Walk::new(
+            c[1] as u128 * total as u128,
+            supply,
+            thr.map(|x| x.t),
+        ))
+    }
+
+    /// `(COT, COTT)` of replicate `b` from its finished walk (see
+    /// [`Draw::two_class_one`]).
+    #[allow(clippy::too_many_arguments)]
+    fn finish(
+        &self,
+        walk: Walk,
+        costs: &Costs<'_>,
+        w: &[[u8; REPS_PER_DRAW]],
+        j: usize,
+        b: usize,
+        total: u64,
+        block: &mut Vec<i64>,
+        thr: Option<&CottThreshold>,
+    ) -> Result<(f64, f64)> {
+        let c = &self.class_counts[b];
+        let supply = walk.supply;
+        let need = c[1] as u128 * total as u128;
+        let low = walk.split.map_or(walk.taken_min, |s| s.gain);
+        let top = walk.taken_min >= low && low >= walk.rest_max;
+        let units = if top {
+            // Whole rows at their class's cost, the split row in proportion.
+            let whole = (walk.taken_cost + walk.rest_cost) as u128 * supply as u128;
+            whole + walk.split.map_or(0, |s| s.cost)
+        } else {
+            self.sorted_units(costs, w, j, supply, need, block)
+        };
         let cot = 1.0 - mean(units, total as u128 * supply as u128);
         let Some(thr) = thr else {
             return Ok((cot, f64::NAN));
         };
         // The rows tied at the boundary gain (the only rows a settlement can move) must
         // all have the boundary row's costs.
-        let boundary_pair = if split.is_some() {
-            Some(split_pair)
-        } else {
-            taken_pair
+        let boundary_pair = match walk.split {
+            Some(s) => Some(s.pair),
+            None => walk.taken_pair,
         };
         let agrees = |at: i64, pair: Option<[i64; 2]>| at != low || pair == boundary_pair;
         let settled = c[1] == 0
             || (boundary_pair.is_some()
-                && agrees(taken_min, taken_pair)
-                && agrees(rest_max, rest_pair));
+                && agrees(walk.taken_min, walk.taken_pair)
+                && agrees(walk.rest_max, walk.rest_pair));
         let cott = if top && settled {
             let all = total as u128 * supply as u128;
+            let (e, f) = walk.thresholded();
             1.0 - (e as f64 + thr.lambda * (f - e) as f64) / all as f64
         } else {
             let mut multiset = Vec::new();
@@ -789,9 +811,10 @@ impl Draw<'_> {
         Ok((cot, cott))
     }
 
-    /// The gain moved when the replicate's rows are sorted by gain first (the fallback
-    /// of [`Draw::two_class_one`]).
-    fn sorted_moved(
+    /// The cost units when the replicate's rows are sorted by gain first (the fallback
+    /// of [`Draw::two_class_one`]): every row at class 0's cost, less the gains class 1
+    /// takes (`need` units).
+    fn sorted_units(
         &self,
         costs: &Costs<'_>,
         w: &[[u8; REPS_PER_DRAW]],
@@ -799,11 +822,13 @@ impl Draw<'_> {
         supply: u64,
         mut need: u128,
         block: &mut Vec<i64>,
-    ) -> i128 {
+    ) -> u128 {
         let mut rows: Vec<(i64, u64)> = Vec::new();
+        let mut base = 0i128;
         costs.each_block(w.len(), block, |part, range| {
             for (r, wi) in part.chunks_exact(2).zip(&w[range]) {
                 if wi[j] > 0 {
+                    base += wi[j] as i128 * r[0] as i128;
                     rows.push((r[0] - r[1], wi[j] as u64));
                 }
             }
@@ -818,7 +843,7 @@ impl Draw<'_> {
             moved += take as i128 * gain as i128;
             need -= take;
         }
-        moved
+        (base * supply as i128 - moved) as u128
     }
 
     /// K > 2: each replicate's multiset (a row repeated by its weight) at its
@@ -855,6 +880,186 @@ impl Draw<'_> {
             self.name_key,
             index.iter().copied(),
             b,
+        )
+    }
+}
+
+/// One replicate's K = 2 walk down the rows in margin order ([`Draw::two_class_one`]),
+/// counted in row weights where the old form counted units (`weight x supply` a row):
+/// class 1 needs `need = left supply + rem` units (`rem < supply`), so a row of weight
+/// `w` is taken whole while `w <= left` and split (`left supply + rem` of its units to
+/// class 1) at the first row with `w > left`; the unit sums are the weight sums times
+/// `supply`, the same integers. Per-block sums are i64 (weights <= 12, costs <= 2^40,
+/// 16,384 rows: under 2^58) added to i128 totals.
+struct Walk {
+    supply: u64,
+    left: u64,
+    rem: u64,
+    /// Class 1's demand is met: the rows that follow stay at class 0.
+    met: bool,
+    /// Weighted class-1 costs of the rows taken whole, class-0 costs of the rest.
+    taken_cost: i128,
+    rest_cost: i128,
+    split: Option<Split>,
+    /// Smallest gain of a drawn row taken whole, largest of a drawn row left.
+    taken_min: i64,
+    rest_max: i64,
+    /// COTT: the threshold, E and F in weights (whole rows), and the cost pairs at the
+    /// taken minimum and the rest maximum (`None` once two differ at that gain).
+    t: Option<i64>,
+    e_weight: u64,
+    f_weight: u64,
+    taken_pair: Option<[i64; 2]>,
+    rest_pair: Option<[i64; 2]>,
+}
+
+/// The row class 1 splits: its gain, its costs, and in units its cost and (COTT) its
+/// E and F under the split.
+#[derive(Clone, Copy)]
+struct Split {
+    gain: i64,
+    pair: [i64; 2],
+    cost: u128,
+    e: u128,
+    f: u128,
+}
+
+impl Walk {
+    fn new(need: u128, supply: u64, t: Option<i64>) -> Walk {
+        let (left, rem) = (
+            (need / supply as u128) as u64,
+            (need % supply as u128) as u64,
+        );
+        Walk {
+            supply,
+            left,
+            rem,
+            met: need == 0,
+            taken_cost: 0,
+            rest_cost: 0,
+            split: None,
+            taken_min: i64::MAX,
+            rest_max: i64::MIN,
+            t,
+            e_weight: 0,
+            f_weight: 0,
+            taken_pair: None,
+            rest_pair: None,
+        }
+    }
+
+    /// The rows of one block (`part`: their cost pairs; `w`: their weights, lane `j`).
+    fn block(&mut self, part: &[i64], w: &[[u8; REPS_PER_DRAW]], j: usize) {
+        let rows = part.len() / 2;
+        let mut i = 0;
+        if !self.met {
+            let mut cost = 0i64;
+            let (mut e, mut f) = (0u64, 0u64);
+            let (track, t) = (self.t.is_some(), self.t.unwrap_or(i64::MAX));
+            // Taken pair as a value and a flag, updated by selects: a third of the rows
+            // weigh nothing, at random, so branches on the weight would mispredict.
+            let mut pair = self.taken_pair.unwrap_or([0; 2]);
+            let mut pair_ok = self.taken_pair.is_some();
+            while i < rows {
+                let (r0, r1) = (part[2 * i], part[2 * i + 1]);
+                let wj = w[i][j] as u64;
+                if wj > self.left {
+                    self.split_at(r0, r1, wj);
+                    i += 1;
+                    break;
+                }
+                self.left -= wj;
+                cost += wj as i64 * r1;
+                let gain = r0 - r1;
+                let drawn = wj > 0;
+                if track {
+                    e += wj * (r1 > t) as u64;
+                    f += wj * (r1 >= t) as u64;
+                    let lower = drawn & (gain < self.taken_min);
+                    let differs = drawn & (gain == self.taken_min) & (pair != [r0, r1]);
+                    pair = if lower { [r0, r1] } else { pair };
+                    pair_ok = lower | (pair_ok & !differs);
+                }
+                let gain = if drawn { gain } else { i64::MAX };
+                self.taken_min = self.taken_min.min(gain);
+                i += 1;
+                if self.left == 0 && self.rem == 0 {
+                    self.met = true;
+                    break;
+                }
+            }
+            self.taken_cost += cost as i128;
+            self.e_weight += e;
+            self.f_weight += f;
+            if self.t.is_some() {
+                self.taken_pair = pair_ok.then_some(pair);
+            }
+        }
+        if !self.met {
+            return;
+        }
+        let mut cost = 0i64;
+        match self.t {
+            None => {
+                for (r, wi) in part[2 * i..].chunks_exact(2).zip(&w[i..]) {
+                    let wj = wi[j] as i64;
+                    cost += wj * r[0];
+                    let gain = if wj > 0 { r[0] - r[1] } else { i64::MIN };
+                    self.rest_max = self.rest_max.max(gain);
+                }
+            }
+            Some(t) => {
+                let (mut e, mut f) = (0u64, 0u64);
+                for (r, wi) in part[2 * i..].chunks_exact(2).zip(&w[i..]) {
+                    let wj = wi[j] as u64;
+                    cost += wj as i64 * r[0];
+                    e += wj * (r[0] > t) as u64;
+                    f += wj * (r[0] >= t) as u64;
+                    let gain = r[0] - r[1];
+                    // Gains fall along the order: rarely at or above the maximum (`&`,
+                    // not `&&`: no branch on the weight).
+                    if (wj > 0) & (gain >= self.rest_max) {
+                        let pair = [r[0], r[1]];
+                        if gain > self.rest_max {
+                            self.rest_pair = Some(pair);
+                        } else if self.rest_pair != Some(pair) {
+                            self.rest_pair = None;
+                        }
+                        self.rest_max = gain;
+                    }
+                }
+                self.e_weight += e;
+                self.f_weight += f;
+            }
+        }
+        self.rest_cost += cost as i128;
+    }
+
+    /// Class 1 takes `left supply + rem` of the `wj supply` units of the row `(r0, r1)`.
+    fn split_at(&mut self, r0: i64, r1: i64, wj: u64) {
+        let units = wj as u128 * self.supply as u128;
+        let take = self.left as u128 * self.supply as u128 + self.rem as u128;
+        let rest = units - take;
+        let t = self.t.unwrap_or(i64::MAX);
+        self.split = Some(Split {
+            gain: r0 - r1,
+            pair: [r0, r1],
+            cost: (take as i128 * r1 as i128 + rest as i128 * r0 as i128) as u128,
+            e: take * (r1 > t) as u128 + rest * (r0 > t) as u128,
+            f: take * (r1 >= t) as u128 + rest * (r0 >= t) as u128,
+        });
+        self.left = 0;
+        self.rem = 0;
+        self.met = true;
+    }
+
+    /// E and F in units under the walk's plan.
+    fn thresholded(&self) -> (u128, u128) {
+        let s = self.supply as u128;
+        let (se, sf) = self.split.map_or((0, 0), |x| (x.e, x.f));
+        (
+            self.e_weight as u128 * s + se,
+            self.f_weight as u128 * s + sf,
         )
     }
 }
@@ -902,40 +1107,56 @@ impl Costs<'_> {
 /// `e = exp((z_other - m) / t)`, the sum `1 + e` in class order, each term divided by
 /// it) with one exponential a row instead of two.
 fn two_class_costs(logits: &[f32], t: f32, out: &mut Vec<i64>) {
-    let mut e: Vec<f32> = logits
-        .chunks_exact(2)
-        .map(|z| {
-            // row_max: the first of tied maxima is the max.
-            if z[1] > z[0] {
-                (z[0] - z[1]) / t
-            } else {
-                (z[1] - z[0]) / t
+    let rows = logits.len() / 2;
+    let mut e = vec![0f32; rows];
+    // Branch-free loops the AVX2 build vectorises (same arithmetic, same bits).
+    crate::cpu::math::with_avx2(
+        #[inline(always)]
+        || {
+            for (e, z) in e.iter_mut().zip(logits.chunks_exact(2)) {
+                // row_max: the first of tied maxima is the max.
+                *e = if z[1] > z[0] {
+                    (z[0] - z[1]) / t
+                } else {
+                    (z[1] - z[0]) / t
+                };
             }
-        })
-        .collect();
+        },
+    );
     crate::cpu::math::exp_in_place(&mut e);
     out.clear();
-    out.reserve(logits.len());
-    for (z, &e) in logits.chunks_exact(2).zip(&e) {
-        let (o0, o1) = if z[1] > z[0] {
-            (e, 1.0f32)
-        } else {
-            (1.0f32, e)
-        };
-        let s = o0 + o1;
-        out.push(probability_cost(o0 / s));
-        out.push(probability_cost(o1 / s));
-    }
+    out.resize(logits.len(), 0);
+    crate::cpu::math::with_avx2(
+        #[inline(always)]
+        || {
+            for ((o, z), &e) in out.chunks_exact_mut(2).zip(logits.chunks_exact(2)).zip(&e) {
+                // The sum `1 + e` in class order is `e + 1` either way (one rounding).
+                let s = e + 1.0;
+                let (other, max) = (probability_cost(e / s), probability_cost(1.0 / s));
+                let one_max = z[1] > z[0];
+                o[0] = if one_max { other } else { max };
+                o[1] = if one_max { max } else { other };
+            }
+        },
+    );
 }
 
 /// [`grid_cost`] of `1 - p` for an f32 probability `p`: `1 - p` is 0 or at least 2^-24
 /// and exact in f64 (or, for `p < 2^-29`, at least 1/2), so `x = (1 - p) 2^40` is 0, a
 /// multiple of 2^16, or at least 2^39 with an ulp of at most 2^-13: `x + 1/2` is exact
 /// and its floor is `round(x)` without the libm call.
+///
+/// The floor is taken in f64 arithmetic a vector unit does (no f64 -> i64 conversion,
+/// which AVX2 lacks): adding and subtracting 2^52 rounds `y = x + 1/2` (< 2^41) to the
+/// nearest integer `r`, `r - 1` where that rounded up is the floor, and `r + 2^52`'s
+/// bits less 2^52's are `r`.
 #[inline(always)]
 fn probability_cost(p: f32) -> i64 {
-    // Truncation is the floor here (x + 1/2 > 0), without a libm call.
-    ((1.0 - p as f64) * (1u64 << COST_GRID_BITS) as f64 + 0.5) as i64
+    const M: f64 = (1u64 << 52) as f64;
+    let y = (1.0 - p as f64) * (1u64 << COST_GRID_BITS) as f64 + 0.5;
+    let r = (y + M) - M;
+    let floor = if r > y { r - 1.0 } else { r };
+    ((floor + M).to_bits() - M.to_bits()) as i64
 }
 
 /// Every replicate's COT per mode, and with thresholds every replicate's COTT.
@@ -1569,6 +1790,18 @@ mod tests {
         ] {
             let p = f32::from_bits(bits);
             assert_eq!(probability_cost(p), grid_cost(1.0 - p as f64), "p={p:e}");
+        }
+        // Exact halves of a grid step (`(j + 1/2) 2^-40`, the floor's tie) and their
+        // neighbours, for the vector floor.
+        for j in 0..256u32 {
+            let half = (j as f32 + 0.5) * 2f32.powi(-40);
+            for p in [
+                half,
+                f32::from_bits(half.to_bits() - 1),
+                f32::from_bits(half.to_bits() + 1),
+            ] {
+                assert_eq!(probability_cost(p), grid_cost(1.0 - p as f64), "p={p:e}");
+            }
         }
         let mut p = 1e-45f32;
         while p < 1.0 {

@@ -23,8 +23,19 @@ const DELTA_BITS: i32 = 40;
 const BLOCK_ROWS: usize = 4096;
 
 /// `x >= 0` rounded to the nearest multiple of `2^-bits` (ties to even), as an integer.
+/// Below 2^52 adding and subtracting 2^52 rounds to even (an f64 add, not a libm call);
+/// above, `y` is an integer already; below 2^63 the u64 conversion is one instruction
+/// (f64 -> u128 is a software routine).
+#[inline(always)]
 fn on_grid(x: f64, bits: i32) -> u128 {
-    (x * 2f64.powi(bits)).round_ties_even() as u128
+    const M: f64 = (1u64 << 52) as f64;
+    let y = x * 2f64.powi(bits);
+    let r = if y < M { (y + M) - M } else { y };
+    if r < (1u64 << 63) as f64 {
+        r as u64 as u128
+    } else {
+        r as u128
+    }
 }
 
 /// An f32 `p >= 0` as `(m, e)` with `p = m 2^e`, `m` its integer significand (the
@@ -98,9 +109,10 @@ impl Sums {
 
     /// One row's logits `z` at temperature `t`, its CPU-softmax probabilities `p` (`v`
     /// scratch of K).
-    fn row(&mut self, z: &[f32], t: f32, p: &[f32], v: &mut [f64]) {
+    fn row(&mut self, z: &[f32], t: f32, p: &[f32], v: &mut [f64], parts: &mut Vec<(u64, i32)>) {
         let k = z.len();
-        let parts: Vec<(u64, i32)> = p.iter().map(|&x| significand(x)).collect();
+        parts.clear();
+        parts.extend(p.iter().map(|&x| significand(x)));
         let mut at = 0;
         for a in 0..k {
             for b in a..k {
@@ -158,10 +170,11 @@ pub fn shift_scores(rows: &CotRows, k: usize, t: Modes<f32>) -> Option<Modes<Shi
             .map(|block| {
                 let mut s = Sums::zeros(k);
                 let mut v = vec![0f64; k];
+                let mut parts = Vec::with_capacity(k);
                 // The block's probabilities at once (vectorised exp; `softmax_row`'s bits).
                 let probs = softmax(block, k, t);
                 for (z, p) in block.chunks_exact(k).zip(probs.chunks_exact(k)) {
-                    s.row(z, t, p, &mut v);
+                    s.row(z, t, p, &mut v, &mut parts);
                 }
                 s
             })
@@ -204,6 +217,35 @@ pub fn shift_scores(rows: &CotRows, k: usize, t: Modes<f32>) -> Option<Modes<Shi
 mod tests {
     use super::*;
     use rand::{Rng, SeedableRng};
+
+    /// `on_grid`'s f64 adds and u64 conversion give the integers `round_ties_even` and a
+    /// u128 conversion give: exact halves either side of even, the 2^52 and 2^63 edges
+    /// of its two shortcuts, 2^64 (a probability sum of one on the 2^-64 grid), and
+    /// seeded values over every exponent the sums take.
+    #[test]
+    fn on_grid_equals_the_plain_rounding() {
+        let plain = |x: f64, bits: i32| (x * 2f64.powi(bits)).round_ties_even() as u128;
+        let mut values = vec![0.0, 1.0, 0.5, 2.5 * 2f64.powi(-64), 3.5 * 2f64.powi(-64)];
+        for e in [52, 53, 63, 64] {
+            let edge = 2f64.powi(e - 64);
+            values.extend([
+                edge,
+                edge * (1.0 - f64::EPSILON),
+                edge * (1.0 + f64::EPSILON),
+            ]);
+            values.extend([edge - 0.5 * 2f64.powi(-64), edge + 0.5 * 2f64.powi(-64)]);
+        }
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(6);
+        for _ in 0..20000 {
+            let e = rng.random_range(-80..=0);
+            values.push(rng.random::<f64>() * 2f64.powi(e));
+        }
+        for &x in &values {
+            for bits in [DELTA_BITS, GRID_BITS] {
+                assert_eq!(on_grid(x, bits), plain(x, bits), "{x:e} on 2^-{bits}");
+            }
+        }
+    }
 
     /// The integer product equals the f64 path's rounding on every kind of f32: zero,
     /// subnormals, the smallest normal, exact halves of a grid step (ties to even both
