@@ -1575,16 +1575,21 @@ mod tests {
         let offset = 1000u64;
         let mut r = CotRows::default();
         r.add(offset, &logits, 2, [None, None]);
-        let class_counts: Vec<Vec<u64>> = (0..9u64).map(|b| vec![b * 3 % 7, 5 + b]).collect();
+        // Replicate 9 draws no class-1 source row (the walk takes nothing), 10 no source
+        // row at all (NaN).
+        let class_counts: Vec<Vec<u64>> = (0..9u64)
+            .map(|b| vec![b * 3 % 7, 5 + b])
+            .chain([vec![6, 0], vec![0, 0]])
+            .collect();
         let (seed, key) = (42u64, 0xdead_beefu32);
         // Each replicate its own temperature in the ts mode, as refits give.
         let t = Modes {
-            raw: vec![1.0f32; 9],
-            ts: (0..9).map(|b| 0.5 + 0.1 * b as f32).collect::<Vec<f32>>(),
+            raw: vec![1.0f32; 11],
+            ts: (0..11).map(|b| 0.5 + 0.1 * b as f32).collect::<Vec<f32>>(),
         };
         // COTT's thresholds per replicate: several t, one replicate without.
         let thr = |ts: bool| -> Vec<Option<CottThreshold>> {
-            (0..9)
+            (0..11)
                 .map(|b| {
                     (b != 4).then(|| CottThreshold {
                         t: (1i64 << 38) * (b as i64 % 4) + ts as i64,
@@ -1614,6 +1619,10 @@ mod tests {
                 }
                 let c = &class_counts[b];
                 let supply: u64 = c.iter().sum();
+                if supply == 0 {
+                    assert!(v.is_nan() && got_cott.of(ts)[b].is_nan(), "replicate {b}");
+                    continue;
+                }
                 let rows = (multiset.len() / 2) as u64;
                 let demand: Vec<u64> = c.iter().map(|&x| x * rows).collect();
                 let plan = transport::solve(&multiset, 2, supply, &demand).unwrap();
@@ -1689,6 +1698,14 @@ mod tests {
                 // Same gain, other costs: only a settlement decides these.
                 let r = rows[0];
                 rows.push([r[0] + 1, r[1] + 1]);
+            }
+            if case % 3 == 1 {
+                // A tie group of three cost pairs around the middle row, where class 1's
+                // boundary often falls: taken, split and left rows at one gain.
+                let r = rows[n / 2];
+                for d in [2, 1, 2, 0, 1] {
+                    rows.push([r[0] + d, r[1] + d]);
+                }
             }
             rows.sort_by_key(|r| std::cmp::Reverse(r[0] - r[1]));
             let sorted: Vec<i64> = rows.iter().flatten().copied().collect();
