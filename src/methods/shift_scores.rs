@@ -58,25 +58,31 @@ fn significand(p: f32) -> (u64, i32) {
 /// without its software f64 -> u128 conversion.
 #[inline(always)]
 fn product_on_grid(a: (u64, i32), b: (u64, i32)) -> u128 {
-    let m = a.0 as u128 * b.0 as u128;
+    // Significands below 2^24: the product is below 2^48, a u64 (u128 shifts and masks
+    // cost several instructions each, and this runs K (K + 1) / 2 times a row).
+    let m = a.0 * b.0;
     let shift = a.1 + b.1 + GRID_BITS;
     if shift >= 0 {
-        // p_a p_b <= 1: at most 2^64 on the grid.
-        return m << shift;
+        // p_a p_b <= 1: at most 2^64 on the grid (2^64 itself only for 1 x 1).
+        return if shift <= 16 {
+            (m << shift) as u128
+        } else {
+            (m as u128) << shift
+        };
     }
     let r = (-shift) as u32;
-    if r >= 100 {
-        // m < 2^48: far below half a grid step.
+    if r > 48 {
+        // m < 2^48: below half a grid step, and never exactly half.
         return 0;
     }
     let q = m >> r;
-    let rest = m & ((1u128 << r) - 1);
-    let half = 1u128 << (r - 1);
-    if rest > half || (rest == half && q & 1 == 1) {
+    let rest = m & ((1u64 << r) - 1);
+    let half = 1u64 << (r - 1);
+    (if rest > half || (rest == half && q & 1 == 1) {
         q + 1
     } else {
         q
-    }
+    }) as u128
 }
 
 /// The exact sums of one mode: the Gram matrix's upper triangle, MaNo's delta terms and

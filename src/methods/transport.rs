@@ -155,48 +155,71 @@ pub fn solve(costs: &[i64], k: usize, supply: u64, demand: &[u64]) -> Result<Tra
     for a in 0..k {
         refresh(&mut heaps, &flows, &mut edge, a);
     }
+    let (mut dist, mut prev, mut done) = (Vec::new(), Vec::new(), Vec::new());
     while excess.iter().any(|&e| e > 0) {
-        // Dijkstra from every class holding too much, on reduced costs (>= 0).
-        let mut dist: Vec<Option<i128>> = (0..k).map(|c| (excess[c] > 0).then_some(0)).collect();
-        let mut prev: Vec<Option<usize>> = vec![None; k];
-        let mut done = vec![false; k];
+        // Dijkstra from every class holding too much, on reduced costs (>= 0): dense
+        // O(K^2) over plain arrays (`UNREACHED` for no distance yet), the unsettled class
+        // of least distance next (lowest index on ties), strict improvements only.
+        const UNREACHED: i128 = i128::MAX;
+        dist.clear();
+        dist.extend((0..k).map(|c| if excess[c] > 0 { 0 } else { UNREACHED }));
+        prev.clear();
+        prev.resize(k, usize::MAX);
+        done.clear();
+        done.resize(k, false);
         loop {
-            let next = (0..k)
-                .filter(|&c| !done[c])
-                .filter_map(|c| dist[c].map(|d| (d, c)))
-                .min();
-            let Some((d, a)) = next else { break };
+            let (mut d, mut a) = (UNREACHED, usize::MAX);
+            for c in 0..k {
+                if !done[c] && dist[c] < d {
+                    (d, a) = (dist[c], c);
+                }
+            }
+            if a == usize::MAX {
+                break;
+            }
             done[a] = true;
-            for b in (0..k).filter(|&b| !done[b]) {
+            let from = d + potential[a];
+            for b in 0..k {
+                if done[b] {
+                    continue;
+                }
                 if let Some((w, _)) = edge[a * k + b] {
                     // Exact integers: reduced costs stay >= 0 (the potentials' invariant).
-                    let reduced = w as i128 + potential[a] - potential[b];
-                    debug_assert!(reduced >= 0, "negative reduced cost {reduced}");
-                    let nd = d + reduced;
-                    if dist[b].is_none_or(|old| nd < old) {
-                        dist[b] = Some(nd);
-                        prev[b] = Some(a);
+                    let nd = from + w as i128 - potential[b];
+                    debug_assert!(nd >= d, "negative reduced cost {}", nd - d);
+                    if nd < dist[b] {
+                        dist[b] = nd;
+                        prev[b] = a;
                     }
                 }
             }
         }
         // The nearest class that needs more (lowest index on ties).
-        let target = (0..k)
-            .filter(|&c| excess[c] < 0)
-            .filter_map(|c| dist[c].map(|d| (d, c)))
-            .min()
-            .map(|(_, c)| c)
-            .ok_or_else(|| {
-                Error::Invalid("transport: no path to a class that needs units".into())
-            })?;
-        let reach = dist.iter().flatten().copied().max().unwrap_or(0);
+        let mut target = usize::MAX;
+        let mut best = UNREACHED;
         for c in 0..k {
-            potential[c] += dist[c].unwrap_or(reach);
+            if excess[c] < 0 && dist[c] < best {
+                (best, target) = (dist[c], c);
+            }
+        }
+        if target == usize::MAX {
+            return Err(Error::Invalid(
+                "transport: no path to a class that needs units".into(),
+            ));
+        }
+        let reach = dist
+            .iter()
+            .copied()
+            .filter(|&d| d != UNREACHED)
+            .max()
+            .unwrap_or(0);
+        for c in 0..k {
+            potential[c] += if dist[c] == UNREACHED { reach } else { dist[c] };
         }
         // The path target <- ... <- source, and how many units it can carry.
         let mut path = Vec::new();
         let mut at = target;
-        while let Some(p) = prev[at] {
+        while let Some(p) = (prev[at] != usize::MAX).then_some(prev[at]) {
             let (_, row) =
                 edge[p * k + at].ok_or_else(|| Error::Invalid("transport: broken path".into()))?;
             path.push((p, at, row as usize));
