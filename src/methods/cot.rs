@@ -581,14 +581,14 @@ struct Draw<'a> {
 impl Draw<'_> {
     /// K = 2, rows (`logits`, their set indices `index`) in margin order, both modes.
     /// Per group of four replicates (one Philox draw a row gives their weights, shared by
-    /// the modes): per replicate, the costs at its temperature (made once for all
-    /// replicates of one temperature, as the raw mode's), the total weight and base sum,
-    /// then a walk down the gains until class 1's units are met. The walk is exact when
-    /// the gains do not increase along the order (checked); otherwise that replicate
-    /// sorts its gains.
+    /// the modes): per replicate and mode a [`Walk`] down the gains until class 1's units
+    /// are met, the group's eight walks a block of rows at a time, each block's costs at
+    /// the walk's temperature (made once for all replicates of one temperature, as the
+    /// raw mode's). The walk is exact when the gains do not increase along the order
+    /// (checked); otherwise that replicate sorts its gains.
     ///
     /// With `cott`, the same walk gives each replicate's COTT at its threshold
-    /// ([`Draw::two_class_one`]).
+    /// ([`Draw::finish`]).
     fn two_class(
         &self,
         logits: &[f32],
@@ -705,19 +705,9 @@ impl Draw<'_> {
         Ok((out, cott.map(|_| out_cott)))
     }
 
-    /// One replicate `b` of [`Draw::two_class`] (weights `w[i][j]`, total weight
-    /// `total`), in one pass over the rows ([`Walk`]): the rows class 1 takes whole, the
-    /// row it splits, the rows it leaves, and the check that the rows taken are the top
-    /// ones (no smaller gain taken before the boundary row, no larger one after it);
-    /// where rounding breaks that, the replicate's gains are sorted. `block` is a buffer
-    /// reused across replicates.
-    ///
-    /// With a COTT threshold, the same pass adds each row's units to E (edge cost `> t`)
-    /// and F (`>= t`) under the walk's plan, and records the cost pairs of the rows whose
-    /// gain is the boundary's: where they all agree, every optimal plan (and so the one
-    /// [`two_class_sets`](crate::methods::cott::two_class_sets) settles) has these E and
-    /// F; otherwise, or where the walk was not exact, that function runs on the
-    /// replicate's multiset. Returns `(COT, COTT)` (COTT NaN without a threshold).
+    /// One replicate `b` of [`Draw::two_class`] on its own: its [`Walk`] over every
+    /// block, then [`Draw::finish`] (the tests' entry; `two_class` runs a draw group's
+    /// walks a block at a time).
     #[cfg(test)]
     #[allow(clippy::too_many_arguments)]
     fn two_class_one(
@@ -752,8 +742,19 @@ impl Draw<'_> {
         ))
     }
 
-    /// `(COT, COTT)` of replicate `b` from its finished walk (see
-    /// [`Draw::two_class_one`]).
+    /// `(COT, COTT)` of replicate `b` of [`Draw::two_class`] (weights `w[i][j]`, total
+    /// weight `total`) from its finished [`Walk`], one pass over the rows: the rows
+    /// class 1 takes whole, the row it splits, the rows it leaves, and the check that
+    /// the rows taken are the top ones (no smaller gain taken before the boundary row, no
+    /// larger one after it); where rounding breaks that, the replicate's gains are
+    /// sorted. `block` is a buffer reused across replicates.
+    ///
+    /// With a COTT threshold, the same pass adds each row's units to E (edge cost `> t`)
+    /// and F (`>= t`) under the walk's plan, and records the cost pairs of the rows whose
+    /// gain is the boundary's: where they all agree, every optimal plan (and so the one
+    /// [`two_class_sets`](crate::methods::cott::two_class_sets) settles) has these E and
+    /// F; otherwise, or where the walk was not exact, that function runs on the
+    /// replicate's multiset. Returns `(COT, COTT)` (COTT NaN without a threshold).
     #[allow(clippy::too_many_arguments)]
     fn finish(
         &self,
@@ -812,7 +813,7 @@ impl Draw<'_> {
     }
 
     /// The cost units when the replicate's rows are sorted by gain first (the fallback
-    /// of [`Draw::two_class_one`]): every row at class 0's cost, less the gains class 1
+    /// of [`Draw::finish`]): every row at class 0's cost, less the gains class 1
     /// takes (`need` units).
     fn sorted_units(
         &self,
@@ -884,7 +885,7 @@ impl Draw<'_> {
     }
 }
 
-/// One replicate's K = 2 walk down the rows in margin order ([`Draw::two_class_one`]),
+/// One replicate's K = 2 walk down the rows in margin order ([`Draw::finish`]),
 /// counted in row weights where the old form counted units (`weight x supply` a row):
 /// class 1 needs `need = left supply + rem` units (`rem < supply`), so a row of weight
 /// `w` is taken whole while `w <= left` and split (`left supply + rem` of its units to

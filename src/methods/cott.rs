@@ -372,7 +372,7 @@ pub fn cott(costs: &[i64], k: usize, class_counts: &[u64], thr: &CottThreshold) 
 
 /// K = 2 COTT of several sets of rows at once (`slot[i]`: the set of row `i`, `sets`
 /// of them; `None`: one set of every row), from one pass over the rows after one
-/// selection per set: the same plan as [`two_class`] (rows above the boundary gain to
+/// selection per set: the same plan as `two_class` (rows above the boundary gain to
 /// class 1, below to class 0, the tied ones settled at `t` in row order), without making
 /// it. The report's path for a target and its groups.
 pub fn two_class_sets(
