@@ -774,7 +774,7 @@ impl Draw<'_> {
         let top = walk.taken_min >= low && low >= walk.rest_max;
         let units = if top {
             // Whole rows at their class's cost, the split row in proportion.
-            let whole = (walk.taken_cost + walk.rest_cost) as u128 * supply as u128;
+            let whole = walk.whole_cost as u128 * supply as u128;
             whole + walk.split.map_or(0, |s| s.cost)
         } else {
             self.sorted_units(costs, w, j, supply, need, block)
@@ -898,9 +898,9 @@ struct Walk {
     rem: u64,
     /// Class 1's demand is met: the rows that follow stay at class 0.
     met: bool,
-    /// Weighted class-1 costs of the rows taken whole, class-0 costs of the rest.
-    taken_cost: i128,
-    rest_cost: i128,
+    /// Weighted costs of the rows not split: class 1's for the rows taken whole, class
+    /// 0's for the rest.
+    whole_cost: i128,
     split: Option<Split>,
     /// Smallest gain of a drawn row taken whole, largest of a drawn row left.
     taken_min: i64,
@@ -936,8 +936,7 @@ impl Walk {
             left,
             rem,
             met: need == 0,
-            taken_cost: 0,
-            rest_cost: 0,
+            whole_cost: 0,
             split: None,
             taken_min: i64::MAX,
             rest_max: i64::MIN,
@@ -989,7 +988,7 @@ impl Walk {
                     break;
                 }
             }
-            self.taken_cost += cost as i128;
+            self.whole_cost += cost as i128;
             self.e_weight += e;
             self.f_weight += f;
             if self.t.is_some() {
@@ -1033,7 +1032,7 @@ impl Walk {
                 self.f_weight += f;
             }
         }
-        self.rest_cost += cost as i128;
+        self.whole_cost += cost as i128;
     }
 
     /// Class 1 takes `left supply + rem` of the `wj supply` units of the row `(r0, r1)`.
