@@ -29,6 +29,7 @@ pub const SHADERS: &[(&str, &str)] = &[
         include_str!("../shaders/select_histogram.wgsl"),
     ),
     ("lac_scores", include_str!("../shaders/lac_scores.wgsl")),
+    ("score_ranks", include_str!("../shaders/score_ranks.wgsl")),
     ("pvalues", include_str!("../shaders/pvalues.wgsl")),
     ("tally", include_str!("../shaders/tally.wgsl")),
     ("bootstrap", include_str!("../shaders/bootstrap.wgsl")),

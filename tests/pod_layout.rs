@@ -14,6 +14,7 @@ use conformal_gpu::kernel::lac_scores::LacParams;
 use conformal_gpu::kernel::pvalues::PvalueParams;
 use conformal_gpu::kernel::radix_sort::RadixParams;
 use conformal_gpu::kernel::row_stats::RowStatsParams;
+use conformal_gpu::kernel::score_ranks::{ScoreRankParams, RANK_WORDS};
 use conformal_gpu::kernel::select_histogram::{SelectParams, MAXP};
 use conformal_gpu::kernel::softmax::SoftmaxParams;
 use conformal_gpu::kernel::tally::{device_words, TallyParams, DEVICE_HEAD, DEVICE_PER_LEVEL};
@@ -141,6 +142,15 @@ fn params() -> Vec<(&'static str, Layout)> {
         ),
         ("lac_scores", layout!(LacParams { rows, k, t, _pad })),
         (
+            "score_ranks",
+            layout!(ScoreRankParams {
+                rows,
+                k,
+                _pad0,
+                _pad1
+            }),
+        ),
+        (
             "pvalues",
             layout!(PvalueParams {
                 rows,
@@ -171,6 +181,7 @@ fn params_sizes_and_offsets() {
         size_of::<CopyParams>(),
         size_of::<SelectParams>(),
         size_of::<LacParams>(),
+        size_of::<ScoreRankParams>(),
     ] {
         assert_eq!(size, 16);
     }
@@ -281,6 +292,10 @@ fn shader_constants_match_kernel() {
     let calib = module("calibration");
     assert_eq!(const_u32(&calib, "BINS"), Some(BINS as u32));
     assert_eq!(const_u32(&calib, "NCOUNT"), Some(NCOUNT as u32));
+    assert_eq!(
+        const_u32(&module("score_ranks"), "RANK_WORDS"),
+        Some(RANK_WORDS as u32)
+    );
     assert_eq!(
         const_u32(&module("select_histogram"), "MAXP"),
         Some(MAXP as u32)

@@ -785,8 +785,10 @@ impl PyCalibration {
 
     /// Per-row prediction sets: a boolean array [N, K] (True = the class is in the set)
     /// under the entry (score, class_conditional, alpha) of mode `mode` ("ts" or "raw");
-    /// randomised scores draw by (seed, name, row_offset + row), as a tally does.
-    #[pyo3(signature = (logits, alpha = None, score = "lac", class_conditional = false, mode = "ts", name = "target", row_offset = 0))]
+    /// randomised scores draw by (seed, name, row_offset + row), as a tally does. The
+    /// classes of the host's probabilities are ranked on `device` (default: the
+    /// calibration's); every device gives the same sets.
+    #[pyo3(signature = (logits, alpha = None, score = "lac", class_conditional = false, mode = "ts", name = "target", row_offset = 0, device = None))]
     #[allow(clippy::too_many_arguments)]
     fn predict_sets<'py>(
         &self,
@@ -798,6 +800,7 @@ impl PyCalibration {
         mode: &str,
         name: &str,
         row_offset: u64,
+        device: Option<&str>,
     ) -> PyResult<Bound<'py, PyArray2<bool>>> {
         let cal = self.inner.clone();
         let ts = match mode {
@@ -814,36 +817,34 @@ impl PyCalibration {
         let l = logits_arg(logits, name)?;
         let (n, k) = (l.n, l.k);
         let slice = l.slice();
-        let out = py
-            .detach(|| {
-                check_k(name, k, &cal)?;
-                if let Some(i) = slice.iter().position(|v| !v.is_finite()) {
-                    return Err(Error::NonFinite {
-                        what: format!("{name}: logits"),
-                        row: row_offset as usize + i / k,
-                        col: i % k,
-                        value: slice[i],
-                    });
-                }
-                let sets = cal.sets.as_ref().ok_or_else(|| {
-                    invalid(
-                        "this calibration has no prediction-set thresholds (written before scores)",
-                    )
-                })?;
-                let t = if ts { cal.modes.ts.t } else { cal.modes.raw.t };
-                sets.predict_sets(
-                    slice,
-                    k,
-                    t,
-                    ts,
-                    score,
-                    class_conditional,
-                    alpha,
-                    name,
-                    row_offset,
-                )
-            })
-            .py_err(py)?;
+        let device = device.unwrap_or(&self.device);
+        let out = on_device!(py, device, |b| {
+            check_k(name, k, &cal)?;
+            if let Some(i) = slice.iter().position(|v| !v.is_finite()) {
+                return Err(Error::NonFinite {
+                    what: format!("{name}: logits"),
+                    row: row_offset as usize + i / k,
+                    col: i % k,
+                    value: slice[i],
+                });
+            }
+            let sets = cal.sets.as_ref().ok_or_else(|| {
+                invalid("this calibration has no prediction-set thresholds (written before scores)")
+            })?;
+            let t = if ts { cal.modes.ts.t } else { cal.modes.raw.t };
+            sets.predict_sets(
+                b,
+                slice,
+                k,
+                t,
+                ts,
+                score,
+                class_conditional,
+                alpha,
+                name,
+                row_offset,
+            )
+        })?;
         let arr =
             Array2::from_shape_vec((n, k), out).map_err(|e| to_py(py, invalid(e.to_string())))?;
         Ok(PyArray2::from_owned_array(py, arr))
@@ -851,9 +852,10 @@ impl PyCalibration {
 
     /// Conformal p-values (DESIGN.md 2.6) of every class of every row, float64 [N, K]:
     /// `(1 + #{i : s_i >= s(x, k)}) / (n + 1)` over the source's label scores of `score`
-    /// at the temperature of `mode` ("ts" or "raw"). LAC (`1 - p_k`) on `device` (default:
-    /// the calibration's); the other scores of the calibration on the host, their
-    /// randomised draws keyed by `name` and `row_offset + i` as in a tally.
+    /// at the temperature of `mode` ("ts" or "raw"), on `device` (default: the
+    /// calibration's). LAC (`1 - p_k`) from the device's probabilities; the other scores
+    /// of the calibration from the host's (the tallies'), their classes ranked on the
+    /// device, their randomised draws keyed by `name` and `row_offset + i` as in a tally.
     #[pyo3(signature = (logits, mode = "ts", device = None, score = "lac", name = "target", row_offset = 0))]
     #[allow(clippy::too_many_arguments)]
     fn pvalues<'py>(
@@ -888,7 +890,7 @@ impl PyCalibration {
             })?
         } else {
             let ts = mode == "ts";
-            py.detach(|| -> conformal_gpu::Result<Vec<f64>> {
+            on_device!(py, device, |b| {
                 check_k("logits", k, &cal)?;
                 if let Some(i) = slice.iter().position(|v| !v.is_finite()) {
                     return Err(Error::NonFinite {
@@ -901,9 +903,8 @@ impl PyCalibration {
                 let sets = cal.sets.as_ref().ok_or_else(|| {
                     invalid("this calibration was written before scores: LAC's p-values only")
                 })?;
-                sets.pvalues(slice, k, m.t, ts, score, name, row_offset)
-            })
-            .py_err(py)?
+                sets.pvalues(b, slice, k, m.t, ts, score, name, row_offset)
+            })?
         };
         let arr =
             Array2::from_shape_vec((n, k), out).map_err(|e| to_py(py, invalid(e.to_string())))?;

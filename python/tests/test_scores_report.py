@@ -346,3 +346,50 @@ def test_predict_sets_are_the_reported_sets(device, request):
         rnd.predict_sets(target["logits"], score="raps")
     with pytest.raises(cg.InvalidInput, match="mode"):
         rnd.predict_sets(target["logits"], mode="both")
+
+
+def test_sets_and_pvalues_rank_on_the_device(gpu):
+    """The classes of the host's probabilities are ranked by the device's score_ranks
+    kernel (`device=`): sets and p-values equal the CPU path's bit for bit, every score,
+    deterministic and randomised, at K = 114 with tied classes; the deterministic sets
+    are the float64 oracle's."""
+    k = 114
+    source, target = make_set(61, 400, k=k), make_set(62, 300, k=k, shift=0.5)
+    # Ties: a few classes copied over others (softmax keeps them equal).
+    for arr in (source["logits"], target["logits"]):
+        arr[:, 10:20] = arr[:, :10]
+    for randomize in (False, True):
+        cal = cg.Calibration.fit(
+            source["logits"],
+            source["labels"],
+            alphas=ALPHAS,
+            device="cpu",
+            score="lac,aps,raps,saps,topk",
+            raps_lambda=RAPS_LAMBDA,
+            raps_k_reg=RAPS_K_REG,
+            saps_lambda=SAPS_LAMBDA,
+            randomize=randomize,
+            seed=5,
+        )
+        for score in SCORES:
+            for mode in ("raw", "ts"):
+                sets = {
+                    d: cal.predict_sets(target["logits"], alpha=0.1, score=score, mode=mode,
+                                        name="t", device=d)
+                    for d in ("cpu", gpu)
+                }
+                np.testing.assert_array_equal(sets["cpu"], sets[gpu])
+                pv = {
+                    d: cal.pvalues(target["logits"], mode=mode, score=score, name="t",
+                                   device=d)
+                    for d in ("cpu", gpu)
+                }
+                if score != "lac":
+                    # LAC's p-values come from each device's own probabilities.
+                    assert np.array_equal(pv["cpu"], pv[gpu]), (score, mode)
+                if not randomize and mode == "raw" and score != "lac":
+                    ps = cg.softmax(source["logits"], t=1.0, device="cpu")
+                    pt = cg.softmax(target["logits"], t=1.0, device="cpu")
+                    label = oracle_scores(ps, score)[np.arange(400), source["labels"]]
+                    q = np.sort(label)[conformal_rank(400, 0.1) - 1]
+                    np.testing.assert_array_equal(sets[gpu], oracle_scores(pt, score) <= q)

@@ -197,6 +197,11 @@ impl Backend for CpuBackend {
         ))
     }
 
+    fn score_ranks(&self, probs: &[f32], k: usize) -> Result<Vec<u32>> {
+        crate::kernel::score_ranks::check_probabilities(probs, k)?;
+        Ok(crate::cpu::score_ranks::score_ranks(probs, k))
+    }
+
     fn pvalues(
         &self,
         rows: &CpuRows<'_>,

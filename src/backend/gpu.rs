@@ -136,6 +136,10 @@ impl Backend for GpuBackend<'_> {
         check_scores(gpu::lac_scores::lac_scores(self.ctx, rows, t)?)
     }
 
+    fn score_ranks(&self, probs: &[f32], k: usize) -> Result<Vec<u32>> {
+        gpu::score_ranks::score_ranks(self.ctx, probs, k)
+    }
+
     fn pvalues(
         &self,
         rows: &DeviceRows,

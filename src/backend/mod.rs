@@ -201,6 +201,12 @@ pub trait Backend {
     /// `Error::UnlabelledSource` otherwise).
     fn lac_scores(&self, rows: &Self::Rows<'_>, t: f32) -> Result<Vec<f32>>;
 
+    /// The rank words (`kernel::score_ranks`: mass above, tie group mass, rank) of every
+    /// class of every row of `probs` (`rows x k`, each finite in `[0, 1]`, else an error
+    /// naming the row and class): what APS, RAPS, SAPS and TopK scores are made from.
+    /// Integers: both backends give the same words bit for bit.
+    fn score_ranks(&self, probs: &[f32], k: usize) -> Result<Vec<u32>>;
+
     /// Conformal p-value summaries of every row at temperature `t` against the ascending
     /// calibration scores `sorted`, set sizes at each of `qhats` (+inf allowed), and every
     /// numerator when `want_numerators`.
@@ -326,6 +332,9 @@ mod tests {
         }
         fn lac_scores(&self, r: &CpuRows<'_>, t: f32) -> Result<Vec<f32>> {
             self.0.lac_scores(r, t)
+        }
+        fn score_ranks(&self, p: &[f32], k: usize) -> Result<Vec<u32>> {
+            self.0.score_ranks(p, k)
         }
         fn pvalues(
             &self,

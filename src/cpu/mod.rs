@@ -17,6 +17,7 @@ pub mod radix_scan;
 pub mod radix_scatter;
 pub mod radix_sort;
 pub mod row_stats;
+pub mod score_ranks;
 pub mod select_histogram;
 pub mod softmax;
 pub mod tally;

@@ -12,6 +12,7 @@ pub mod pvalues;
 pub mod quirks;
 pub mod radix_sort;
 pub mod row_stats;
+pub mod score_ranks;
 pub mod select_histogram;
 pub mod softmax;
 pub mod staging;

@@ -19,6 +19,7 @@ pub mod loop_budget;
 pub mod pvalues;
 pub mod radix_sort;
 pub mod row_stats;
+pub mod score_ranks;
 pub mod select_histogram;
 pub mod softmax;
 pub mod tally;

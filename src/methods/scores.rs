@@ -12,10 +12,11 @@
 
 use crate::error::{Error, Result};
 use crate::kernel::bootstrap::{name_key, philox4x32_10};
+use crate::kernel::score_ranks::{prob_grid, ClassRank, RANK_WORDS};
 use crate::methods::quantile::{check_alpha, conformal_k};
 
 /// Bits of the probability grid.
-pub const PROB_GRID_BITS: u32 = 40;
+pub use crate::kernel::score_ranks::PROB_GRID_BITS;
 
 /// The counter word that no bootstrap replicate reaches: a row's `u` draws there.
 pub const U_DRAW_WORD: u32 = 0xFFFF_FFFF;
@@ -96,11 +97,6 @@ impl Score {
     }
 }
 
-/// `p` rounded to the nearest multiple of 2^-40 (ties to even), as an integer.
-fn on_grid(p: f32) -> u64 {
-    (p as f64 * (1u64 << PROB_GRID_BITS) as f64).round_ties_even() as u64
-}
-
 /// The uniform `u` of row `row` of set `name` under `seed` (`--randomize true`): word 0
 /// of the bootstrap's Philox4x32-10 (same key and counter layout) at the replicate word
 /// [`U_DRAW_WORD`], `(x + 0.5) 2^-32`, never 0 or 1.
@@ -140,40 +136,81 @@ pub fn row_scores_into(
     order.clear();
     order.extend(0..k);
     order.sort_unstable_by(|&a, &b| probs[b].total_cmp(&probs[a]));
-    let sigma: u64 = probs.iter().map(|&p| on_grid(p)).sum();
+    let sigma: u64 = probs.iter().map(|&p| prob_grid(p)).sum();
     let p_max = probs.iter().copied().fold(0.0f32, f32::max) as f64;
     let mut above: u64 = 0;
     let mut start = 0;
     while start < k {
         let p = probs[order[start]];
         let end = (start..k).find(|&i| probs[order[i]] != p).unwrap_or(k);
-        let group: u64 = order[start..end].iter().map(|&j| on_grid(probs[j])).sum();
-        let rank = end; // o: every class at or above p
-        let aps = || {
-            if sigma == 0 {
-                0.0
-            } else {
-                (above as f64 + u * group as f64) / sigma as f64
-            }
+        let group: u64 = order[start..end].iter().map(|&j| prob_grid(probs[j])).sum();
+        let rank = ClassRank {
+            above,
+            group,
+            // o: every class at or above p.
+            rank: end as u32,
         };
-        let s = match score {
-            Score::Lac => unreachable!("handled above"),
-            Score::Aps => aps(),
-            Score::Raps { lambda, k_reg } => aps() + lambda * rank.saturating_sub(k_reg) as f64,
-            Score::Saps { lambda } => {
-                if rank == 1 {
-                    u * p_max
-                } else {
-                    p_max + lambda * (rank as f64 - 2.0 + u)
-                }
-            }
-            Score::TopK => rank as f64 - 1.0 + u,
-        };
+        let s = score_from_rank(score, rank, sigma, p_max, u);
         for &j in &order[start..end] {
             out[j] = s;
         }
         above += group;
         start = end;
+    }
+}
+
+/// The score of a class from its rank words (`kernel::score_ranks`: mass above, tie
+/// group mass, rank), the row's total `sigma` on the grid, its largest probability and
+/// its `u`: the one formula of DESIGN.md 2.13 that the host sort ([`row_scores_into`])
+/// and the rank kernels' words ([`scores_from_ranks`]) both finish with. Not for LAC.
+#[inline]
+pub fn score_from_rank(score: Score, r: ClassRank, sigma: u64, p_max: f64, u: f64) -> f64 {
+    let aps = || {
+        if sigma == 0 {
+            0.0
+        } else {
+            (r.above as f64 + u * r.group as f64) / sigma as f64
+        }
+    };
+    let rank = r.rank as usize;
+    match score {
+        // LAC does not rank; its score is `1 - p_k` (see `row_scores_into`).
+        Score::Lac => f64::NAN,
+        Score::Aps => aps(),
+        Score::Raps { lambda, k_reg } => aps() + lambda * rank.saturating_sub(k_reg) as f64,
+        Score::Saps { lambda } => {
+            if rank == 1 {
+                u * p_max
+            } else {
+                p_max + lambda * (rank as f64 - 2.0 + u)
+            }
+        }
+        Score::TopK => rank as f64 - 1.0 + u,
+    }
+}
+
+/// [`row_scores_into`] from a row's rank words (`ranks`, `K x RANK_WORDS`, made by either
+/// backend's `score_ranks` from the same `probs`): the same f64 scores bit for bit.
+pub fn scores_from_ranks(probs: &[f32], ranks: &[u32], score: Score, u: f64, out: &mut [f64]) {
+    if let Score::Lac = score {
+        for (o, &p) in out.iter_mut().zip(probs) {
+            *o = (1.0 - p) as f64;
+        }
+        return;
+    }
+    let p_max = probs.iter().copied().fold(0.0f32, f32::max) as f64;
+    let ranks: Vec<ClassRank> = ranks
+        .chunks_exact(RANK_WORDS)
+        .map(ClassRank::from_words)
+        .collect();
+    // The row's total: the last tie group's mass above and its own.
+    let k = probs.len() as u32;
+    let sigma = ranks
+        .iter()
+        .find(|r| r.rank == k)
+        .map_or(0, |r| r.above + r.group);
+    for (o, &r) in out.iter_mut().zip(&ranks) {
+        *o = score_from_rank(score, r, sigma, p_max, u);
     }
 }
 

@@ -18,11 +18,13 @@ use std::collections::BTreeMap;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use crate::backend::Backend;
 use crate::cpu::softmax::softmax;
 use crate::error::{Error, Result};
+use crate::kernel::score_ranks::RANK_WORDS;
 use crate::kernel::tally::GroupKey;
 use crate::methods::quantile::conformal_rank;
-use crate::methods::scores::{randomized_u, row_scores_into, Score};
+use crate::methods::scores::{randomized_u, row_scores_into, scores_from_ranks, Score};
 use crate::methods::thresholds::{cpc_sweep, ModeCalibration};
 use crate::report::estimates::Modes;
 pub use crate::report::model::SetOptions;
@@ -280,10 +282,12 @@ impl SetCalibration {
     /// `class_conditional`, `alpha`) of mode `ts` at its temperature `t`: one K-long row
     /// of booleans per row, row-major. The randomised draws are keyed by `name` and each
     /// row's index `row_offset + i`, as in a tally. An entry the calibration lacks is an
-    /// error naming it.
+    /// error naming it. `backend` ranks the classes (`Backend::score_ranks`) of the host's
+    /// probabilities, so every backend gives the same sets, the tallies' sets.
     #[allow(clippy::too_many_arguments)]
-    pub fn predict_sets(
+    pub fn predict_sets<B: Backend>(
         &self,
+        backend: &B,
         logits: &[f32],
         k: usize,
         t: f32,
@@ -308,9 +312,16 @@ impl SetCalibration {
             })?;
         let s = self.score_named(score)?;
         let mut out = vec![false; logits.len()];
-        self.map_row_scores(logits, k, t, s, (name, row_offset), &mut out, |c, v| {
-            entry.contains(c, v)
-        });
+        self.map_row_scores(
+            backend,
+            logits,
+            k,
+            t,
+            s,
+            (name, row_offset),
+            &mut out,
+            |c, v| entry.contains(c, v),
+        )?;
         Ok(out)
     }
 
@@ -330,10 +341,12 @@ impl SetCalibration {
     /// `(1 + #{i : s_i >= s(x, k)}) / (n + 1)` over the source's label scores, counted by
     /// binary search, divided once. LAC's come from the mode calibration's sorted scores
     /// (see `row_outputs::pvalue_matrix`); this serves the others. Randomised draws are
-    /// keyed by `name` and each row's index `row_offset + i`, as in a tally.
+    /// keyed by `name` and each row's index `row_offset + i`, as in a tally. `backend`
+    /// ranks the classes, as in [`Self::predict_sets`].
     #[allow(clippy::too_many_arguments)]
-    pub fn pvalues(
+    pub fn pvalues<B: Backend>(
         &self,
+        backend: &B,
         logits: &[f32],
         k: usize,
         t: f32,
@@ -358,19 +371,31 @@ impl SetCalibration {
         let sorted = &list.sorted;
         let denominator = (sorted.len() + 1) as f64;
         let mut out = vec![0.0f64; logits.len()];
-        self.map_row_scores(logits, k, t, s, (name, row_offset), &mut out, |_, v| {
-            let at_least = sorted.len() - sorted.partition_point(|&c| c < v);
-            (1 + at_least) as f64 / denominator
-        });
+        self.map_row_scores(
+            backend,
+            logits,
+            k,
+            t,
+            s,
+            (name, row_offset),
+            &mut out,
+            |_, v| {
+                let at_least = sorted.len() - sorted.partition_point(|&c| c < v);
+                (1 + at_least) as f64 / denominator
+            },
+        )?;
         Ok(out)
     }
 
     /// Every class score of every row of `logits` under `score` at temperature `t`
     /// (randomised draws keyed by the set name and `row_offset + i`, as in a tally),
-    /// mapped by `f(class, score)` into `out` (`rows x k`), in parallel blocks of rows.
+    /// mapped by `f(class, score)` into `out` (`rows x k`): the host's probabilities (the
+    /// tallies'), ranked by `backend` a slab of rows at a time (its words bound the
+    /// memory), then finished in parallel blocks of rows.
     #[allow(clippy::too_many_arguments)]
-    fn map_row_scores<T: Send>(
+    fn map_row_scores<B: Backend, T: Send>(
         &self,
+        backend: &B,
         logits: &[f32],
         k: usize,
         t: f32,
@@ -378,24 +403,44 @@ impl SetCalibration {
         (name, row_offset): (&str, u64),
         out: &mut [T],
         f: impl Fn(usize, f64) -> T + Sync,
-    ) {
+    ) -> Result<()> {
         let probs = softmax(logits, k, t);
-        out.par_chunks_mut(k * BLOCK_ROWS)
-            .zip(probs.par_chunks(k * BLOCK_ROWS))
+        let slab = (RANK_SLAB_CLASSES / k.max(1)).max(1);
+        for (si, (o, p)) in out
+            .chunks_mut(k * slab)
+            .zip(probs.chunks(k * slab))
             .enumerate()
-            .for_each(|(b, (o, p))| {
-                let (mut order, mut row) = (Vec::new(), vec![0.0f64; k]);
-                for (j, (orow, prow)) in o.chunks_exact_mut(k).zip(p.chunks_exact(k)).enumerate() {
-                    let i = (b * BLOCK_ROWS + j) as u64;
-                    let u = draw(&self.options, name, row_offset + i);
-                    row_scores_into(prow, score, u, &mut order, &mut row);
-                    for (c, (x, &v)) in orow.iter_mut().zip(&row).enumerate() {
-                        *x = f(c, v);
+        {
+            // LAC does not rank.
+            let ranks = match score {
+                Score::Lac => Vec::new(),
+                _ => backend.score_ranks(p, k)?,
+            };
+            let words = if ranks.is_empty() { 0 } else { k * RANK_WORDS };
+            o.par_chunks_mut(k * BLOCK_ROWS)
+                .zip(p.par_chunks(k * BLOCK_ROWS))
+                .enumerate()
+                .for_each(|(b, (o, p))| {
+                    let mut row = vec![0.0f64; k];
+                    for (j, (orow, prow)) in
+                        o.chunks_exact_mut(k).zip(p.chunks_exact(k)).enumerate()
+                    {
+                        let r = b * BLOCK_ROWS + j;
+                        let u = draw(&self.options, name, row_offset + (si * slab + r) as u64);
+                        let rk = &ranks[(r * words).min(ranks.len())..][..words];
+                        scores_from_ranks(prow, rk, score, u, &mut row);
+                        for (c, (x, &v)) in orow.iter_mut().zip(&row).enumerate() {
+                            *x = f(c, v);
+                        }
                     }
-                }
-            });
+                });
+        }
+        Ok(())
     }
 }
+
+/// Classes per slab that `map_row_scores` ranks at once: 4M (80 MB of words).
+const RANK_SLAB_CLASSES: usize = 1 << 22;
 
 fn fit_mode(
     options: &SetOptions,
