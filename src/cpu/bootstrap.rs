@@ -7,10 +7,11 @@
 use rayon::prelude::*;
 
 use super::common::row_max;
+use super::math::with_avx2;
 use super::row_stats::{row_stats, row_stats_into, RowStats};
 use crate::kernel::bootstrap::{
-    rep, weights4, BootstrapTallyPlan, PairRepCounts, RepCounts, ReplicatePlan, MODES,
-    REPS_PER_DRAW,
+    rep, weights4, weights4_lanes, BootstrapTallyPlan, PairRepCounts, RepCounts, ReplicatePlan,
+    DRAW_LANES, MODES, REPS_PER_DRAW,
 };
 use crate::kernel::tally::p1_to_grid;
 use crate::kernel::tally::SlotMap;
@@ -64,13 +65,15 @@ pub fn bootstrap_tally(
             for start in (0..n).step_by(BLOCK) {
                 let end = (start + BLOCK).min(n);
                 let mut any = [false; REPS_PER_DRAW];
-                for (i, wi) in (start..end).zip(w.iter_mut()) {
-                    *wi = weights4(
-                        plan.seed,
-                        plan.name_key,
-                        plan.row_offset + i as u64,
-                        g as u32,
-                    );
+                draw_weights(
+                    plan.seed,
+                    plan.name_key,
+                    g as u32,
+                    |o| plan.row_offset + (start + o) as u64,
+                    &mut w[..end - start],
+                    |x| x,
+                );
+                for wi in &mut w[..end - start] {
                     // Lanes past the last replicate weigh nothing.
                     wi[live..].fill(0);
                     for (a, &x) in any.iter_mut().zip(wi.iter()) {
@@ -143,6 +146,39 @@ pub fn bootstrap_tally(
         }
     }
     out
+}
+
+/// `put(weights4(seed, name_key, row_of(i), g))` into `out[i]` for every `i`: the rows
+/// [`DRAW_LANES`] at a time through [`weights4_lanes`], built for AVX2 where the CPU has
+/// it (the bootstrap tally's and COT's replicates' draws; the same words bit for bit).
+pub fn draw_weights<T>(
+    seed: u64,
+    name_key: u32,
+    g: u32,
+    row_of: impl Fn(usize) -> u64,
+    out: &mut [T],
+    put: impl Fn([u32; REPS_PER_DRAW]) -> T,
+) {
+    with_avx2(
+        #[inline(always)]
+        || {
+            let mut lanes = out.chunks_exact_mut(DRAW_LANES);
+            let mut at = 0;
+            for chunk in &mut lanes {
+                let rows = std::array::from_fn(|l| row_of(at + l));
+                for (o, x) in chunk
+                    .iter_mut()
+                    .zip(weights4_lanes(seed, name_key, rows, g))
+                {
+                    *o = put(x);
+                }
+                at += DRAW_LANES;
+            }
+            for (l, o) in lanes.into_remainder().iter_mut().enumerate() {
+                *o = put(weights4(seed, name_key, row_of(at + l), g));
+            }
+        },
+    )
 }
 
 /// One (mode, slot) cell's counters, counter-major with the draw group's four replicates

@@ -19,8 +19,9 @@ use rayon::prelude::*;
 
 use serde::{Deserialize, Serialize};
 
+use crate::cpu::bootstrap::draw_weights;
 use crate::cpu::softmax::softmax;
-use crate::kernel::bootstrap::{weights4, REPS_PER_DRAW};
+use crate::kernel::bootstrap::REPS_PER_DRAW;
 use crate::methods::cott::CottThreshold;
 use crate::methods::transport::{self, grid_cost, COST_GRID_BITS};
 use crate::report::estimates::Modes;
@@ -609,10 +610,15 @@ impl Draw<'_> {
         let groups: Vec<Pair> = (0..reps.div_ceil(REPS_PER_DRAW))
             .into_par_iter()
             .map(|g| -> Result<Pair> {
-                let w: Vec<[u8; REPS_PER_DRAW]> = index
-                    .iter()
-                    .map(|&row| weights4(self.seed, self.name_key, row, g as u32).map(|x| x as u8))
-                    .collect();
+                let mut w = vec![[0u8; REPS_PER_DRAW]; index.len()];
+                draw_weights(
+                    self.seed,
+                    self.name_key,
+                    g as u32,
+                    |i| index[i],
+                    &mut w,
+                    |x| x.map(|x| x as u8),
+                );
                 // Each replicate's total weight, shared by the modes.
                 let mut totals = [0u64; REPS_PER_DRAW];
                 for wi in &w {
@@ -653,14 +659,38 @@ impl Draw<'_> {
                     }
                 }
                 let mut block = Vec::new();
+                // Per lane, the block's rows it weighs and their weights: a weightless
+                // row changes no walk (it takes and costs nothing, and neither its gain
+                // nor its pair is looked at), so each walk sees only these, and a ts
+                // walk makes costs for these only (about a third of the rows weigh
+                // nothing).
+                let mut picked: [Vec<u32>; REPS_PER_DRAW] = Default::default();
+                let mut picked_w: [Vec<[u8; REPS_PER_DRAW]>; REPS_PER_DRAW] = Default::default();
+                let mut gathered = Vec::new();
                 let mut start = 0;
                 while start < w.len() {
                     let end = (start + COST_BLOCK_ROWS).min(w.len());
+                    for j in 0..REPS_PER_DRAW {
+                        // Branch-free: every row written at the next free place, which
+                        // only a weighed row keeps.
+                        let (rows, ws) = (&mut picked[j], &mut picked_w[j]);
+                        rows.resize(end - start, 0);
+                        ws.resize(end - start, [0; REPS_PER_DRAW]);
+                        let mut kept = 0usize;
+                        for (o, wi) in w[start..end].iter().enumerate() {
+                            rows[kept] = (start + o) as u32;
+                            ws[kept] = *wi;
+                            kept += (wi[j] != 0) as usize;
+                        }
+                        rows.truncate(kept);
+                        ws.truncate(kept);
+                    }
                     for job in &mut jobs {
                         if let Some(walk) = &mut job.walk {
+                            let rows = &picked[job.j];
                             walk.block(
-                                job.costs.block(start, end, &mut block),
-                                &w[start..end],
+                                job.costs.picked(rows, &mut block, &mut gathered),
+                                &picked_w[job.j],
                                 job.j,
                             );
                         }
@@ -1086,6 +1116,27 @@ impl Costs<'_> {
         buf
     }
 
+    /// The costs of the rows `rows` (ascending indices), made into `buf`: copied when
+    /// shared, else made from their logits gathered into `logits` (each row's costs are
+    /// its own: the bits [`Costs::block`] gives it).
+    fn picked<'b>(&self, rows: &[u32], buf: &'b mut Vec<i64>, logits: &mut Vec<f32>) -> &'b [i64] {
+        if let Some(c) = self.shared {
+            buf.clear();
+            buf.extend(
+                rows.iter()
+                    .flat_map(|&r| [c[2 * r as usize], c[2 * r as usize + 1]]),
+            );
+            return buf;
+        }
+        logits.clear();
+        logits.extend(
+            rows.iter()
+                .flat_map(|&r| [self.logits[2 * r as usize], self.logits[2 * r as usize + 1]]),
+        );
+        two_class_costs(logits, self.t, buf);
+        buf
+    }
+
     /// `f(costs, rows)` for every block of `COST_BLOCK_ROWS` of the `rows` rows, in order.
     fn each_block(
         &self,
@@ -1332,6 +1383,7 @@ mod b64_groups {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernel::bootstrap::weights4;
 
     /// A seeded generator of small probability rows with ties (quarters), so plans have
     /// tied costs and split rows.
