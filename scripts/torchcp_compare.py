@@ -51,6 +51,10 @@ How to run (a venv with TorchCP and the crate's Python package)::
     /tmp/tvenv/bin/python scripts/torchcp_compare.py            # --device gpu to try the GPU
 
 Exit status 0 when every check holds, 1 otherwise (the failures are listed).
+
+``--fixture PATH`` (with ``--rows 400,200``) also writes the data and TorchCP's thresholds,
+sets and metrics of every held entry to an .npz: python/tests/test_torchcp_fixture.py holds
+the crate to them in CI, where torch is not installed.
 """
 
 from __future__ import annotations
@@ -85,6 +89,9 @@ warnings.filterwarnings("ignore", category=DeprecationWarning)
 
 KS = (4, 12, 114)
 N_SOURCE, N_TARGET = 2000, 3000
+# With --fixture: TorchCP's thresholds, sets and metrics, for the CI test that holds the
+# crate to them without torch (python/tests/test_torchcp_fixture.py).
+FIXTURE: dict[str, np.ndarray] = {}
 ALPHAS = (0.05, 0.1, 0.2)
 SCORES = ("lac", "aps", "raps", "saps", "topk")
 RAPS_LAMBDA, RAPS_K_REG, SAPS_LAMBDA = 0.05, 2, 0.3
@@ -268,6 +275,9 @@ def run_k(k: int, device: str, check: Checks, rows: list, score_rows: list, seed
     assert ps.dtype == np.float32 and pt.dtype == np.float32
     assert tied_rows(ps) == 0 and tied_rows(pt) == 0
     seeds.append((k, seed_s, seed_t))
+    FIXTURE.update(
+        {f"k{k}__src_z": src_z, f"k{k}__src_y": src_y, f"k{k}__tgt_z": tgt_z, f"k{k}__tgt_y": tgt_y}
+    )
     cal = cg.Calibration.fit(
         src_z,
         src_y,
@@ -413,6 +423,14 @@ def run_k(k: int, device: str, check: Checks, rows: list, score_rows: list, seed
                                 ok_met or cells > 0,
                                 f"{where}: metrics differ on equal sets",
                             )
+                    if held and kk == "=" and unexplained == 0:
+                        key = f"k{k}__{name.replace('*', '_at_label')}__{alpha}__{int(cc)}"
+                        FIXTURE[key + "__qhat"] = q_tcp
+                        FIXTURE[key + "__sets"] = np.packbits(tcp_sets.reshape(-1))
+                        FIXTURE[key + "__metrics"] = np.array(
+                            [want[m] for m in METRICS]
+                            + [math.nan if v is None else v for v in want["class_coverage"]]
+                        )
                     rows.append(
                         (
                             k,
@@ -472,9 +490,16 @@ def rep_k(rep: dict, n: int) -> int:
 
 
 def main() -> int:
+    global N_SOURCE, N_TARGET
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cpu", help="the crate's device (cpu, gpu, auto)")
+    ap.add_argument("--rows", default=f"{N_SOURCE},{N_TARGET}", help="source,target rows")
+    ap.add_argument(
+        "--fixture",
+        help="write TorchCP's thresholds, sets and metrics of every held entry to this .npz",
+    )
     args = ap.parse_args()
+    N_SOURCE, N_TARGET = (int(x) for x in args.rows.split(","))
     t0 = time.perf_counter()
     check = Checks()
     rows: list = []
@@ -519,6 +544,14 @@ def main() -> int:
     for a, d64, d32, dc in krows:
         print(f"  alpha {a:4.2f}: float {d64:4d}  float32 {d32:4d}  crate {dc:d}")
     print(f"\nrun time {time.perf_counter() - t0:.1f} s")
+    if args.fixture and not check.failures:
+        np.savez_compressed(
+            args.fixture,
+            torchcp_version=np.array(__import__("torchcp").__version__),
+            metrics=np.array(METRICS),
+            **FIXTURE,
+        )
+        print(f"wrote {args.fixture} ({len(FIXTURE)} arrays)")
     if check.failures:
         print(f"\nFAILED ({len(check.failures)}):")
         for f in check.failures:

@@ -71,6 +71,7 @@ class Calibration:
         mode: Literal["ts", "raw"] = "ts",
         name: str = "target",
         row_offset: int = 0,
+        device: Device | None = None,
     ) -> np.ndarray[Any, np.dtype[np.bool_]]: ...
     def tally(
         self,
