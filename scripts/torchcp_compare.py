@@ -423,7 +423,9 @@ def run_k(k: int, device: str, check: Checks, rows: list, score_rows: list, seed
                                 ok_met or cells > 0,
                                 f"{where}: metrics differ on equal sets",
                             )
-                    if held and kk == "=" and unexplained == 0:
+                    # Only entries whose sets equal TorchCP's cell for cell (the CI test
+                    # holds the crate to them exactly; its completeness test notices a gap).
+                    if held and kk == "=" and cells == 0:
                         key = f"k{k}__{name.replace('*', '_at_label')}__{alpha}__{int(cc)}"
                         FIXTURE[key + "__qhat"] = q_tcp
                         FIXTURE[key + "__sets"] = np.packbits(tcp_sets.reshape(-1))

@@ -61,9 +61,12 @@ fn add64(a: vec2<u32>, b: vec2<u32>) -> vec2<u32> {
     return vec2<u32>(lo, a.y + b.y + select(0u, 1u, lo < a.x));
 }
 
-// The probability at sorted position i of the row starting at `base`.
-fn at(base: u32, i: u32) -> f32 {
-    return probs[base + order[base + i]];
+// The probability at sorted position i of the row starting at `base`, as the bits of its
+// magnitude: for p in [0, 1] their unsigned order is the order of the values and -0.0 is
+// 0.0. Integer compares, so an adapter that flushes subnormals to zero in float compares
+// (WGSL allows it) still ranks distinct subnormals apart, as the CPU does.
+fn at(base: u32, i: u32) -> u32 {
+    return bitcast<u32>(probs[base + order[base + i]]) & 0x7fffffffu;
 }
 
 // Min-heap sift of position `root` within positions [0, end).
@@ -134,7 +137,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
             if (q != p) {
                 break;
             }
-            group = add64(group, prob_grid(q));
+            group = add64(group, prob_grid(bitcast<f32>(q)));
             end += 1u;
         }
         for (var i = start; i < end; i++) {

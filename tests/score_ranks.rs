@@ -232,5 +232,19 @@ mod gpu_path {
             ),
             (limit, got) => panic!("loop limit {limit:?}: {:?}", got.map(|g| g.len())),
         }
+        // The GPU backend ranks such rows on the CPU instead (the same words), and still
+        // names bad probabilities.
+        use conformal_gpu::backend::{Backend, GpuBackend};
+        let backend = GpuBackend::new(ctx);
+        let want = cpu::score_ranks::score_ranks(&p, 5000);
+        assert_bits_eq(
+            "backend k=5000",
+            &backend.score_ranks(&p, 5000).unwrap(),
+            &want,
+            |a, b| a == b,
+        );
+        let mut bad = p.clone();
+        bad[4999] = -1.0;
+        assert!(backend.score_ranks(&bad, 5000).is_err());
     }
 }

@@ -100,7 +100,6 @@ def entries_checked(fix: dict, k: int, device: str) -> int:
                         assert b is None, (what, name)
                     else:
                         assert abs(a - b) <= 1e-6 * max(1.0, abs(b)), (what, name, a, b)
-                assert set(np.unique(tgt_y)) <= set(range(k))
                 checked += 1
     return checked
 

@@ -137,6 +137,13 @@ impl Backend for GpuBackend<'_> {
     }
 
     fn score_ranks(&self, probs: &[f32], k: usize) -> Result<Vec<u32>> {
+        // A row past a software adapter's loop cap: the CPU mirror's words, which are the
+        // same integers (the other kernels refuse instead: their outputs differ by device).
+        let limit = self.ctx.loop_limit();
+        if limit.is_some_and(|l| crate::kernel::score_ranks::rank_loops(k) > l) {
+            crate::kernel::score_ranks::check_probabilities(probs, k)?;
+            return Ok(crate::cpu::score_ranks::score_ranks(probs, k));
+        }
         gpu::score_ranks::score_ranks(self.ctx, probs, k)
     }
 

@@ -17,19 +17,17 @@ pub fn row_ranks(probs: &[f32], order: &mut Vec<u32>, out: &mut [u32]) {
     let k = probs.len();
     order.clear();
     order.extend(0..k as u32);
-    // No NaN reaches here (checked), and -0.0 == 0.0 is one tie group, as the shader's `==`.
-    order.sort_unstable_by(|&a, &b| {
-        probs[b as usize]
-            .partial_cmp(&probs[a as usize])
-            .unwrap_or(std::cmp::Ordering::Equal)
-    });
+    // The shader's key: the bits of the magnitude (for p in [0, 1] the order of the
+    // values, with -0.0 = 0.0 in one tie group).
+    let key = |c: u32| probs[c as usize].to_bits() & 0x7fff_ffff;
+    order.sort_unstable_by_key(|&c| std::cmp::Reverse(key(c)));
     let mut above = 0u64;
     let mut start = 0;
     while start < k {
-        let p = probs[order[start] as usize];
+        let p = key(order[start]);
         let mut end = start;
         let mut group = 0u64;
-        while end < k && probs[order[end] as usize] == p {
+        while end < k && key(order[end]) == p {
             group += prob_grid(probs[order[end] as usize]);
             end += 1;
         }

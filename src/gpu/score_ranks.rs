@@ -11,12 +11,12 @@ use crate::kernel::score_ranks::{check_probabilities, rank_loops, ScoreRankParam
 /// its buffers built once. Bad probabilities are an error naming the row and class.
 pub fn score_ranks(ctx: &GpuContext, probs: &[f32], k: usize) -> Result<Vec<u32>> {
     check_probabilities(probs, k)?;
-    ctx.check_loops("score_ranks", k, rank_loops(k))?;
     let n = probs.len() / k;
     let mut out = Vec::with_capacity(probs.len() * RANK_WORDS);
     if n == 0 {
         return Ok(out);
     }
+    ctx.check_loops("score_ranks", k, rank_loops(k))?;
     let pipeline = ctx.pipeline("score_ranks")?;
     // The ranks are the widest buffer: RANK_WORDS words a class.
     let per = ctx.rows_per_chunk((4 * RANK_WORDS * k) as u64)?.min(n);

@@ -491,8 +491,7 @@ mod tests {
         assert!((zeros - (-1.0f64).exp()).abs() < 5.0 * (0.25 / n).sqrt());
     }
 
-    /// Weights depend on (seed, name, row, replicate) only: a shard at an offset draws
-    /// the rows' own weights, and another seed or name draws others.
+    /// Eight rows as lanes draw what one row at a time draws.
     #[test]
     fn lanes_equal_one_row_at_a_time() {
         // Rows across the 32-bit boundary, large and random, every draw group word.
@@ -516,6 +515,8 @@ mod tests {
         }
     }
 
+    /// Weights depend on (seed, name, row, replicate) only: a shard at an offset draws
+    /// the rows' own weights, and another seed or name draws others.
     #[test]
     fn weights_are_keyed_by_row_not_by_chunk() {
         let all = weights(3, name_key("a"), 0, 100, 10);

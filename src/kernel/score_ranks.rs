@@ -130,15 +130,22 @@ pub fn check_probabilities(probs: &[f32], k: usize) -> Result<()> {
     Ok(())
 }
 
-/// Loop iterations of one invocation on K classes (llvmpipe's cap, see
-/// [`crate::kernel::loop_budget`]): the index fill (K), the heap's K / 2 builds and K - 1
-/// removals (each an outer iteration and a sift of at most `floor(log2 K) + 1` steps), the
-/// walk over the sorted classes (its group loop, its member loop and its write loop: 3 K
-/// at most), plus a margin.
+/// Loop iterations of one invocation on K classes, bounded from above (llvmpipe's cap,
+/// see [`crate::kernel::loop_budget`]):
+/// - the index fill, K;
+/// - the heap's K / 2 builds and K - 1 removals, each an outer iteration and a sift of at
+///   most `floor(log2 K) + 1` steps;
+/// - the walk over the sorted classes: its group loop (at most K), and its member and
+///   write loops.
+///
+/// llvmpipe runs 8 invocations as one SIMD vector and counts a data-dependent loop's
+/// iterations while any of them is still in it. Summed over the group loop, the member
+/// and write loops can then take as many iterations as all 8 rows' classes together:
+/// 8 K each, plus one exit test a group. Hence the 18 K, plus a margin for the rest.
 pub fn rank_loops(k: usize) -> u64 {
     let k = k as u64;
     let depth = 64 - k.max(1).leading_zeros() as u64;
-    (k / 2 + k) * (depth + 1) + 4 * k + 64
+    (k / 2 + k) * (depth + 1) + k + 18 * k + 64
 }
 
 #[cfg(test)]
@@ -192,9 +199,11 @@ mod tests {
     #[test]
     fn rank_loops_stay_under_llvmpipe_cap_up_to_k_1000() {
         use crate::kernel::loop_budget::LLVMPIPE_LOOP_LIMIT;
+        // DESIGN asks for K up to 1000 (the GPU test runs it on lavapipe).
         assert!(rank_loops(1000) < LLVMPIPE_LOOP_LIMIT);
         assert!(rank_loops(1024) < LLVMPIPE_LOOP_LIMIT);
-        // Past a few thousand classes one row passes the cap: refused there.
-        assert!(rank_loops(4000) > LLVMPIPE_LOOP_LIMIT);
+        // From about 1,800 classes a row may pass the cap: refused there (the backend then
+        // ranks on the CPU: the same words).
+        assert!(rank_loops(2000) > LLVMPIPE_LOOP_LIMIT);
     }
 }

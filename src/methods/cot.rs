@@ -664,7 +664,7 @@ impl Draw<'_> {
                 // nor its pair is looked at), so each walk sees only these, and a ts
                 // walk makes costs for these only (about a third of the rows weigh
                 // nothing).
-                let mut picked: [Vec<u32>; REPS_PER_DRAW] = Default::default();
+                let mut picked: [Vec<usize>; REPS_PER_DRAW] = Default::default();
                 let mut picked_w: [Vec<[u8; REPS_PER_DRAW]>; REPS_PER_DRAW] = Default::default();
                 let mut gathered = Vec::new();
                 let mut start = 0;
@@ -678,7 +678,7 @@ impl Draw<'_> {
                         ws.resize(end - start, [0; REPS_PER_DRAW]);
                         let mut kept = 0usize;
                         for (o, wi) in w[start..end].iter().enumerate() {
-                            rows[kept] = (start + o) as u32;
+                            rows[kept] = start + o;
                             ws[kept] = *wi;
                             kept += (wi[j] != 0) as usize;
                         }
@@ -986,8 +986,8 @@ impl Walk {
             let mut cost = 0i64;
             let (mut e, mut f) = (0u64, 0u64);
             let (track, t) = (self.t.is_some(), self.t.unwrap_or(i64::MAX));
-            // Taken pair as a value and a flag, updated by selects: a third of the rows
-            // weigh nothing, at random, so branches on the weight would mispredict.
+            // Taken pair as a value and a flag, updated by selects. A weightless row is a
+            // no-op here: `two_class` passes weighed rows only, the tests' entry every row.
             let mut pair = self.taken_pair.unwrap_or([0; 2]);
             let mut pair_ok = self.taken_pair.is_some();
             while i < rows {
@@ -1119,19 +1119,21 @@ impl Costs<'_> {
     /// The costs of the rows `rows` (ascending indices), made into `buf`: copied when
     /// shared, else made from their logits gathered into `logits` (each row's costs are
     /// its own: the bits [`Costs::block`] gives it).
-    fn picked<'b>(&self, rows: &[u32], buf: &'b mut Vec<i64>, logits: &mut Vec<f32>) -> &'b [i64] {
+    fn picked<'b>(
+        &self,
+        rows: &[usize],
+        buf: &'b mut Vec<i64>,
+        logits: &mut Vec<f32>,
+    ) -> &'b [i64] {
         if let Some(c) = self.shared {
             buf.clear();
-            buf.extend(
-                rows.iter()
-                    .flat_map(|&r| [c[2 * r as usize], c[2 * r as usize + 1]]),
-            );
+            buf.extend(rows.iter().flat_map(|&r| [c[2 * r], c[2 * r + 1]]));
             return buf;
         }
         logits.clear();
         logits.extend(
             rows.iter()
-                .flat_map(|&r| [self.logits[2 * r as usize], self.logits[2 * r as usize + 1]]),
+                .flat_map(|&r| [self.logits[2 * r], self.logits[2 * r + 1]]),
         );
         two_class_costs(logits, self.t, buf);
         buf
