@@ -165,7 +165,7 @@ pub fn draw_weights<T>(
             let mut lanes = out.chunks_exact_mut(DRAW_LANES);
             let mut at = 0;
             for chunk in &mut lanes {
-                let rows = std::array::from_fn(|l| row_of(at + l));
+                let rows: [u64; DRAW_LANES] = std::array::from_fn(|l| row_of(at + l));
                 for (o, x) in chunk
                     .iter_mut()
                     .zip(weights4_lanes(seed, name_key, rows, g))

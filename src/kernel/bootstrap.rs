@@ -17,20 +17,29 @@ const PHILOX_M: [u32; 2] = [0xD251_1F53, 0xCD9E_8D57];
 const PHILOX_W: [u32; 2] = [0x9E37_79B9, 0xBB67_AE85];
 
 /// Philox4x32-10 of `ctr` under `key`.
-pub fn philox4x32_10(mut ctr: [u32; 4], mut key: [u32; 2]) -> [u32; 4] {
+pub fn philox4x32_10(ctr: [u32; 4], key: [u32; 2]) -> [u32; 4] {
+    philox_lanes(ctr.map(|c| [c]), key).map(|[c]| c)
+}
+
+/// Philox4x32-10 of `L` counters (word `i` of lane `l` is `ctr[i][l]`) under one `key`,
+/// the lanes innermost, so a compiler can run their 32 x 32 -> 64-bit products side by
+/// side. Integer arithmetic: each lane is [`philox4x32_10`] of its counter, bit for bit.
+#[inline(always)]
+fn philox_lanes<const L: usize>(mut ctr: [[u32; L]; 4], mut key: [u32; 2]) -> [[u32; L]; 4] {
     for round in 0..10 {
         if round > 0 {
             key[0] = key[0].wrapping_add(PHILOX_W[0]);
             key[1] = key[1].wrapping_add(PHILOX_W[1]);
         }
-        let p0 = PHILOX_M[0] as u64 * ctr[0] as u64;
-        let p1 = PHILOX_M[1] as u64 * ctr[2] as u64;
-        ctr = [
-            (p1 >> 32) as u32 ^ ctr[1] ^ key[0],
-            p1 as u32,
-            (p0 >> 32) as u32 ^ ctr[3] ^ key[1],
-            p0 as u32,
-        ];
+        let [c0, c1, c2, c3] = &mut ctr;
+        for l in 0..L {
+            let p0 = PHILOX_M[0] as u64 * c0[l] as u64;
+            let p1 = PHILOX_M[1] as u64 * c2[l] as u64;
+            c0[l] = (p1 >> 32) as u32 ^ c1[l] ^ key[0];
+            c1[l] = p1 as u32;
+            c2[l] = (p0 >> 32) as u32 ^ c3[l] ^ key[1];
+            c3[l] = p0 as u32;
+        }
     }
     ctr
 }
@@ -76,60 +85,36 @@ pub const REPS_PER_DRAW: usize = 4;
 /// The weights of replicates `4 g .. 4 g + 3` for row `row` of the set keyed `name_key`.
 #[inline(always)]
 pub fn weights4(seed: u64, name_key: u32, row: u64, g: u32) -> [u32; 4] {
-    let out = philox4x32_10(
-        [row as u32, (row >> 32) as u32, g, name_key],
-        [seed as u32, (seed >> 32) as u32],
-    );
-    // poisson_weight of each word, lanes innermost so the compares vectorise.
-    let mut w = [0u32; 4];
-    for &c in &POISSON_CDF {
-        for (w, &u) in w.iter_mut().zip(&out) {
-            *w += (u >= c) as u32;
-        }
-    }
-    w
+    weights4_lanes(seed, name_key, [row], g)[0]
 }
 
-/// Rows [`weights4_lanes`] draws at once.
+/// Rows the CPU path's draws take at once ([`weights4_lanes`] of 8 rows).
 pub const DRAW_LANES: usize = 8;
 
-/// [`weights4`] of [`DRAW_LANES`] rows at once (`rows`, any row indices): the same
-/// Philox rounds with the rows as lanes, innermost, so a compiler can run the lanes'
-/// 32 x 32 -> 64-bit products side by side (the CPU path builds it for AVX2). Integer
-/// arithmetic only: lane `l` equals `weights4(seed, name_key, rows[l], g)` bit for bit.
+/// [`weights4`] of `L` rows at once (`rows`, any row indices): the Philox rounds with the
+/// rows as lanes ([`philox_lanes`]; the CPU path builds them for AVX2), then each word's
+/// Poisson weight, lanes innermost so the compares vectorise. Lane `l` is
+/// `weights4(seed, name_key, rows[l], g)` bit for bit.
 #[inline(always)]
-pub fn weights4_lanes(
+pub fn weights4_lanes<const L: usize>(
     seed: u64,
     name_key: u32,
-    rows: [u64; DRAW_LANES],
+    rows: [u64; L],
     g: u32,
-) -> [[u32; REPS_PER_DRAW]; DRAW_LANES] {
-    let mut c0 = rows.map(|r| r as u32);
-    let mut c1 = rows.map(|r| (r >> 32) as u32);
-    let mut c2 = [g; DRAW_LANES];
-    let mut c3 = [name_key; DRAW_LANES];
-    let mut key = [seed as u32, (seed >> 32) as u32];
-    for round in 0..10 {
-        if round > 0 {
-            key[0] = key[0].wrapping_add(PHILOX_W[0]);
-            key[1] = key[1].wrapping_add(PHILOX_W[1]);
-        }
-        for l in 0..DRAW_LANES {
-            let p0 = PHILOX_M[0] as u64 * c0[l] as u64;
-            let p1 = PHILOX_M[1] as u64 * c2[l] as u64;
-            c0[l] = (p1 >> 32) as u32 ^ c1[l] ^ key[0];
-            c1[l] = p1 as u32;
-            c2[l] = (p0 >> 32) as u32 ^ c3[l] ^ key[1];
-            c3[l] = p0 as u32;
-        }
-    }
-    let mut w = [[0u32; REPS_PER_DRAW]; DRAW_LANES];
+) -> [[u32; REPS_PER_DRAW]; L] {
+    let ctr = [
+        rows.map(|r| r as u32),
+        rows.map(|r| (r >> 32) as u32),
+        [g; L],
+        [name_key; L],
+    ];
+    let out = philox_lanes(ctr, [seed as u32, (seed >> 32) as u32]);
+    let mut w = [[0u32; REPS_PER_DRAW]; L];
     for &c in &POISSON_CDF {
-        for l in 0..DRAW_LANES {
-            w[l][0] += (c0[l] >= c) as u32;
-            w[l][1] += (c1[l] >= c) as u32;
-            w[l][2] += (c2[l] >= c) as u32;
-            w[l][3] += (c3[l] >= c) as u32;
+        for (l, wl) in w.iter_mut().enumerate() {
+            for (x, word) in wl.iter_mut().zip(&out) {
+                *x += (word[l] >= c) as u32;
+            }
         }
     }
     w
@@ -491,7 +476,8 @@ mod tests {
         assert!((zeros - (-1.0f64).exp()).abs() < 5.0 * (0.25 / n).sqrt());
     }
 
-    /// Eight rows as lanes draw what one row at a time draws.
+    /// Eight rows as lanes draw what one row at a time draws (and one row, Philox's known
+    /// answers: `philox_matches_random123_known_answers`).
     #[test]
     fn lanes_equal_one_row_at_a_time() {
         // Rows across the 32-bit boundary, large and random, every draw group word.

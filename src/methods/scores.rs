@@ -199,17 +199,14 @@ pub fn scores_from_ranks(probs: &[f32], ranks: &[u32], score: Score, u: f64, out
         return;
     }
     let p_max = probs.iter().copied().fold(0.0f32, f32::max) as f64;
-    let ranks: Vec<ClassRank> = ranks
-        .chunks_exact(RANK_WORDS)
-        .map(ClassRank::from_words)
-        .collect();
+    // Decoded where read (this runs once a row: no allocation).
+    let ranks = || ranks.chunks_exact(RANK_WORDS).map(ClassRank::from_words);
     // The row's total: the last tie group's mass above and its own.
     let k = probs.len() as u32;
-    let sigma = ranks
-        .iter()
+    let sigma = ranks()
         .find(|r| r.rank == k)
         .map_or(0, |r| r.above + r.group);
-    for (o, &r) in out.iter_mut().zip(&ranks) {
+    for (o, r) in out.iter_mut().zip(ranks()) {
         *o = score_from_rank(score, r, sigma, p_max, u);
     }
 }
