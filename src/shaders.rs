@@ -31,6 +31,10 @@ pub const SHADERS: &[(&str, &str)] = &[
     ("lac_scores", include_str!("../shaders/lac_scores.wgsl")),
     ("score_ranks", include_str!("../shaders/score_ranks.wgsl")),
     ("pvalues", include_str!("../shaders/pvalues.wgsl")),
+    (
+        "cot_two_class",
+        include_str!("../shaders/cot_two_class.wgsl"),
+    ),
     ("tally", include_str!("../shaders/tally.wgsl")),
     ("bootstrap", include_str!("../shaders/bootstrap.wgsl")),
 ];

@@ -750,3 +750,25 @@ fn radix_sort_past_65535_workgroups() {
     assert_bits_eq("BIG keys, sorted", &bits(&gk), &bits(&mk), |a, b| a == b);
     assert_bits_eq("BIG keys, payload", &gv, &mv.unwrap(), |a, b| a == b);
 }
+
+#[test]
+fn cot_two_class_past_65535_workgroups() {
+    // BIG rows of K = 2 probabilities (see BIG) in tiles of 256 rows (real_grid's
+    // max_tile_blocks): each of COT's seven passes (six histograms, one sums) is one
+    // dispatch of 65536 workgroups on a 65535 x 2 grid, the last real tile one row. The
+    // outputs are accumulators (zeroed by contract, never poisoned): a tile counted twice
+    // or skipped shows as sums that differ from the mirror's.
+    use conformal_gpu::backend::{Backend, CpuBackend, GpuBackend};
+    let Some(ctx) = real_grid() else { return };
+    assert!(
+        8 * BIG as u64 <= ctx.limits().max_binding_bytes,
+        "one chunk"
+    );
+    assert_padded(ctx, BIG.div_ceil(WG), "cot_two_class, BIG rows");
+    let logits = random_logits(701, BIG, 2, 6.0);
+    let p = cpu::softmax::softmax(&logits, 2, 1.0);
+    // Two ranks (a fractional row): both narrowed in the same passes.
+    let whole = BIG as u64 / 3;
+    let g = GpuBackend::new(ctx).cot_two_class(&p, whole).unwrap();
+    assert_eq!(g, CpuBackend.cot_two_class(&p, whole).unwrap(), "BIG rows");
+}

@@ -10,6 +10,7 @@ use std::mem::{offset_of, size_of};
 use conformal_gpu::kernel::bootstrap::{BootstrapParams, PLAN_WORDS, REP_WORDS};
 use conformal_gpu::kernel::calibration::{CalibrationParams, BINS, NCOUNT};
 use conformal_gpu::kernel::copy::CopyParams;
+use conformal_gpu::kernel::cot_two_class::{self, CotPassParams};
 use conformal_gpu::kernel::lac_scores::LacParams;
 use conformal_gpu::kernel::pvalues::PvalueParams;
 use conformal_gpu::kernel::radix_sort::RadixParams;
@@ -151,6 +152,23 @@ fn params() -> Vec<(&'static str, Layout)> {
             }),
         ),
         (
+            "cot_two_class",
+            layout!(CotPassParams {
+                rows,
+                mode,
+                shift,
+                nprefix,
+                ipt,
+                _pad0,
+                _pad1,
+                _pad2,
+                key0_lo,
+                key0_hi,
+                key1_lo,
+                key1_hi,
+            }),
+        ),
+        (
             "pvalues",
             layout!(PvalueParams {
                 rows,
@@ -187,6 +205,8 @@ fn params_sizes_and_offsets() {
     }
     assert_eq!(size_of::<RadixParams>(), 48);
     assert_eq!(size_of::<PvalueParams>(), 48);
+    assert_eq!(size_of::<CotPassParams>(), 48);
+    assert_eq!(offset_of!(CotPassParams, key0_lo), 32);
     assert_eq!(offset_of!(SoftmaxParams, t), 8);
     assert_eq!(offset_of!(NllParams, b), 8);
     assert_eq!(offset_of!(CalibrationParams, t), 8);
@@ -295,6 +315,16 @@ fn shader_constants_match_kernel() {
     assert_eq!(
         const_u32(&module("score_ranks"), "RANK_WORDS"),
         Some(RANK_WORDS as u32)
+    );
+    let cot = module("cot_two_class");
+    assert_eq!(const_u32(&cot, "MAXP"), Some(cot_two_class::MAXP as u32));
+    assert_eq!(
+        const_u32(&cot, "SUM_WORDS"),
+        Some(cot_two_class::SUM_WORDS as u32)
+    );
+    assert_eq!(
+        const_u32(&cot, "MODE_HISTOGRAM"),
+        Some(cot_two_class::MODE_HISTOGRAM)
     );
     assert_eq!(
         const_u32(&module("select_histogram"), "MAXP"),

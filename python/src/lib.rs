@@ -1447,12 +1447,15 @@ fn softmax<'py>(
 /// COT (DESIGN.md 2.11), exact: 1 - the optimal transport cost between the rows of
 /// `probabilities` (float32 `[N, K]`, mass 1/N each) and the classes in the shares of
 /// `class_counts` (the source's label counts), a row's cost to class k being `1 - p_k`.
+/// At K = 2 on `device` (the mergeable passes of `kernel::cot_two_class`: the GPU kernel
+/// or its CPU mirror, the same bits on every device); K > 2 by the host's exact solver.
 #[pyfunction]
-#[pyo3(signature = (probabilities, class_counts))]
+#[pyo3(signature = (probabilities, class_counts, device = "auto"))]
 fn cot_from_probabilities(
     py: Python<'_>,
     probabilities: &Bound<'_, PyAny>,
     class_counts: Vec<u64>,
+    device: &str,
 ) -> PyResult<f64> {
     let arr = np_asarray(probabilities)?;
     let shape: Vec<usize> = arr.getattr("shape")?.extract()?;
@@ -1463,8 +1466,12 @@ fn cot_from_probabilities(
         ));
     };
     let p = convert_f32(&arr, "probabilities")?;
-    py.detach(|| conformal_gpu::methods::cot::cot(&p, k, &class_counts))
-        .py_err(py)
+    on_device!(py, device, |b| conformal_gpu::methods::cot::cot_on(
+        b,
+        &p,
+        k,
+        &class_counts
+    ))
 }
 
 /// `scores` as a numpy array, refused unless 1-D.

@@ -45,6 +45,23 @@ def test_cot_equals_exact_lp(k, n, ties):
     assert abs(got - want) <= 1e-7, (got, want)
 
 
+@pytest.mark.parametrize("n", [1, 257, 4097, 20_000])
+def test_cot_two_classes_on_the_device(gpu, n):
+    """K = 2 by the device's passes (shaders/cot_two_class.wgsl): the host's bits, and
+    the LP's value to 1e-7, with tied rows and a share that splits a row."""
+    p = probabilities(n, n, 2, ties=True)
+    counts = [17, 29]
+    host = cg.cot_from_probabilities(p, counts, device="cpu")
+    device = cg.cot_from_probabilities(p, counts, device=gpu)
+    assert device == host
+    if n <= 4097:
+        assert abs(device - lp_cot(p, np.array(counts))) <= 1e-7
+    with pytest.raises(cg.InvalidInput):
+        bad = p.copy()
+        bad[n // 2, 1] = np.nan
+        cg.cot_from_probabilities(bad, counts, device=gpu)
+
+
 def test_cot_bad_input_is_typed():
     p = probabilities(1, 10, 3, False)
     with pytest.raises(cg.InvalidInput):

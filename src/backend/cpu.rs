@@ -202,6 +202,21 @@ impl Backend for CpuBackend {
         Ok(crate::cpu::score_ranks::score_ranks(probs, k))
     }
 
+    fn cot_two_class(
+        &self,
+        probs: &[f32],
+        whole: u64,
+    ) -> Result<crate::kernel::cot_two_class::TwoClassSums> {
+        use crate::cpu::cot_two_class::{histogram, sums};
+        crate::kernel::score_ranks::check_probabilities(probs, 2)?;
+        crate::kernel::cot_two_class::two_class_sums(
+            (probs.len() / 2) as u64,
+            whole,
+            |shift, prefixes| Ok(histogram(probs, shift, prefixes)),
+            |boundary| Ok(sums(probs, boundary)),
+        )
+    }
+
     fn pvalues(
         &self,
         rows: &CpuRows<'_>,

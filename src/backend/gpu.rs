@@ -147,6 +147,14 @@ impl Backend for GpuBackend<'_> {
         gpu::score_ranks::score_ranks(self.ctx, probs, k)
     }
 
+    fn cot_two_class(
+        &self,
+        probs: &[f32],
+        whole: u64,
+    ) -> Result<crate::kernel::cot_two_class::TwoClassSums> {
+        gpu::cot_two_class::two_class_sums(self.ctx, probs, whole)
+    }
+
     fn pvalues(
         &self,
         rows: &DeviceRows,

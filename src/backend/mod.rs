@@ -207,6 +207,16 @@ pub trait Backend {
     /// Integers: both backends give the same words bit for bit.
     fn score_ranks(&self, probs: &[f32], k: usize) -> Result<Vec<u32>>;
 
+    /// What COT's K = 2 closed form needs of the rows of `probs` (`rows x 2`, each finite
+    /// in `[0, 1]`, else an error naming the row and class): the base `sum c_i0`, the sum
+    /// of the `whole` largest gains and the next gain, by the mergeable passes of
+    /// `kernel::cot_two_class`. Integers: both backends give the same sums bit for bit.
+    fn cot_two_class(
+        &self,
+        probs: &[f32],
+        whole: u64,
+    ) -> Result<crate::kernel::cot_two_class::TwoClassSums>;
+
     /// Conformal p-value summaries of every row at temperature `t` against the ascending
     /// calibration scores `sorted`, set sizes at each of `qhats` (+inf allowed), and every
     /// numerator when `want_numerators`.
@@ -335,6 +345,13 @@ mod tests {
         }
         fn score_ranks(&self, p: &[f32], k: usize) -> Result<Vec<u32>> {
             self.0.score_ranks(p, k)
+        }
+        fn cot_two_class(
+            &self,
+            p: &[f32],
+            whole: u64,
+        ) -> Result<crate::kernel::cot_two_class::TwoClassSums> {
+            self.0.cot_two_class(p, whole)
         }
         fn pvalues(
             &self,

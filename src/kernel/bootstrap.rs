@@ -92,7 +92,7 @@ pub fn weights4(seed: u64, name_key: u32, row: u64, g: u32) -> [u32; 4] {
 pub const DRAW_LANES: usize = 8;
 
 /// [`weights4`] of `L` rows at once (`rows`, any row indices): the Philox rounds with the
-/// rows as lanes ([`philox_lanes`]; the CPU path builds them for AVX2), then each word's
+/// rows as lanes (`philox_lanes`; the CPU path builds them for AVX2), then each word's
 /// Poisson weight, lanes innermost so the compares vectorise. Lane `l` is
 /// `weights4(seed, name_key, rows[l], g)` bit for bit.
 #[inline(always)]

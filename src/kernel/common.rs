@@ -22,3 +22,14 @@ pub fn sortable_to_f32(key: u32) -> f32 {
         f32::from_bits(!key)
     }
 }
+
+/// `m / 2^r` rounded to the nearest integer, ties to even (`1 <= r < 64`): the rounding
+/// of an f32 significand onto a coarser grid (`score_ranks::prob_grid`,
+/// `cot_two_class::units_53`; their shaders carry the same lines).
+#[inline(always)]
+pub fn shift_round_even(m: u64, r: u32) -> u64 {
+    let q = m >> r;
+    let rem = m & ((1u64 << r) - 1);
+    let half = 1u64 << (r - 1);
+    q + (rem > half || (rem == half && q & 1 == 1)) as u64
+}

@@ -104,10 +104,7 @@ pub fn prob_grid(p: f32) -> u64 {
         // m < 2^24 <= half a step of 2^r: rounds to 0.
         return 0;
     }
-    let q = m >> r;
-    let rem = m & ((1u64 << r) - 1);
-    let half = 1u64 << (r - 1);
-    q + (rem > half || (rem == half && q & 1 == 1)) as u64
+    super::common::shift_round_even(m, r)
 }
 
 /// Checks `probs` (`rows x k`) for the kernel: `k >= 1`, whole rows, every value finite

@@ -26,18 +26,19 @@ pub const MAXP: usize = 16;
 pub const IPT: u32 = 16;
 
 /// Narrowing state of one requested rank: the prefix found so far and the rank left
-/// within the keys that share it (1-based).
+/// within the keys that share it (1-based). `P`: the key's integer (u32 for the f32
+/// select, u64 for COT's 42-bit gains, `kernel::cot_two_class`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Narrow {
-    /// Sortable-key bits fixed so far.
-    pub prefix: u32,
+pub struct Narrow<P = u32> {
+    /// Key bits fixed so far.
+    pub prefix: P,
     /// Rank within the keys under `prefix`, 1-based.
     pub rank: u64,
 }
 
 /// Distinct prefixes of `state` in first-seen order.
-pub fn distinct_prefixes(state: &[Narrow]) -> Vec<u32> {
-    let mut out: Vec<u32> = Vec::new();
+pub fn distinct_prefixes<P: Copy + PartialEq>(state: &[Narrow<P>]) -> Vec<P> {
+    let mut out: Vec<P> = Vec::new();
     for s in state {
         if !out.contains(&s.prefix) {
             out.push(s.prefix);
@@ -46,8 +47,12 @@ pub fn distinct_prefixes(state: &[Narrow]) -> Vec<u32> {
     out
 }
 
-/// Fixes the digit at `shift` of every rank from the merged histograms of this pass.
-pub fn narrow(state: &mut [Narrow], prefixes: &[u32], hist: &[u64], shift: u32) {
+/// Fixes the digit at `shift` of every rank from the merged histograms of this pass
+/// (`hist[r * 256 + d]` for `prefixes[r]`).
+pub fn narrow<P>(state: &mut [Narrow<P>], prefixes: &[P], hist: &[u64], shift: u32)
+where
+    P: Copy + PartialEq + From<u8> + std::ops::Shl<u32, Output = P> + std::ops::BitOrAssign,
+{
     for s in state.iter_mut() {
         let Some(r) = prefixes.iter().position(|&p| p == s.prefix) else {
             continue;
@@ -57,7 +62,7 @@ pub fn narrow(state: &mut [Narrow], prefixes: &[u32], hist: &[u64], shift: u32) 
             let h = hist[r * DIGITS + d];
             if cum + h >= s.rank {
                 s.rank -= cum;
-                s.prefix |= (d as u32) << shift;
+                s.prefix |= P::from(d as u8) << shift;
                 break;
             }
             cum += h;

@@ -19,6 +19,7 @@ use rayon::prelude::*;
 
 use serde::{Deserialize, Serialize};
 
+use crate::backend::Backend;
 use crate::cpu::bootstrap::draw_weights;
 use crate::cpu::softmax::softmax;
 use crate::kernel::bootstrap::REPS_PER_DRAW;
@@ -55,6 +56,13 @@ fn grid_costs(probs: &[f32]) -> Vec<i64> {
 /// cost of moving `N = probs.len() / k` rows of mass `1/N` to the classes in the shares
 /// of `class_counts`. `probs` are f32 probabilities, row-major.
 pub fn cot_cost(probs: &[f32], k: usize, class_counts: &[u64]) -> Result<f64> {
+    check_cot_input(probs, k, class_counts)?;
+    let costs = grid_costs(probs);
+    grid_cot_cost(&costs, k, class_counts)
+}
+
+/// [`cot_cost`]'s checks: K >= 2, one count a class, whole rows in `[0, 1]`.
+fn check_cot_input(probs: &[f32], k: usize, class_counts: &[u64]) -> Result<()> {
     if k < 2 {
         return Err(Error::TooFewClasses {
             what: "COT".into(),
@@ -80,8 +88,38 @@ pub fn cot_cost(probs: &[f32], k: usize, class_counts: &[u64]) -> Result<f64> {
             i / k
         )));
     }
-    let costs = grid_costs(probs);
-    grid_cot_cost(&costs, k, class_counts)
+    Ok(())
+}
+
+/// [`cot`] on `backend`: at K = 2 by the mergeable passes of `kernel::cot_two_class`
+/// (the GPU kernel or its CPU mirror: the same integers, so the same bits as [`cot`] on
+/// either); K > 2 by the host's exact solver on every backend.
+pub fn cot_on<B: Backend + ?Sized>(
+    backend: &B,
+    probs: &[f32],
+    k: usize,
+    class_counts: &[u64],
+) -> Result<f64> {
+    if k != 2 {
+        return cot(probs, k, class_counts);
+    }
+    check_cot_input(probs, k, class_counts)?;
+    let n_source: u64 = class_counts.iter().sum();
+    let n = (probs.len() / 2) as u64;
+    if n_source == 0 || n == 0 {
+        // The host's typed errors.
+        return cot(probs, k, class_counts);
+    }
+    let demand1 = demand_units(class_counts, n as usize)?[1];
+    let (whole, part) = (demand1 / n_source, demand1 % n_source);
+    let s = backend.cot_two_class(probs, whole)?;
+    // As `two_class_units`: every row at class 0, less what the moved units gain.
+    let mut moved = s.top * n_source as i128;
+    if part > 0 {
+        moved += s.next.unwrap_or(0) as i128 * part as i128;
+    }
+    let units = (s.base * n_source as i128 - moved) as u128;
+    Ok(1.0 - mean(units, n as u128 * n_source as u128))
 }
 
 /// [`cot_cost`] of rows already on the cost grid (`n x k` integers, row-major): the one

@@ -1,0 +1,304 @@
+//! Contract of shaders/cot_two_class.wgsl: COT at K = 2 (DESIGN.md 2.11) as mergeable
+//! passes over a set's probabilities, and the MSD radix select both paths drive with it.
+//!
+//! COT's closed form at K = 2 needs, of the rows' gains `g_i = c_i0 - c_i1` (costs on the
+//! 2^-40 grid, [`probability_cost`]): the sum of the `whole` largest, the next one, and
+//! the base `sum_i c_i0` (`methods::cot`). Each row's gain is an integer, biased into a
+//! 42-bit key ([`gain_key`]); the `whole`-th largest key is found by six histogram passes
+//! of 8-bit digits, most significant first ([`SHIFTS`]), the host narrowing the
+//! requested ranks between passes ([`narrow`]); a last pass sums the keys strictly above
+//! that boundary and the base. Every output is a sum of integers over rows, so chunks
+//! (and shards) add into one answer, and the GPU and its CPU mirror agree bit for bit:
+//! seven passes over the probabilities (8 bytes a row read each time), nothing per row
+//! comes back.
+//!
+//! Input: `rows x 2` probabilities, finite in `[0, 1]` (`-0.0` is `0`), checked by
+//! [`check_probabilities`](super::score_ranks::check_probabilities).
+
+use crate::error::{Error, Result};
+pub use crate::kernel::select_histogram::{distinct_prefixes, narrow};
+
+/// Narrowing state of one rank of a 42-bit key (see [`narrow`]).
+pub type Narrow = crate::kernel::select_histogram::Narrow<u64>;
+
+/// Uniform parameters. Keep in sync with `Params` in shaders/cot_two_class.wgsl
+/// (layout checked against naga's by tests/pod_layout.rs).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct CotPassParams {
+    /// Rows in this chunk.
+    pub rows: u32,
+    /// [`MODE_HISTOGRAM`] or [`MODE_SUMS`].
+    pub mode: u32,
+    /// Histogram: the digit's shift (one of [`SHIFTS`]).
+    pub shift: u32,
+    /// Histogram: prefixes in play (at most [`MAXP`]).
+    pub nprefix: u32,
+    /// `WG`-wide sub-blocks of rows per workgroup.
+    pub ipt: u32,
+    /// Padding to 16 bytes.
+    pub _pad0: u32,
+    /// Padding to 16 bytes.
+    pub _pad1: u32,
+    /// Padding to 16 bytes.
+    pub _pad2: u32,
+    /// Histogram: prefix 0, low word; sums: the boundary key, low word.
+    pub key0_lo: u32,
+    /// Histogram: prefix 0, high word; sums: the boundary key, high word.
+    pub key0_hi: u32,
+    /// Histogram: prefix 1, low word.
+    pub key1_lo: u32,
+    /// Histogram: prefix 1, high word.
+    pub key1_hi: u32,
+}
+
+/// A pass counting digits (`hist[r * 256 + d]`). Keep in sync with the shader.
+pub const MODE_HISTOGRAM: u32 = 0;
+/// A pass summing the base and the keys above the boundary ([`sum_word`] order).
+pub const MODE_SUMS: u32 = 1;
+
+/// Prefixes one histogram pass handles: the two ranks COT asks for. Keep in sync with
+/// `MAXP` in shaders/cot_two_class.wgsl.
+pub const MAXP: usize = 2;
+/// Bins of a digit (the f32 select's, `radix_sort::DIGITS`).
+pub use crate::kernel::radix_sort::DIGITS;
+/// Digit shifts, most significant first: keys are below 2^42 (bits 40..47 hold at most
+/// 2 bits), so six 8-bit digits cover them.
+pub const SHIFTS: [u32; 6] = [40, 32, 24, 16, 8, 0];
+/// Words of a sums pass's output. Keep in sync with `SUM_WORDS` in the shader.
+pub const SUM_WORDS: usize = 8;
+
+/// The words of a sums pass, in order: the base (`sum c_i0`, 96 bits), the count of keys
+/// above the boundary (32 bits a chunk), their sum (96 bits), one spare.
+pub mod sum_word {
+    /// Base, bits 0..32 (bits 32..64 and 64..96 follow).
+    pub const BASE: usize = 0;
+    /// Keys strictly above the boundary.
+    pub const ABOVE_COUNT: usize = 3;
+    /// Sum of those keys, bits 0..32 (bits 32..64 and 64..96 follow).
+    pub const ABOVE_SUM: usize = 4;
+}
+
+/// Sub-blocks of `WG` rows per workgroup.
+pub const IPT: u32 = 16;
+
+/// Bias of a key: `gain + 2^40` (gains lie in `[-2^40, 2^40]`).
+pub const KEY_BIAS: u64 = 1 << 40;
+
+/// `round(2^53 |p|)` to the nearest integer, ties to even, from the f32's bits: the
+/// integer `j` with `fl64(1 - p) = 1 - j 2^-53`. For `|p| >= 2^-53` (exponent field
+/// `>= 97`) it is exact; below, it rounds where f64 rounds `1 - p` (the f64 grid under 1
+/// is 2^-53, and `1 - j 2^-53` has `j`'s parity in its last bit).
+#[inline]
+pub fn units_53(p: f32) -> u64 {
+    let bits = p.to_bits() & 0x7fff_ffff;
+    let e = bits >> 23;
+    let m = if e == 0 {
+        (bits & 0x7f_ffff) as u64
+    } else {
+        ((bits & 0x7f_ffff) | 0x80_0000) as u64
+    };
+    // |p| = m 2^(max(e, 1) - 150), so 2^53 |p| = m 2^(max(e, 1) - 97).
+    let e = e.max(1);
+    if e >= 97 {
+        return m << (e - 97);
+    }
+    let r = 97 - e;
+    if r >= 25 {
+        // m < 2^24 <= half of 2^r: rounds to 0.
+        return 0;
+    }
+    super::common::shift_round_even(m, r)
+}
+
+/// COT's cost `1 - p` of a probability on the 2^-40 grid, in integers: the host's
+/// `round(fl64(1 - p) 2^40)` (`methods::transport::grid_cost`), i.e. with `j` =
+/// [`units_53`], `floor((2^53 - j + 2^12) / 2^13)`. Keep in sync with `cost` in
+/// shaders/cot_two_class.wgsl (a transliteration).
+#[inline]
+pub fn probability_cost(p: f32) -> u64 {
+    ((1u64 << 53) + (1 << 12) - units_53(p)) >> 13
+}
+
+/// A row's key: its gain `c_0 - c_1` biased by [`KEY_BIAS`], in `[0, 2^41]`; the keys'
+/// order is the gains'.
+#[inline]
+pub fn gain_key(p0: f32, p1: f32) -> u64 {
+    probability_cost(p0) + KEY_BIAS - probability_cost(p1)
+}
+
+/// The key bits above the digit at `shift` (the part a prefix fixes before that pass).
+#[inline]
+pub fn above_digit(key: u64, shift: u32) -> u64 {
+    if shift + 8 >= 64 {
+        0
+    } else {
+        key & (u64::MAX << (shift + 8))
+    }
+}
+
+/// The sums of a sums pass, merged over chunks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PassSums {
+    /// `sum_i c_i0` on the grid.
+    pub base: u128,
+    /// Keys strictly above the boundary.
+    pub above_count: u64,
+    /// Their sum.
+    pub above_sum: u128,
+}
+
+impl PassSums {
+    /// Adds one chunk's [`SUM_WORDS`] words.
+    pub fn add_words(&mut self, w: &[u32]) {
+        let wide =
+            |at: usize| w[at] as u128 | (w[at + 1] as u128) << 32 | (w[at + 2] as u128) << 64;
+        self.base += wide(sum_word::BASE);
+        self.above_count += w[sum_word::ABOVE_COUNT] as u64;
+        self.above_sum += wide(sum_word::ABOVE_SUM);
+    }
+}
+
+/// What COT's closed form needs of a set of `n` rows, for the `whole` largest gains.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TwoClassSums {
+    /// Rows.
+    pub n: u64,
+    /// `sum_i c_i0` on the grid.
+    pub base: i128,
+    /// The sum of the `whole` largest gains (0 for `whole = 0`).
+    pub top: i128,
+    /// The next gain, the `(whole + 1)`-th largest (`None` for `whole = n`).
+    pub next: Option<i64>,
+}
+
+/// Drives the passes over a set of `n` rows: `histogram(shift, prefixes)` returns the
+/// merged `prefixes.len() x DIGITS` counts, `sums(boundary)` the merged sums. The same
+/// driver runs the GPU kernel and the CPU mirror.
+pub fn two_class_sums(
+    n: u64,
+    whole: u64,
+    mut histogram: impl FnMut(u32, &[u64]) -> Result<Vec<u64>>,
+    mut sums: impl FnMut(u64) -> Result<PassSums>,
+) -> Result<TwoClassSums> {
+    if whole > n {
+        return Err(Error::Invalid(format!(
+            "COT: {whole} whole rows asked of a set of {n}"
+        )));
+    }
+    // Ascending ranks: the `whole`-th largest is the (n - whole + 1)-th smallest, the
+    // next one the (n - whole)-th.
+    let mut state: Vec<Narrow> = Vec::new();
+    if whole > 0 {
+        state.push(Narrow {
+            prefix: 0,
+            rank: n - whole + 1,
+        });
+    }
+    if whole < n {
+        state.push(Narrow {
+            prefix: 0,
+            rank: n - whole,
+        });
+    }
+    if !state.is_empty() {
+        for shift in SHIFTS {
+            let prefixes = distinct_prefixes(&state);
+            let hist = histogram(shift, &prefixes)?;
+            narrow(&mut state, &prefixes, &hist, shift);
+        }
+    }
+    let boundary = (whole > 0).then(|| state[0].prefix);
+    let next = (whole < n).then(|| state[state.len() - 1].prefix as i64 - KEY_BIAS as i64);
+    // Without whole rows the boundary is above every key: the pass sums the base only.
+    let s = sums(boundary.unwrap_or(u64::MAX))?;
+    let top = match boundary {
+        None => 0,
+        Some(b) => {
+            let keys = s.above_sum as i128 + (whole - s.above_count) as i128 * b as i128;
+            keys - whole as i128 * KEY_BIAS as i128
+        }
+    };
+    Ok(TwoClassSums {
+        n,
+        base: s.base as i128,
+        top,
+        next,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The host's cost, as `methods::transport::grid_cost` computes it (f64 round).
+    fn host_cost(p: f32) -> u64 {
+        ((1.0 - p as f64) * (1u64 << 40) as f64).round() as u64
+    }
+
+    /// Every exponent, the significands at its edges and a stride through the rest, and
+    /// the values where f64's rounding of `1 - p` or the grid's halves decide.
+    #[test]
+    fn probability_cost_is_the_hosts() {
+        let mut checked = 0u64;
+        let one = 1.0f32.to_bits();
+        let mut bits = 0u32;
+        while bits <= one {
+            let p = f32::from_bits(bits);
+            assert_eq!(probability_cost(p), host_cost(p), "p = {p:e} ({bits:#x})");
+            assert_eq!(probability_cost(-p), host_cost(p), "-p = {p:e}");
+            checked += 1;
+            // Dense at the low significand bits of every exponent, sparse in between.
+            bits += if bits & 0x7f_ffff < 64 || bits & 0x7f_ffff > 0x7f_ffc0 {
+                1
+            } else {
+                997
+            };
+        }
+        assert!(checked > 1_000_000);
+        // Around 2^-53 (j's rounding), 2^-41 (half a grid step) and 2^-29.
+        for e in [-60i32, -54, -53, -52, -42, -41, -40, -30, -29, -24] {
+            let c = 2f32.powi(e);
+            for p in [
+                c,
+                f32::from_bits(c.to_bits() + 1),
+                f32::from_bits(c.to_bits() - 1),
+                c * 1.5,
+            ] {
+                assert_eq!(probability_cost(p), host_cost(p), "p = {p:e}");
+            }
+        }
+    }
+
+    #[test]
+    fn gain_keys_order_the_gains() {
+        assert_eq!(gain_key(0.5, 0.5), KEY_BIAS);
+        assert_eq!(gain_key(1.0, 0.0), KEY_BIAS - (1 << 40));
+        assert_eq!(gain_key(0.0, 1.0), KEY_BIAS + (1 << 40));
+        assert!(gain_key(0.3, 0.7) > gain_key(0.4, 0.6));
+        assert_eq!(gain_key(-0.0, 1.0), gain_key(0.0, 1.0));
+    }
+
+    #[test]
+    fn narrowing_finds_every_rank() {
+        let keys: Vec<u64> = [5u64, 1 << 41, 7, 7, 0, 300, 1 << 33, 7]
+            .into_iter()
+            .collect();
+        let mut sorted = keys.clone();
+        sorted.sort();
+        for rank in 1..=keys.len() as u64 {
+            let mut state = [Narrow { prefix: 0, rank }];
+            for shift in SHIFTS {
+                let prefixes = distinct_prefixes(&state);
+                let mut hist = vec![0u64; prefixes.len() * DIGITS];
+                for &k in &keys {
+                    if let Some(r) = prefixes.iter().position(|&p| p == above_digit(k, shift)) {
+                        hist[r * DIGITS + ((k >> shift) & 255) as usize] += 1;
+                    }
+                }
+                narrow(&mut state, &prefixes, &hist, shift);
+            }
+            assert_eq!(state[0].prefix, sorted[rank as usize - 1], "rank {rank}");
+        }
+    }
+}
