@@ -34,6 +34,14 @@ pub use crate::report::model::{
 /// Rows per target chunk: bounds host and device memory for huge targets.
 pub const TARGET_CHUNK_ROWS: usize = 1 << 18;
 
+/// Every target's report, in the targets' order. The targets run side by side (a report
+/// is a function of its calibration and tally alone, so the values do not depend on it):
+/// one target's serial steps overlap another's.
+fn reports_of(cal: &Calibration, tallies: &[Tally]) -> Result<Vec<TargetReport>> {
+    use rayon::prelude::*;
+    tallies.par_iter().map(|t| cal.report(&t.name, t)).collect()
+}
+
 /// How the temperature of the `ts` mode is chosen.
 #[derive(Clone, Debug, PartialEq)]
 pub enum TemperatureChoice {
@@ -196,10 +204,9 @@ pub fn run(
         };
         tally_targets(b, &cal, job.source, targets, job.rows)
     })?;
+    let reports = reports_of(&cal, &tallies)?;
     let mut inputs = cal.inputs.clone();
-    let mut reports = Vec::with_capacity(tallies.len());
     for t in &tallies {
-        reports.push(cal.report(&t.name, t)?);
         inputs.extend(t.inputs.iter().cloned());
     }
     inputs.sort();
@@ -356,10 +363,7 @@ pub fn evaluate<B: Backend>(
         .map(|t| TargetArrays::of_set(t).map(TargetInput::Arrays))
         .collect::<Result<_>>()?;
     let (tallies, rows) = tally_targets(backend, &cal, source, inputs, options.rows)?;
-    let reports = tallies
-        .iter()
-        .map(|t| cal.report(&t.name, t))
-        .collect::<Result<Vec<_>>>()?;
+    let reports = reports_of(&cal, &tallies)?;
     let timings = Timings {
         load: 0.0,
         temperature: cal.timings_ms.temperature,
