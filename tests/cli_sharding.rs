@@ -393,24 +393,6 @@ fn gpu_downloads_are_bounded_by_the_source_not_the_targets() {
     );
 }
 
-/// Rows `idx` of `set` as a set of their own (named `name`).
-fn pick(
-    set: &conformal_gpu::data::PredictionSet,
-    idx: &[usize],
-    name: &str,
-) -> conformal_gpu::data::PredictionSet {
-    let sel = |a: &Option<ndarray::Array1<i64>>| {
-        a.as_ref()
-            .map(|a| ndarray::Array1::from_iter(idx.iter().map(|&i| a[i])))
-    };
-    let mut out =
-        conformal_gpu::data::PredictionSet::new(name, set.logits.select(ndarray::Axis(0), idx));
-    out.labels = sel(&set.labels);
-    out.hospital = sel(&set.hospital);
-    out.slide = sel(&set.slide);
-    out
-}
-
 /// DESIGN.md 3: a target that arrives as several files. (1) Its rows shuffled and cut
 /// into files of random sizes, each tallied under one `--name` at its `--row-offset`,
 /// merge to the unsharded report (bootstrap off: counts do not depend on row order).
@@ -486,7 +468,7 @@ fn target_parts_at_row_offsets_merge_like_row_ranges() {
         let file = parts_dir.join(format!("test.part-{i:03}.npz"));
         save_npz(
             &file,
-            &pick(&test, &order[cuts[i]..cuts[i + 1]], "p"),
+            &common::pick(&test, &order[cuts[i]..cuts[i + 1]], "p"),
             i == 1,
         )
         .expect("save");
@@ -570,7 +552,7 @@ fn target_parts_at_row_offsets_merge_like_row_ranges() {
         let file = ordered_dir.join(format!("test.part-{i:03}.npz"));
         save_npz(
             &file,
-            &pick(&test, &identity[cuts[i]..cuts[i + 1]], "p"),
+            &common::pick(&test, &identity[cuts[i]..cuts[i + 1]], "p"),
             false,
         )
         .expect("save");

@@ -137,6 +137,41 @@ fn cot_by_passes_equals_the_host_solver() {
 }
 
 #[test]
+fn streamed_passes_in_any_chunking_and_order_equal_the_host_solver() {
+    use conformal_gpu::methods::cot::cot_two_class_streamed;
+    let n = 3 * IPT as usize * WG + 77;
+    let p = edge_rows(41, n);
+    // Random cuts, fed in a different shuffled order on every pass.
+    let mut r = rng(42);
+    let mut cuts: Vec<usize> = (0..9).map(|_| r.random_range(0..=n)).collect();
+    cuts.extend([0, n]);
+    cuts.sort_unstable();
+    let pieces: Vec<&[f32]> = cuts.windows(2).map(|w| &p[2 * w[0]..2 * w[1]]).collect();
+    for counts in COUNTS {
+        let mut order: Vec<usize> = (0..pieces.len()).collect();
+        let mut passes = 0;
+        let got = cot_two_class_streamed(&CpuBackend, n as u64, &counts, |feed| {
+            use rand::seq::SliceRandom;
+            order.shuffle(&mut r);
+            passes += 1;
+            order.iter().try_for_each(|&i| feed(pieces[i]))
+        })
+        .unwrap();
+        assert_eq!(passes, 7, "six histograms and the sums");
+        let want = cot(&p, 2, &counts).unwrap();
+        assert_eq!(got.to_bits(), want.to_bits(), "counts {counts:?}");
+    }
+    // A pass that reads other than n rows (a file changed between passes) is an error.
+    let mut passes = 0;
+    let e = cot_two_class_streamed(&CpuBackend, n as u64, &[3, 7], |feed| {
+        passes += 1;
+        feed(if passes == 3 { &p[2..] } else { &p })
+    })
+    .unwrap_err();
+    assert!(e.to_string().contains("change between passes"), "{e}");
+}
+
+#[test]
 fn bad_input_is_a_typed_error() {
     let mut p = edge_rows(9, 5);
     p[7] = f32::NAN;

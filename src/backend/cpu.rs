@@ -217,6 +217,24 @@ impl Backend for CpuBackend {
         )
     }
 
+    fn cot_two_class_pass(
+        &self,
+        probs: &[f32],
+        pass: crate::kernel::cot_two_class::CotPass<'_>,
+    ) -> Result<crate::kernel::cot_two_class::CotPassOutput> {
+        crate::kernel::score_ranks::check_probabilities(probs, 2)?;
+        if let crate::kernel::cot_two_class::CotPass::Histogram { prefixes, .. } = pass {
+            if prefixes.len() > crate::kernel::cot_two_class::MAXP {
+                return Err(Error::Invalid(format!(
+                    "COT: {} prefixes in one pass (at most {})",
+                    prefixes.len(),
+                    crate::kernel::cot_two_class::MAXP
+                )));
+            }
+        }
+        Ok(crate::cpu::cot_two_class::pass(probs, pass))
+    }
+
     fn pvalues(
         &self,
         rows: &CpuRows<'_>,

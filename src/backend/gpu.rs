@@ -155,6 +155,14 @@ impl Backend for GpuBackend<'_> {
         gpu::cot_two_class::two_class_sums(self.ctx, probs, whole)
     }
 
+    fn cot_two_class_pass(
+        &self,
+        probs: &[f32],
+        pass: crate::kernel::cot_two_class::CotPass<'_>,
+    ) -> Result<crate::kernel::cot_two_class::CotPassOutput> {
+        gpu::cot_two_class::one_pass(self.ctx, probs, pass)
+    }
+
     fn pvalues(
         &self,
         rows: &DeviceRows,

@@ -217,6 +217,15 @@ pub trait Backend {
         whole: u64,
     ) -> Result<crate::kernel::cot_two_class::TwoClassSums>;
 
+    /// One pass of COT's K = 2 select over a chunk of rows (`probs`, `rows x 2`, checked
+    /// as for [`Backend::cot_two_class`]): the streamed form, whose passes add over a
+    /// set's chunks (and shards). The same integers on both backends.
+    fn cot_two_class_pass(
+        &self,
+        probs: &[f32],
+        pass: crate::kernel::cot_two_class::CotPass<'_>,
+    ) -> Result<crate::kernel::cot_two_class::CotPassOutput>;
+
     /// Conformal p-value summaries of every row at temperature `t` against the ascending
     /// calibration scores `sorted`, set sizes at each of `qhats` (+inf allowed), and every
     /// numerator when `want_numerators`.
@@ -352,6 +361,13 @@ mod tests {
             whole: u64,
         ) -> Result<crate::kernel::cot_two_class::TwoClassSums> {
             self.0.cot_two_class(p, whole)
+        }
+        fn cot_two_class_pass(
+            &self,
+            p: &[f32],
+            pass: crate::kernel::cot_two_class::CotPass<'_>,
+        ) -> Result<crate::kernel::cot_two_class::CotPassOutput> {
+            self.0.cot_two_class_pass(p, pass)
         }
         fn pvalues(
             &self,

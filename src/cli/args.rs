@@ -220,6 +220,23 @@ pub enum Command {
         #[arg(long, value_delimiter = ',')]
         exclude: Vec<String>,
     },
+    /// COT of one K = 2 target in bounded memory (its files re-read once a pass: seven
+    /// passes a mode, one chunk in memory), under a calibration: the target's COT in a
+    /// report, bit for bit; the target's shards in any order give the same value.
+    Cot {
+        /// The calibration file (from `calibrate`).
+        #[arg(long)]
+        calibration: PathBuf,
+        /// The target's `.npz` files: one file, or its shards.
+        #[arg(required = true)]
+        data: Vec<PathBuf>,
+        /// Where to run the passes: auto, gpu, cpu.
+        #[arg(long, default_value = "auto")]
+        device: String,
+        /// Print the JSON result on stdout (`--json` or `--json -`) or write it to FILE.
+        #[arg(long, value_name = "FILE", num_args = 0..=1, default_missing_value = "-")]
+        json: Option<String>,
+    },
     /// Conformal quantiles qhat(alpha) of a 1-D score array (`.npy`, float32 or float64).
     Quantile {
         /// The scores.

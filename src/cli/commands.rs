@@ -518,7 +518,7 @@ pub fn run_calibrate(args: SourceArgs<'_>, device: &str, out: &Path) -> Result<(
 }
 
 /// Reads a calibration file.
-fn read_calibration(path: &Path) -> Result<Calibration> {
+pub(crate) fn read_calibration(path: &Path) -> Result<Calibration> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     Calibration::from_json(&text, &path.display().to_string())
 }

@@ -6,6 +6,7 @@
 
 pub mod args;
 pub mod commands;
+pub mod cot;
 pub mod dataset;
 pub mod manifest;
 pub mod outputs;
@@ -207,6 +208,12 @@ pub fn run(cli: Cli, explicit: &[String]) -> Result<()> {
             confidence,
             &exclude,
         ),
+        Command::Cot {
+            calibration,
+            data,
+            device,
+            json,
+        } => cot::run_cot(&calibration, &data, &device, &json),
         Command::Quantile {
             scores,
             alpha,

@@ -5,7 +5,9 @@
 
 use rayon::prelude::*;
 
-use crate::kernel::cot_two_class::{above_digit, gain_key, probability_cost, PassSums, DIGITS};
+use crate::kernel::cot_two_class::{
+    above_digit, gain_key, probability_cost, CotPass, CotPassOutput, PassSums, DIGITS,
+};
 
 /// Rows per parallel block (results do not depend on it).
 const BLOCK_ROWS: usize = 1 << 14;
@@ -60,4 +62,14 @@ pub fn sums(probs: &[f32], boundary: u64) -> PassSums {
             above_count: a.above_count + b.above_count,
             above_sum: a.above_sum + b.above_sum,
         })
+}
+
+/// One [`CotPass`] over `probs` (`rows x 2`).
+pub fn pass(probs: &[f32], pass: CotPass<'_>) -> CotPassOutput {
+    match pass {
+        CotPass::Histogram { shift, prefixes } => {
+            CotPassOutput::Histogram(histogram(probs, shift, prefixes))
+        }
+        CotPass::Sums { boundary } => CotPassOutput::Sums(sums(probs, boundary)),
+    }
 }

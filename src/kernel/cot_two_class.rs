@@ -159,6 +159,33 @@ impl PassSums {
     }
 }
 
+/// One pass over a chunk of rows (the streamed form: a set read chunk by chunk, each pass
+/// a sum over its chunks).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CotPass<'a> {
+    /// The digits at `shift` under each of `prefixes` (at most [`MAXP`]).
+    Histogram {
+        /// Digit shift (one of [`SHIFTS`]).
+        shift: u32,
+        /// Prefixes in play.
+        prefixes: &'a [u64],
+    },
+    /// The base and the keys strictly above `boundary`.
+    Sums {
+        /// The boundary key.
+        boundary: u64,
+    },
+}
+
+/// What a [`CotPass`] returns.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CotPassOutput {
+    /// `prefixes.len() x DIGITS` counts.
+    Histogram(Vec<u64>),
+    /// The sums.
+    Sums(PassSums),
+}
+
 /// What COT's closed form needs of a set of `n` rows, for the `whole` largest gains.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TwoClassSums {

@@ -23,6 +23,7 @@ use crate::backend::Backend;
 use crate::cpu::bootstrap::draw_weights;
 use crate::cpu::softmax::softmax;
 use crate::kernel::bootstrap::REPS_PER_DRAW;
+use crate::kernel::cot_two_class::TwoClassSums;
 use crate::methods::cott::CottThreshold;
 use crate::methods::transport::{self, grid_cost, COST_GRID_BITS};
 use crate::report::estimates::Modes;
@@ -113,13 +114,93 @@ pub fn cot_on<B: Backend + ?Sized>(
     let demand1 = demand_units(class_counts, n as usize)?[1];
     let (whole, part) = (demand1 / n_source, demand1 % n_source);
     let s = backend.cot_two_class(probs, whole)?;
-    // As `two_class_units`: every row at class 0, less what the moved units gain.
+    Ok(two_class_estimate(&s, n_source, part))
+}
+
+/// COT from the K = 2 sums of a set (`whole` rows move to class 1, and `part` units of
+/// the next), as [`two_class_units`]: every row at class 0, less what the moved units
+/// gain.
+fn two_class_estimate(s: &TwoClassSums, n_source: u64, part: u64) -> f64 {
     let mut moved = s.top * n_source as i128;
     if part > 0 {
         moved += s.next.unwrap_or(0) as i128 * part as i128;
     }
     let units = (s.base * n_source as i128 - moved) as u128;
-    Ok(1.0 - mean(units, n as u128 * n_source as u128))
+    1.0 - mean(units, s.n as u128 * n_source as u128)
+}
+
+/// COT at K = 2 of a set of `n` rows that is read in passes, in bounded memory (one
+/// chunk at a time): `each_pass(f)` must feed `f` the set's probabilities (`rows x 2`,
+/// finite in `[0, 1]`), every row once, in chunks of any size and order, and is called
+/// once a pass (seven: six histograms, one sums; DESIGN.md 2.11's rounds). Each pass is
+/// a sum over chunks, so chunks and shards may be read in any order and the value is
+/// [`cot`]'s of all the rows, bit for bit. A pass that sees other than `n` rows is an
+/// error (a file that changed between passes).
+pub fn cot_two_class_streamed<B: Backend + ?Sized>(
+    backend: &B,
+    n: u64,
+    class_counts: &[u64],
+    each_pass: impl FnMut(&mut dyn FnMut(&[f32]) -> Result<()>) -> Result<()>,
+) -> Result<f64> {
+    use crate::kernel::cot_two_class::{two_class_sums, CotPass, CotPassOutput, PassSums};
+    if class_counts.len() != 2 {
+        return Err(Error::LengthMismatch {
+            what: "COT class counts".into(),
+            detail: format!("{} counts for K = 2", class_counts.len()),
+        });
+    }
+    let n_source: u64 = class_counts.iter().sum();
+    if n_source == 0 || n == 0 {
+        return Err(Error::Empty {
+            what: "COT".into(),
+            detail: "no labelled source row or no target row".into(),
+        });
+    }
+    let demand1 = demand_units(class_counts, n as usize)?[1];
+    let (whole, part) = (demand1 / n_source, demand1 % n_source);
+    let each_pass = std::cell::RefCell::new(each_pass);
+    // One pass: every chunk's output added into `acc`.
+    let pass = |p: CotPass<'_>, acc: &mut dyn FnMut(CotPassOutput)| -> Result<()> {
+        let mut seen = 0u64;
+        (each_pass.borrow_mut())(&mut |probs: &[f32]| {
+            seen += (probs.len() / 2) as u64;
+            acc(backend.cot_two_class_pass(probs, p)?);
+            Ok(())
+        })?;
+        if seen != n {
+            return Err(Error::Invalid(format!(
+                "COT: a pass read {seen} rows of a set of {n} (did a file change between passes?)"
+            )));
+        }
+        Ok(())
+    };
+    let s = two_class_sums(
+        n,
+        whole,
+        |shift, prefixes| {
+            let mut total = vec![0u64; prefixes.len() * crate::kernel::cot_two_class::DIGITS];
+            pass(CotPass::Histogram { shift, prefixes }, &mut |out| {
+                if let CotPassOutput::Histogram(h) = out {
+                    for (t, v) in total.iter_mut().zip(h) {
+                        *t += v;
+                    }
+                }
+            })?;
+            Ok(total)
+        },
+        |boundary| {
+            let mut total = PassSums::default();
+            pass(CotPass::Sums { boundary }, &mut |out| {
+                if let CotPassOutput::Sums(s) = out {
+                    total.base += s.base;
+                    total.above_count += s.above_count;
+                    total.above_sum += s.above_sum;
+                }
+            })?;
+            Ok(total)
+        },
+    )?;
+    Ok(two_class_estimate(&s, n_source, part))
 }
 
 /// [`cot_cost`] of rows already on the cost grid (`n x k` integers, row-major): the one

@@ -179,3 +179,21 @@ pub fn npz(path: &std::path::Path, members: &[(&str, Vec<u8>)], compressed: bool
     }
     zw.finish().unwrap();
 }
+
+/// Rows `idx` of `set` as a set of their own (named `name`): a target's shard.
+pub fn pick(
+    set: &conformal_gpu::data::PredictionSet,
+    idx: &[usize],
+    name: &str,
+) -> conformal_gpu::data::PredictionSet {
+    let sel = |a: &Option<ndarray::Array1<i64>>| {
+        a.as_ref()
+            .map(|a| ndarray::Array1::from_iter(idx.iter().map(|&i| a[i])))
+    };
+    let mut out =
+        conformal_gpu::data::PredictionSet::new(name, set.logits.select(ndarray::Axis(0), idx));
+    out.labels = sel(&set.labels);
+    out.hospital = sel(&set.hospital);
+    out.slide = sel(&set.slide);
+    out
+}

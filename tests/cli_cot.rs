@@ -1,0 +1,210 @@
+//! `cot`, COT of one K = 2 target in bounded memory (DESIGN.md 2.11's rounds): its files
+//! re-read once a pass through the mergeable passes of `kernel::cot_two_class`. The value
+//! equals the target's COT in `evaluate`'s report bit for bit, raw and ts; the target cut
+//! into shuffled shards, given in any order, gives the same bits; the CPU and the GPU
+//! (lavapipe in CI) agree; a file of another K is an error naming it, and nothing is
+//! written.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use rand::seq::SliceRandom;
+use rand::Rng;
+use serde_json::Value;
+
+mod common;
+
+fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_conformal-gpu"));
+    c.env("RUST_BACKTRACE", "1").env("XDG_RUNTIME_DIR", "/tmp");
+    c
+}
+
+#[track_caller]
+fn run(args: &[&str]) -> Output {
+    let o = bin().args(args).output().expect("run binary");
+    assert!(
+        o.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    o
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+fn read_json(p: &Path) -> Value {
+    serde_json::from_slice(&std::fs::read(p).expect("read")).expect("json")
+}
+
+/// The f64 bits of the report's COT of `target`, raw and ts.
+fn report_cot(report: &Value, target: &str) -> [u64; 2] {
+    let t = report["targets"]
+        .as_array()
+        .expect("targets")
+        .iter()
+        .find(|t| t["name"] == target)
+        .expect("target");
+    ["raw", "ts"].map(|m| t["estimates"][m]["COT"].as_f64().expect("COT").to_bits())
+}
+
+fn cot_of(json: &Path) -> [u64; 2] {
+    let v = read_json(json);
+    ["raw", "ts"].map(|m| v["cot"][m].as_f64().expect("cot").to_bits())
+}
+
+fn streamed_cot_equals_the_report(device: &str) {
+    use conformal_gpu::data::npz::{load_npz, save_npz};
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let data = tmp.path().join("data");
+    run(&[
+        "generate",
+        "--out",
+        s(&data),
+        "--scale",
+        "0.005",
+        "--seed",
+        "8",
+    ]);
+    let report = tmp.path().join("report.json");
+    run(&[
+        "evaluate",
+        "--data",
+        s(&data),
+        "--device",
+        "cpu",
+        "--json",
+        s(&report),
+    ]);
+    let report = read_json(&report);
+    let cal = tmp.path().join("cal.json");
+    run(&[
+        "calibrate",
+        "--data",
+        s(&data),
+        "--device",
+        "cpu",
+        "--out",
+        s(&cal),
+    ]);
+    // Whole files: a labelled target and an unlabelled one.
+    for target in ["test", "unlabeled_test"] {
+        let out = tmp.path().join(format!("{target}.json"));
+        let file = data.join(format!("{target}.npz"));
+        run(&[
+            "cot",
+            "--calibration",
+            s(&cal),
+            s(&file),
+            "--device",
+            device,
+            "--json",
+            s(&out),
+        ]);
+        assert_eq!(
+            cot_of(&out),
+            report_cot(&report, target),
+            "{target} on {device}"
+        );
+        assert_eq!(read_json(&out)["passes"], 14);
+    }
+    // The test target's rows shuffled into three shards of random sizes, given in
+    // reverse order (one saved compressed).
+    let test = load_npz(&data.join("test.npz")).expect("test");
+    let n = test.n();
+    let mut r = common::rng(5);
+    let mut order: Vec<usize> = (0..n).collect();
+    order.shuffle(&mut r);
+    let a = r.random_range(1..n / 2);
+    let b = r.random_range(a + 1..n - 1);
+    let cuts = [0, a, b, n];
+    let mut files = Vec::new();
+    for i in 0..3 {
+        let f = tmp.path().join(format!("test-{i}.npz"));
+        save_npz(
+            &f,
+            &common::pick(&test, &order[cuts[i]..cuts[i + 1]], "part"),
+            i == 1,
+        )
+        .expect("save");
+        files.push(f);
+    }
+    files.reverse();
+    let out = tmp.path().join("shards.json");
+    let mut args = vec!["cot", "--calibration", s(&cal), "--device", device];
+    args.extend(files.iter().map(|f| s(f)));
+    args.extend(["--json", s(&out)]);
+    run(&args);
+    assert_eq!(
+        cot_of(&out),
+        report_cot(&report, "test"),
+        "shards on {device}"
+    );
+    assert_eq!(read_json(&out)["n"], n);
+}
+
+#[test]
+fn cpu_streamed_cot_equals_the_report() {
+    streamed_cot_equals_the_report("cpu");
+}
+
+#[cfg(feature = "gpu")]
+#[test]
+fn gpu_streamed_cot_equals_the_report() {
+    if common::shared_gpu().is_none() {
+        return;
+    }
+    streamed_cot_equals_the_report("gpu");
+}
+
+#[test]
+fn another_k_or_a_missing_file_is_an_error_and_writes_nothing() {
+    use conformal_gpu::data::npz::save_npz;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let data = tmp.path().join("data");
+    run(&[
+        "generate",
+        "--out",
+        s(&data),
+        "--scale",
+        "0.002",
+        "--seed",
+        "9",
+    ]);
+    let cal = tmp.path().join("cal.json");
+    run(&[
+        "calibrate",
+        "--data",
+        s(&data),
+        "--device",
+        "cpu",
+        "--out",
+        s(&cal),
+    ]);
+    let k3 = tmp.path().join("k3.npz");
+    let logits = ndarray::Array2::from_shape_fn((20, 3), |(i, j)| (i * 3 + j) as f32 * 0.1);
+    save_npz(
+        &k3,
+        &conformal_gpu::data::PredictionSet::new("k3", logits),
+        false,
+    )
+    .expect("save");
+    let out = tmp.path().join("out.json");
+    for bad in [k3.clone(), tmp.path().join("missing.npz")] {
+        let o = bin()
+            .args(["cot", "--calibration", s(&cal), "--device", "cpu"])
+            .arg(&bad)
+            .args(["--json", s(&out)])
+            .output()
+            .expect("run");
+        assert!(!o.status.success(), "{}", bad.display());
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            err.contains(bad.file_name().unwrap().to_str().unwrap()),
+            "{err}"
+        );
+        assert!(!out.exists(), "nothing written");
+    }
+}
