@@ -1,10 +1,12 @@
-//! `cot`, COT of one K = 2 target in bounded memory (DESIGN.md 2.11's rounds): its files
-//! re-read once a pass through the mergeable passes of `kernel::cot_two_class`. The value
-//! equals the target's COT in `evaluate`'s report bit for bit, raw and ts; the target cut
+//! `cot`, COT of one K = 2 target and its groups in bounded memory (DESIGN.md 2.11's
+//! rounds): its files re-read once a pass through the mergeable passes of
+//! `kernel::cot_two_class`. The values equal the target's and every group's COT in
+//! `evaluate`'s report bit for bit, raw and ts; the target cut
 //! into shuffled shards, given in any order, gives the same bits; the CPU and the GPU
 //! (lavapipe in CI) agree; a file of another K is an error naming it, and nothing is
 //! written.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -48,6 +50,38 @@ fn report_cot(report: &Value, target: &str) -> [u64; 2] {
         .find(|t| t["name"] == target)
         .expect("target");
     ["raw", "ts"].map(|m| t["estimates"][m]["COT"].as_f64().expect("COT").to_bits())
+}
+
+/// Every group's COT bits in the report's target: `(array, id) -> [raw, ts]`.
+fn report_groups(report: &Value, target: &str) -> BTreeMap<(String, i64), [u64; 2]> {
+    let t = report["targets"]
+        .as_array()
+        .expect("targets")
+        .iter()
+        .find(|t| t["name"] == target)
+        .expect("target");
+    let mut out = BTreeMap::new();
+    for (array, groups) in t["groups"].as_object().expect("groups") {
+        for g in groups.as_array().expect("list") {
+            let bits =
+                ["raw", "ts"].map(|m| g["estimates"][m]["COT"].as_f64().expect("COT").to_bits());
+            out.insert((array.clone(), g["id"].as_i64().expect("id")), bits);
+        }
+    }
+    out
+}
+
+/// The same from `cot`'s JSON.
+fn cot_groups(json: &Path) -> BTreeMap<(String, i64), [u64; 2]> {
+    let v = read_json(json);
+    let mut out = BTreeMap::new();
+    for (array, groups) in v["groups"].as_object().expect("groups") {
+        for g in groups.as_array().expect("list") {
+            let bits = ["raw", "ts"].map(|m| g[m].as_f64().expect("cot").to_bits());
+            out.insert((array.clone(), g["id"].as_i64().expect("id")), bits);
+        }
+    }
+    out
 }
 
 fn cot_of(json: &Path) -> [u64; 2] {
@@ -108,6 +142,13 @@ fn streamed_cot_equals_the_report(device: &str) {
             report_cot(&report, target),
             "{target} on {device}"
         );
+        let groups = cot_groups(&out);
+        assert_eq!(
+            groups,
+            report_groups(&report, target),
+            "{target}'s groups on {device}"
+        );
+        assert!(groups.len() > 2, "{target}: groups of both arrays");
         assert_eq!(read_json(&out)["passes"], 14);
     }
     // The test target's rows shuffled into three shards of random sizes, given in
@@ -142,6 +183,11 @@ fn streamed_cot_equals_the_report(device: &str) {
         report_cot(&report, "test"),
         "shards on {device}"
     );
+    assert_eq!(
+        cot_groups(&out),
+        report_groups(&report, "test"),
+        "shards' groups"
+    );
     assert_eq!(read_json(&out)["n"], n);
 }
 
@@ -160,7 +206,7 @@ fn gpu_streamed_cot_equals_the_report() {
 }
 
 #[test]
-fn another_k_or_a_missing_file_is_an_error_and_writes_nothing() {
+fn another_k_a_missing_file_or_one_twice_is_an_error_and_writes_nothing() {
     use conformal_gpu::data::npz::save_npz;
     let tmp = tempfile::tempdir().expect("tempdir");
     let data = tmp.path().join("data");
@@ -207,4 +253,15 @@ fn another_k_or_a_missing_file_is_an_error_and_writes_nothing() {
         );
         assert!(!out.exists(), "nothing written");
     }
+    // One file twice would count its rows twice.
+    let test = data.join("test.npz");
+    let o = bin()
+        .args(["cot", "--calibration", s(&cal), "--device", "cpu"])
+        .args([&test, &test])
+        .args(["--json", s(&out)])
+        .output()
+        .expect("run");
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("given twice"));
+    assert!(!out.exists(), "nothing written");
 }

@@ -771,4 +771,24 @@ fn cot_two_class_past_65535_workgroups() {
     let whole = BIG as u64 / 3;
     let g = GpuBackend::new(ctx).cot_two_class(&p, whole).unwrap();
     assert_eq!(g, CpuBackend.cot_two_class(&p, whole).unwrap(), "BIG rows");
+    // Three rows in four (0, 1), the largest key 2^41, all above a boundary among the
+    // rest: their sum, about 2^64.6, carries out of the output's second word, the
+    // 96-bit sum's top carry (out_add96), which smaller sets never reach.
+    let mut p = p;
+    let mut top = 0u64;
+    for (i, row) in p.chunks_exact_mut(2).enumerate() {
+        if i % 4 != 3 {
+            row.copy_from_slice(&[0.0, 1.0]);
+            top += 1;
+        }
+    }
+    let g = GpuBackend::new(ctx).cot_two_class(&p, top + 5).unwrap();
+    let c = CpuBackend.cot_two_class(&p, top + 5).unwrap();
+    // The keys' sum is the gains' plus 2^40 a row.
+    let keys = c.top + (top as i128 + 5) * (1i128 << 40);
+    assert!(
+        keys > 1i128 << 64,
+        "the keys above the boundary sum past 2^64"
+    );
+    assert_eq!(g, c, "BIG rows, sums past 2^64");
 }

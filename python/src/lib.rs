@@ -1466,6 +1466,13 @@ fn cot_from_probabilities(
         ));
     };
     let p = convert_f32(&arr, "probabilities")?;
+    if k != 2 {
+        // The host's solver on every device: no engine to open.
+        parse_device(device).py_err(py)?;
+        return py
+            .detach(|| conformal_gpu::methods::cot::cot(&p, k, &class_counts))
+            .py_err(py);
+    }
     on_device!(py, device, |b| conformal_gpu::methods::cot::cot_on(
         b,
         &p,

@@ -47,8 +47,9 @@ def test_cot_equals_exact_lp(k, n, ties):
 
 @pytest.mark.parametrize("n", [1, 257, 4097, 20_000])
 def test_cot_two_classes_on_the_device(gpu, n):
-    """K = 2 by the device's passes (shaders/cot_two_class.wgsl): the host's bits, and
-    the LP's value to 1e-7, with tied rows and a share that splits a row."""
+    """K = 2 by the device's passes (shaders/cot_two_class.wgsl): the CPU's bits (the
+    kernel's CPU mirror, which tests/cot_two_class.rs holds to the host solver bit for
+    bit), and the LP's value to 1e-7, with tied rows and a share that splits a row."""
     p = probabilities(n, n, 2, ties=True)
     counts = [17, 29]
     host = cg.cot_from_probabilities(p, counts, device="cpu")

@@ -1,17 +1,19 @@
-//! `cot`: COT of one K = 2 target in bounded memory (DESIGN.md 2.11's rounds). The
-//! target's files are read once a pass, chunk by chunk, through the CPU softmax at each
-//! mode's temperature (the probabilities a report's COT uses) into the mergeable passes
-//! of `kernel::cot_two_class` on the chosen device: seven passes a mode, fourteen reads
-//! of every file. Each file is hashed on every pass; a file whose bytes change between
-//! passes is an error, not a wrong number.
+//! `cot`: COT of one K = 2 target and of each of its groups (hospital, slide) in bounded
+//! memory (DESIGN.md 2.11's rounds). The target's files are read once for the group ids,
+//! then once a pass, chunk by chunk, through the CPU softmax at each mode's temperature
+//! (the probabilities a report's COT uses) into the mergeable passes of
+//! `kernel::cot_two_class` on the chosen device, the target and every group narrowed in
+//! lockstep: seven passes a mode, fifteen reads of every file. Each file is hashed on
+//! every read; a file whose bytes change between reads is an error, not a wrong number.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use crate::cli::commands::read_calibration;
 use crate::cli::outputs::{check_json_target, emit_json, open_device};
 use crate::cpu::softmax::softmax;
 use crate::data::stream::{NpzRowReader, RowChunk};
-use crate::methods::cot::cot_two_class_streamed;
+use crate::methods::cot::cot_two_class_streamed_sets;
 use crate::methods::evaluate::TARGET_CHUNK_ROWS;
 use crate::{with_backend, Error, Result};
 
@@ -40,13 +42,59 @@ pub fn run_cot(
             calibration.display()
         )));
     }
-    // Every file once for its shape: K must be the calibration's, the rows add up.
-    let mut n = 0u64;
+    // A file given twice would count its rows twice.
+    let mut seen = std::collections::BTreeSet::new();
     for path in data {
-        let r = NpzRowReader::open(path)?;
-        crate::methods::calibration::check_k(&path.display().to_string(), r.k(), &cal)?;
-        n += r.n() as u64;
+        let key = std::fs::canonicalize(path).map_err(|e| Error::io(path, e))?;
+        if !seen.insert(key) {
+            return Err(Error::Invalid(format!(
+                "{}: given twice (each of a target's files once)",
+                path.display()
+            )));
+        }
     }
+    // Every file once: K must be the calibration's; the rows and each group's add up.
+    let mut hashes: Vec<Option<String>> = vec![None; data.len()];
+    let mut n = 0u64;
+    let mut ids: [BTreeMap<i64, u64>; 2] = Default::default();
+    let mut present: Option<[bool; 2]> = None;
+    for (path, hash) in data.iter().zip(hashes.iter_mut()) {
+        let mut r = NpzRowReader::open(path)?;
+        crate::methods::calibration::check_k(&path.display().to_string(), r.k(), &cal)?;
+        let has = [r.has_hospital(), r.has_slide()];
+        if *present.get_or_insert(has) != has {
+            return Err(Error::Invalid(format!(
+                "{}: its group arrays (hospital {}, slide {}) differ from the target's other files",
+                path.display(),
+                has[0],
+                has[1]
+            )));
+        }
+        let mut chunk = RowChunk::default();
+        while r.next_chunk(TARGET_CHUNK_ROWS, &mut chunk)? {
+            n += chunk.rows() as u64;
+            for (g, arr) in [&chunk.hospital, &chunk.slide].into_iter().enumerate() {
+                for &id in arr.iter().flatten() {
+                    *ids[g].entry(id).or_insert(0) += 1;
+                }
+            }
+        }
+        *hash = Some(r.finish()?);
+    }
+    // Sets: the target, then each group array's groups by ascending id.
+    let mut sizes = vec![n];
+    let mut first_set = [0usize; 2];
+    for (g, m) in ids.iter().enumerate() {
+        first_set[g] = sizes.len();
+        sizes.extend(m.values());
+    }
+    let slot_of: [BTreeMap<i64, usize>; 2] = [0, 1].map(|g| {
+        ids[g]
+            .keys()
+            .enumerate()
+            .map(|(j, &id)| (id, first_set[g] + j))
+            .collect()
+    });
     let (engine, choice) = open_device(device)?;
     let bar = indicatif::ProgressBar::new(2 * PASSES);
     if let Ok(style) =
@@ -54,29 +102,46 @@ pub fn run_cot(
     {
         bar.set_style(style);
     }
-    let mut hashes: Vec<Option<String>> = vec![None; data.len()];
     let counts = cal.class_counts.clone();
     let temperatures = [cal.modes.raw.t, cal.modes.ts.t];
     let (values, device_name) = with_backend!(&engine, choice, |b| {
         use crate::backend::Backend;
-        let mut out = [0f64; 2];
+        let mut out: [Vec<f64>; 2] = Default::default();
         for (v, &t) in out.iter_mut().zip(&temperatures) {
-            *v = cot_two_class_streamed(b, n, &counts, |feed| {
+            *v = cot_two_class_streamed_sets(b, &sizes, &counts, |feed| {
                 let mut chunk = RowChunk::default();
+                let mut by_set: Vec<Vec<f32>> = vec![Vec::new(); sizes.len()];
                 for (path, hash) in data.iter().zip(hashes.iter_mut()) {
                     let mut r = NpzRowReader::open(path)?;
                     while r.next_chunk(TARGET_CHUNK_ROWS, &mut chunk)? {
-                        feed(&softmax(&chunk.logits, 2, t))?;
+                        let p = softmax(&chunk.logits, 2, t);
+                        feed(0, &p)?;
+                        // Each group's rows of the chunk, together.
+                        for (g, arr) in [&chunk.hospital, &chunk.slide].into_iter().enumerate() {
+                            let Some(arr) = arr else { continue };
+                            for (&id, row) in arr.iter().zip(p.chunks_exact(2)) {
+                                let set = slot_of[g].get(&id).copied().ok_or_else(|| {
+                                    Error::Invalid(format!(
+                                        "{}: group id {id} appeared between reads",
+                                        path.display()
+                                    ))
+                                })?;
+                                by_set[set].extend_from_slice(row);
+                            }
+                        }
+                        for (set, rows) in by_set.iter_mut().enumerate() {
+                            if !rows.is_empty() {
+                                feed(set, rows)?;
+                                rows.clear();
+                            }
+                        }
                     }
                     let h = r.finish()?;
-                    match hash {
-                        Some(first) if *first != h => {
-                            return Err(Error::Invalid(format!(
-                                "{}: its bytes changed between COT's passes",
-                                path.display()
-                            )));
-                        }
-                        _ => *hash = Some(h),
+                    if hash.as_deref() != Some(h.as_str()) {
+                        return Err(Error::Invalid(format!(
+                            "{}: its bytes changed between COT's reads",
+                            path.display()
+                        )));
                     }
                 }
                 bar.inc(1);
@@ -91,18 +156,38 @@ pub fn run_cot(
         .zip(&hashes)
         .map(|(p, h)| serde_json::json!({ "path": p.display().to_string(), "sha256": h }))
         .collect();
+    let mode_values =
+        |set: usize| serde_json::json!({ "raw": values[0][set], "ts": values[1][set] });
+    let mut groups = serde_json::Map::new();
+    for (g, name) in ["hospital", "slide"].into_iter().enumerate() {
+        if !present.unwrap_or_default()[g] {
+            continue;
+        }
+        let list: Vec<serde_json::Value> = ids[g]
+            .iter()
+            .map(|(&id, &n)| {
+                let mut v = mode_values(slot_of[g][&id]);
+                v["id"] = id.into();
+                v["n"] = n.into();
+                v
+            })
+            .collect();
+        groups.insert(name.into(), list.into());
+    }
     let value = serde_json::json!({
         "calibration": calibration.display().to_string(),
         "files": files,
         "n": n,
         "passes": 2 * PASSES,
         "device": device_name,
-        "cot": { "raw": values[0], "ts": values[1] },
+        "cot": mode_values(0),
+        "groups": groups,
     });
     eprintln!(
-        "COT of {n} rows: raw {:.6}, ts {:.6} ({} passes)",
-        values[0],
-        values[1],
+        "COT of {n} rows: raw {:.6}, ts {:.6} ({} groups; {} passes)",
+        values[0][0],
+        values[1][0],
+        sizes.len() - 1,
         2 * PASSES
     );
     emit_json(&value, json)

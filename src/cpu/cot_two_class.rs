@@ -13,7 +13,8 @@ use crate::kernel::cot_two_class::{
 const BLOCK_ROWS: usize = 1 << 14;
 
 /// One histogram pass: the digits at `shift` of the keys under each of `prefixes`
-/// (`prefixes.len() x DIGITS`), over the rows of `probs` (`rows x 2`).
+/// (`prefixes.len() x DIGITS`), over the rows of `probs` (`rows x 2`, finite in `[0,
+/// 1]`: checked by `kernel::score_ranks::check_probabilities`, as the backends do first).
 pub fn histogram(probs: &[f32], shift: u32, prefixes: &[u64]) -> Vec<u64> {
     let bins = prefixes.len() * DIGITS;
     probs
@@ -64,7 +65,7 @@ pub fn sums(probs: &[f32], boundary: u64) -> PassSums {
         })
 }
 
-/// One [`CotPass`] over `probs` (`rows x 2`).
+/// One [`CotPass`] over `probs` (`rows x 2`, checked as for [`histogram`]).
 pub fn pass(probs: &[f32], pass: CotPass<'_>) -> CotPassOutput {
     match pass {
         CotPass::Histogram { shift, prefixes } => {

@@ -86,9 +86,9 @@ pub const IPT: u32 = 16;
 pub const KEY_BIAS: u64 = 1 << 40;
 
 /// `round(2^53 |p|)` to the nearest integer, ties to even, from the f32's bits: the
-/// integer `j` with `fl64(1 - p) = 1 - j 2^-53`. For `|p| >= 2^-53` (exponent field
-/// `>= 97`) it is exact; below, it rounds where f64 rounds `1 - p` (the f64 grid under 1
-/// is 2^-53, and `1 - j 2^-53` has `j`'s parity in its last bit).
+/// integer `j` with `fl64(1 - p) = 1 - j 2^-53`. For `|p| >= 2^-30` (exponent field
+/// `>= 97`) `2^53 |p|` is an integer already; below, it rounds where f64 rounds `1 - p`
+/// (the f64 grid under 1 is 2^-53, and `1 - j 2^-53` has `j`'s parity in its last bit).
 #[inline]
 pub fn units_53(p: f32) -> u64 {
     let bits = p.to_bits() & 0x7fff_ffff;
@@ -208,50 +208,124 @@ pub fn two_class_sums(
     mut histogram: impl FnMut(u32, &[u64]) -> Result<Vec<u64>>,
     mut sums: impl FnMut(u64) -> Result<PassSums>,
 ) -> Result<TwoClassSums> {
-    if whole > n {
+    let mut out = two_class_sums_sets(
+        &[(n, whole)],
+        |shift, prefixes| Ok(vec![histogram(shift, &prefixes[0])?]),
+        |boundaries| Ok(vec![sums(boundaries[0])?]),
+    )?;
+    Ok(out.remove(0))
+}
+
+/// [`two_class_sums`] of several sets at once (`(n, whole)` each: a target and its
+/// groups), their narrowings in lockstep so that one read of the rows serves every set
+/// in a pass: `histogram(shift, prefixes)` gets each set's prefixes in play (none for an
+/// empty set) and returns each set's merged counts; `sums(boundaries)` each set's sums.
+pub fn two_class_sums_sets(
+    sets: &[(u64, u64)],
+    mut histogram: impl FnMut(u32, &[Vec<u64>]) -> Result<Vec<Vec<u64>>>,
+    mut sums: impl FnMut(&[u64]) -> Result<Vec<PassSums>>,
+) -> Result<Vec<TwoClassSums>> {
+    if let Some((n, whole)) = sets.iter().find(|(n, whole)| whole > n) {
         return Err(Error::Invalid(format!(
             "COT: {whole} whole rows asked of a set of {n}"
         )));
     }
     // Ascending ranks: the `whole`-th largest is the (n - whole + 1)-th smallest, the
     // next one the (n - whole)-th.
-    let mut state: Vec<Narrow> = Vec::new();
-    if whole > 0 {
-        state.push(Narrow {
-            prefix: 0,
-            rank: n - whole + 1,
-        });
-    }
-    if whole < n {
-        state.push(Narrow {
-            prefix: 0,
-            rank: n - whole,
-        });
-    }
-    if !state.is_empty() {
+    let mut state: Vec<Vec<Narrow>> = sets
+        .iter()
+        .map(|&(n, whole)| {
+            let mut s = Vec::new();
+            if whole > 0 {
+                s.push(Narrow {
+                    prefix: 0,
+                    rank: n - whole + 1,
+                });
+            }
+            if whole < n {
+                s.push(Narrow {
+                    prefix: 0,
+                    rank: n - whole,
+                });
+            }
+            s
+        })
+        .collect();
+    if state.iter().any(|s| !s.is_empty()) {
         for shift in SHIFTS {
-            let prefixes = distinct_prefixes(&state);
+            let prefixes: Vec<Vec<u64>> = state.iter().map(|s| distinct_prefixes(s)).collect();
             let hist = histogram(shift, &prefixes)?;
-            narrow(&mut state, &prefixes, &hist, shift);
+            if hist.len() != sets.len() {
+                return Err(Error::Invalid(format!(
+                    "COT: {} histograms for {} sets",
+                    hist.len(),
+                    sets.len()
+                )));
+            }
+            for ((s, p), h) in state.iter_mut().zip(&prefixes).zip(&hist) {
+                if h.len() != p.len() * DIGITS {
+                    return Err(Error::Invalid(format!(
+                        "COT: {} counts for {} prefixes",
+                        h.len(),
+                        p.len()
+                    )));
+                }
+                // Each rank must lie among the keys under its prefix: fewer means the
+                // passes saw different rows (a source that changed between them).
+                for r in s.iter() {
+                    let at = p.iter().position(|&x| x == r.prefix).unwrap_or(0);
+                    let under: u64 = h[at * DIGITS..(at + 1) * DIGITS].iter().sum();
+                    if under < r.rank {
+                        return Err(Error::Invalid(format!(
+                            "COT: rank {} under a prefix of {under} keys (the passes saw different rows)",
+                            r.rank
+                        )));
+                    }
+                }
+                narrow(s, p, h, shift);
+            }
         }
     }
-    let boundary = (whole > 0).then(|| state[0].prefix);
-    let next = (whole < n).then(|| state[state.len() - 1].prefix as i64 - KEY_BIAS as i64);
     // Without whole rows the boundary is above every key: the pass sums the base only.
-    let s = sums(boundary.unwrap_or(u64::MAX))?;
-    let top = match boundary {
-        None => 0,
-        Some(b) => {
-            let keys = s.above_sum as i128 + (whole - s.above_count) as i128 * b as i128;
-            keys - whole as i128 * KEY_BIAS as i128
-        }
-    };
-    Ok(TwoClassSums {
-        n,
-        base: s.base as i128,
-        top,
-        next,
-    })
+    let boundaries: Vec<u64> = sets
+        .iter()
+        .zip(&state)
+        .map(|(&(_, whole), s)| if whole > 0 { s[0].prefix } else { u64::MAX })
+        .collect();
+    let totals = sums(&boundaries)?;
+    if totals.len() != sets.len() {
+        return Err(Error::Invalid(format!(
+            "COT: {} sums for {} sets",
+            totals.len(),
+            sets.len()
+        )));
+    }
+    sets.iter()
+        .zip(&state)
+        .zip(boundaries.iter().zip(&totals))
+        .map(|((&(n, whole), st), (&b, s))| {
+            let next = (whole < n).then(|| st[st.len() - 1].prefix as i64 - KEY_BIAS as i64);
+            let top = if whole == 0 {
+                0
+            } else {
+                // Keys strictly above the boundary, the rest of the `whole` at it. More
+                // above it than `whole` only if the passes saw different rows.
+                let at = whole.checked_sub(s.above_count).ok_or_else(|| {
+                    Error::Invalid(format!(
+                        "COT: {} keys above the {whole}-th largest (the passes saw different rows)",
+                        s.above_count
+                    ))
+                })?;
+                s.above_sum as i128 + at as i128 * b as i128 - whole as i128 * KEY_BIAS as i128
+            };
+            Ok(TwoClassSums {
+                n,
+                base: s.base as i128,
+                top,
+                next,
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -118,7 +118,7 @@ pub fn check_probabilities(probs: &[f32], k: usize) -> Result<()> {
     }
     if let Some(i) = probs.iter().position(|p| !(0.0..=1.0).contains(p)) {
         return Err(Error::Invalid(format!(
-            "score ranks: probability {} at row {}, class {} is not in [0, 1]",
+            "probability {} at row {}, class {} is not in [0, 1]",
             probs[i],
             i / k,
             i % k

@@ -140,9 +140,28 @@ pub fn cot_two_class_streamed<B: Backend + ?Sized>(
     backend: &B,
     n: u64,
     class_counts: &[u64],
-    each_pass: impl FnMut(&mut dyn FnMut(&[f32]) -> Result<()>) -> Result<()>,
+    mut each_pass: impl FnMut(&mut dyn FnMut(&[f32]) -> Result<()>) -> Result<()>,
 ) -> Result<f64> {
-    use crate::kernel::cot_two_class::{two_class_sums, CotPass, CotPassOutput, PassSums};
+    let v = cot_two_class_streamed_sets(backend, &[n], class_counts, |feed| {
+        each_pass(&mut |p| feed(0, p))
+    })?;
+    Ok(v[0])
+}
+
+/// What a pass of [`cot_two_class_streamed_sets`] feeds: `(set, probabilities)` chunks.
+pub type SetFeed<'a> = dyn FnMut(usize, &[f32]) -> Result<()> + 'a;
+
+/// [`cot_two_class_streamed`] of several sets read together (a target and its groups:
+/// each its own problem against the source's shares), their passes in lockstep so that
+/// one read of the rows serves them all: `each_pass(f)` feeds `f(set, probs)` every row
+/// of every set (`sizes[set]` rows each, a row may go to several sets). One COT a set.
+pub fn cot_two_class_streamed_sets<B: Backend + ?Sized>(
+    backend: &B,
+    sizes: &[u64],
+    class_counts: &[u64],
+    each_pass: impl FnMut(&mut SetFeed<'_>) -> Result<()>,
+) -> Result<Vec<f64>> {
+    use crate::kernel::cot_two_class::{two_class_sums_sets, CotPass, CotPassOutput, PassSums};
     if class_counts.len() != 2 {
         return Err(Error::LengthMismatch {
             what: "COT class counts".into(),
@@ -150,57 +169,111 @@ pub fn cot_two_class_streamed<B: Backend + ?Sized>(
         });
     }
     let n_source: u64 = class_counts.iter().sum();
-    if n_source == 0 || n == 0 {
+    if n_source == 0 || sizes.contains(&0) {
         return Err(Error::Empty {
             what: "COT".into(),
-            detail: "no labelled source row or no target row".into(),
+            detail: "no labelled source row or a set without rows".into(),
         });
     }
-    let demand1 = demand_units(class_counts, n as usize)?[1];
-    let (whole, part) = (demand1 / n_source, demand1 % n_source);
+    let mut sets = Vec::with_capacity(sizes.len());
+    let mut parts = Vec::with_capacity(sizes.len());
+    for &n in sizes {
+        let demand1 = demand_units(class_counts, n as usize)?[1];
+        sets.push((n, demand1 / n_source));
+        parts.push(demand1 % n_source);
+    }
     let each_pass = std::cell::RefCell::new(each_pass);
-    // One pass: every chunk's output added into `acc`.
-    let pass = |p: CotPass<'_>, acc: &mut dyn FnMut(CotPassOutput)| -> Result<()> {
-        let mut seen = 0u64;
-        (each_pass.borrow_mut())(&mut |probs: &[f32]| {
-            seen += (probs.len() / 2) as u64;
-            acc(backend.cot_two_class_pass(probs, p)?);
+    let mismatch = || Error::Invalid("COT: a pass returned another pass's output".into());
+    // One pass: every set's chunks through `pass(set)` (None: nothing in play), each
+    // output handed to `acc(set, output)`; every set must see its rows.
+    fn run<'p, B: Backend + ?Sized>(
+        backend: &B,
+        sizes: &[u64],
+        each_pass: &mut dyn FnMut(&mut SetFeed<'_>) -> Result<()>,
+        pass: &dyn Fn(usize) -> Option<CotPass<'p>>,
+        acc: &mut dyn FnMut(usize, CotPassOutput) -> Result<()>,
+    ) -> Result<()> {
+        let mut seen = vec![0u64; sizes.len()];
+        each_pass(&mut |set: usize, probs: &[f32]| {
+            let Some(n) = seen.get_mut(set) else {
+                return Err(Error::Invalid(format!(
+                    "COT: rows fed to set {set} of {}",
+                    sizes.len()
+                )));
+            };
+            *n += (probs.len() / 2) as u64;
+            if let Some(p) = pass(set) {
+                acc(set, backend.cot_two_class_pass(probs, p)?)?;
+            }
             Ok(())
         })?;
-        if seen != n {
+        if let Some(set) = (0..sizes.len()).find(|&s| seen[s] != sizes[s]) {
             return Err(Error::Invalid(format!(
-                "COT: a pass read {seen} rows of a set of {n} (did a file change between passes?)"
+                "COT: a pass read {} rows of a set of {} (did a file change between passes?)",
+                seen[set], sizes[set]
             )));
         }
         Ok(())
-    };
-    let s = two_class_sums(
-        n,
-        whole,
+    }
+    let sums = two_class_sums_sets(
+        &sets,
         |shift, prefixes| {
-            let mut total = vec![0u64; prefixes.len() * crate::kernel::cot_two_class::DIGITS];
-            pass(CotPass::Histogram { shift, prefixes }, &mut |out| {
-                if let CotPassOutput::Histogram(h) = out {
-                    for (t, v) in total.iter_mut().zip(h) {
-                        *t += v;
+            let mut total: Vec<Vec<u64>> = prefixes
+                .iter()
+                .map(|p| vec![0u64; p.len() * crate::kernel::cot_two_class::DIGITS])
+                .collect();
+            run(
+                backend,
+                sizes,
+                &mut *each_pass.borrow_mut(),
+                &|set| {
+                    (!prefixes[set].is_empty()).then(|| CotPass::Histogram {
+                        shift,
+                        prefixes: &prefixes[set],
+                    })
+                },
+                &mut |set, out| match out {
+                    CotPassOutput::Histogram(h) => {
+                        for (t, v) in total[set].iter_mut().zip(h) {
+                            *t += v;
+                        }
+                        Ok(())
                     }
-                }
-            })?;
+                    CotPassOutput::Sums(_) => Err(mismatch()),
+                },
+            )?;
             Ok(total)
         },
-        |boundary| {
-            let mut total = PassSums::default();
-            pass(CotPass::Sums { boundary }, &mut |out| {
-                if let CotPassOutput::Sums(s) = out {
-                    total.base += s.base;
-                    total.above_count += s.above_count;
-                    total.above_sum += s.above_sum;
-                }
-            })?;
+        |boundaries| {
+            let mut total = vec![PassSums::default(); sizes.len()];
+            run(
+                backend,
+                sizes,
+                &mut *each_pass.borrow_mut(),
+                &|set| {
+                    Some(CotPass::Sums {
+                        boundary: boundaries[set],
+                    })
+                },
+                &mut |set, out| match out {
+                    CotPassOutput::Sums(s) => {
+                        let t = &mut total[set];
+                        t.base += s.base;
+                        t.above_count += s.above_count;
+                        t.above_sum += s.above_sum;
+                        Ok(())
+                    }
+                    CotPassOutput::Histogram(_) => Err(mismatch()),
+                },
+            )?;
             Ok(total)
         },
     )?;
-    Ok(two_class_estimate(&s, n_source, part))
+    Ok(sums
+        .iter()
+        .zip(&parts)
+        .map(|(s, &part)| two_class_estimate(s, n_source, part))
+        .collect())
 }
 
 /// [`cot_cost`] of rows already on the cost grid (`n x k` integers, row-major): the one

@@ -36,10 +36,14 @@ pub const TARGET_CHUNK_ROWS: usize = 1 << 18;
 
 /// Every target's report, in the targets' order. The targets run side by side (a report
 /// is a function of its calibration and tally alone, so the values do not depend on it):
-/// one target's serial steps overlap another's.
+/// one target's serial steps overlap another's. The price: the report-time memory of the
+/// targets in flight at once (COT's costs, the shift scores' blocks) adds up.
 fn reports_of(cal: &Calibration, tallies: &[Tally]) -> Result<Vec<TargetReport>> {
     use rayon::prelude::*;
-    tallies.par_iter().map(|t| cal.report(&t.name, t)).collect()
+    let reports: Vec<Result<TargetReport>> =
+        tallies.par_iter().map(|t| cal.report(&t.name, t)).collect();
+    // The first failing target in order, as when they ran one by one.
+    reports.into_iter().collect()
 }
 
 /// How the temperature of the `ts` mode is chosen.
