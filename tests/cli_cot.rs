@@ -41,47 +41,48 @@ fn read_json(p: &Path) -> Value {
     serde_json::from_slice(&std::fs::read(p).expect("read")).expect("json")
 }
 
-/// The f64 bits of the report's COT of `target`, raw and ts.
-fn report_cot(report: &Value, target: &str) -> [u64; 2] {
-    let t = report["targets"]
+/// The report's entry of `target`.
+fn report_target<'a>(report: &'a Value, target: &str) -> &'a Value {
+    report["targets"]
         .as_array()
         .expect("targets")
         .iter()
         .find(|t| t["name"] == target)
-        .expect("target");
+        .expect("target")
+}
+
+/// The f64 bits of the report's COT of `target`, raw and ts.
+fn report_cot(report: &Value, target: &str) -> [u64; 2] {
+    let t = report_target(report, target);
     ["raw", "ts"].map(|m| t["estimates"][m]["COT"].as_f64().expect("COT").to_bits())
 }
 
-/// Every group's COT bits in the report's target: `(array, id) -> [raw, ts]`.
-fn report_groups(report: &Value, target: &str) -> BTreeMap<(String, i64), [u64; 2]> {
-    let t = report["targets"]
-        .as_array()
-        .expect("targets")
-        .iter()
-        .find(|t| t["name"] == target)
-        .expect("target");
+/// Every group's COT bits, `(array, id) -> [raw, ts]`, from `groups` (an object of group
+/// arrays), each group's mode value found by `cot(group, mode)`.
+fn group_bits(
+    groups: &Value,
+    cot: impl Fn(&Value, &str) -> Option<f64>,
+) -> BTreeMap<(String, i64), [u64; 2]> {
     let mut out = BTreeMap::new();
-    for (array, groups) in t["groups"].as_object().expect("groups") {
-        for g in groups.as_array().expect("list") {
-            let bits =
-                ["raw", "ts"].map(|m| g["estimates"][m]["COT"].as_f64().expect("COT").to_bits());
+    for (array, list) in groups.as_object().expect("groups") {
+        for g in list.as_array().expect("list") {
+            let bits = ["raw", "ts"].map(|m| cot(g, m).expect("COT").to_bits());
             out.insert((array.clone(), g["id"].as_i64().expect("id")), bits);
         }
     }
     out
+}
+
+/// Every group's COT bits in the report's target.
+fn report_groups(report: &Value, target: &str) -> BTreeMap<(String, i64), [u64; 2]> {
+    group_bits(&report_target(report, target)["groups"], |g, m| {
+        g["estimates"][m]["COT"].as_f64()
+    })
 }
 
 /// The same from `cot`'s JSON.
 fn cot_groups(json: &Path) -> BTreeMap<(String, i64), [u64; 2]> {
-    let v = read_json(json);
-    let mut out = BTreeMap::new();
-    for (array, groups) in v["groups"].as_object().expect("groups") {
-        for g in groups.as_array().expect("list") {
-            let bits = ["raw", "ts"].map(|m| g[m].as_f64().expect("cot").to_bits());
-            out.insert((array.clone(), g["id"].as_i64().expect("id")), bits);
-        }
-    }
-    out
+    group_bits(&read_json(json)["groups"], |g, m| g[m].as_f64())
 }
 
 fn cot_of(json: &Path) -> [u64; 2] {

@@ -58,10 +58,9 @@ pub fn sums(probs: &[f32], boundary: u64) -> PassSums {
             }
             s
         })
-        .reduce(PassSums::default, |a, b| PassSums {
-            base: a.base + b.base,
-            above_count: a.above_count + b.above_count,
-            above_sum: a.above_sum + b.above_sum,
+        .reduce(PassSums::default, |mut a, b| {
+            a.merge(&b);
+            a
         })
 }
 

@@ -149,6 +149,13 @@ pub struct PassSums {
 }
 
 impl PassSums {
+    /// Adds another chunk's (or shard's) sums.
+    pub fn merge(&mut self, o: &PassSums) {
+        self.base += o.base;
+        self.above_count += o.above_count;
+        self.above_sum += o.above_sum;
+    }
+
     /// Adds one chunk's [`SUM_WORDS`] words.
     pub fn add_words(&mut self, w: &[u32]) {
         let wide =

@@ -257,10 +257,7 @@ pub fn cot_two_class_streamed_sets<B: Backend + ?Sized>(
                 },
                 &mut |set, out| match out {
                     CotPassOutput::Sums(s) => {
-                        let t = &mut total[set];
-                        t.base += s.base;
-                        t.above_count += s.above_count;
-                        t.above_sum += s.above_sum;
+                        total[set].merge(&s);
                         Ok(())
                     }
                     CotPassOutput::Histogram(_) => Err(mismatch()),
