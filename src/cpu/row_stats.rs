@@ -156,7 +156,7 @@ fn fill(
     with_avx2(
         #[inline(always)]
         || match k {
-            2 => fill_with(Fixed::<2>, logits, labels, t, qhats, stats, info),
+            2 => fill_two(logits, labels, t, qhats, stats, info),
             3 => fill_with(Fixed::<3>, logits, labels, t, qhats, stats, info),
             4 => fill_with(Fixed::<4>, logits, labels, t, qhats, stats, info),
             _ => fill_with(k, logits, labels, t, qhats, stats, info),
@@ -254,6 +254,65 @@ fn fill_with<W: Width>(
                 rr,
                 log_s[j],
                 arg[j],
+                labels[i],
+                qhats,
+                &mut info[i * stride..(i + 1) * stride],
+            );
+        }
+    }
+}
+
+/// [`fill_with`] for K = 2 with one exponential a row instead of two: the larger logit's
+/// `x = (m - m) / T` is +0 (logits are finite, T > 0) and `exp(+0)` is exactly 1, so
+/// only the other class's `exp` is computed; `S = 1 + e` is the class-order sum either
+/// way (two f32 terms commute, and `+0 + a = a` for `a >= 0`). The same bits, row for
+/// row, as the general loop (tested against [`row_stats_row`]).
+#[inline(always)]
+fn fill_two(
+    logits: &[f32],
+    labels: &[i32],
+    t: f32,
+    qhats: &[f32],
+    stats: &mut [[f32; 5]],
+    info: &mut [u32],
+) {
+    const ROWS: usize = SUB_VALUES / 2;
+    let stride = 1 + qhats.len();
+    let (mut x, mut e, mut log_s) = ([0.0f32; ROWS], [0.0f32; ROWS], [0.0f32; ROWS]);
+    for (b, z) in logits.chunks(2 * ROWS).enumerate() {
+        let n = z.len() / 2;
+        let (x, e, log_s) = (&mut x[..n], &mut e[..n], &mut log_s[..n]);
+        for (x, z) in x.iter_mut().zip(z.chunks_exact(2)) {
+            // row_max: the first of tied maxima is the max, so class 1 only when larger.
+            *x = if z[1] > z[0] {
+                (z[0] - z[1]) / t
+            } else {
+                (z[1] - z[0]) / t
+            };
+        }
+        e.copy_from_slice(x);
+        exp_in_place(e);
+        for (l, &e) in log_s.iter_mut().zip(e.iter()) {
+            *l = 1.0 + e;
+        }
+        ln_in_place(log_s);
+        let first = b * ROWS;
+        for (j, zr) in z.chunks_exact(2).enumerate() {
+            let i = first + j;
+            let arg = (zr[1] > zr[0]) as usize;
+            let s = 1.0 + e[j];
+            let (p_max, p_other) = (1.0 / s, e[j] / s);
+            let (x_max, x_other) = (0.0f32, x[j]);
+            let pick = |max: f32, other: f32| if arg == 1 { [other, max] } else { [max, other] };
+            let xr = pick(x_max, x_other);
+            let pr = pick(p_max, p_other);
+            let rr = [1.0 - pr[0], 1.0 - pr[1]];
+            stats[i] = finish_row(
+                &xr,
+                &pr,
+                &rr,
+                log_s[j],
+                arg,
                 labels[i],
                 qhats,
                 &mut info[i * stride..(i + 1) * stride],
