@@ -120,6 +120,7 @@ pub fn weights4_lanes<const L: usize>(
     w
 }
 
+
 /// Replicate `b`'s weights of the rows `rows` of the set keyed `name_key` (one Philox draw
 /// a row gives four replicates; this keeps replicate `b`'s word).
 pub fn replicate_weights(
@@ -482,6 +483,7 @@ mod tests {
     fn lanes_equal_one_row_at_a_time() {
         // Rows across the 32-bit boundary, large and random, every draw group word.
         let mut x = 0x2545_f491_4f6c_dd1du64;
+        let mut rare = 0;
         for case in 0..500u64 {
             let rows: [u64; DRAW_LANES] = std::array::from_fn(|l| {
                 x ^= x << 13;
@@ -497,8 +499,17 @@ mod tests {
             let got = weights4_lanes(seed, key, rows, g);
             for (l, &row) in rows.iter().enumerate() {
                 assert_eq!(got[l], weights4(seed, key, row, g), "row {row}");
+                // And the plain statement: each Philox word's inverse-CDF weight.
+                let words = philox4x32_10(
+                    [row as u32, (row >> 32) as u32, g, key],
+                    [seed as u32, (seed >> 32) as u32],
+                );
+                assert_eq!(got[l], words.map(poisson_weight), "row {row}");
+                rare += got[l].iter().filter(|&&w| w > 5).count();
             }
         }
+        // Large weights occur (words past the upper CDF values are compared).
+        assert!(rare > 0);
     }
 
     /// Weights depend on (seed, name, row, replicate) only: a shard at an offset draws
