@@ -225,29 +225,63 @@ impl<C: Fn(usize) -> usize> BlockRows<'_, C> {
         counts: &mut [Lanes],
         sums: &mut [[u64; REPS_PER_DRAW]],
     ) {
+        // Rows come in runs of one cell (a group's rows together, or no groups): the run's
+        // counters stay in registers and are added to the cell when it ends, instead of a
+        // load and a store of every counter a row.
+        let mut run: Option<usize> = None;
+        let mut c: Lanes = [[0; REPS_PER_DRAW]; rep::LEN];
+        let mut s = [0u64; REPS_PER_DRAW];
+        let mut flush = |cell: usize, c: &mut Lanes, s: &mut [u64; REPS_PER_DRAW]| {
+            for (d, x) in counts[cell].iter_mut().flatten().zip(c.iter().flatten()) {
+                *d += x;
+            }
+            for (d, x) in sums[cell].iter_mut().zip(s.iter()) {
+                *d += x;
+            }
+            *c = [[0; REPS_PER_DRAW]; rep::LEN];
+            *s = [0; REPS_PER_DRAW];
+        };
         for (o, i) in self.rows.clone().enumerate() {
             let wv = self.w[o];
             if wv == [0; REPS_PER_DRAW] {
                 continue;
             }
-            let y = self.labels[i];
-            let known = (y >= 0) as u64;
-            let correct = (self.yhat[i] as i32 == y) as u64;
             let cell = (self.cell_of)(i);
-            let (c, s) = (&mut counts[cell], &mut sums[cell]);
-            for j in 0..REPS_PER_DRAW {
-                let [p1, ne, _, r1, r2] = *stats(o, j);
-                let w = wv[j] as u64;
-                c[rep::N][j] += w;
-                c[rep::LABELLED][j] += w * known;
-                c[rep::CORRECT][j] += w * correct;
-                c[rep::MC_ABOVE][j] += w * (p1 > th.mc[j]) as u64;
-                c[rep::MC_EQUAL][j] += w * (p1 == th.mc[j]) as u64;
-                c[rep::NE_ABOVE][j] += w * (ne > th.ne[j]) as u64;
-                c[rep::NE_EQUAL][j] += w * (ne == th.ne[j]) as u64;
-                c[rep::CPC][j] += w * (r1 <= th.q[j] && th.q[j] < r2) as u64;
-                s[j] += w * p1_to_grid(p1);
+            if run != Some(cell) {
+                if let Some(r) = run {
+                    flush(r, &mut c, &mut s);
+                }
+                run = Some(cell);
             }
+            let y = self.labels[i];
+            // Indicators as all-ones masks, ANDed with the weights: the four lanes of a
+            // counter are one vector operation (no 64-bit multiply, which AVX2 lacks).
+            let all = |c: bool| 0u64.wrapping_sub(c as u64);
+            let known = all(y >= 0);
+            let correct = all(self.yhat[i] as i32 == y);
+            let st: [[f32; 5]; REPS_PER_DRAW] = std::array::from_fn(|j| *stats(o, j));
+            let w: [u64; REPS_PER_DRAW] = wv.map(|x| x as u64);
+            let mut add = |counter: usize, m: [u64; REPS_PER_DRAW]| {
+                for j in 0..REPS_PER_DRAW {
+                    c[counter][j] += w[j] & m[j];
+                }
+            };
+            add(rep::N, [u64::MAX; REPS_PER_DRAW]);
+            add(rep::LABELLED, [known; REPS_PER_DRAW]);
+            add(rep::CORRECT, [correct; REPS_PER_DRAW]);
+            let [p1, ne, r1, r2] = [0, 1, 3, 4].map(|col| st.map(|x| x[col]));
+            let lanes = |f: &dyn Fn(usize) -> bool| std::array::from_fn(|j| all(f(j)));
+            add(rep::MC_ABOVE, lanes(&|j| p1[j] > th.mc[j]));
+            add(rep::MC_EQUAL, lanes(&|j| p1[j] == th.mc[j]));
+            add(rep::NE_ABOVE, lanes(&|j| ne[j] > th.ne[j]));
+            add(rep::NE_EQUAL, lanes(&|j| ne[j] == th.ne[j]));
+            add(rep::CPC, lanes(&|j| (r1[j] <= th.q[j]) & (th.q[j] < r2[j])));
+            for j in 0..REPS_PER_DRAW {
+                s[j] += w[j] * p1_to_grid(p1[j]);
+            }
+        }
+        if let Some(r) = run {
+            flush(r, &mut c, &mut s);
         }
     }
 }

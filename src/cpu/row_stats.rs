@@ -301,22 +301,33 @@ fn fill_two(
             let i = first + j;
             let arg = (zr[1] > zr[0]) as usize;
             let s = 1.0 + e[j];
+            // finish_row's values with K = 2 spelled out: e <= 1 (x <= 0), so p_max =
+            // 1/S >= e/S = p_other, and r_max <= r_other are the smallest two r.
             let (p_max, p_other) = (1.0 / s, e[j] / s);
-            let (x_max, x_other) = (0.0f32, x[j]);
-            let pick = |max: f32, other: f32| if arg == 1 { [other, max] } else { [max, other] };
-            let xr = pick(x_max, x_other);
-            let pr = pick(p_max, p_other);
-            let rr = [1.0 - pr[0], 1.0 - pr[1]];
-            stats[i] = finish_row(
-                &xr,
-                &pr,
-                &rr,
-                log_s[j],
-                arg,
-                labels[i],
-                qhats,
-                &mut info[i * stride..(i + 1) * stride],
-            );
+            let (r_max, r_other) = (1.0 - p_max, 1.0 - p_other);
+            // ln p = x - ln S; the max class's x is +0.
+            let term = |p: f32, x: f32| if p > 0.0 { p * (x - log_s[j]) } else { 0.0 };
+            let (t_max, t_other) = (term(p_max, 0.0), term(p_other, x[j]));
+            // The negative entropy in class order from +0.0, as neg_class_sum_of.
+            let ne = if arg == 1 {
+                (0.0 + t_other) + t_max
+            } else {
+                (0.0 + t_max) + t_other
+            };
+            let y = labels[i];
+            let lac = if y == arg as i32 {
+                r_max
+            } else if y == 1 - arg as i32 {
+                r_other
+            } else {
+                -1.0
+            };
+            let row_info = &mut info[i * stride..(i + 1) * stride];
+            row_info[0] = arg as u32;
+            for (slot, &q) in row_info[1..].iter_mut().zip(qhats) {
+                *slot = (r_max <= q) as u32 + (r_other <= q) as u32;
+            }
+            stats[i] = [p_max, ne, lac, r_max, r_other];
         }
     }
 }

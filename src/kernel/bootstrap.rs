@@ -120,7 +120,6 @@ pub fn weights4_lanes<const L: usize>(
     w
 }
 
-
 /// Replicate `b`'s weights of the rows `rows` of the set keyed `name_key` (one Philox draw
 /// a row gives four replicates; this keeps replicate `b`'s word).
 pub fn replicate_weights(
