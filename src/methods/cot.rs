@@ -24,7 +24,7 @@ use crate::cpu::bootstrap::draw_weights;
 use crate::cpu::softmax::softmax;
 use crate::kernel::bootstrap::REPS_PER_DRAW;
 use crate::kernel::cot_two_class::TwoClassSums;
-use crate::methods::cott::CottThreshold;
+use crate::methods::cott::{two_class_sets_with_cot, CottThreshold, TwoClassSet};
 use crate::methods::transport::{self, grid_cost, COST_GRID_BITS};
 use crate::report::estimates::Modes;
 
@@ -372,23 +372,6 @@ fn two_class_units(base: i128, gains: &mut [i64], supply: u64, demand1: u64) -> 
     (base * supply as i128 - moved) as u128
 }
 
-/// COT's cost (per unit of mass) of K = 2 rows given as their base sum and gains.
-fn two_class_mean(base: i128, gains: &mut [i64], class_counts: &[u64]) -> Result<f64> {
-    let n_source: u64 = class_counts.iter().sum();
-    let n = gains.len() as u64;
-    if n_source == 0 || n == 0 {
-        return Err(Error::Empty {
-            what: "COT".into(),
-            detail: "no labelled source row or no target row".into(),
-        });
-    }
-    let demand1 = class_counts[1]
-        .checked_mul(n)
-        .ok_or_else(|| Error::Invalid(format!("COT: {} x {n} units overflow", class_counts[1])))?;
-    let units = two_class_units(base, gains, n_source, demand1);
-    Ok(mean(units, n as u128 * n_source as u128))
-}
-
 /// One chunk of a target as COT sees it: its first row, its logits (`rows x K`,
 /// row-major) and its group ids (one array per group array present).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -555,36 +538,10 @@ impl CotRows {
         let partitions: [Option<Partition>; 2] = [0, 1].map(|g| self.partition(g, k));
         type Solved = (f64, [Vec<f64>; 2], Option<(f64, [Vec<f64>; 2])>);
         let one = |ts: bool| -> Result<Solved> {
-            use crate::methods::cott::two_class_sets;
             let costs = self.costs(k, *t.of(ts));
             let thr = cott.map(|c| c.of(ts));
             if k == 2 {
-                let target = grid_cot_cost(&costs, k, class_counts)?;
-                let mut groups: [Vec<f64>; 2] = Default::default();
-                for (out, p) in groups.iter_mut().zip(&partitions) {
-                    if let Some(p) = p {
-                        *out = p.costs(&costs, k, class_counts)?;
-                    }
-                }
-                let thresholded = thr
-                    .map(|thr| -> Result<(f64, [Vec<f64>; 2])> {
-                        let target = two_class_sets(&costs, None, 1, class_counts, thr)?[0];
-                        let mut groups: [Vec<f64>; 2] = Default::default();
-                        for (out, p) in groups.iter_mut().zip(&partitions) {
-                            if let Some(p) = p {
-                                *out = two_class_sets(
-                                    &costs,
-                                    Some(&p.slot),
-                                    p.ids.len(),
-                                    class_counts,
-                                    thr,
-                                )?;
-                            }
-                        }
-                        Ok((target, groups))
-                    })
-                    .transpose()?;
-                return Ok((target, groups, thresholded));
+                return two_class_solve(&costs, &partitions, class_counts, thr);
             }
             // K > 2: one transport solve a set gives both COT and COTT.
             let (target, target_cott) = cot_and_cott(&costs, k, class_counts, thr)?;
@@ -1436,47 +1393,37 @@ impl Partition {
         }
         out
     }
+}
 
-    /// COT's cost of every group, from every row's `costs` (`rows x k`, row order).
-    fn costs(&self, costs: &[i64], k: usize, class_counts: &[u64]) -> Result<Vec<f64>> {
-        let groups = self.ids.len();
-        let mut next = self.start.clone();
-        if k == 2 {
-            // Only the gains are grouped; each group's base sum is kept on the way.
-            let mut gains = vec![0i64; self.slot.len()];
-            let mut base = vec![0i128; groups];
-            for (&s, r) in self.slot.iter().zip(costs.chunks_exact(2)) {
-                let s = s as usize;
-                gains[next[s]] = r[0] - r[1];
-                next[s] += 1;
-                base[s] += r[0] as i128;
-            }
-            let mut parts: Vec<(i128, &mut [i64])> = Vec::with_capacity(groups);
-            let mut rest = gains.as_mut_slice();
-            for (j, &b) in base.iter().enumerate() {
-                let (head, tail) = rest.split_at_mut(self.start[j + 1] - self.start[j]);
-                parts.push((b, head));
-                rest = tail;
-            }
-            return parts
-                .into_par_iter()
-                .map(|(b, gains)| two_class_mean(b, gains, class_counts))
-                .collect();
-        }
-        let mut grouped = vec![0i64; costs.len()];
-        for (&s, r) in self.slot.iter().zip(costs.chunks_exact(k)) {
-            let at = next[s as usize];
-            next[s as usize] += 1;
-            grouped[at * k..(at + 1) * k].copy_from_slice(r);
-        }
-        (0..groups)
-            .into_par_iter()
-            .map(|j| {
-                let rows = self.start[j] * k..self.start[j + 1] * k;
-                grid_cot_cost(&grouped[rows], k, class_counts)
-            })
-            .collect()
+/// K = 2 COT of the target and of every group, and with a threshold COTT of each, from
+/// one selection a set ([`two_class_sets_with_cot`]); COT's typed errors first, as
+/// [`grid_cot_cost`] gives them.
+#[allow(clippy::type_complexity)]
+fn two_class_solve(
+    costs: &[i64],
+    partitions: &[Option<Partition>; 2],
+    class_counts: &[u64],
+    thr: Option<&CottThreshold>,
+) -> Result<(f64, [Vec<f64>; 2], Option<(f64, [Vec<f64>; 2])>)> {
+    let n_source: u64 = class_counts.iter().sum();
+    let n = costs.len() / 2;
+    if n_source == 0 || n == 0 {
+        // The same typed errors as COT alone.
+        return grid_cot_cost(costs, 2, class_counts).map(|c| (c, Default::default(), None));
     }
+    demand_units(class_counts, n)?;
+    let cot_of = |s: &TwoClassSet| mean(s.cot_units, s.rows as u128 * n_source as u128);
+    let target = two_class_sets_with_cot(costs, None, 1, class_counts, thr)?[0];
+    let mut groups: [Vec<f64>; 2] = Default::default();
+    let mut cott_groups: [Vec<f64>; 2] = Default::default();
+    for ((out, out_cott), p) in groups.iter_mut().zip(&mut cott_groups).zip(partitions) {
+        let Some(p) = p else { continue };
+        let sets = two_class_sets_with_cot(costs, Some(&p.slot), p.ids.len(), class_counts, thr)?;
+        *out = sets.iter().map(cot_of).collect();
+        *out_cott = sets.iter().map(|s| s.cott.unwrap_or(f64::NAN)).collect();
+    }
+    let thresholded = target.cott.map(|c| (c, cott_groups));
+    Ok((cot_of(&target), groups, thresholded))
 }
 
 /// A weighted set's multiset: each row of `costs` (`n x k`) repeated by its weight.

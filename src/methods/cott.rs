@@ -374,7 +374,7 @@ pub fn cott(costs: &[i64], k: usize, class_counts: &[u64], thr: &CottThreshold) 
 /// of them; `None`: one set of every row), from one pass over the rows after one
 /// selection per set: the same plan as `two_class` (rows above the boundary gain to
 /// class 1, below to class 0, the tied ones settled at `t` in row order), without making
-/// it. The report's path for a target and its groups.
+/// it. The multiset path of COT's replicates; the report's path is [`two_class_sets_with_cot`].
 pub fn two_class_sets(
     costs: &[i64],
     slot: Option<&[u32]>,
@@ -382,6 +382,38 @@ pub fn two_class_sets(
     class_counts: &[u64],
     thr: &CottThreshold,
 ) -> Result<Vec<f64>> {
+    Ok(
+        two_class_sets_with_cot(costs, slot, sets, class_counts, Some(thr))?
+            .into_iter()
+            .map(|s| s.cott.unwrap_or(f64::NAN))
+            .collect(),
+    )
+}
+
+/// One K = 2 set's outcome of [`two_class_sets_with_cot`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct TwoClassSet {
+    /// Rows in the set.
+    pub rows: usize,
+    /// COT's optimal cost in units (`supply` units a row, costs on the 2^-40 grid): the
+    /// rows' class-0 costs less the gains class 1 takes, whole rows and a part of the next.
+    pub cot_units: u128,
+    /// COTT's estimate (with a threshold).
+    pub cott: Option<f64>,
+}
+
+/// [`two_class_sets`] with each set's COT cost from the same selection: with `d1 = n_1 N`
+/// class-1 units and `supply = n` units a row, the `ceil(d1 / supply)`-th largest gain
+/// is COTT's boundary, and the `floor(d1 / supply)` gains above it (a sum that does not
+/// depend on which tied rows they are) plus `d1 mod supply` units of it are what COT
+/// moves. One grouping pass, one selection a set, and with a threshold one more pass.
+pub fn two_class_sets_with_cot(
+    costs: &[i64],
+    slot: Option<&[u32]>,
+    sets: usize,
+    class_counts: &[u64],
+    thr: Option<&CottThreshold>,
+) -> Result<Vec<TwoClassSet>> {
     let n = costs.len() / 2;
     let set_of = |i: usize| slot.map_or(0, |s| s[i] as usize);
     let mut size = vec![0usize; sets];
@@ -392,27 +424,45 @@ pub fn two_class_sets(
     for s in 0..sets {
         start[s + 1] = start[s] + size[s];
     }
-    // Each set's gains together, for its selection.
+    // Each set's gains together, for its selection, and its class-0 cost sum.
     let mut gains = vec![0i64; n];
+    let mut base = vec![0i128; sets];
     let mut next = start.clone();
     for (i, c) in costs.chunks_exact(2).enumerate() {
         let s = set_of(i);
         gains[next[s]] = c[0] - c[1];
         next[s] += 1;
+        base[s] += c[0] as i128;
     }
     let mut supply_demand = Vec::with_capacity(sets);
     let mut boundary: Vec<Option<i64>> = vec![None; sets];
+    let mut out = Vec::with_capacity(sets);
     for s in 0..sets {
         let (supply, demand) = units(class_counts, size[s])?;
         let d1 = demand[1];
+        let (whole, part) = ((d1 / supply) as usize, d1 % supply);
+        let mut moved = 0i128;
         if d1 > 0 {
-            let part = &mut gains[start[s]..start[s + 1]];
-            let last = (d1.div_ceil(supply) as usize).min(part.len()) - 1;
-            part.select_nth_unstable_by(last, |a, b| b.cmp(a));
-            boundary[s] = Some(part[last]);
+            let gains = &mut gains[start[s]..start[s + 1]];
+            let last = (d1.div_ceil(supply) as usize).min(gains.len()) - 1;
+            gains.select_nth_unstable_by(last, |a, b| b.cmp(a));
+            boundary[s] = Some(gains[last]);
+            // Before `last` the largest gains; with a part, `last` is `whole`, the next.
+            moved = gains[..whole].iter().map(|&g| g as i128).sum::<i128>() * supply as i128;
+            if part > 0 {
+                moved += gains[last] as i128 * part as i128;
+            }
         }
         supply_demand.push((supply, d1));
+        out.push(TwoClassSet {
+            rows: size[s],
+            cot_units: (base[s] * supply as i128 - moved) as u128,
+            cott: None,
+        });
     }
+    let Some(thr) = thr else {
+        return Ok(out);
+    };
     let t = thr.t;
     let mut e = vec![0u128; sets];
     let mut f = vec![0u128; sets];
@@ -423,23 +473,22 @@ pub fn two_class_sets(
     for (i, c) in costs.chunks_exact(2).enumerate() {
         let s = set_of(i);
         let supply = supply_demand[s].0 as u128;
+        let gain = c[0] - c[1];
         let class = match boundary[s] {
             None => 0,
-            Some(b) if c[0] - c[1] > b => 1,
-            Some(b) if c[0] - c[1] < b => 0,
-            Some(_) => {
+            // Rarely on the boundary; otherwise which side is a select, not a branch
+            // (rows come in any gain order, so a branch would miss half the time).
+            Some(b) if gain == b => {
                 tied[s].push(((c[1] > t) as i8 - (c[0] > t) as i8, c[0], c[1]));
                 continue;
             }
+            Some(b) => (gain > b) as usize,
         };
-        if class == 1 {
-            taken[s] += supply as u64;
-        }
+        taken[s] += supply as u64 * class as u64;
         e[s] += supply * (c[class] > t) as u128;
         f[s] += supply * (c[class] >= t) as u128;
     }
-    let mut out = Vec::with_capacity(sets);
-    for s in 0..sets {
+    for (s, set) in out.iter_mut().enumerate() {
         let (supply, d1) = supply_demand[s];
         let mut need = d1 - taken[s];
         tied[s].sort_by_key(|r| r.0);
@@ -453,7 +502,7 @@ pub fn two_class_sets(
         }
         let total = size[s] as u128 * supply as u128;
         let moved = e[s] as f64 + thr.lambda * (f[s] - e[s]) as f64;
-        out.push(1.0 - moved / total as f64);
+        set.cott = Some(1.0 - moved / total as f64);
     }
     Ok(out)
 }
@@ -578,6 +627,42 @@ mod tests {
 
     /// The one-pass K = 2 path equals the plan's, for the whole set and for sets cut by
     /// a slot array, at thresholds on and off the costs, on tied rows.
+    /// Each set's COT units from the shared selection equal the transport solver's
+    /// optimum: tied rows, shares with nothing for one class or everything for it, a
+    /// demand a whole number of rows (no part) and one with a part, sets of one row.
+    #[test]
+    fn two_class_sets_carry_the_transport_optimum() {
+        let costs = rows(5, 301, 2, true);
+        // Set 3 holds row 0 alone; the others split the rest unevenly.
+        let slot: Vec<u32> = (0..301u32)
+            .map(|i| if i == 0 { 3 } else { i % 7 % 3 })
+            .collect();
+        for counts in [[11u64, 17], [0, 9], [9, 0], [5, 5], [1, 1000], [301, 1]] {
+            let thr = CottThreshold {
+                t: costs[3],
+                lambda: 0.5,
+            };
+            for thr in [None, Some(&thr)] {
+                let sets = two_class_sets_with_cot(&costs, Some(&slot), 4, &counts, thr).unwrap();
+                for (s, got) in sets.iter().enumerate() {
+                    let mine: Vec<i64> = costs
+                        .chunks_exact(2)
+                        .zip(&slot)
+                        .filter(|(_, &x)| x as usize == s)
+                        .flat_map(|(c, _)| c.to_vec())
+                        .collect();
+                    let n = mine.len() / 2;
+                    let supply: u64 = counts.iter().sum();
+                    let demand: Vec<u64> = counts.iter().map(|&c| c * n as u64).collect();
+                    let want = transport::solve(&mine, 2, supply, &demand).unwrap();
+                    assert_eq!(got.rows, n);
+                    assert_eq!(got.cot_units, want.cost_units, "counts {counts:?} set {s}");
+                    assert_eq!(got.cott.is_some(), thr.is_some());
+                }
+            }
+        }
+    }
+
     #[test]
     fn two_class_sets_equal_the_plan() {
         let costs = rows(21, 500, 2, true);
