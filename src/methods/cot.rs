@@ -882,8 +882,9 @@ impl Draw<'_> {
     }
 
     /// One replicate `b` of [`Draw::two_class`] on its own: its [`Walk`] over every
-    /// block, then [`Draw::finish`] (the tests' entry; `two_class` runs a draw group's
-    /// walks a block at a time).
+    /// block, `walk_rows` rows at a time (small ones reach the walk's whole-block path
+    /// on few rows), then [`Draw::finish`] (the tests' entry; `two_class` runs a draw
+    /// group's walks a block at a time).
     #[cfg(test)]
     #[allow(clippy::too_many_arguments)]
     fn two_class_one(
@@ -895,11 +896,17 @@ impl Draw<'_> {
         total: u64,
         block: &mut Vec<i64>,
         thr: Option<&CottThreshold>,
+        walk_rows: usize,
     ) -> Result<(f64, f64)> {
         let Some(mut walk) = self.walk(b, total, thr) else {
             return Ok((f64::NAN, f64::NAN));
         };
-        costs.each_block(w.len(), block, |part, rows| walk.block(part, &w[rows], j));
+        costs.each_block(w.len(), block, |part, rows| {
+            for (k, sub) in part.chunks(2 * walk_rows).enumerate() {
+                let first = rows.start + k * walk_rows;
+                walk.block(sub, &w[first..first + sub.len() / 2], j);
+            }
+        });
         self.finish(walk, costs, w, j, b, total, block, thr)
     }
 
@@ -1068,6 +1075,7 @@ impl Draw<'_> {
 /// class 1) at the first row with `w > left`; the unit sums are the weight sums times
 /// `supply`, the same integers. Per-block sums are i64 (weights <= 12, costs <= 2^40,
 /// 16,384 rows: under 2^58) added to i128 totals.
+#[derive(Clone, Debug, PartialEq)]
 struct Walk {
     supply: u64,
     left: u64,
@@ -1092,7 +1100,7 @@ struct Walk {
 
 /// The row class 1 splits: its gain, its costs, and in units its cost and (COTT) its
 /// E and F under the split.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 struct Split {
     gain: i64,
     pair: [i64; 2],
@@ -1126,9 +1134,27 @@ impl Walk {
 
     /// The rows of one block (`part`: their cost pairs; `w`: their weights, lane `j`).
     fn block(&mut self, part: &[i64], w: &[[u8; REPS_PER_DRAW]], j: usize) {
-        let rows = part.len() / 2;
         let mut i = 0;
         if !self.met {
+            if w.iter().map(|x| x[j] as u64).sum::<u64>() < self.left {
+                // Class 1 takes every row of the block whole and still wants more.
+                self.take_whole(part, w, j);
+                return;
+            }
+            i = self.take_rows(part, w, j);
+        }
+        if self.met {
+            self.rest(&part[2 * i..], &w[i..], j);
+        }
+    }
+
+    /// Class 1's rows of a block one by one, from its first, until its demand is met
+    /// (a row split or the units reached exactly) or the block ends: the rows it went
+    /// through.
+    fn take_rows(&mut self, part: &[i64], w: &[[u8; REPS_PER_DRAW]], j: usize) -> usize {
+        let rows = part.len() / 2;
+        let mut i = 0;
+        {
             let mut cost = 0i64;
             let (mut e, mut f) = (0u64, 0u64);
             let (track, t) = (self.t.is_some(), self.t.unwrap_or(i64::MAX));
@@ -1171,13 +1197,15 @@ impl Walk {
                 self.taken_pair = pair_ok.then_some(pair);
             }
         }
-        if !self.met {
-            return;
-        }
+        i
+    }
+
+    /// The rows a block has after class 1's demand is met: each stays at class 0.
+    fn rest(&mut self, part: &[i64], w: &[[u8; REPS_PER_DRAW]], j: usize) {
         let mut cost = 0i64;
         match self.t {
             None => {
-                for (r, wi) in part[2 * i..].chunks_exact(2).zip(&w[i..]) {
+                for (r, wi) in part.chunks_exact(2).zip(w) {
                     let wj = wi[j] as i64;
                     cost += wj * r[0];
                     let gain = if wj > 0 { r[0] - r[1] } else { i64::MIN };
@@ -1186,7 +1214,7 @@ impl Walk {
             }
             Some(t) => {
                 let (mut e, mut f) = (0u64, 0u64);
-                for (r, wi) in part[2 * i..].chunks_exact(2).zip(&w[i..]) {
+                for (r, wi) in part.chunks_exact(2).zip(w) {
                     let wj = wi[j] as u64;
                     cost += wj as i64 * r[0];
                     e += wj * (r[0] > t) as u64;
@@ -1209,6 +1237,51 @@ impl Walk {
             }
         }
         self.whole_cost += cost as i128;
+    }
+
+    /// [`Walk::block`] where the block's weights are less than `left`: no row is split and
+    /// the demand is not met, so every row is taken whole. The same sums, minimum and pair
+    /// as the row-by-row loop, in loops without a branch on the weights (the minimum's
+    /// pair from a second look at the rows with that gain).
+    fn take_whole(&mut self, part: &[i64], w: &[[u8; REPS_PER_DRAW]], j: usize) {
+        let (mut cost, mut weight, mut min) = (0i64, 0u64, i64::MAX);
+        for (r, wi) in part.chunks_exact(2).zip(w) {
+            let wj = wi[j] as u64;
+            weight += wj;
+            cost += wj as i64 * r[1];
+            min = min.min(if wj > 0 { r[0] - r[1] } else { i64::MAX });
+        }
+        self.left -= weight;
+        self.whole_cost += cost as i128;
+        if let Some(t) = self.t {
+            let (mut e, mut f) = (0u64, 0u64);
+            for (r, wi) in part.chunks_exact(2).zip(w) {
+                let wj = wi[j] as u64;
+                e += wj * (r[1] > t) as u64;
+                f += wj * (r[1] >= t) as u64;
+            }
+            self.e_weight += e;
+            self.f_weight += f;
+            // Gains are within +-2^41: MAX means no drawn row (nothing changes).
+            if min < i64::MAX && min <= self.taken_min {
+                // The drawn rows at the block's minimum: their first pair, and whether
+                // all agree with it.
+                let (mut first, mut agree) = (None, true);
+                for (r, wi) in part.chunks_exact(2).zip(w) {
+                    if wi[j] > 0 && r[0] - r[1] == min {
+                        let pair = [r[0], r[1]];
+                        agree &= *first.get_or_insert(pair) == pair;
+                    }
+                }
+                self.taken_pair = if min < self.taken_min {
+                    first.filter(|_| agree)
+                } else {
+                    // Equal minimum: the pair stands if every new one is it.
+                    self.taken_pair.filter(|&p| agree && first == Some(p))
+                };
+            }
+        }
+        self.taken_min = self.taken_min.min(min);
     }
 
     /// Class 1 takes `left supply + rem` of the `wj supply` units of the row `(r0, r1)`.
@@ -1832,6 +1905,46 @@ mod tests {
         }
     }
 
+    /// A block class 1 takes whole leaves the walk as the row-by-row loop leaves it:
+    /// its sums, the taken minimum and that minimum's pair (tied gains with one pair and
+    /// with several, weightless rows at the minimum, a minimum equal to an earlier
+    /// block's), with and without a COTT threshold.
+    #[test]
+    fn whole_blocks_walk_as_rows_do() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        for case in 0..2000 {
+            let rows = 1 + case % 9;
+            let part: Vec<i64> = (0..rows)
+                .flat_map(|_| {
+                    // Gains in a narrow range with two pairs per gain: ties of both kinds.
+                    let c1 = rng.random_range(0..3i64);
+                    let g = rng.random_range(-2..2i64);
+                    [c1 + g, c1]
+                })
+                .collect();
+            let w: Vec<[u8; REPS_PER_DRAW]> = (0..rows)
+                .map(|_| std::array::from_fn(|_| rng.random_range(0..3u8)))
+                .collect();
+            let t = [None, Some(1i64)][case % 2];
+            let mut start = Walk::new(1_000_000, 7, t);
+            // An earlier block's minimum and pair (or none yet).
+            if case % 3 > 0 {
+                start.taken_min = rng.random_range(-2..3i64);
+                start.taken_pair = (case % 3 == 1 && t.is_some()).then(|| {
+                    let c1 = rng.random_range(0..3i64);
+                    [c1 + start.taken_min, c1]
+                });
+            }
+            for j in 0..REPS_PER_DRAW {
+                let (mut whole, mut by_row) = (start.clone(), start.clone());
+                whole.take_whole(&part, &w, j);
+                assert_eq!(by_row.take_rows(&part, &w, j), rows);
+                assert_eq!(whole, by_row, "case {case} lane {j} {part:?} {w:?}");
+            }
+        }
+    }
+
     /// A replicate whose gains are out of order (as rounding could leave them) sorts
     /// them: the same value as the rows given in gain order.
     #[test]
@@ -1854,7 +1967,7 @@ mod tests {
                     t: 1.0,
                 };
                 let total = w.iter().map(|x| x[j] as u64).sum();
-                draw.two_class_one(&costs, &w, j, 0, total, &mut block, None)
+                draw.two_class_one(&costs, &w, j, 0, total, &mut block, None, COST_BLOCK_ROWS)
                     .unwrap()
                     .0
             };
@@ -1937,20 +2050,33 @@ mod tests {
                             shared: Some(c),
                             t: 1.0,
                         };
-                        let got = draw
-                            .two_class_one(&costs, w, j, 0, total, &mut block, Some(&thr))
-                            .unwrap()
-                            .1;
-                        let same = got.to_bits() == want.to_bits();
-                        // The shuffled order's multiset settles its tied rows in its own
-                        // order: equal whenever tied gains have one cost pair.
-                        if c == &sorted || !unequal_ties {
-                            assert!(
-                                same || (got.is_nan() && want.is_nan()),
-                                "case {case} j {j} t {t} sorted {}: {got} vs {want} rows {rows:?} w {:?} counts {counts:?}",
-                                c == &sorted,
-                                w.iter().map(|x| x[j]).collect::<Vec<_>>()
-                            );
+                        // Walked a block at a time and in blocks of 1-3 rows (whole
+                        // blocks taken, tie groups across block ends).
+                        for walk_rows in [COST_BLOCK_ROWS, 1, 2, 3] {
+                            let got = draw
+                                .two_class_one(
+                                    &costs,
+                                    w,
+                                    j,
+                                    0,
+                                    total,
+                                    &mut block,
+                                    Some(&thr),
+                                    walk_rows,
+                                )
+                                .unwrap()
+                                .1;
+                            let same = got.to_bits() == want.to_bits();
+                            // The shuffled order's multiset settles its tied rows in its
+                            // own order: equal whenever tied gains have one cost pair.
+                            if c == &sorted || !unequal_ties {
+                                assert!(
+                                    same || (got.is_nan() && want.is_nan()),
+                                    "case {case} j {j} t {t} rows/block {walk_rows} sorted {}: {got} vs {want} rows {rows:?} w {:?} counts {counts:?}",
+                                    c == &sorted,
+                                    w.iter().map(|x| x[j]).collect::<Vec<_>>()
+                                );
+                            }
                         }
                     }
                 }
