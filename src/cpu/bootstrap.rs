@@ -226,14 +226,18 @@ impl<C: Fn(usize) -> usize> BlockRows<'_, C> {
         sums: &mut [[u64; REPS_PER_DRAW]],
     ) {
         // Rows come in runs of one cell (a group's rows together, or no groups): the run's
-        // counters stay in registers and are added to the cell when it ends, instead of a
-        // load and a store of every counter a row.
+        // counters stay in registers, in u32 lanes (a block's weights sum to at most
+        // BLOCK x MAX_WEIGHT), and are added to the cell when it ends. Indicators are
+        // all-ones masks ANDed with the weights, so a counter's four lanes are one SSE2
+        // compare, AND and add.
         let mut run: Option<usize> = None;
-        let mut c: Lanes = [[0; REPS_PER_DRAW]; rep::LEN];
+        let mut c = [[0u32; REPS_PER_DRAW]; rep::LEN];
         let mut s = [0u64; REPS_PER_DRAW];
-        let mut flush = |cell: usize, c: &mut Lanes, s: &mut [u64; REPS_PER_DRAW]| {
+        let mut flush = |cell: usize,
+                         c: &mut [[u32; REPS_PER_DRAW]; rep::LEN],
+                         s: &mut [u64; REPS_PER_DRAW]| {
             for (d, x) in counts[cell].iter_mut().flatten().zip(c.iter().flatten()) {
-                *d += x;
+                *d += *x as u64;
             }
             for (d, x) in sums[cell].iter_mut().zip(s.iter()) {
                 *d += x;
@@ -241,9 +245,35 @@ impl<C: Fn(usize) -> usize> BlockRows<'_, C> {
             *c = [[0; REPS_PER_DRAW]; rep::LEN];
             *s = [0; REPS_PER_DRAW];
         };
+        #[inline(always)]
+        fn mask(c: bool) -> u32 {
+            0u32.wrapping_sub(c as u32)
+        }
+        #[inline(always)]
+        fn add(c: &mut [u32; REPS_PER_DRAW], w: &[u32; REPS_PER_DRAW], m: [u32; REPS_PER_DRAW]) {
+            for j in 0..REPS_PER_DRAW {
+                c[j] += w[j] & m[j];
+            }
+        }
+        #[inline(always)]
+        fn above(a: &[f32; REPS_PER_DRAW], b: &[f32; REPS_PER_DRAW]) -> [u32; REPS_PER_DRAW] {
+            let mut m = [0u32; REPS_PER_DRAW];
+            for j in 0..REPS_PER_DRAW {
+                m[j] = mask(a[j] > b[j]);
+            }
+            m
+        }
+        #[inline(always)]
+        fn equal(a: &[f32; REPS_PER_DRAW], b: &[f32; REPS_PER_DRAW]) -> [u32; REPS_PER_DRAW] {
+            let mut m = [0u32; REPS_PER_DRAW];
+            for j in 0..REPS_PER_DRAW {
+                m[j] = mask(a[j] == b[j]);
+            }
+            m
+        }
         for (o, i) in self.rows.clone().enumerate() {
-            let wv = self.w[o];
-            if wv == [0; REPS_PER_DRAW] {
+            let w = self.w[o];
+            if w == [0; REPS_PER_DRAW] {
                 continue;
             }
             let cell = (self.cell_of)(i);
@@ -254,30 +284,31 @@ impl<C: Fn(usize) -> usize> BlockRows<'_, C> {
                 run = Some(cell);
             }
             let y = self.labels[i];
-            // Indicators as all-ones masks, ANDed with the weights: the four lanes of a
-            // counter are one vector operation (no 64-bit multiply, which AVX2 lacks).
-            let all = |c: bool| 0u64.wrapping_sub(c as u64);
-            let known = all(y >= 0);
-            let correct = all(self.yhat[i] as i32 == y);
-            let st: [[f32; 5]; REPS_PER_DRAW] = std::array::from_fn(|j| *stats(o, j));
-            let w: [u64; REPS_PER_DRAW] = wv.map(|x| x as u64);
-            let mut add = |counter: usize, m: [u64; REPS_PER_DRAW]| {
-                for j in 0..REPS_PER_DRAW {
-                    c[counter][j] += w[j] & m[j];
-                }
-            };
-            add(rep::N, [u64::MAX; REPS_PER_DRAW]);
-            add(rep::LABELLED, [known; REPS_PER_DRAW]);
-            add(rep::CORRECT, [correct; REPS_PER_DRAW]);
-            let [p1, ne, r1, r2] = [0, 1, 3, 4].map(|col| st.map(|x| x[col]));
-            let lanes = |f: &dyn Fn(usize) -> bool| std::array::from_fn(|j| all(f(j)));
-            add(rep::MC_ABOVE, lanes(&|j| p1[j] > th.mc[j]));
-            add(rep::MC_EQUAL, lanes(&|j| p1[j] == th.mc[j]));
-            add(rep::NE_ABOVE, lanes(&|j| ne[j] > th.ne[j]));
-            add(rep::NE_EQUAL, lanes(&|j| ne[j] == th.ne[j]));
-            add(rep::CPC, lanes(&|j| (r1[j] <= th.q[j]) & (th.q[j] < r2[j])));
+            let known = mask(y >= 0);
+            let correct = mask(self.yhat[i] as i32 == y);
+            let (mut p1, mut ne) = ([0f32; REPS_PER_DRAW], [0f32; REPS_PER_DRAW]);
+            let (mut r1, mut r2) = ([0f32; REPS_PER_DRAW], [0f32; REPS_PER_DRAW]);
             for j in 0..REPS_PER_DRAW {
-                s[j] += w[j] * p1_to_grid(p1[j]);
+                let x = stats(o, j);
+                (p1[j], ne[j], r1[j], r2[j]) = (x[0], x[1], x[3], x[4]);
+            }
+            add(&mut c[rep::N], &w, [u32::MAX; REPS_PER_DRAW]);
+            add(&mut c[rep::LABELLED], &w, [known; REPS_PER_DRAW]);
+            add(&mut c[rep::CORRECT], &w, [correct; REPS_PER_DRAW]);
+            add(&mut c[rep::MC_ABOVE], &w, above(&p1, &th.mc));
+            add(&mut c[rep::MC_EQUAL], &w, equal(&p1, &th.mc));
+            add(&mut c[rep::NE_ABOVE], &w, above(&ne, &th.ne));
+            add(&mut c[rep::NE_EQUAL], &w, equal(&ne, &th.ne));
+            // r1 <= q < r2: not (r1 > q), and r2 > q (thresholds and summaries are never
+            // NaN where a lane weighs; a NaN threshold lane weighs nothing).
+            let (r1_above, r2_above) = (above(&r1, &th.q), above(&r2, &th.q));
+            let mut cpc = [0u32; REPS_PER_DRAW];
+            for j in 0..REPS_PER_DRAW {
+                cpc[j] = !r1_above[j] & r2_above[j];
+            }
+            add(&mut c[rep::CPC], &w, cpc);
+            for j in 0..REPS_PER_DRAW {
+                s[j] += w[j] as u64 * p1_to_grid(p1[j]);
             }
         }
         if let Some(r) = run {
