@@ -1344,16 +1344,19 @@ impl Costs<'_> {
         buf: &'b mut Vec<i64>,
         logits: &mut Vec<f32>,
     ) -> &'b [i64] {
+        // Indexed copies into buffers sized first (an `extend` of pairs checks the
+        // capacity a value).
         if let Some(c) = self.shared {
-            buf.clear();
-            buf.extend(rows.iter().flat_map(|&r| [c[2 * r], c[2 * r + 1]]));
+            buf.resize(2 * rows.len(), 0);
+            for (o, &r) in buf.chunks_exact_mut(2).zip(rows) {
+                o.copy_from_slice(&c[2 * r..2 * r + 2]);
+            }
             return buf;
         }
-        logits.clear();
-        logits.extend(
-            rows.iter()
-                .flat_map(|&r| [self.logits[2 * r], self.logits[2 * r + 1]]),
-        );
+        logits.resize(2 * rows.len(), 0.0);
+        for (o, &r) in logits.chunks_exact_mut(2).zip(rows) {
+            o.copy_from_slice(&self.logits[2 * r..2 * r + 2]);
+        }
         two_class_costs(logits, self.t, buf);
         buf
     }
