@@ -390,6 +390,22 @@ pub fn two_class_sets(
     )
 }
 
+/// The runs of rows of one set: `(set, rows)` in row order (`slot[i]`: row `i`'s set;
+/// `None`: every row in set 0).
+fn set_runs(slot: Option<&[u32]>, n: usize) -> Vec<(usize, std::ops::Range<usize>)> {
+    let Some(slot) = slot else {
+        return vec![(0, 0..n)];
+    };
+    let mut runs: Vec<(usize, std::ops::Range<usize>)> = Vec::new();
+    for (i, &s) in slot[..n].iter().enumerate() {
+        match runs.last_mut() {
+            Some((last, rows)) if *last == s as usize => rows.end = i + 1,
+            _ => runs.push((s as usize, i..i + 1)),
+        }
+    }
+    runs
+}
+
 /// One K = 2 set's outcome of [`two_class_sets_with_cot`].
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct TwoClassSet {
@@ -415,10 +431,12 @@ pub fn two_class_sets_with_cot(
     thr: Option<&CottThreshold>,
 ) -> Result<Vec<TwoClassSet>> {
     let n = costs.len() / 2;
-    let set_of = |i: usize| slot.map_or(0, |s| s[i] as usize);
+    // Rows come in runs of one set (a group's rows together; one run without groups):
+    // each pass goes a run at a time, its set's sums in registers.
+    let runs = set_runs(slot, n);
     let mut size = vec![0usize; sets];
-    for i in 0..n {
-        size[set_of(i)] += 1;
+    for (s, rows) in &runs {
+        size[*s] += rows.len();
     }
     let mut start = vec![0usize; sets + 1];
     for s in 0..sets {
@@ -428,11 +446,16 @@ pub fn two_class_sets_with_cot(
     let mut gains = vec![0i64; n];
     let mut base = vec![0i128; sets];
     let mut next = start.clone();
-    for (i, c) in costs.chunks_exact(2).enumerate() {
-        let s = set_of(i);
-        gains[next[s]] = c[0] - c[1];
-        next[s] += 1;
-        base[s] += c[0] as i128;
+    for (s, rows) in &runs {
+        let run = &costs[2 * rows.start..2 * rows.end];
+        for (g, c) in gains[next[*s]..next[*s] + rows.len()]
+            .iter_mut()
+            .zip(run.chunks_exact(2))
+        {
+            *g = c[0] - c[1];
+        }
+        next[*s] += rows.len();
+        base[*s] += run.chunks_exact(2).map(|c| c[0] as i128).sum::<i128>();
     }
     let mut supply_demand = Vec::with_capacity(sets);
     let mut boundary: Vec<Option<i64>> = vec![None; sets];
@@ -464,44 +487,57 @@ pub fn two_class_sets_with_cot(
         return Ok(out);
     };
     let t = thr.t;
-    let mut e = vec![0u128; sets];
-    let mut f = vec![0u128; sets];
-    let mut taken = vec![0u64; sets];
+    // Rows (not units) taken to class 1 and with their edge above / at-or-above t: every
+    // row not tied sends all its `supply` units one way, so units are rows x supply.
+    let mut taken_rows = vec![0u64; sets];
+    let mut e_rows = vec![0u64; sets];
+    let mut f_rows = vec![0u64; sets];
     // Tied rows per set, in row order: (class-1 edge above t minus class-0 edge above t,
     // c0, c1).
     let mut tied: Vec<Vec<(i8, i64, i64)>> = vec![Vec::new(); sets];
-    for (i, c) in costs.chunks_exact(2).enumerate() {
-        let s = set_of(i);
-        let supply = supply_demand[s].0 as u128;
-        let gain = c[0] - c[1];
-        let class = match boundary[s] {
-            None => 0,
-            // Rarely on the boundary; otherwise which side is a select, not a branch
-            // (rows come in any gain order, so a branch would miss half the time).
-            Some(b) if gain == b => {
+    for (s, rows) in &runs {
+        let s = *s;
+        let run = &costs[2 * rows.start..2 * rows.end];
+        let Some(b) = boundary[s] else {
+            // Every row at class 0.
+            e_rows[s] += run.chunks_exact(2).map(|c| (c[0] > t) as u64).sum::<u64>();
+            f_rows[s] += run.chunks_exact(2).map(|c| (c[0] >= t) as u64).sum::<u64>();
+            continue;
+        };
+        let (mut taken, mut e, mut f) = (0u64, 0u64, 0u64);
+        for c in run.chunks_exact(2) {
+            let gain = c[0] - c[1];
+            if gain == b {
+                // Rarely on the boundary: settled below, in row order.
                 tied[s].push(((c[1] > t) as i8 - (c[0] > t) as i8, c[0], c[1]));
                 continue;
             }
-            Some(b) => (gain > b) as usize,
-        };
-        taken[s] += supply as u64 * class as u64;
-        e[s] += supply * (c[class] > t) as u128;
-        f[s] += supply * (c[class] >= t) as u128;
+            // Which side is a select, not a branch (rows come in any gain order).
+            let class = (gain > b) as usize;
+            taken += class as u64;
+            e += (c[class] > t) as u64;
+            f += (c[class] >= t) as u64;
+        }
+        taken_rows[s] += taken;
+        e_rows[s] += e;
+        f_rows[s] += f;
     }
     for (s, set) in out.iter_mut().enumerate() {
         let (supply, d1) = supply_demand[s];
-        let mut need = d1 - taken[s];
+        let mut e = e_rows[s] as u128 * supply as u128;
+        let mut f = f_rows[s] as u128 * supply as u128;
+        let mut need = d1 - taken_rows[s] * supply;
         tied[s].sort_by_key(|r| r.0);
         for &(_, c0, c1) in &tied[s] {
             let to1 = need.min(supply);
             need -= to1;
             let to0 = (supply - to1) as u128;
             let to1 = to1 as u128;
-            e[s] += to1 * (c1 > t) as u128 + to0 * (c0 > t) as u128;
-            f[s] += to1 * (c1 >= t) as u128 + to0 * (c0 >= t) as u128;
+            e += to1 * (c1 > t) as u128 + to0 * (c0 > t) as u128;
+            f += to1 * (c1 >= t) as u128 + to0 * (c0 >= t) as u128;
         }
         let total = size[s] as u128 * supply as u128;
-        let moved = e[s] as f64 + thr.lambda * (f[s] - e[s]) as f64;
+        let moved = e as f64 + thr.lambda * (f - e) as f64;
         set.cott = Some(1.0 - moved / total as f64);
     }
     Ok(out)
