@@ -126,12 +126,15 @@ impl Sums {
                 at += 1;
             }
         }
-        // MaNo on z / T in f64.
-        let zt = |x: f32| x as f64 / t as f64;
-        let m = z.iter().map(|&x| zt(x)).fold(f64::NEG_INFINITY, f64::max);
+        // MaNo on z / T in f64, each class's `z / T` divided once (`v` holds them, then
+        // the Taylor terms).
+        for (vk, &x) in v.iter_mut().zip(z) {
+            *vk = x as f64 / t as f64;
+        }
+        let m = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
         // exp(0) = 1 exactly: the top class's term costs no exponential.
-        let terms = z.iter().map(|&x| {
-            let d = zt(x) - m;
+        let terms = v.iter().map(|&y| {
+            let d = y - m;
             if d == 0.0 {
                 1.0
             } else {
@@ -139,11 +142,11 @@ impl Sums {
             }
         });
         let lse = m + terms.sum::<f64>().ln();
-        let mean = z.iter().map(|&x| zt(x)).sum::<f64>() / k as f64;
+        let mean = v.iter().copied().sum::<f64>() / k as f64;
         self.delta += on_grid((lse - mean).max(0.0), DELTA_BITS) as i128;
         self.softmax4 += on_grid(p.iter().map(|&q| (q as f64).powi(4)).sum(), GRID_BITS);
-        for (vk, &x) in v.iter_mut().zip(z) {
-            let y = zt(x);
+        for vk in v.iter_mut() {
+            let y = *vk;
             *vk = 1.0 + y + y * y / 2.0;
         }
         let low = v.iter().copied().fold(f64::INFINITY, f64::min);
