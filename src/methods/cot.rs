@@ -640,19 +640,24 @@ impl CotRows {
             .collect();
         if k == 2 {
             // Rows in order of their margin z_1 - z_0 (the order of the gains at any T,
-            // up to rounding, which the walk checks), then by row.
-            // Keys: the margin's order-preserving bits, negated (largest margin first).
-            let mut keyed: Vec<(u64, u32)> = logits
+            // up to rounding, which the walk checks), then by row. The margin rounded to
+            // f32 is all a row's costs depend on (the softmax takes `x = (z_min - z_max)
+            // / T` from that f32 difference, and its sign gives the larger class), so rows
+            // it ties have the same costs and their order changes no walk; rounding is
+            // monotone, so it orders the rest as the exact margin does.
+            // Keys: the f32 margin's order-preserving bits, negated (largest first), above
+            // the row: one u64 a row.
+            let mut keyed: Vec<u64> = logits
                 .par_chunks_exact(2)
                 .enumerate()
                 .map(|(i, z)| {
-                    let m = (z[1] as f64 - z[0] as f64).to_bits();
-                    let sortable = if m >> 63 == 1 { !m } else { m | 1 << 63 };
-                    (!sortable, i as u32)
+                    let m = (z[1] - z[0]).to_bits();
+                    let sortable = if m >> 31 == 1 { !m } else { m | 1 << 31 };
+                    ((!sortable as u64) << 32) | i as u64
                 })
                 .collect();
             keyed.par_sort_unstable();
-            let order: Vec<u32> = keyed.into_iter().map(|(_, i)| i).collect();
+            let order: Vec<u32> = keyed.into_iter().map(|k| k as u32).collect();
             let sorted_logits: Vec<f32> = order
                 .iter()
                 .flat_map(|&i| [logits[2 * i as usize], logits[2 * i as usize + 1]])
@@ -755,19 +760,22 @@ impl Draw<'_> {
         type Pair = (Modes<Vec<f64>>, Modes<Vec<f64>>);
         let groups: Vec<Pair> = (0..reps.div_ceil(REPS_PER_DRAW))
             .into_par_iter()
-            .map(|g| -> Result<Pair> {
-                let mut w = vec![[0u8; REPS_PER_DRAW]; index.len()];
+            // One weights buffer a worker's run of draw groups, not one a group (each a
+            // fresh, page-faulted allocation of 4 bytes a row); every draw fills it whole.
+            .map_init(Vec::new, |w, g| -> Result<Pair> {
+                w.resize(index.len(), [0u8; REPS_PER_DRAW]);
                 draw_weights(
                     self.seed,
                     self.name_key,
                     g as u32,
                     |i| index[i],
-                    &mut w,
+                    w,
                     |x| x.map(|x| x as u8),
                 );
+                let w: &[[u8; REPS_PER_DRAW]] = w;
                 // Each replicate's total weight, shared by the modes.
                 let mut totals = [0u64; REPS_PER_DRAW];
-                for wi in &w {
+                for wi in w {
                     for (t, &x) in totals.iter_mut().zip(wi) {
                         *t += x as u64;
                     }
