@@ -858,7 +858,7 @@ impl Draw<'_> {
                         Some(walk) => self.finish(
                             walk,
                             &job.costs,
-                            &w,
+                            w,
                             job.j,
                             job.b,
                             totals[job.j],
