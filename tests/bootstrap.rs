@@ -16,7 +16,9 @@ use rand::Rng;
 
 /// Rows of `k` noisy logits (quantised to eighths every third row, so thresholds meet
 /// ties), labels with unknowns, slide ids in runs of 300 with strays (runs cross
-/// workgroups, strays make mixed ones).
+/// workgroups, strays make mixed ones), except rows 2048-4095 (and every other 2048
+/// after), where seven slides alternate row by row (the CPU mirror's blocks of
+/// interleaved groups take its row-by-row path, the others its runs).
 fn rows(seed: u64, n: usize, k: usize) -> (Vec<f32>, Vec<i32>, Vec<i64>, Vec<i64>) {
     let mut r = common::rng(seed);
     let mut logits = Vec::with_capacity(n * k);
@@ -37,7 +39,11 @@ fn rows(seed: u64, n: usize, k: usize) -> (Vec<f32>, Vec<i32>, Vec<i64>, Vec<i64
             r.random_range(0..k as i32)
         });
         let stray = r.random_range(0..40) == 0;
-        slide.push((i / 300) as i64 + if stray { 1000 } else { 0 });
+        slide.push(if (i / 2048) % 2 == 1 {
+            5000 + (i % 7) as i64
+        } else {
+            (i / 300) as i64 + if stray { 1000 } else { 0 }
+        });
     }
     let hospital = slide.iter().map(|s| s % 3).collect();
     (logits, labels, hospital, slide)

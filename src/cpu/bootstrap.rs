@@ -80,6 +80,12 @@ pub fn bootstrap_tally(
                         *a |= x != 0;
                     }
                 }
+                // Rows of many groups interleaved: the cells change often (the same in
+                // every mode).
+                let scattered = slot_of.as_ref().is_some_and(|s| {
+                    let s = &s[start..end];
+                    s.windows(2).filter(|p| p[0] != p[1]).count() * 8 > s.len()
+                });
                 for (m, reps_m) in plan.modes.iter().enumerate() {
                     let lanes: [Option<&ReplicatePlan>; REPS_PER_DRAW] = std::array::from_fn(|j| {
                         reps_m.get(g * REPS_PER_DRAW + j).filter(|_| j < live)
@@ -91,6 +97,7 @@ pub fn bootstrap_tally(
                         labels: plan.labels,
                         yhat: &yhat,
                         cell_of: |i: usize| m * slots + slot(i),
+                        scattered,
                     };
                     match &shared[m] {
                         Some(sh) => {
@@ -212,11 +219,21 @@ struct BlockRows<'a, C: Fn(usize) -> usize> {
     labels: &'a [i32],
     yhat: &'a [u32],
     cell_of: C,
+    /// The rows' cells change often (more than once in 8 rows).
+    scattered: bool,
 }
 
 impl<C: Fn(usize) -> usize> BlockRows<'_, C> {
     /// Adds every row's weighted indicators to its cell; `stats(o, j)` is row `o`'s
     /// summary at lane j's temperature. What the shader adds, lane by lane.
+    ///
+    /// Indicators are all-ones masks ANDed with the weights, so a counter's four lanes
+    /// are one vector compare, AND and add. Rows usually come in runs of one cell (a
+    /// group's rows together, or no groups): then a run's counters stay in registers, in
+    /// u32 lanes (a block's weights sum to at most BLOCK x MAX_WEIGHT), and go to the
+    /// cell when the run ends. Where the block's cells change often (rows of many groups
+    /// interleaved) each row goes straight to its cell instead: a run a row would cost
+    /// a flush and a mispredicted branch a row.
     #[inline(always)]
     fn add<'s>(
         &self,
@@ -225,34 +242,36 @@ impl<C: Fn(usize) -> usize> BlockRows<'_, C> {
         counts: &mut [Lanes],
         sums: &mut [[u64; REPS_PER_DRAW]],
     ) {
-        // Rows come in runs of one cell (a group's rows together, or no groups): the run's
-        // counters stay in registers, in u32 lanes (a block's weights sum to at most
-        // BLOCK x MAX_WEIGHT), and are added to the cell when it ends. Indicators are
-        // all-ones masks ANDed with the weights, so a counter's four lanes are one SSE2
-        // compare, AND and add.
-        let mut run: Option<usize> = None;
-        let mut c = [[0u32; REPS_PER_DRAW]; rep::LEN];
-        let mut s = [0u64; REPS_PER_DRAW];
-        let mut flush = |cell: usize,
-                         c: &mut [[u32; REPS_PER_DRAW]; rep::LEN],
-                         s: &mut [u64; REPS_PER_DRAW]| {
-            for (d, x) in counts[cell].iter_mut().flatten().zip(c.iter().flatten()) {
-                *d += *x as u64;
-            }
-            for (d, x) in sums[cell].iter_mut().zip(s.iter()) {
-                *d += x;
-            }
-            *c = [[0; REPS_PER_DRAW]; rep::LEN];
-            *s = [0; REPS_PER_DRAW];
-        };
+        if self.scattered {
+            self.add_rows::<false>(th, stats, counts, sums)
+        } else {
+            self.add_rows::<true>(th, stats, counts, sums)
+        }
+    }
+
+    /// [`BlockRows::add`] by runs in registers (`RUNS`) or row by row into the cells.
+    #[inline(always)]
+    fn add_rows<'s, const RUNS: bool>(
+        &self,
+        th: &Thresholds,
+        stats: impl Fn(usize, usize) -> &'s [f32; 5],
+        counts: &mut [Lanes],
+        sums: &mut [[u64; REPS_PER_DRAW]],
+    ) {
         #[inline(always)]
         fn mask(c: bool) -> u32 {
             0u32.wrapping_sub(c as u32)
         }
         #[inline(always)]
-        fn add(c: &mut [u32; REPS_PER_DRAW], w: &[u32; REPS_PER_DRAW], m: [u32; REPS_PER_DRAW]) {
+        fn add32(c: &mut [u32; REPS_PER_DRAW], w: &[u32; REPS_PER_DRAW], m: [u32; REPS_PER_DRAW]) {
             for j in 0..REPS_PER_DRAW {
                 c[j] += w[j] & m[j];
+            }
+        }
+        #[inline(always)]
+        fn add64(c: &mut [u64; REPS_PER_DRAW], w: &[u32; REPS_PER_DRAW], m: [u32; REPS_PER_DRAW]) {
+            for j in 0..REPS_PER_DRAW {
+                c[j] += (w[j] & m[j]) as u64;
             }
         }
         #[inline(always)]
@@ -271,6 +290,66 @@ impl<C: Fn(usize) -> usize> BlockRows<'_, C> {
             }
             m
         }
+        // One row's lanes added to `$c` (counters) and `$s` (grid sums) by `$add`.
+        macro_rules! add_row {
+            ($c:expr, $s:expr, $add:ident, $w:expr, $o:expr, $i:expr) => {{
+                let (w, o, i) = ($w, $o, $i);
+                let y = self.labels[i];
+                let known = mask(y >= 0);
+                let correct = mask(self.yhat[i] as i32 == y);
+                let (mut p1, mut ne) = ([0f32; REPS_PER_DRAW], [0f32; REPS_PER_DRAW]);
+                let (mut r1, mut r2) = ([0f32; REPS_PER_DRAW], [0f32; REPS_PER_DRAW]);
+                for j in 0..REPS_PER_DRAW {
+                    let x = stats(o, j);
+                    (p1[j], ne[j], r1[j], r2[j]) = (x[0], x[1], x[3], x[4]);
+                }
+                $add(&mut $c[rep::N], &w, [u32::MAX; REPS_PER_DRAW]);
+                $add(&mut $c[rep::LABELLED], &w, [known; REPS_PER_DRAW]);
+                $add(&mut $c[rep::CORRECT], &w, [correct; REPS_PER_DRAW]);
+                $add(&mut $c[rep::MC_ABOVE], &w, above(&p1, &th.mc));
+                $add(&mut $c[rep::MC_EQUAL], &w, equal(&p1, &th.mc));
+                $add(&mut $c[rep::NE_ABOVE], &w, above(&ne, &th.ne));
+                $add(&mut $c[rep::NE_EQUAL], &w, equal(&ne, &th.ne));
+                // r1 <= q < r2 as not (r1 > q), and r2 > q: the same where q is a number
+                // (summaries are never NaN), and 0 for a NaN q (no CPC threshold, or a
+                // lane past the last replicate), as `r2 > NaN` is false.
+                let (r1_above, r2_above) = (above(&r1, &th.q), above(&r2, &th.q));
+                let mut cpc = [0u32; REPS_PER_DRAW];
+                for j in 0..REPS_PER_DRAW {
+                    cpc[j] = !r1_above[j] & r2_above[j];
+                }
+                $add(&mut $c[rep::CPC], &w, cpc);
+                for j in 0..REPS_PER_DRAW {
+                    $s[j] += w[j] as u64 * p1_to_grid(p1[j]);
+                }
+            }};
+        }
+        if !RUNS {
+            for (o, i) in self.rows.clone().enumerate() {
+                let w = self.w[o];
+                if w == [0; REPS_PER_DRAW] {
+                    continue;
+                }
+                let cell = (self.cell_of)(i);
+                add_row!(counts[cell], sums[cell], add64, w, o, i);
+            }
+            return;
+        }
+        let mut run: Option<usize> = None;
+        let mut c = [[0u32; REPS_PER_DRAW]; rep::LEN];
+        let mut s = [0u64; REPS_PER_DRAW];
+        let mut flush = |cell: usize,
+                         c: &mut [[u32; REPS_PER_DRAW]; rep::LEN],
+                         s: &mut [u64; REPS_PER_DRAW]| {
+            for (d, x) in counts[cell].iter_mut().flatten().zip(c.iter().flatten()) {
+                *d += *x as u64;
+            }
+            for (d, x) in sums[cell].iter_mut().zip(s.iter()) {
+                *d += x;
+            }
+            *c = [[0; REPS_PER_DRAW]; rep::LEN];
+            *s = [0; REPS_PER_DRAW];
+        };
         for (o, i) in self.rows.clone().enumerate() {
             let w = self.w[o];
             if w == [0; REPS_PER_DRAW] {
@@ -283,33 +362,7 @@ impl<C: Fn(usize) -> usize> BlockRows<'_, C> {
                 }
                 run = Some(cell);
             }
-            let y = self.labels[i];
-            let known = mask(y >= 0);
-            let correct = mask(self.yhat[i] as i32 == y);
-            let (mut p1, mut ne) = ([0f32; REPS_PER_DRAW], [0f32; REPS_PER_DRAW]);
-            let (mut r1, mut r2) = ([0f32; REPS_PER_DRAW], [0f32; REPS_PER_DRAW]);
-            for j in 0..REPS_PER_DRAW {
-                let x = stats(o, j);
-                (p1[j], ne[j], r1[j], r2[j]) = (x[0], x[1], x[3], x[4]);
-            }
-            add(&mut c[rep::N], &w, [u32::MAX; REPS_PER_DRAW]);
-            add(&mut c[rep::LABELLED], &w, [known; REPS_PER_DRAW]);
-            add(&mut c[rep::CORRECT], &w, [correct; REPS_PER_DRAW]);
-            add(&mut c[rep::MC_ABOVE], &w, above(&p1, &th.mc));
-            add(&mut c[rep::MC_EQUAL], &w, equal(&p1, &th.mc));
-            add(&mut c[rep::NE_ABOVE], &w, above(&ne, &th.ne));
-            add(&mut c[rep::NE_EQUAL], &w, equal(&ne, &th.ne));
-            // r1 <= q < r2: not (r1 > q), and r2 > q (thresholds and summaries are never
-            // NaN where a lane weighs; a NaN threshold lane weighs nothing).
-            let (r1_above, r2_above) = (above(&r1, &th.q), above(&r2, &th.q));
-            let mut cpc = [0u32; REPS_PER_DRAW];
-            for j in 0..REPS_PER_DRAW {
-                cpc[j] = !r1_above[j] & r2_above[j];
-            }
-            add(&mut c[rep::CPC], &w, cpc);
-            for j in 0..REPS_PER_DRAW {
-                s[j] += w[j] as u64 * p1_to_grid(p1[j]);
-            }
+            add_row!(c, s, add32, w, o, i);
         }
         if let Some(r) = run {
             flush(r, &mut c, &mut s);

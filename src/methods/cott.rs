@@ -391,19 +391,24 @@ pub fn two_class_sets(
 }
 
 /// The runs of rows of one set: `(set, rows)` in row order (`slot[i]`: row `i`'s set;
-/// `None`: every row in set 0).
-fn set_runs(slot: Option<&[u32]>, n: usize) -> Vec<(usize, std::ops::Range<usize>)> {
-    let Some(slot) = slot else {
-        return vec![(0, 0..n)];
-    };
-    let mut runs: Vec<(usize, std::ops::Range<usize>)> = Vec::new();
-    for (i, &s) in slot[..n].iter().enumerate() {
-        match runs.last_mut() {
-            Some((last, rows)) if *last == s as usize => rows.end = i + 1,
-            _ => runs.push((s as usize, i..i + 1)),
+/// `None`: every row in set 0). Found as they are walked (nothing is allocated, so rows
+/// whose sets alternate cost a run a row, not a list of them).
+fn set_runs(
+    slot: Option<&[u32]>,
+    n: usize,
+) -> impl Iterator<Item = (usize, std::ops::Range<usize>)> + '_ {
+    let mut at = 0;
+    std::iter::from_fn(move || {
+        if at >= n {
+            return None;
         }
-    }
-    runs
+        let start = at;
+        let set = slot.map_or(0, |s| s[start]);
+        at = slot.map_or(n, |s| {
+            start + 1 + s[start + 1..n].iter().take_while(|&&x| x == set).count()
+        });
+        Some((set as usize, start..at))
+    })
 }
 
 /// One K = 2 set's outcome of [`two_class_sets_with_cot`].
@@ -433,10 +438,9 @@ pub fn two_class_sets_with_cot(
     let n = costs.len() / 2;
     // Rows come in runs of one set (a group's rows together; one run without groups):
     // each pass goes a run at a time, its set's sums in registers.
-    let runs = set_runs(slot, n);
     let mut size = vec![0usize; sets];
-    for (s, rows) in &runs {
-        size[*s] += rows.len();
+    for (s, rows) in set_runs(slot, n) {
+        size[s] += rows.len();
     }
     let mut start = vec![0usize; sets + 1];
     for s in 0..sets {
@@ -446,16 +450,16 @@ pub fn two_class_sets_with_cot(
     let mut gains = vec![0i64; n];
     let mut base = vec![0i128; sets];
     let mut next = start.clone();
-    for (s, rows) in &runs {
+    for (s, rows) in set_runs(slot, n) {
         let run = &costs[2 * rows.start..2 * rows.end];
-        for (g, c) in gains[next[*s]..next[*s] + rows.len()]
+        for (g, c) in gains[next[s]..next[s] + rows.len()]
             .iter_mut()
             .zip(run.chunks_exact(2))
         {
             *g = c[0] - c[1];
         }
-        next[*s] += rows.len();
-        base[*s] += run.chunks_exact(2).map(|c| c[0] as i128).sum::<i128>();
+        next[s] += rows.len();
+        base[s] += run.chunks_exact(2).map(|c| c[0] as i128).sum::<i128>();
     }
     let mut supply_demand = Vec::with_capacity(sets);
     let mut boundary: Vec<Option<i64>> = vec![None; sets];
@@ -495,8 +499,7 @@ pub fn two_class_sets_with_cot(
     // Tied rows per set, in row order: (class-1 edge above t minus class-0 edge above t,
     // c0, c1).
     let mut tied: Vec<Vec<(i8, i64, i64)>> = vec![Vec::new(); sets];
-    for (s, rows) in &runs {
-        let s = *s;
+    for (s, rows) in set_runs(slot, n) {
         let run = &costs[2 * rows.start..2 * rows.end];
         let Some(b) = boundary[s] else {
             // Every row at class 0.
@@ -661,8 +664,6 @@ mod tests {
         }
     }
 
-    /// The one-pass K = 2 path equals the plan's, for the whole set and for sets cut by
-    /// a slot array, at thresholds on and off the costs, on tied rows.
     /// Each set's COT units from the shared selection equal the transport solver's
     /// optimum: tied rows, shares with nothing for one class or everything for it, a
     /// demand a whole number of rows (no part) and one with a part, sets of one row.
@@ -699,6 +700,8 @@ mod tests {
         }
     }
 
+    /// The one-pass K = 2 path equals the plan's, for the whole set and for sets cut by
+    /// a slot array, at thresholds on and off the costs, on tied rows.
     #[test]
     fn two_class_sets_equal_the_plan() {
         let costs = rows(21, 500, 2, true);
