@@ -37,6 +37,21 @@ fn s(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
 }
 
+/// `calibrate` of the set `data` on the CPU into `dir/cal.json`.
+fn calibrate(data: &Path, dir: &Path) -> std::path::PathBuf {
+    let cal = dir.join("cal.json");
+    run(&[
+        "calibrate",
+        "--data",
+        s(data),
+        "--device",
+        "cpu",
+        "--out",
+        s(&cal),
+    ]);
+    cal
+}
+
 fn read_json(p: &Path) -> Value {
     serde_json::from_slice(&std::fs::read(p).expect("read")).expect("json")
 }
@@ -114,16 +129,7 @@ fn streamed_cot_equals_the_report(device: &str) {
         s(&report),
     ]);
     let report = read_json(&report);
-    let cal = tmp.path().join("cal.json");
-    run(&[
-        "calibrate",
-        "--data",
-        s(&data),
-        "--device",
-        "cpu",
-        "--out",
-        s(&cal),
-    ]);
+    let cal = calibrate(&data, tmp.path());
     // Whole files: a labelled target and an unlabelled one.
     for target in ["test", "unlabeled_test"] {
         let out = tmp.path().join(format!("{target}.json"));
@@ -220,16 +226,7 @@ fn another_k_a_missing_file_or_one_twice_is_an_error_and_writes_nothing() {
         "--seed",
         "9",
     ]);
-    let cal = tmp.path().join("cal.json");
-    run(&[
-        "calibrate",
-        "--data",
-        s(&data),
-        "--device",
-        "cpu",
-        "--out",
-        s(&cal),
-    ]);
+    let cal = calibrate(&data, tmp.path());
     let k3 = tmp.path().join("k3.npz");
     let logits = ndarray::Array2::from_shape_fn((20, 3), |(i, j)| (i * 3 + j) as f32 * 0.1);
     save_npz(

@@ -292,7 +292,7 @@ pub fn grid_cot_cost(costs: &[i64], k: usize, class_counts: &[u64]) -> Result<f6
     }
     let demand = demand_units(class_counts, n)?;
     let cost_units = if k == 2 {
-        two_class_cost(costs, n_source, demand[1])
+        two_class_sets_with_cot(costs, None, 1, class_counts, None)?[0].cot_units
     } else {
         transport::solve(costs, k, n_source, &demand)?.cost_units
     };
@@ -343,33 +343,6 @@ pub fn cot(probs: &[f32], k: usize, class_counts: &[u64]) -> Result<f64> {
 fn mean(cost_units: u128, units: u128) -> f64 {
     let scale = units << COST_GRID_BITS;
     (cost_units / scale) as f64 + (cost_units % scale) as f64 / scale as f64
-}
-
-/// K = 2: every row starts at class 0; class 1's `demand1` units come from the rows with
-/// the largest gain `c_i0 - c_i1`, `supply` units a row, the last one in part.
-fn two_class_cost(costs: &[i64], supply: u64, demand1: u64) -> u128 {
-    let mut gains: Vec<i64> = costs.chunks_exact(2).map(|c| c[0] - c[1]).collect();
-    let base: i128 = costs.chunks_exact(2).map(|c| c[0] as i128).sum();
-    two_class_units(base, &mut gains, supply, demand1)
-}
-
-/// [`two_class_cost`] from the rows' base sum `sum c_i0` and their gains (reordered).
-/// The `whole` largest gains are found by selection, not a sort (O(N)); their sum and
-/// the next gain do not depend on which of tied rows is picked.
-fn two_class_units(base: i128, gains: &mut [i64], supply: u64, demand1: u64) -> u128 {
-    let whole = (demand1 / supply) as usize;
-    let part = demand1 % supply;
-    if whole > 0 && whole < gains.len() {
-        gains.select_nth_unstable_by(whole - 1, |a, b| b.cmp(a));
-    }
-    let mut moved: i128 = gains[..whole].iter().map(|&g| g as i128).sum();
-    moved *= supply as i128;
-    if part > 0 {
-        // The largest of the rest: the next row in gain order.
-        let next = gains[whole..].iter().copied().max().unwrap_or(0);
-        moved += next as i128 * part as i128;
-    }
-    (base * supply as i128 - moved) as u128
 }
 
 /// One chunk of a target as COT sees it: its first row, its logits (`rows x K`,
@@ -1646,7 +1619,7 @@ mod tests {
             let demand: Vec<u64> = counts.iter().map(|&c| c * n as u64).collect();
             let plan = transport::solve(&costs, 2, supply, &demand).unwrap();
             assert_eq!(
-                two_class_cost(&costs, supply, demand[1]),
+                two_class_sets_with_cot(&costs, None, 1, &counts, None).unwrap()[0].cot_units,
                 plan.cost_units,
                 "n={n}"
             );

@@ -570,6 +570,16 @@ mod tests {
         out
     }
 
+    /// The K = 2 cost pairs of the rows `slot` puts in set `s`, in row order.
+    fn set_rows(costs: &[i64], slot: &[u32], s: usize) -> Vec<i64> {
+        costs
+            .chunks_exact(2)
+            .zip(slot)
+            .filter(|(_, &x)| x as usize == s)
+            .flat_map(|(c, _)| c.to_vec())
+            .collect()
+    }
+
     fn errors(costs: &[i64], k: usize, labels: &[usize]) -> u64 {
         costs
             .chunks_exact(k)
@@ -682,12 +692,7 @@ mod tests {
             for thr in [None, Some(&thr)] {
                 let sets = two_class_sets_with_cot(&costs, Some(&slot), 4, &counts, thr).unwrap();
                 for (s, got) in sets.iter().enumerate() {
-                    let mine: Vec<i64> = costs
-                        .chunks_exact(2)
-                        .zip(&slot)
-                        .filter(|(_, &x)| x as usize == s)
-                        .flat_map(|(c, _)| c.to_vec())
-                        .collect();
+                    let mine = set_rows(&costs, &slot, s);
                     let n = mine.len() / 2;
                     let supply: u64 = counts.iter().sum();
                     let demand: Vec<u64> = counts.iter().map(|&c| c * n as u64).collect();
@@ -713,12 +718,7 @@ mod tests {
             assert_eq!(whole, vec![cott(&costs, 2, &counts, &thr).unwrap()]);
             let parts = two_class_sets(&costs, Some(&slot), 4, &counts, &thr).unwrap();
             for (s, got) in parts.into_iter().enumerate() {
-                let mine: Vec<i64> = costs
-                    .chunks_exact(2)
-                    .zip(&slot)
-                    .filter(|(_, &x)| x as usize == s)
-                    .flat_map(|(c, _)| c.to_vec())
-                    .collect();
+                let mine = set_rows(&costs, &slot, s);
                 assert_eq!(
                     got,
                     cott(&mine, 2, &counts, &thr).unwrap(),
