@@ -1,10 +1,10 @@
-//! `cot`, COT of one K = 2 target and its groups in bounded memory (DESIGN.md 2.11's
-//! rounds): its files re-read once a pass through the mergeable passes of
-//! `kernel::cot_two_class`. The values equal the target's and every group's COT in
-//! `evaluate`'s report bit for bit, raw and ts; the target cut
-//! into shuffled shards, given in any order, gives the same bits; the CPU and the GPU
-//! (lavapipe in CI) agree; a file of another K is an error naming it, and nothing is
-//! written.
+//! `cot`, COT of one target and its groups without holding its rows (DESIGN.md 2.11's
+//! rounds): its files re-read once a pass, K = 2 through the mergeable passes of
+//! `kernel::cot_two_class`, K > 2 through the dual's rounds (`methods::cot_dual`). The
+//! values equal the target's and every group's COT in `evaluate`'s report bit for bit,
+//! raw and ts; the target cut into shuffled shards, given in any order, gives the same
+//! bits; at K = 2 the CPU and the GPU (lavapipe in CI) agree; a file of another K is an
+//! error naming it, and nothing is written.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -210,6 +210,127 @@ fn gpu_streamed_cot_equals_the_report() {
         return;
     }
     streamed_cot_equals_the_report("gpu");
+}
+
+/// `calibrate` of the grid run `data` on the CPU into `dir/NAME.json`.
+fn calibrate_as(data: &Path, dir: &Path, name: &str) -> std::path::PathBuf {
+    let cal = dir.join(format!("{name}.json"));
+    run(&[
+        "calibrate",
+        "--data",
+        s(data),
+        "--device",
+        "cpu",
+        "--out",
+        s(&cal),
+    ]);
+    cal
+}
+
+// K > 2 (DESIGN.md 2.11's dual in rounds, `methods::cot_dual`): grid runs of K = 4
+// (dmist, one scanner a target and group) and K = 114 (fitzpatrick17k, six skin-type
+// groups a target). A sample of 40 rows makes every set take the rounds (sample, collect,
+// settle; widening where the sample's dual is poor); a sample holding the set solves it
+// in one pass. Whole files and shuffled shards in reverse order give the report's bits.
+#[test]
+fn k_above_two_streamed_cot_equals_the_report() {
+    use conformal_gpu::data::npz::{load_npz, save_npz};
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let grid = tmp.path().join("grid");
+    run(&[
+        "generate",
+        "--grid",
+        "--datasets",
+        "dmist,fitzpatrick17k",
+        "--scale",
+        "0.2",
+        "--seed",
+        "4",
+        "--out",
+        s(&grid),
+    ]);
+    for (dataset, targets) in [
+        ("dmist", &["scanner_0", "scanner_3"][..]),
+        ("fitzpatrick17k", &["atlas_dermatologico", "test"][..]),
+    ] {
+        let data = grid.join(dataset).join("densenet121").join("0");
+        let report_path = tmp.path().join(format!("{dataset}.json"));
+        run(&[
+            "evaluate",
+            "--data",
+            s(&data),
+            "--device",
+            "cpu",
+            "--json",
+            s(&report_path),
+        ]);
+        let report = read_json(&report_path);
+        let cal = calibrate_as(&data, tmp.path(), &format!("cal-{dataset}"));
+        for target in targets {
+            let file = data.join(format!("{target}.npz"));
+            for sample in ["40", "100000"] {
+                let out = tmp.path().join(format!("{dataset}-{target}-{sample}.json"));
+                run(&[
+                    "cot",
+                    "--calibration",
+                    s(&cal),
+                    s(&file),
+                    "--sample-rows",
+                    sample,
+                    "--json",
+                    s(&out),
+                ]);
+                let what = format!("{dataset} {target} sample {sample}");
+                assert_eq!(cot_of(&out), report_cot(&report, target), "{what}");
+                let groups = cot_groups(&out);
+                assert!(!groups.is_empty(), "{what}: groups");
+                assert_eq!(groups, report_groups(&report, target), "{what}: groups");
+                let passes = read_json(&out)["passes"].as_u64().expect("passes");
+                if sample == "40" {
+                    assert!(passes >= 4, "{what}: two passes a mode at least");
+                } else {
+                    assert_eq!(passes, 2, "{what}: one pass a mode");
+                }
+            }
+        }
+        // The first target's rows shuffled into three shards, given in reverse order.
+        let target = targets[0];
+        let set = load_npz(&data.join(format!("{target}.npz"))).expect("target");
+        let n = set.n();
+        let mut r = common::rng(7);
+        let mut order: Vec<usize> = (0..n).collect();
+        order.shuffle(&mut r);
+        let a = r.random_range(1..n / 2);
+        let b = r.random_range(a + 1..n - 1);
+        let cuts = [0, a, b, n];
+        let mut files = Vec::new();
+        for i in 0..3 {
+            let f = tmp.path().join(format!("{dataset}-{i}.npz"));
+            save_npz(
+                &f,
+                &common::pick(&set, &order[cuts[i]..cuts[i + 1]], "part"),
+                false,
+            )
+            .expect("save");
+            files.push(f);
+        }
+        files.reverse();
+        let out = tmp.path().join(format!("{dataset}-shards.json"));
+        let mut args = vec!["cot", "--calibration", s(&cal), "--sample-rows", "40"];
+        args.extend(files.iter().map(|f| s(f)));
+        args.extend(["--json", s(&out)]);
+        run(&args);
+        assert_eq!(
+            cot_of(&out),
+            report_cot(&report, target),
+            "{dataset} shards"
+        );
+        assert_eq!(
+            cot_groups(&out),
+            report_groups(&report, target),
+            "{dataset} shards' groups"
+        );
+    }
 }
 
 #[test]

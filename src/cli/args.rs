@@ -220,9 +220,11 @@ pub enum Command {
         #[arg(long, value_delimiter = ',')]
         exclude: Vec<String>,
     },
-    /// COT of one K = 2 target in bounded memory (its files re-read once a pass: seven
-    /// passes a mode, one chunk in memory), under a calibration: the target's COT in a
-    /// report, bit for bit; the target's shards in any order give the same value.
+    /// COT of one target and its groups without holding its rows (its files re-read once
+    /// a pass: K = 2 seven passes a mode, one chunk in memory; K > 2 the dual's rounds,
+    /// typically two passes a mode, a sample and the rows near class boundaries in
+    /// memory), under a calibration: the target's COT in a report, bit for bit; the
+    /// target's shards in any order give the same value.
     Cot {
         /// The calibration file (from `calibrate`).
         #[arg(long)]
@@ -230,9 +232,13 @@ pub enum Command {
         /// The target's `.npz` files: one file, or its shards.
         #[arg(required = true)]
         data: Vec<PathBuf>,
-        /// Where to run the passes: auto, gpu, cpu.
+        /// Where to run the passes: auto, gpu, cpu (K = 2; K > 2 runs on the host).
         #[arg(long, default_value = "auto")]
         device: String,
+        /// K > 2: rows the first pass samples a set (default 2^21 / K, at least 4096);
+        /// more sample, fewer rows held after it.
+        #[arg(long)]
+        sample_rows: Option<u64>,
         /// Print the JSON result on stdout (`--json` or `--json -`) or write it to FILE.
         #[arg(long, value_name = "FILE", num_args = 0..=1, default_missing_value = "-")]
         json: Option<String>,

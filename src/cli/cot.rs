@@ -1,10 +1,12 @@
-//! `cot`: COT of one K = 2 target and of each of its groups (hospital, slide) in bounded
-//! memory (DESIGN.md 2.11's rounds). The target's files are read once for the group ids,
-//! then once a pass, chunk by chunk, through the CPU softmax at each mode's temperature
-//! (the probabilities a report's COT uses) into the mergeable passes of
-//! `kernel::cot_two_class` on the chosen device, the target and every group narrowed in
-//! lockstep: seven passes a mode, fifteen reads of every file. Each file is hashed on
-//! every read; a file whose bytes change between reads is an error, not a wrong number.
+//! `cot`: COT of one target and of each of its groups (hospital, slide) without holding
+//! its rows (DESIGN.md 2.11's rounds). The target's files are read once for the group
+//! ids, then once a pass, chunk by chunk, through the CPU softmax at each mode's
+//! temperature (the probabilities a report's COT uses), the target and every group in
+//! lockstep. K = 2: the mergeable passes of `kernel::cot_two_class` on the chosen device,
+//! seven a mode, fifteen reads of every file. K > 2: the dual's rounds of
+//! `methods::cot_dual` on the host, typically two passes a mode (a sample, then the rows
+//! near a class boundary), one more a widening. Each file is hashed on every read; a
+//! file whose bytes change between reads is an error, not a wrong number.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -13,7 +15,8 @@ use crate::cli::commands::read_calibration;
 use crate::cli::outputs::{check_json_target, emit_json, open_device};
 use crate::cpu::softmax::softmax;
 use crate::data::stream::{NpzRowReader, RowChunk};
-use crate::methods::cot::cot_two_class_streamed_sets;
+use crate::methods::cot::{cot_two_class_streamed_sets, SetFeed};
+use crate::methods::cot_dual::{cot_rounds_sets, DualBudget};
 use crate::methods::evaluate::TARGET_CHUNK_ROWS;
 use crate::{with_backend, Error, Result};
 
@@ -25,16 +28,20 @@ pub fn run_cot(
     calibration: &Path,
     data: &[PathBuf],
     device: &str,
+    sample_rows: Option<u64>,
     json: &Option<String>,
 ) -> Result<()> {
     check_json_target(json)?;
     let cal = read_calibration(calibration)?;
-    if cal.k != 2 {
+    let k = cal.k;
+    if k < 2 {
         return Err(Error::Invalid(format!(
-            "{}: K = {}; `cot` streams K = 2 targets (evaluate and merge report COT at any K)",
-            calibration.display(),
-            cal.k
+            "{}: K = {k}; COT needs two classes or more",
+            calibration.display()
         )));
+    }
+    if sample_rows == Some(0) {
+        return Err(Error::Invalid("--sample-rows: at least 1 row".into()));
     }
     if cal.class_counts.is_empty() {
         return Err(Error::Invalid(format!(
@@ -95,61 +102,90 @@ pub fn run_cot(
             .map(|(j, &id)| (id, first_set[g] + j))
             .collect()
     });
-    let (engine, choice) = open_device(device)?;
-    let bar = indicatif::ProgressBar::new(2 * PASSES);
-    if let Ok(style) =
-        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} passes [{elapsed}]")
-    {
+    let bar = if k == 2 {
+        indicatif::ProgressBar::new(2 * PASSES)
+    } else {
+        indicatif::ProgressBar::no_length()
+    };
+    let template = if k == 2 {
+        "{bar:30} {pos}/{len} passes [{elapsed}]"
+    } else {
+        "{spinner} {pos} passes [{elapsed}]"
+    };
+    if let Ok(style) = indicatif::ProgressStyle::with_template(template) {
         bar.set_style(style);
     }
     let counts = cal.class_counts.clone();
     let temperatures = [cal.modes.raw.t, cal.modes.ts.t];
-    let (values, device_name) = with_backend!(&engine, choice, |b| {
-        use crate::backend::Backend;
-        let mut out: [Vec<f64>; 2] = Default::default();
-        for (v, &t) in out.iter_mut().zip(&temperatures) {
-            *v = cot_two_class_streamed_sets(b, &sizes, &counts, |feed| {
-                let mut chunk = RowChunk::default();
-                let mut by_set: Vec<Vec<f32>> = vec![Vec::new(); sizes.len()];
-                for (path, hash) in data.iter().zip(hashes.iter_mut()) {
-                    let mut r = NpzRowReader::open(path)?;
-                    while r.next_chunk(TARGET_CHUNK_ROWS, &mut chunk)? {
-                        let p = softmax(&chunk.logits, 2, t);
-                        feed(0, &p)?;
-                        // Each group's rows of the chunk, together.
-                        for (g, arr) in [&chunk.hospital, &chunk.slide].into_iter().enumerate() {
-                            let Some(arr) = arr else { continue };
-                            for (&id, row) in arr.iter().zip(p.chunks_exact(2)) {
-                                let set = slot_of[g].get(&id).copied().ok_or_else(|| {
-                                    Error::Invalid(format!(
-                                        "{}: group id {id} appeared between reads",
-                                        path.display()
-                                    ))
-                                })?;
-                                by_set[set].extend_from_slice(row);
-                            }
-                        }
-                        for (set, rows) in by_set.iter_mut().enumerate() {
-                            if !rows.is_empty() {
-                                feed(set, rows)?;
-                                rows.clear();
-                            }
-                        }
-                    }
-                    let h = r.finish()?;
-                    if hash.as_deref() != Some(h.as_str()) {
-                        return Err(Error::Invalid(format!(
-                            "{}: its bytes changed between COT's reads",
-                            path.display()
-                        )));
+    // One pass at temperature `t`: every file's chunks, each row to the target and to
+    // its groups, every file's hash checked against its first read's.
+    let mut pass = |t: f32, feed: &mut SetFeed<'_>| -> Result<()> {
+        let mut chunk = RowChunk::default();
+        let mut by_set: Vec<Vec<f32>> = vec![Vec::new(); sizes.len()];
+        for (path, hash) in data.iter().zip(hashes.iter_mut()) {
+            let mut r = NpzRowReader::open(path)?;
+            while r.next_chunk(TARGET_CHUNK_ROWS, &mut chunk)? {
+                let p = softmax(&chunk.logits, k, t);
+                feed(0, &p)?;
+                // Each group's rows of the chunk, together.
+                for (g, arr) in [&chunk.hospital, &chunk.slide].into_iter().enumerate() {
+                    let Some(arr) = arr else { continue };
+                    for (&id, row) in arr.iter().zip(p.chunks_exact(k)) {
+                        let set = slot_of[g].get(&id).copied().ok_or_else(|| {
+                            Error::Invalid(format!(
+                                "{}: group id {id} appeared between reads",
+                                path.display()
+                            ))
+                        })?;
+                        by_set[set].extend_from_slice(row);
                     }
                 }
-                bar.inc(1);
-                Ok(())
-            })?;
+                for (set, rows) in by_set.iter_mut().enumerate() {
+                    if !rows.is_empty() {
+                        feed(set, rows)?;
+                        rows.clear();
+                    }
+                }
+            }
+            let h = r.finish()?;
+            if hash.as_deref() != Some(h.as_str()) {
+                return Err(Error::Invalid(format!(
+                    "{}: its bytes changed between COT's reads",
+                    path.display()
+                )));
+            }
         }
-        Ok::<_, Error>((out, b.device_name()))
-    })?;
+        bar.inc(1);
+        Ok(())
+    };
+    let mut values: [Vec<f64>; 2] = Default::default();
+    // K > 2: the most rows the rounds held at once (a sample or the free rows).
+    let mut held_rows = 0u64;
+    let (device_name, passes) = if k == 2 {
+        let (engine, choice) = open_device(device)?;
+        let name = with_backend!(&engine, choice, |b| {
+            use crate::backend::Backend;
+            for (v, &t) in values.iter_mut().zip(&temperatures) {
+                *v = cot_two_class_streamed_sets(b, &sizes, &counts, |feed| pass(t, feed))?;
+            }
+            Ok::<_, Error>(b.device_name())
+        })?;
+        (name, 2 * PASSES)
+    } else {
+        // The rounds' passes are host work on every device (no device kernel yet).
+        let budget = DualBudget {
+            sample_rows: sample_rows.unwrap_or(DualBudget::for_classes(k).sample_rows),
+            ..DualBudget::for_classes(k)
+        };
+        let mut passes = 0;
+        for (v, &t) in values.iter_mut().zip(&temperatures) {
+            let (got, s) = cot_rounds_sets(&sizes, k, &counts, budget, |feed| pass(t, feed))?;
+            *v = got;
+            passes += s.passes;
+            held_rows = held_rows.max(s.held_rows);
+        }
+        ("host CPU (K > 2 rounds)".to_string(), passes)
+    };
     bar.finish_and_clear();
     let files: Vec<serde_json::Value> = data
         .iter()
@@ -178,7 +214,8 @@ pub fn run_cot(
         "calibration": calibration.display().to_string(),
         "files": files,
         "n": n,
-        "passes": 2 * PASSES,
+        "passes": passes,
+        "held_rows": held_rows,
         "device": device_name,
         "cot": mode_values(0),
         "groups": groups,
@@ -188,7 +225,7 @@ pub fn run_cot(
         values[0][0],
         values[1][0],
         sizes.len() - 1,
-        2 * PASSES
+        passes
     );
     emit_json(&value, json)
 }

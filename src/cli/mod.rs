@@ -212,8 +212,9 @@ pub fn run(cli: Cli, explicit: &[String]) -> Result<()> {
             calibration,
             data,
             device,
+            sample_rows,
             json,
-        } => cot::run_cot(&calibration, &data, &device, &json),
+        } => cot::run_cot(&calibration, &data, &device, sample_rows, &json),
         Command::Quantile {
             scores,
             alpha,

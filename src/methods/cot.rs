@@ -340,7 +340,7 @@ pub fn cot(probs: &[f32], k: usize, class_counts: &[u64]) -> Result<f64> {
 }
 
 /// `cost_units / (units 2^40)`, rounded once.
-fn mean(cost_units: u128, units: u128) -> f64 {
+pub(crate) fn mean(cost_units: u128, units: u128) -> f64 {
     let scale = units << COST_GRID_BITS;
     (cost_units / scale) as f64 + (cost_units % scale) as f64 / scale as f64
 }
