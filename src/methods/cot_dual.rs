@@ -10,7 +10,8 @@
 //! **The rounds.**
 //! 1. *Sample pass.* Every `stride`-th row of the set is kept (at most
 //!    [`DualBudget::sample_rows`]); [`transport::solve`] gives the sample's optimal plan
-//!    and [`potentials`] a dual point `g` of it: the full problem's dual, approximately.
+//!    and `centre` a dual point `g` in the middle of its optimal duals: the full
+//!    problem's dual, approximately.
 //!    A set the sample holds whole (`stride = 1`) is solved there and then.
 //! 2. *Collect pass* at `(g, delta)`: a row whose margin exceeds `delta` is *fixed* at
 //!    its best class and only tallied ([`DualTally`]: rows and cost per class, the dual
@@ -27,15 +28,25 @@
 //! 4. If a class's fixed rows exceed its demand, or a cycle is negative, the collect
 //!    pass runs again with a 4x wider free share; a share of 1 frees every row (the
 //!    in-memory problem), so the rounds always end.
+//! 5. *Refine passes* keep the free rows near the sample's size: where more than
+//!    `sample_rows` would be free, a collect pass keeps every `s`-th free row (a band
+//!    sample) beside the exact fixed tallies, and the band sample, solved against the
+//!    demand the fixed rows leave scaled to its rows, gives a better point `g'` and a
+//!    narrower `delta` (each refine pass narrows the band by about the share below);
+//!    after `MAX_REFINES` the free rows are held whatever their number.
 //!
-//! `delta` is read off the sample: the margin under `g` at the sample's quantile
-//! `share`, starting at `4 sqrt(K / m)` ([`DualBudget::share_scale`]) for a sample of m rows (the count error of a
-//! sampled dual is about `sqrt(pi_k / m)` a class).
+//! `delta` is read off the latest sample: the margin under `g` at its quantile `share`,
+//! starting at `4 sqrt(K / m)` ([`DualBudget::share_scale`]) for a sample of m rows
+//! (the count error of a sampled dual is about `sqrt(pi_k / m)` a class).
 //!
-//! **Passes and memory.** Typically two passes a set (one when the sample holds it); a
-//! widening adds one. Memory: the sample (`sample_rows x K` costs) and the free rows
-//! (the share of the set that lies within `delta` of a class boundary, all rows only in
-//! the last widening), plus `K^2` minima; never a pass's chunk beyond the one in hand.
+//! **Passes and memory.** One pass a set when the sample holds it; otherwise a sample
+//! pass, a refine pass for each narrowing and one collect pass (two passes for a
+//! 2M-row K = 10 target at the defaults), one more a widening. Memory: the sample
+//! (`sample_rows x K` costs), the free rows (about `sample_rows` of them after the refine
+//! passes; rows tied at a class boundary under `g`, margin 0, are always free) and `K^2`
+//! minima; never more than the chunk in hand of a pass. Passes are host work (CPU) on
+//! every device. A refine pass's band sample depends on the order rows come in (every
+//! `s`-th free row); the value never does.
 
 use crate::error::{Error, Result};
 use crate::methods::transport;
@@ -99,13 +110,22 @@ pub struct DualTally {
     pub fixed_cost: Vec<u128>,
     /// `k x k`: `[a * k + b]` the least `C_ib - C_ia` of the rows fixed at a.
     pub fixed_slack: Vec<i64>,
-    /// The free rows' costs, `rows x k`.
+    /// The free rows' costs, `rows x k` (every `free_stride`-th free row).
     pub free: Vec<i64>,
+    /// Keep every this-th free row (1: all; more: a refine pass's band sample).
+    pub free_stride: u64,
+    /// Free rows seen, kept or not.
+    pub free_seen: u64,
 }
 
 impl DualTally {
-    /// An empty tally.
+    /// An empty tally keeping every free row.
     pub fn new(k: usize) -> Self {
+        Self::sampling(k, 1)
+    }
+
+    /// An empty tally keeping every `free_stride`-th free row (in the order rows come).
+    pub fn sampling(k: usize, free_stride: u64) -> Self {
         DualTally {
             k,
             rows: 0,
@@ -114,6 +134,8 @@ impl DualTally {
             fixed_cost: vec![0; k],
             fixed_slack: vec![NO_EDGE; k * k],
             free: Vec::new(),
+            free_stride: free_stride.max(1),
+            free_seen: 0,
         }
     }
 
@@ -135,15 +157,20 @@ impl DualTally {
                     }
                 }
             } else {
-                self.free.extend_from_slice(row);
+                if self.free_seen.is_multiple_of(self.free_stride) {
+                    self.free.extend_from_slice(row);
+                }
+                self.free_seen += 1;
             }
         }
     }
 
     /// Adds another tally of the same set and dual point (sums, minima, free rows
-    /// appended: the settled cost does not depend on their order).
+    /// appended: the settled cost does not depend on their order; a refine pass's band
+    /// sample does, and only steers the next dual point).
     pub fn merge(&mut self, other: &DualTally) {
         self.rows += other.rows;
+        self.free_seen += other.free_seen;
         self.dual_sum += other.dual_sum;
         for (a, b) in self.fixed_rows.iter_mut().zip(&other.fixed_rows) {
             *a += b;
@@ -164,7 +191,7 @@ impl DualTally {
 }
 
 /// A dual point of the difference constraints `w` (`k x k`, `[a * k + b]` bounding
-/// `g_b - g_a`, [`NO_EDGE`] for none), `g_0 = 0`; `None` where a cycle is negative
+/// `g_b - g_a`, `i64::MAX` for none), `g_0 = 0`; `None` where a cycle is negative
 /// (no point fits). Bellman-Ford from a virtual class joined to every class at 0.
 pub fn potentials(w: &[i64], k: usize) -> Option<Vec<i64>> {
     let mut d = vec![0i128; k];
@@ -184,6 +211,68 @@ pub fn potentials(w: &[i64], k: usize) -> Option<Vec<i64>> {
         }
     }
     None
+}
+
+/// Shortest distances from `from` over the edges `w` (reversed: to `from`), `None` for
+/// no path; `w` must have no negative cycle.
+fn distances(w: &[i64], k: usize, from: usize, reversed: bool) -> Vec<Option<i128>> {
+    let mut d: Vec<Option<i128>> = vec![None; k];
+    d[from] = Some(0);
+    for _ in 1..k {
+        let mut changed = false;
+        for a in 0..k {
+            for b in 0..k {
+                let e = if reversed { w[b * k + a] } else { w[a * k + b] };
+                if e == NO_EDGE {
+                    continue;
+                }
+                if let Some(da) = d[a] {
+                    let nd = da + e as i128;
+                    if d[b].is_none_or(|db| nd < db) {
+                        d[b] = Some(nd);
+                        changed = true;
+                    }
+                }
+            }
+        }
+        if !changed {
+            break;
+        }
+    }
+    d
+}
+
+/// A dual point in the middle of what the constraints `w` allow (`None` where nothing
+/// fits), relative to class `reference`: each class halfway between its largest value
+/// (the shortest path from `reference`) and its least (minus the shortest path back),
+/// which fits too (the constraints are differences: the set is convex and closed under
+/// rounding the midpoint down). A class nothing bounds from below (no plan sends it
+/// units: a class without demand) sits `2^42` under its largest value, so no row's
+/// best class; the largest value of a class nothing bounds from above is its least.
+/// Centred, a sampled point errs less on either side than a vertex of its region.
+fn centre(w: &[i64], k: usize, reference: usize) -> Option<Vec<i64>> {
+    potentials(w, k)?;
+    let up = distances(w, k, reference, false);
+    let down = distances(w, k, reference, true);
+    Some(
+        up.iter()
+            .zip(&down)
+            .map(|(&hi, &lo)| match (hi, lo.map(|l| -l)) {
+                (Some(hi), Some(lo)) => (hi + lo).div_euclid(2) as i64,
+                (Some(hi), None) => (hi - (1i128 << 42)) as i64,
+                (None, Some(lo)) => lo as i64,
+                (None, None) => 0,
+            })
+            .collect(),
+    )
+}
+
+/// The class needing the most units (lowest index on ties): every optimal plan sends it
+/// units, so every class is bounded from it.
+fn largest(demand: &[u64]) -> usize {
+    (0..demand.len())
+        .max_by_key(|&c| (demand[c], std::cmp::Reverse(c)))
+        .unwrap_or(0)
 }
 
 /// Tightens `w` by a plan's edges: every class `a` a row sends units to bounds
@@ -237,7 +326,7 @@ fn sample_dual(sample: &[i64], k: usize, class_counts: &[u64], supply: u64) -> R
     let plan = transport::solve(sample, k, supply, &demand)?;
     let mut w = vec![NO_EDGE; k * k];
     add_plan_edges(&mut w, sample, k, &plan.flows);
-    potentials(&w, k).ok_or_else(|| {
+    centre(&w, k, largest(&demand)).ok_or_else(|| {
         Error::Invalid("COT: the sample's plan admits no dual point (not optimal)".into())
     })
 }
@@ -266,6 +355,63 @@ pub fn settle(tally: &DualTally, g: &[i64], supply: u64, demand: &[u64]) -> Resu
     ))
 }
 
+/// A refine pass's next dual point and its band sample's margins under it (sorted), or
+/// `None` where the fixed rows exceed a class's demand. The band sample (`m` of the
+/// `F` free rows) is solved against what the fixed rows leave, scaled to `m` rows
+/// (largest remainders, lowest class first); the point fits the fixed rows' least
+/// differences too where it can, the sample's plan alone where not.
+fn refine(
+    tally: &DualTally,
+    g: &[i64],
+    supply: u64,
+    demand: &[u64],
+) -> Result<Option<(Vec<i64>, Vec<i64>)>> {
+    let k = tally.k;
+    let (m, free) = (tally.free_rows() as u128, tally.free_seen as u128);
+    if m == 0 {
+        return Ok(None);
+    }
+    let mut rest = Vec::with_capacity(k);
+    for (&d, &fixed) in demand.iter().zip(&tally.fixed_rows) {
+        let taken = fixed as u128 * supply as u128;
+        if taken > d as u128 {
+            return Ok(None);
+        }
+        rest.push(d as u128 - taken);
+    }
+    // rest sums to supply F: scaled by m / F it sums to supply m.
+    let mut scaled: Vec<u64> = rest.iter().map(|&r| (r * m / free) as u64).collect();
+    let mut short = supply as u128 * m - scaled.iter().map(|&x| x as u128).sum::<u128>();
+    let mut order: Vec<usize> = (0..k).collect();
+    order.sort_by_key(|&c| (std::cmp::Reverse(rest[c] * m % free), c));
+    for &c in order.iter().cycle() {
+        if short == 0 {
+            break;
+        }
+        scaled[c] += 1;
+        short -= 1;
+    }
+    let plan = transport::solve(&shifted(&tally.free, k, g), k, supply, &scaled)?;
+    let mut edges = vec![NO_EDGE; k * k];
+    add_plan_edges(&mut edges, &tally.free, k, &plan.flows);
+    let with_fixed: Vec<i64> = edges
+        .iter()
+        .zip(&tally.fixed_slack)
+        .map(|(&a, &b)| a.min(b))
+        .collect();
+    let reference = largest(&scaled);
+    let next = centre(&with_fixed, k, reference)
+        .or_else(|| centre(&edges, k, reference))
+        .ok_or_else(|| Error::Invalid("COT: a band sample's plan admits no dual point".into()))?;
+    let mut margins: Vec<i64> = tally
+        .free
+        .chunks_exact(k)
+        .map(|r| best_of(r, &next).2)
+        .collect();
+    margins.sort_unstable();
+    Ok(Some((next, margins)))
+}
+
 /// The margin at quantile `share` of `margins` (sorted), or every row's (`NO_EDGE`) at a
 /// share of 1.
 fn margin_at(margins: &[i64], share: f64) -> i64 {
@@ -284,22 +430,78 @@ pub struct RoundStats {
     pub passes: u64,
     /// The most rows held after a pass.
     pub held_rows: u64,
+    /// Passes that sampled a band to refine the dual point (sets too large to hold
+    /// their free rows).
+    pub refine_passes: u64,
 }
+
+/// Refine passes a set may take before its free rows are held whatever their number.
+const MAX_REFINES: u32 = 8;
 
 /// One set's state between passes.
 enum SetRound {
     /// Sampling every `stride`-th row.
     Sample { stride: u64, rows: Vec<i64> },
-    /// Collecting at `g`, `delta`.
-    Collect {
-        g: Vec<i64>,
-        delta: i64,
-        share: f64,
-        margins: Vec<i64>,
-        tally: DualTally,
-    },
+    /// Collecting (or, with a band stride, refining) at `g`, `delta`.
+    Collect(Collect),
     /// The optimal cost, units x 2^-40.
     Done(u128),
+}
+
+/// A collect or refine pass's plan and tally.
+struct Collect {
+    g: Vec<i64>,
+    delta: i64,
+    /// The free share `delta` was read at, of the rows `margins` stand for (`base`).
+    share: f64,
+    margins: Vec<i64>,
+    base: u64,
+    refines: u32,
+    tally: DualTally,
+}
+
+impl Collect {
+    /// The pass at `g` freeing `share` of the rows behind `margins`: a refine pass
+    /// (a band sample of at most about `cap` rows) where more would be free than `cap`,
+    /// an exact collect otherwise.
+    #[allow(clippy::too_many_arguments)]
+    fn plan(
+        k: usize,
+        n: u64,
+        cap: u64,
+        g: Vec<i64>,
+        margins: Vec<i64>,
+        base: u64,
+        share: f64,
+        refines: u32,
+    ) -> Self {
+        let share = share.min(1.0);
+        // A whole band (share 1 of fewer rows than the set's): its widest margin, doubled
+        // for the move from the point that drew the band, not every row of the set.
+        let delta = match margins.last() {
+            Some(&widest) if share >= 1.0 && base < n => widest.saturating_mul(2).max(1),
+            _ => margin_at(&margins, share),
+        };
+        let predicted = if delta == NO_EDGE {
+            n
+        } else {
+            (share * base as f64).ceil() as u64
+        };
+        let stride = if delta != NO_EDGE && predicted > cap && refines < MAX_REFINES {
+            predicted.div_ceil(cap)
+        } else {
+            1
+        };
+        Collect {
+            g,
+            delta,
+            share,
+            margins,
+            base,
+            refines,
+            tally: DualTally::sampling(k, stride),
+        }
+    }
 }
 
 /// COT (the estimate, `1 - cost`) at K > 2 of sets read in passes, exact, in the
@@ -347,6 +549,8 @@ pub fn cot_rounds_sets(
         })
         .collect::<Result<Vec<_>>>()?;
     let sample_rows = budget.sample_rows.max(1);
+    // The free rows a collect pass may hold a set before a refine pass narrows the band.
+    let cap = sample_rows;
     let mut rounds: Vec<SetRound> = sizes
         .iter()
         .map(|&n| SetRound::Sample {
@@ -392,9 +596,9 @@ pub fn cot_rounds_sets(
                         rows.extend(p.iter().map(|&p| transport::grid_cost(1.0 - p as f64)));
                     }
                 }
-                SetRound::Collect {
+                SetRound::Collect(Collect {
                     g, delta, tally, ..
-                } => {
+                }) => {
                     costs.clear();
                     costs.extend(probs.iter().map(|&p| transport::grid_cost(1.0 - p as f64)));
                     tally.add(&costs, g, *delta);
@@ -408,11 +612,15 @@ pub fn cot_rounds_sets(
             .iter()
             .map(|r| match r {
                 SetRound::Sample { rows, .. } => rows.len() / k,
-                SetRound::Collect { tally, .. } => tally.free_rows(),
+                SetRound::Collect(c) => c.tally.free_rows(),
                 SetRound::Done(_) => 0,
             })
             .sum();
         stats.held_rows = stats.held_rows.max(held as u64);
+        let refining = rounds
+            .iter()
+            .any(|r| matches!(r, SetRound::Collect(c) if c.tally.free_stride > 1));
+        stats.refine_passes += refining as u64;
         if let Some(set) = (0..sizes.len()).find(|&s| seen[s] != sizes[s]) {
             return Err(Error::Invalid(format!(
                 "COT: a pass read {} rows of a set of {} (did a file change between passes?)",
@@ -431,40 +639,60 @@ pub fn cot_rounds_sets(
                         let mut margins: Vec<i64> =
                             rows.chunks_exact(k).map(|r| best_of(r, &g).2).collect();
                         margins.sort_unstable();
-                        let m = margins.len() as f64;
-                        let share = (budget.share_scale * (k as f64 / m).sqrt()).min(1.0);
-                        SetRound::Collect {
-                            delta: margin_at(&margins, share),
-                            g,
-                            share,
-                            margins,
-                            tally: DualTally::new(k),
-                        }
+                        let m = margins.len() as u64;
+                        let share = budget.share_scale * (k as f64 / m as f64).sqrt();
+                        SetRound::Collect(Collect::plan(
+                            k, sizes[set], cap, g, margins, sizes[set], share, 0,
+                        ))
                     }
                 }
-                SetRound::Collect {
-                    g,
-                    delta,
-                    share,
-                    margins,
-                    tally,
-                } => match settle(&tally, &g, supply, &demands[set])? {
+                SetRound::Collect(c) if c.tally.free_stride > 1 => {
+                    // A refine pass: the band sample's dual point, or a wider band.
+                    match refine(&c.tally, &c.g, supply, &demands[set])? {
+                        Some((g, margins)) => {
+                            let m = margins.len() as f64;
+                            let share = budget.share_scale * (k as f64 / m).sqrt();
+                            let base = c.tally.free_seen;
+                            SetRound::Collect(Collect::plan(
+                                k,
+                                sizes[set],
+                                cap,
+                                g,
+                                margins,
+                                base,
+                                share,
+                                c.refines + 1,
+                            ))
+                        }
+                        None => SetRound::Collect(Collect::plan(
+                            k,
+                            sizes[set],
+                            cap,
+                            c.g,
+                            c.margins,
+                            c.base,
+                            c.share * WIDENING,
+                            c.refines + 1,
+                        )),
+                    }
+                }
+                SetRound::Collect(c) => match settle(&c.tally, &c.g, supply, &demands[set])? {
                     Some(cost) => SetRound::Done(cost),
-                    None if delta == NO_EDGE => {
+                    None if c.delta == NO_EDGE => {
                         return Err(Error::Invalid(
                             "COT: every row free and still no optimal plan (a solver fault)".into(),
                         ))
                     }
-                    None => {
-                        let share = (share * WIDENING).min(1.0);
-                        SetRound::Collect {
-                            delta: margin_at(&margins, share),
-                            g,
-                            share,
-                            margins,
-                            tally: DualTally::new(k),
-                        }
-                    }
+                    None => SetRound::Collect(Collect::plan(
+                        k,
+                        sizes[set],
+                        cap,
+                        c.g,
+                        c.margins,
+                        c.base,
+                        c.share * WIDENING,
+                        c.refines,
+                    )),
                 },
                 done => done,
             };
@@ -521,7 +749,7 @@ mod tests {
         counts: &[u64],
         budget: DualBudget,
         seed: u64,
-    ) -> (f64, u64) {
+    ) -> (f64, RoundStats) {
         let n = (probs.len() / k) as u64;
         let mut r = ChaCha8Rng::seed_from_u64(seed);
         let (v, stats) = cot_rounds_sets(&[n], k, counts, budget, |feed| {
@@ -534,7 +762,7 @@ mod tests {
             Ok(())
         })
         .expect("rounds");
-        (v[0], stats.passes)
+        (v[0], stats)
     }
 
     // Sizes: 1 row (the sample holds it), a few rows, and sets 10-100x the sample so the
@@ -572,7 +800,8 @@ mod tests {
                     sample_rows,
                     share_scale,
                 };
-                let (got, passes) = streamed(&probs, k, &counts, budget, case as u64);
+                let (got, stats) = streamed(&probs, k, &counts, budget, case as u64);
+                let passes = stats.passes;
                 assert_eq!(got.to_bits(), want.to_bits(), "n {n} K {k} {budget:?}");
                 if sample_rows >= n as u64 {
                     assert_eq!(passes, 1, "the sample holds the set");
@@ -584,6 +813,42 @@ mod tests {
         }
         // Small samples give poor duals: some sets must have widened (round 4 ran).
         assert!(widened > 0);
+    }
+
+    // Sets 10-75x the sample: more rows would be free than the sample's size, so refine
+    // passes narrow the band (a band sample's dual point) before the exact collect, and
+    // the rows held stay near the sample's size; skewed shares, one class absent.
+    #[test]
+    fn refine_passes_bound_the_rows_held() {
+        let mut refined = 0;
+        for (case, &(n, k, coarse, sample_rows, share_scale)) in [
+            (40_000usize, 4usize, false, 1500u64, 4.0),
+            (30_000, 3, true, 1000, 4.0),
+            (40_000, 8, false, 3000, 4.0),
+            // Bands too narrow for their points: refine passes widen.
+            (30_000, 5, false, 400, 0.5),
+        ]
+        .iter()
+        .enumerate()
+        {
+            let probs = rows(n, k, 50 + case as u64, coarse);
+            let mut counts: Vec<u64> = (1..=k as u64).map(|c| c * c).collect();
+            counts[1] = 0;
+            let want = in_memory(&probs, k, &counts);
+            let budget = DualBudget {
+                sample_rows,
+                share_scale,
+            };
+            let (got, stats) = streamed(&probs, k, &counts, budget, case as u64);
+            assert_eq!(got.to_bits(), want.to_bits(), "n {n} K {k}");
+            refined += stats.refine_passes;
+            // Rows tied at a boundary (margin 0, the coarse set's many) are always held.
+            if !coarse {
+                assert!(stats.held_rows <= 8 * sample_rows, "n {n} K {k}: {stats:?}");
+            }
+            eprintln!("n {n} K {k} coarse {coarse}: {stats:?}");
+        }
+        assert!(refined > 0);
     }
 
     // Settle at dual points far from the optimum: where the fixed rows fit the demands
