@@ -1407,7 +1407,7 @@ fn two_class_costs(logits: &[f32], t: f32, out: &mut Vec<i64>) {
 /// nearest integer `r`, `r - 1` where that rounded up is the floor, and `r + 2^52`'s
 /// bits less 2^52's are `r`.
 #[inline(always)]
-fn probability_cost(p: f32) -> i64 {
+pub(crate) fn probability_cost(p: f32) -> i64 {
     const M: f64 = (1u64 << 52) as f64;
     let y = (1.0 - p as f64) * (1u64 << COST_GRID_BITS) as f64 + 0.5;
     let r = (y + M) - M;

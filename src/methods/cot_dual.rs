@@ -48,8 +48,15 @@
 //! every device. A refine pass's band sample depends on the order rows come in (every
 //! `s`-th free row); the value never does.
 
+use rayon::prelude::*;
+
 use crate::error::{Error, Result};
+use crate::methods::cot::probability_cost;
 use crate::methods::transport;
+
+/// Rows a collect pass tallies per parallel block (each block its own tally, merged in
+/// block order: the same tally for the same chunks on any number of threads).
+const BLOCK_ROWS: usize = 8192;
 
 /// No constraint between two classes (no edge).
 const NO_EDGE: i64 = i64::MAX;
@@ -559,7 +566,6 @@ pub fn cot_rounds_sets(
         })
         .collect();
     let mut stats = RoundStats::default();
-    let mut costs = Vec::new();
     while rounds.iter().any(|r| !matches!(r, SetRound::Done(_))) {
         let mut seen = vec![0u64; sizes.len()];
         each_pass(&mut |set: usize, probs: &[f32]| {
@@ -593,15 +599,25 @@ pub fn cot_rounds_sets(
                         .skip(skip as usize)
                         .step_by(*stride as usize)
                     {
-                        rows.extend(p.iter().map(|&p| transport::grid_cost(1.0 - p as f64)));
+                        rows.extend(p.iter().map(|&p| probability_cost(p)));
                     }
                 }
                 SetRound::Collect(Collect {
                     g, delta, tally, ..
                 }) => {
-                    costs.clear();
-                    costs.extend(probs.iter().map(|&p| transport::grid_cost(1.0 - p as f64)));
-                    tally.add(&costs, g, *delta);
+                    let (g, delta, stride) = (&g[..], *delta, tally.free_stride);
+                    let blocks: Vec<DualTally> = probs
+                        .par_chunks(BLOCK_ROWS * k)
+                        .map(|p| {
+                            let costs: Vec<i64> = p.iter().map(|&p| probability_cost(p)).collect();
+                            let mut t = DualTally::sampling(k, stride);
+                            t.add(&costs, g, delta);
+                            t
+                        })
+                        .collect();
+                    for b in &blocks {
+                        tally.merge(b);
+                    }
                 }
                 SetRound::Done(_) => {}
             }
