@@ -73,6 +73,12 @@ class Calibration:
         row_offset: int = 0,
         device: Device | None = None,
     ) -> np.ndarray[Any, np.dtype[np.bool_]]: ...
+    def cot_files(
+        self,
+        files: Sequence[str | PathLike[str]],
+        device: Device | None = None,
+        sample_rows: int | None = None,
+    ) -> dict[str, Any]: ...
     def tally(
         self,
         logits: ArrayLike,

@@ -911,6 +911,39 @@ impl PyCalibration {
         Ok(PyArray2::from_owned_array(py, arr))
     }
 
+    /// COT raw and ts of one target and of each of its groups, read from its `.npz`
+    /// files (one file or its shards, any order) without holding the rows: the driver
+    /// and the JSON of `conformal-gpu cot` (DESIGN.md 2.11's rounds), as a dict, with
+    /// `calibration` the calibration's id. K = 2 on `device`; K > 2 on the host
+    /// (`sample_rows`: the rounds' sample a set, default 2^21 / K).
+    #[pyo3(signature = (files, device = None, sample_rows = None))]
+    fn cot_files<'py>(
+        &self,
+        py: Python<'py>,
+        files: Vec<PathBuf>,
+        device: Option<&str>,
+        sample_rows: Option<u64>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let cal = self.inner.clone();
+        // K > 2 runs on the host whatever the device: no adapter to open.
+        let device = if cal.k == 2 {
+            device.unwrap_or(&self.device)
+        } else {
+            "cpu"
+        };
+        let value = on_device!(py, device, |b| {
+            conformal_gpu::methods::cot_files::cot_of_files(
+                b,
+                &cal,
+                &cal.id,
+                &files,
+                sample_rows,
+                &|| {},
+            )
+        })?;
+        json_to_py(py, &value)
+    }
+
     /// Counts target rows (logits, optional labels and group ids) under this calibration.
     #[pyo3(signature = (logits, labels = None, groups = None, row_offset = 0, device = None, name = "target"))]
     #[allow(clippy::too_many_arguments)]

@@ -5,6 +5,7 @@ pub mod bootstrap;
 pub mod calibration;
 pub mod cot;
 pub mod cot_dual;
+pub mod cot_files;
 pub mod cot_reference;
 pub mod cott;
 pub mod evaluate;

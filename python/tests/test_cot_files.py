@@ -1,0 +1,107 @@
+"""COT of a target's files without holding its rows (DESIGN 2.11's rounds;
+`Calibration.cot_files`, the driver of `conformal-gpu cot`): on shards given in any
+order, the target's and every slide's COT equal an exact LP (POT's network simplex) to
+1e-7 and the in-memory report's bit for bit, K = 2 (the mergeable passes) and K = 10
+(the dual's rounds, a small sample so that refine and collect passes run), ties
+included; the CLI's JSON is the same dict; bad input is a typed error."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import ot  # POT: the exact LP reference, installed in the test venv by scripts/test.sh
+import pytest
+from conftest import make_set, save
+
+import conformal_gpu as cg
+
+
+def lp_cot(p: np.ndarray, counts: np.ndarray) -> float:
+    n = p.shape[0]
+    a = np.full(n, 1.0 / n)
+    b = counts / counts.sum()
+    return 1.0 - float(ot.emd2(a, b, 1.0 - p.astype(np.float64), numItermax=10_000_000))
+
+
+def shards(target: dict, tmp: Path, seed: int) -> list[Path]:
+    """The target's rows shuffled into three shards of random sizes, in reverse order."""
+    rng = np.random.default_rng(seed)
+    n = target["logits"].shape[0]
+    order = rng.permutation(n)
+    cuts = np.sort(rng.choice(np.arange(1, n), size=2, replace=False))
+    parts = np.split(order, cuts)
+    paths = [
+        save(tmp / f"part{i}.npz", {key: v[rows] for key, v in target.items()})
+        for i, rows in enumerate(parts)
+    ]
+    return paths[::-1]
+
+
+# Sizes: K = 2 at 3000 rows (seven passes a mode); K = 10 at 2500 rows with a
+# 200-row sample (sample, refine and collect passes) and with the sample holding the set.
+@pytest.mark.parametrize(
+    ("k", "n", "sample_rows"), [(2, 3000, None), (10, 2500, 200), (10, 2500, 5000)]
+)
+@pytest.mark.parametrize("ties", [False, True])
+def test_cot_files_equal_the_lp_and_the_report(tmp_path, cli, k, n, sample_rows, ties):
+    source = make_set(30 + k, 600, k)
+    target = make_set(31 + k, n, k, shift=0.7)
+    if ties:
+        # Quantised logits (ties inside rows), the first half repeated (across rows).
+        x = np.round(target["logits"] * 2.0) / 2.0
+        x[n // 2 :] = x[: n - n // 2]
+        target = {**target, "logits": x.astype(np.float32)}
+    cal = cg.Calibration.fit(source["logits"], source["labels"], device="cpu")
+    files = shards(target, tmp_path, k + ties)
+    got = cal.cot_files(files, device="cpu", sample_rows=sample_rows)
+    assert got["n"] == n
+    assert got["calibration"] == cal.id
+    if k == 2:
+        assert got["passes"] == 14
+    elif sample_rows < n:
+        assert got["passes"] >= 4, got["passes"]
+    else:
+        assert got["passes"] == 2
+
+    counts = np.bincount(source["labels"], minlength=k)
+    # The in-memory report (same source, so the same temperature and class counts).
+    rep = cg.evaluate(source, {"t": target}, device="cpu")["targets"][0]
+    for mode, t in (("raw", 1.0), ("ts", cal.temperature)):
+        p = cg.softmax(target["logits"], t=t, device="cpu")
+        assert abs(got["cot"][mode] - lp_cot(p, counts)) <= 1e-7, mode
+        assert got["cot"][mode] == rep["estimates"][mode]["COT"], mode
+        for g in got["groups"]["slide"]:
+            rows = target["slide"] == g["id"]
+            assert g["n"] == int(rows.sum())
+            assert abs(g[mode] - lp_cot(p[rows], counts)) <= 1e-7, (mode, g["id"])
+            (r,) = [x for x in rep["groups"]["slide"] if x["id"] == g["id"]]
+            assert g[mode] == r["estimates"][mode]["COT"], (mode, g["id"])
+    assert {g["id"] for g in got["groups"]["hospital"]} == set(np.unique(target["hospital"]))
+
+    # The CLI: the same values from the same driver.
+    cal_path = tmp_path / "cal.json"
+    cal_path.write_text(cal.to_json())
+    out = tmp_path / "cot.json"
+    args = ["cot", "--calibration", str(cal_path), *map(str, files), "--device", "cpu"]
+    if sample_rows is not None:
+        args += ["--sample-rows", str(sample_rows)]
+    via_cli = cli(*args, "--json", str(out), json_out=out)
+    for key in ("n", "passes", "held_rows", "cot", "groups"):
+        assert via_cli[key] == got[key], key
+
+
+def test_cot_files_bad_input_is_typed(tmp_path):
+    k = 4
+    source = make_set(1, 300, k)
+    cal = cg.Calibration.fit(source["logits"], source["labels"], device="cpu")
+    other_k = save(tmp_path / "k3.npz", make_set(2, 50, 3))
+    with pytest.raises(cg.InvalidInput, match="k3.npz"):
+        cal.cot_files([other_k])
+    with pytest.raises(FileNotFoundError, match="missing.npz"):
+        cal.cot_files([tmp_path / "missing.npz"])
+    one = save(tmp_path / "t.npz", make_set(3, 50, k))
+    with pytest.raises(cg.InvalidInput, match="given twice"):
+        cal.cot_files([one, one])
+    with pytest.raises(cg.InvalidInput, match="at least 1 row"):
+        cal.cot_files([one], sample_rows=0)
