@@ -5,19 +5,22 @@
 //! Everything is in [`crate::methods::cot`]'s integers: a row supplies `n` units (`n` the
 //! source's labelled rows), class k needs `n_k N` units, costs `C_ik` are on the 2^-40
 //! grid, and a dual point `g` is a grid integer a class. Under `g` a row's best class is
-//! `a = argmin_k (C_ik - g_k)` and its margin the distance to the runner-up.
+//! `a = argmin_k (C_ik - g_k)` (lowest index on ties) and its margin the distance to the
+//! runner-up.
 //!
 //! **The rounds.**
 //! 1. *Sample pass.* Every `stride`-th row of the set is kept (at most
 //!    [`DualBudget::sample_rows`]); [`transport::solve`] gives the sample's optimal plan
-//!    and `centre` a dual point `g` in the middle of its optimal duals: the full
-//!    problem's dual, approximately.
-//!    A set the sample holds whole (`stride = 1`) is solved there and then.
-//! 2. *Collect pass* at `(g, delta)`: a row whose margin exceeds `delta` is *fixed* at
-//!    its best class and only tallied ([`DualTally`]: rows and cost per class, the dual
-//!    sum `sum_i min_k (C_ik - g_k)`, and per class pair `(a, b)` the least `C_ib - C_ia`
-//!    of the rows fixed at a); the others are *free* and kept. Every field is an integer
-//!    sum or minimum, so chunks and shards merge in any order with the same bits.
+//!    and `centre` a dual point `g` in the middle of its optimal duals (each class halfway
+//!    between the largest and least value the plan's constraints allow): the full
+//!    problem's dual, approximately. A set the sample holds whole (`stride = 1`) is
+//!    solved there and then.
+//! 2. *Collect pass* at `g` with per-class bands `delta_c`: a row is *fixed* at its best
+//!    class a when every other class b is further than `max(delta_a, delta_b)`, and only
+//!    tallied ([`DualTally`]: rows and cost per class, the dual sum
+//!    `sum_i min_k (C_ik - g_k)`, and per class pair `(a, b)` the least `C_ib - C_ia` of
+//!    the rows fixed at a); the other rows are *free* and kept. Every field is an integer
+//!    sum or minimum, so chunks, threads and shards merge in any order with the same bits.
 //! 3. *Settle* (host, no pass): the free rows are solved exactly against what the fixed
 //!    rows leave of each class's demand, costs shifted by `g` (the same plans, a start
 //!    near the optimum). The joined plan is optimal when a dual point fits it: the
@@ -25,28 +28,33 @@
 //!    the fixed rows' through their tallied least differences, have no negative cycle
 //!    (Bellman-Ford over K classes). Complementary slackness then proves the plan
 //!    optimal, so its cost is the unique optimum: the in-memory solver's bits.
-//! 4. If a class's fixed rows exceed its demand, or a cycle is negative, the collect
-//!    pass runs again with a 4x wider free share; a share of 1 frees every row (the
-//!    in-memory problem), so the rounds always end.
-//! 5. *Refine passes* keep the free rows near the sample's size: where more than
-//!    `sample_rows` would be free, a collect pass keeps every `s`-th free row (a band
-//!    sample) beside the exact fixed tallies, and the band sample, solved against the
-//!    demand the fixed rows leave scaled to its rows, gives a better point `g'` and a
-//!    narrower `delta` (each refine pass narrows the band by about the share below);
-//!    after `MAX_REFINES` the free rows are held whatever their number.
+//! 4. *Widening*: where a class's fixed rows exceed its demand, or a cycle is negative,
+//!    the collect pass runs again with every band's share 4x wider; past
+//!    `MAX_WIDENINGS` every row is free (the in-memory problem), so the rounds end.
+//! 5. *Refine passes* keep the free rows bounded: a collect pass keeps at most
+//!    [`DualBudget::free_cap`] free rows, beyond which it keeps a band sample (the free
+//!    rows whose mixed set index is a multiple of the least power of two that fits: the
+//!    same rows for any chunking, thread count or merge order) beside the exact fixed
+//!    tallies. The band sample, solved against the demand the fixed rows leave scaled to
+//!    its rows, gives a better point and narrower bands, and the next collect pass
+//!    follows; after `MAX_REFINES` the free rows are held whatever their number.
 //!
-//! `delta` is read off the latest sample: the margin under `g` at its quantile `share`,
-//! starting at `4 sqrt(K / m)` ([`DualBudget::share_scale`]) for a sample of m rows
-//! (the count error of a sampled dual is about `sqrt(pi_k / m)` a class).
+//! **Bands.** From the latest sample's margins under `g`, per best class: class c's band
+//! is its margin at quantile `4 / sqrt(m_c)` ([`DualBudget::share_scale`]; `m_c` the
+//! sample's rows at c, whose count error is about `sqrt(m_c)`), twice its widest margin
+//! where that share reaches 1; 0 for a class without demand (no row may go there); the
+//! widest band of the others for a class the sample puts no row in.
 //!
 //! **Passes and memory.** One pass a set when the sample holds it; otherwise a sample
-//! pass, a refine pass for each narrowing and one collect pass (two passes for a
-//! 2M-row K = 10 target at the defaults), one more a widening. Memory: the sample
-//! (`sample_rows x K` costs), the free rows (about `sample_rows` of them after the refine
-//! passes; rows tied at a class boundary under `g`, margin 0, are always free) and `K^2`
-//! minima; never more than the chunk in hand of a pass. Passes are host work (CPU) on
-//! every device. A refine pass's band sample depends on the order rows come in (every
-//! `s`-th free row); the value never does.
+//! pass, a refine pass for each narrowing, and a collect pass that settles (measured:
+//! two passes a mode for 10M rows at K = 10, three or four for 500K rows at K = 100),
+//! one more a widening. Memory: the sample (`sample_rows x K` costs, 16 MiB at the
+//! default) and at most `4 sample_rows` free rows a set (the solver of the free rows
+//! takes about 4x their size again for its heaps), plus `K^2` minima; rows tied at a
+//! class boundary under `g` (margin 0) are always free, past the cap only after
+//! `MAX_REFINES`. Never more than the chunk in hand of the rows. Passes are host work
+//! (CPU, both cores) on every device. Rows come in the same order every pass only for
+//! the sample to be the same; the value never depends on it.
 
 use rayon::prelude::*;
 
@@ -75,6 +83,11 @@ pub struct DualBudget {
 }
 
 impl DualBudget {
+    /// The free rows a collect pass may hold a set (a band sample beyond): four samples'.
+    pub fn free_cap(&self) -> usize {
+        (self.sample_rows.max(1) as usize).saturating_mul(4)
+    }
+
     /// The default: 2^21 costs a set (16 MiB of sample), at least 4096 rows.
     pub fn for_classes(k: usize) -> Self {
         DualBudget {
@@ -102,6 +115,15 @@ fn best_of(row: &[i64], g: &[i64]) -> (usize, i64, i64) {
     (best, first, second.saturating_sub(first))
 }
 
+/// A bijective mix of a row index (splitmix64's finaliser): a band sample's rows are
+/// those whose mixed index is a multiple of the stride, spread over the set.
+fn mix(index: u64) -> u64 {
+    let mut z = index.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
 /// A collect pass's mergeable part of one set at one dual point (module docs, round 2).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DualTally {
@@ -117,22 +139,29 @@ pub struct DualTally {
     pub fixed_cost: Vec<u128>,
     /// `k x k`: `[a * k + b]` the least `C_ib - C_ia` of the rows fixed at a.
     pub fixed_slack: Vec<i64>,
-    /// The free rows' costs, `rows x k` (every `free_stride`-th free row).
+    /// The free rows' costs, `rows x k` (those [`DualTally::free_stride`] keeps).
     pub free: Vec<i64>,
-    /// Keep every this-th free row (1: all; more: a refine pass's band sample).
+    /// Each kept free row's index in its set.
+    pub free_index: Vec<u64>,
+    /// A free row is kept when `mix(its index)` is a multiple of this: 1 while the free
+    /// rows fit `cap`, doubled (about half the kept rows dropped) each time they overflow
+    /// it, so the tally is then a band sample: the same rows for any chunking, threads or
+    /// merge order (the smallest power of two that fits).
     pub free_stride: u64,
     /// Free rows seen, kept or not.
     pub free_seen: u64,
+    /// The most free rows kept.
+    pub cap: usize,
 }
 
 impl DualTally {
     /// An empty tally keeping every free row.
     pub fn new(k: usize) -> Self {
-        Self::sampling(k, 1)
+        Self::capped(k, usize::MAX)
     }
 
-    /// An empty tally keeping every `free_stride`-th free row (in the order rows come).
-    pub fn sampling(k: usize, free_stride: u64) -> Self {
+    /// An empty tally keeping at most `cap` free rows (a band sample beyond).
+    pub fn capped(k: usize, cap: usize) -> Self {
         DualTally {
             k,
             rows: 0,
@@ -141,20 +170,52 @@ impl DualTally {
             fixed_cost: vec![0; k],
             fixed_slack: vec![NO_EDGE; k * k],
             free: Vec::new(),
-            free_stride: free_stride.max(1),
+            free_index: Vec::new(),
+            free_stride: 1,
             free_seen: 0,
+            cap: cap.max(1),
         }
     }
 
-    /// Adds rows (`costs`, `rows x k` grid costs) at dual point `g`: margins above
-    /// `delta` fixed, the rest kept.
-    pub fn add(&mut self, costs: &[i64], g: &[i64], delta: i64) {
+    /// Doubles the stride until the kept rows fit `cap` (past 2^62 it stops: at most a
+    /// few indices mix to such multiples).
+    fn fit_cap(&mut self) {
+        while self.free_rows() > self.cap && self.free_stride < 1 << 62 {
+            self.thin_to(self.free_stride * 2);
+        }
+    }
+
+    /// Keeps the kept rows whose index mixes to a multiple of `stride` (a power of two
+    /// at least the current stride).
+    fn thin_to(&mut self, stride: u64) {
         let k = self.k;
-        for row in costs.chunks_exact(k) {
-            let (a, value, margin) = best_of(row, g);
+        let mut w = 0;
+        for r in 0..self.free_index.len() {
+            let i = self.free_index[r];
+            if mix(i).is_multiple_of(stride) {
+                self.free.copy_within(r * k..(r + 1) * k, w * k);
+                self.free_index[w] = i;
+                w += 1;
+            }
+        }
+        self.free.truncate(w * k);
+        self.free_index.truncate(w);
+        self.free_stride = stride;
+    }
+
+    /// Adds rows (`costs`, `rows x k` grid costs; the first is row `first` of its set)
+    /// at dual point `g` with per-class bands `deltas`: a row is fixed at its best class a
+    /// when every other class b is further than `max(delta_a, delta_b)`, free otherwise.
+    pub fn add(&mut self, costs: &[i64], first: u64, g: &[i64], deltas: &[i64]) {
+        let k = self.k;
+        for (index, row) in (first..).zip(costs.chunks_exact(k)) {
+            let (a, value, _) = best_of(row, g);
             self.rows += 1;
             self.dual_sum += value as i128;
-            if margin > delta {
+            let fixed = (0..k).all(|b| {
+                b == a || (row[b] - g[b]).saturating_sub(value) > deltas[a].max(deltas[b])
+            });
+            if fixed {
                 self.fixed_rows[a] += 1;
                 self.fixed_cost[a] += row[a] as u128;
                 let slack = &mut self.fixed_slack[a * k..(a + 1) * k];
@@ -164,8 +225,10 @@ impl DualTally {
                     }
                 }
             } else {
-                if self.free_seen.is_multiple_of(self.free_stride) {
+                if mix(index).is_multiple_of(self.free_stride) {
                     self.free.extend_from_slice(row);
+                    self.free_index.push(index);
+                    self.fit_cap();
                 }
                 self.free_seen += 1;
             }
@@ -173,8 +236,8 @@ impl DualTally {
     }
 
     /// Adds another tally of the same set and dual point (sums, minima, free rows
-    /// appended: the settled cost does not depend on their order; a refine pass's band
-    /// sample does, and only steers the next dual point).
+    /// appended: the settled cost does not depend on their order; a band sample's rows
+    /// do, and only steer the next dual point).
     pub fn merge(&mut self, other: &DualTally) {
         self.rows += other.rows;
         self.free_seen += other.free_seen;
@@ -188,12 +251,27 @@ impl DualTally {
         for (a, &b) in self.fixed_slack.iter_mut().zip(&other.fixed_slack) {
             *a = (*a).min(b);
         }
-        self.free.extend_from_slice(&other.free);
+        // Strides are powers of two: the finer side thinned to the coarser.
+        if other.free_stride > self.free_stride {
+            self.thin_to(other.free_stride);
+        }
+        for (row, &i) in other.free.chunks_exact(self.k).zip(&other.free_index) {
+            if mix(i).is_multiple_of(self.free_stride) {
+                self.free.extend_from_slice(row);
+                self.free_index.push(i);
+            }
+        }
+        self.fit_cap();
     }
 
-    /// The free rows.
+    /// The free rows kept.
     pub fn free_rows(&self) -> usize {
         self.free.len() / self.k
+    }
+
+    /// Whether every free row is kept (an exact collect, not a band sample).
+    pub fn holds_every_free_row(&self) -> bool {
+        self.free_stride == 1
     }
 }
 
@@ -362,8 +440,8 @@ pub fn settle(tally: &DualTally, g: &[i64], supply: u64, demand: &[u64]) -> Resu
     ))
 }
 
-/// A refine pass's next dual point and its band sample's margins under it (sorted), or
-/// `None` where the fixed rows exceed a class's demand. The band sample (`m` of the
+/// A refine pass's next dual point and its band sample's margins under it (per best
+/// class, sorted), or `None` where the fixed rows exceed a class's demand. The band sample (`m` of the
 /// `F` free rows) is solved against what the fixed rows leave, scaled to `m` rows
 /// (largest remainders, lowest class first); the point fits the fixed rows' least
 /// differences too where it can, the sample's plan alone where not.
@@ -372,7 +450,7 @@ fn refine(
     g: &[i64],
     supply: u64,
     demand: &[u64],
-) -> Result<Option<(Vec<i64>, Vec<i64>)>> {
+) -> Result<Option<(Vec<i64>, ClassMargins)>> {
     let k = tally.k;
     let (m, free) = (tally.free_rows() as u128, tally.free_seen as u128);
     if m == 0 {
@@ -410,23 +488,53 @@ fn refine(
     let next = centre(&with_fixed, k, reference)
         .or_else(|| centre(&edges, k, reference))
         .ok_or_else(|| Error::Invalid("COT: a band sample's plan admits no dual point".into()))?;
-    let mut margins: Vec<i64> = tally
-        .free
-        .chunks_exact(k)
-        .map(|r| best_of(r, &next).2)
-        .collect();
-    margins.sort_unstable();
+    let margins = class_margins(&tally.free, k, &next);
     Ok(Some((next, margins)))
 }
 
-/// The margin at quantile `share` of `margins` (sorted), or every row's (`NO_EDGE`) at a
-/// share of 1.
-fn margin_at(margins: &[i64], share: f64) -> i64 {
-    if share >= 1.0 || margins.is_empty() {
-        return NO_EDGE;
+/// Margins per best class, each class's sorted.
+type ClassMargins = Vec<Vec<i64>>;
+
+/// Rows' margins under `g`, grouped by their best class, each class's sorted.
+fn class_margins(rows: &[i64], k: usize, g: &[i64]) -> ClassMargins {
+    let mut out = vec![Vec::new(); k];
+    for r in rows.chunks_exact(k) {
+        let (a, _, margin) = best_of(r, g);
+        out[a].push(margin);
     }
-    let i = ((share * margins.len() as f64) as usize).min(margins.len() - 1);
-    margins[i]
+    for m in &mut out {
+        m.sort_unstable();
+    }
+    out
+}
+
+/// Per-class bands from a sample's margins (per best class, sorted): class c's band is
+/// its margin at quantile `scale / sqrt(m_c)` (`m_c` its sampled rows: the count error
+/// of a sampled dual is about `sqrt(m_c)` rows a class), times `4^widenings`; where that
+/// share reaches 1, twice its widest margin. A class without demand has band 0 (no row
+/// goes there); one the sample puts no row in takes the widest band of the others.
+fn class_bands(margins: &[Vec<i64>], demand: &[u64], scale: f64, widenings: u32) -> Vec<i64> {
+    let widen = WIDENING.powi(widenings as i32);
+    let mut bands: Vec<Option<i64>> = margins
+        .iter()
+        .map(|m| {
+            let share = scale / (m.len().max(1) as f64).sqrt() * widen;
+            if m.is_empty() {
+                None
+            } else if share >= 1.0 {
+                Some(m[m.len() - 1].saturating_mul(2).max(1))
+            } else {
+                Some(m[((share * m.len() as f64) as usize).min(m.len() - 1)])
+            }
+        })
+        .collect();
+    let widest = bands.iter().flatten().copied().max().unwrap_or(NO_EDGE);
+    for (b, &d) in bands.iter_mut().zip(demand) {
+        if d == 0 {
+            *b = Some(0);
+        }
+    }
+    bands.into_iter().map(|b| b.unwrap_or(widest)).collect()
 }
 
 /// What the rounds took: passes, and the most rows held at once (every set's sample or
@@ -445,69 +553,64 @@ pub struct RoundStats {
 /// Refine passes a set may take before its free rows are held whatever their number.
 const MAX_REFINES: u32 = 8;
 
+/// Widenings of a set's bands at one point before every row is freed.
+const MAX_WIDENINGS: u32 = 3;
+
 /// One set's state between passes.
 enum SetRound {
     /// Sampling every `stride`-th row.
     Sample { stride: u64, rows: Vec<i64> },
-    /// Collecting (or, with a band stride, refining) at `g`, `delta`.
-    Collect(Collect),
+    /// Collecting at `g` (a band sample where the free rows overflow the cap).
+    Collect(Box<Collect>),
     /// The optimal cost, units x 2^-40.
     Done(u128),
 }
 
-/// A collect or refine pass's plan and tally.
+/// A collect pass's point, bands and tally.
 struct Collect {
     g: Vec<i64>,
-    delta: i64,
-    /// The free share `delta` was read at, of the rows `margins` stand for (`base`).
-    share: f64,
-    margins: Vec<i64>,
-    base: u64,
+    /// Per class, the band; all `NO_EDGE`: every row free.
+    deltas: Vec<i64>,
+    /// The latest sample's margins under `g`, per best class (the bands' source).
+    margins: Vec<Vec<i64>>,
     refines: u32,
+    widenings: u32,
     tally: DualTally,
 }
 
 impl Collect {
-    /// The pass at `g` freeing `share` of the rows behind `margins`: a refine pass
-    /// (a band sample of at most about `cap` rows) where more would be free than `cap`,
-    /// an exact collect otherwise.
+    /// The pass at `g` with the bands of `margins` widened `widenings` times (past
+    /// [`MAX_WIDENINGS`]: every row free); its free rows capped at `cap` (a band sample
+    /// beyond) until [`MAX_REFINES`] refine passes, held whatever their number after.
     #[allow(clippy::too_many_arguments)]
-    fn plan(
+    fn at(
         k: usize,
-        n: u64,
-        cap: u64,
+        demand: &[u64],
+        budget: DualBudget,
         g: Vec<i64>,
-        margins: Vec<i64>,
-        base: u64,
-        share: f64,
+        margins: Vec<Vec<i64>>,
         refines: u32,
-    ) -> Self {
-        let share = share.min(1.0);
-        // A whole band (share 1 of fewer rows than the set's): its widest margin, doubled
-        // for the move from the point that drew the band, not every row of the set.
-        let delta = match margins.last() {
-            Some(&widest) if share >= 1.0 && base < n => widest.saturating_mul(2).max(1),
-            _ => margin_at(&margins, share),
-        };
-        let predicted = if delta == NO_EDGE {
-            n
+        widenings: u32,
+    ) -> Box<Self> {
+        let every_row = widenings > MAX_WIDENINGS;
+        let deltas = if every_row {
+            vec![NO_EDGE; k]
         } else {
-            (share * base as f64).ceil() as u64
+            class_bands(&margins, demand, budget.share_scale, widenings)
         };
-        let stride = if delta != NO_EDGE && predicted > cap && refines < MAX_REFINES {
-            predicted.div_ceil(cap)
+        let cap = if every_row || refines >= MAX_REFINES {
+            usize::MAX
         } else {
-            1
+            budget.free_cap()
         };
-        Collect {
+        Box::new(Collect {
             g,
-            delta,
-            share,
+            deltas,
             margins,
-            base,
             refines,
-            tally: DualTally::sampling(k, stride),
-        }
+            widenings,
+            tally: DualTally::capped(k, cap),
+        })
     }
 }
 
@@ -556,8 +659,6 @@ pub fn cot_rounds_sets(
         })
         .collect::<Result<Vec<_>>>()?;
     let sample_rows = budget.sample_rows.max(1);
-    // The free rows a collect pass may hold a set before a refine pass narrows the band.
-    let cap = sample_rows;
     let mut rounds: Vec<SetRound> = sizes
         .iter()
         .map(|&n| SetRound::Sample {
@@ -602,22 +703,33 @@ pub fn cot_rounds_sets(
                         rows.extend(p.iter().map(|&p| probability_cost(p)));
                     }
                 }
-                SetRound::Collect(Collect {
-                    g, delta, tally, ..
-                }) => {
-                    let (g, delta, stride) = (&g[..], *delta, tally.free_stride);
-                    let blocks: Vec<DualTally> = probs
+                SetRound::Collect(c) => {
+                    let Collect {
+                        g, deltas, tally, ..
+                    } = &mut **c;
+                    let (g, deltas, cap) = (&g[..], &deltas[..], tally.cap);
+                    // Contiguous blocks folded per thread and reduced in block order: the
+                    // same tally for any number of threads (module docs).
+                    let part = probs
                         .par_chunks(BLOCK_ROWS * k)
-                        .map(|p| {
-                            let costs: Vec<i64> = p.iter().map(|&p| probability_cost(p)).collect();
-                            let mut t = DualTally::sampling(k, stride);
-                            t.add(&costs, g, delta);
-                            t
-                        })
-                        .collect();
-                    for b in &blocks {
-                        tally.merge(b);
-                    }
+                        .enumerate()
+                        .fold(
+                            || DualTally::capped(k, cap),
+                            |mut t, (j, p)| {
+                                let costs: Vec<i64> =
+                                    p.iter().map(|&p| probability_cost(p)).collect();
+                                t.add(&costs, first + (j * BLOCK_ROWS) as u64, g, deltas);
+                                t
+                            },
+                        )
+                        .reduce(
+                            || DualTally::capped(k, cap),
+                            |mut a, b| {
+                                a.merge(&b);
+                                a
+                            },
+                        );
+                    tally.merge(&part);
                 }
                 SetRound::Done(_) => {}
             }
@@ -635,7 +747,7 @@ pub fn cot_rounds_sets(
         stats.held_rows = stats.held_rows.max(held as u64);
         let refining = rounds
             .iter()
-            .any(|r| matches!(r, SetRound::Collect(c) if c.tally.free_stride > 1));
+            .any(|r| matches!(r, SetRound::Collect(c) if !c.tally.holds_every_free_row()));
         stats.refine_passes += refining as u64;
         if let Some(set) = (0..sizes.len()).find(|&s| seen[s] != sizes[s]) {
             return Err(Error::Invalid(format!(
@@ -652,62 +764,48 @@ pub fn cot_rounds_sets(
                         SetRound::Done(plan.cost_units)
                     } else {
                         let g = sample_dual(&rows, k, class_counts, supply)?;
-                        let mut margins: Vec<i64> =
-                            rows.chunks_exact(k).map(|r| best_of(r, &g).2).collect();
-                        margins.sort_unstable();
-                        let m = margins.len() as u64;
-                        let share = budget.share_scale * (k as f64 / m as f64).sqrt();
-                        SetRound::Collect(Collect::plan(
-                            k, sizes[set], cap, g, margins, sizes[set], share, 0,
-                        ))
+                        let margins = class_margins(&rows, k, &g);
+                        SetRound::Collect(Collect::at(k, &demands[set], budget, g, margins, 0, 0))
                     }
                 }
-                SetRound::Collect(c) if c.tally.free_stride > 1 => {
-                    // A refine pass: the band sample's dual point, or a wider band.
+                SetRound::Collect(c) if !c.tally.holds_every_free_row() => {
+                    // A band sample: its dual point, or wider bands at this one.
                     match refine(&c.tally, &c.g, supply, &demands[set])? {
-                        Some((g, margins)) => {
-                            let m = margins.len() as f64;
-                            let share = budget.share_scale * (k as f64 / m).sqrt();
-                            let base = c.tally.free_seen;
-                            SetRound::Collect(Collect::plan(
-                                k,
-                                sizes[set],
-                                cap,
-                                g,
-                                margins,
-                                base,
-                                share,
-                                c.refines + 1,
-                            ))
-                        }
-                        None => SetRound::Collect(Collect::plan(
+                        Some((g, margins)) => SetRound::Collect(Collect::at(
                             k,
-                            sizes[set],
-                            cap,
+                            &demands[set],
+                            budget,
+                            g,
+                            margins,
+                            c.refines + 1,
+                            0,
+                        )),
+                        None => SetRound::Collect(Collect::at(
+                            k,
+                            &demands[set],
+                            budget,
                             c.g,
                             c.margins,
-                            c.base,
-                            c.share * WIDENING,
                             c.refines + 1,
+                            c.widenings + 1,
                         )),
                     }
                 }
                 SetRound::Collect(c) => match settle(&c.tally, &c.g, supply, &demands[set])? {
                     Some(cost) => SetRound::Done(cost),
-                    None if c.delta == NO_EDGE => {
+                    None if c.widenings > MAX_WIDENINGS => {
                         return Err(Error::Invalid(
                             "COT: every row free and still no optimal plan (a solver fault)".into(),
                         ))
                     }
-                    None => SetRound::Collect(Collect::plan(
+                    None => SetRound::Collect(Collect::at(
                         k,
-                        sizes[set],
-                        cap,
+                        &demands[set],
+                        budget,
                         c.g,
                         c.margins,
-                        c.base,
-                        c.share * WIDENING,
                         c.refines,
+                        c.widenings + 1,
                     )),
                 },
                 done => done,
@@ -898,9 +996,9 @@ mod tests {
                     }
                 })
                 .collect();
-            let delta = r.random_range(0..(1i64 << 38));
+            let deltas: Vec<i64> = (0..k).map(|_| r.random_range(0..(1i64 << 38))).collect();
             let mut tally = DualTally::new(k);
-            tally.add(&costs, &g, delta);
+            tally.add(&costs, 0, &g, &deltas);
             let fits = tally
                 .fixed_rows
                 .iter()
@@ -962,17 +1060,65 @@ mod tests {
             .map(|&p| transport::grid_cost(1.0 - p as f64))
             .collect();
         let g = [0i64, 3 << 36, -(1 << 37), 5, 1 << 38];
-        let delta = 1 << 36;
+        let deltas = [1i64 << 36, 1 << 35, 0, 1 << 37, 1 << 36];
         let mut whole = DualTally::new(k);
-        whole.add(&costs, &g, delta);
+        whole.add(&costs, 0, &g, &deltas);
         let mut parts = DualTally::new(k);
-        for cut in costs.chunks(k * 77) {
+        for (j, cut) in costs.chunks(k * 77).enumerate() {
             let mut t = DualTally::new(k);
-            t.add(cut, &g, delta);
+            t.add(cut, 77 * j as u64, &g, &deltas);
             parts.merge(&t);
         }
         assert_eq!(parts, whole);
-        assert!(whole.free_rows() > 0 && whole.free_rows() < 900);
+        let free = whole.free_rows();
+        assert!(free > 100 && free < 900, "{free}");
+        // Capped at 40 free rows: whole, or in parts of 77 rows merged in reverse order,
+        // the same tally: the fixed part and free count as uncapped, and the band sample
+        // the free rows whose mixed index is a multiple of the least power of two that
+        // keeps at most 40.
+        let mut capped = DualTally::capped(k, 40);
+        capped.add(&costs, 0, &g, &deltas);
+        let mut parts = DualTally::capped(k, 40);
+        for (j, cut) in costs.chunks(k * 77).enumerate().rev() {
+            let mut t = DualTally::capped(k, 40);
+            t.add(cut, 77 * j as u64, &g, &deltas);
+            parts.merge(&t);
+        }
+        let sample = |s: u64| -> Vec<u64> {
+            let mut v: Vec<u64> = whole
+                .free_index
+                .iter()
+                .copied()
+                .filter(|&i| mix(i).is_multiple_of(s))
+                .collect();
+            v.sort_unstable();
+            v
+        };
+        let mut stride = 1u64;
+        while sample(stride).len() > 40 {
+            stride *= 2;
+        }
+        assert!(stride > 1 && sample(stride).len() >= 10);
+        for t in [&capped, &parts] {
+            assert_eq!(t.fixed_rows, whole.fixed_rows);
+            assert_eq!(t.fixed_cost, whole.fixed_cost);
+            assert_eq!(t.fixed_slack, whole.fixed_slack);
+            assert_eq!((t.free_seen, t.dual_sum), (free as u64, whole.dual_sum));
+            assert_eq!(t.free_stride, stride);
+            assert!(!t.holds_every_free_row());
+            let mut kept: Vec<(u64, &[i64])> = t
+                .free_index
+                .iter()
+                .copied()
+                .zip(t.free.chunks_exact(k))
+                .collect();
+            kept.sort_unstable();
+            let want: Vec<(u64, &[i64])> = sample(stride)
+                .into_iter()
+                .map(|i| (i, &costs[i as usize * k..(i as usize + 1) * k]))
+                .collect();
+            assert_eq!(kept, want);
+        }
     }
 
     #[test]
