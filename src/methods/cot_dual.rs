@@ -397,10 +397,25 @@ fn shifted(costs: &[i64], k: usize, g: &[i64]) -> Vec<i64> {
     out
 }
 
+/// Sample rows below which [`sample_dual`] solves from the rows' cheapest classes (above,
+/// from the dual point of every 8th row: a start near the optimum, fewer moves).
+const WARM_START_ROWS: usize = 4096;
+
 /// The sample's optimal plan's dual point: `m` rows of `supply` units against demands
 /// in the source's shares (`n_k m`).
 fn sample_dual(sample: &[i64], k: usize, class_counts: &[u64], supply: u64) -> Result<Vec<i64>> {
     let m = (sample.len() / k) as u64;
+    let start = if sample.len() / k > WARM_START_ROWS {
+        let every_8th: Vec<i64> = sample
+            .chunks_exact(k)
+            .step_by(8)
+            .flatten()
+            .copied()
+            .collect();
+        Some(sample_dual(&every_8th, k, class_counts, supply)?)
+    } else {
+        None
+    };
     let demand = class_counts
         .iter()
         .map(|&c| {
@@ -408,7 +423,11 @@ fn sample_dual(sample: &[i64], k: usize, class_counts: &[u64], supply: u64) -> R
                 .ok_or_else(|| Error::Invalid(format!("COT: {c} x {m} units overflow")))
         })
         .collect::<Result<Vec<u64>>>()?;
-    let plan = transport::solve(sample, k, supply, &demand)?;
+    // Costs shifted by a start point have the same optimal plans.
+    let plan = match &start {
+        Some(g) => transport::solve(&shifted(sample, k, g), k, supply, &demand)?,
+        None => transport::solve(sample, k, supply, &demand)?,
+    };
     let mut w = vec![NO_EDGE; k * k];
     add_plan_edges(&mut w, sample, k, &plan.flows);
     centre(&w, k, largest(&demand)).ok_or_else(|| {
@@ -755,63 +774,77 @@ pub fn cot_rounds_sets(
                 seen[set], sizes[set]
             )));
         }
-        for (set, round) in rounds.iter_mut().enumerate() {
-            let next = match std::mem::replace(round, SetRound::Done(0)) {
-                SetRound::Sample { stride, rows } => {
-                    if stride == 1 {
-                        // The sample is the set.
-                        let plan = transport::solve(&rows, k, supply, &demands[set])?;
-                        SetRound::Done(plan.cost_units)
-                    } else {
-                        let g = sample_dual(&rows, k, class_counts, supply)?;
-                        let margins = class_margins(&rows, k, &g);
-                        SetRound::Collect(Collect::at(k, &demands[set], budget, g, margins, 0, 0))
+        // Each set's host step (its solves) on its own thread: independent problems.
+        rounds
+            .par_iter_mut()
+            .enumerate()
+            .try_for_each(|(set, round)| -> Result<()> {
+                let next = match std::mem::replace(round, SetRound::Done(0)) {
+                    SetRound::Sample { stride, rows } => {
+                        if stride == 1 {
+                            // The sample is the set.
+                            let plan = transport::solve(&rows, k, supply, &demands[set])?;
+                            SetRound::Done(plan.cost_units)
+                        } else {
+                            let g = sample_dual(&rows, k, class_counts, supply)?;
+                            let margins = class_margins(&rows, k, &g);
+                            SetRound::Collect(Collect::at(
+                                k,
+                                &demands[set],
+                                budget,
+                                g,
+                                margins,
+                                0,
+                                0,
+                            ))
+                        }
                     }
-                }
-                SetRound::Collect(c) if !c.tally.holds_every_free_row() => {
-                    // A band sample: its dual point, or wider bands at this one.
-                    match refine(&c.tally, &c.g, supply, &demands[set])? {
-                        Some((g, margins)) => SetRound::Collect(Collect::at(
-                            k,
-                            &demands[set],
-                            budget,
-                            g,
-                            margins,
-                            c.refines + 1,
-                            0,
-                        )),
-                        None => SetRound::Collect(Collect::at(
-                            k,
-                            &demands[set],
-                            budget,
-                            c.g,
-                            c.margins,
-                            c.refines + 1,
-                            c.widenings + 1,
-                        )),
+                    SetRound::Collect(c) if !c.tally.holds_every_free_row() => {
+                        // A band sample: its dual point, or wider bands at this one.
+                        match refine(&c.tally, &c.g, supply, &demands[set])? {
+                            Some((g, margins)) => SetRound::Collect(Collect::at(
+                                k,
+                                &demands[set],
+                                budget,
+                                g,
+                                margins,
+                                c.refines + 1,
+                                0,
+                            )),
+                            None => SetRound::Collect(Collect::at(
+                                k,
+                                &demands[set],
+                                budget,
+                                c.g,
+                                c.margins,
+                                c.refines + 1,
+                                c.widenings + 1,
+                            )),
+                        }
                     }
-                }
-                SetRound::Collect(c) => match settle(&c.tally, &c.g, supply, &demands[set])? {
-                    Some(cost) => SetRound::Done(cost),
-                    None if c.widenings > MAX_WIDENINGS => {
-                        return Err(Error::Invalid(
-                            "COT: every row free and still no optimal plan (a solver fault)".into(),
-                        ))
+                    SetRound::Collect(c) => {
+                        match settle(&c.tally, &c.g, supply, &demands[set])? {
+                            Some(cost) => SetRound::Done(cost),
+                            None if c.widenings > MAX_WIDENINGS => return Err(Error::Invalid(
+                                "COT: every row free and still no optimal plan (a solver fault)"
+                                    .into(),
+                            )),
+                            None => SetRound::Collect(Collect::at(
+                                k,
+                                &demands[set],
+                                budget,
+                                c.g,
+                                c.margins,
+                                c.refines,
+                                c.widenings + 1,
+                            )),
+                        }
                     }
-                    None => SetRound::Collect(Collect::at(
-                        k,
-                        &demands[set],
-                        budget,
-                        c.g,
-                        c.margins,
-                        c.refines,
-                        c.widenings + 1,
-                    )),
-                },
-                done => done,
-            };
-            *round = next;
-        }
+                    done => done,
+                };
+                *round = next;
+                Ok(())
+            })?;
     }
     let values = rounds
         .iter()
