@@ -974,6 +974,8 @@ mod tests {
             (40_000, 8, false, 3000, 4.0),
             // Bands too narrow for their points: refine passes widen.
             (30_000, 5, false, 400, 0.5),
+            // A sample past WARM_START_ROWS: its solve starts from every 8th row's point.
+            (60_000, 6, false, 5000, 4.0),
         ]
         .iter()
         .enumerate()
