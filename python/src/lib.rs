@@ -915,7 +915,7 @@ impl PyCalibration {
     /// files (one file or its shards, any order) without holding the rows: the driver
     /// and the JSON of `conformal-gpu cot` (DESIGN.md 2.11's rounds), as a dict, with
     /// `calibration` the calibration's id. K = 2 on `device`; K > 2 on the host
-    /// (`sample_rows`: the rounds' sample a set, default 2^21 / K).
+    /// (`sample_rows`: the rounds' sample, default `max(2^21 / K, 4096)` rows).
     #[pyo3(signature = (files, device = None, sample_rows = None))]
     fn cot_files<'py>(
         &self,

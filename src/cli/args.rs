@@ -222,7 +222,7 @@ pub enum Command {
     },
     /// COT of one target and its groups without holding its rows (its files re-read once
     /// a pass: K = 2 seven passes a mode, one chunk in memory; K > 2 the dual's rounds,
-    /// typically two passes a mode, a sample and the rows near class boundaries in
+    /// two to four passes a mode, a sample and the rows near class boundaries in
     /// memory), under a calibration: the target's COT in a report, bit for bit; the
     /// target's shards in any order give the same value.
     Cot {
@@ -235,8 +235,9 @@ pub enum Command {
         /// Where to run the passes: auto, gpu, cpu (K = 2; K > 2 runs on the host).
         #[arg(long, default_value = "auto")]
         device: String,
-        /// K > 2: rows the first pass samples a set (default 2^21 / K, at least 4096);
-        /// more sample, fewer rows held after it.
+        /// K > 2: rows the first pass samples from the largest set, the target (default
+        /// 2^21 / K, at least 4096; its groups with the same stride); a set may then hold
+        /// four samples' worth of rows near its class boundaries.
         #[arg(long)]
         sample_rows: Option<u64>,
         /// Print the JSON result on stdout (`--json` or `--json -`) or write it to FILE.

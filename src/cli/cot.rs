@@ -32,16 +32,23 @@ pub fn run_cot(
     if let Ok(style) = indicatif::ProgressStyle::with_template(template) {
         bar.set_style(style);
     }
-    // K > 2 runs on the host whatever the device: no adapter to open.
+    // K > 2 runs on the host whatever the device (checked, not opened).
+    let _: crate::device::DeviceChoice = device.parse()?;
     let (engine, choice) = open_device(if cal.k == 2 { device } else { "cpu" })?;
     let name = calibration.display().to_string();
     let value = with_backend!(&engine, choice, |b| {
         cot_of_files(b, &cal, &name, data, sample_rows, &|| bar.inc(1))
     })?;
     bar.finish_and_clear();
+    let groups: usize = value["groups"].as_object().map_or(0, |g| {
+        g.values().filter_map(|l| l.as_array()).map(Vec::len).sum()
+    });
     eprintln!(
-        "COT of {} rows: raw {:.6}, ts {:.6} ({} passes)",
-        value["n"], value["cot"]["raw"], value["cot"]["ts"], value["passes"]
+        "COT of {} rows: raw {:.6}, ts {:.6} ({groups} groups; {} passes)",
+        value["n"],
+        value["cot"]["raw"].as_f64().unwrap_or(f64::NAN),
+        value["cot"]["ts"].as_f64().unwrap_or(f64::NAN),
+        value["passes"]
     );
     emit_json(&value, json)
 }

@@ -29,8 +29,9 @@
 //!    (Bellman-Ford over K classes). Complementary slackness then proves the plan
 //!    optimal, so its cost is the unique optimum: the in-memory solver's bits.
 //! 4. *Widening*: where a class's fixed rows exceed its demand, or a cycle is negative,
-//!    the collect pass runs again with every band's share 4x wider; past
-//!    `MAX_WIDENINGS` every row is free (the in-memory problem), so the rounds end.
+//!    the collect pass runs again with every band 4x wider (but a class without
+//!    demand's, 0); past `MAX_WIDENINGS` every row is free (the in-memory problem), so
+//!    the rounds end.
 //! 5. *Refine passes* keep the free rows bounded: a collect pass keeps at most
 //!    [`DualBudget::free_cap`] free rows, beyond which it keeps a band sample (the free
 //!    rows whose mixed set index is a multiple of the least power of two that fits: the
@@ -42,19 +43,26 @@
 //! **Bands.** From the latest sample's margins under `g`, per best class: class c's band
 //! is its margin at quantile `4 / sqrt(m_c)` ([`DualBudget::share_scale`]; `m_c` the
 //! sample's rows at c, whose count error is about `sqrt(m_c)`), twice its widest margin
-//! where that share reaches 1; 0 for a class without demand (no row may go there); the
-//! widest band of the others for a class the sample puts no row in.
+//! where that share reaches 1 (times the widening); 0 for a class without demand (no
+//! row may go there); the widest band of the others for a class the sample puts no row
+//! in.
 //!
 //! **Passes and memory.** One pass a set when the sample holds it; otherwise a sample
 //! pass, a refine pass for each narrowing, and a collect pass that settles (measured:
 //! two passes a mode for 10M rows at K = 10, three or four for 500K rows at K = 100),
-//! one more a widening. Memory: the sample (`sample_rows x K` costs, 16 MiB at the
-//! default) and at most `4 sample_rows` free rows a set (the solver of the free rows
-//! takes about 4x their size again for its heaps), plus `K^2` minima; rows tied at a
-//! class boundary under `g` (margin 0) are always free, past the cap only after
-//! `MAX_REFINES`. Never more than the chunk in hand of the rows. Passes are host work
-//! (CPU, both cores) on every device. Rows come in the same order every pass only for
-//! the sample to be the same; the value never depends on it.
+//! one more a widening. Each set samples up to `sample_rows` rows while all the sets'
+//! samples fit eight samples (`SAMPLE_BUDGET`); past that (many large groups) each
+//! set's sample shrinks in proportion, down to `max(64 K, 4096)` rows (or all of a
+//! smaller set), and so the passes may grow; a set may hold four of its samples of free
+//! rows. Memory, then: the samples (`sample_rows x K` costs, 16 MiB at the default, at
+//! most eight of them unless the floor lifts it), the free rows within the
+//! caps (the solver of the free rows takes about 4x their size again for its heaps;
+//! each thread's part of a pass holds its own), plus `K^2` minima a set and a thread.
+//! Two cases hold more: rows tied at a class boundary under `g` (margin 0) are always
+//! free (the cap applies to them only until `MAX_REFINES`), and the last widening frees
+//! every row. Never more than the chunk in hand of the rows themselves. Passes are host
+//! work (CPU, every rayon thread) on every device. Rows come in the same order every
+//! pass only for the sample to be the same; the value never depends on it.
 
 use rayon::prelude::*;
 
@@ -236,8 +244,9 @@ impl DualTally {
     }
 
     /// Adds another tally of the same set and dual point (sums, minima, free rows
-    /// appended: the settled cost does not depend on their order; a band sample's rows
-    /// do, and only steer the next dual point).
+    /// appended, a band sample thinned to the coarser stride): the same tally whatever
+    /// the order, but for the order of the free rows, which the settled cost does not
+    /// depend on (a band sample's next point may, through the solver's ties).
     pub fn merge(&mut self, other: &DualTally) {
         self.rows += other.rows;
         self.free_seen += other.free_seen;
@@ -439,6 +448,11 @@ fn sample_dual(sample: &[i64], k: usize, class_counts: &[u64], supply: u64) -> R
 /// the fixed rows do not fit an optimal plan (round 4 widens).
 pub fn settle(tally: &DualTally, g: &[i64], supply: u64, demand: &[u64]) -> Result<Option<u128>> {
     let k = tally.k;
+    if !tally.holds_every_free_row() {
+        return Err(Error::Invalid(
+            "COT: settle needs every free row (the tally holds a band sample)".into(),
+        ));
+    }
     let mut rest = Vec::with_capacity(k);
     for (&d, &fixed) in demand.iter().zip(&tally.fixed_rows) {
         let taken = fixed as u128 * supply as u128;
@@ -454,13 +468,29 @@ pub fn settle(tally: &DualTally, g: &[i64], supply: u64, demand: &[u64]) -> Resu
         return Ok(None);
     }
     let fixed: u128 = tally.fixed_cost.iter().sum();
-    Ok(Some(
-        fixed * supply as u128 + plan_cost(&tally.free, k, &plan.flows),
-    ))
+    let cost = fixed * supply as u128 + plan_cost(&tally.free, k, &plan.flows);
+    debug_assert!(
+        dual_value(tally, g, supply, demand) <= cost as i128,
+        "weak duality: the dual at g bounds the optimum from below"
+    );
+    Ok(Some(cost))
+}
+
+/// The dual's value at `g` in units x 2^-40, `sum_k d_k g_k + supply sum_i min_k
+/// (C_ik - g_k)`: at most the optimal cost at any `g` (weak duality), equal at an optimal
+/// one.
+pub fn dual_value(tally: &DualTally, g: &[i64], supply: u64, demand: &[u64]) -> i128 {
+    let prices: i128 = demand
+        .iter()
+        .zip(g)
+        .map(|(&d, &x)| d as i128 * x as i128)
+        .sum();
+    prices + supply as i128 * tally.dual_sum
 }
 
 /// A refine pass's next dual point and its band sample's margins under it (per best
-/// class, sorted), or `None` where the fixed rows exceed a class's demand. The band sample (`m` of the
+/// class, sorted), or `None` where the fixed rows exceed a class's demand (or no free
+/// row was kept). The band sample (`m` of the
 /// `F` free rows) is solved against what the fixed rows leave, scaled to `m` rows
 /// (largest remainders, lowest class first); the point fits the fixed rows' least
 /// differences too where it can, the sample's plan alone where not.
@@ -494,6 +524,16 @@ fn refine(
         }
         scaled[c] += 1;
         short -= 1;
+    }
+    // A class the fixed rows leave short gets at least one unit, so the band sample's
+    // plan sends it some and bounds it from below (else `centre` would push it 2^42
+    // down, as a class without demand).
+    let donor = largest(&scaled);
+    for c in 0..k {
+        if rest[c] > 0 && scaled[c] == 0 && scaled[donor] > 1 {
+            scaled[c] += 1;
+            scaled[donor] -= 1;
+        }
     }
     let plan = transport::solve(&shifted(&tally.free, k, g), k, supply, &scaled)?;
     let mut edges = vec![NO_EDGE; k * k];
@@ -541,7 +581,8 @@ fn class_bands(margins: &[Vec<i64>], demand: &[u64], scale: f64, widenings: u32)
             if m.is_empty() {
                 None
             } else if share >= 1.0 {
-                Some(m[m.len() - 1].saturating_mul(2).max(1))
+                let twice = m[m.len() - 1].saturating_mul(2).max(1) as f64;
+                Some((twice * widen).min(NO_EDGE as f64 / 2.0) as i64)
             } else {
                 Some(m[((share * m.len() as f64) as usize).min(m.len() - 1)])
             }
@@ -562,7 +603,8 @@ fn class_bands(margins: &[Vec<i64>], demand: &[u64], scale: f64, widenings: u32)
 pub struct RoundStats {
     /// Passes over the rows.
     pub passes: u64,
-    /// The most rows held after a pass.
+    /// The most rows held after a pass: samples and kept free rows (not the threads'
+    /// parts during a pass, nor the solver's heaps).
     pub held_rows: u64,
     /// Passes that sampled a band to refine the dual point (sets too large to hold
     /// their free rows).
@@ -571,6 +613,38 @@ pub struct RoundStats {
 
 /// Refine passes a set may take before its free rows are held whatever their number.
 const MAX_REFINES: u32 = 8;
+
+/// Each set's sample stride: up to `sample_rows` rows a set while all the sets' samples
+/// fit [`SAMPLE_BUDGET`] samples; past that (many large groups) each set's share shrinks
+/// in proportion, down to `max(64 K, 4096)` rows (or all of a smaller set).
+fn sample_strides(sizes: &[u64], k: usize, sample_rows: u64) -> Vec<u64> {
+    let min_rows = ((64 * k) as u64).max(4096).min(sample_rows);
+    let wanted: Vec<u64> = sizes.iter().map(|&n| n.min(sample_rows)).collect();
+    let total: u64 = wanted.iter().sum();
+    let allowed = SAMPLE_BUDGET * sample_rows;
+    sizes
+        .iter()
+        .zip(&wanted)
+        .map(|(&n, &w)| {
+            let rows = if total <= allowed {
+                w
+            } else {
+                (w as u128 * allowed as u128 / total as u128) as u64
+            };
+            let stride = n.div_ceil(rows.max(1));
+            // The floor: at least `min_rows` rows (a stride rounded down).
+            let floor = n.min(min_rows);
+            if n.div_ceil(stride) < floor {
+                (n / floor.max(1)).max(1)
+            } else {
+                stride
+            }
+        })
+        .collect()
+}
+
+/// All the sets' samples together: at most this many `sample_rows` (module docs).
+const SAMPLE_BUDGET: u64 = 8;
 
 /// Widenings of a set's bands at one point before every row is freed.
 const MAX_WIDENINGS: u32 = 3;
@@ -678,10 +752,19 @@ pub fn cot_rounds_sets(
         })
         .collect::<Result<Vec<_>>>()?;
     let sample_rows = budget.sample_rows.max(1);
-    let mut rounds: Vec<SetRound> = sizes
+    let strides = sample_strides(sizes, k, sample_rows);
+    let set_budgets: Vec<DualBudget> = sizes
         .iter()
-        .map(|&n| SetRound::Sample {
-            stride: n.div_ceil(sample_rows),
+        .zip(&strides)
+        .map(|(&n, &s)| DualBudget {
+            sample_rows: n.div_ceil(s),
+            ..budget
+        })
+        .collect();
+    let mut rounds: Vec<SetRound> = strides
+        .iter()
+        .map(|&stride| SetRound::Sample {
+            stride,
             rows: Vec::new(),
         })
         .collect();
@@ -727,6 +810,12 @@ pub fn cot_rounds_sets(
                         g, deltas, tally, ..
                     } = &mut **c;
                     let (g, deltas, cap) = (&g[..], &deltas[..], tally.cap);
+                    if probs.len() <= BLOCK_ROWS * k {
+                        // A small feed (a group's rows of a chunk): straight in.
+                        let costs: Vec<i64> = probs.iter().map(|&p| probability_cost(p)).collect();
+                        tally.add(&costs, first, g, deltas);
+                        return Ok(());
+                    }
                     // Contiguous blocks folded per thread and reduced in block order: the
                     // same tally for any number of threads (module docs).
                     let part = probs
@@ -791,7 +880,7 @@ pub fn cot_rounds_sets(
                             SetRound::Collect(Collect::at(
                                 k,
                                 &demands[set],
-                                budget,
+                                set_budgets[set],
                                 g,
                                 margins,
                                 0,
@@ -805,7 +894,7 @@ pub fn cot_rounds_sets(
                             Some((g, margins)) => SetRound::Collect(Collect::at(
                                 k,
                                 &demands[set],
-                                budget,
+                                set_budgets[set],
                                 g,
                                 margins,
                                 c.refines + 1,
@@ -814,7 +903,7 @@ pub fn cot_rounds_sets(
                             None => SetRound::Collect(Collect::at(
                                 k,
                                 &demands[set],
-                                budget,
+                                set_budgets[set],
                                 c.g,
                                 c.margins,
                                 c.refines + 1,
@@ -832,7 +921,7 @@ pub fn cot_rounds_sets(
                             None => SetRound::Collect(Collect::at(
                                 k,
                                 &demands[set],
-                                budget,
+                                set_budgets[set],
                                 c.g,
                                 c.margins,
                                 c.refines,
@@ -1039,6 +1128,18 @@ mod tests {
                 .iter()
                 .zip(&demand)
                 .all(|(&f, &d)| f * supply <= d);
+            // Weak duality at any point; equality at an optimal plan's own dual point.
+            assert!(dual_value(&tally, &g, supply, &demand) <= best.cost_units as i128);
+            let mut w = vec![NO_EDGE; k * k];
+            add_plan_edges(&mut w, &costs, k, &best.flows);
+            let optimal = potentials(&w, k).expect("an optimal plan has a dual point");
+            let mut at_optimum = DualTally::new(k);
+            at_optimum.add(&costs, 0, &optimal, &deltas);
+            assert_eq!(
+                dual_value(&at_optimum, &optimal, supply, &demand),
+                best.cost_units as i128,
+                "case {case}: strong duality"
+            );
             match settle(&tally, &g, supply, &demand).expect("settle") {
                 Some(cost) => {
                     assert_eq!(cost, best.cost_units, "case {case}");
@@ -1154,6 +1255,43 @@ mod tests {
                 .collect();
             assert_eq!(kept, want);
         }
+    }
+
+    // Sample budgets: a target and a few groups sample up to `sample_rows` each; a
+    // thousand large groups shrink to the floor (max(64 K, 4096) rows), not hold all.
+    #[test]
+    fn samples_share_one_budget() {
+        let rows = |sizes: &[u64], k: usize, sample: u64| -> Vec<u64> {
+            sizes
+                .iter()
+                .zip(sample_strides(sizes, k, sample))
+                .map(|(&n, s)| n.div_ceil(s))
+                .collect()
+        };
+        // 10M rows and four groups at K = 10's default: every set a full sample.
+        let few = [10_000_000u64, 2_500_000, 2_500_000, 2_500_000, 2_500_000];
+        // (A stride's rounding takes a few rows off.)
+        let got = rows(&few, 10, 209_715);
+        assert!(
+            got.iter().all(|&r| (200_000..=209_715).contains(&r)),
+            "{got:?}"
+        );
+        // Sets smaller than the sample are held whole.
+        assert_eq!(rows(&[5000, 300, 1], 10, 209_715), vec![5000, 300, 1]);
+        // 1000 groups of 50,000 rows: each down to the floor, 4096 rows, not 50,000.
+        let mut many = vec![50_000_000u64];
+        many.extend(std::iter::repeat_n(50_000, 1000));
+        let got = rows(&many, 10, 209_715);
+        assert!(
+            got[1..].iter().all(|&r| (4096..=4200).contains(&r)),
+            "{:?}",
+            &got[..3]
+        );
+        assert!(got[0] < 209_715 && got[0] >= 4096);
+        let total: u64 = got.iter().sum();
+        assert!(total < 50_000 * 1000 / 10, "{total}");
+        // At K = 100 the floor is 6,400 rows.
+        assert!(rows(&many, 100, 20_971)[1..].iter().all(|&r| r >= 6400));
     }
 
     #[test]

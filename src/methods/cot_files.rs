@@ -48,7 +48,7 @@ pub fn cot_of_files<B: Backend + ?Sized>(
             "{calibration}: K = {k}; COT needs two classes or more"
         )));
     }
-    if sample_rows == Some(0) {
+    if k > 2 && sample_rows == Some(0) {
         return Err(Error::Invalid("COT sample rows: at least 1 row".into()));
     }
     if cal.class_counts.is_empty() {
