@@ -105,8 +105,37 @@ fn cot_of(json: &Path) -> [u64; 2] {
     ["raw", "ts"].map(|m| v["cot"][m].as_f64().expect("cot").to_bits())
 }
 
-fn streamed_cot_equals_the_report(device: &str) {
+/// `file`'s rows shuffled (seed `seed`) into three shards of random sizes saved as
+/// `dir/PREFIX-i.npz` (the middle one compressed where asked), in reverse order.
+fn reversed_shards(
+    file: &Path,
+    dir: &Path,
+    prefix: &str,
+    seed: u64,
+    compress_middle: bool,
+) -> Vec<std::path::PathBuf> {
     use conformal_gpu::data::npz::{load_npz, save_npz};
+    let set = load_npz(file).expect("target");
+    let n = set.n();
+    let mut r = common::rng(seed);
+    let mut order: Vec<usize> = (0..n).collect();
+    order.shuffle(&mut r);
+    let a = r.random_range(1..n / 2);
+    let b = r.random_range(a + 1..n - 1);
+    let cuts = [0, a, b, n];
+    let mut files = Vec::new();
+    for i in 0..3 {
+        let f = dir.join(format!("{prefix}-{i}.npz"));
+        let part = common::pick(&set, &order[cuts[i]..cuts[i + 1]], "part");
+        save_npz(&f, &part, compress_middle && i == 1).expect("save");
+        files.push(f);
+    }
+    files.reverse();
+    files
+}
+
+fn streamed_cot_equals_the_report(device: &str) {
+    use conformal_gpu::data::npz::load_npz;
     let tmp = tempfile::tempdir().expect("tempdir");
     let data = tmp.path().join("data");
     run(&[
@@ -160,26 +189,8 @@ fn streamed_cot_equals_the_report(device: &str) {
     }
     // The test target's rows shuffled into three shards of random sizes, given in
     // reverse order (one saved compressed).
-    let test = load_npz(&data.join("test.npz")).expect("test");
-    let n = test.n();
-    let mut r = common::rng(5);
-    let mut order: Vec<usize> = (0..n).collect();
-    order.shuffle(&mut r);
-    let a = r.random_range(1..n / 2);
-    let b = r.random_range(a + 1..n - 1);
-    let cuts = [0, a, b, n];
-    let mut files = Vec::new();
-    for i in 0..3 {
-        let f = tmp.path().join(format!("test-{i}.npz"));
-        save_npz(
-            &f,
-            &common::pick(&test, &order[cuts[i]..cuts[i + 1]], "part"),
-            i == 1,
-        )
-        .expect("save");
-        files.push(f);
-    }
-    files.reverse();
+    let files = reversed_shards(&data.join("test.npz"), tmp.path(), "test", 5, true);
+    let n = load_npz(&data.join("test.npz")).expect("test").n();
     let out = tmp.path().join("shards.json");
     let mut args = vec!["cot", "--calibration", s(&cal), "--device", device];
     args.extend(files.iter().map(|f| s(f)));
@@ -234,7 +245,6 @@ fn calibrate_as(data: &Path, dir: &Path, name: &str) -> std::path::PathBuf {
 // in one pass. Whole files and shuffled shards in reverse order give the report's bits.
 #[test]
 fn k_above_two_streamed_cot_equals_the_report() {
-    use conformal_gpu::data::npz::{load_npz, save_npz};
     let tmp = tempfile::tempdir().expect("tempdir");
     let grid = tmp.path().join("grid");
     run(&[
@@ -295,26 +305,8 @@ fn k_above_two_streamed_cot_equals_the_report() {
         }
         // The first target's rows shuffled into three shards, given in reverse order.
         let target = targets[0];
-        let set = load_npz(&data.join(format!("{target}.npz"))).expect("target");
-        let n = set.n();
-        let mut r = common::rng(7);
-        let mut order: Vec<usize> = (0..n).collect();
-        order.shuffle(&mut r);
-        let a = r.random_range(1..n / 2);
-        let b = r.random_range(a + 1..n - 1);
-        let cuts = [0, a, b, n];
-        let mut files = Vec::new();
-        for i in 0..3 {
-            let f = tmp.path().join(format!("{dataset}-{i}.npz"));
-            save_npz(
-                &f,
-                &common::pick(&set, &order[cuts[i]..cuts[i + 1]], "part"),
-                false,
-            )
-            .expect("save");
-            files.push(f);
-        }
-        files.reverse();
+        let file = data.join(format!("{target}.npz"));
+        let files = reversed_shards(&file, tmp.path(), dataset, 7, false);
         let out = tmp.path().join(format!("{dataset}-shards.json"));
         let mut args = vec!["cot", "--calibration", s(&cal), "--sample-rows", "40"];
         args.extend(files.iter().map(|f| s(f)));

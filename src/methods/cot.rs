@@ -64,6 +64,12 @@ pub fn cot_cost(probs: &[f32], k: usize, class_counts: &[u64]) -> Result<f64> {
 
 /// [`cot_cost`]'s checks: K >= 2, one count a class, whole rows in `[0, 1]`.
 fn check_cot_input(probs: &[f32], k: usize, class_counts: &[u64]) -> Result<()> {
+    check_classes(k, class_counts)?;
+    check_probabilities(probs, k)
+}
+
+/// COT's class checks: K >= 2 and one source count a class.
+pub(crate) fn check_classes(k: usize, class_counts: &[u64]) -> Result<()> {
     if k < 2 {
         return Err(Error::TooFewClasses {
             what: "COT".into(),
@@ -76,6 +82,11 @@ fn check_cot_input(probs: &[f32], k: usize, class_counts: &[u64]) -> Result<()> 
             detail: format!("{} counts for K = {k}", class_counts.len()),
         });
     }
+    Ok(())
+}
+
+/// COT's probability checks: whole rows of K, every value in `[0, 1]`.
+pub(crate) fn check_probabilities(probs: &[f32], k: usize) -> Result<()> {
     if !probs.len().is_multiple_of(k) {
         return Err(Error::LengthMismatch {
             what: "COT probabilities".into(),
@@ -300,7 +311,7 @@ pub fn grid_cot_cost(costs: &[i64], k: usize, class_counts: &[u64]) -> Result<f6
 }
 
 /// Each class's units for `n` target rows: `n_k n` (an overflow is a typed error).
-fn demand_units(class_counts: &[u64], n: usize) -> Result<Vec<u64>> {
+pub(crate) fn demand_units(class_counts: &[u64], n: usize) -> Result<Vec<u64>> {
     class_counts
         .iter()
         .map(|&c| {

@@ -67,7 +67,7 @@
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
-use crate::methods::cot::probability_cost;
+use crate::methods::cot::{check_classes, check_probabilities, demand_units, probability_cost};
 use crate::methods::transport;
 
 /// Rows a collect pass tallies per parallel block (each block its own tally, merged in
@@ -425,13 +425,7 @@ fn sample_dual(sample: &[i64], k: usize, class_counts: &[u64], supply: u64) -> R
     } else {
         None
     };
-    let demand = class_counts
-        .iter()
-        .map(|&c| {
-            c.checked_mul(m)
-                .ok_or_else(|| Error::Invalid(format!("COT: {c} x {m} units overflow")))
-        })
-        .collect::<Result<Vec<u64>>>()?;
+    let demand = demand_units(class_counts, m as usize)?;
     // Costs shifted by a start point have the same optimal plans.
     let plan = match &start {
         Some(g) => transport::solve(&shifted(sample, k, g), k, supply, &demand)?,
@@ -726,12 +720,7 @@ pub fn cot_rounds_sets(
             "COT rounds: K = {k} (K = 2 has its own passes)"
         )));
     }
-    if class_counts.len() != k {
-        return Err(Error::LengthMismatch {
-            what: "COT class counts".into(),
-            detail: format!("{} counts for K = {k}", class_counts.len()),
-        });
-    }
+    check_classes(k, class_counts)?;
     let supply: u64 = class_counts.iter().sum();
     if supply == 0 || sizes.contains(&0) {
         return Err(Error::Empty {
@@ -741,15 +730,7 @@ pub fn cot_rounds_sets(
     }
     let demands = sizes
         .iter()
-        .map(|&n| {
-            class_counts
-                .iter()
-                .map(|&c| {
-                    c.checked_mul(n)
-                        .ok_or_else(|| Error::Invalid(format!("COT: {c} x {n} units overflow")))
-                })
-                .collect::<Result<Vec<u64>>>()
-        })
+        .map(|&n| demand_units(class_counts, n as usize))
         .collect::<Result<Vec<_>>>()?;
     let sample_rows = budget.sample_rows.max(1);
     let strides = sample_strides(sizes, k, sample_rows);
@@ -778,19 +759,7 @@ pub fn cot_rounds_sets(
                     sizes.len()
                 )));
             };
-            if !probs.len().is_multiple_of(k) {
-                return Err(Error::LengthMismatch {
-                    what: "COT probabilities".into(),
-                    detail: format!("{} values do not make rows of K = {k}", probs.len()),
-                });
-            }
-            if let Some(i) = probs.iter().position(|p| !(0.0..=1.0).contains(p)) {
-                return Err(Error::Invalid(format!(
-                    "COT: probability {} of row {} of a chunk is not in [0, 1]",
-                    probs[i],
-                    i / k
-                )));
-            }
+            check_probabilities(probs, k)?;
             let first = seen[set];
             seen[set] += (probs.len() / k) as u64;
             match round {
