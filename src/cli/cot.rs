@@ -20,7 +20,7 @@ pub fn run_cot(
     check_json_target(json)?;
     let cal = read_calibration(calibration)?;
     let bar = if cal.k == 2 {
-        indicatif::ProgressBar::new(2 * TWO_CLASS_PASSES)
+        indicatif::ProgressBar::new(TWO_CLASS_PASSES)
     } else {
         indicatif::ProgressBar::no_length()
     };

@@ -2,12 +2,13 @@
 //! holding the rows (DESIGN.md 2.11's rounds): the one driver behind `conformal-gpu cot`
 //! and Python's `Calibration.cot_files`. The files (one, or the target's shards in any
 //! order; a file given twice is an error) are read once for the group ids, then once a
-//! pass, chunk by chunk, through the CPU softmax at each mode's temperature (the
+//! pass, chunk by chunk, through the CPU softmax at the modes' temperatures (the
 //! probabilities a report's COT uses), the target and every group in lockstep.
-//! - K = 2: the mergeable passes of `kernel::cot_two_class` on the backend, seven a mode
-//!   ([`TWO_CLASS_PASSES`]), fifteen reads of every file.
-//! - K > 2: the dual's rounds ([`crate::methods::cot_dual`]) on the host, typically two
-//!   to four passes a mode (a sample, refine passes on large sets, a collect pass).
+//! - K = 2: the mergeable passes of `kernel::cot_two_class` on the backend, seven
+//!   ([`TWO_CLASS_PASSES`]) for both modes at once: eight reads of every file.
+//! - K > 2: the dual's rounds ([`crate::methods::cot_dual`]) on the host, one mode after
+//!   the other (what is held is one mode's), typically two to four passes a mode (a
+//!   sample, refine passes on large sets, a collect pass).
 //!
 //! Each file is hashed (SHA-256) on every read; a file whose bytes change between reads
 //! is an error, not a wrong number. The values are the report's COT of the same rows,
@@ -25,7 +26,7 @@ use crate::methods::cot::{cot_two_class_streamed_sets, SetFeed};
 use crate::methods::cot_dual::{cot_rounds_sets, DualBudget};
 use crate::methods::evaluate::TARGET_CHUNK_ROWS;
 
-/// Passes a mode takes at K = 2 (six histograms, one sums).
+/// Passes at K = 2 (six histograms, one sums), both modes together.
 pub const TWO_CLASS_PASSES: u64 = 7;
 
 /// COT raw and ts of the target made of `data` and of each of its groups, as JSON:
@@ -112,32 +113,36 @@ pub fn cot_of_files<B: Backend + ?Sized>(
     });
     let counts = cal.class_counts.clone();
     let temperatures = [cal.modes.raw.t, cal.modes.ts.t];
-    // One pass at temperature `t`: every file's chunks, each row to the target and to
-    // its groups, every file's hash checked against its first read's.
-    let mut pass = |t: f32, feed: &mut SetFeed<'_>| -> Result<()> {
+    let sets = sizes.len();
+    // One pass: every file's chunks, each row to the target and to its groups at each
+    // `(temperature, first set)` of `modes` (a mode's sets are `first..first + sets`),
+    // every file's hash checked against its first read's.
+    let mut pass = |modes: &[(f32, usize)], feed: &mut SetFeed<'_>| -> Result<()> {
         let mut chunk = RowChunk::default();
-        let mut by_set: Vec<Vec<f32>> = vec![Vec::new(); sizes.len()];
+        let mut by_set: Vec<Vec<f32>> = vec![Vec::new(); modes.len() * sets];
         for (path, hash) in data.iter().zip(hashes.iter_mut()) {
             let mut r = NpzRowReader::open(path)?;
             while r.next_chunk(TARGET_CHUNK_ROWS, &mut chunk)? {
-                let p = softmax(&chunk.logits, k, t);
-                feed(0, &p)?;
-                // Each group's rows of the chunk, together.
-                for (g, arr) in [&chunk.hospital, &chunk.slide].into_iter().enumerate() {
-                    let Some(arr) = arr else { continue };
-                    for (&id, row) in arr.iter().zip(p.chunks_exact(k)) {
-                        let set = slot_of[g].get(&id).copied().ok_or_else(|| {
-                            Error::Invalid(format!(
-                                "{}: group id {id} appeared between reads",
-                                path.display()
-                            ))
-                        })?;
-                        by_set[set].extend_from_slice(row);
+                for (m, &(t, first)) in modes.iter().enumerate() {
+                    let p = softmax(&chunk.logits, k, t);
+                    feed(first, &p)?;
+                    // Each group's rows of the chunk, together.
+                    for (g, arr) in [&chunk.hospital, &chunk.slide].into_iter().enumerate() {
+                        let Some(arr) = arr else { continue };
+                        for (&id, row) in arr.iter().zip(p.chunks_exact(k)) {
+                            let set = slot_of[g].get(&id).copied().ok_or_else(|| {
+                                Error::Invalid(format!(
+                                    "{}: group id {id} appeared between reads",
+                                    path.display()
+                                ))
+                            })?;
+                            by_set[m * sets + set].extend_from_slice(row);
+                        }
                     }
                 }
-                for (set, rows) in by_set.iter_mut().enumerate() {
+                for (at, rows) in by_set.iter_mut().enumerate() {
                     if !rows.is_empty() {
-                        feed(set, rows)?;
+                        feed(modes[at / sets].1 + at % sets, rows)?;
                         rows.clear();
                     }
                 }
@@ -157,19 +162,26 @@ pub fn cot_of_files<B: Backend + ?Sized>(
     // K > 2: the most rows the rounds held at once (a sample or the free rows).
     let mut held_rows = 0u64;
     let (device_name, passes) = if k == 2 {
-        for (v, &t) in values.iter_mut().zip(&temperatures) {
-            *v = cot_two_class_streamed_sets(backend, &sizes, &counts, |feed| pass(t, feed))?;
-        }
-        (backend.device_name(), 2 * TWO_CLASS_PASSES)
+        // Both modes in each pass (set `s + sets` is set `s` in ts): a pass holds a
+        // chunk's copies, so one read serves both modes at no cost in memory to speak of.
+        let both_sizes: Vec<u64> = sizes.iter().chain(&sizes).copied().collect();
+        let modes = [(temperatures[0], 0), (temperatures[1], sets)];
+        let both =
+            cot_two_class_streamed_sets(backend, &both_sizes, &counts, |feed| pass(&modes, feed))?;
+        values = [both[..sets].to_vec(), both[sets..].to_vec()];
+        (backend.device_name(), TWO_CLASS_PASSES)
     } else {
-        // The rounds' passes are host work on every device (no device kernel yet).
+        // The rounds' passes are host work on every device (no device kernel yet). One
+        // mode at a time: what the rounds hold (samples, free rows) is one mode's, at
+        // the price of reading the files for each (README, "the rounds").
         let budget = DualBudget {
             sample_rows: sample_rows.unwrap_or(DualBudget::for_classes(k).sample_rows),
             ..DualBudget::for_classes(k)
         };
         let mut passes = 0;
         for (v, &t) in values.iter_mut().zip(&temperatures) {
-            let (got, s) = cot_rounds_sets(&sizes, k, &counts, budget, |feed| pass(t, feed))?;
+            let (got, s) =
+                cot_rounds_sets(&sizes, k, &counts, budget, |feed| pass(&[(t, 0)], feed))?;
             *v = got;
             passes += s.passes;
             held_rows = held_rows.max(s.held_rows);
