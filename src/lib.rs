@@ -50,6 +50,7 @@ pub mod kernel;
 pub mod methods;
 pub mod provenance;
 pub mod report;
+pub mod serde_bytes;
 pub mod serde_exact;
 pub mod shaders;
 

@@ -138,7 +138,7 @@ pub fn above_digit(key: u64, shift: u32) -> u64 {
 }
 
 /// The sums of a sums pass, merged over chunks.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PassSums {
     /// `sum_i c_i0` on the grid.
     pub base: u128,
@@ -227,112 +227,342 @@ pub fn two_class_sums(
 /// groups), their narrowings in lockstep so that one read of the rows serves every set
 /// in a pass: `histogram(shift, prefixes)` gets each set's prefixes in play (none for an
 /// empty set) and returns each set's merged counts; `sums(boundaries)` each set's sums.
+/// [`TwoClassRounds`] driven by two closures.
 pub fn two_class_sums_sets(
     sets: &[(u64, u64)],
     mut histogram: impl FnMut(u32, &[Vec<u64>]) -> Result<Vec<Vec<u64>>>,
     mut sums: impl FnMut(&[u64]) -> Result<Vec<PassSums>>,
 ) -> Result<Vec<TwoClassSums>> {
-    if let Some((n, whole)) = sets.iter().find(|(n, whole)| whole > n) {
-        return Err(Error::Invalid(format!(
-            "COT: {whole} whole rows asked of a set of {n}"
-        )));
-    }
-    // Ascending ranks: the `whole`-th largest is the (n - whole + 1)-th smallest, the
-    // next one the (n - whole)-th.
-    let mut state: Vec<Vec<Narrow>> = sets
-        .iter()
-        .map(|&(n, whole)| {
-            let mut s = Vec::new();
-            if whole > 0 {
-                s.push(Narrow {
-                    prefix: 0,
-                    rank: n - whole + 1,
-                });
+    let mut rounds = TwoClassRounds::new(sets)?;
+    while let Some(plan) = rounds.plan() {
+        match plan {
+            TwoClassPlan::Histogram { shift, prefixes } => {
+                let hist = histogram(shift, &prefixes)?;
+                rounds.advance(TwoClassTotals::Histogram(hist))?;
             }
-            if whole < n {
-                s.push(Narrow {
-                    prefix: 0,
-                    rank: n - whole,
-                });
-            }
-            s
-        })
-        .collect();
-    if state.iter().any(|s| !s.is_empty()) {
-        for shift in SHIFTS {
-            let prefixes: Vec<Vec<u64>> = state.iter().map(|s| distinct_prefixes(s)).collect();
-            let hist = histogram(shift, &prefixes)?;
-            if hist.len() != sets.len() {
-                return Err(Error::Invalid(format!(
-                    "COT: {} histograms for {} sets",
-                    hist.len(),
-                    sets.len()
-                )));
-            }
-            for ((s, p), h) in state.iter_mut().zip(&prefixes).zip(&hist) {
-                if h.len() != p.len() * DIGITS {
-                    return Err(Error::Invalid(format!(
-                        "COT: {} counts for {} prefixes",
-                        h.len(),
-                        p.len()
-                    )));
-                }
-                // Each rank must lie among the keys under its prefix: fewer means the
-                // passes saw different rows (a source that changed between them).
-                for r in s.iter() {
-                    let at = p.iter().position(|&x| x == r.prefix).unwrap_or(0);
-                    let under: u64 = h[at * DIGITS..(at + 1) * DIGITS].iter().sum();
-                    if under < r.rank {
-                        return Err(Error::Invalid(format!(
-                            "COT: rank {} under a prefix of {under} keys (the passes saw different rows)",
-                            r.rank
-                        )));
-                    }
-                }
-                narrow(s, p, h, shift);
+            TwoClassPlan::Sums { boundaries } => {
+                let totals = sums(&boundaries)?;
+                rounds.advance(TwoClassTotals::Sums(totals))?;
             }
         }
     }
-    // Without whole rows the boundary is above every key: the pass sums the base only.
-    let boundaries: Vec<u64> = sets
-        .iter()
-        .zip(&state)
-        .map(|(&(_, whole), s)| if whole > 0 { s[0].prefix } else { u64::MAX })
-        .collect();
-    let totals = sums(&boundaries)?;
-    if totals.len() != sets.len() {
-        return Err(Error::Invalid(format!(
-            "COT: {} sums for {} sets",
-            totals.len(),
-            sets.len()
-        )));
+    rounds.finish()
+}
+
+/// What the next pass of [`TwoClassRounds`] computes, every set's part of it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum TwoClassPlan {
+    /// The digits at `shift` under each set's prefixes in play (none: nothing to count).
+    Histogram {
+        /// Digit shift (one of [`SHIFTS`]).
+        shift: u32,
+        /// Per set, its prefixes in play (at most [`MAXP`]).
+        prefixes: Vec<Vec<u64>>,
+    },
+    /// Per set, the base and the keys strictly above its boundary.
+    Sums {
+        /// Per set, its boundary key (`u64::MAX`: none above, the base only).
+        boundaries: Vec<u64>,
+    },
+}
+
+impl TwoClassPlan {
+    /// Set `set`'s pass over a chunk of its rows; `None` where it has nothing to count.
+    pub fn pass(&self, set: usize) -> Option<CotPass<'_>> {
+        match self {
+            TwoClassPlan::Histogram { shift, prefixes } => prefixes
+                .get(set)
+                .filter(|p| !p.is_empty())
+                .map(|p| CotPass::Histogram {
+                    shift: *shift,
+                    prefixes: p,
+                }),
+            TwoClassPlan::Sums { boundaries } => boundaries
+                .get(set)
+                .map(|&boundary| CotPass::Sums { boundary }),
+        }
     }
-    sets.iter()
-        .zip(&state)
-        .zip(boundaries.iter().zip(&totals))
-        .map(|((&(n, whole), st), (&b, s))| {
-            let next = (whole < n).then(|| st[st.len() - 1].prefix as i64 - KEY_BIAS as i64);
-            let top = if whole == 0 {
-                0
-            } else {
-                // Keys strictly above the boundary, the rest of the `whole` at it. More
-                // above it than `whole` only if the passes saw different rows.
-                let at = whole.checked_sub(s.above_count).ok_or_else(|| {
-                    Error::Invalid(format!(
-                        "COT: {} keys above the {whole}-th largest (the passes saw different rows)",
-                        s.above_count
-                    ))
-                })?;
-                s.above_sum as i128 + at as i128 * b as i128 - whole as i128 * KEY_BIAS as i128
-            };
-            Ok(TwoClassSums {
-                n,
-                base: s.base as i128,
-                top,
-                next,
+
+    /// Sets in the plan.
+    pub fn sets(&self) -> usize {
+        match self {
+            TwoClassPlan::Histogram { prefixes, .. } => prefixes.len(),
+            TwoClassPlan::Sums { boundaries } => boundaries.len(),
+        }
+    }
+}
+
+/// A pass's outputs, every set's, summed over the chunks (and shards) seen: the answer
+/// to a [`TwoClassPlan`] once every row is in.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum TwoClassTotals {
+    /// Per set, `prefixes.len() x DIGITS` counts.
+    Histogram(Vec<Vec<u64>>),
+    /// Per set, the sums.
+    Sums(Vec<PassSums>),
+}
+
+impl TwoClassTotals {
+    /// Nothing counted yet, shaped for `plan`.
+    pub fn zeros(plan: &TwoClassPlan) -> Self {
+        match plan {
+            TwoClassPlan::Histogram { prefixes, .. } => TwoClassTotals::Histogram(
+                prefixes.iter().map(|p| vec![0; p.len() * DIGITS]).collect(),
+            ),
+            TwoClassPlan::Sums { boundaries } => {
+                TwoClassTotals::Sums(vec![PassSums::default(); boundaries.len()])
+            }
+        }
+    }
+
+    /// Adds one chunk's output of set `set`.
+    pub fn add(&mut self, set: usize, output: CotPassOutput) -> Result<()> {
+        let mismatch = || Error::Invalid("COT: a pass returned another pass's output".into());
+        match (self, output) {
+            (TwoClassTotals::Histogram(h), CotPassOutput::Histogram(o)) => {
+                let t = h.get_mut(set).ok_or_else(mismatch)?;
+                if t.len() != o.len() {
+                    return Err(mismatch());
+                }
+                for (t, v) in t.iter_mut().zip(o) {
+                    *t += v;
+                }
+                Ok(())
+            }
+            (TwoClassTotals::Sums(s), CotPassOutput::Sums(o)) => {
+                s.get_mut(set).ok_or_else(mismatch)?.merge(&o);
+                Ok(())
+            }
+            _ => Err(mismatch()),
+        }
+    }
+
+    /// Adds another part's totals of the same pass (another shard's): sums, so the
+    /// order does not matter. Shapes must agree.
+    pub fn merge(&mut self, other: &TwoClassTotals) -> Result<()> {
+        let mismatch = || Error::Invalid("COT: parts of different passes".into());
+        match (self, other) {
+            (TwoClassTotals::Histogram(a), TwoClassTotals::Histogram(b)) => {
+                if a.len() != b.len() || a.iter().zip(b).any(|(x, y)| x.len() != y.len()) {
+                    return Err(mismatch());
+                }
+                for (x, y) in a.iter_mut().zip(b) {
+                    for (t, v) in x.iter_mut().zip(y) {
+                        *t = t.checked_add(*v).ok_or_else(mismatch)?;
+                    }
+                }
+                Ok(())
+            }
+            (TwoClassTotals::Sums(a), TwoClassTotals::Sums(b)) if a.len() == b.len() => {
+                for (x, y) in a.iter_mut().zip(b) {
+                    *x = PassSums {
+                        base: x.base.checked_add(y.base).ok_or_else(mismatch)?,
+                        above_count: x
+                            .above_count
+                            .checked_add(y.above_count)
+                            .ok_or_else(mismatch)?,
+                        above_sum: x.above_sum.checked_add(y.above_sum).ok_or_else(mismatch)?,
+                    };
+                }
+                Ok(())
+            }
+            _ => Err(mismatch()),
+        }
+    }
+}
+
+/// The narrowing of [`two_class_sums_sets`] as a state machine: [`TwoClassRounds::plan`]
+/// says what the next pass computes, [`TwoClassRounds::advance`] takes its merged
+/// outputs (from one process or many shards), [`TwoClassRounds::finish`] gives the sums
+/// after the last. Six histogram passes (none where no set has a rank to find), then one
+/// sums pass.
+#[derive(Clone, Debug)]
+pub struct TwoClassRounds {
+    sets: Vec<(u64, u64)>,
+    state: Vec<Vec<Narrow>>,
+    /// Histogram passes done (`SHIFTS.len()`: the sums pass is next).
+    step: usize,
+    done: Option<Vec<TwoClassSums>>,
+}
+
+impl TwoClassRounds {
+    /// The rounds of `sets` (`(n, whole)` each).
+    pub fn new(sets: &[(u64, u64)]) -> Result<Self> {
+        if let Some((n, whole)) = sets.iter().find(|(n, whole)| whole > n) {
+            return Err(Error::Invalid(format!(
+                "COT: {whole} whole rows asked of a set of {n}"
+            )));
+        }
+        // Ascending ranks: the `whole`-th largest is the (n - whole + 1)-th smallest, the
+        // next one the (n - whole)-th.
+        let state: Vec<Vec<Narrow>> = sets
+            .iter()
+            .map(|&(n, whole)| {
+                let mut s = Vec::new();
+                if whole > 0 {
+                    s.push(Narrow {
+                        prefix: 0,
+                        rank: n - whole + 1,
+                    });
+                }
+                if whole < n {
+                    s.push(Narrow {
+                        prefix: 0,
+                        rank: n - whole,
+                    });
+                }
+                s
             })
+            .collect();
+        let step = if state.iter().any(|s| !s.is_empty()) {
+            0
+        } else {
+            SHIFTS.len()
+        };
+        Ok(TwoClassRounds {
+            sets: sets.to_vec(),
+            state,
+            step,
+            done: None,
         })
-        .collect()
+    }
+
+    /// Each set's boundary: its `whole`-th largest key; above every key without whole
+    /// rows (the sums pass then sums the base only).
+    fn boundaries(&self) -> Vec<u64> {
+        self.sets
+            .iter()
+            .zip(&self.state)
+            .map(|(&(_, whole), s)| if whole > 0 { s[0].prefix } else { u64::MAX })
+            .collect()
+    }
+
+    /// The next pass, `None` after the last.
+    pub fn plan(&self) -> Option<TwoClassPlan> {
+        if self.done.is_some() {
+            None
+        } else if self.step < SHIFTS.len() {
+            Some(TwoClassPlan::Histogram {
+                shift: SHIFTS[self.step],
+                prefixes: self.state.iter().map(|s| distinct_prefixes(s)).collect(),
+            })
+        } else {
+            Some(TwoClassPlan::Sums {
+                boundaries: self.boundaries(),
+            })
+        }
+    }
+
+    /// Takes the merged outputs of the pass [`TwoClassRounds::plan`] asked for; another
+    /// pass's outputs, or counts that contradict the earlier passes (rows that changed
+    /// between passes), are errors that leave the rounds as they were.
+    pub fn advance(&mut self, totals: TwoClassTotals) -> Result<()> {
+        let plan = self
+            .plan()
+            .ok_or_else(|| Error::Invalid("COT: outputs after the last pass".into()))?;
+        match (plan, totals) {
+            (TwoClassPlan::Histogram { shift, prefixes }, TwoClassTotals::Histogram(hist)) => {
+                if hist.len() != self.sets.len() {
+                    return Err(Error::Invalid(format!(
+                        "COT: {} histograms for {} sets",
+                        hist.len(),
+                        self.sets.len()
+                    )));
+                }
+                // Narrowed on a copy, kept only if every set's counts hold up.
+                let mut state = self.state.clone();
+                for ((s, p), h) in state.iter_mut().zip(&prefixes).zip(&hist) {
+                    if h.len() != p.len() * DIGITS {
+                        return Err(Error::Invalid(format!(
+                            "COT: {} counts for {} prefixes",
+                            h.len(),
+                            p.len()
+                        )));
+                    }
+                    // Each rank must lie among the keys under its prefix: fewer means the
+                    // passes saw different rows (a source that changed between them).
+                    for r in s.iter() {
+                        let at = p.iter().position(|&x| x == r.prefix).unwrap_or(0);
+                        let under: u64 = h[at * DIGITS..(at + 1) * DIGITS].iter().sum();
+                        if under < r.rank {
+                            return Err(Error::Invalid(format!(
+                                "COT: rank {} under a prefix of {under} keys (the passes saw different rows)",
+                                r.rank
+                            )));
+                        }
+                    }
+                    narrow(s, p, h, shift);
+                }
+                self.state = state;
+                self.step += 1;
+                Ok(())
+            }
+            (TwoClassPlan::Sums { boundaries }, TwoClassTotals::Sums(totals)) => {
+                if totals.len() != self.sets.len() {
+                    return Err(Error::Invalid(format!(
+                        "COT: {} sums for {} sets",
+                        totals.len(),
+                        self.sets.len()
+                    )));
+                }
+                let done = self
+                    .sets
+                    .iter()
+                    .zip(&self.state)
+                    .zip(boundaries.iter().zip(&totals))
+                    .map(|((&(n, whole), st), (&b, s))| {
+                        let next =
+                            (whole < n).then(|| st[st.len() - 1].prefix as i64 - KEY_BIAS as i64);
+                        let top = if whole == 0 {
+                            0
+                        } else {
+                            // Keys strictly above the boundary, the rest of the `whole` at
+                            // it. More above it than `whole` only if the passes saw
+                            // different rows.
+                            let at = whole.checked_sub(s.above_count).ok_or_else(|| {
+                                Error::Invalid(format!(
+                                    "COT: {} keys above the {whole}-th largest (the passes saw different rows)",
+                                    s.above_count
+                                ))
+                            })?;
+                            s.above_sum as i128 + at as i128 * b as i128
+                                - whole as i128 * KEY_BIAS as i128
+                        };
+                        Ok(TwoClassSums {
+                            n,
+                            base: s.base as i128,
+                            top,
+                            next,
+                        })
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                self.done = Some(done);
+                Ok(())
+            }
+            _ => Err(Error::Invalid(
+                "COT: a pass returned another pass's output".into(),
+            )),
+        }
+    }
+
+    /// Passes answered so far.
+    pub fn passes(&self) -> u64 {
+        (self.step - self.initial_step()) as u64 + self.done.is_some() as u64
+    }
+
+    fn initial_step(&self) -> usize {
+        if self.state.iter().any(|s| !s.is_empty()) {
+            0
+        } else {
+            SHIFTS.len()
+        }
+    }
+
+    /// Every set's sums, after the last pass.
+    pub fn finish(self) -> Result<Vec<TwoClassSums>> {
+        self.done
+            .ok_or_else(|| Error::Invalid("COT: the passes are not all done".into()))
+    }
 }
 
 #[cfg(test)]

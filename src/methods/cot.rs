@@ -131,7 +131,7 @@ pub fn cot_on<B: Backend + ?Sized>(
 /// COT from the K = 2 sums of a set (`whole` rows move to class 1, and `part` units of
 /// the next), as [`two_class_units`]: every row at class 0, less what the moved units
 /// gain.
-fn two_class_estimate(s: &TwoClassSums, n_source: u64, part: u64) -> f64 {
+pub(crate) fn two_class_estimate(s: &TwoClassSums, n_source: u64, part: u64) -> f64 {
     let mut moved = s.top * n_source as i128;
     if part > 0 {
         moved += s.next.unwrap_or(0) as i128 * part as i128;
@@ -172,7 +172,56 @@ pub fn cot_two_class_streamed_sets<B: Backend + ?Sized>(
     class_counts: &[u64],
     each_pass: impl FnMut(&mut SetFeed<'_>) -> Result<()>,
 ) -> Result<Vec<f64>> {
-    use crate::kernel::cot_two_class::{two_class_sums_sets, CotPass, CotPassOutput, PassSums};
+    use crate::kernel::cot_two_class::{TwoClassRounds, TwoClassTotals};
+    let (sets, parts) = two_class_sets(sizes, class_counts)?;
+    let n_source: u64 = class_counts.iter().sum();
+    let mut rounds = TwoClassRounds::new(&sets)?;
+    let mut each_pass = each_pass;
+    while let Some(plan) = rounds.plan() {
+        let mut totals = TwoClassTotals::zeros(&plan);
+        let mut seen = vec![0u64; sizes.len()];
+        each_pass(&mut |set: usize, probs: &[f32]| {
+            let Some(n) = seen.get_mut(set) else {
+                return Err(Error::Invalid(format!(
+                    "COT: rows fed to set {set} of {}",
+                    sizes.len()
+                )));
+            };
+            *n += (probs.len() / 2) as u64;
+            if let Some(p) = plan.pass(set) {
+                totals.add(set, backend.cot_two_class_pass(probs, p)?)?;
+            }
+            Ok(())
+        })?;
+        check_seen(&seen, sizes)?;
+        rounds.advance(totals)?;
+    }
+    Ok(rounds
+        .finish()?
+        .iter()
+        .zip(&parts)
+        .map(|(s, &part)| two_class_estimate(s, n_source, part))
+        .collect())
+}
+
+/// Every set saw its rows in a pass: another count means a file changed between passes.
+pub(crate) fn check_seen(seen: &[u64], sizes: &[u64]) -> Result<()> {
+    if let Some(set) = (0..sizes.len()).find(|&s| seen[s] != sizes[s]) {
+        return Err(Error::Invalid(format!(
+            "COT: a pass read {} rows of a set of {} (did a file change between passes?)",
+            seen[set], sizes[set]
+        )));
+    }
+    Ok(())
+}
+
+/// `(n, whole)` a set, and each set's part-row units.
+pub(crate) type TwoClassSets = (Vec<(u64, u64)>, Vec<u64>);
+
+/// K = 2's sets for [`TwoClassRounds`](crate::kernel::cot_two_class::TwoClassRounds):
+/// `(n, whole)` a set (rows, rows whose every unit goes to class 1) and each set's
+/// part-row units.
+pub(crate) fn two_class_sets(sizes: &[u64], class_counts: &[u64]) -> Result<TwoClassSets> {
     if class_counts.len() != 2 {
         return Err(Error::LengthMismatch {
             what: "COT class counts".into(),
@@ -193,95 +242,7 @@ pub fn cot_two_class_streamed_sets<B: Backend + ?Sized>(
         sets.push((n, demand1 / n_source));
         parts.push(demand1 % n_source);
     }
-    let each_pass = std::cell::RefCell::new(each_pass);
-    let mismatch = || Error::Invalid("COT: a pass returned another pass's output".into());
-    // One pass: every set's chunks through `pass(set)` (None: nothing in play), each
-    // output handed to `acc(set, output)`; every set must see its rows.
-    fn run<'p, B: Backend + ?Sized>(
-        backend: &B,
-        sizes: &[u64],
-        each_pass: &mut dyn FnMut(&mut SetFeed<'_>) -> Result<()>,
-        pass: &dyn Fn(usize) -> Option<CotPass<'p>>,
-        acc: &mut dyn FnMut(usize, CotPassOutput) -> Result<()>,
-    ) -> Result<()> {
-        let mut seen = vec![0u64; sizes.len()];
-        each_pass(&mut |set: usize, probs: &[f32]| {
-            let Some(n) = seen.get_mut(set) else {
-                return Err(Error::Invalid(format!(
-                    "COT: rows fed to set {set} of {}",
-                    sizes.len()
-                )));
-            };
-            *n += (probs.len() / 2) as u64;
-            if let Some(p) = pass(set) {
-                acc(set, backend.cot_two_class_pass(probs, p)?)?;
-            }
-            Ok(())
-        })?;
-        if let Some(set) = (0..sizes.len()).find(|&s| seen[s] != sizes[s]) {
-            return Err(Error::Invalid(format!(
-                "COT: a pass read {} rows of a set of {} (did a file change between passes?)",
-                seen[set], sizes[set]
-            )));
-        }
-        Ok(())
-    }
-    let sums = two_class_sums_sets(
-        &sets,
-        |shift, prefixes| {
-            let mut total: Vec<Vec<u64>> = prefixes
-                .iter()
-                .map(|p| vec![0u64; p.len() * crate::kernel::cot_two_class::DIGITS])
-                .collect();
-            run(
-                backend,
-                sizes,
-                &mut *each_pass.borrow_mut(),
-                &|set| {
-                    (!prefixes[set].is_empty()).then(|| CotPass::Histogram {
-                        shift,
-                        prefixes: &prefixes[set],
-                    })
-                },
-                &mut |set, out| match out {
-                    CotPassOutput::Histogram(h) => {
-                        for (t, v) in total[set].iter_mut().zip(h) {
-                            *t += v;
-                        }
-                        Ok(())
-                    }
-                    CotPassOutput::Sums(_) => Err(mismatch()),
-                },
-            )?;
-            Ok(total)
-        },
-        |boundaries| {
-            let mut total = vec![PassSums::default(); sizes.len()];
-            run(
-                backend,
-                sizes,
-                &mut *each_pass.borrow_mut(),
-                &|set| {
-                    Some(CotPass::Sums {
-                        boundary: boundaries[set],
-                    })
-                },
-                &mut |set, out| match out {
-                    CotPassOutput::Sums(s) => {
-                        total[set].merge(&s);
-                        Ok(())
-                    }
-                    CotPassOutput::Histogram(_) => Err(mismatch()),
-                },
-            )?;
-            Ok(total)
-        },
-    )?;
-    Ok(sums
-        .iter()
-        .zip(&parts)
-        .map(|(s, &part)| two_class_estimate(s, n_source, part))
-        .collect())
+    Ok((sets, parts))
 }
 
 /// [`cot_cost`] of rows already on the cost grid (`n x k` integers, row-major): the one

@@ -77,6 +77,9 @@ const BLOCK_ROWS: usize = 8192;
 /// No constraint between two classes (no edge).
 const NO_EDGE: i64 = i64::MAX;
 
+/// The largest cost on the 2^-40 grid (`1 - p` for `p = 0`).
+const MAX_COST: i64 = 1 << 40;
+
 /// Each widening multiplies the free share by this.
 const WIDENING: f64 = 4.0;
 
@@ -133,7 +136,7 @@ fn mix(index: u64) -> u64 {
 }
 
 /// A collect pass's mergeable part of one set at one dual point (module docs, round 2).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DualTally {
     /// Classes.
     pub k: usize,
@@ -148,8 +151,10 @@ pub struct DualTally {
     /// `k x k`: `[a * k + b]` the least `C_ib - C_ia` of the rows fixed at a.
     pub fixed_slack: Vec<i64>,
     /// The free rows' costs, `rows x k` (those [`DualTally::free_stride`] keeps).
+    #[serde(with = "crate::serde_bytes::i64s")]
     pub free: Vec<i64>,
     /// Each kept free row's index in its set.
+    #[serde(with = "crate::serde_bytes::u64s")]
     pub free_index: Vec<u64>,
     /// A free row is kept when `mix(its index)` is a multiple of this: 1 while the free
     /// rows fit `cap`, doubled (about half the kept rows dropped) each time they overflow
@@ -271,6 +276,59 @@ impl DualTally {
             }
         }
         self.fit_cap();
+    }
+
+    /// Checks a tally read back (another process's part): shapes, costs on the grid,
+    /// counts that add up, kept rows that the stride keeps.
+    pub fn check(&self, k: usize) -> Result<()> {
+        let bad = |what: &str| Err(Error::Invalid(format!("COT: a collect part: {what}")));
+        let on_grid = |c: i64| (0..=MAX_COST).contains(&c);
+        if self.k != k
+            || self.fixed_rows.len() != k
+            || self.fixed_cost.len() != k
+            || self.fixed_slack.len() != k * k
+        {
+            return bad("shapes of another K");
+        }
+        if self.free.len() != self.free_index.len() * k {
+            return bad("free rows and their indices differ");
+        }
+        if !self.free_stride.is_power_of_two() || self.cap == 0 || self.free_rows() > self.cap {
+            return bad("a band sample's stride or cap");
+        }
+        if !self.free.iter().all(|&c| on_grid(c))
+            || !self
+                .fixed_slack
+                .iter()
+                .all(|&s| s == NO_EDGE || (-MAX_COST..=MAX_COST).contains(&s))
+        {
+            return bad("costs off the grid");
+        }
+        let fixed: u128 = self.fixed_rows.iter().map(|&r| r as u128).sum();
+        if fixed + self.free_seen as u128 != self.rows as u128
+            || (self.free_rows() as u64) > self.free_seen
+            || self
+                .fixed_cost
+                .iter()
+                .zip(&self.fixed_rows)
+                .any(|(&c, &r)| c > r as u128 * MAX_COST as u128)
+        {
+            return bad("counts that do not add up");
+        }
+        if self
+            .free_index
+            .iter()
+            .any(|&i| !mix(i).is_multiple_of(self.free_stride))
+        {
+            return bad("free rows its stride does not keep");
+        }
+        Ok(())
+    }
+
+    /// Orders the kept free rows by index (as one process keeps them), so that the next
+    /// step does not depend on the order parts merged in.
+    pub fn sort_free_rows(&mut self) -> Result<()> {
+        sort_by_index(&mut self.free_index, &mut self.free, self.k)
     }
 
     /// The free rows kept.
@@ -644,16 +702,18 @@ const SAMPLE_BUDGET: u64 = 8;
 const MAX_WIDENINGS: u32 = 3;
 
 /// One set's state between passes.
+#[derive(Clone, Debug)]
 enum SetRound {
     /// Sampling every `stride`-th row.
-    Sample { stride: u64, rows: Vec<i64> },
-    /// Collecting at `g` (a band sample where the free rows overflow the cap).
+    Sample { stride: u64 },
+    /// Collecting at a point (a band sample where the free rows overflow the cap).
     Collect(Box<Collect>),
     /// The optimal cost, units x 2^-40.
     Done(u128),
 }
 
-/// A collect pass's point, bands and tally.
+/// A collect pass's point and bands.
+#[derive(Clone, Debug)]
 struct Collect {
     g: Vec<i64>,
     /// Per class, the band; all `NO_EDGE`: every row free.
@@ -662,7 +722,8 @@ struct Collect {
     margins: Vec<Vec<i64>>,
     refines: u32,
     widenings: u32,
-    tally: DualTally,
+    /// The most free rows the pass keeps (a band sample beyond).
+    cap: usize,
 }
 
 impl Collect {
@@ -696,8 +757,426 @@ impl Collect {
             margins,
             refines,
             widenings,
-            tally: DualTally::capped(k, cap),
+            cap,
         })
+    }
+}
+
+/// What one set's part of a pass computes (module docs, rounds 1 and 2).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum DualSetPlan {
+    /// Keep every row whose index in the set is a multiple of `stride`.
+    Sample {
+        /// The sample's stride.
+        stride: u64,
+    },
+    /// Tally the rows at dual point `g` with per-class bands `deltas`, keeping at most
+    /// `cap` free rows (a band sample beyond).
+    Collect {
+        /// The dual point, a grid integer a class.
+        g: Vec<i64>,
+        /// Per class, the band.
+        deltas: Vec<i64>,
+        /// The most free rows kept.
+        cap: u64,
+    },
+    /// Nothing: the set is solved.
+    Done,
+}
+
+/// One set's part of a pass over some of its rows: rows of any chunks or shards, merged
+/// in any order into the same part (but for the order of rows, which
+/// [`DualRounds::advance`] sorts by index).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum DualSetPart {
+    /// The sampled rows: each one's index in the set, and its costs (`rows x k`).
+    Sample {
+        /// Each sampled row's index in its set.
+        #[serde(with = "crate::serde_bytes::u64s")]
+        index: Vec<u64>,
+        /// Their costs, `rows x k`.
+        #[serde(with = "crate::serde_bytes::i64s")]
+        costs: Vec<i64>,
+    },
+    /// The collect pass's tally.
+    Collect(DualTally),
+    /// Nothing (a solved set).
+    Done,
+}
+
+impl DualSetPart {
+    /// An empty part of `plan`.
+    pub fn empty(plan: &DualSetPlan, k: usize) -> Self {
+        match plan {
+            DualSetPlan::Sample { .. } => DualSetPart::Sample {
+                index: Vec::new(),
+                costs: Vec::new(),
+            },
+            DualSetPlan::Collect { cap, .. } => DualSetPart::Collect(DualTally::capped(
+                k,
+                usize::try_from(*cap).unwrap_or(usize::MAX),
+            )),
+            DualSetPlan::Done => DualSetPart::Done,
+        }
+    }
+
+    /// Adds rows of the set (`probs`, `rows x k` probabilities, checked), the first of
+    /// them row `first` of the set.
+    pub fn add(&mut self, plan: &DualSetPlan, k: usize, first: u64, probs: &[f32]) -> Result<()> {
+        check_probabilities(probs, k)?;
+        match (self, plan) {
+            (DualSetPart::Sample { index, costs }, DualSetPlan::Sample { stride }) => {
+                let stride = (*stride).max(1);
+                // Rows first + j with (first + j) % stride == 0.
+                let skip = (stride - first % stride) % stride;
+                for (j, p) in probs
+                    .chunks_exact(k)
+                    .enumerate()
+                    .skip(skip as usize)
+                    .step_by(stride as usize)
+                {
+                    index.push(first + j as u64);
+                    costs.extend(p.iter().map(|&p| probability_cost(p)));
+                }
+            }
+            (DualSetPart::Collect(tally), DualSetPlan::Collect { g, deltas, .. }) => {
+                if g.len() != k || deltas.len() != k || tally.k != k {
+                    return Err(Error::Invalid("COT: a collect plan of another K".into()));
+                }
+                let (g, deltas, cap) = (&g[..], &deltas[..], tally.cap);
+                if probs.len() <= BLOCK_ROWS * k {
+                    // A small feed (a group's rows of a chunk): straight in.
+                    let costs: Vec<i64> = probs.iter().map(|&p| probability_cost(p)).collect();
+                    tally.add(&costs, first, g, deltas);
+                    return Ok(());
+                }
+                // Contiguous blocks folded per thread and reduced in block order: the
+                // same tally for any number of threads (module docs).
+                let part = probs
+                    .par_chunks(BLOCK_ROWS * k)
+                    .enumerate()
+                    .fold(
+                        || DualTally::capped(k, cap),
+                        |mut t, (j, p)| {
+                            let costs: Vec<i64> = p.iter().map(|&p| probability_cost(p)).collect();
+                            t.add(&costs, first + (j * BLOCK_ROWS) as u64, g, deltas);
+                            t
+                        },
+                    )
+                    .reduce(
+                        || DualTally::capped(k, cap),
+                        |mut a, b| {
+                            a.merge(&b);
+                            a
+                        },
+                    );
+                tally.merge(&part);
+            }
+            (DualSetPart::Done, DualSetPlan::Done) => {}
+            _ => return Err(Error::Invalid("COT: a part of another pass".into())),
+        }
+        Ok(())
+    }
+
+    /// Adds another part of the same set and pass (another chunk's or shard's).
+    pub fn merge(&mut self, other: &DualSetPart, k: usize) -> Result<()> {
+        match (self, other) {
+            (
+                DualSetPart::Sample { index, costs },
+                DualSetPart::Sample {
+                    index: more,
+                    costs: more_costs,
+                },
+            ) => {
+                if more_costs.len() != more.len() * k {
+                    return Err(Error::Invalid(
+                        "COT: a sample part's rows and costs differ".into(),
+                    ));
+                }
+                index.extend_from_slice(more);
+                costs.extend_from_slice(more_costs);
+            }
+            (DualSetPart::Collect(a), DualSetPart::Collect(b)) => {
+                b.check(k)?;
+                if a.cap != b.cap {
+                    return Err(Error::Invalid(
+                        "COT: collect parts of different caps".into(),
+                    ));
+                }
+                a.merge(b);
+            }
+            (DualSetPart::Done, DualSetPart::Done) => {}
+            _ => return Err(Error::Invalid("COT: parts of different passes".into())),
+        }
+        Ok(())
+    }
+
+    /// Rows held: sampled, or free rows kept.
+    fn held_rows(&self, k: usize) -> usize {
+        match self {
+            DualSetPart::Sample { costs, .. } => costs.len() / k,
+            DualSetPart::Collect(t) => t.free_rows(),
+            DualSetPart::Done => 0,
+        }
+    }
+}
+
+/// Orders kept rows (`index`, their costs `rows x k`) by index; a repeated index (a row
+/// given twice) is an error.
+fn sort_by_index(index: &mut Vec<u64>, costs: &mut Vec<i64>, k: usize) -> Result<()> {
+    if index.windows(2).all(|w| w[0] < w[1]) {
+        return Ok(());
+    }
+    let mut order: Vec<usize> = (0..index.len()).collect();
+    order.sort_unstable_by_key(|&r| index[r]);
+    let sorted_index: Vec<u64> = order.iter().map(|&r| index[r]).collect();
+    if sorted_index.windows(2).any(|w| w[0] == w[1]) {
+        return Err(Error::Invalid("COT: a row in two parts of a pass".into()));
+    }
+    let mut sorted = Vec::with_capacity(costs.len());
+    for &r in &order {
+        sorted.extend_from_slice(&costs[r * k..(r + 1) * k]);
+    }
+    *index = sorted_index;
+    *costs = sorted;
+    Ok(())
+}
+
+/// COT at K > 2 as a state machine over passes: [`DualRounds::plan`] says what each
+/// set's part of the next pass computes, [`DualRounds::advance`] takes the merged parts
+/// (from one process or from many shards) and takes the host's step, and
+/// [`DualRounds::values`] gives the COT of every set after the last pass.
+pub struct DualRounds {
+    sizes: Vec<u64>,
+    k: usize,
+    class_counts: Vec<u64>,
+    supply: u64,
+    demands: Vec<Vec<u64>>,
+    set_budgets: Vec<DualBudget>,
+    rounds: Vec<SetRound>,
+    stats: RoundStats,
+}
+
+impl DualRounds {
+    /// The rounds of sets of `sizes` rows at `k` classes against the source's
+    /// `class_counts`, within `budget`.
+    pub fn new(sizes: &[u64], k: usize, class_counts: &[u64], budget: DualBudget) -> Result<Self> {
+        if k < 3 {
+            return Err(Error::Invalid(format!(
+                "COT rounds: K = {k} (K = 2 has its own passes)"
+            )));
+        }
+        check_classes(k, class_counts)?;
+        let supply: u64 = class_counts.iter().sum();
+        if supply == 0 || sizes.contains(&0) {
+            return Err(Error::Empty {
+                what: "COT".into(),
+                detail: "no labelled source row or a set without rows".into(),
+            });
+        }
+        let demands = sizes
+            .iter()
+            .map(|&n| demand_units(class_counts, n as usize))
+            .collect::<Result<Vec<_>>>()?;
+        let sample_rows = budget.sample_rows.max(1);
+        let strides = sample_strides(sizes, k, sample_rows);
+        let set_budgets: Vec<DualBudget> = sizes
+            .iter()
+            .zip(&strides)
+            .map(|(&n, &s)| DualBudget {
+                sample_rows: n.div_ceil(s),
+                ..budget
+            })
+            .collect();
+        let rounds = strides
+            .iter()
+            .map(|&stride| SetRound::Sample { stride })
+            .collect();
+        Ok(DualRounds {
+            sizes: sizes.to_vec(),
+            k,
+            class_counts: class_counts.to_vec(),
+            supply,
+            demands,
+            set_budgets,
+            rounds,
+            stats: RoundStats::default(),
+        })
+    }
+
+    /// Every set's part of the next pass; `None` when every set is solved.
+    pub fn plan(&self) -> Option<Vec<DualSetPlan>> {
+        if self.rounds.iter().all(|r| matches!(r, SetRound::Done(_))) {
+            return None;
+        }
+        Some(
+            self.rounds
+                .iter()
+                .map(|r| match r {
+                    SetRound::Sample { stride } => DualSetPlan::Sample { stride: *stride },
+                    SetRound::Collect(c) => DualSetPlan::Collect {
+                        g: c.g.clone(),
+                        deltas: c.deltas.clone(),
+                        cap: c.cap as u64,
+                    },
+                    SetRound::Done(_) => DualSetPlan::Done,
+                })
+                .collect(),
+        )
+    }
+
+    /// Takes every set's merged part of the pass [`DualRounds::plan`] asked for (rows
+    /// `seen` a set, which must be the set's size) and takes each set's host step (its
+    /// solves, the sets on threads). A part that does not belong is an error that leaves
+    /// the rounds as they were.
+    pub fn advance(&mut self, parts: Vec<DualSetPart>, seen: &[u64]) -> Result<()> {
+        let plan = self
+            .plan()
+            .ok_or_else(|| Error::Invalid("COT: parts after the last pass".into()))?;
+        if parts.len() != plan.len() || seen.len() != plan.len() {
+            return Err(Error::Invalid(format!(
+                "COT: {} parts for {} sets",
+                parts.len(),
+                plan.len()
+            )));
+        }
+        let k = self.k;
+        crate::methods::cot::check_seen(seen, &self.sizes)?;
+        let mut parts = parts;
+        // Every part checked (and its rows put in index order) before any step.
+        for (set, (round, part)) in self.rounds.iter().zip(parts.iter_mut()).enumerate() {
+            match (round, part) {
+                (SetRound::Sample { stride }, DualSetPart::Sample { index, costs }) => {
+                    sort_by_index(index, costs, k)?;
+                    let stride = (*stride).max(1);
+                    let n = self.sizes[set];
+                    if index.len() as u64 != n.div_ceil(stride)
+                        || index.iter().any(|&i| i % stride != 0 || i >= n)
+                        || costs.len() != index.len() * k
+                        || !costs.iter().all(|c| (0..=MAX_COST).contains(c))
+                    {
+                        return Err(Error::Invalid(format!(
+                            "COT: a sample part of set {set} holds other rows than every {stride}-th"
+                        )));
+                    }
+                }
+                (SetRound::Collect(c), DualSetPart::Collect(tally)) => {
+                    tally.check(k)?;
+                    if tally.cap != c.cap || tally.rows != self.sizes[set] {
+                        return Err(Error::Invalid(format!(
+                            "COT: a collect part of set {set} of another pass"
+                        )));
+                    }
+                    tally.sort_free_rows()?;
+                }
+                (SetRound::Done(_), DualSetPart::Done) => {}
+                _ => {
+                    return Err(Error::Invalid(format!(
+                        "COT: a part of set {set} of another pass"
+                    )))
+                }
+            }
+        }
+        let held: usize = parts.iter().map(|p| p.held_rows(k)).sum();
+        let refining = parts
+            .iter()
+            .any(|p| matches!(p, DualSetPart::Collect(t) if !t.holds_every_free_row()));
+        let (supply, class_counts) = (self.supply, &self.class_counts[..]);
+        let (demands, set_budgets) = (&self.demands, &self.set_budgets);
+        // Each set's host step (its solves) on its own thread: independent problems.
+        let next: Vec<SetRound> = self
+            .rounds
+            .par_iter()
+            .zip(parts)
+            .enumerate()
+            .map(|(set, (round, part))| -> Result<SetRound> {
+                let collect = |g: Vec<i64>, margins, refines, widenings| {
+                    SetRound::Collect(Collect::at(
+                        k,
+                        &demands[set],
+                        set_budgets[set],
+                        g,
+                        margins,
+                        refines,
+                        widenings,
+                    ))
+                };
+                Ok(match (round, part) {
+                    (SetRound::Sample { stride }, DualSetPart::Sample { costs, .. }) => {
+                        if *stride == 1 {
+                            // The sample is the set.
+                            let plan = transport::solve(&costs, k, supply, &demands[set])?;
+                            SetRound::Done(plan.cost_units)
+                        } else {
+                            let g = sample_dual(&costs, k, class_counts, supply)?;
+                            let margins = class_margins(&costs, k, &g);
+                            collect(g, margins, 0, 0)
+                        }
+                    }
+                    (SetRound::Collect(c), DualSetPart::Collect(tally)) => {
+                        if !tally.holds_every_free_row() {
+                            // A band sample: its dual point, or wider bands at this one.
+                            match refine(&tally, &c.g, supply, &demands[set])? {
+                                Some((g, margins)) => collect(g, margins, c.refines + 1, 0),
+                                None => collect(
+                                    c.g.clone(),
+                                    c.margins.clone(),
+                                    c.refines + 1,
+                                    c.widenings + 1,
+                                ),
+                            }
+                        } else {
+                            match settle(&tally, &c.g, supply, &demands[set])? {
+                                Some(cost) => SetRound::Done(cost),
+                                None if c.widenings > MAX_WIDENINGS => {
+                                    return Err(Error::Invalid(
+                                        "COT: every row free and still no optimal plan (a solver fault)"
+                                            .into(),
+                                    ))
+                                }
+                                None => collect(
+                                    c.g.clone(),
+                                    c.margins.clone(),
+                                    c.refines,
+                                    c.widenings + 1,
+                                ),
+                            }
+                        }
+                    }
+                    (done, _) => done.clone(),
+                })
+            })
+            .collect::<Result<_>>()?;
+        self.rounds = next;
+        self.stats.passes += 1;
+        self.stats.held_rows = self.stats.held_rows.max(held as u64);
+        self.stats.refine_passes += refining as u64;
+        Ok(())
+    }
+
+    /// One COT a set (the in-memory [`crate::methods::cot::cot`]'s bits), once every
+    /// set is solved.
+    pub fn values(&self) -> Option<Vec<f64>> {
+        self.rounds
+            .iter()
+            .zip(&self.sizes)
+            .map(|(r, &n)| match r {
+                SetRound::Done(cost) => {
+                    Some(1.0 - crate::methods::cot::mean(*cost, n as u128 * self.supply as u128))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// What the rounds took so far.
+    pub fn stats(&self) -> RoundStats {
+        self.stats
+    }
+
+    /// Classes.
+    pub fn k(&self) -> usize {
+        self.k
     }
 }
 
@@ -707,7 +1186,7 @@ impl Collect {
 /// a row may go to several sets) and is called once a pass. Returns one COT a set (the
 /// in-memory [`crate::methods::cot::cot`]'s bits) and what the rounds took. Rows within a
 /// set must come in the same order every pass only for the sample to be the same (the
-/// value does not depend on it).
+/// value does not depend on it). [`DualRounds`] fed by one process.
 pub fn cot_rounds_sets(
     sizes: &[u64],
     k: usize,
@@ -715,206 +1194,27 @@ pub fn cot_rounds_sets(
     budget: DualBudget,
     mut each_pass: impl FnMut(&mut dyn FnMut(usize, &[f32]) -> Result<()>) -> Result<()>,
 ) -> Result<(Vec<f64>, RoundStats)> {
-    if k < 3 {
-        return Err(Error::Invalid(format!(
-            "COT rounds: K = {k} (K = 2 has its own passes)"
-        )));
-    }
-    check_classes(k, class_counts)?;
-    let supply: u64 = class_counts.iter().sum();
-    if supply == 0 || sizes.contains(&0) {
-        return Err(Error::Empty {
-            what: "COT".into(),
-            detail: "no labelled source row or a set without rows".into(),
-        });
-    }
-    let demands = sizes
-        .iter()
-        .map(|&n| demand_units(class_counts, n as usize))
-        .collect::<Result<Vec<_>>>()?;
-    let sample_rows = budget.sample_rows.max(1);
-    let strides = sample_strides(sizes, k, sample_rows);
-    let set_budgets: Vec<DualBudget> = sizes
-        .iter()
-        .zip(&strides)
-        .map(|(&n, &s)| DualBudget {
-            sample_rows: n.div_ceil(s),
-            ..budget
-        })
-        .collect();
-    let mut rounds: Vec<SetRound> = strides
-        .iter()
-        .map(|&stride| SetRound::Sample {
-            stride,
-            rows: Vec::new(),
-        })
-        .collect();
-    let mut stats = RoundStats::default();
-    while rounds.iter().any(|r| !matches!(r, SetRound::Done(_))) {
+    let mut rounds = DualRounds::new(sizes, k, class_counts, budget)?;
+    while let Some(plan) = rounds.plan() {
+        let mut parts: Vec<DualSetPart> = plan.iter().map(|p| DualSetPart::empty(p, k)).collect();
         let mut seen = vec![0u64; sizes.len()];
         each_pass(&mut |set: usize, probs: &[f32]| {
-            let Some(round) = rounds.get_mut(set) else {
+            let Some(part) = parts.get_mut(set) else {
                 return Err(Error::Invalid(format!(
                     "COT: rows fed to set {set} of {}",
                     sizes.len()
                 )));
             };
-            check_probabilities(probs, k)?;
             let first = seen[set];
             seen[set] += (probs.len() / k) as u64;
-            match round {
-                SetRound::Sample { stride, rows } => {
-                    // Rows first + j with (first + j) % stride == 0.
-                    let skip = (*stride - first % *stride) % *stride;
-                    for p in probs
-                        .chunks_exact(k)
-                        .skip(skip as usize)
-                        .step_by(*stride as usize)
-                    {
-                        rows.extend(p.iter().map(|&p| probability_cost(p)));
-                    }
-                }
-                SetRound::Collect(c) => {
-                    let Collect {
-                        g, deltas, tally, ..
-                    } = &mut **c;
-                    let (g, deltas, cap) = (&g[..], &deltas[..], tally.cap);
-                    if probs.len() <= BLOCK_ROWS * k {
-                        // A small feed (a group's rows of a chunk): straight in.
-                        let costs: Vec<i64> = probs.iter().map(|&p| probability_cost(p)).collect();
-                        tally.add(&costs, first, g, deltas);
-                        return Ok(());
-                    }
-                    // Contiguous blocks folded per thread and reduced in block order: the
-                    // same tally for any number of threads (module docs).
-                    let part = probs
-                        .par_chunks(BLOCK_ROWS * k)
-                        .enumerate()
-                        .fold(
-                            || DualTally::capped(k, cap),
-                            |mut t, (j, p)| {
-                                let costs: Vec<i64> =
-                                    p.iter().map(|&p| probability_cost(p)).collect();
-                                t.add(&costs, first + (j * BLOCK_ROWS) as u64, g, deltas);
-                                t
-                            },
-                        )
-                        .reduce(
-                            || DualTally::capped(k, cap),
-                            |mut a, b| {
-                                a.merge(&b);
-                                a
-                            },
-                        );
-                    tally.merge(&part);
-                }
-                SetRound::Done(_) => {}
-            }
-            Ok(())
+            part.add(&plan[set], k, first, probs)
         })?;
-        stats.passes += 1;
-        let held: usize = rounds
-            .iter()
-            .map(|r| match r {
-                SetRound::Sample { rows, .. } => rows.len() / k,
-                SetRound::Collect(c) => c.tally.free_rows(),
-                SetRound::Done(_) => 0,
-            })
-            .sum();
-        stats.held_rows = stats.held_rows.max(held as u64);
-        let refining = rounds
-            .iter()
-            .any(|r| matches!(r, SetRound::Collect(c) if !c.tally.holds_every_free_row()));
-        stats.refine_passes += refining as u64;
-        if let Some(set) = (0..sizes.len()).find(|&s| seen[s] != sizes[s]) {
-            return Err(Error::Invalid(format!(
-                "COT: a pass read {} rows of a set of {} (did a file change between passes?)",
-                seen[set], sizes[set]
-            )));
-        }
-        // Each set's host step (its solves) on its own thread: independent problems.
-        rounds
-            .par_iter_mut()
-            .enumerate()
-            .try_for_each(|(set, round)| -> Result<()> {
-                let next = match std::mem::replace(round, SetRound::Done(0)) {
-                    SetRound::Sample { stride, rows } => {
-                        if stride == 1 {
-                            // The sample is the set.
-                            let plan = transport::solve(&rows, k, supply, &demands[set])?;
-                            SetRound::Done(plan.cost_units)
-                        } else {
-                            let g = sample_dual(&rows, k, class_counts, supply)?;
-                            let margins = class_margins(&rows, k, &g);
-                            SetRound::Collect(Collect::at(
-                                k,
-                                &demands[set],
-                                set_budgets[set],
-                                g,
-                                margins,
-                                0,
-                                0,
-                            ))
-                        }
-                    }
-                    SetRound::Collect(c) if !c.tally.holds_every_free_row() => {
-                        // A band sample: its dual point, or wider bands at this one.
-                        match refine(&c.tally, &c.g, supply, &demands[set])? {
-                            Some((g, margins)) => SetRound::Collect(Collect::at(
-                                k,
-                                &demands[set],
-                                set_budgets[set],
-                                g,
-                                margins,
-                                c.refines + 1,
-                                0,
-                            )),
-                            None => SetRound::Collect(Collect::at(
-                                k,
-                                &demands[set],
-                                set_budgets[set],
-                                c.g,
-                                c.margins,
-                                c.refines + 1,
-                                c.widenings + 1,
-                            )),
-                        }
-                    }
-                    SetRound::Collect(c) => {
-                        match settle(&c.tally, &c.g, supply, &demands[set])? {
-                            Some(cost) => SetRound::Done(cost),
-                            None if c.widenings > MAX_WIDENINGS => return Err(Error::Invalid(
-                                "COT: every row free and still no optimal plan (a solver fault)"
-                                    .into(),
-                            )),
-                            None => SetRound::Collect(Collect::at(
-                                k,
-                                &demands[set],
-                                set_budgets[set],
-                                c.g,
-                                c.margins,
-                                c.refines,
-                                c.widenings + 1,
-                            )),
-                        }
-                    }
-                    done => done,
-                };
-                *round = next;
-                Ok(())
-            })?;
+        rounds.advance(parts, &seen)?;
     }
     let values = rounds
-        .iter()
-        .zip(sizes)
-        .map(|(r, &n)| match r {
-            SetRound::Done(cost) => {
-                1.0 - crate::methods::cot::mean(*cost, n as u128 * supply as u128)
-            }
-            _ => unreachable!("every set settled"),
-        })
-        .collect();
-    Ok((values, stats))
+        .values()
+        .ok_or_else(|| Error::Invalid("COT: the rounds ended unsolved".into()))?;
+    Ok((values, rounds.stats()))
 }
 
 #[cfg(test)]

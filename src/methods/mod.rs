@@ -6,6 +6,7 @@ pub mod calibration;
 pub mod cot;
 pub mod cot_dual;
 pub mod cot_files;
+pub mod cot_passes;
 pub mod cot_reference;
 pub mod cott;
 pub mod evaluate;
