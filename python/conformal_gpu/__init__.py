@@ -31,6 +31,10 @@ carries the crate's message and an ``exit_code`` attribute.
 
 from ._native import (
     Calibration,
+    CotCensus,
+    CotPasses,
+    CotPassPart,
+    CotPassPlan,
     GpuError,
     InvalidInput,
     MalformedFile,
@@ -58,8 +62,27 @@ def _tally_from_json(text: str) -> Tally:
     return Tally.from_json(text, "<pickled tally>")
 
 
+def _cot_census_from_json(text: str) -> CotCensus:
+    """Unpickles a COT census."""
+    return CotCensus.from_json(text)
+
+
+def _cot_pass_plan_from_json(text: str) -> CotPassPlan:
+    """Unpickles a COT pass plan (its shapes checked)."""
+    return CotPassPlan.from_json(text)
+
+
+def _cot_pass_part_from_json(text: str) -> CotPassPart:
+    """Unpickles a COT pass part (checked when merged and advanced)."""
+    return CotPassPart.from_json(text)
+
+
 __all__ = [
     "Calibration",
+    "CotCensus",
+    "CotPassPart",
+    "CotPassPlan",
+    "CotPasses",
     "GpuError",
     "InvalidInput",
     "MalformedFile",

@@ -22,9 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from . import Calibration, Tally
+from . import Calibration, CotCensus, CotPassPart, CotPassPlan, Tally
 
-__all__ = ["evaluate", "tally"]
+__all__ = ["cot", "evaluate", "tally"]
 
 # Per worker process: the calibration last fetched, by object ref.
 _CAL_CACHE: dict[str, Calibration] = {}
@@ -71,6 +71,31 @@ def _block_rows(block: Any) -> int:
     return BlockAccessor.for_block(block).num_rows()
 
 
+def _block_arrays(
+    block: Any,
+    part: tuple[int, int] | None,
+    name: str,
+    logits: str,
+    labels: str | None,
+    groups: dict[str, str],
+    k: int,
+) -> tuple[np.ndarray, np.ndarray | None, dict[str, np.ndarray] | None]:
+    """A block's (or its slice's) logits, labels and group ids as numpy arrays."""
+    from ray.data.block import BlockAccessor
+
+    acc = BlockAccessor.for_block(block)
+    if part is not None:
+        acc = BlockAccessor.for_block(acc.slice(part[0], part[1], copy=False))
+    cols = [logits] + ([labels] if labels else []) + list(groups.values())
+    batch = acc.to_numpy(cols) if len(cols) > 1 else {logits: acc.to_numpy(logits)}
+    y = _column(batch, labels, name) if labels else None
+    g = {k: _column(batch, col, name) for k, col in groups.items()} or None
+    x = _column(batch, logits, name)
+    if x.ndim != 2 and len(x) == 0:
+        x = np.empty((0, k), dtype=np.float32)
+    return x, y, g
+
+
 def _tally_block(
     box: list[Any],
     block: Any,
@@ -82,20 +107,33 @@ def _tally_block(
     groups: dict[str, str],
     device: str | None,
 ) -> Tally:
-    from ray.data.block import BlockAccessor
-
     cal = _calibration(box)
-    acc = BlockAccessor.for_block(block)
-    if part is not None:
-        acc = BlockAccessor.for_block(acc.slice(part[0], part[1], copy=False))
-    cols = [logits] + ([labels] if labels else []) + list(groups.values())
-    batch = acc.to_numpy(cols) if len(cols) > 1 else {logits: acc.to_numpy(logits)}
-    y = _column(batch, labels, name) if labels else None
-    g = {k: _column(batch, col, name) for k, col in groups.items()} or None
-    x = _column(batch, logits, name)
-    if x.ndim != 2 and len(x) == 0:
-        x = np.empty((0, cal.k), dtype=np.float32)
+    x, y, g = _block_arrays(block, part, name, logits, labels, groups, cal.k)
     return cal.tally(x, labels=y, groups=g, row_offset=row_offset, device=device, name=name)
+
+
+def _census_block(
+    box: list[Any], block: Any, part: tuple[int, int] | None, logits: str, groups: dict[str, str]
+) -> CotCensus:
+    cal = _calibration(box)
+    x, _, g = _block_arrays(block, part, "COT census", logits, None, groups, cal.k)
+    return cal.cot_census(x, groups=g)
+
+
+def _pass_block(
+    plan_box: list[Any],
+    shard: int,
+    block: Any,
+    part: tuple[int, int] | None,
+    logits: str,
+    groups: dict[str, str],
+    device: str | None,
+) -> CotPassPart:
+    import ray
+
+    plan: CotPassPlan = ray.get(plan_box[0])
+    x, _, g = _block_arrays(block, part, f"COT pass, block {shard}", logits, None, groups, plan.k)
+    return plan.tally(shard, x, groups=g, device=device)
 
 
 def _get(ref: Any) -> Any:
@@ -114,7 +152,7 @@ def _get(ref: Any) -> Any:
         raise cause from None
 
 
-def _merge(*parts: Tally) -> Tally:
+def _merge(*parts: Any) -> Any:
     out = parts[0]
     for p in parts[1:]:
         out.merge(p)
@@ -182,11 +220,7 @@ def tally(
             device=device,
             name=name,
         )
-    merge = ray.remote(_merge)
-    fan_in = max(2, fan_in)
-    while len(refs) > 1:
-        refs = [merge.remote(*refs[i : i + fan_in]) for i in range(0, len(refs), fan_in)]
-    return _get(refs[0])
+    return _merge_tree(refs, fan_in)
 
 
 def evaluate(
@@ -221,3 +255,69 @@ def evaluate(
         for name, ds in targets.items()
     }
     return cal.report(tallies, confidence=confidence)
+
+
+def _merge_tree(refs: list[Any], fan_in: int) -> Any:
+    """The merge of the objects behind `refs` (tallies or COT pass parts) in a tree of
+    Ray tasks, ``fan_in`` a task."""
+    import ray
+
+    merge = ray.remote(_merge)
+    fan_in = max(2, fan_in)
+    while len(refs) > 1:
+        refs = [merge.remote(*refs[i : i + fan_in]) for i in range(0, len(refs), fan_in)]
+    return _get(refs[0])
+
+
+def cot(
+    cal: Calibration,
+    ds: Any,
+    *,
+    logits: str = "logits",
+    groups: Iterable[str] | Mapping[str, str] | None = (),
+    device: str | None = None,
+    sample_rows: int | None = None,
+    fan_in: int = 8,
+    received: list[int] | None = None,
+) -> dict[str, Any]:
+    """COT raw and ts of a Ray dataset of target rows and of each of its groups, exact,
+    without gathering the rows anywhere (DESIGN.md 2.11's rounds as a protocol,
+    ``Calibration.cot_passes``): one Ray task per block counts its rows and group ids
+    (the census), then each pass is one task per block folding its rows into a part (at
+    the block's first row in every set, from the census) and a tree of merges; the
+    driver holds only the merged part (K = 2: a few counters a set; K > 2: the samples and
+    free rows of the rounds) and takes the step between passes. Returns the dict of
+    ``Calibration.cot_files`` less ``files`` and ``device``, plus ``blocks``: the values
+    equal ``cot_files`` of the same rows and the report's COT bit for bit, whatever the
+    blocks. With ``received`` a list, the pickled size of each merged part the driver
+    receives is appended to it (what crosses to the driver, for benchmarks)."""
+    import ray
+
+    cal_ref = ray.put(cal)
+    box = [cal_ref]
+    gcols = _group_columns(groups)
+    blocks = _blocks(ds)
+    if any(n is None for _, n, _ in blocks):
+        count = ray.remote(_block_rows)
+        sizes = _get([count.remote(ref) for ref, _, _ in blocks])
+        blocks = [(ref, n, sl) for (ref, _, sl), n in zip(blocks, sizes)]
+    blocks = [b for b in blocks if b[1]]
+    census_task = ray.remote(_census_block)
+    census = _get([census_task.remote(box, ref, sl, logits, gcols) for ref, _, sl in blocks])
+    passes = cal.cot_passes(census, sample_rows=sample_rows)
+    pass_task = ray.remote(_pass_block)
+    while (plan := passes.plan()) is not None:
+        plan_box = [ray.put(plan)]
+        refs = [
+            pass_task.remote(plan_box, i, ref, sl, logits, gcols, device)
+            for i, (ref, _, sl) in enumerate(blocks)
+        ]
+        part = _merge_tree(refs, fan_in)
+        if received is not None:
+            import pickle
+
+            received.append(len(pickle.dumps(part)))
+        passes.advance(part)
+    out = passes.result()
+    out["blocks"] = len(blocks)
+    return out

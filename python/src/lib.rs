@@ -18,6 +18,7 @@ use conformal_gpu::data::{binary_rows, LogitsShape};
 use conformal_gpu::device::{DeviceChoice, Engine};
 use conformal_gpu::methods::bootstrap::{check_confidence, BootstrapOptions};
 use conformal_gpu::methods::calibration::{check_k, Calibration, CalibrationOptions, Temperature};
+use conformal_gpu::methods::cot_passes::{CotPasses, PassPart, PassPlan, ShardCensus};
 use conformal_gpu::methods::cot_reference::{CotPrior, CotReferenceOptions};
 use conformal_gpu::methods::evaluate::{
     self as evaluation, Evaluation, EvaluationJob, Timings, TARGET_CHUNK_ROWS,
@@ -558,6 +559,211 @@ struct PyTally {
     inner: Tally,
 }
 
+/// One shard's rows and group ids: see `Calibration.cot_census`.
+#[pyclass(module = "conformal_gpu", name = "CotCensus", frozen)]
+struct PyCotCensus {
+    inner: ShardCensus,
+}
+
+/// The driver of COT's passes over shards: see `Calibration.cot_passes`.
+#[pyclass(module = "conformal_gpu", name = "CotPasses")]
+struct PyCotPasses {
+    inner: CotPasses,
+    calibration: String,
+}
+
+/// One pass of COT over shards, as each shard needs it: see `CotPasses.plan`.
+#[pyclass(module = "conformal_gpu", name = "CotPassPlan", frozen)]
+struct PyCotPassPlan {
+    inner: PassPlan,
+}
+
+/// A pass's part over some shards, mergeable in any order: see `CotPassPlan.tally`.
+#[pyclass(module = "conformal_gpu", name = "CotPassPart")]
+struct PyCotPassPart {
+    inner: PassPart,
+}
+
+/// `(f, (json,))` for `__reduce__`: `f` the package's `name` function.
+fn reduce_json<'py>(py: Python<'py>, name: &str, json: String) -> PyResult<Bound<'py, PyTuple>> {
+    let f = py.import("conformal_gpu")?.getattr(name)?;
+    PyTuple::new(py, [f, (json,).into_pyobject(py)?.into_any()])
+}
+
+#[pymethods]
+impl PyCotCensus {
+    /// Rows of the shard.
+    #[getter]
+    fn rows(&self) -> u64 {
+        self.inner.rows
+    }
+
+    /// The census as JSON.
+    fn to_json(&self, py: Python<'_>) -> PyResult<String> {
+        serde_json::to_string(&self.inner)
+            .map_err(|e| to_py(py, invalid(format!("COT census: {e}"))))
+    }
+
+    /// A census read back from `to_json`.
+    #[staticmethod]
+    fn from_json(py: Python<'_>, text: &str) -> PyResult<Self> {
+        let inner = serde_json::from_str(text)
+            .map_err(|e| to_py(py, invalid(format!("COT census: not a census ({e})"))))?;
+        Ok(PyCotCensus { inner })
+    }
+
+    fn __reduce__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
+        reduce_json(py, "_cot_census_from_json", self.to_json(py)?)
+    }
+}
+
+#[pymethods]
+impl PyCotPasses {
+    /// The next pass's plan; `None` when every pass is done.
+    fn plan(&self) -> Option<PyCotPassPlan> {
+        self.inner.plan().map(|inner| PyCotPassPlan { inner })
+    }
+
+    /// Takes the pass's part merged over every shard and takes the host's step between
+    /// passes (the GIL released). A part of another pass, or one missing a shard, is an
+    /// error that leaves the passes as they were.
+    fn advance(&mut self, py: Python<'_>, part: &PyCotPassPart) -> PyResult<()> {
+        let part = part.inner.clone();
+        let inner = &mut self.inner;
+        py.detach(|| inner.advance(part)).py_err(py)
+    }
+
+    /// Passes taken so far.
+    #[getter]
+    fn passes(&self) -> u64 {
+        self.inner.passes()
+    }
+
+    /// Whether every pass is done.
+    #[getter]
+    fn done(&self) -> bool {
+        self.inner.plan().is_none()
+    }
+
+    /// COT raw and ts of the target and of each group, as `cot_files` gives them (less
+    /// `files` and `device`): `calibration`, `n`, `passes`, `held_rows`, `cot`, `groups`.
+    fn result<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let mut v = self.inner.summary().py_err(py)?;
+        v["calibration"] = self.calibration.clone().into();
+        json_to_py(py, &v)
+    }
+}
+
+#[pymethods]
+impl PyCotPassPlan {
+    /// The pass's number, from 1.
+    #[getter]
+    fn number(&self) -> u64 {
+        self.inner.pass
+    }
+
+    /// Classes.
+    #[getter]
+    fn k(&self) -> usize {
+        self.inner.k
+    }
+
+    /// Shard `shard`'s part of this pass: its logits (`[N, K]`, the rows of its census,
+    /// in order) and its group ids (the census's arrays). K = 2 runs on `device` (default
+    /// `auto`); K > 2 on the host CPU.
+    #[pyo3(signature = (shard, logits, groups = None, device = None))]
+    fn tally(
+        &self,
+        py: Python<'_>,
+        shard: usize,
+        logits: &Bound<'_, PyAny>,
+        groups: Option<&Bound<'_, PyAny>>,
+        device: Option<&str>,
+    ) -> PyResult<PyCotPassPart> {
+        let what = format!("COT pass {}: shard {shard}", self.inner.pass);
+        let l = logits_arg(logits, &what)?;
+        if l.k != self.inner.k {
+            return Err(to_py(
+                py,
+                Error::LengthMismatch {
+                    what: format!("{what}: logits"),
+                    detail: format!("K = {}, the plan's K = {}", l.k, self.inner.k),
+                },
+            ));
+        }
+        let (hospital, slide) = groups_arg(groups, &what)?;
+        let (logits, k) = (l.slice(), l.k);
+        let groups = [
+            hospital.as_ref().map(|h| h.slice()),
+            slide.as_ref().map(|s| s.slice()),
+        ];
+        let device = if k == 2 { device.unwrap_or("auto") } else { "cpu" };
+        let plan = &self.inner;
+        let part = on_device!(py, device, |b| {
+            let mut fold = plan.shard(shard)?;
+            // In chunks, as a file is read (bounded device memory at K = 2).
+            let rows = logits.len() / k;
+            let mut at = 0;
+            while at < rows {
+                let end = (at + TARGET_CHUNK_ROWS).min(rows);
+                let ids = groups.map(|g| g.map(|g| g.get(at..end).unwrap_or(&[])));
+                fold.add(b, &logits[at * k..end * k], ids)?;
+                at = end;
+            }
+            fold.finish()
+        })?;
+        Ok(PyCotPassPart { inner: part })
+    }
+
+    /// The plan as JSON.
+    fn to_json(&self, py: Python<'_>) -> PyResult<String> {
+        self.inner.to_json().py_err(py)
+    }
+
+    /// A plan read back from `to_json` (its shapes checked).
+    #[staticmethod]
+    fn from_json(py: Python<'_>, text: &str) -> PyResult<Self> {
+        Ok(PyCotPassPlan {
+            inner: PassPlan::from_json(text).py_err(py)?,
+        })
+    }
+
+    fn __reduce__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
+        reduce_json(py, "_cot_pass_plan_from_json", self.to_json(py)?)
+    }
+}
+
+#[pymethods]
+impl PyCotPassPart {
+    /// Adds another part of the same pass (other shards'); a shard in both is an error.
+    fn merge(&mut self, py: Python<'_>, other: &PyCotPassPart) -> PyResult<()> {
+        self.inner.merge(&other.inner).py_err(py)
+    }
+
+    /// The shards folded in.
+    #[getter]
+    fn shards(&self) -> Vec<usize> {
+        self.inner.shards.clone()
+    }
+
+    /// The part as JSON.
+    fn to_json(&self, py: Python<'_>) -> PyResult<String> {
+        self.inner.to_json().py_err(py)
+    }
+
+    /// A part read back from `to_json` (checked when merged and advanced).
+    #[staticmethod]
+    fn from_json(py: Python<'_>, text: &str) -> PyResult<Self> {
+        Ok(PyCotPassPart {
+            inner: PassPart::from_json(text).py_err(py)?,
+        })
+    }
+
+    fn __reduce__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
+        reduce_json(py, "_cot_pass_part_from_json", self.to_json(py)?)
+    }
+}
+
 fn temperature_arg<'a>(
     temperature: &Bound<'_, PyAny>,
     other: &'a mut Option<PredictionSet>,
@@ -942,6 +1148,50 @@ impl PyCalibration {
             )
         })?;
         json_to_py(py, &value)
+    }
+
+    /// One shard's census for COT's passes over shards (`cot_passes`): its rows (the
+    /// logits' rows, K checked against the calibration's) and its group ids (`groups`:
+    /// `{"hospital": ids, "slide": ids}`, either or both).
+    #[pyo3(signature = (logits, groups = None))]
+    fn cot_census(
+        &self,
+        py: Python<'_>,
+        logits: &Bound<'_, PyAny>,
+        groups: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<PyCotCensus> {
+        let l = logits_arg(logits, "COT census")?;
+        check_k("COT census", l.k, &self.inner).py_err(py)?;
+        let (hospital, slide) = groups_arg(groups, "COT census")?;
+        let mut census = ShardCensus::new([hospital.is_some(), slide.is_some()]);
+        census
+            .add(
+                l.n,
+                [
+                    hospital.as_ref().map(|h| h.slice()),
+                    slide.as_ref().map(|s| s.slice()),
+                ],
+            )
+            .py_err(py)?;
+        Ok(PyCotCensus { inner: census })
+    }
+
+    /// COT's passes over a target's shards (DESIGN.md 2.11's rounds as a protocol): the
+    /// driver of the shards whose censuses are `census`, in the target's row order.
+    /// `sample_rows`: K > 2's sample a set (default `max(2^21 / K, 4096)` rows).
+    #[pyo3(signature = (census, sample_rows = None))]
+    fn cot_passes(
+        &self,
+        py: Python<'_>,
+        census: Vec<PyRef<'_, PyCotCensus>>,
+        sample_rows: Option<u64>,
+    ) -> PyResult<PyCotPasses> {
+        let census: Vec<ShardCensus> = census.iter().map(|c| c.inner.clone()).collect();
+        let inner = CotPasses::new(&self.inner, &self.inner.id, &census, sample_rows).py_err(py)?;
+        Ok(PyCotPasses {
+            inner,
+            calibration: self.inner.id.clone(),
+        })
     }
 
     /// Counts target rows (logits, optional labels and group ids) under this calibration.
@@ -1619,6 +1869,10 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("GpuError", py.get_type::<GpuError>())?;
     m.add_class::<PyCalibration>()?;
     m.add_class::<PyTally>()?;
+    m.add_class::<PyCotCensus>()?;
+    m.add_class::<PyCotPasses>()?;
+    m.add_class::<PyCotPassPlan>()?;
+    m.add_class::<PyCotPassPart>()?;
     m.add_function(wrap_pyfunction!(evaluate, m)?)?;
     m.add_function(wrap_pyfunction!(fit_temperature, m)?)?;
     m.add_function(wrap_pyfunction!(softmax, m)?)?;
