@@ -471,12 +471,22 @@ impl TwoClassRounds {
                 }
                 // Narrowed on a copy, kept only if every set's counts hold up.
                 let mut state = self.state.clone();
-                for ((s, p), h) in state.iter_mut().zip(&prefixes).zip(&hist) {
+                for (((s, p), h), &(n, _)) in
+                    state.iter_mut().zip(&prefixes).zip(&hist).zip(&self.sets)
+                {
                     if h.len() != p.len() * DIGITS {
                         return Err(Error::Invalid(format!(
                             "COT: {} counts for {} prefixes",
                             h.len(),
                             p.len()
+                        )));
+                    }
+                    // A row counts once at most (under one prefix): more than the set's
+                    // rows means counts from elsewhere (and would overflow the narrowing).
+                    let total: u128 = h.iter().map(|&c| c as u128).sum();
+                    if total > n as u128 {
+                        return Err(Error::Invalid(format!(
+                            "COT: {total} keys counted in a set of {n} rows"
                         )));
                     }
                     // Each rank must lie among the keys under its prefix: fewer means the
@@ -511,6 +521,16 @@ impl TwoClassRounds {
                     .zip(&self.state)
                     .zip(boundaries.iter().zip(&totals))
                     .map(|((&(n, whole), st), (&b, s))| {
+                        // Bounds of honest sums (costs and keys below 2^42): beyond
+                        // them the sums came from elsewhere.
+                        if s.base > n as u128 * (1 << 42)
+                            || s.above_count > n
+                            || s.above_sum > n as u128 * (1 << 42)
+                        {
+                            return Err(Error::Invalid(format!(
+                                "COT: sums out of range for a set of {n} rows"
+                            )));
+                        }
                         let next =
                             (whole < n).then(|| st[st.len() - 1].prefix as i64 - KEY_BIAS as i64);
                         let top = if whole == 0 {

@@ -31,8 +31,9 @@ pub const TWO_CLASS_PASSES: u64 = 7;
 /// `calibration` (the name given), `files` (path, sha256), `n`, `passes`, `held_rows`
 /// (K > 2: the most rows held at once), `device`, `cot` (`raw`, `ts`) and `groups`
 /// (per group array present, `{id, n, raw, ts}` by ascending id). `sample_rows`:
-/// K > 2's sample a set (default [`DualBudget::for_classes`]). `on_pass` is called
-/// after every pass.
+/// K > 2's sample a set (default
+/// [`crate::methods::cot_dual::DualBudget::for_classes`]). `on_pass` is called after
+/// every pass.
 pub fn cot_of_files<B: Backend + ?Sized>(
     backend: &B,
     cal: &Calibration,

@@ -1008,4 +1008,49 @@ mod tests {
         // And no census: an error, not a panic.
         assert!(CotPasses::new(&cal, "test", &[], None).is_err());
     }
+
+    /// K = 2: counts or sums from elsewhere (more keys than rows, sums past any honest
+    /// bound) are refused, not narrowed into a wrong answer or an overflow, and the
+    /// passes stay usable.
+    #[test]
+    fn two_class_totals_from_elsewhere_are_refused() {
+        use crate::kernel::cot_two_class::TwoClassTotals;
+        let (cal, logits, groups) = case(2, 500, 4, false);
+        let mut c = ShardCensus::new([true, true]);
+        c.add(500, [Some(&groups[0][..]), Some(&groups[1][..])])
+            .unwrap();
+        let mut passes = CotPasses::new(&cal, "test", &[c], None).unwrap();
+        let honest = |plan: &PassPlan| {
+            let mut f = plan.shard(0).unwrap();
+            f.add(
+                &CpuBackend,
+                &logits,
+                [Some(&groups[0][..]), Some(&groups[1][..])],
+            )
+            .unwrap();
+            f.finish().unwrap()
+        };
+        let plan = passes.plan().unwrap();
+        let mut part = honest(&plan);
+        if let PartWork::TwoClass(TwoClassTotals::Histogram(h)) = &mut part.work {
+            h[0][7] += u64::MAX / 2;
+        }
+        let e = passes.advance(part).unwrap_err().to_string();
+        assert!(e.contains("keys counted in a set of 500 rows"), "{e}");
+        // Six honest histogram passes, then sums from elsewhere.
+        for _ in 0..6 {
+            let plan = passes.plan().unwrap();
+            passes.advance(honest(&plan)).unwrap();
+        }
+        let plan = passes.plan().unwrap();
+        let mut part = honest(&plan);
+        if let PartWork::TwoClass(TwoClassTotals::Sums(s)) = &mut part.work {
+            s[0].base = u128::MAX / 3;
+        }
+        let e = passes.advance(part).unwrap_err().to_string();
+        assert!(e.contains("sums out of range"), "{e}");
+        passes.advance(honest(&plan)).unwrap();
+        let got = passes.summary().unwrap();
+        assert_eq!(got["cot"], in_memory(&cal, &logits, &groups)["cot"]);
+    }
 }
