@@ -642,7 +642,7 @@ impl PyCotPasses {
     /// Whether every pass is done.
     #[getter]
     fn done(&self) -> bool {
-        self.inner.plan().is_none()
+        self.inner.is_done()
     }
 
     /// COT raw and ts of the target and of each group, as `cot_files` gives them (less
@@ -692,12 +692,29 @@ impl PyCotPassPlan {
             ));
         }
         let (hospital, slide) = groups_arg(groups, &what)?;
+        for (name, ids) in [("hospital", &hospital), ("slide", &slide)] {
+            if let Some(ids) = ids {
+                if ids.slice().len() != l.n {
+                    return Err(to_py(
+                        py,
+                        Error::LengthMismatch {
+                            what: format!("{what}: {name}"),
+                            detail: format!("{} ids for {} rows", ids.slice().len(), l.n),
+                        },
+                    ));
+                }
+            }
+        }
         let (logits, k) = (l.slice(), l.k);
         let groups = [
             hospital.as_ref().map(|h| h.slice()),
             slide.as_ref().map(|s| s.slice()),
         ];
-        let device = if k == 2 { device.unwrap_or("auto") } else { "cpu" };
+        let device = if k == 2 {
+            device.unwrap_or("auto")
+        } else {
+            "cpu"
+        };
         let plan = &self.inner;
         let part = on_device!(py, device, |b| {
             let mut fold = plan.shard(shard)?;
@@ -706,7 +723,7 @@ impl PyCotPassPlan {
             let mut at = 0;
             while at < rows {
                 let end = (at + TARGET_CHUNK_ROWS).min(rows);
-                let ids = groups.map(|g| g.map(|g| g.get(at..end).unwrap_or(&[])));
+                let ids = groups.map(|g| g.map(|g| &g[at..end]));
                 fold.add(b, &logits[at * k..end * k], ids)?;
                 at = end;
             }
@@ -735,9 +752,20 @@ impl PyCotPassPlan {
 
 #[pymethods]
 impl PyCotPassPart {
-    /// Adds another part of the same pass (other shards'); a shard in both is an error.
-    fn merge(&mut self, py: Python<'_>, other: &PyCotPassPart) -> PyResult<()> {
-        self.inner.merge(&other.inner).py_err(py)
+    /// Adds another part of the same pass (other shards'; the GIL released); a shard in
+    /// both, or a part of another plan, is an error that leaves this part as it was.
+    fn merge(slf: &Bound<'_, Self>, other: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        if slf.is(other) {
+            return Err(to_py(
+                py,
+                invalid("COT pass: a part merged into itself (each shard once)"),
+            ));
+        }
+        let mut this = slf.borrow_mut();
+        let other = other.borrow();
+        let (a, b) = (&mut this.inner, &other.inner);
+        py.detach(|| a.merge(b)).py_err(py)
     }
 
     /// The shards folded in.

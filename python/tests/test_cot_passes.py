@@ -101,6 +101,17 @@ def test_parts_that_do_not_belong_are_typed_errors():
         cal.cot_census(halves[0]["logits"][:, :3])
     with pytest.raises(cg.InvalidInput, match="not a part"):
         cg.CotPassPart.from_json("{}")
+    with pytest.raises(cg.InvalidInput, match="merged into itself"):
+        p0.merge(p0)
+    with pytest.raises(cg.InvalidInput, match="ids for 400 rows"):
+        plan.tally(0, halves[0]["logits"], groups={"hospital": target["hospital"][:401]})
+    # A part of another calibration's plan (the same census).
+    other = cg.Calibration.fit(source["logits"][::-1].copy(), source["labels"][::-1].copy(),
+                               temperature=1.5, device="cpu")
+    foreign = other.cot_passes([other.cot_census(h["logits"], groups=gg)
+                                for h, gg in zip(halves, g)], sample_rows=50).plan()
+    with pytest.raises(cg.InvalidInput, match="another plan"):
+        p0.merge(foreign.tally(1, halves[1]["logits"], groups=g[1]))
     # The refusals left the passes usable: the honest part advances.
     p0.merge(p1)
     passes.advance(p0)

@@ -340,34 +340,47 @@ impl TwoClassTotals {
     /// Adds another part's totals of the same pass (another shard's): sums, so the
     /// order does not matter. Shapes must agree.
     pub fn merge(&mut self, other: &TwoClassTotals) -> Result<()> {
-        let mismatch = || Error::Invalid("COT: parts of different passes".into());
-        match (self, other) {
+        let mismatch =
+            || Error::Invalid("COT: parts of different passes, or counts that overflow".into());
+        // The sums made aside, kept only if every one fits: an error leaves `self` as it
+        // was.
+        let merged = match (&*self, other) {
             (TwoClassTotals::Histogram(a), TwoClassTotals::Histogram(b)) => {
                 if a.len() != b.len() || a.iter().zip(b).any(|(x, y)| x.len() != y.len()) {
                     return Err(mismatch());
                 }
-                for (x, y) in a.iter_mut().zip(b) {
-                    for (t, v) in x.iter_mut().zip(y) {
-                        *t = t.checked_add(*v).ok_or_else(mismatch)?;
-                    }
-                }
-                Ok(())
+                let sums = a
+                    .iter()
+                    .zip(b)
+                    .map(|(x, y)| {
+                        x.iter()
+                            .zip(y)
+                            .map(|(t, v)| t.checked_add(*v))
+                            .collect::<Option<Vec<u64>>>()
+                    })
+                    .collect::<Option<Vec<_>>>()
+                    .ok_or_else(mismatch)?;
+                TwoClassTotals::Histogram(sums)
             }
             (TwoClassTotals::Sums(a), TwoClassTotals::Sums(b)) if a.len() == b.len() => {
-                for (x, y) in a.iter_mut().zip(b) {
-                    *x = PassSums {
-                        base: x.base.checked_add(y.base).ok_or_else(mismatch)?,
-                        above_count: x
-                            .above_count
-                            .checked_add(y.above_count)
-                            .ok_or_else(mismatch)?,
-                        above_sum: x.above_sum.checked_add(y.above_sum).ok_or_else(mismatch)?,
-                    };
-                }
-                Ok(())
+                let sums = a
+                    .iter()
+                    .zip(b)
+                    .map(|(x, y)| {
+                        Some(PassSums {
+                            base: x.base.checked_add(y.base)?,
+                            above_count: x.above_count.checked_add(y.above_count)?,
+                            above_sum: x.above_sum.checked_add(y.above_sum)?,
+                        })
+                    })
+                    .collect::<Option<Vec<_>>>()
+                    .ok_or_else(mismatch)?;
+                TwoClassTotals::Sums(sums)
             }
-            _ => Err(mismatch()),
-        }
+            _ => return Err(mismatch()),
+        };
+        *self = merged;
+        Ok(())
     }
 }
 

@@ -283,7 +283,8 @@ impl DualTally {
     pub fn check(&self, k: usize) -> Result<()> {
         let bad = |what: &str| Err(Error::Invalid(format!("COT: a collect part: {what}")));
         let on_grid = |c: i64| (0..=MAX_COST).contains(&c);
-        if self.k != k
+        if k < 2
+            || self.k != k
             || self.fixed_rows.len() != k
             || self.fixed_cost.len() != k
             || self.fixed_slack.len() != k * k
@@ -303,6 +304,10 @@ impl DualTally {
                 .all(|&s| s == NO_EDGE || (-MAX_COST..=MAX_COST).contains(&s))
         {
             return bad("costs off the grid");
+        }
+        // Each row's value `C_ia - g_a` is within 2^51 (plans bound g by 2^50).
+        if self.dual_sum.unsigned_abs() > (self.rows as u128) << 52 {
+            return bad("a dual sum out of range");
         }
         let fixed: u128 = self.fixed_rows.iter().map(|&r| r as u128).sum();
         if fixed + self.free_seen as u128 != self.rows as u128
@@ -878,8 +883,59 @@ impl DualSetPart {
         Ok(())
     }
 
-    /// Adds another part of the same set and pass (another chunk's or shard's).
-    pub fn merge(&mut self, other: &DualSetPart, k: usize) -> Result<()> {
+    /// Checks a part read back (another process's): shapes, costs on the grid, a
+    /// tally's counts.
+    pub fn check(&self, k: usize) -> Result<()> {
+        match self {
+            DualSetPart::Sample { index, costs } => {
+                if index.len().checked_mul(k) != Some(costs.len())
+                    || !costs.iter().all(|c| (0..=MAX_COST).contains(c))
+                {
+                    return Err(Error::Invalid(
+                        "COT: a sample part's rows and costs differ, or costs off the grid".into(),
+                    ));
+                }
+                Ok(())
+            }
+            DualSetPart::Collect(t) => t.check(k),
+            DualSetPart::Done => Ok(()),
+        }
+    }
+
+    /// Checks that `other` (of the same set and pass) may merge into this part: both
+    /// check, and their counts add without overflow. [`DualSetPart::merge_checked`]
+    /// then cannot fail.
+    pub fn check_merge(&self, other: &DualSetPart, k: usize) -> Result<()> {
+        self.check(k)?;
+        other.check(k)?;
+        let overflow = || Error::Invalid("COT: a collect part's counts overflow".into());
+        match (self, other) {
+            (DualSetPart::Sample { .. }, DualSetPart::Sample { .. })
+            | (DualSetPart::Done, DualSetPart::Done) => Ok(()),
+            (DualSetPart::Collect(a), DualSetPart::Collect(b)) => {
+                if a.cap != b.cap {
+                    return Err(Error::Invalid(
+                        "COT: collect parts of different caps".into(),
+                    ));
+                }
+                a.rows.checked_add(b.rows).ok_or_else(overflow)?;
+                a.free_seen.checked_add(b.free_seen).ok_or_else(overflow)?;
+                a.dual_sum.checked_add(b.dual_sum).ok_or_else(overflow)?;
+                for (x, y) in a.fixed_rows.iter().zip(&b.fixed_rows) {
+                    x.checked_add(*y).ok_or_else(overflow)?;
+                }
+                for (x, y) in a.fixed_cost.iter().zip(&b.fixed_cost) {
+                    x.checked_add(*y).ok_or_else(overflow)?;
+                }
+                Ok(())
+            }
+            _ => Err(Error::Invalid("COT: parts of different passes".into())),
+        }
+    }
+
+    /// Adds another part of the same set and pass (another chunk's or shard's) that
+    /// [`DualSetPart::check_merge`] accepted.
+    pub fn merge_checked(&mut self, other: &DualSetPart) {
         match (self, other) {
             (
                 DualSetPart::Sample { index, costs },
@@ -888,27 +944,12 @@ impl DualSetPart {
                     costs: more_costs,
                 },
             ) => {
-                if more_costs.len() != more.len() * k {
-                    return Err(Error::Invalid(
-                        "COT: a sample part's rows and costs differ".into(),
-                    ));
-                }
                 index.extend_from_slice(more);
                 costs.extend_from_slice(more_costs);
             }
-            (DualSetPart::Collect(a), DualSetPart::Collect(b)) => {
-                b.check(k)?;
-                if a.cap != b.cap {
-                    return Err(Error::Invalid(
-                        "COT: collect parts of different caps".into(),
-                    ));
-                }
-                a.merge(b);
-            }
-            (DualSetPart::Done, DualSetPart::Done) => {}
-            _ => return Err(Error::Invalid("COT: parts of different passes".into())),
+            (DualSetPart::Collect(a), DualSetPart::Collect(b)) => a.merge(b),
+            _ => {}
         }
-        Ok(())
     }
 
     /// Rows held: sampled, or free rows kept.
@@ -924,6 +965,11 @@ impl DualSetPart {
 /// Orders kept rows (`index`, their costs `rows x k`) by index; a repeated index (a row
 /// given twice) is an error.
 fn sort_by_index(index: &mut Vec<u64>, costs: &mut Vec<i64>, k: usize) -> Result<()> {
+    if index.len().checked_mul(k) != Some(costs.len()) {
+        return Err(Error::Invalid(
+            "COT: kept rows and their costs differ".into(),
+        ));
+    }
     if index.windows(2).all(|w| w[0] < w[1]) {
         return Ok(());
     }

@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use crate::backend::Backend;
 use crate::cpu::softmax::softmax;
 use crate::error::{Error, Result};
-use crate::kernel::cot_two_class::{TwoClassPlan, TwoClassRounds, TwoClassTotals};
+use crate::kernel::cot_two_class::{TwoClassPlan, TwoClassRounds, TwoClassTotals, MAXP, SHIFTS};
 use crate::methods::calibration::Calibration;
 use crate::methods::cot::{check_seen, two_class_estimate, two_class_sets};
 use crate::methods::cot_dual::{DualBudget, DualRounds, DualSetPart, DualSetPlan};
@@ -103,9 +103,33 @@ pub enum PassWork {
     Dual(Vec<DualSetPlan>),
 }
 
+/// One shard's rows of one set: the set, the shard's first row's index in it, and the
+/// shard's rows of it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardSet {
+    /// The set (0 the target, then the groups).
+    pub set: usize,
+    /// The index in the set of the shard's first row of it (the earlier shards' rows).
+    pub first: u64,
+    /// The shard's rows of the set.
+    pub rows: u64,
+}
+
+/// The most classes a plan may name (a bound on what a plan read back allocates).
+pub const MAX_CLASSES: usize = 1 << 16;
+
+/// The largest magnitude of a dual point's class value a plan may carry (costs are at
+/// most 2^40; a class without demand sits 2^42 below the others).
+const MAX_DUAL: i64 = 1 << 50;
+
 /// One pass, as every shard needs it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PassPlan {
+    /// SHA-256 (hex) of the rest of the plan: a part names the plan it was folded under,
+    /// and a plan read back must match its content.
+    pub id: String,
+    /// The calibration's id.
+    pub calibration: String,
     /// The pass's number, from 1.
     pub pass: u64,
     /// Classes.
@@ -116,8 +140,9 @@ pub struct PassPlan {
     pub sets: usize,
     /// Per group array present, each id's set.
     pub slots: [Option<BTreeMap<i64, usize>>; 2],
-    /// Per shard, per set, its rows in the shard (the census).
-    pub shard_rows: Vec<Vec<u64>>,
+    /// Per shard, the sets it has rows of, ascending (the census; sparse, so a plan is
+    /// the size of the census, not of shards x sets).
+    pub shards: Vec<Vec<ShardSet>>,
     /// The work of each set.
     pub work: PassWork,
 }
@@ -125,8 +150,12 @@ pub struct PassPlan {
 /// A pass's part over some shards: mergeable in any order.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PassPart {
+    /// The id of the plan it was folded under.
+    pub plan: String,
     /// The pass's number.
     pub pass: u64,
+    /// Classes.
+    pub k: usize,
     /// The shards folded in, ascending.
     pub shards: Vec<usize>,
     /// Rows seen a set (every mode's sets).
@@ -159,7 +188,9 @@ impl PassPlan {
             }
         };
         PassPart {
+            plan: self.id.clone(),
             pass: self.pass,
+            k: self.k,
             shards: Vec::new(),
             seen: vec![0; self.all_sets()],
             work,
@@ -168,21 +199,17 @@ impl PassPlan {
 
     /// The fold of shard `shard` (its index in the census) over this pass.
     pub fn shard(&self, shard: usize) -> Result<ShardPass<'_>> {
-        let Some(rows) = self.shard_rows.get(shard) else {
+        let Some(sets) = self.shards.get(shard) else {
             return Err(Error::Invalid(format!(
                 "COT pass: shard {shard} of {}",
-                self.shard_rows.len()
+                self.shards.len()
             )));
         };
-        if rows.len() != self.sets {
-            return Err(Error::Invalid("COT pass: a plan of another census".into()));
-        }
-        // Each set's first row in this shard: the rows of the shards before it.
         let mut first = vec![0u64; self.sets];
-        for before in &self.shard_rows[..shard] {
-            for (f, &r) in first.iter_mut().zip(before) {
-                *f += r;
-            }
+        let mut want = vec![0u64; self.sets];
+        for s in sets {
+            first[s.set] = s.first;
+            want[s.set] = s.rows;
         }
         let mut part = self.empty_part();
         part.shards.push(shard);
@@ -190,10 +217,89 @@ impl PassPlan {
             plan: self,
             shard,
             first,
+            want,
             in_shard: vec![0; self.sets],
             part,
             by_set: vec![Vec::new(); self.sets],
+            failed: false,
         })
+    }
+
+    /// The plan's id: SHA-256 of its JSON with an empty id.
+    fn digest(&self) -> Result<String> {
+        use sha2::{Digest, Sha256};
+        let mut bare = self.clone();
+        bare.id.clear();
+        let text = serde_json::to_string(&bare)
+            .map_err(|e| Error::Invalid(format!("COT pass plan: {e}")))?;
+        Ok(format!("{:x}", Sha256::digest(text.as_bytes())))
+    }
+
+    /// Checks a plan read back: its id matches its content, its shapes agree and its
+    /// numbers are in range (so that folding it allocates what its JSON holds, no more).
+    fn check(&self) -> Result<()> {
+        let bad = |what: &str| Err(Error::Invalid(format!("COT pass plan: {what}")));
+        if self.digest()? != self.id {
+            return bad("its id does not match its content");
+        }
+        let all = match self.modes.len().checked_mul(self.sets) {
+            Some(all) if (1..=2).contains(&self.modes.len()) && self.sets > 0 => all,
+            _ => return bad("modes or sets out of range"),
+        };
+        if self.modes.iter().any(|m| {
+            m.first_set
+                .checked_add(self.sets)
+                .is_none_or(|end| end > all)
+        }) {
+            return bad("a mode's sets beyond the plan's");
+        }
+        if !(2..=MAX_CLASSES).contains(&self.k) {
+            return bad("K out of range");
+        }
+        match &self.work {
+            PassWork::TwoClass(p) => {
+                let ok = self.k == 2
+                    && p.sets() == all
+                    && match p {
+                        TwoClassPlan::Histogram { shift, prefixes } => {
+                            SHIFTS.contains(shift) && prefixes.iter().all(|p| p.len() <= MAXP)
+                        }
+                        TwoClassPlan::Sums { .. } => true,
+                    };
+                if !ok {
+                    return bad("K = 2 work that does not fit");
+                }
+            }
+            PassWork::Dual(p) => {
+                let fits = |v: &[i64], lo: i64| v.len() == self.k && v.iter().all(|&x| x >= lo);
+                let ok = self.k > 2
+                    && p.len() == all
+                    && p.iter().all(|s| match s {
+                        DualSetPlan::Collect { g, deltas, .. } => {
+                            fits(g, -MAX_DUAL)
+                                && g.iter().all(|&x| x <= MAX_DUAL)
+                                && fits(deltas, 0)
+                        }
+                        _ => true,
+                    });
+                if !ok {
+                    return bad("K > 2 work that does not fit");
+                }
+            }
+        }
+        for sets in &self.shards {
+            let mut last = None;
+            for s in sets {
+                if s.set >= self.sets
+                    || last.is_some_and(|l| s.set <= l)
+                    || s.first.checked_add(s.rows).is_none()
+                {
+                    return bad("a shard's sets out of order or range");
+                }
+                last = Some(s.set);
+            }
+        }
+        Ok(())
     }
 }
 
@@ -203,11 +309,15 @@ pub struct ShardPass<'p> {
     shard: usize,
     /// Per set, the shard's first row's index in the set.
     first: Vec<u64>,
+    /// Per set, the shard's rows of it (the census).
+    want: Vec<u64>,
     /// Per set, rows of the shard seen so far.
     in_shard: Vec<u64>,
     part: PassPart,
     /// Per set, a chunk's group rows (scratch).
     by_set: Vec<Vec<f32>>,
+    /// A chunk failed part-way: the part is incomplete, so [`ShardPass::finish`] refuses.
+    failed: bool,
 }
 
 impl ShardPass<'_> {
@@ -215,6 +325,22 @@ impl ShardPass<'_> {
     /// arrays of the census, each `rows` long). K = 2 passes run on `backend`; K > 2's
     /// on the host.
     pub fn add<B: Backend + ?Sized>(
+        &mut self,
+        backend: &B,
+        logits: &[f32],
+        groups: [Option<&[i64]>; 2],
+    ) -> Result<()> {
+        if self.failed {
+            return Err(Error::Invalid(
+                "COT pass: a fold whose earlier chunk failed".into(),
+            ));
+        }
+        let out = self.add_chunk(backend, logits, groups);
+        self.failed = out.is_err();
+        out
+    }
+
+    fn add_chunk<B: Backend + ?Sized>(
         &mut self,
         backend: &B,
         logits: &[f32],
@@ -282,7 +408,9 @@ impl ShardPass<'_> {
             self.by_set = by_set;
         }
         for (s, r) in self.in_shard.iter_mut().zip(&chunk_rows) {
-            *s += r;
+            *s = s.checked_add(*r).ok_or_else(|| {
+                Error::Invalid("COT pass: more rows than a shard may hold".into())
+            })?;
         }
         Ok(())
     }
@@ -297,7 +425,7 @@ impl ShardPass<'_> {
     ) -> Result<()> {
         let plan = self.plan;
         let k = plan.k;
-        let first = self.first[base] + self.in_shard[base];
+        let first = self.first[base].saturating_add(self.in_shard[base]);
         self.part.seen[set] += (probs.len() / k) as u64;
         match (&plan.work, &mut self.part.work) {
             (PassWork::TwoClass(p), PartWork::TwoClass(t)) => {
@@ -314,11 +442,15 @@ impl ShardPass<'_> {
     /// The shard's part, once every chunk is in: each set must have seen the shard's rows
     /// of it (the census).
     pub fn finish(self) -> Result<PassPart> {
-        let want = &self.plan.shard_rows[self.shard];
-        if self.in_shard != *want {
+        if self.failed {
+            return Err(Error::Invalid(
+                "COT pass: a fold whose chunk failed part-way".into(),
+            ));
+        }
+        if self.in_shard != self.want {
             return Err(Error::Invalid(format!(
                 "COT pass: shard {} gave other rows than its census ({} rows of the target, {} counted)",
-                self.shard, self.in_shard[0], want[0]
+                self.shard, self.in_shard[0], self.want[0]
             )));
         }
         Ok(self.part)
@@ -327,13 +459,17 @@ impl ShardPass<'_> {
 
 impl PassPart {
     /// Adds another part of the same pass (other shards'): sums, minima and rows, the
-    /// same part in any order. A shard in both is an error.
+    /// same part in any order. A shard in both, a part of another plan, or one whose
+    /// contents do not check, is an error that leaves this part as it was.
     pub fn merge(&mut self, other: &PassPart) -> Result<()> {
-        if other.pass != self.pass {
+        if other.plan != self.plan || other.pass != self.pass || other.k != self.k {
             return Err(Error::Invalid(format!(
-                "COT pass: a part of pass {} merged into pass {}",
+                "COT pass: a part of another plan (pass {}) merged into pass {}",
                 other.pass, self.pass
             )));
+        }
+        if !(2..=MAX_CLASSES).contains(&self.k) {
+            return Err(Error::Invalid("COT pass: a part's K out of range".into()));
         }
         if other.seen.len() != self.seen.len() {
             return Err(Error::Invalid("COT pass: parts of different sets".into()));
@@ -343,27 +479,27 @@ impl PassPart {
                 "COT pass: shard {s} in two parts of a pass"
             )));
         }
+        let seen = self
+            .seen
+            .iter()
+            .zip(&other.seen)
+            .map(|(&a, &b)| a.checked_add(b))
+            .collect::<Option<Vec<u64>>>()
+            .ok_or_else(|| Error::Invalid("COT pass: row counts overflow".into()))?;
+        // Everything checked before anything changes.
         match (&mut self.work, &other.work) {
             (PartWork::TwoClass(a), PartWork::TwoClass(b)) => a.merge(b)?,
             (PartWork::Dual(a), PartWork::Dual(b)) if a.len() == b.len() => {
-                let k = match a.iter().chain(b).find_map(|p| match p {
-                    DualSetPart::Collect(t) => Some(t.k),
-                    _ => None,
-                }) {
-                    Some(k) => k,
-                    None => sample_k(a, b)?,
-                };
+                for (x, y) in a.iter().zip(b) {
+                    x.check_merge(y, self.k)?;
+                }
                 for (x, y) in a.iter_mut().zip(b) {
-                    x.merge(y, k)?;
+                    x.merge_checked(y);
                 }
             }
             _ => return Err(Error::Invalid("COT pass: parts of different kinds".into())),
         }
-        for (a, &b) in self.seen.iter_mut().zip(&other.seen) {
-            *a = a
-                .checked_add(b)
-                .ok_or_else(|| Error::Invalid("COT pass: row counts overflow".into()))?;
-        }
+        self.seen = seen;
         self.shards.extend_from_slice(&other.shards);
         self.shards.sort_unstable();
         Ok(())
@@ -381,46 +517,18 @@ impl PassPart {
     }
 }
 
-/// K of sample parts (no tally to say it): the first non-empty sample's costs per row.
-fn sample_k(a: &[DualSetPart], b: &[DualSetPart]) -> Result<usize> {
-    for p in a.iter().chain(b) {
-        if let DualSetPart::Sample { index, costs } = p {
-            if !index.is_empty() {
-                if !costs.len().is_multiple_of(index.len()) {
-                    return Err(Error::Invalid(
-                        "COT pass: a sample part's rows and costs differ".into(),
-                    ));
-                }
-                return Ok(costs.len() / index.len());
-            }
-        }
-    }
-    Ok(1)
-}
-
 impl PassPlan {
     /// The plan as JSON (what crosses processes).
     pub fn to_json(&self) -> Result<String> {
         serde_json::to_string(self).map_err(|e| Error::Invalid(format!("COT pass plan: {e}")))
     }
 
-    /// A plan read back from [`PassPlan::to_json`], checked: its shapes agree.
+    /// A plan read back from [`PassPlan::to_json`], checked: its id matches its content,
+    /// its shapes agree, its numbers are in range.
     pub fn from_json(text: &str) -> Result<Self> {
         let plan: PassPlan = serde_json::from_str(text)
             .map_err(|e| Error::Invalid(format!("COT pass plan: not a plan ({e})")))?;
-        let all = plan.all_sets();
-        let work_sets = match &plan.work {
-            PassWork::TwoClass(p) => p.sets(),
-            PassWork::Dual(p) => p.len(),
-        };
-        if plan.k < 2
-            || plan.sets == 0
-            || work_sets != all
-            || plan.shard_rows.iter().any(|r| r.len() != plan.sets)
-            || plan.modes.iter().any(|m| m.first_set + plan.sets > all)
-        {
-            return Err(Error::Invalid("COT pass plan: shapes that disagree".into()));
-        }
+        plan.check()?;
         Ok(plan)
     }
 }
@@ -453,11 +561,15 @@ pub struct CotPasses {
     sizes: Vec<u64>,
     /// Per group array present, each id's rows and set.
     ids: [Option<BTreeMap<i64, (u64, usize)>>; 2],
-    /// Per shard, per set, its rows.
-    shard_rows: Vec<Vec<u64>>,
+    /// Per shard, its sets: first row and rows.
+    shards: Vec<Vec<ShardSet>>,
+    /// The calibration's id.
+    calibration: String,
     stage: Stage,
     passes: u64,
     held_rows: u64,
+    /// The next pass's plan (made once a pass: its id is a digest).
+    next: Option<PassPlan>,
 }
 
 impl CotPasses {
@@ -539,22 +651,31 @@ impl CotPasses {
             }
             ids[g] = Some(m);
         }
-        let shard_rows: Vec<Vec<u64>> = census
+        // Each shard's sets (sparse), the first row of each from the shards before it.
+        let mut before = vec![0u64; sizes.len()];
+        let shards: Vec<Vec<ShardSet>> = census
             .iter()
             .map(|c| {
-                let mut rows = vec![0u64; sizes.len()];
-                rows[0] = c.rows;
+                let mut sets = vec![(0usize, c.rows)];
                 for (g, counts) in c.groups.iter().enumerate() {
                     let (Some(counts), Some(m)) = (counts, &ids[g]) else {
                         continue;
                     };
                     for (id, &r) in counts {
                         if let Some(&(_, set)) = m.get(id) {
-                            rows[set] = r;
+                            sets.push((set, r));
                         }
                     }
                 }
-                rows
+                sets.sort_unstable();
+                sets.into_iter()
+                    .filter(|&(_, r)| r > 0)
+                    .map(|(set, rows)| {
+                        let first = before[set];
+                        before[set] += rows;
+                        ShardSet { set, first, rows }
+                    })
+                    .collect()
             })
             .collect();
         let budget = DualBudget {
@@ -577,22 +698,36 @@ impl CotPasses {
                 raw: Vec::new(),
             }
         };
-        Ok(CotPasses {
+        let mut passes = CotPasses {
             k,
             class_counts: counts,
             temperatures: [cal.modes.raw.t, cal.modes.ts.t],
             budget,
             sizes,
             ids,
-            shard_rows,
+            shards,
+            calibration: cal.id.clone(),
             stage,
             passes: 0,
             held_rows: 0,
-        })
+            next: None,
+        };
+        passes.next = passes.make_plan()?;
+        Ok(passes)
     }
 
     /// The next pass; `None` when done.
     pub fn plan(&self) -> Option<PassPlan> {
+        self.next.clone()
+    }
+
+    /// Whether every pass is done.
+    pub fn is_done(&self) -> bool {
+        self.next.is_none()
+    }
+
+    /// The next pass's plan, made: `None` when done.
+    fn make_plan(&self) -> Result<Option<PassPlan>> {
         let sets = self.sizes.len();
         let (modes, work) = match &self.stage {
             Stage::TwoClass { rounds, .. } => {
@@ -606,35 +741,45 @@ impl CotPasses {
                         first_set: sets,
                     },
                 ];
-                (modes, PassWork::TwoClass(rounds.plan()?))
+                let Some(plan) = rounds.plan() else {
+                    return Ok(None);
+                };
+                (modes, PassWork::TwoClass(plan))
             }
-            Stage::Dual { mode, rounds, .. } => (
-                vec![PlanMode {
+            Stage::Dual { mode, rounds, .. } => {
+                let Some(plan) = rounds.plan() else {
+                    return Ok(None);
+                };
+                let modes = vec![PlanMode {
                     t: self.temperatures[*mode],
                     first_set: 0,
-                }],
-                PassWork::Dual(rounds.plan()?),
-            ),
-            Stage::Done(_) => return None,
+                }];
+                (modes, PassWork::Dual(plan))
+            }
+            Stage::Done(_) => return Ok(None),
         };
         let slots = self.ids.each_ref().map(|m| {
             m.as_ref()
                 .map(|m| m.iter().map(|(&id, &(_, s))| (id, s)).collect())
         });
-        Some(PassPlan {
+        let mut plan = PassPlan {
+            id: String::new(),
+            calibration: self.calibration.clone(),
             pass: self.passes + 1,
             k: self.k,
             modes,
             sets,
             slots,
-            shard_rows: self.shard_rows.clone(),
+            shards: self.shards.clone(),
             work,
-        })
+        };
+        plan.id = plan.digest()?;
+        Ok(Some(plan))
     }
 
     /// Takes the pass's part merged over every shard, and takes the host's step.
     pub fn advance(&mut self, part: PassPart) -> Result<()> {
-        let Some(plan) = self.plan() else {
+        let Some(plan) = &self.next else {
             return Err(Error::Invalid(
                 "COT pass: a part after the last pass".into(),
             ));
@@ -645,7 +790,14 @@ impl CotPasses {
                 part.pass, plan.pass
             )));
         }
-        let shards = self.shard_rows.len();
+        if part.plan != plan.id || part.k != self.k {
+            return Err(Error::Invalid(format!(
+                "COT pass {}: a part folded under another plan (another target, \
+                 calibration or census)",
+                plan.pass
+            )));
+        }
+        let shards = self.shards.len();
         if part.shards != (0..shards).collect::<Vec<_>>() {
             let missing: Vec<usize> = (0..shards).filter(|s| !part.shards.contains(s)).collect();
             return Err(Error::Invalid(format!(
@@ -702,6 +854,7 @@ impl CotPasses {
             self.stage = Stage::Done(values);
         }
         self.passes += 1;
+        self.next = self.make_plan()?;
         Ok(())
     }
 
@@ -970,7 +1123,7 @@ mod tests {
         // Another pass's part.
         let mut later = p1.clone();
         later.pass = 2;
-        assert!(msg(p0.clone().merge(&later).unwrap_err()).contains("part of pass 2"));
+        assert!(msg(p0.clone().merge(&later).unwrap_err()).contains("another plan (pass 2)"));
         // A shard with fewer rows than its census.
         let mut short = plan.shard(1).unwrap();
         short
@@ -1001,7 +1154,11 @@ mod tests {
         // A plan whose sets disagree with its work.
         let mut bad = plan.clone();
         bad.sets += 1;
-        assert!(msg(PassPlan::from_json(&bad.to_json().unwrap()).unwrap_err()).contains("shapes"));
+        let e = msg(PassPlan::from_json(&bad.to_json().unwrap()).unwrap_err());
+        assert!(e.contains("id does not match"), "{e}");
+        bad.id = bad.digest().unwrap();
+        let e = msg(PassPlan::from_json(&bad.to_json().unwrap()).unwrap_err());
+        assert!(e.contains("does not fit"), "{e}");
         // The honest part still advances after the refusals.
         passes.advance(all).unwrap();
         assert_eq!(passes.passes(), 1);
@@ -1052,5 +1209,82 @@ mod tests {
         passes.advance(honest(&plan)).unwrap();
         let got = passes.summary().unwrap();
         assert_eq!(got["cot"], in_memory(&cal, &logits, &groups)["cot"]);
+    }
+
+    /// What another process might send, tampered or foreign, is an error and never a
+    /// panic (release or debug): unsorted sample rows with too few costs, tallies of
+    /// K = 0, an accumulator whose rows and indices disagree, a plan naming a huge K or a
+    /// dual point past any bound (its id recomputed), a part folded under another
+    /// calibration's plan; and a refused merge leaves the part as it was.
+    #[test]
+    fn tampered_or_foreign_input_is_an_error_not_a_panic() {
+        use crate::kernel::cot_two_class::TwoClassTotals;
+        let (cal, logits, groups) = case(4, 300, 12, false);
+        let k = cal.k;
+        let ids = [Some(&groups[0][..]), Some(&groups[1][..])];
+        let mut c = ShardCensus::new([true, true]);
+        c.add(300, ids).unwrap();
+        let mut passes = CotPasses::new(&cal, "test", std::slice::from_ref(&c), Some(40)).unwrap();
+        let plan = passes.plan().unwrap();
+        let honest = |plan: &PassPlan| {
+            let mut f = plan.shard(0).unwrap();
+            f.add(&CpuBackend, &logits, ids).unwrap();
+            f.finish().unwrap()
+        };
+        let msg = |e: Error| e.to_string();
+        // Sample rows out of order with a single row's costs.
+        let mut part = honest(&plan);
+        if let PartWork::Dual(p) = &mut part.work {
+            if let DualSetPart::Sample { index, costs } = &mut p[0] {
+                index.reverse();
+                costs.truncate(k);
+            }
+        }
+        let e = msg(passes.advance(part).unwrap_err());
+        assert!(e.contains("differ"), "{e}");
+        // Collect tallies of K = 0 and an accumulator whose kept rows disagree.
+        let tally = |k: usize, index: Vec<u64>| {
+            let mut t = crate::methods::cot_dual::DualTally::capped(k, 1);
+            t.free_index = index;
+            DualSetPart::Collect(t)
+        };
+        assert!(tally(0, vec![]).check_merge(&tally(0, vec![]), 0).is_err());
+        let e = tally(4, (0..8).collect())
+            .check_merge(&tally(4, vec![]), 4)
+            .unwrap_err();
+        assert!(msg(e).contains("free rows and their indices differ"));
+        // Plans with their ids recomputed: a huge K, a dual point past any bound.
+        let mut huge = plan.clone();
+        huge.k = 1 << 61;
+        huge.id = huge.digest().unwrap();
+        let e = msg(PassPlan::from_json(&huge.to_json().unwrap()).unwrap_err());
+        assert!(e.contains("K out of range"), "{e}");
+        let mut far = plan.clone();
+        far.work = PassWork::Dual(vec![
+            DualSetPlan::Collect {
+                g: vec![i64::MIN; k],
+                deltas: vec![0; k],
+                cap: 1
+            };
+            plan.all_sets()
+        ]);
+        far.id = far.digest().unwrap();
+        let e = msg(PassPlan::from_json(&far.to_json().unwrap()).unwrap_err());
+        assert!(e.contains("does not fit"), "{e}");
+        // A part folded under another calibration's plan (the same census and shapes).
+        let (other_cal, ..) = case(4, 300, 13, false);
+        let other = CotPasses::new(&other_cal, "other", &[c], Some(40)).unwrap();
+        let foreign = honest(&other.plan().unwrap());
+        let e = msg(passes.advance(foreign).unwrap_err());
+        assert!(e.contains("another plan"), "{e}");
+        // A refused merge leaves the part as it was (K = 2 counts that overflow).
+        let mut a = TwoClassTotals::Histogram(vec![vec![5], vec![u64::MAX]]);
+        let before = a.clone();
+        assert!(a
+            .merge(&TwoClassTotals::Histogram(vec![vec![1], vec![1]]))
+            .is_err());
+        assert_eq!(a, before);
+        // And the honest part still advances.
+        passes.advance(honest(&plan)).unwrap();
     }
 }
