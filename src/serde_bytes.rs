@@ -1,9 +1,10 @@
-//! Serde helpers that write integer vectors as base64 of their little-endian bytes:
+//! Serde helpers that write vectors of numbers as base64 of their little-endian bytes:
 //! exact, and far smaller and faster than JSON arrays for the rows a COT pass's part
 //! carries between processes (samples, free rows). Reading refuses a length that is not
 //! a whole number of values.
 
 macro_rules! base64_ints {
+    // f32 values round-trip bit for bit too (NaN payloads and -0.0 included).
     ($name:ident, $t:ty, $bytes:expr) => {
         /// `Vec<
         #[doc = stringify!($t)]
@@ -39,6 +40,7 @@ macro_rules! base64_ints {
 
 base64_ints!(i64s, i64, 8);
 base64_ints!(u64s, u64, 8);
+base64_ints!(f32s, f32, 4);
 
 #[cfg(test)]
 mod tests {

@@ -323,7 +323,7 @@ pub(crate) fn mean(cost_units: u128, units: u128) -> f64 {
 struct CotChunk {
     row_offset: u64,
     rows: u64,
-    #[serde(with = "b64_f32")]
+    #[serde(with = "crate::serde_bytes::f32s")]
     logits: Vec<f32>,
     #[serde(with = "b64_groups")]
     groups: [Option<Vec<i64>>; 2],
@@ -1486,29 +1486,6 @@ pub(crate) fn grid_costs_at(logits: &[f32], k: usize, t: f32) -> Vec<i64> {
             }
         });
     out
-}
-
-/// f32 values as base64 of their little-endian bytes (exact, a third of JSON's size).
-mod b64_f32 {
-    use base64::{engine::general_purpose::STANDARD, Engine};
-    use serde::{de::Error, Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(v: &[f32], s: S) -> Result<S::Ok, S::Error> {
-        let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
-        s.serialize_str(&STANDARD.encode(bytes))
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<f32>, D::Error> {
-        let text = String::deserialize(d)?;
-        let bytes = STANDARD.decode(text).map_err(D::Error::custom)?;
-        if !bytes.len().is_multiple_of(4) {
-            return Err(D::Error::custom("f32 bytes not a multiple of 4"));
-        }
-        Ok(bytes
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect())
-    }
 }
 
 /// Group ids (per group array, absent or i64 per row) as base64 of little-endian bytes.

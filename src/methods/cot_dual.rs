@@ -792,16 +792,17 @@ pub enum DualSetPlan {
 /// One set's part of a pass over some of its rows: rows of any chunks or shards, merged
 /// in any order into the same part (but for the order of rows, which
 /// [`DualRounds::advance`] sorts by index).
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum DualSetPart {
     /// The sampled rows: each one's index in the set, and its costs (`rows x k`).
     Sample {
         /// Each sampled row's index in its set.
         #[serde(with = "crate::serde_bytes::u64s")]
         index: Vec<u64>,
-        /// Their costs, `rows x k`.
-        #[serde(with = "crate::serde_bytes::i64s")]
-        costs: Vec<i64>,
+        /// Their probabilities, `rows x k` (half a cost's bytes; the costs follow from
+        /// them exactly, [`probability_cost`]).
+        #[serde(with = "crate::serde_bytes::f32s")]
+        probs: Vec<f32>,
     },
     /// The collect pass's tally.
     Collect(DualTally),
@@ -815,7 +816,7 @@ impl DualSetPart {
         match plan {
             DualSetPlan::Sample { .. } => DualSetPart::Sample {
                 index: Vec::new(),
-                costs: Vec::new(),
+                probs: Vec::new(),
             },
             DualSetPlan::Collect { cap, .. } => DualSetPart::Collect(DualTally::capped(
                 k,
@@ -830,7 +831,7 @@ impl DualSetPart {
     pub fn add(&mut self, plan: &DualSetPlan, k: usize, first: u64, probs: &[f32]) -> Result<()> {
         check_probabilities(probs, k)?;
         match (self, plan) {
-            (DualSetPart::Sample { index, costs }, DualSetPlan::Sample { stride }) => {
+            (DualSetPart::Sample { index, probs: kept }, DualSetPlan::Sample { stride }) => {
                 let stride = (*stride).max(1);
                 // Rows first + j with (first + j) % stride == 0.
                 let skip = (stride - first % stride) % stride;
@@ -841,7 +842,7 @@ impl DualSetPart {
                     .step_by(stride as usize)
                 {
                     index.push(first + j as u64);
-                    costs.extend(p.iter().map(|&p| probability_cost(p)));
+                    kept.extend_from_slice(p);
                 }
             }
             (DualSetPart::Collect(tally), DualSetPlan::Collect { g, deltas, .. }) => {
@@ -887,15 +888,13 @@ impl DualSetPart {
     /// tally's counts.
     pub fn check(&self, k: usize) -> Result<()> {
         match self {
-            DualSetPart::Sample { index, costs } => {
-                if index.len().checked_mul(k) != Some(costs.len())
-                    || !costs.iter().all(|c| (0..=MAX_COST).contains(c))
-                {
+            DualSetPart::Sample { index, probs } => {
+                if index.len().checked_mul(k) != Some(probs.len()) {
                     return Err(Error::Invalid(
-                        "COT: a sample part's rows and costs differ, or costs off the grid".into(),
+                        "COT: a sample part's rows and probabilities differ".into(),
                     ));
                 }
-                Ok(())
+                check_probabilities(probs, k)
             }
             DualSetPart::Collect(t) => t.check(k),
             DualSetPart::Done => Ok(()),
@@ -938,14 +937,14 @@ impl DualSetPart {
     pub fn merge_checked(&mut self, other: &DualSetPart) {
         match (self, other) {
             (
-                DualSetPart::Sample { index, costs },
+                DualSetPart::Sample { index, probs },
                 DualSetPart::Sample {
                     index: more,
-                    costs: more_costs,
+                    probs: more_probs,
                 },
             ) => {
                 index.extend_from_slice(more);
-                costs.extend_from_slice(more_costs);
+                probs.extend_from_slice(more_probs);
             }
             (DualSetPart::Collect(a), DualSetPart::Collect(b)) => a.merge(b),
             _ => {}
@@ -955,16 +954,16 @@ impl DualSetPart {
     /// Rows held: sampled, or free rows kept.
     fn held_rows(&self, k: usize) -> usize {
         match self {
-            DualSetPart::Sample { costs, .. } => costs.len() / k,
+            DualSetPart::Sample { probs, .. } => probs.len() / k,
             DualSetPart::Collect(t) => t.free_rows(),
             DualSetPart::Done => 0,
         }
     }
 }
 
-/// Orders kept rows (`index`, their costs `rows x k`) by index; a repeated index (a row
-/// given twice) is an error.
-fn sort_by_index(index: &mut Vec<u64>, costs: &mut Vec<i64>, k: usize) -> Result<()> {
+/// Orders kept rows (`index`, their values `rows x k`: costs or probabilities) by index;
+/// a repeated index (a row given twice) is an error.
+fn sort_by_index<T: Copy>(index: &mut Vec<u64>, costs: &mut Vec<T>, k: usize) -> Result<()> {
     if index.len().checked_mul(k) != Some(costs.len()) {
         return Err(Error::Invalid(
             "COT: kept rows and their costs differ".into(),
@@ -1092,14 +1091,13 @@ impl DualRounds {
         // Every part checked (and its rows put in index order) before any step.
         for (set, (round, part)) in self.rounds.iter().zip(parts.iter_mut()).enumerate() {
             match (round, part) {
-                (SetRound::Sample { stride }, DualSetPart::Sample { index, costs }) => {
-                    sort_by_index(index, costs, k)?;
+                (SetRound::Sample { stride }, DualSetPart::Sample { index, probs }) => {
+                    sort_by_index(index, probs, k)?;
+                    check_probabilities(probs, k)?;
                     let stride = (*stride).max(1);
                     let n = self.sizes[set];
                     if index.len() as u64 != n.div_ceil(stride)
                         || index.iter().any(|&i| i % stride != 0 || i >= n)
-                        || costs.len() != index.len() * k
-                        || !costs.iter().all(|c| (0..=MAX_COST).contains(c))
                     {
                         return Err(Error::Invalid(format!(
                             "COT: a sample part of set {set} holds other rows than every {stride}-th"
@@ -1148,7 +1146,9 @@ impl DualRounds {
                     ))
                 };
                 Ok(match (round, part) {
-                    (SetRound::Sample { stride }, DualSetPart::Sample { costs, .. }) => {
+                    (SetRound::Sample { stride }, DualSetPart::Sample { probs, .. }) => {
+                        let costs: Vec<i64> = probs.iter().map(|&p| probability_cost(p)).collect();
+                        drop(probs);
                         if *stride == 1 {
                             // The sample is the set.
                             let plan = transport::solve(&costs, k, supply, &demands[set])?;

@@ -1235,9 +1235,9 @@ mod tests {
         // Sample rows out of order with a single row's costs.
         let mut part = honest(&plan);
         if let PartWork::Dual(p) = &mut part.work {
-            if let DualSetPart::Sample { index, costs } = &mut p[0] {
+            if let DualSetPart::Sample { index, probs } = &mut p[0] {
                 index.reverse();
-                costs.truncate(k);
+                probs.truncate(k);
             }
         }
         let e = msg(passes.advance(part).unwrap_err());
