@@ -83,6 +83,34 @@ def gpu() -> str:
     return "gpu"
 
 
+@pytest.fixture(scope="module")
+def cluster():
+    """A local Ray cluster of 2 CPUs for a test module. Blocks keep the order of the rows
+    they were made from: row numbers in errors are the arrays', and the COT rounds sample
+    the rows a single process samples (values never depend on it; passes may)."""
+    ray = pytest.importorskip("ray")
+    pytest.importorskip("ray.data")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             ignore_reinit_error=True)
+    ray.data.DataContext.get_current().execution_options.preserve_order = True
+    yield
+    ray.shutdown()
+
+
+def as_dataset(arrays: dict[str, np.ndarray], blocks: int):
+    """A materialised Ray dataset of `arrays`' rows in `blocks` blocks, in row order."""
+    import ray
+
+    n = len(arrays["logits"])
+
+    def rows(batch):
+        idx = batch["id"]
+        return {k: v[idx] for k, v in arrays.items()}
+
+    ds = ray.data.range(n, override_num_blocks=blocks).map_batches(rows, batch_format="numpy")
+    return ds.materialize()
+
+
 def save(path: Path, arrays: dict[str, np.ndarray]) -> Path:
     np.savez(path, **arrays)
     return path

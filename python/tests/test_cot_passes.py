@@ -12,7 +12,7 @@ import pickle
 
 import numpy as np
 import pytest
-from conftest import make_set, save
+from conftest import as_dataset, make_set, save
 
 import conformal_gpu as cg
 
@@ -118,37 +118,12 @@ def test_parts_that_do_not_belong_are_typed_errors():
     assert passes.passes == 1
 
 
-ray = pytest.importorskip("ray")
-pytest.importorskip("ray.data")
-import conformal_gpu.ray as cgr  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             ignore_reinit_error=True)
-    # Blocks in the rows' order, so that the rounds sample the rows `cot_files` samples
-    # (the values never depend on it; the passes and rows held may).
-    ray.data.DataContext.get_current().execution_options.preserve_order = True
-    yield
-    ray.shutdown()
-
-
-def as_dataset(arrays: dict[str, np.ndarray], blocks: int):
-    n = len(arrays["logits"])
-
-    def rows(batch):
-        idx = batch["id"]
-        return {k: v[idx] for k, v in arrays.items()}
-
-    ds = ray.data.range(n, override_num_blocks=blocks).map_batches(rows, batch_format="numpy")
-    return ds.materialize()
-
-
 # K = 2 over 7 blocks; K = 10 over 5 blocks with a small sample (several rounds).
 @pytest.mark.parametrize(("k", "n", "blocks", "sample_rows"), [(2, 4000, 7, None),
                                                                 (10, 2500, 5, 200)])
 def test_ray_cot_equals_cot_files(cluster, tmp_path, k, n, blocks, sample_rows):
+    import conformal_gpu.ray as cgr
+
     source = make_set(80 + k, 1500, k=k, groups=False)
     cal = cg.Calibration.fit(source["logits"], source["labels"], device="cpu")
     target = target_of(k, n, True)

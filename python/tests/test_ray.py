@@ -3,37 +3,14 @@ single-process one bit for bit."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
-from conftest import comparable, intervals, make_set
+from conftest import as_dataset, comparable, intervals, make_set
 
 import conformal_gpu as cg
 
 ray = pytest.importorskip("ray")
 pytest.importorskip("ray.data")
 import conformal_gpu.ray as cgr  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             ignore_reinit_error=True)
-    # Blocks in the order of the rows they were made from, so row numbers in errors are
-    # the arrays' (the report itself does not depend on the order).
-    ray.data.DataContext.get_current().execution_options.preserve_order = True
-    yield
-    ray.shutdown()
-
-
-def as_dataset(arrays: dict[str, np.ndarray], blocks: int):
-    n = len(arrays["logits"])
-
-    def rows(batch):
-        idx = batch["id"]
-        return {k: v[idx] for k, v in arrays.items()}
-
-    ds = ray.data.range(n, override_num_blocks=blocks).map_batches(rows, batch_format="numpy")
-    return ds.materialize()
 
 
 def test_ray_report_bit_identical(cluster):
