@@ -35,6 +35,7 @@ pub const SHADERS: &[(&str, &str)] = &[
         "cot_two_class",
         include_str!("../shaders/cot_two_class.wgsl"),
     ),
+    ("cot_collect", include_str!("../shaders/cot_collect.wgsl")),
     ("tally", include_str!("../shaders/tally.wgsl")),
     ("bootstrap", include_str!("../shaders/bootstrap.wgsl")),
 ];
@@ -85,6 +86,13 @@ pub const WORD_SUMS: &str = include_str!("../shaders/word_sums.wgsl");
 /// Shaders that add counts into words (they declare `wg_words` and `words`).
 const WITH_WORD_SUMS: [&str; 2] = ["tally", "bootstrap"];
 
+/// `grid_sums.wgsl`: costs on the 2^-40 grid from f32 bits and exact 96-bit sums, shared
+/// by the COT kernels (they declare `wsum` and `out`).
+pub const GRID_SUMS: &str = include_str!("../shaders/grid_sums.wgsl");
+
+/// Shaders that make grid costs and sum them.
+const WITH_GRID_SUMS: [&str; 2] = ["cot_two_class", "cot_collect"];
+
 /// The composed source (common + shared helpers + body) of shader `name`.
 pub fn source(name: &str) -> Option<String> {
     SHADERS.iter().find(|(n, _)| *n == name).map(|(_, body)| {
@@ -99,6 +107,10 @@ pub fn source(name: &str) -> Option<String> {
             src.push('\n');
         }
         src.push_str(body);
+        if WITH_GRID_SUMS.contains(&name) {
+            src.push('\n');
+            src.push_str(GRID_SUMS);
+        }
         if WITH_WORD_SUMS.contains(&name) {
             src.push('\n');
             src.push_str(WORD_SUMS);

@@ -243,9 +243,16 @@ fn calibrate_as(data: &Path, dir: &Path, name: &str) -> std::path::PathBuf {
 // (dmist, one scanner a target and group) and K = 114 (fitzpatrick17k, six skin-type
 // groups a target). A sample of 40 rows makes every set take the rounds (sample, collect,
 // settle; widening where the sample's dual is poor); a sample holding the set solves it
-// in one pass. Whole files and shuffled shards in reverse order give the report's bits.
+// in one pass. Whole files and shuffled shards in reverse order give the report's bits,
+// on the CPU and on the GPU (the collect passes on the device: shaders/cot_collect.wgsl).
 #[test]
 fn k_above_two_streamed_cot_equals_the_report() {
+    #[allow(unused_mut)]
+    let mut devices = vec!["cpu"];
+    #[cfg(feature = "gpu")]
+    if common::shared_gpu().is_some() {
+        devices.push("gpu");
+    }
     let tmp = tempfile::tempdir().expect("tempdir");
     let grid = tmp.path().join("grid");
     run(&[
@@ -279,8 +286,13 @@ fn k_above_two_streamed_cot_equals_the_report() {
         let cal = calibrate_as(&data, tmp.path(), &format!("cal-{dataset}"));
         for target in targets {
             let file = data.join(format!("{target}.npz"));
-            for sample in ["40", "100000"] {
-                let out = tmp.path().join(format!("{dataset}-{target}-{sample}.json"));
+            for (sample, device) in ["40", "100000"]
+                .into_iter()
+                .flat_map(|x| devices.iter().map(move |&d| (x, d)))
+            {
+                let out = tmp
+                    .path()
+                    .join(format!("{dataset}-{target}-{sample}-{device}.json"));
                 run(&[
                     "cot",
                     "--calibration",
@@ -288,10 +300,12 @@ fn k_above_two_streamed_cot_equals_the_report() {
                     s(&file),
                     "--sample-rows",
                     sample,
+                    "--device",
+                    device,
                     "--json",
                     s(&out),
                 ]);
-                let what = format!("{dataset} {target} sample {sample}");
+                let what = format!("{dataset} {target} sample {sample} on {device}");
                 assert_eq!(cot_of(&out), report_cot(&report, target), "{what}");
                 let groups = cot_groups(&out);
                 assert!(!groups.is_empty(), "{what}: groups");
@@ -302,27 +316,44 @@ fn k_above_two_streamed_cot_equals_the_report() {
                 } else {
                     assert_eq!(passes, 2, "{what}: one pass a mode");
                 }
+                // The device's collect passes fix and free the host's rows: the same
+                // rounds, not only the same value (which the proof would give anyway).
+                let json = read_json(&out);
+                let rounds = (json["passes"].clone(), json["held_rows"].clone());
+                assert!(rounds.1.as_u64().is_some(), "{what}: held_rows");
+                let first = tmp
+                    .path()
+                    .join(format!("{dataset}-{target}-{sample}-cpu.json"));
+                let cpu = read_json(&first);
+                assert_eq!(
+                    rounds,
+                    (cpu["passes"].clone(), cpu["held_rows"].clone()),
+                    "{what}"
+                );
             }
         }
         // The first target's rows shuffled into three shards, given in reverse order.
         let target = targets[0];
         let file = data.join(format!("{target}.npz"));
         let files = reversed_shards(&file, tmp.path(), dataset, 7, false);
-        let out = tmp.path().join(format!("{dataset}-shards.json"));
-        let mut args = vec!["cot", "--calibration", s(&cal), "--sample-rows", "40"];
-        args.extend(files.iter().map(|f| s(f)));
-        args.extend(["--json", s(&out)]);
-        run(&args);
-        assert_eq!(
-            cot_of(&out),
-            report_cot(&report, target),
-            "{dataset} shards"
-        );
-        assert_eq!(
-            cot_groups(&out),
-            report_groups(&report, target),
-            "{dataset} shards' groups"
-        );
+        for device in &devices {
+            let out = tmp.path().join(format!("{dataset}-shards-{device}.json"));
+            let mut args = vec!["cot", "--calibration", s(&cal), "--sample-rows", "40"];
+            args.extend(["--device", device]);
+            args.extend(files.iter().map(|f| s(f)));
+            args.extend(["--json", s(&out)]);
+            run(&args);
+            assert_eq!(
+                cot_of(&out),
+                report_cot(&report, target),
+                "{dataset} shards on {device}"
+            );
+            assert_eq!(
+                cot_groups(&out),
+                report_groups(&report, target),
+                "{dataset} shards' groups on {device}"
+            );
+        }
     }
 }
 

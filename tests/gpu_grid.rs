@@ -792,3 +792,30 @@ fn cot_two_class_past_65535_workgroups() {
     );
     assert_eq!(g, c, "BIG rows, sums past 2^64");
 }
+
+#[test]
+fn cot_collect_past_65535_workgroups() {
+    // BIG rows of K = 2 probabilities (the kernel takes any K from 2; three classes a row
+    // would pass lavapipe's binding limit at BIG rows) in tiles of 256 rows (real_grid's
+    // max_tile_blocks):
+    // both of the collect pass's dispatches (the pass, the slacks' low words) are 65536
+    // workgroups on a 65535 x 2 grid, the last real tile one row; the free list goes
+    // into a poisoned buffer (only its written words are read). A tile counted twice or
+    // skipped shows as sums, counts or free rows that differ from the mirror's.
+    use conformal_gpu::backend::{Backend, CpuBackend, GpuBackend};
+    use conformal_gpu::kernel::cot_collect::CollectPoint;
+    let Some(ctx) = real_grid() else { return };
+    assert!(
+        8 * BIG as u64 <= ctx.limits().max_binding_bytes,
+        "one chunk"
+    );
+    assert_padded(ctx, BIG.div_ceil(WG), "cot_collect, BIG rows");
+    let logits = random_logits(703, BIG, 2, 6.0);
+    let p = cpu::softmax::softmax(&logits, 2, 1.0);
+    // Bands that fix most rows and free those near the class boundary.
+    let point = CollectPoint::new(&[0, 1 << 36], &[1 << 33, 1 << 35]).expect("point");
+    let g = GpuBackend::new(ctx).cot_collect(&p, &point).unwrap();
+    let c = CpuBackend.cot_collect(&p, &point).unwrap();
+    assert!(!c.free.is_empty() && c.fixed_rows.iter().all(|&n| n > 0));
+    assert_eq!(g, c, "BIG rows");
+}

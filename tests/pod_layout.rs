@@ -10,6 +10,7 @@ use std::mem::{offset_of, size_of};
 use conformal_gpu::kernel::bootstrap::{BootstrapParams, PLAN_WORDS, REP_WORDS};
 use conformal_gpu::kernel::calibration::{CalibrationParams, BINS, NCOUNT};
 use conformal_gpu::kernel::copy::CopyParams;
+use conformal_gpu::kernel::cot_collect::{self, CollectParams};
 use conformal_gpu::kernel::cot_two_class::{self, CotPassParams};
 use conformal_gpu::kernel::lac_scores::LacParams;
 use conformal_gpu::kernel::pvalues::PvalueParams;
@@ -168,6 +169,7 @@ fn params() -> Vec<(&'static str, Layout)> {
                 key1_hi,
             }),
         ),
+        ("cot_collect", layout!(CollectParams { rows, k, ipt, mode })),
         (
             "pvalues",
             layout!(PvalueParams {
@@ -200,6 +202,7 @@ fn params_sizes_and_offsets() {
         size_of::<SelectParams>(),
         size_of::<LacParams>(),
         size_of::<ScoreRankParams>(),
+        size_of::<CollectParams>(),
     ] {
         assert_eq!(size, 16);
     }
@@ -326,6 +329,16 @@ fn shader_constants_match_kernel() {
         const_u32(&cot, "MODE_HISTOGRAM"),
         Some(cot_two_class::MODE_HISTOGRAM)
     );
+    let collect = module("cot_collect");
+    for (name, value) in [
+        ("MAXK", cot_collect::MAX_DEVICE_CLASSES as u32),
+        ("MODE_COLLECT", cot_collect::MODE_COLLECT),
+        ("W_DUAL", cot_collect::word::DUAL_SUM as u32),
+        ("W_FREE", cot_collect::word::FREE_COUNT as u32),
+        ("W_ROWS", cot_collect::word::FIXED_ROWS as u32),
+    ] {
+        assert_eq!(const_u32(&collect, name), Some(value), "cot_collect {name}");
+    }
     assert_eq!(
         const_u32(&module("select_histogram"), "MAXP"),
         Some(MAXP as u32)

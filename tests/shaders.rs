@@ -37,6 +37,7 @@ fn every_shader_file_is_registered() {
                 "row_summary_lanes",
                 "class_sum",
                 "word_sums",
+                "grid_sums",
             ]
             .contains(&stem.as_str())
         {

@@ -669,8 +669,9 @@ impl PyCotPassPlan {
     }
 
     /// Shard `shard`'s part of this pass: its logits (`[N, K]`, the rows of its census,
-    /// in order) and its group ids (the census's arrays). K = 2 runs on `device` (default
-    /// `auto`); K > 2 on the host CPU.
+    /// in order) and its group ids (the census's arrays). The pass runs on `device`
+    /// (default `auto`): K = 2's passes and K > 2's collect passes (K > 2's samples are
+    /// kept on the host); the same part on every device.
     #[pyo3(signature = (shard, logits, groups = None, device = None))]
     fn tally(
         &self,
@@ -710,11 +711,7 @@ impl PyCotPassPlan {
             hospital.as_ref().map(|h| h.slice()),
             slide.as_ref().map(|s| s.slice()),
         ];
-        let device = if k == 2 {
-            device.unwrap_or("auto")
-        } else {
-            "cpu"
-        };
+        let device = device.unwrap_or("auto");
         let plan = &self.inner;
         let part = on_device!(py, device, |b| {
             let mut fold = plan.shard(shard)?;
@@ -1148,8 +1145,9 @@ impl PyCalibration {
     /// COT raw and ts of one target and of each of its groups, read from its `.npz`
     /// files (one file or its shards, any order) without holding the rows: the driver
     /// and the JSON of `conformal-gpu cot` (DESIGN.md 2.11's rounds), as a dict, with
-    /// `calibration` the calibration's id. K = 2 on `device`; K > 2 on the host
-    /// (`sample_rows`: the rounds' sample, default `max(2^21 / K, 4096)` rows).
+    /// `calibration` the calibration's id. The passes run on `device` (K > 2: the
+    /// collect passes; samples and solves on the host; `sample_rows`: the rounds'
+    /// sample, default `max(2^21 / K, 4096)` rows).
     #[pyo3(signature = (files, device = None, sample_rows = None))]
     fn cot_files<'py>(
         &self,
@@ -1159,12 +1157,7 @@ impl PyCalibration {
         sample_rows: Option<u64>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let cal = self.inner.clone();
-        // K > 2 runs on the host whatever the device: no adapter to open.
-        let device = if cal.k == 2 {
-            device.unwrap_or(&self.device)
-        } else {
-            "cpu"
-        };
+        let device = device.unwrap_or(&self.device);
         let value = on_device!(py, device, |b| {
             conformal_gpu::methods::cot_files::cot_of_files(
                 b,

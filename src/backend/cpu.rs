@@ -235,6 +235,15 @@ impl Backend for CpuBackend {
         Ok(crate::cpu::cot_two_class::pass(probs, pass))
     }
 
+    fn cot_collect(
+        &self,
+        probs: &[f32],
+        point: &crate::kernel::cot_collect::CollectPoint,
+    ) -> Result<crate::kernel::cot_collect::CollectSums> {
+        crate::kernel::score_ranks::check_probabilities(probs, point.k())?;
+        Ok(crate::cpu::cot_collect::collect(probs, point))
+    }
+
     fn pvalues(
         &self,
         rows: &CpuRows<'_>,

@@ -163,6 +163,19 @@ impl Backend for GpuBackend<'_> {
         gpu::cot_two_class::one_pass(self.ctx, probs, pass)
     }
 
+    fn cot_collect(
+        &self,
+        probs: &[f32],
+        point: &crate::kernel::cot_collect::CollectPoint,
+    ) -> Result<crate::kernel::cot_collect::CollectSums> {
+        if point.k() > crate::kernel::cot_collect::MAX_DEVICE_CLASSES {
+            // Wider than the kernel's workgroup sums: the host mirror (the same sums).
+            crate::kernel::score_ranks::check_probabilities(probs, point.k())?;
+            return Ok(crate::cpu::cot_collect::collect(probs, point));
+        }
+        gpu::cot_collect::collect(self.ctx, probs, point)
+    }
+
     fn pvalues(
         &self,
         rows: &DeviceRows,

@@ -226,6 +226,16 @@ pub trait Backend {
         pass: crate::kernel::cot_two_class::CotPass<'_>,
     ) -> Result<crate::kernel::cot_two_class::CotPassOutput>;
 
+    /// COT's collect pass at K > 2 over a chunk of rows (`probs`, `rows x k`, each
+    /// finite in `[0, 1]`, else an error naming the row and class) at `point`
+    /// (`kernel::cot_collect`): sums, counts and least slacks, and the free rows' indices
+    /// (from 0). Integers: both backends give the same sums bit for bit.
+    fn cot_collect(
+        &self,
+        probs: &[f32],
+        point: &crate::kernel::cot_collect::CollectPoint,
+    ) -> Result<crate::kernel::cot_collect::CollectSums>;
+
     /// Conformal p-value summaries of every row at temperature `t` against the ascending
     /// calibration scores `sorted`, set sizes at each of `qhats` (+inf allowed), and every
     /// numerator when `want_numerators`.
@@ -368,6 +378,13 @@ mod tests {
             pass: crate::kernel::cot_two_class::CotPass<'_>,
         ) -> Result<crate::kernel::cot_two_class::CotPassOutput> {
             self.0.cot_two_class_pass(p, pass)
+        }
+        fn cot_collect(
+            &self,
+            p: &[f32],
+            point: &crate::kernel::cot_collect::CollectPoint,
+        ) -> Result<crate::kernel::cot_collect::CollectSums> {
+            self.0.cot_collect(p, point)
         }
         fn pvalues(
             &self,

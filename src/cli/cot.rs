@@ -32,9 +32,7 @@ pub fn run_cot(
     if let Ok(style) = indicatif::ProgressStyle::with_template(template) {
         bar.set_style(style);
     }
-    // K > 2 runs on the host whatever the device (checked, not opened).
-    let _: crate::device::DeviceChoice = device.parse()?;
-    let (engine, choice) = open_device(if cal.k == 2 { device } else { "cpu" })?;
+    let (engine, choice) = open_device(device)?;
     let name = calibration.display().to_string();
     let value = with_backend!(&engine, choice, |b| {
         cot_of_files(b, &cal, &name, data, sample_rows, &|| bar.inc(1))

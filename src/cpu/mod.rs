@@ -8,6 +8,7 @@ pub mod bootstrap;
 pub mod calibration;
 pub mod common;
 pub mod copy;
+pub mod cot_collect;
 pub mod cot_two_class;
 pub mod host_radix;
 pub mod lac_scores;

@@ -6,6 +6,7 @@ pub mod buffers;
 pub mod calibration;
 pub mod context;
 pub mod copy;
+pub mod cot_collect;
 pub mod cot_two_class;
 pub mod lac_scores;
 pub mod ledger;

@@ -14,6 +14,7 @@ pub mod calibration;
 pub mod class_sum;
 pub mod common;
 pub mod copy;
+pub mod cot_collect;
 pub mod cot_two_class;
 pub mod lac_scores;
 pub mod loop_budget;

@@ -66,7 +66,9 @@
 
 use rayon::prelude::*;
 
+use crate::backend::Backend;
 use crate::error::{Error, Result};
+use crate::kernel::cot_collect::{CollectPoint, CollectSums};
 use crate::methods::cot::{check_classes, check_probabilities, demand_units, probability_cost};
 use crate::methods::transport;
 
@@ -246,6 +248,46 @@ impl DualTally {
                 self.free_seen += 1;
             }
         }
+    }
+
+    /// Adds a collect pass's sums (`kernel::cot_collect`, from a backend) over rows
+    /// `first..` of the set, `probs` their probabilities (the free rows' costs come from
+    /// them): the tally [`DualTally::add`] makes of the same rows at the same point, but
+    /// for the order of the free rows. An error where the sums are not of these rows.
+    pub fn add_sums(&mut self, sums: &CollectSums, first: u64, probs: &[f32]) -> Result<()> {
+        let k = self.k;
+        if sums.fixed_rows.len() != k
+            || sums.fixed_cost.len() != k
+            || sums.fixed_slack.len() != k * k
+            || (sums.rows as usize).checked_mul(k) != Some(probs.len())
+            || sums.free.last().is_some_and(|&j| j >= sums.rows)
+        {
+            return Err(Error::Invalid(
+                "COT: a collect pass's sums of other rows or another K".into(),
+            ));
+        }
+        self.rows += sums.rows;
+        self.dual_sum += sums.dual_sum();
+        for (a, b) in self.fixed_rows.iter_mut().zip(&sums.fixed_rows) {
+            *a += b;
+        }
+        for (a, b) in self.fixed_cost.iter_mut().zip(&sums.fixed_cost) {
+            *a += b;
+        }
+        for (a, &b) in self.fixed_slack.iter_mut().zip(&sums.fixed_slack) {
+            *a = (*a).min(b);
+        }
+        for &j in &sums.free {
+            let index = first + j;
+            if mix(index).is_multiple_of(self.free_stride) {
+                let row = &probs[j as usize * k..(j as usize + 1) * k];
+                self.free.extend(row.iter().map(|&p| probability_cost(p)));
+                self.free_index.push(index);
+                self.fit_cap();
+            }
+            self.free_seen += 1;
+        }
+        Ok(())
     }
 
     /// Adds another tally of the same set and dual point (sums, minima, free rows
@@ -882,6 +924,28 @@ impl DualSetPart {
             _ => return Err(Error::Invalid("COT: a part of another pass".into())),
         }
         Ok(())
+    }
+
+    /// [`DualSetPart::add`] with a collect pass on `backend` (`kernel::cot_collect`: the
+    /// device's kernel or its CPU mirror); samples are kept on the host. The same part.
+    pub fn add_on<B: Backend + ?Sized>(
+        &mut self,
+        backend: &B,
+        plan: &DualSetPlan,
+        k: usize,
+        first: u64,
+        probs: &[f32],
+    ) -> Result<()> {
+        match (self, plan) {
+            (DualSetPart::Collect(tally), DualSetPlan::Collect { g, deltas, .. }) => {
+                if g.len() != k || deltas.len() != k || tally.k != k {
+                    return Err(Error::Invalid("COT: a collect plan of another K".into()));
+                }
+                let sums = backend.cot_collect(probs, &CollectPoint::new(g, deltas)?)?;
+                tally.add_sums(&sums, first, probs)
+            }
+            (part, plan) => part.add(plan, k, first, probs),
+        }
     }
 
     /// Checks a part read back (another process's): shapes, costs on the grid, a

@@ -7,9 +7,11 @@
 //! probabilities a report's COT uses), the target and every group in lockstep.
 //! - K = 2: the mergeable passes of `kernel::cot_two_class` on the backend, seven
 //!   ([`TWO_CLASS_PASSES`]) for both modes at once: eight reads of every file.
-//! - K > 2: the dual's rounds ([`crate::methods::cot_dual`]) on the host, one mode after
-//!   the other (what is held is one mode's), typically two to four passes a mode (a
-//!   sample, refine passes on large sets, a collect pass).
+//! - K > 2: the dual's rounds ([`crate::methods::cot_dual`]), one mode after the other
+//!   (what is held is one mode's), typically two to four passes a mode (a sample, refine
+//!   passes on large sets, a collect pass); the collect passes on the backend
+//!   (`kernel::cot_collect`; past its [`MAX_DEVICE_CLASSES`] classes the CPU mirror), the
+//!   samples and the solves on the host.
 //!
 //! Each file is hashed (SHA-256) on every read; a file whose bytes change between reads
 //! is an error, not a wrong number. The values are the report's COT of the same rows,
@@ -20,6 +22,7 @@ use std::path::PathBuf;
 use crate::backend::Backend;
 use crate::data::stream::{NpzRowReader, RowChunk};
 use crate::error::{Error, Result};
+use crate::kernel::cot_collect::MAX_DEVICE_CLASSES;
 use crate::methods::calibration::Calibration;
 use crate::methods::cot_passes::{CotPasses, PassPart, ShardCensus};
 use crate::methods::evaluate::TARGET_CHUNK_ROWS;
@@ -115,11 +118,14 @@ pub fn cot_of_files<B: Backend + ?Sized>(
         on_pass();
     }
     let mut out = passes.summary()?;
-    let device_name = if cal.k == 2 {
-        backend.device_name()
+    let device_name = if cal.k > MAX_DEVICE_CLASSES {
+        // Wider than the device's collect kernel: its CPU mirror on every backend.
+        format!(
+            "{} (K > {MAX_DEVICE_CLASSES}: the collect passes on the host)",
+            backend.device_name()
+        )
     } else {
-        // The rounds' passes are host work on every device (no device kernel yet).
-        "host CPU (K > 2 rounds)".to_string()
+        backend.device_name()
     };
     let files: Vec<serde_json::Value> = data
         .iter()

@@ -322,8 +322,8 @@ pub struct ShardPass<'p> {
 
 impl ShardPass<'_> {
     /// Folds the shard's next chunk: `logits` (`rows x k`) and its group ids (the group
-    /// arrays of the census, each `rows` long). K = 2 passes run on `backend`; K > 2's
-    /// on the host.
+    /// arrays of the census, each `rows` long). K = 2 passes and K > 2's collect passes
+    /// run on `backend` (K > 2's samples are kept on the host).
     pub fn add<B: Backend + ?Sized>(
         &mut self,
         backend: &B,
@@ -434,7 +434,9 @@ impl ShardPass<'_> {
                 }
                 Ok(())
             }
-            (PassWork::Dual(p), PartWork::Dual(parts)) => parts[set].add(&p[set], k, first, probs),
+            (PassWork::Dual(p), PartWork::Dual(parts)) => {
+                parts[set].add_on(backend, &p[set], k, first, probs)
+            }
             _ => Err(Error::Invalid("COT pass: a part of another kind".into())),
         }
     }
