@@ -273,4 +273,32 @@ mod gpu {
             same_on(&ctx, &p, &g, &d, &format!("chunks: K = {k}, {n} rows"));
         }
     }
+
+    #[test]
+    fn a_pass_moves_the_rows_up_once_and_only_free_rows_down() {
+        // Its own context, so that no other test's transfers enter its ledger.
+        let Some(ctx) = gpu() else { return };
+        use conformal_gpu::kernel::cot_collect::word;
+        for (k, n, seed) in [(10, 3 * TILE + 5, 41u64), (4, 700, 42)] {
+            let p = edge_rows(seed, n, k);
+            let (g, d) = point(seed, k);
+            let point = CollectPoint::new(&g, &d).unwrap();
+            ctx.reset_transfers();
+            let sums = conformal_gpu::gpu::cot_collect::collect(&ctx, &p, &point).unwrap();
+            let t = ctx.reset_transfers();
+            let free = sums.free.len() as u64;
+            assert!(free > 0, "K = {k}: free rows to read back");
+            // Up: the rows (4 K bytes each), the point (16 bytes a class) and a 16-byte
+            // uniform for each of the two dispatches.
+            assert_eq!(t.upload_bytes, (4 * n * k + 16 * k + 32) as u64, "{t:?}");
+            // Down: the accumulators (4 + 4K + 2K^2 words) and 4 bytes a free row.
+            assert_eq!(
+                t.download_bytes,
+                4 * word::count(k) as u64 + 4 * free,
+                "{t:?}"
+            );
+            // One submission for the pass and its accumulators, one for the free list.
+            assert_eq!(t.submissions, 2, "{t:?}");
+        }
+    }
 }

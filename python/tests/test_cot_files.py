@@ -91,6 +91,40 @@ def test_cot_files_equal_the_lp_and_the_report(tmp_path, cli, k, n, sample_rows,
         assert via_cli[key] == got[key], key
 
 
+@pytest.mark.parametrize("ties", [False, True])
+def test_collect_passes_on_the_device_give_the_cpu_rounds(tmp_path, gpu, ties):
+    """K = 10 with a small sample (sample, refine and collect passes): the collect passes
+    on the device (shaders/cot_collect.wgsl) fix and free the CPU's rows, so the values,
+    the passes and the rows held are the CPU's; the protocol's parts too."""
+    k, n = 10, 2500
+    source = make_set(50, 600, k)
+    target = make_set(51, n, k, shift=0.7)
+    if ties:
+        x = np.round(target["logits"] * 2.0) / 2.0
+        x[n // 2 :] = x[: n - n // 2]
+        target = {**target, "logits": x.astype(np.float32)}
+    cal = cg.Calibration.fit(source["logits"], source["labels"], device="cpu")
+    files = shards(target, tmp_path, 5 + ties)
+    on_cpu = cal.cot_files(files, device="cpu", sample_rows=200)
+    on_gpu = cal.cot_files(files, device=gpu, sample_rows=200)
+    assert on_cpu["passes"] >= 4
+    assert on_gpu["device"].startswith("gpu"), on_gpu["device"]
+    for key in ("n", "passes", "held_rows", "cot", "groups"):
+        assert on_gpu[key] == on_cpu[key], key
+    # One pass of the protocol by hand: a collect plan's part on the device is the CPU's.
+    census = cal.cot_census(target["logits"], {"slide": target["slide"]})
+    passes = cal.cot_passes([census], sample_rows=200)
+    plan = passes.plan()
+    while True:
+        parts = [plan.tally(0, target["logits"], {"slide": target["slide"]}, device=d)
+                 for d in ("cpu", gpu)]
+        assert parts[0].to_json() == parts[1].to_json(), plan.number
+        passes.advance(parts[0])
+        if passes.done:
+            break
+        plan = passes.plan()
+
+
 def test_cot_files_bad_input_is_typed(tmp_path):
     k = 4
     source = make_set(1, 300, k)

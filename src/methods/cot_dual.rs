@@ -60,8 +60,11 @@
 //! each thread's part of a pass holds its own), plus `K^2` minima a set and a thread.
 //! Two cases hold more: rows tied at a class boundary under `g` (margin 0) are always
 //! free (the cap applies to them only until `MAX_REFINES`), and the last widening frees
-//! every row. Never more than the chunk in hand of the rows themselves. Passes are host
-//! work (CPU, every rayon thread) on every device. Rows come in the same order every
+//! every row. Never more than the chunk in hand of the rows themselves. Sample passes
+//! are host work; a collect pass runs on a backend ([`DualSetPart::add_on`]:
+//! `kernel::cot_collect`, the device's kernel or its CPU mirror, whose sums
+//! [`DualTally::add_sums`] takes) or on the host ([`DualSetPart::add`], the reference
+//! both are tested against); the tallies are the same. Rows come in the same order every
 //! pass only for the sample to be the same; the value never depends on it.
 
 use rayon::prelude::*;
