@@ -408,3 +408,235 @@ fn another_k_a_missing_file_or_one_twice_is_an_error_and_writes_nothing() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("given twice"));
     assert!(!out.exists(), "nothing written");
 }
+
+/// COT of `files` (shard i the i-th) by the file steps (`cot-census` a shard, then
+/// `cot-plan`, `cot-pass` a shard on `devices[i % len]`, `cot-merge` of the parts in
+/// reverse order, until `cot-plan` prints `done`), in `dir`; returns the result's JSON
+/// and the merged parts in pass order.
+fn cot_by_files(
+    cal: &Path,
+    files: &[std::path::PathBuf],
+    dir: &Path,
+    sample: Option<&str>,
+    devices: &[&str],
+) -> (Value, Vec<std::path::PathBuf>) {
+    std::fs::create_dir_all(dir).expect("dir");
+    let censuses: Vec<std::path::PathBuf> = files
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            let c = dir.join(format!("census-{i}.json"));
+            run(&["cot-census", "--calibration", s(cal), s(f), "--out", s(&c)]);
+            c
+        })
+        .collect();
+    let plan = dir.join("plan.json");
+    let result = dir.join("result.json");
+    let mut merged: Vec<std::path::PathBuf> = Vec::new();
+    loop {
+        let out = run(&plan_args(cal, &censuses, &merged, sample, &plan, &result));
+        let said = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        if said == "done" {
+            assert!(!plan.exists(), "no plan after the last pass");
+            return (read_json(&result), merged);
+        }
+        assert_eq!(said, format!("pass {}", merged.len() + 1));
+        assert!(!result.exists(), "no result while passes remain");
+        let pass = merged.len() + 1;
+        let parts: Vec<std::path::PathBuf> = files
+            .iter()
+            .enumerate()
+            .map(|(i, f)| {
+                let p = dir.join(format!("pass{pass}-shard{i}.json"));
+                let shard = i.to_string();
+                let device = devices[i % devices.len()];
+                run(&[
+                    "cot-pass",
+                    "--plan",
+                    s(&plan),
+                    "--shard",
+                    &shard,
+                    s(f),
+                    "--out",
+                    s(&p),
+                    "--device",
+                    device,
+                ]);
+                p
+            })
+            .collect();
+        let m = dir.join(format!("merged{pass}.json"));
+        let mut args = vec!["cot-merge"];
+        args.extend(parts.iter().rev().map(|p| s(p)));
+        args.extend(["--out", s(&m)]);
+        run(&args);
+        merged.push(m);
+    }
+}
+
+/// `cot-plan`'s arguments.
+fn plan_args<'a>(
+    cal: &'a Path,
+    censuses: &'a [std::path::PathBuf],
+    parts: &'a [std::path::PathBuf],
+    sample: Option<&'a str>,
+    plan: &'a Path,
+    result: &'a Path,
+) -> Vec<&'a str> {
+    let mut args = vec!["cot-plan", "--calibration", s(cal), "--census"];
+    args.extend(censuses.iter().map(|c| s(c)));
+    if !parts.is_empty() {
+        args.push("--part");
+        args.extend(parts.iter().map(|p| s(p)));
+    }
+    if let Some(n) = sample {
+        args.extend(["--sample-rows", n]);
+    }
+    args.extend(["--plan", s(plan), "--json", s(result)]);
+    args
+}
+
+// The file steps (`cot-census`, `cot-plan`, `cot-pass`, `cot-merge`: the protocol across
+// machines) on shuffled shards give `cot`'s JSON (values of the target and every group,
+// passes, rows held) bit for bit: K = 2 (seven passes), K = 4 with a 40-row sample
+// (sample, refine and collect passes), shards on the CPU and the GPU alike. Parts that do
+// not belong are refused by name: a shard merged twice, a merge missing a shard, a pass's
+// part replayed in another pass's place, a shard whose file's bytes changed since its
+// census.
+#[test]
+fn cot_by_files_equals_cot() {
+    #[allow(unused_mut)]
+    let mut devices = vec!["cpu"];
+    #[cfg(feature = "gpu")]
+    if common::shared_gpu().is_some() {
+        devices.push("gpu");
+    }
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let data = tmp.path().join("data");
+    run(&[
+        "generate",
+        "--out",
+        s(&data),
+        "--scale",
+        "0.003",
+        "--seed",
+        "12",
+    ]);
+    let grid = tmp.path().join("grid");
+    run(&[
+        "generate",
+        "--grid",
+        "--datasets",
+        "dmist",
+        "--scale",
+        "0.2",
+        "--seed",
+        "5",
+        "--out",
+        s(&grid),
+    ]);
+    let dmist = grid.join("dmist").join("densenet121").join("0");
+    for (name, set, target, sample) in [
+        ("k2", data.as_path(), "test", None),
+        ("k4", dmist.as_path(), "scanner_1", Some("40")),
+    ] {
+        let cal = calibrate_as(set, tmp.path(), &format!("cal-{name}"));
+        let files = reversed_shards(
+            &set.join(format!("{target}.npz")),
+            tmp.path(),
+            name,
+            3,
+            true,
+        );
+        let whole = tmp.path().join(format!("{name}-cot.json"));
+        let mut args = vec!["cot", "--calibration", s(&cal), "--device", "cpu"];
+        args.extend(files.iter().map(|f| s(f)));
+        if let Some(n) = sample {
+            args.extend(["--sample-rows", n]);
+        }
+        args.extend(["--json", s(&whole)]);
+        run(&args);
+        let want = read_json(&whole);
+        let dir = tmp.path().join(format!("{name}-steps"));
+        let (got, merged) = cot_by_files(&cal, &files, &dir, sample, &devices);
+        for key in ["n", "passes", "held_rows", "cot", "groups", "files"] {
+            assert_eq!(got[key], want[key], "{name}: {key}");
+        }
+        assert!(merged.len() >= 4, "{name}: {} passes", merged.len());
+
+        // Refusals, each naming what it refuses; nothing is written.
+        let fails = |args: &[&str], says: &str| {
+            let o = bin().args(args).output().expect("run");
+            let err = String::from_utf8_lossy(&o.stderr);
+            assert!(
+                !o.status.success() && err.contains(says),
+                "{name} {args:?}: {err}"
+            );
+        };
+        let p = |f: &str| dir.join(f);
+        let out = tmp.path().join("never.json");
+        // A shard twice in a merge.
+        let (s0, s1) = (p("pass1-shard0.json"), p("pass1-shard1.json"));
+        fails(
+            &["cot-merge", s(&s0), s(&s1), s(&s0), "--out", s(&out)],
+            "shard",
+        );
+        // A merge that misses a shard, replayed as pass 1.
+        run(&["cot-merge", s(&s0), s(&s1), "--out", s(&p("two.json"))]);
+        let censuses: Vec<_> = (0..3).map(|i| p(&format!("census-{i}.json"))).collect();
+        let (plan, result) = (p("plan-x.json"), p("result-x.json"));
+        let short = [p("two.json")];
+        fails(
+            &plan_args(&cal, &censuses, &short, sample, &plan, &result),
+            "two.json",
+        );
+        // Pass 1's part in pass 2's place.
+        let twice = [merged[0].clone(), merged[0].clone()];
+        fails(
+            &plan_args(&cal, &censuses, &twice, sample, &plan, &result),
+            "merged1.json",
+        );
+        // A part after the last pass.
+        let mut more = merged.clone();
+        more.push(merged[0].clone());
+        fails(
+            &plan_args(&cal, &censuses, &more, sample, &plan, &result),
+            "after the last pass",
+        );
+        assert!(
+            !out.exists() && !plan.exists() && !result.exists(),
+            "{name}: nothing written"
+        );
+        // Shard 0's file re-saved (the same rows, other bytes) after its census: its part
+        // is refused by cot-plan, naming the shard's census.
+        let set0 = conformal_gpu::data::npz::load_npz(&files[0]).expect("shard 0");
+        let changed = tmp.path().join(format!("{name}-changed.npz"));
+        conformal_gpu::data::npz::save_npz(&changed, &set0, true).expect("save");
+        let plan1 = p("plan1.json");
+        run(&plan_args(&cal, &censuses, &[], sample, &plan1, &result));
+        let part = p("changed-part.json");
+        run(&[
+            "cot-pass",
+            "--plan",
+            s(&plan1),
+            "--shard",
+            "0",
+            s(&changed),
+            "--out",
+            s(&part),
+        ]);
+        let m = p("changed-merged.json");
+        run(&[
+            "cot-merge",
+            s(&part),
+            s(&s1),
+            s(&p("pass1-shard2.json")),
+            "--out",
+            s(&m),
+        ]);
+        fails(
+            &plan_args(&cal, &censuses, &[m], sample, &plan, &result),
+            "census-0.json",
+        );
+    }
+}

@@ -232,7 +232,8 @@ pub enum Command {
         /// The target's `.npz` files: one file, or its shards.
         #[arg(required = true)]
         data: Vec<PathBuf>,
-        /// Where to run the passes: auto, gpu, cpu (K = 2; K > 2 runs on the host).
+        /// Where to run the passes: auto, gpu, cpu (K > 2: the collect passes; the samples
+        /// and solves on the host).
         #[arg(long, default_value = "auto")]
         device: String,
         /// K > 2: rows the first pass samples from the largest set, the target (default
@@ -243,6 +244,66 @@ pub enum Command {
         /// Print the JSON result on stdout (`--json` or `--json -`) or write it to FILE.
         #[arg(long, value_name = "FILE", num_args = 0..=1, default_missing_value = "-")]
         json: Option<String>,
+    },
+    /// COT over shards as files, step 1 (a command a shard): its rows and group ids.
+    CotCensus {
+        /// The calibration file (from `calibrate`).
+        #[arg(long)]
+        calibration: PathBuf,
+        /// The shard's `.npz` file.
+        file: PathBuf,
+        /// Where to write the census (JSON).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// COT over shards as files, step 2 (after the censuses and after every pass): the
+    /// next pass's plan (prints `pass N`) or, after the last, the result (prints `done`).
+    CotPlan {
+        /// The calibration file (from `calibrate`).
+        #[arg(long)]
+        calibration: PathBuf,
+        /// Every shard's census, in the target's row order (shard i is the i-th).
+        #[arg(long = "census", required = true, num_args = 1..)]
+        census: Vec<PathBuf>,
+        /// The merged part of each pass so far, in pass order.
+        #[arg(long = "part", num_args = 1..)]
+        parts: Vec<PathBuf>,
+        /// K > 2: the rounds' sample (as for `cot`; the same at every call).
+        #[arg(long)]
+        sample_rows: Option<u64>,
+        /// Where the next pass's plan goes (removed after the last pass).
+        #[arg(long)]
+        plan: PathBuf,
+        /// Where the result goes after the last pass (removed while passes remain).
+        #[arg(long)]
+        json: PathBuf,
+    },
+    /// COT over shards as files, step 3 (a command a shard and pass): the shard's part
+    /// of the plan's pass.
+    CotPass {
+        /// The pass's plan (from `cot-plan`).
+        #[arg(long)]
+        plan: PathBuf,
+        /// The shard's number (its census's place in `cot-plan --census`).
+        #[arg(long)]
+        shard: usize,
+        /// The shard's `.npz` file (the one its census read).
+        file: PathBuf,
+        /// Where to write the part (JSON).
+        #[arg(long)]
+        out: PathBuf,
+        /// Where to run the pass: auto, gpu, cpu.
+        #[arg(long, default_value = "auto")]
+        device: String,
+    },
+    /// COT over shards as files, step 4: a pass's parts merged into one (any order).
+    CotMerge {
+        /// The parts (from `cot-pass` or `cot-merge`).
+        #[arg(required = true)]
+        parts: Vec<PathBuf>,
+        /// Where to write the merged part.
+        #[arg(long)]
+        out: PathBuf,
     },
     /// Conformal quantiles qhat(alpha) of a 1-D score array (`.npy`, float32 or float64).
     Quantile {

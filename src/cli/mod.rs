@@ -7,6 +7,7 @@
 pub mod args;
 pub mod commands;
 pub mod cot;
+pub mod cot_passes;
 pub mod dataset;
 pub mod manifest;
 pub mod outputs;
@@ -215,6 +216,27 @@ pub fn run(cli: Cli, explicit: &[String]) -> Result<()> {
             sample_rows,
             json,
         } => cot::run_cot(&calibration, &data, &device, sample_rows, &json),
+        Command::CotCensus {
+            calibration,
+            file,
+            out,
+        } => cot_passes::run_cot_census(&calibration, &file, &out),
+        Command::CotPlan {
+            calibration,
+            census,
+            parts,
+            sample_rows,
+            plan,
+            json,
+        } => cot_passes::run_cot_plan(&calibration, &census, &parts, sample_rows, &plan, &json),
+        Command::CotPass {
+            plan,
+            shard,
+            file,
+            out,
+            device,
+        } => cot_passes::run_cot_pass(&plan, shard, &file, &out, &device),
+        Command::CotMerge { parts, out } => cot_passes::run_cot_merge(&parts, &out),
         Command::Quantile {
             scores,
             alpha,

@@ -17,14 +17,14 @@
 //! is an error, not a wrong number. The values are the report's COT of the same rows,
 //! bit for bit.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::backend::Backend;
 use crate::data::stream::{NpzRowReader, RowChunk};
 use crate::error::{Error, Result};
 use crate::kernel::cot_collect::MAX_DEVICE_CLASSES;
 use crate::methods::calibration::Calibration;
-use crate::methods::cot_passes::{CotPasses, PassPart, ShardCensus};
+use crate::methods::cot_passes::{CotPasses, PassPart, PassPlan, ShardCensus};
 use crate::methods::evaluate::TARGET_CHUNK_ROWS;
 
 /// Passes at K = 2 (six histograms, one sums), both modes together.
@@ -59,30 +59,21 @@ pub fn cot_of_files<B: Backend + ?Sized>(
     // The census: every file once (K must be the calibration's), its rows and groups.
     let mut hashes: Vec<String> = Vec::with_capacity(data.len());
     let mut census: Vec<ShardCensus> = Vec::with_capacity(data.len());
-    let mut chunk = RowChunk::default();
     for path in data {
-        let mut r = NpzRowReader::open(path)?;
-        crate::methods::calibration::check_k(&path.display().to_string(), r.k(), cal)?;
-        let has = [r.has_hospital(), r.has_slide()];
-        if let Some(c) = census.first() {
-            if c.groups.each_ref().map(Option::is_some) != has {
+        let (c, hash) = census_of_file(cal, path)?;
+        if let Some(first) = census.first() {
+            if first.groups.each_ref().map(Option::is_some)
+                != c.groups.each_ref().map(Option::is_some)
+            {
                 return Err(Error::Invalid(format!(
                     "{}: its group arrays (hospital {}, slide {}) differ from the target's other files",
                     path.display(),
-                    has[0],
-                    has[1]
+                    c.groups[0].is_some(),
+                    c.groups[1].is_some()
                 )));
             }
         }
-        let mut c = ShardCensus::new(has);
-        while r.next_chunk(TARGET_CHUNK_ROWS, &mut chunk)? {
-            c.add(
-                chunk.rows(),
-                [chunk.hospital.as_deref(), chunk.slide.as_deref()],
-            )
-            .map_err(|e| in_file(path, e))?;
-        }
-        hashes.push(r.finish()?);
+        hashes.push(hash);
         census.push(c);
     }
     let mut passes = CotPasses::new(cal, calibration, &census, sample_rows)?;
@@ -91,23 +82,13 @@ pub fn cot_of_files<B: Backend + ?Sized>(
     while let Some(plan) = passes.plan() {
         let mut part: Option<PassPart> = None;
         for (shard, (path, hash)) in data.iter().zip(&hashes).enumerate() {
-            let mut r = NpzRowReader::open(path)?;
-            let mut fold = plan.shard(shard)?;
-            while r.next_chunk(TARGET_CHUNK_ROWS, &mut chunk)? {
-                fold.add(
-                    backend,
-                    &chunk.logits,
-                    [chunk.hospital.as_deref(), chunk.slide.as_deref()],
-                )
-                .map_err(|e| in_file(path, e))?;
-            }
-            if r.finish()? != *hash {
+            let (p, read) = part_of_file(backend, &plan, shard, path)?;
+            if read != *hash {
                 return Err(Error::Invalid(format!(
                     "{}: its bytes changed between COT's reads",
                     path.display()
                 )));
             }
-            let p = fold.finish().map_err(|e| in_file(path, e))?;
             match &mut part {
                 Some(all) => all.merge(&p)?,
                 None => part = Some(p),
@@ -138,8 +119,49 @@ pub fn cot_of_files<B: Backend + ?Sized>(
     Ok(out)
 }
 
+/// The census of one shard's file (its rows and group ids, K checked against `cal`'s)
+/// and the file's SHA-256, from one read.
+pub fn census_of_file(cal: &Calibration, path: &Path) -> Result<(ShardCensus, String)> {
+    let mut r = NpzRowReader::open(path)?;
+    crate::methods::calibration::check_k(&path.display().to_string(), r.k(), cal)?;
+    let mut census = ShardCensus::new([r.has_hospital(), r.has_slide()]);
+    let mut chunk = RowChunk::default();
+    while r.next_chunk(TARGET_CHUNK_ROWS, &mut chunk)? {
+        census
+            .add(
+                chunk.rows(),
+                [chunk.hospital.as_deref(), chunk.slide.as_deref()],
+            )
+            .map_err(|e| in_file(path, e))?;
+    }
+    Ok((census, r.finish()?))
+}
+
+/// Shard `shard`'s part of `plan` from its file (read chunk by chunk, the collect and
+/// K = 2 passes on `backend`) and the file's SHA-256, from one read.
+pub fn part_of_file<B: Backend + ?Sized>(
+    backend: &B,
+    plan: &PassPlan,
+    shard: usize,
+    path: &Path,
+) -> Result<(PassPart, String)> {
+    let mut r = NpzRowReader::open(path)?;
+    let mut fold = plan.shard(shard)?;
+    let mut chunk = RowChunk::default();
+    while r.next_chunk(TARGET_CHUNK_ROWS, &mut chunk)? {
+        fold.add(
+            backend,
+            &chunk.logits,
+            [chunk.hospital.as_deref(), chunk.slide.as_deref()],
+        )
+        .map_err(|e| in_file(path, e))?;
+    }
+    let hash = r.finish()?;
+    Ok((fold.finish().map_err(|e| in_file(path, e))?, hash))
+}
+
 /// `e` with the file it arose in (messages of the protocol name shards, not files).
-fn in_file(path: &std::path::Path, e: Error) -> Error {
+fn in_file(path: &Path, e: Error) -> Error {
     match e {
         Error::Invalid(m) => Error::Invalid(format!("{}: {m}", path.display())),
         Error::LengthMismatch { what, detail } => Error::LengthMismatch {

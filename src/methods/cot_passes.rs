@@ -118,9 +118,10 @@ pub struct ShardSet {
 /// The most classes a plan may name (a bound on what a plan read back allocates).
 pub const MAX_CLASSES: usize = 1 << 16;
 
-/// The largest magnitude of a dual point's class value a plan may carry (costs are at
-/// most 2^40; a class without demand sits 2^42 below the others).
-const MAX_DUAL: i64 = 1 << 50;
+// The largest magnitude of a dual point's class value a plan may carry (costs are at
+// most 2^40; a class without demand sits 2^42 below the others): what the collect
+// kernel takes.
+use crate::kernel::cot_collect::MAX_DUAL;
 
 /// One pass, as every shard needs it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
