@@ -845,7 +845,7 @@ pub enum DualSetPart {
         #[serde(with = "crate::serde_bytes::u64s")]
         index: Vec<u64>,
         /// Their probabilities, `rows x k` (half a cost's bytes; the costs follow from
-        /// them exactly, [`probability_cost`]).
+        /// them exactly, [`probability_cost`](crate::kernel::cot_two_class::probability_cost)).
         #[serde(with = "crate::serde_bytes::f32s")]
         probs: Vec<f32>,
     },
