@@ -11,7 +11,6 @@ mod common;
 use common::*;
 use conformal_gpu::backend::{Backend, CpuBackend};
 use conformal_gpu::kernel::cot_collect::{CollectPoint, CollectSums, IPT, MAX_DEVICE_CLASSES};
-use conformal_gpu::kernel::cot_two_class::probability_cost;
 use conformal_gpu::kernel::WG;
 use conformal_gpu::methods::cot_dual::DualTally;
 use rand::Rng;
@@ -84,9 +83,8 @@ fn point(seed: u64, k: usize) -> (Vec<i64>, Vec<i64>) {
 
 /// The host's tally (`DualTally::add`, the rounds' reference) of rows `first..`.
 fn host(probs: &[f32], k: usize, g: &[i64], d: &[i64], first: u64, cap: usize) -> DualTally {
-    let costs: Vec<i64> = probs.iter().map(|&p| probability_cost(p) as i64).collect();
     let mut t = DualTally::capped(k, cap);
-    t.add(&costs, first, g, d);
+    t.add(probs, first, g, d);
     t.sort_free_rows().unwrap();
     t
 }

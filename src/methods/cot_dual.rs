@@ -141,7 +141,7 @@ fn mix(index: u64) -> u64 {
 }
 
 /// A collect pass's mergeable part of one set at one dual point (module docs, round 2).
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct DualTally {
     /// Classes.
     pub k: usize,
@@ -155,9 +155,10 @@ pub struct DualTally {
     pub fixed_cost: Vec<u128>,
     /// `k x k`: `[a * k + b]` the least `C_ib - C_ia` of the rows fixed at a.
     pub fixed_slack: Vec<i64>,
-    /// The free rows' costs, `rows x k` (those [`DualTally::free_stride`] keeps).
-    #[serde(with = "crate::serde_bytes::i64s")]
-    pub free: Vec<i64>,
+    /// The free rows' probabilities, `rows x k` (those [`DualTally::free_stride`] keeps;
+    /// half a cost's bytes, the costs following from them exactly, as a sample's).
+    #[serde(with = "crate::serde_bytes::f32s")]
+    pub free: Vec<f32>,
     /// Each kept free row's index in its set.
     #[serde(with = "crate::serde_bytes::u64s")]
     pub free_index: Vec<u64>,
@@ -221,12 +222,18 @@ impl DualTally {
         self.free_stride = stride;
     }
 
-    /// Adds rows (`costs`, `rows x k` grid costs; the first is row `first` of its set)
-    /// at dual point `g` with per-class bands `deltas`: a row is fixed at its best class a
-    /// when every other class b is further than `max(delta_a, delta_b)`, free otherwise.
-    pub fn add(&mut self, costs: &[i64], first: u64, g: &[i64], deltas: &[i64]) {
+    /// Adds rows (`probs`, `rows x k` probabilities, finite in `[0, 1]`; the first is row
+    /// `first` of its set) at dual point `g` with per-class bands `deltas`: a row is fixed
+    /// at its best class a when every other class b is further than `max(delta_a,
+    /// delta_b)`, free otherwise (the host's pass: the reference of `kernel::cot_collect`).
+    pub fn add(&mut self, probs: &[f32], first: u64, g: &[i64], deltas: &[i64]) {
         let k = self.k;
-        for (index, row) in (first..).zip(costs.chunks_exact(k)) {
+        let mut row = vec![0i64; k];
+        for (index, p) in (first..).zip(probs.chunks_exact(k)) {
+            for (c, &x) in row.iter_mut().zip(p) {
+                *c = probability_cost(x);
+            }
+            let row = &row[..];
             let (a, value, _) = best_of(row, g);
             self.rows += 1;
             self.dual_sum += value as i128;
@@ -244,7 +251,7 @@ impl DualTally {
                 }
             } else {
                 if mix(index).is_multiple_of(self.free_stride) {
-                    self.free.extend_from_slice(row);
+                    self.free.extend_from_slice(p);
                     self.free_index.push(index);
                     self.fit_cap();
                 }
@@ -283,8 +290,8 @@ impl DualTally {
         for &j in &sums.free {
             let index = first + j;
             if mix(index).is_multiple_of(self.free_stride) {
-                let row = &probs[j as usize * k..(j as usize + 1) * k];
-                self.free.extend(row.iter().map(|&p| probability_cost(p)));
+                self.free
+                    .extend_from_slice(&probs[j as usize * k..(j as usize + 1) * k]);
                 self.free_index.push(index);
                 self.fit_cap();
             }
@@ -327,7 +334,6 @@ impl DualTally {
     /// counts that add up, kept rows that the stride keeps.
     pub fn check(&self, k: usize) -> Result<()> {
         let bad = |what: &str| Err(Error::Invalid(format!("COT: a collect part: {what}")));
-        let on_grid = |c: i64| (0..=MAX_COST).contains(&c);
         if k < 2
             || self.k != k
             || self.fixed_rows.len() != k
@@ -342,13 +348,13 @@ impl DualTally {
         if !self.free_stride.is_power_of_two() || self.cap == 0 || self.free_rows() > self.cap {
             return bad("a band sample's stride or cap");
         }
-        if !self.free.iter().all(|&c| on_grid(c))
+        if !self.free.iter().all(|p| (0.0..=1.0).contains(p))
             || !self
                 .fixed_slack
                 .iter()
                 .all(|&s| s == NO_EDGE || (-MAX_COST..=MAX_COST).contains(&s))
         {
-            return bad("costs off the grid");
+            return bad("probabilities off [0, 1] or costs off the grid");
         }
         // Each row's value `C_ia - g_a` is within 2^51 (plans bound g by 2^50).
         if self.dual_sum.unsigned_abs() > (self.rows as u128) << 52 {
@@ -384,6 +390,11 @@ impl DualTally {
     /// The free rows kept.
     pub fn free_rows(&self) -> usize {
         self.free.len() / self.k
+    }
+
+    /// The kept free rows' grid costs, `rows x k`.
+    pub fn free_costs(&self) -> Vec<i64> {
+        self.free.iter().map(|&p| probability_cost(p)).collect()
     }
 
     /// Whether every free row is kept (an exact collect, not a band sample).
@@ -563,14 +574,15 @@ pub fn settle(tally: &DualTally, g: &[i64], supply: u64, demand: &[u64]) -> Resu
         }
         rest.push(d - taken as u64);
     }
-    let plan = transport::solve(&shifted(&tally.free, k, g), k, supply, &rest)?;
+    let free = tally.free_costs();
+    let plan = transport::solve(&shifted(&free, k, g), k, supply, &rest)?;
     let mut w = tally.fixed_slack.clone();
-    add_plan_edges(&mut w, &tally.free, k, &plan.flows);
+    add_plan_edges(&mut w, &free, k, &plan.flows);
     if potentials(&w, k).is_none() {
         return Ok(None);
     }
     let fixed: u128 = tally.fixed_cost.iter().sum();
-    let cost = fixed * supply as u128 + plan_cost(&tally.free, k, &plan.flows);
+    let cost = fixed * supply as u128 + plan_cost(&free, k, &plan.flows);
     debug_assert!(
         dual_value(tally, g, supply, demand) <= cost as i128,
         "weak duality: the dual at g bounds the optimum from below"
@@ -637,9 +649,10 @@ fn refine(
             scaled[donor] -= 1;
         }
     }
-    let plan = transport::solve(&shifted(&tally.free, k, g), k, supply, &scaled)?;
+    let free = tally.free_costs();
+    let plan = transport::solve(&shifted(&free, k, g), k, supply, &scaled)?;
     let mut edges = vec![NO_EDGE; k * k];
-    add_plan_edges(&mut edges, &tally.free, k, &plan.flows);
+    add_plan_edges(&mut edges, &free, k, &plan.flows);
     let with_fixed: Vec<i64> = edges
         .iter()
         .zip(&tally.fixed_slack)
@@ -649,7 +662,7 @@ fn refine(
     let next = centre(&with_fixed, k, reference)
         .or_else(|| centre(&edges, k, reference))
         .ok_or_else(|| Error::Invalid("COT: a band sample's plan admits no dual point".into()))?;
-    let margins = class_margins(&tally.free, k, &next);
+    let margins = class_margins(&free, k, &next);
     Ok(Some((next, margins)))
 }
 
@@ -897,8 +910,7 @@ impl DualSetPart {
                 let (g, deltas, cap) = (&g[..], &deltas[..], tally.cap);
                 if probs.len() <= BLOCK_ROWS * k {
                     // A small feed (a group's rows of a chunk): straight in.
-                    let costs: Vec<i64> = probs.iter().map(|&p| probability_cost(p)).collect();
-                    tally.add(&costs, first, g, deltas);
+                    tally.add(probs, first, g, deltas);
                     return Ok(());
                 }
                 // Contiguous blocks folded per thread and reduced in block order: the
@@ -909,8 +921,7 @@ impl DualSetPart {
                     .fold(
                         || DualTally::capped(k, cap),
                         |mut t, (j, p)| {
-                            let costs: Vec<i64> = p.iter().map(|&p| probability_cost(p)).collect();
-                            t.add(&costs, first + (j * BLOCK_ROWS) as u64, g, deltas);
+                            t.add(p, first + (j * BLOCK_ROWS) as u64, g, deltas);
                             t
                         },
                     )
@@ -1504,7 +1515,7 @@ mod tests {
                 .collect();
             let deltas: Vec<i64> = (0..k).map(|_| r.random_range(0..(1i64 << 38))).collect();
             let mut tally = DualTally::new(k);
-            tally.add(&costs, 0, &g, &deltas);
+            tally.add(&probs, 0, &g, &deltas);
             let fits = tally
                 .fixed_rows
                 .iter()
@@ -1516,7 +1527,7 @@ mod tests {
             add_plan_edges(&mut w, &costs, k, &best.flows);
             let optimal = potentials(&w, k).expect("an optimal plan has a dual point");
             let mut at_optimum = DualTally::new(k);
-            at_optimum.add(&costs, 0, &optimal, &deltas);
+            at_optimum.add(&probs, 0, &optimal, &deltas);
             assert_eq!(
                 dual_value(&at_optimum, &optimal, supply, &demand),
                 best.cost_units as i128,
@@ -1573,16 +1584,12 @@ mod tests {
     fn tallies_merge_as_one() {
         let k = 5;
         let probs = rows(900, k, 3, true);
-        let costs: Vec<i64> = probs
-            .iter()
-            .map(|&p| transport::grid_cost(1.0 - p as f64))
-            .collect();
         let g = [0i64, 3 << 36, -(1 << 37), 5, 1 << 38];
         let deltas = [1i64 << 36, 1 << 35, 0, 1 << 37, 1 << 36];
         let mut whole = DualTally::new(k);
-        whole.add(&costs, 0, &g, &deltas);
+        whole.add(&probs, 0, &g, &deltas);
         let mut parts = DualTally::new(k);
-        for (j, cut) in costs.chunks(k * 77).enumerate() {
+        for (j, cut) in probs.chunks(k * 77).enumerate() {
             let mut t = DualTally::new(k);
             t.add(cut, 77 * j as u64, &g, &deltas);
             parts.merge(&t);
@@ -1595,9 +1602,9 @@ mod tests {
         // the free rows whose mixed index is a multiple of the least power of two that
         // keeps at most 40.
         let mut capped = DualTally::capped(k, 40);
-        capped.add(&costs, 0, &g, &deltas);
+        capped.add(&probs, 0, &g, &deltas);
         let mut parts = DualTally::capped(k, 40);
-        for (j, cut) in costs.chunks(k * 77).enumerate().rev() {
+        for (j, cut) in probs.chunks(k * 77).enumerate().rev() {
             let mut t = DualTally::capped(k, 40);
             t.add(cut, 77 * j as u64, &g, &deltas);
             parts.merge(&t);
@@ -1624,16 +1631,16 @@ mod tests {
             assert_eq!((t.free_seen, t.dual_sum), (free as u64, whole.dual_sum));
             assert_eq!(t.free_stride, stride);
             assert!(!t.holds_every_free_row());
-            let mut kept: Vec<(u64, &[i64])> = t
+            let mut kept: Vec<(u64, &[f32])> = t
                 .free_index
                 .iter()
                 .copied()
                 .zip(t.free.chunks_exact(k))
                 .collect();
-            kept.sort_unstable();
-            let want: Vec<(u64, &[i64])> = sample(stride)
+            kept.sort_unstable_by_key(|r| r.0);
+            let want: Vec<(u64, &[f32])> = sample(stride)
                 .into_iter()
-                .map(|i| (i, &costs[i as usize * k..(i as usize + 1) * k]))
+                .map(|i| (i, &probs[i as usize * k..(i as usize + 1) * k]))
                 .collect();
             assert_eq!(kept, want);
         }
