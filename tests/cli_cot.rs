@@ -596,6 +596,16 @@ fn cot_by_files_equals_cot() {
             &plan_args(&cal, &censuses, &twice, sample, &plan, &result),
             "merged1.json",
         );
+        // One shard's census twice (its rows would count twice).
+        let doubled = [
+            censuses[0].clone(),
+            censuses[0].clone(),
+            censuses[1].clone(),
+        ];
+        fails(
+            &plan_args(&cal, &doubled, &[], sample, &plan, &result),
+            "given twice",
+        );
         // A part after the last pass.
         let mut more = merged.clone();
         more.push(merged[0].clone());

@@ -155,7 +155,7 @@ fn extreme_points_and_bad_input() {
     let k = 5;
     let p = edge_rows(3, 700, k);
     // The largest dual values both ways, every band negative: every row fixed, values
-    // near 2^53.
+    // near 2^52.
     let g = [1i64 << 50, -(1i64 << 50), 0, 1 << 50, -(1 << 50)];
     let d = [-1i64; 5];
     let sums = CpuBackend
@@ -241,7 +241,7 @@ mod gpu {
                 same_on(ctx, &p, &g, &d, &format!("K = {k}, {n} rows"));
             }
         }
-        // Every row fixed at values near 2^53: the 96-bit value sum passes 2^64.
+        // Every row fixed at values near 2^52: the 96-bit value sum passes 2^64.
         let k = 4;
         let p = edge_rows(11, 4 * TILE, k);
         let g = [-(1i64 << 50); 4];

@@ -145,6 +145,15 @@ pub fn run_cot_plan(
                 calibration.display()
             )));
         }
+        if let Some(i) = hashes.iter().position(|h| *h == f.sha256) {
+            // The same bytes twice would count their rows twice (`cot` refuses a file
+            // given twice too).
+            return Err(Error::Invalid(format!(
+                "{}: the same file's census as {} (a shard given twice)",
+                path.display(),
+                censuses[i].display()
+            )));
+        }
         files.push(serde_json::json!({ "path": f.file, "sha256": f.sha256 }));
         hashes.push(f.sha256);
         census.push(f.census);

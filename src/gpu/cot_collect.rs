@@ -15,7 +15,7 @@ use crate::kernel::score_ranks::check_probabilities;
 use crate::kernel::WG;
 
 /// The collect pass at `point` over `probs` (`rows x k`, finite in `[0, 1]`, else an
-/// error naming the row and class; `2 < k <= MAX_DEVICE_CLASSES`), free rows indexed
+/// error naming the row and class; `2 <= k <= MAX_DEVICE_CLASSES`), free rows indexed
 /// from 0: the mirror's sums bit for bit.
 pub fn collect(ctx: &GpuContext, probs: &[f32], point: &CollectPoint) -> Result<CollectSums> {
     let k = point.k();

@@ -114,7 +114,7 @@ pub fn units_53(p: f32) -> u64 {
 /// COT's cost `1 - p` of a probability on the 2^-40 grid, in integers: the host's
 /// `round(fl64(1 - p) 2^40)` (`methods::transport::grid_cost`), i.e. with `j` =
 /// [`units_53`], `floor((2^53 - j + 2^12) / 2^13)`. Keep in sync with `cost` in
-/// shaders/cot_two_class.wgsl (a transliteration).
+/// shaders/grid_sums.wgsl (a transliteration).
 #[inline]
 pub fn probability_cost(p: f32) -> u64 {
     ((1u64 << 53) + (1 << 12) - units_53(p)) >> 13

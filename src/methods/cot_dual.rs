@@ -271,6 +271,12 @@ impl DualTally {
             || sums.fixed_slack.len() != k * k
             || (sums.rows as usize).checked_mul(k) != Some(probs.len())
             || sums.free.last().is_some_and(|&j| j >= sums.rows)
+            || sums.free.windows(2).any(|w| w[0] >= w[1])
+            || sums
+                .fixed_rows
+                .iter()
+                .try_fold(sums.free.len() as u64, |a, &b| a.checked_add(b))
+                != Some(sums.rows)
         {
             return Err(Error::Invalid(
                 "COT: a collect pass's sums of other rows or another K".into(),

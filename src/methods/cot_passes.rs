@@ -118,6 +118,12 @@ pub struct ShardSet {
 /// The most classes a plan may name (a bound on what a plan read back allocates).
 pub const MAX_CLASSES: usize = 1 << 16;
 
+/// The most class-pair slacks a pass's collect tallies may hold together (`K^2` a
+/// collecting set, 8 bytes each: 2 GiB), so that a plan read back cannot make a shard
+/// allocate more; a target past it (K = 4096 with 16 collecting sets) is refused when
+/// its plan is made.
+pub const MAX_SLACKS: usize = 1 << 28;
+
 // The largest magnitude of a dual point's class value a plan may carry (costs are at
 // most 2^40; a class without demand sits 2^42 below the others): what the collect
 // kernel takes.
@@ -285,6 +291,16 @@ impl PassPlan {
                     });
                 if !ok {
                     return bad("K > 2 work that does not fit");
+                }
+                let collecting = p
+                    .iter()
+                    .filter(|s| matches!(s, DualSetPlan::Collect { .. }))
+                    .count();
+                if collecting.saturating_mul(self.k * self.k) > MAX_SLACKS {
+                    return bad(&format!(
+                        "{collecting} sets of K = {} collecting: more than 2^28 class-pair slacks",
+                        self.k
+                    ));
                 }
             }
         }
@@ -777,6 +793,8 @@ impl CotPasses {
             work,
         };
         plan.id = plan.digest()?;
+        // What a plan read back must pass (the slack bound may refuse a very wide target).
+        plan.check()?;
         Ok(Some(plan))
     }
 
@@ -1274,6 +1292,22 @@ mod tests {
         far.id = far.digest().unwrap();
         let e = msg(PassPlan::from_json(&far.to_json().unwrap()).unwrap_err());
         assert!(e.contains("does not fit"), "{e}");
+        // K = 2^14 collecting in every set: past 2^28 slacks (a shard would allocate
+        // K^2 words a set), refused before any allocation.
+        let mut wide = plan.clone();
+        wide.k = 1 << 14;
+        wide.work = PassWork::Dual(vec![
+            DualSetPlan::Collect {
+                g: vec![0; 1 << 14],
+                deltas: vec![0; 1 << 14],
+                cap: 1
+            };
+            plan.all_sets()
+        ]);
+        assert!(plan.all_sets() >= 2, "a target and its groups");
+        wide.id = wide.digest().unwrap();
+        let e = msg(PassPlan::from_json(&wide.to_json().unwrap()).unwrap_err());
+        assert!(e.contains("more than 2^28 class-pair slacks"), "{e}");
         // A part folded under another calibration's plan (the same census and shapes).
         let (other_cal, ..) = case(4, 300, 13, false);
         let other = CotPasses::new(&other_cal, "other", &[c], Some(40)).unwrap();
