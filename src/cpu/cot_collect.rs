@@ -20,8 +20,9 @@ pub fn collect(probs: &[f32], point: &CollectPoint) -> CollectSums {
         .enumerate()
         .map(|(j, block)| {
             let mut s = CollectSums::empty(k);
+            let mut costs = vec![0u64; k];
             for (i, row) in (((j * BLOCK_ROWS) as u64)..).zip(block.chunks_exact(k)) {
-                s.add_row(point, i, row);
+                s.add_row(point, i, row, &mut costs);
             }
             s
         })

@@ -142,22 +142,26 @@ impl CollectPoint {
             .collect()
     }
 
-    /// A row's best class and whether it is fixed there (`row`: its `k` probabilities).
-    /// Keep in sync with `classify` in the shader.
+    /// A row's best class and whether it is fixed there (`costs`: its `k` grid costs,
+    /// [`probability_cost`] of its probabilities). Keep in sync with `classify` in the
+    /// shader (which makes each cost where it reads it).
     #[inline]
-    pub fn classify(&self, row: &[f32]) -> (usize, bool) {
-        let value = |b: usize| probability_cost(row[b]) + self.shift[b];
+    pub fn classify(&self, costs: &[u64]) -> (usize, bool) {
         let mut best = 0;
-        let mut least = value(0);
-        for b in 1..row.len() {
-            let v = value(b);
-            if v < least {
-                least = v;
+        let mut least = costs[0] + self.shift[0];
+        for (b, (&c, &s)) in costs.iter().zip(&self.shift).enumerate().skip(1) {
+            if c + s < least {
+                least = c + s;
                 best = b;
             }
         }
         let ea = self.need[best];
-        let fixed = (0..row.len()).all(|b| b == best || value(b) - least >= ea.max(self.need[b]));
+        let fixed = costs
+            .iter()
+            .zip(&self.shift)
+            .zip(&self.need)
+            .enumerate()
+            .all(|(b, ((&c, &s), &e))| b == best || c + s - least >= ea.max(e));
         (best, fixed)
     }
 }
@@ -199,12 +203,15 @@ impl CollectSums {
     }
 
     /// Adds row `index`'s (`row`, its probabilities) at `point`: what the shader does
-    /// for one row.
+    /// for one row (`costs`: `k` words of scratch for the row's grid costs).
     #[inline]
-    pub fn add_row(&mut self, point: &CollectPoint, index: u64, row: &[f32]) {
+    pub fn add_row(&mut self, point: &CollectPoint, index: u64, row: &[f32], costs: &mut [u64]) {
         let k = row.len();
-        let (a, fixed) = point.classify(row);
-        let ca = probability_cost(row[a]);
+        for (c, &p) in costs.iter_mut().zip(row) {
+            *c = probability_cost(p);
+        }
+        let (a, fixed) = point.classify(costs);
+        let ca = costs[a];
         self.rows += 1;
         self.value_sum += (ca + point.shift[a]) as u128;
         if !fixed {
@@ -213,9 +220,11 @@ impl CollectSums {
         }
         self.fixed_rows[a] += 1;
         self.fixed_cost[a] += ca as u128;
-        for b in (0..k).filter(|&b| b != a) {
-            let s = &mut self.fixed_slack[a * k + b];
-            *s = (*s).min(probability_cost(row[b]) as i64 - ca as i64);
+        let slack = &mut self.fixed_slack[a * k..(a + 1) * k];
+        for (b, (s, &c)) in slack.iter_mut().zip(costs.iter()).enumerate() {
+            if b != a {
+                *s = (*s).min(c as i64 - ca as i64);
+            }
         }
     }
 
