@@ -33,6 +33,18 @@ fn run(args: &[&str]) -> Output {
     o
 }
 
+/// The devices a test runs on: the CPU, and the GPU where an adapter opens (lavapipe in
+/// CI, where `CONFORMAL_GPU_REQUIRED=1` makes a missing one a failure).
+fn devices() -> Vec<&'static str> {
+    #[allow(unused_mut)]
+    let mut devices = vec!["cpu"];
+    #[cfg(feature = "gpu")]
+    if common::shared_gpu().is_some() {
+        devices.push("gpu");
+    }
+    devices
+}
+
 fn s(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
 }
@@ -247,12 +259,7 @@ fn calibrate_as(data: &Path, dir: &Path, name: &str) -> std::path::PathBuf {
 // on the CPU and on the GPU (the collect passes on the device: shaders/cot_collect.wgsl).
 #[test]
 fn k_above_two_streamed_cot_equals_the_report() {
-    #[allow(unused_mut)]
-    let mut devices = vec!["cpu"];
-    #[cfg(feature = "gpu")]
-    if common::shared_gpu().is_some() {
-        devices.push("gpu");
-    }
+    let devices = devices();
     let tmp = tempfile::tempdir().expect("tempdir");
     let grid = tmp.path().join("grid");
     run(&[
@@ -505,12 +512,7 @@ fn plan_args<'a>(
 // census.
 #[test]
 fn cot_by_files_equals_cot() {
-    #[allow(unused_mut)]
-    let mut devices = vec!["cpu"];
-    #[cfg(feature = "gpu")]
-    if common::shared_gpu().is_some() {
-        devices.push("gpu");
-    }
+    let devices = devices();
     let tmp = tempfile::tempdir().expect("tempdir");
     let data = tmp.path().join("data");
     run(&[

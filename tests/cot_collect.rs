@@ -18,6 +18,9 @@ use rand::Rng;
 /// The tile of one workgroup (rows).
 const TILE: usize = IPT as usize * WG;
 
+/// Sizes at K = 3: no row, one, a workgroup's edges, a tile's edges.
+const EDGES: [usize; 8] = [0, 1, WG - 1, WG, WG + 1, TILE - 1, TILE, TILE + 1];
+
 /// Rows of K probabilities with the edges a row's class and margin must get right:
 /// softmax rows, rows repeated (ties across rows), class-permuted copies (the same costs
 /// in other classes), rows with tied classes (the lowest index wins, margin 0), zeros of
@@ -103,26 +106,13 @@ fn the_mirror_gives_the_host_tally() {
     // to the device's largest and one past it; every size with a band sample (cap 7)
     // too, whose thinning must keep the same rows.
     for (k, sizes) in [
-        (
-            3,
-            &[
-                0usize,
-                1,
-                WG - 1,
-                WG,
-                WG + 1,
-                TILE - 1,
-                TILE,
-                TILE + 1,
-                3 * TILE + 17,
-            ][..],
-        ),
-        (10, &[1, WG + 1, TILE + 1, 2 * TILE + 5][..]),
-        (100, &[1, 257, 1500][..]),
-        (MAX_DEVICE_CLASSES, &[300][..]),
-        (MAX_DEVICE_CLASSES + 1, &[300][..]),
+        (3, [&EDGES[..], &[3 * TILE + 17]].concat()),
+        (10, vec![1, WG + 1, TILE + 1, 2 * TILE + 5]),
+        (100, vec![1, 257, 1500]),
+        (MAX_DEVICE_CLASSES, vec![300]),
+        (MAX_DEVICE_CLASSES + 1, vec![300]),
     ] {
-        for &n in sizes {
+        for &n in &sizes {
             let seed = (k * 1000 + n) as u64;
             let p = edge_rows(seed, n, k);
             let (g, d) = point(seed, k);
@@ -213,28 +203,15 @@ mod gpu {
         // The default context: one chunk, K = 3 at every edge size, then wider K.
         let Some(ctx) = shared_gpu() else { return };
         for (k, sizes) in [
-            (
-                3,
-                &[
-                    0usize,
-                    1,
-                    WG - 1,
-                    WG,
-                    WG + 1,
-                    TILE - 1,
-                    TILE,
-                    TILE + 1,
-                    5 * TILE + 3,
-                ][..],
-            ),
-            (10, &[1, TILE + 1, 3 * TILE][..]),
-            (100, &[1, 700][..]),
-            (MAX_DEVICE_CLASSES, &[130][..]),
+            (3, [&EDGES[..], &[5 * TILE + 3]].concat()),
+            (10, vec![1, TILE + 1, 3 * TILE]),
+            (100, vec![1, 700]),
+            (MAX_DEVICE_CLASSES, vec![130]),
             // One past the kernel's workgroup sums: the host mirror, through the GPU
             // backend.
-            (MAX_DEVICE_CLASSES + 1, &[40][..]),
+            (MAX_DEVICE_CLASSES + 1, vec![40]),
         ] {
-            for &n in sizes {
+            for &n in &sizes {
                 let seed = (k * 7 + n) as u64;
                 let p = edge_rows(seed, n, k);
                 let (g, d) = point(seed, k);

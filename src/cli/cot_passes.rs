@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::cli::commands::read_calibration;
 use crate::cli::outputs::{emit_json, open_device};
 use crate::data::npz::write_atomic;
-use crate::methods::cot_files::{census_of_file, part_of_file};
+use crate::methods::cot_files::{census_of_file, in_file, part_of_file};
 use crate::methods::cot_passes::{CotPasses, PassPart, PassPlan, ShardCensus};
 use crate::{with_backend, Error, Result};
 
@@ -90,14 +90,6 @@ fn read_part(path: &Path) -> Result<PartFile> {
         )));
     }
     Ok(f)
-}
-
-/// `e` with the file it arose in.
-fn in_path(path: &Path, e: Error) -> Error {
-    match e {
-        Error::Invalid(m) => Error::Invalid(format!("{}: {m}", path.display())),
-        e => e,
-    }
 }
 
 /// `cot-census --calibration CAL FILE --out CENSUS`: one shard's rows and group ids.
@@ -179,7 +171,7 @@ pub fn run_cot_plan(
                 )));
             }
         }
-        passes.advance(f.part).map_err(|e| in_path(path, e))?;
+        passes.advance(f.part).map_err(|e| in_file(path, e))?;
     }
     match passes.plan() {
         Some(plan) => {
@@ -230,7 +222,7 @@ pub fn run_cot_pass(
     device: &str,
 ) -> Result<()> {
     let text = std::fs::read_to_string(plan).map_err(|e| Error::io(plan, e))?;
-    let plan = PassPlan::from_json(&text).map_err(|e| in_path(plan, e))?;
+    let plan = PassPlan::from_json(&text).map_err(|e| in_file(plan, e))?;
     let (engine, choice) = open_device(device)?;
     let (part, sha256) = with_backend!(&engine, choice, |b| part_of_file(b, &plan, shard, file))?;
     write_json(
@@ -253,7 +245,7 @@ pub fn run_cot_merge(parts: &[PathBuf], out: &Path) -> Result<()> {
         match &mut merged {
             None => merged = Some(f),
             Some(m) => {
-                m.part.merge(&f.part).map_err(|e| in_path(path, e))?;
+                m.part.merge(&f.part).map_err(|e| in_file(path, e))?;
                 m.sha256.extend(f.sha256);
             }
         }

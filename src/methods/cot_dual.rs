@@ -79,8 +79,8 @@ use crate::methods::transport;
 /// block order: the same tally for the same chunks on any number of threads).
 const BLOCK_ROWS: usize = 8192;
 
-/// No constraint between two classes (no edge).
-const NO_EDGE: i64 = i64::MAX;
+/// No constraint between two classes (no edge): the collect kernel's "no slack".
+const NO_EDGE: i64 = crate::kernel::cot_collect::NO_SLACK;
 
 /// The largest cost on the 2^-40 grid (`1 - p` for `p = 0`).
 const MAX_COST: i64 = 1 << 40;

@@ -161,7 +161,7 @@ pub fn part_of_file<B: Backend + ?Sized>(
 }
 
 /// `e` with the file it arose in (messages of the protocol name shards, not files).
-fn in_file(path: &Path, e: Error) -> Error {
+pub fn in_file(path: &Path, e: Error) -> Error {
     match e {
         Error::Invalid(m) => Error::Invalid(format!("{}: {m}", path.display())),
         Error::LengthMismatch { what, detail } => Error::LengthMismatch {
