@@ -24,7 +24,9 @@ use crate::cpu::bootstrap::draw_weights;
 use crate::cpu::softmax::softmax;
 use crate::kernel::bootstrap::REPS_PER_DRAW;
 use crate::kernel::cot_two_class::TwoClassSums;
-use crate::methods::cott::{two_class_sets_with_cot, CottThreshold, TwoClassSet};
+use crate::methods::cott::{
+    two_class_sets_in, two_class_sets_with_cot, CottThreshold, TwoClassSet,
+};
 use crate::methods::transport::{self, grid_cost, COST_GRID_BITS};
 use crate::report::estimates::Modes;
 
@@ -458,9 +460,11 @@ impl CotRows {
 
     /// Every row's grid costs at temperature `t`, in row order.
     fn costs(&self, k: usize, t: f32) -> Vec<i64> {
-        let mut out = Vec::with_capacity(self.rows(k) * k);
+        let mut out = vec![0i64; self.rows(k) * k];
+        let mut at = 0;
         for c in &self.chunks {
-            out.extend(grid_costs_at(&c.logits, k, t));
+            grid_costs_into(&c.logits, k, t, &mut out[at..at + c.logits.len()]);
+            at += c.logits.len();
         }
         out
     }
@@ -1335,6 +1339,13 @@ impl Costs<'_> {
 /// `e = exp((z_other - m) / t)`, the sum `1 + e` in class order, each term divided by
 /// it) with one exponential a row instead of two.
 fn two_class_costs(logits: &[f32], t: f32, out: &mut Vec<i64>) {
+    out.clear();
+    out.resize(logits.len(), 0);
+    two_class_costs_into(logits, t, out);
+}
+
+/// [`two_class_costs`] into `out` (as long as `logits`).
+fn two_class_costs_into(logits: &[f32], t: f32, out: &mut [i64]) {
     let rows = logits.len() / 2;
     let mut e = vec![0f32; rows];
     // Branch-free loops the AVX2 build vectorises (same arithmetic, same bits).
@@ -1352,8 +1363,6 @@ fn two_class_costs(logits: &[f32], t: f32, out: &mut Vec<i64>) {
         },
     );
     crate::cpu::math::exp_in_place(&mut e);
-    out.clear();
-    out.resize(logits.len(), 0);
     crate::cpu::math::with_avx2(
         #[inline(always)]
         || {
@@ -1442,12 +1451,20 @@ fn two_class_solve(
     }
     demand_units(class_counts, n)?;
     let cot_of = |s: &TwoClassSet| mean(s.cot_units, s.rows as u128 * n_source as u128);
-    let target = two_class_sets_with_cot(costs, None, 1, class_counts, thr)?[0];
+    let mut gains = Vec::new();
+    let target = two_class_sets_in(costs, None, 1, class_counts, thr, &mut gains)?[0];
     let mut groups: [Vec<f64>; 2] = Default::default();
     let mut cott_groups: [Vec<f64>; 2] = Default::default();
     for ((out, out_cott), p) in groups.iter_mut().zip(&mut cott_groups).zip(partitions) {
         let Some(p) = p else { continue };
-        let sets = two_class_sets_with_cot(costs, Some(&p.slot), p.ids.len(), class_counts, thr)?;
+        let sets = two_class_sets_in(
+            costs,
+            Some(&p.slot),
+            p.ids.len(),
+            class_counts,
+            thr,
+            &mut gains,
+        )?;
         *out = sets.iter().map(cot_of).collect();
         *out_cott = sets.iter().map(|s| s.cott.unwrap_or(f64::NAN)).collect();
     }
@@ -1470,22 +1487,25 @@ pub(crate) fn weighted_rows(costs: &[i64], k: usize, weights: &[u8]) -> Vec<i64>
 /// Grid costs `1 - p_ik` of `logits` at temperature `t`, in blocks of rows (the CPU
 /// softmax's bits; no whole-chunk probability array).
 pub(crate) fn grid_costs_at(logits: &[f32], k: usize, t: f32) -> Vec<i64> {
-    const BLOCK_ROWS: usize = 4096;
     let mut out = vec![0i64; logits.len()];
+    grid_costs_into(logits, k, t, &mut out);
+    out
+}
+
+/// [`grid_costs_at`] into `out` (as long as `logits`).
+fn grid_costs_into(logits: &[f32], k: usize, t: f32, out: &mut [i64]) {
+    const BLOCK_ROWS: usize = 4096;
     out.par_chunks_mut(BLOCK_ROWS * k)
         .zip(logits.par_chunks(BLOCK_ROWS * k))
         .for_each(|(o, l)| {
             if k == 2 {
-                let mut buf = Vec::new();
-                two_class_costs(l, t, &mut buf);
-                o.copy_from_slice(&buf);
+                two_class_costs_into(l, t, o);
                 return;
             }
             for (c, p) in o.iter_mut().zip(softmax(l, k, t)) {
                 *c = grid_cost(1.0 - p as f64);
             }
         });
-    out
 }
 
 /// Group ids (per group array, absent or i64 per row) as base64 of little-endian bytes.

@@ -411,6 +411,75 @@ fn set_runs(
     })
 }
 
+/// A run's gains `c0 - c1` into `gains`, and the sum of its class-0 costs. The sum is
+/// exact for any i64 costs: each cost is split into its high (signed) and low 32 bits,
+/// each half summed in 64 bits over at most 2^31 rows, so the loop has no i128 add and
+/// vectorises.
+fn gains_and_class0_sum(run: &[i64], gains: &mut [i64]) -> i128 {
+    const BLOCK_ROWS: usize = 1 << 31;
+    crate::cpu::math::with_avx2(
+        #[inline(always)]
+        || {
+            let mut total = 0i128;
+            for (r, g) in run.chunks(2 * BLOCK_ROWS).zip(gains.chunks_mut(BLOCK_ROWS)) {
+                let (mut high, mut low) = (0i64, 0u64);
+                for (g, c) in g.iter_mut().zip(r.chunks_exact(2)) {
+                    *g = c[0] - c[1];
+                    high += c[0] >> 32;
+                    low += c[0] as u64 & 0xffff_ffff;
+                }
+                total += ((high as i128) << 32) + low as i128;
+            }
+            total
+        },
+    )
+}
+
+/// The exact sum of `values`, by the split of [`gains_and_class0_sum`] (vectorised).
+fn exact_sum(values: &[i64]) -> i128 {
+    const BLOCK: usize = 1 << 31;
+    crate::cpu::math::with_avx2(
+        #[inline(always)]
+        || {
+            let mut total = 0i128;
+            for block in values.chunks(BLOCK) {
+                let (mut high, mut low) = (0i64, 0u64);
+                for &v in block {
+                    high += v >> 32;
+                    low += v as u64 & 0xffff_ffff;
+                }
+                total += ((high as i128) << 32) + low as i128;
+            }
+            total
+        },
+    )
+}
+
+/// A run's rows off the COTT boundary gain `b` (ties excluded): rows taken to class 1
+/// (`gain > b`), rows whose cost at their class is above / at-or-above `t`, and the
+/// rows on the boundary, counted but not settled (the caller settles them in row order).
+/// Branch-free selects, so the loop vectorises.
+fn untied_counts(run: &[i64], b: i64, t: i64) -> (u64, u64, u64, u64) {
+    crate::cpu::math::with_avx2(
+        #[inline(always)]
+        || {
+            let (mut taken, mut e, mut f, mut ties) = (0u64, 0u64, 0u64, 0u64);
+            for c in run.chunks_exact(2) {
+                let gain = c[0] - c[1];
+                let tie = gain == b;
+                let one = gain > b;
+                let cost = if one { c[1] } else { c[0] };
+                let off = !tie as u64;
+                taken += one as u64;
+                e += off & (cost > t) as u64;
+                f += off & (cost >= t) as u64;
+                ties += tie as u64;
+            }
+            (taken, e, f, ties)
+        },
+    )
+}
+
 /// One K = 2 set's outcome of [`two_class_sets_with_cot`].
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct TwoClassSet {
@@ -435,6 +504,19 @@ pub fn two_class_sets_with_cot(
     class_counts: &[u64],
     thr: Option<&CottThreshold>,
 ) -> Result<Vec<TwoClassSet>> {
+    two_class_sets_in(costs, slot, sets, class_counts, thr, &mut Vec::new())
+}
+
+/// [`two_class_sets_with_cot`] with the gains in `gains` (scratch: a caller solving
+/// several partitions of one target's rows allocates and faults in the pages once).
+pub(crate) fn two_class_sets_in(
+    costs: &[i64],
+    slot: Option<&[u32]>,
+    sets: usize,
+    class_counts: &[u64],
+    thr: Option<&CottThreshold>,
+    gains: &mut Vec<i64>,
+) -> Result<Vec<TwoClassSet>> {
     let n = costs.len() / 2;
     // Rows come in runs of one set (a group's rows together; one run without groups):
     // each pass goes a run at a time, its set's sums in registers.
@@ -447,19 +529,14 @@ pub fn two_class_sets_with_cot(
         start[s + 1] = start[s] + size[s];
     }
     // Each set's gains together, for its selection, and its class-0 cost sum.
-    let mut gains = vec![0i64; n];
+    // Every entry is written below before it is read.
+    gains.resize(n, 0);
     let mut base = vec![0i128; sets];
     let mut next = start.clone();
     for (s, rows) in set_runs(slot, n) {
         let run = &costs[2 * rows.start..2 * rows.end];
-        for (g, c) in gains[next[s]..next[s] + rows.len()]
-            .iter_mut()
-            .zip(run.chunks_exact(2))
-        {
-            *g = c[0] - c[1];
-        }
+        base[s] += gains_and_class0_sum(run, &mut gains[next[s]..next[s] + rows.len()]);
         next[s] += rows.len();
-        base[s] += run.chunks_exact(2).map(|c| c[0] as i128).sum::<i128>();
     }
     let mut supply_demand = Vec::with_capacity(sets);
     let mut boundary: Vec<Option<i64>> = vec![None; sets];
@@ -475,7 +552,7 @@ pub fn two_class_sets_with_cot(
             gains.select_nth_unstable_by(last, |a, b| b.cmp(a));
             boundary[s] = Some(gains[last]);
             // Before `last` the largest gains; with a part, `last` is `whole`, the next.
-            moved = gains[..whole].iter().map(|&g| g as i128).sum::<i128>() * supply as i128;
+            moved = exact_sum(&gains[..whole]) * supply as i128;
             if part > 0 {
                 moved += gains[last] as i128 * part as i128;
             }
@@ -507,19 +584,12 @@ pub fn two_class_sets_with_cot(
             f_rows[s] += run.chunks_exact(2).map(|c| (c[0] >= t) as u64).sum::<u64>();
             continue;
         };
-        let (mut taken, mut e, mut f) = (0u64, 0u64, 0u64);
-        for c in run.chunks_exact(2) {
-            let gain = c[0] - c[1];
-            if gain == b {
-                // Rarely on the boundary: settled below, in row order.
+        let (taken, e, f, ties) = untied_counts(run, b, t);
+        if ties > 0 {
+            // Rarely on the boundary: settled below, in row order.
+            for c in run.chunks_exact(2).filter(|c| c[0] - c[1] == b) {
                 tied[s].push(((c[1] > t) as i8 - (c[0] > t) as i8, c[0], c[1]));
-                continue;
             }
-            // Which side is a select, not a branch (rows come in any gain order).
-            let class = (gain > b) as usize;
-            taken += class as u64;
-            e += (c[class] > t) as u64;
-            f += (c[class] >= t) as u64;
         }
         taken_rows[s] += taken;
         e_rows[s] += e;
@@ -724,6 +794,60 @@ mod tests {
                     cott(&mine, 2, &counts, &thr).unwrap(),
                     "t = {t}, set {s}"
                 );
+            }
+        }
+    }
+
+    /// The split sums equal the plain i128 sums on every kind of i64 (the extremes, both
+    /// signs, values straddling 2^32), and the branch-free counts equal a plain loop,
+    /// with rows on the boundary (coarse costs make ties) at several cut points.
+    #[test]
+    fn vectorised_sums_and_counts_equal_the_plain_loops() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(31);
+        let mut values = vec![0i64, 1, -1, i64::MIN, i64::MAX, 1 << 32, (1 << 32) - 1];
+        values.extend(-(1i64 << 32)..-(1i64 << 32) + 3);
+        values.extend((0..5000).map(|_| rng.random::<i64>() >> rng.random_range(0..63)));
+        let plain: i128 = values.iter().map(|&v| v as i128).sum();
+        assert_eq!(exact_sum(&values), plain);
+        // Gains of costs on the grid (no overflow of c0 - c1).
+        let costs: Vec<i64> = values
+            .iter()
+            .map(|&v| v.rem_euclid(1 << 41) - (1 << 40))
+            .collect();
+        let mut gains = vec![0i64; costs.len() / 2];
+        let base = gains_and_class0_sum(&costs, &mut gains);
+        assert_eq!(
+            base,
+            costs.chunks_exact(2).map(|c| c[0] as i128).sum::<i128>()
+        );
+        assert!(gains
+            .iter()
+            .zip(costs.chunks_exact(2))
+            .all(|(&g, c)| g == c[0] - c[1]));
+        let tied = rows(33, 3000, 2, true);
+        for run in [&tied[..], &tied[..2], &tied[..0], &costs[..]] {
+            let gains: Vec<i64> = run.chunks_exact(2).map(|c| c[0] - c[1]).collect();
+            for b in gains
+                .iter()
+                .step_by(97)
+                .copied()
+                .chain([0, i64::MIN, i64::MAX])
+            {
+                for t in [0, 1 << 39, run.first().copied().unwrap_or(0)] {
+                    let (mut want, mut ties) = ((0u64, 0u64, 0u64), 0u64);
+                    for c in run.chunks_exact(2) {
+                        let gain = c[0] - c[1];
+                        if gain == b {
+                            ties += 1;
+                            continue;
+                        }
+                        let class = (gain > b) as usize;
+                        want.0 += class as u64;
+                        want.1 += (c[class] > t) as u64;
+                        want.2 += (c[class] >= t) as u64;
+                    }
+                    assert_eq!(untied_counts(run, b, t), (want.0, want.1, want.2, ties));
+                }
             }
         }
     }

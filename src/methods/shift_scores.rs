@@ -24,15 +24,21 @@ const BLOCK_ROWS: usize = 4096;
 
 /// `x >= 0` rounded to the nearest multiple of `2^-bits` (ties to even), as an integer.
 /// Below 2^52 adding and subtracting 2^52 rounds to even (an f64 add, not a libm call);
-/// above, `y` is an integer already; below 2^63 the u64 conversion is one instruction
-/// (f64 -> u128 is a software routine).
+/// above, `y` is an integer already. Below 2^65 the conversion is a u64 one and a carry
+/// (f64 -> u128 is a software routine): a sum of fourth powers of probabilities lies
+/// in [2^63, 2^64] on the 2^-64 grid, exactly 2^64 for a saturated row and, at K = 2,
+/// for every Taylor row. (Each call site's branches go one way for almost every row.)
 #[inline(always)]
 fn on_grid(x: f64, bits: i32) -> u128 {
     const M: f64 = (1u64 << 52) as f64;
+    const TWO_64: f64 = 18_446_744_073_709_551_616.0;
     let y = x * 2f64.powi(bits);
     let r = if y < M { (y + M) - M } else { y };
-    if r < (1u64 << 63) as f64 {
+    if r < TWO_64 {
         r as u64 as u128
+    } else if r < 2.0 * TWO_64 {
+        // r in [2^64, 2^65) has an ulp of 2^12: r - 2^64 is exact.
+        (1u128 << 64) | (r - TWO_64) as u64 as u128
     } else {
         r as u128
     }
@@ -114,11 +120,15 @@ impl Sums {
     }
 
     /// One row's logits `z` at temperature `t`, its CPU-softmax probabilities `p` (`v`
-    /// scratch of K).
-    fn row(&mut self, z: &[f32], t: f32, p: &[f32], v: &mut [f64], parts: &mut Vec<(u64, i32)>) {
+    /// and `parts` scratch of K). Inlined into its callers: where they pass arrays of a
+    /// constant K (K = 2) the compiler unrolls every class loop, the same operations in
+    /// the same order.
+    #[inline(always)]
+    fn row(&mut self, z: &[f32], t: f32, p: &[f32], v: &mut [f64], parts: &mut [(u64, i32)]) {
         let k = z.len();
-        parts.clear();
-        parts.extend(p.iter().map(|&x| significand(x)));
+        for (part, &x) in parts.iter_mut().zip(p) {
+            *part = significand(x);
+        }
         let mut at = 0;
         for a in 0..k {
             for b in a..k {
@@ -161,6 +171,39 @@ impl Sums {
     }
 }
 
+impl Sums {
+    /// The scores of `n` rows of `k` classes from their sums.
+    fn scores(&self, n: usize, k: usize) -> ShiftScores {
+        let scale = 2f64.powi(-GRID_BITS);
+        let mut gram = DMatrix::<f64>::zeros(k, k);
+        let mut at = 0;
+        for a in 0..k {
+            for b in a..k {
+                let g = self.gram[at] as f64 * scale;
+                gram[(a, b)] = g;
+                gram[(b, a)] = g;
+                at += 1;
+            }
+        }
+        let nuclear: f64 = gram
+            .symmetric_eigenvalues()
+            .iter()
+            .map(|&e| e.max(0.0).sqrt())
+            .sum();
+        let nf = n as f64;
+        let delta = self.delta as f64 * 2f64.powi(-DELTA_BITS) / nf;
+        let q4 = if delta > 5.0 {
+            self.softmax4
+        } else {
+            self.taylor4
+        };
+        ShiftScores {
+            nuclear_norm: nuclear / (nf * nf.min(k as f64)).sqrt(),
+            mano: (q4 as f64 * scale / (nf * k as f64)).powf(0.25),
+        }
+    }
+}
+
 /// The scores of a target's rows (`k` classes) at the temperatures `t` (raw, ts);
 /// `None` without rows.
 pub fn shift_scores(rows: &CotRows, k: usize, t: Modes<f32>) -> Option<Modes<ShiftScores>> {
@@ -178,43 +221,24 @@ pub fn shift_scores(rows: &CotRows, k: usize, t: Modes<f32>) -> Option<Modes<Shi
             .par_iter()
             .map(|block| {
                 let mut s = Sums::zeros(k);
-                let mut v = vec![0f64; k];
-                let mut parts = Vec::with_capacity(k);
                 // The block's probabilities at once (vectorised exp; `softmax_row`'s bits).
                 let probs = softmax(block, k, t);
-                for (z, p) in block.chunks_exact(k).zip(probs.chunks_exact(k)) {
-                    s.row(z, t, p, &mut v, &mut parts);
+                if k == 2 {
+                    // Scratch of a constant K: the row's class loops unroll.
+                    let (mut v, mut parts) = ([0f64; 2], [(0u64, 0i32); 2]);
+                    for (z, p) in block.chunks_exact(2).zip(probs.chunks_exact(2)) {
+                        s.row(z, t, p, &mut v, &mut parts);
+                    }
+                } else {
+                    let (mut v, mut parts) = (vec![0f64; k], vec![(0u64, 0i32); k]);
+                    for (z, p) in block.chunks_exact(k).zip(probs.chunks_exact(k)) {
+                        s.row(z, t, p, &mut v, &mut parts);
+                    }
                 }
                 s
             })
             .reduce(|| Sums::zeros(k), Sums::add);
-        let scale = 2f64.powi(-GRID_BITS);
-        let mut gram = DMatrix::<f64>::zeros(k, k);
-        let mut at = 0;
-        for a in 0..k {
-            for b in a..k {
-                let g = sums.gram[at] as f64 * scale;
-                gram[(a, b)] = g;
-                gram[(b, a)] = g;
-                at += 1;
-            }
-        }
-        let nuclear: f64 = gram
-            .symmetric_eigenvalues()
-            .iter()
-            .map(|&e| e.max(0.0).sqrt())
-            .sum();
-        let nf = n as f64;
-        let delta = sums.delta as f64 * 2f64.powi(-DELTA_BITS) / nf;
-        let q4 = if delta > 5.0 {
-            sums.softmax4
-        } else {
-            sums.taylor4
-        };
-        ShiftScores {
-            nuclear_norm: nuclear / (nf * nf.min(k as f64)).sqrt(),
-            mano: (q4 as f64 * scale / (nf * k as f64)).powf(0.25),
-        }
+        sums.scores(n, k)
     };
     Some(Modes {
         raw: mode(t.raw),
@@ -235,7 +259,7 @@ mod tests {
     fn on_grid_equals_the_plain_rounding() {
         let plain = |x: f64, bits: i32| (x * 2f64.powi(bits)).round_ties_even() as u128;
         let mut values = vec![0.0, 1.0, 0.5, 2.5 * 2f64.powi(-64), 3.5 * 2f64.powi(-64)];
-        for e in [52, 53, 63, 64] {
+        for e in [52, 53, 63, 64, 65] {
             let edge = 2f64.powi(e - 64);
             values.extend([
                 edge,
@@ -253,6 +277,39 @@ mod tests {
             for bits in [DELTA_BITS, GRID_BITS] {
                 assert_eq!(on_grid(x, bits), plain(x, bits), "{x:e} on 2^-{bits}");
             }
+        }
+    }
+
+    /// At K = 2 the block path (scratch arrays of a constant K, so the class loops
+    /// unroll) gives the scores of the slice-scratch row loop, bit for bit: rows spanning
+    /// several blocks, saturated rows (probabilities 1 and 0, fourth powers on 2^64),
+    /// ties and -0.0.
+    #[test]
+    fn two_class_block_path_equals_the_row_loop() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
+        let n = 3 * BLOCK_ROWS + 17;
+        let mut logits = Vec::with_capacity(2 * n);
+        for i in 0..n {
+            let a = rng.random_range(-30f32..30.0);
+            let b = match i % 5 {
+                0 => a,
+                1 => a - 80.0,
+                2 => -0.0,
+                _ => rng.random_range(-30f32..30.0),
+            };
+            logits.extend([a, b]);
+        }
+        let mut rows = CotRows::default();
+        rows.add(0, &logits, 2, [None, None]);
+        for t in [1.0f32, 0.37] {
+            let got = shift_scores(&rows, 2, Modes { raw: t, ts: t }).unwrap().raw;
+            let mut want = Sums::zeros(2);
+            let probs = softmax(&logits, 2, t);
+            let (mut v, mut parts) = (vec![0f64; 2], vec![(0u64, 0i32); 2]);
+            for (z, p) in logits.chunks_exact(2).zip(probs.chunks_exact(2)) {
+                want.row(z, t, p, &mut v, &mut parts);
+            }
+            assert_eq!(got, want.scores(n, 2), "t = {t}");
         }
     }
 
