@@ -2,7 +2,7 @@
 """numpy peer of `conformal-gpu evaluate`: DESIGN.md section 2 end to end, vectorised.
 
     python3 benches/peers/numpy_evaluate.py --data DIR [--source id_val] [--alpha 0.1,0.05]
-        [--json REPORT.json] [--repeat R] [--pvalues] [--timings T.json]
+        [--json REPORT.json] [--repeat R] [--pvalues] [--timings T.json] [--full]
 
 Source = DIR/<source>.npz (every label known), targets = every other .npz in DIR in name
 order. T is fitted on the source (safeguarded Newton on b = 1/T, float64 sums); the `raw`
@@ -13,6 +13,13 @@ uses the crate's field names (issue 4). Timings (ms) per phase: load, temperatur
 With --repeat R the whole job runs R times and the median of each phase is printed.
 --pvalues also computes per-row credibility/confidence on every target (DESIGN 2.6), which
 the crate does only with --rows; it is timed in `estimate` and not written to the report.
+--full also computes what the crate's default report holds beyond the five methods above,
+so the two sides do the same work: COT and COTT (DESIGN 2.11 and 2.16, K = 2 only: the
+order statistic and its plan, per target and per group) and the score estimators (2.17:
+nuclear norm and MaNo, per target), timed in `sort` (COTT's source threshold) and
+`estimate`. Its costs are on the crate's 2^-40 grid and its sums exact (Python integers),
+but ties at a boundary and f64 rounding are its own: it agrees with the crate within
+compare_reports.py's tolerances, not bit for bit.
 """
 
 import argparse
@@ -53,7 +60,7 @@ def row_stats(zt, y, t):
     known = np.nonzero(y >= 0)[0]
     lac = np.full(y.shape[0], -1.0, np.float32)
     lac[known] = r[y[known], known]
-    return dict(p1=p1, ne=ne, lac=lac, r1=r1, r2=r2, r=r)
+    return dict(p1=p1, ne=ne, lac=lac, r1=r1, r2=r2, r=r, p=p)
 
 
 def atc_threshold(sorted_g, c):
@@ -81,7 +88,143 @@ def cpc_choice(lac_sorted, r1_sorted, r2_sorted, c):
     return lac_sorted[i0], i0 + 1
 
 
-def calibrate_source(z, y, t, alphas):
+# ------------------------------------------------------------------ COT, COTT, scores (--full)
+
+GRID = float(1 << 40)
+
+
+def grid_costs(p):
+    """DESIGN 2.11's costs 1 - p on the 2^-40 grid (f64 from the f32 probabilities, halves
+    up, as the crate rounds them), int64, class-major [K, N]."""
+    return np.floor((1.0 - p.astype(np.float64)) * GRID + 0.5).astype(np.int64)
+
+
+def two_class_plan(c0, c1, supply, d1, t=None):
+    """K = 2: the units each row sends to class 1 (a row holds `supply` units, class 1
+    needs d1): rows with a gain c0 - c1 above the boundary gain send all, the tied rows
+    share the rest in row order, those whose class-1 edge costs no more than t first
+    (the plan with the least mass above t). Returns (units to class 1, boundary gain)."""
+    n = c0.shape[0]
+    to1 = np.zeros(n, np.int64)
+    if d1 == 0:
+        return to1, None
+    g = c0 - c1
+    last = min(-(-d1 // supply), n) - 1
+    b = np.partition(g, n - 1 - last)[n - 1 - last]
+    above = g > b
+    to1[above] = supply
+    need = d1 - int(np.count_nonzero(above)) * supply
+    tied = np.nonzero(g == b)[0]
+    if t is not None:
+        key = (c1[tied] > t).astype(np.int8) - (c0[tied] > t).astype(np.int8)
+        tied = tied[np.argsort(key, kind="stable")]
+    to1[tied] = np.clip(need - supply * np.arange(tied.shape[0], dtype=np.int64), 0, supply)
+    return to1, b
+
+
+def plan_cost_units(c0, c1, to1, supply):
+    """The plan's cost in units x grid steps (exact: Python integers). Rows send all or
+    nothing but for the few tied rows at the boundary."""
+    g = c0 - c1
+    full = to1 == supply
+    part = np.nonzero((to1 > 0) & ~full)[0]
+    moved = supply * int(g[full].sum())
+    moved += sum(int(to1[i]) * int(g[i]) for i in part)
+    return supply * int(c0.sum()) - moved
+
+
+def above_units(c0, c1, to1, supply, t):
+    """(E, F): units on edges costing more than t, at least t (counts of whole rows, and
+    the few split rows one by one)."""
+    full, none = to1 == supply, to1 == 0
+    e = supply * (np.count_nonzero(full & (c1 > t)) + np.count_nonzero(none & (c0 > t)))
+    f = supply * (np.count_nonzero(full & (c1 >= t)) + np.count_nonzero(none & (c0 >= t)))
+    for i in np.nonzero(~full & ~none)[0]:
+        u1, u0 = int(to1[i]), supply - int(to1[i])
+        e += u1 * int(c1[i] > t) + u0 * int(c0[i] > t)
+        f += u1 * int(c1[i] >= t) + u0 * int(c0[i] >= t)
+    return e, f
+
+
+def plan_threshold(c0, c1, to1, supply, need):
+    """The largest cost u with F(u) >= need units (need 0: the largest transported cost)."""
+    to0 = supply - to1
+    cost = np.concatenate([c1[to1 > 0], c0[to0 > 0]])
+    units = np.concatenate([to1[to1 > 0], to0[to0 > 0]])
+    order = np.argsort(-cost, kind="stable")
+    total = np.cumsum(units[order])
+    i = int(np.searchsorted(total, max(need, 1)))
+    return int(cost[order][min(i, cost.shape[0] - 1)])
+
+
+def cott_threshold(c, counts, errors):
+    """DESIGN 2.16 on the source: t and lambda from its plan (solved, then re-solved
+    preferring edges at or below the first t)."""
+    n = c.shape[1]
+    supply, d1 = int(counts.sum()), int(counts[1]) * n
+    need = errors * supply
+    to1, _ = two_class_plan(c[0], c[1], supply, d1)
+    t0 = plan_threshold(c[0], c[1], to1, supply, need)
+    to1, _ = two_class_plan(c[0], c[1], supply, d1, t0)
+    t = plan_threshold(c[0], c[1], to1, supply, need)
+    if errors == 0:
+        return t, 0.0
+    e, f = above_units(c[0], c[1], to1, supply, t)
+    lam = (need - e) / (f - e) if f > e else 0.0
+    return t, min(max(lam, 0.0), 1.0)
+
+
+def cot_cott(c0, c1, counts, thr):
+    """COT and COTT of one set (its rows against the source shares)."""
+    n = c0.shape[0]
+    supply, d1 = int(counts.sum()), int(counts[1]) * n
+    t, lam = thr
+    to1, _ = two_class_plan(c0, c1, supply, d1, t)
+    total = n * supply
+    cot = 1.0 - plan_cost_units(c0, c1, to1, supply) / (total * (1 << 40))
+    e, f = above_units(c0, c1, to1, supply, t)
+    return cot, 1.0 - (e + lam * (f - e)) / total
+
+
+def shift_scores(zt, t, p):
+    """DESIGN 2.17 from class-major logits zt [K, N] and probabilities p [K, N]."""
+    k, n = p.shape
+    pd = p.astype(np.float64)
+    eig = np.linalg.eigvalsh(pd @ pd.T)
+    nuclear = float(np.sqrt(np.clip(eig, 0.0, None)).sum() / np.sqrt(n * min(n, k)))
+    v = zt.astype(np.float64)
+    v /= np.float64(np.float32(t))
+    m = C.reduce_rows(np.maximum, v)
+    e = v - m
+    np.exp(e, out=e)
+    lse = np.log(C.reduce_rows(np.add, e))
+    lse += m
+    lse -= C.reduce_rows(np.add, v) / k
+    delta = float(np.maximum(lse, 0.0, out=lse).mean())
+    if delta > 5.0:
+        q = pd
+    else:
+        q = v * v
+        q /= 2.0
+        q += v
+        q += 1.0
+        q -= C.reduce_rows(np.minimum, q)
+        tot = C.reduce_rows(np.add, q)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            q = np.where(tot > 0, q / tot, 1.0 / k)
+    q *= q
+    q *= q
+    return {"nuclear_norm": nuclear, "mano": (float(q.sum()) / (n * k)) ** 0.25}
+
+
+def with_cot(est, cot, mode, key):
+    """A set's estimates with its COT and COTT (--full, K = 2), where computed."""
+    if cot:
+        est["COT"], est["COTT"] = cot[mode][key]
+    return est
+
+
+def calibrate_source(z, y, t, alphas, full=False):
     st = row_stats(np.ascontiguousarray(z.T), y, t)
     n = z.shape[0]
     yhat = np.argmax(z, axis=1)
@@ -92,7 +235,9 @@ def calibrate_source(z, y, t, alphas):
         k = C.conformal_k(n, a)
         qhats.append(None if k is None else lac[k - 1])
     q, i = cpc_choice(lac, np.sort(st["r1"]), np.sort(st["r2"]), c)
-    return dict(t=t, n=n, correct=c, accuracy=c / n,
+    counts = np.bincount(y, minlength=z.shape[1])
+    cott = cott_threshold(grid_costs(st["p"]), counts, n - c) if full and z.shape[1] == 2 else None
+    return dict(t=t, n=n, correct=c, accuracy=c / n, counts=counts, cott=cott,
                 ac=float(np.sum(st["p1"], dtype=np.float64)) / n,
                 atc_mc=atc_threshold(np.sort(st["p1"]), c),
                 atc_ne=atc_threshold(np.sort(st["ne"]), c),
@@ -206,7 +351,7 @@ def ece(z, y, t):
 
 # ------------------------------------------------------------------ the job
 
-def evaluate(data_dir, source_name, alphas, want_pvalues=False):
+def evaluate(data_dir, source_name, alphas, want_pvalues=False, full=False):
     tm = {}
     t_start = time.perf_counter()
     files = sorted(f for f in os.listdir(data_dir) if f.endswith(".npz"))
@@ -228,8 +373,8 @@ def evaluate(data_dir, source_name, alphas, want_pvalues=False):
     tm["temperature"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    cal = {"raw": calibrate_source(z, y, np.float32(1.0), alphas),
-           "ts": calibrate_source(z, y, t_ts, alphas)}
+    cal = {"raw": calibrate_source(z, y, np.float32(1.0), alphas, full),
+           "ts": calibrate_source(z, y, t_ts, alphas, full)}
     tm["sort"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -241,12 +386,30 @@ def evaluate(data_dir, source_name, alphas, want_pvalues=False):
         correct = known & (np.argmax(zt, axis=0) == ty)  # argmax ties: lowest index
         per_mode, per_group = {}, {g: {} for g in GROUPS if s[g] is not None}
         index = {g: group_index(s[g]) for g in per_group}
+        # --full: each group's rows in row order (a stable sort), for its own COT problem.
+        two = full and zt.shape[0] == 2
+        members = {}
+        if two:
+            for g in per_group:
+                order = np.argsort(s[g], kind="stable")
+                ids, starts = np.unique(s[g][order], return_index=True)
+                members[g] = list(zip(ids.tolist(), np.split(order, starts[1:])))
+        cot, scores = {}, {}
         for mode in ("raw", "ts"):
             st = row_stats(zt, ty, cal[mode]["t"])
             names, m, p1 = row_indicators(st, correct, known, cal[mode])
             per_mode[mode] = totals(names, m, p1)
             for g in per_group:
                 per_group[g][mode] = group_totals(names, m, p1, index[g])
+            if full:
+                scores[mode] = shift_scores(zt, cal[mode]["t"], st["p"])
+            if two:
+                c = grid_costs(st["p"])
+                counts, thr = cal[mode]["counts"], cal[mode]["cott"]
+                cot[mode] = {None: cot_cott(c[0], c[1], counts, thr)}
+                for g, sets in members.items():
+                    for gid, rows in sets:
+                        cot[mode][(g, gid)] = cot_cott(c[0][rows], c[1][rows], counts, thr)
             if want_pvalues and mode == "ts":
                 lac = cal[mode]["sorted_lac"]
                 credibility = C.pvalues(lac, st["r1"])  # noqa: F841 (timed, not reported)
@@ -255,17 +418,18 @@ def evaluate(data_dir, source_name, alphas, want_pvalues=False):
         groups = {}
         for g, modes in per_group.items():
             groups[g] = [{"id": gid, "n": cnt["n"], "true_accuracy": true_acc(cnt),
-                          "estimates": {m: estimates(modes[m][gid], cal[m]) for m in ("raw", "ts")}}
+                          "estimates": {m: with_cot(estimates(modes[m][gid], cal[m]), cot, m, (g, gid))
+                                        for m in ("raw", "ts")}}
                          for gid, cnt in sorted(modes["raw"].items())]
         targets.append({
             "name": name, "n": all_raw["n"], "n_labelled": all_raw["labelled"],
             "labelled": all_raw["labelled"] == all_raw["n"], "true_accuracy": true_acc(all_raw),
-            "estimates": {m: estimates(per_mode[m], cal[m]) for m in ("raw", "ts")},
+            "estimates": {m: with_cot(estimates(per_mode[m], cal[m]), cot, m, None) for m in ("raw", "ts")},
             "cpc": {m: {"q": None if cal[m]["cpc_q"] is None else float(cal[m]["cpc_q"]),
                         "alpha": cal[m]["cpc_alpha"]} for m in ("raw", "ts")},
             "conformal": {m: conformal(per_mode[m], cal[m], alphas) for m in ("raw", "ts")},
             "groups": groups,
-        })
+        } | ({"scores": scores} if scores else {}))
     tm["estimate"] = time.perf_counter() - t0
     tm["total"] = time.perf_counter() - t_start
 
@@ -287,8 +451,10 @@ def evaluate(data_dir, source_name, alphas, want_pvalues=False):
 
 
 def mae_of(pairs):
+    methods = [m for m in ("AC", "ATC-MC", "ATC-NE", "COT", "COTT", "CPC", "DoC")
+               if m in METHODS or (pairs and m in pairs[0][0])]
     return {m: (sum(abs(e[m] - acc) for e, acc in pairs) / len(pairs) if pairs else None)
-            for m in METHODS}
+            for m in methods}
 
 
 def mae_rows(targets):
@@ -323,6 +489,8 @@ def main():
     ap.add_argument("--repeat", type=int, default=1, help="run the whole job R times")
     ap.add_argument("--pvalues", action="store_true", help="also compute per-row p-values")
     ap.add_argument("--timings", help="write the (median) timings_ms as JSON here")
+    ap.add_argument("--full", action="store_true",
+                    help="also COT, COTT (K = 2) and the score estimators: the crate's work")
     args = ap.parse_args()
     alphas = [float(a) for a in args.alpha.split(",")]
     if not all(0.0 < a < 1.0 for a in alphas):
@@ -330,7 +498,7 @@ def main():
 
     runs = []
     for r in range(args.repeat):
-        report = evaluate(args.data, args.source, alphas, args.pvalues)
+        report = evaluate(args.data, args.source, alphas, args.pvalues, args.full)
         runs.append(report["timings_ms"])
         print(f"run {r + 1}: " + "  ".join(f"{k} {v:8.1f} ms" for k, v in report["timings_ms"].items()))
     med = {k: statistics.median(t[k] for t in runs) for k in runs[0]}

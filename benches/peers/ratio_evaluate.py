@@ -2,13 +2,15 @@
 """End-to-end ratio, crate vs numpy peer, on the same data and machine, runs interleaved.
 
     python3 benches/peers/ratio_evaluate.py --data DIR [--bin target/release/conformal-gpu]
-        [--device cpu] [--alpha 0.1,0.05] [--runs 11]
+        [--device cpu] [--alpha 0.1,0.05] [--runs 11] [--full]
 
 Each round runs `conformal-gpu evaluate --json` once and `numpy_evaluate.py` once (in
 alternating order, so drift in the machine's load hits both alike) and reads each side's
 own `timings_ms` (time inside the process: loading the files through the last estimate;
 interpreter and process start-up are outside on both sides). The crate's `load` also
 hashes every input (SHA-256 for the report's `meta`), which the numpy peer does not time.
+With --full the numpy peer also computes COT, COTT and the score estimators (its `--full`),
+the work the crate's default report does beyond the five methods: the same work on both sides.
 Prints every round, then per phase the median and the [min, max] of each side, and the
 ratio of the median totals (numpy / crate: above 1 means the crate is faster).
 """
@@ -34,7 +36,7 @@ def crate_run(args, out):
 
 def numpy_run(args, out):
     cmd = [sys.executable, os.path.join(HERE, "numpy_evaluate.py"), "--data", args.data,
-           "--alpha", args.alpha, "--timings", out]
+           "--alpha", args.alpha, "--timings", out] + (["--full"] if args.full else [])
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     with open(out) as f:
         return json.load(f)
@@ -47,6 +49,8 @@ def main():
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--alpha", default="0.1,0.05")
     ap.add_argument("--runs", type=int, default=11)
+    ap.add_argument("--full", action="store_true",
+                    help="the numpy peer also computes COT, COTT and the scores (same work)")
     args = ap.parse_args()
     rounds = {"crate": [], "numpy": []}
     with tempfile.TemporaryDirectory() as tmp:
