@@ -849,6 +849,9 @@ fn overflow() -> Error {
     Error::Invalid("set counts overflow".into())
 }
 
+/// A score made anew for an entry: which, and its CPC's index and q, if it has one.
+type FreshScore = (Score, Option<(usize, Option<f64>)>);
+
 /// The counts of one block of rows (`first` = its first row in the chunk).
 fn count_block(
     cal: &SetCalibration,
@@ -868,6 +871,27 @@ fn count_block(
     let mut class = vec![0u64; k * (1 + e)];
     let mut order = Vec::new();
     let mut row = vec![0.0f64; k];
+    // Where an entry's score differs from the one before it, the row's scores are made
+    // anew: which score, and its CPC (index, q) if it has one. Fixed by the entries'
+    // order, so settled once here rather than by name compares on every row.
+    let mut current: Option<&str> = None;
+    let fresh: Vec<Option<FreshScore>> = sets
+        .entries
+        .iter()
+        .map(|ent| {
+            if current == Some(ent.score.as_str()) {
+                return None;
+            }
+            current = Some(ent.score.as_str());
+            let score = scores
+                .iter()
+                .find(|s| s.name() == ent.score)
+                .copied()
+                .unwrap_or(Score::Lac);
+            let cpc = sets.cpc.iter().position(|c| c.score == ent.score);
+            Some((score, cpc.map(|ci| (ci, sets.cpc[ci].q))))
+        })
+        .collect();
     for (j, p) in probs.chunks_exact(k).enumerate() {
         let i = first + j;
         let key = [rows.groups[0].map(|g| g[i]), rows.groups[1].map(|g| g[i])];
@@ -889,19 +913,11 @@ fn count_block(
             class[y as usize] += 1;
         }
         let u = draw(&cal.options, rows.name, rows.row_offset + i as u64);
-        let mut current: Option<&str> = None;
-        for (x, ent) in sets.entries.iter().enumerate() {
-            if current != Some(ent.score.as_str()) {
-                let score = scores
-                    .iter()
-                    .find(|s| s.name() == ent.score)
-                    .copied()
-                    .unwrap_or(Score::Lac);
-                row_scores_into(p, score, u, &mut order, &mut row);
-                current = Some(ent.score.as_str());
-                if let Some(ci) = sets.cpc.iter().position(|c| c.score == ent.score) {
+        for (x, (ent, fresh)) in sets.entries.iter().zip(&fresh).enumerate() {
+            if let Some((score, cpc)) = fresh {
+                row_scores_into(p, *score, u, &mut order, &mut row);
+                if let Some((ci, q)) = cpc {
                     let (a, b) = smallest_two(&row);
-                    let q = sets.cpc[ci].q;
                     if q.is_some_and(|q| a <= q && b > q) {
                         c[pair::ENTRIES + e * entry::LEN + ci] += 1;
                     }
