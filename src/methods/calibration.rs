@@ -662,60 +662,60 @@ impl<B: Backend> TallyStream<'_, B> {
         let (cal, backend) = (self.cal, self.backend);
         let (plans, key) = (&self.plans, self.name_key);
         let boot = &mut self.tally.bootstrap;
+        let (sets, cot) = (self.tally.sets.as_mut(), self.tally.cot.as_mut());
         let result = with_labels(rows.labels, n, |labels| -> Result<Option<RowOutputs>> {
+            // Validated first: the set counts and COT's rows below take valid rows only.
             let prepared = backend.prepare(rows.logits, labels, cal.k)?;
             let groups = [rows.hospital, rows.slide];
-            backend.tally_add(&mut acc.raw, &prepared, &cal.modes.raw.plan(labels, groups))?;
-            backend.tally_add(&mut acc.ts, &prepared, &cal.modes.ts.plan(labels, groups))?;
-            if let (Some(plans), Some(boot), Some(cb)) = (plans, boot.as_mut(), &cal.bootstrap) {
-                let plan = BootstrapTallyPlan {
-                    seed: cb.seed,
-                    name_key: key,
-                    row_offset: rows.row_offset as u64,
-                    modes: [&plans.raw, &plans.ts],
-                    labels,
-                    groups,
-                };
-                let [raw, ts] = backend.bootstrap_tally(&prepared, &plan)?;
-                boot.add(raw, ts);
-            }
-            want_rows
-                .then(|| prepared_row_outputs(backend, &prepared, &cal.modes, rows.name))
-                .transpose()
-        });
-        if result.is_ok() {
-            if let (Some(st), Some(sc)) = (self.tally.sets.as_mut(), cal.sets.as_ref()) {
-                let added = with_labels(rows.labels, n, |labels| {
-                    st.add(
-                        sc,
-                        Modes {
+            // The set counts and COT's copy of the rows (host work on the thread pool)
+            // run beside the backend's tallies: each writes its own part of the tally.
+            let mut side: Result<()> = Ok(());
+            let counted = rayon::in_place_scope(|scope| {
+                scope.spawn(|_| {
+                    if let (Some(st), Some(sc)) = (sets, cal.sets.as_ref()) {
+                        let t = Modes {
                             raw: cal.modes.raw.t,
                             ts: cal.modes.ts.t,
-                        },
-                        &SetRows {
+                        };
+                        let set_rows = SetRows {
                             name: rows.name,
                             row_offset: rows.row_offset as u64,
                             k: cal.k,
                             logits: rows.logits,
                             labels,
-                            groups: [rows.hospital, rows.slide],
-                        },
-                    )
+                            groups,
+                        };
+                        side = st.add(sc, t, &set_rows);
+                    }
+                    if let Some(cot) = cot {
+                        cot.add(rows.row_offset as u64, rows.logits, cal.k, groups);
+                    }
                 });
-                if let Err(e) = added {
-                    self.acc = None;
-                    return Err(e);
+                let raw_plan = cal.modes.raw.plan(labels, groups);
+                backend.tally_add(&mut acc.raw, &prepared, &raw_plan)?;
+                backend.tally_add(&mut acc.ts, &prepared, &cal.modes.ts.plan(labels, groups))?;
+                if let (Some(plans), Some(boot), Some(cb)) = (plans, boot.as_mut(), &cal.bootstrap)
+                {
+                    let plan = BootstrapTallyPlan {
+                        seed: cb.seed,
+                        name_key: key,
+                        row_offset: rows.row_offset as u64,
+                        modes: [&plans.raw, &plans.ts],
+                        labels,
+                        groups,
+                    };
+                    let [raw, ts] = backend.bootstrap_tally(&prepared, &plan)?;
+                    boot.add(raw, ts);
                 }
-            }
-            if let Some(cot) = self.tally.cot.as_mut() {
-                cot.add(
-                    rows.row_offset as u64,
-                    rows.logits,
-                    cal.k,
-                    [rows.hospital, rows.slide],
-                );
-            }
-        }
+                want_rows
+                    .then(|| prepared_row_outputs(backend, &prepared, &cal.modes, rows.name))
+                    .transpose()
+            });
+            // The backend's error first, as when the set counts ran after it.
+            let out = counted?;
+            side?;
+            Ok(out)
+        });
         if result.is_err() {
             // Counts of this chunk may be partly in: the stream cannot be finished.
             self.acc = None;

@@ -139,9 +139,17 @@ impl Calibration {
             raw: self.modes.raw.t,
             ts: self.modes.ts.t,
         };
-        let cot = cot_rows
-            .map(|c| c.solve(self.k, &self.class_counts, t.clone(), self.cott.as_ref()))
-            .transpose()?;
+        // COT and the shift scores read the same rows and nothing of each other: side by
+        // side, the one's serial steps (a selection a set) overlap the other's blocks.
+        let (cot, scores) = rayon::join(
+            || {
+                cot_rows
+                    .map(|c| c.solve(self.k, &self.class_counts, t.clone(), self.cott.as_ref()))
+                    .transpose()
+            },
+            || cot_rows.and_then(|rows| shift_scores(rows, self.k, t.clone())),
+        );
+        let cot = cot?;
         // The reference mode's values: ts, the whole target only.
         let reference = match (&self.cot_reference, cot_rows) {
             (Some(r), Some(rows)) => {
@@ -250,7 +258,7 @@ impl Calibration {
                 ts: cpc(&self.modes.ts),
             },
             conformal,
-            scores: cot_rows.and_then(|rows| shift_scores(rows, self.k, t.clone())),
+            scores,
             groups,
             intervals: match (boot, cot_rows) {
                 (Some((cb, tb)), Some(rows)) => {
