@@ -413,10 +413,10 @@ fn set_runs(
 
 /// A run's gains `c0 - c1` into `gains`, and the sum of its class-0 costs. The sum is
 /// exact for any i64 costs: each cost is split into its high (signed) and low 32 bits,
-/// each half summed in 64 bits over at most 2^31 rows, so the loop has no i128 add and
-/// vectorises.
+/// each half summed in 64 bits over at most 2^30 rows (no overflow, and `2 * BLOCK_ROWS`
+/// fits a 32-bit usize), so the loop has no i128 add and vectorises.
 fn gains_and_class0_sum(run: &[i64], gains: &mut [i64]) -> i128 {
-    const BLOCK_ROWS: usize = 1 << 31;
+    const BLOCK_ROWS: usize = 1 << 30;
     crate::cpu::math::with_avx2(
         #[inline(always)]
         || {
@@ -437,7 +437,7 @@ fn gains_and_class0_sum(run: &[i64], gains: &mut [i64]) -> i128 {
 
 /// The exact sum of `values`, by the split of [`gains_and_class0_sum`] (vectorised).
 fn exact_sum(values: &[i64]) -> i128 {
-    const BLOCK: usize = 1 << 31;
+    const BLOCK: usize = 1 << 30;
     crate::cpu::math::with_avx2(
         #[inline(always)]
         || {

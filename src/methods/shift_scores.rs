@@ -25,9 +25,9 @@ const BLOCK_ROWS: usize = 4096;
 /// `x >= 0` rounded to the nearest multiple of `2^-bits` (ties to even), as an integer.
 /// Below 2^52 adding and subtracting 2^52 rounds to even (an f64 add, not a libm call);
 /// above, `y` is an integer already. Below 2^65 the conversion is a u64 one and a carry
-/// (f64 -> u128 is a software routine): a sum of fourth powers of probabilities lies
-/// in [2^63, 2^64] on the 2^-64 grid, exactly 2^64 for a saturated row and, at K = 2,
-/// for every Taylor row. (Each call site's branches go one way for almost every row.)
+/// (f64 -> u128 is a software routine): a sum of K fourth powers of probabilities lies
+/// in [2^64 / K^3, 2^64] on the 2^-64 grid, exactly 2^64 for a saturated row and, at
+/// K = 2, for every Taylor row. (Each call site's branches go one way for almost every row.)
 #[inline(always)]
 fn on_grid(x: f64, bits: i32) -> u128 {
     const M: f64 = (1u64 << 52) as f64;
