@@ -411,44 +411,66 @@ fn set_runs(
     })
 }
 
-/// A run's gains `c0 - c1` into `gains`, and the sum of its class-0 costs. The sum is
-/// exact for any i64 costs: each cost is split into its high (signed) and low 32 bits,
-/// each half summed in 64 bits over at most 2^30 rows (no overflow, and `2 * BLOCK_ROWS`
-/// fits a 32-bit usize), so the loop has no i128 add and vectorises.
+/// An exact sum of i64 values without i128 adds (which do not vectorise): each value is
+/// split into its high (signed) and low 32 bits, each half summed in 64 bits. At most
+/// [`SPLIT_BLOCK`] values a sum: neither half can overflow, and `2 * SPLIT_BLOCK` fits a
+/// 32-bit usize.
+#[derive(Clone, Copy, Default)]
+struct SplitSum {
+    high: i64,
+    low: u64,
+}
+
+/// Values one [`SplitSum`] takes at most.
+const SPLIT_BLOCK: usize = 1 << 30;
+
+impl SplitSum {
+    #[inline(always)]
+    fn add(&mut self, v: i64) {
+        self.high += v >> 32;
+        self.low += v as u64 & 0xffff_ffff;
+    }
+
+    fn total(self) -> i128 {
+        ((self.high as i128) << 32) + self.low as i128
+    }
+}
+
+/// A run's gains `c0 - c1` into `gains`, and the exact sum of its class-0 costs (any
+/// i64 costs), in one vectorised pass.
 fn gains_and_class0_sum(run: &[i64], gains: &mut [i64]) -> i128 {
-    const BLOCK_ROWS: usize = 1 << 30;
     crate::cpu::math::with_avx2(
         #[inline(always)]
         || {
             let mut total = 0i128;
-            for (r, g) in run.chunks(2 * BLOCK_ROWS).zip(gains.chunks_mut(BLOCK_ROWS)) {
-                let (mut high, mut low) = (0i64, 0u64);
+            for (r, g) in run
+                .chunks(2 * SPLIT_BLOCK)
+                .zip(gains.chunks_mut(SPLIT_BLOCK))
+            {
+                let mut sum = SplitSum::default();
                 for (g, c) in g.iter_mut().zip(r.chunks_exact(2)) {
                     *g = c[0] - c[1];
-                    high += c[0] >> 32;
-                    low += c[0] as u64 & 0xffff_ffff;
+                    sum.add(c[0]);
                 }
-                total += ((high as i128) << 32) + low as i128;
+                total += sum.total();
             }
             total
         },
     )
 }
 
-/// The exact sum of `values`, by the split of [`gains_and_class0_sum`] (vectorised).
+/// The exact sum of `values` (vectorised).
 fn exact_sum(values: &[i64]) -> i128 {
-    const BLOCK: usize = 1 << 30;
     crate::cpu::math::with_avx2(
         #[inline(always)]
         || {
             let mut total = 0i128;
-            for block in values.chunks(BLOCK) {
-                let (mut high, mut low) = (0i64, 0u64);
+            for block in values.chunks(SPLIT_BLOCK) {
+                let mut sum = SplitSum::default();
                 for &v in block {
-                    high += v >> 32;
-                    low += v as u64 & 0xffff_ffff;
+                    sum.add(v);
                 }
-                total += ((high as i128) << 32) + low as i128;
+                total += sum.total();
             }
             total
         },
