@@ -19,29 +19,37 @@ use crate::report::model::ShiftScores;
 const GRID_BITS: i32 = 64;
 /// Bits of the grid MaNo's `delta` terms are summed on.
 const DELTA_BITS: i32 = 40;
+/// A row delta at or above which the bounds leave the branch to the exact pass: its
+/// grid values stay below 2^51, so a block's sum of them fits a u64 and `on_grid` takes
+/// its first shortcut.
+const DELTA_FAR: f64 = (1u64 << 10) as f64;
 /// Rows per parallel block.
 const BLOCK_ROWS: usize = 4096;
 
-/// `x >= 0` rounded to the nearest multiple of `2^-bits` (ties to even), as an integer.
-/// Below 2^52 adding and subtracting 2^52 rounds to even (an f64 add, not a libm call);
-/// above, `y` is an integer already. Below 2^65 the conversion is a u64 one and a carry
-/// (f64 -> u128 is a software routine): a sum of K fourth powers of probabilities lies
-/// in [2^64 / K^3, 2^64] on the 2^-64 grid, exactly 2^64 for a saturated row and, at
-/// K = 2, for every Taylor row. (Each call site's branches go one way for almost every row.)
+/// `x >= 0` rounded to the nearest multiple of `2^-bits` (ties to even), as an integer,
+/// read from the f64's bits rather than by float -> integer conversions (f64 -> u64 and
+/// u128 are instruction sequences or a software routine on x86-64):
+/// - below 2^52, adding 2^52 rounds to even (an f64 add), and the sum's significand
+///   bits are the integer (at 2^52 - 1/2 and up the sum is 2^53, whose bits are 2^52 past
+///   2^52's: still the integer);
+/// - from 2^52, `y` is an integer already: its significand shifted by its exponent;
+/// - from 2^128, `u128::MAX`, as `as u128` saturates.
+///
+/// A sum of K fourth powers of probabilities lies in [2^64 / K^3, 2^64] on the 2^-64
+/// grid (exactly 2^64 for a saturated row and, at K = 2, every Taylor row): the shift.
 #[inline(always)]
 fn on_grid(x: f64, bits: i32) -> u128 {
     const M: f64 = (1u64 << 52) as f64;
-    const TWO_64: f64 = 18_446_744_073_709_551_616.0;
     let y = x * 2f64.powi(bits);
-    let r = if y < M { (y + M) - M } else { y };
-    if r < TWO_64 {
-        r as u64 as u128
-    } else if r < 2.0 * TWO_64 {
-        // r in [2^64, 2^65) has an ulp of 2^12: r - 2^64 is exact.
-        (1u128 << 64) | (r - TWO_64) as u64 as u128
-    } else {
-        r as u128
+    if y < M {
+        return ((y + M).to_bits() - M.to_bits()) as u128;
     }
+    let b = y.to_bits();
+    let e = (b >> 52) as u32 - 1075;
+    if e >= 76 {
+        return u128::MAX;
+    }
+    (((b & ((1 << 52) - 1)) | 1 << 52) as u128) << e
 }
 
 /// An f32 `p >= 0` as `(m, e)` with `p = m 2^e`, `m` its integer significand (the
@@ -91,14 +99,230 @@ fn product_on_grid(a: (u64, i32), b: (u64, i32)) -> u128 {
     }) as u128
 }
 
-/// The exact sums of one mode: the Gram matrix's upper triangle, MaNo's delta terms and
-/// both branches' fourth powers.
+/// `on_grid`'s integer for a `y = x 2^bits` in [0, 2^65), as its high and low 32-bit
+/// halves, by the same bit reading in integer operations with no branch (both of
+/// `on_grid`'s cases computed, one kept), so a loop of them vectorises; halves let a
+/// block's sums stay u64.
+#[inline(always)]
+fn grid_halves(y: f64) -> (u64, u64) {
+    const M: f64 = (1u64 << 52) as f64;
+    const LOW: u64 = 0xffff_ffff;
+    let below = (y + M).to_bits().wrapping_sub(M.to_bits());
+    let b = y.to_bits();
+    // From 2^52 on: y = significand 2^e, e in 0..=12.
+    let e = ((b >> 52) as u32).wrapping_sub(1075);
+    let significand = (b & ((1 << 52) - 1)) | 1 << 52;
+    let (high, low) = (
+        significand.wrapping_shr(32u32.wrapping_sub(e)),
+        significand.wrapping_shl(e) & LOW,
+    );
+    if y < M {
+        (below >> 32, below & LOW)
+    } else {
+        (high, low)
+    }
+}
+
+/// A sum of u64 halves from [`grid_halves`] (each half below 2^33, so 2^30 rows fit).
+#[derive(Clone, Copy, Default)]
+struct Halves {
+    high: u64,
+    low: u64,
+}
+
+impl Halves {
+    #[inline(always)]
+    fn add(&mut self, (high, low): (u64, u64)) {
+        self.high += high;
+        self.low += low;
+    }
+
+    fn total(self) -> u128 {
+        ((self.high as u128) << 32) + self.low as u128
+    }
+}
+
+/// The sums of a block of K = 2 rows (fewer than 2^30), the same integers as
+/// [`Sums::row`] row by row, in one branch-free loop that the AVX2 build vectorises:
+/// - the Gram products by `grid_halves` of their exact f64 products (`product_on_grid`'s
+///   integers, see its test);
+/// - both branches' fourth powers by the row's own f64 operations, in its order (a
+///   two-term `sum` from -0.0 adds exactly the two terms);
+/// - the delta bounds of [`delta_bounds`] at K = 2: with `x = max - min` the row's
+///   terms are 1 and `e^-x`.
+fn two_class_sums(block: &[f32], probs: &[f32], t: f32) -> Sums {
+    crate::cpu::math::with_avx2(
+        #[inline(always)]
+        || {
+            let scale = 2f64.powi(GRID_BITS);
+            let delta_scale = 2f64.powi(DELTA_BITS);
+            let tiny = 2f64.powi(-DELTA_BITS);
+            let mut gram = [Halves::default(); 3];
+            let (mut softmax4, mut taylor4) = (Halves::default(), Halves::default());
+            let (mut delta_low, mut delta_high) = (0u64, 0u64);
+            let mut far = false;
+            for (z, p) in block.chunks_exact(2).zip(probs.chunks_exact(2)) {
+                let (p0, p1) = (p[0] as f64, p[1] as f64);
+                gram[0].add(grid_halves(p0 * p0 * scale));
+                gram[1].add(grid_halves(p0 * p1 * scale));
+                gram[2].add(grid_halves(p1 * p1 * scale));
+                softmax4.add(grid_halves((p0.powi(4) + p1.powi(4)) * scale));
+                let (v0, v1) = (z[0] as f64 / t as f64, z[1] as f64 / t as f64);
+                // MaNo's delta bounds.
+                let (m, min) = if v0 >= v1 { (v0, v1) } else { (v1, v0) };
+                let mean = (v0 + v1) * 0.5;
+                let x = m - min;
+                let p6 = 1.0
+                    + x * (1.0
+                        + x * (1.0 / 2.0
+                            + x * (1.0 / 6.0
+                                + x * (1.0 / 24.0 + x * (1.0 / 120.0 + x * (1.0 / 720.0))))));
+                let s_high = 1.0 / p6;
+                let c = {
+                    let y = x * 0.125;
+                    1.0 - y * (1.0 - y * (0.5 - y * (1.0 / 6.0)))
+                };
+                let c8 = {
+                    let c2 = c * c;
+                    let c4 = c2 * c2;
+                    c4 * c4
+                };
+                let s_low = if x < 12.0 { c8 } else { 0.0 };
+                let ln_high = s_high - s_high * s_high * (0.5 - s_high * (1.0 / 3.0));
+                let ln_low = s_low - s_low * s_low * 0.5;
+                let margin = (m.abs() + mean.abs() + 8.0) * tiny;
+                let a = m - mean;
+                let high = (a + ln_high + margin).max(0.0);
+                let low = (a + ln_low - margin).max(0.0);
+                far |= high >= DELTA_FAR;
+                let grid = |x: f64| {
+                    const M: f64 = (1u64 << 52) as f64;
+                    (x * delta_scale + M).to_bits().wrapping_sub(M.to_bits())
+                };
+                delta_low += grid(low);
+                delta_high += grid(high);
+                // The Taylor branch, as `Sums::row`.
+                let (w0, w1) = (1.0 + v0 + v0 * v0 / 2.0, 1.0 + v1 + v1 * v1 / 2.0);
+                let w_min = w0.min(w1);
+                let (d0, d1) = (w0 - w_min, w1 - w_min);
+                let total = d0 + d1;
+                let q4 = if total > 0.0 {
+                    (d0 / total).powi(4) + (d1 / total).powi(4)
+                } else {
+                    2.0 * 0.5f64.powi(4)
+                };
+                taylor4.add(grid_halves(q4 * scale));
+            }
+            Sums {
+                gram: gram.iter().map(|h| h.total()).collect(),
+                delta_low: delta_low as i128,
+                delta_high: delta_high as i128,
+                delta_far: far,
+                softmax4: softmax4.total(),
+                taylor4: taylor4.total(),
+            }
+        },
+    )
+}
+
+/// The exact sums of one mode: the Gram matrix's upper triangle, both branches' fourth
+/// powers, and a lower and an upper bound of MaNo's delta sum (see [`delta_bounds`]).
 #[derive(Clone, Default)]
 struct Sums {
     gram: Vec<u128>,
-    delta: i128,
+    delta_low: i128,
+    delta_high: i128,
+    /// Some row's delta may reach [`DELTA_FAR`]: the bounds are not used.
+    delta_far: bool,
     softmax4: u128,
     taylor4: u128,
+}
+
+/// MaNo's branch rule on a delta sum on the 2^-40 grid over `n` rows: `delta > 5`, the
+/// softmax branch. Monotone in `sum` (each step rounds monotonically), so a bound of the
+/// sum on either side that decides it decides the exact sum alike.
+fn delta_above_five(sum: i128, n: usize) -> bool {
+    sum as f64 * 2f64.powi(-DELTA_BITS) / n as f64 > 5.0
+}
+
+/// One row's MaNo delta term, `logsumexp(v) - mean(v)` for `v = z / T` (as f64, in
+/// `v`), on the 2^-40 grid: the exact term the branch rule is defined on (libm's `exp`
+/// and `ln`). Only computed when the bounds leave the rule undecided.
+#[inline(always)]
+fn delta_term(z: &[f32], t: f32, v: &mut [f64]) -> i128 {
+    for (vk, &x) in v.iter_mut().zip(z) {
+        *vk = x as f64 / t as f64;
+    }
+    let m = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    // exp(0) = 1 exactly: the top class's term costs no exponential.
+    let terms = v.iter().map(|&y| {
+        let d = y - m;
+        if d == 0.0 {
+            1.0
+        } else {
+            d.exp()
+        }
+    });
+    let lse = m + terms.sum::<f64>().ln();
+    let mean = v.iter().copied().sum::<f64>() / v.len() as f64;
+    on_grid((lse - mean).max(0.0), DELTA_BITS) as i128
+}
+
+/// Bounds `(low, high)` of [`delta_term`]'s value (before the grid) for the row `v = z / T` (max `m`,
+/// mean `mean`, as `delta_term` computes them), from polynomials alone: MaNo needs only
+/// the side of 5 its mean delta lies on, and over a target these bounds are a few
+/// thousandths apart, so `exp` and `ln` run only where the mean falls that close to 5.
+/// With `x = m - v_k >= 0` and `S = sum_k e^-x`:
+/// - `e^-x <= 1 / sum_{j<=6} x^j / j!` (a partial sum of `e^x`);
+/// - `e^-x >= c(x/8)^8` with `c(y) = 1 - y + y^2/2 - y^3/6` (its Taylor remainder is
+///   positive), for `x < 12`, where `c > 0`; else `>= 0`;
+/// - for `S = 1 + s` with `s <= 1`: `s - s^2/2 <= ln(1 + s) <= s - s^2/2 + s^3/3`; above,
+///   libm's `ln(S)` (only at K > 2);
+/// - a margin per row, `(|m| + |mean| + 4 + K^2) 2^-40`, far above the f64 rounding of
+///   either computation (libm's included) and the grid's half step.
+#[inline(always)]
+fn delta_bounds(v: &[f64], m: f64, mean: f64) -> (f64, f64) {
+    let (mut high, mut low) = (0.0f64, 0.0f64);
+    for &y in v {
+        let x = m - y;
+        // Reciprocal factorials as constants: multiplies, not divides (their rounding
+        // is far inside the margin).
+        let p6 = 1.0
+            + x * (1.0
+                + x * (1.0 / 2.0
+                    + x * (1.0 / 6.0 + x * (1.0 / 24.0 + x * (1.0 / 120.0 + x * (1.0 / 720.0))))));
+        high += 1.0 / p6;
+        let c = {
+            let y = x * 0.125;
+            1.0 - y * (1.0 - y * (0.5 - y * (1.0 / 6.0)))
+        };
+        let c8 = {
+            let c2 = c * c;
+            let c4 = c2 * c2;
+            c4 * c4
+        };
+        low += if x < 12.0 { c8 } else { 0.0 };
+    }
+    let ln_high = if high <= 2.0 {
+        // Exact: `high` is in [1, 2].
+        let s = high - 1.0;
+        s - s * s * (0.5 - s * (1.0 / 3.0))
+    } else {
+        high.ln()
+    };
+    let ln_low = if low <= 2.0 {
+        let s = (low - 1.0).max(0.0);
+        s - s * s * 0.5
+    } else {
+        low.ln()
+    };
+    let k = v.len() as f64;
+    let margin = (m.abs() + mean.abs() + 4.0 + k * k) * 2f64.powi(-DELTA_BITS);
+    let a = m - mean;
+    (
+        (a + ln_low - margin).max(0.0),
+        (a + ln_high + margin).max(0.0),
+    )
 }
 
 impl Sums {
@@ -113,7 +337,9 @@ impl Sums {
         for (a, b) in self.gram.iter_mut().zip(&o.gram) {
             *a += *b;
         }
-        self.delta += o.delta;
+        self.delta_low += o.delta_low;
+        self.delta_high += o.delta_high;
+        self.delta_far |= o.delta_far;
         self.softmax4 += o.softmax4;
         self.taylor4 += o.taylor4;
         self
@@ -137,23 +363,16 @@ impl Sums {
             }
         }
         // MaNo on z / T in f64, each class's `z / T` divided once (`v` holds them, then
-        // the Taylor terms).
+        // the Taylor terms); `m` and `mean` as `delta_term` computes them.
         for (vk, &x) in v.iter_mut().zip(z) {
             *vk = x as f64 / t as f64;
         }
         let m = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-        // exp(0) = 1 exactly: the top class's term costs no exponential.
-        let terms = v.iter().map(|&y| {
-            let d = y - m;
-            if d == 0.0 {
-                1.0
-            } else {
-                d.exp()
-            }
-        });
-        let lse = m + terms.sum::<f64>().ln();
         let mean = v.iter().copied().sum::<f64>() / k as f64;
-        self.delta += on_grid((lse - mean).max(0.0), DELTA_BITS) as i128;
+        let (low, high) = delta_bounds(v, m, mean);
+        self.delta_low += on_grid(low, DELTA_BITS) as i128;
+        self.delta_high += on_grid(high, DELTA_BITS) as i128;
+        self.delta_far |= high >= DELTA_FAR;
         self.softmax4 += on_grid(p.iter().map(|&q| (q as f64).powi(4)).sum(), GRID_BITS);
         for vk in v.iter_mut() {
             let y = *vk;
@@ -172,8 +391,22 @@ impl Sums {
 }
 
 impl Sums {
-    /// The scores of `n` rows of `k` classes from their sums.
-    fn scores(&self, n: usize, k: usize) -> ShiftScores {
+    /// MaNo's branch (`delta > 5`) where the delta bounds decide it, `None` where they
+    /// straddle 5.
+    fn softmax_branch(&self, n: usize) -> Option<bool> {
+        if self.delta_far {
+            None
+        } else if delta_above_five(self.delta_low, n) {
+            Some(true)
+        } else if !delta_above_five(self.delta_high, n) {
+            Some(false)
+        } else {
+            None
+        }
+    }
+
+    /// The scores of `n` rows of `k` classes from their sums, MaNo's branch given.
+    fn scores(&self, n: usize, k: usize, softmax_branch: bool) -> ShiftScores {
         let scale = 2f64.powi(-GRID_BITS);
         let mut gram = DMatrix::<f64>::zeros(k, k);
         let mut at = 0;
@@ -191,8 +424,7 @@ impl Sums {
             .map(|&e| e.max(0.0).sqrt())
             .sum();
         let nf = n as f64;
-        let delta = self.delta as f64 * 2f64.powi(-DELTA_BITS) / nf;
-        let q4 = if delta > 5.0 {
+        let q4 = if softmax_branch {
             self.softmax4
         } else {
             self.taylor4
@@ -224,11 +456,7 @@ pub fn shift_scores(rows: &CotRows, k: usize, t: Modes<f32>) -> Option<Modes<Shi
                 // The block's probabilities at once (vectorised exp; `softmax_row`'s bits).
                 let probs = softmax(block, k, t);
                 if k == 2 {
-                    // Scratch of a constant K: the row's class loops unroll.
-                    let (mut v, mut parts) = ([0f64; 2], [(0u64, 0i32); 2]);
-                    for (z, p) in block.chunks_exact(2).zip(probs.chunks_exact(2)) {
-                        s.row(z, t, p, &mut v, &mut parts);
-                    }
+                    s = two_class_sums(block, &probs, t);
                 } else {
                     let (mut v, mut parts) = (vec![0f64; k], vec![(0u64, 0i32); k]);
                     for (z, p) in block.chunks_exact(k).zip(probs.chunks_exact(k)) {
@@ -238,7 +466,21 @@ pub fn shift_scores(rows: &CotRows, k: usize, t: Modes<f32>) -> Option<Modes<Shi
                 s
             })
             .reduce(|| Sums::zeros(k), Sums::add);
-        sums.scores(n, k)
+        let softmax_branch = sums.softmax_branch(n).unwrap_or_else(|| {
+            // The bounds straddle 5: the exact delta sum, a second pass.
+            let exact = blocks
+                .par_iter()
+                .map(|block| {
+                    let mut v = vec![0f64; k];
+                    block
+                        .chunks_exact(k)
+                        .map(|z| delta_term(z, t, &mut v))
+                        .sum::<i128>()
+                })
+                .sum::<i128>();
+            delta_above_five(exact, n)
+        });
+        sums.scores(n, k, softmax_branch)
     };
     Some(Modes {
         raw: mode(t.raw),
@@ -251,14 +493,16 @@ mod tests {
     use super::*;
     use rand::{Rng, SeedableRng};
 
-    /// `on_grid`'s f64 adds and u64 conversion give the integers `round_ties_even` and a
-    /// u128 conversion give: exact halves either side of even, the 2^52 and 2^63 edges
-    /// of its two shortcuts, 2^64 (a probability sum of one on the 2^-64 grid), and
-    /// seeded values over every exponent the sums take.
+    /// `on_grid`'s bit reading gives the integers `round_ties_even` and a saturating
+    /// u128 conversion give: exact halves either side of even, the 2^52 edge (2^52 - 1/2
+    /// rounds up to it), the 2^63, 2^64 and 2^65 edges, 2^64 itself (a probability sum of
+    /// one on the 2^-64 grid), values past 2^128 (saturated), and seeded values over every
+    /// exponent the sums take.
     #[test]
     fn on_grid_equals_the_plain_rounding() {
         let plain = |x: f64, bits: i32| (x * 2f64.powi(bits)).round_ties_even() as u128;
         let mut values = vec![0.0, 1.0, 0.5, 2.5 * 2f64.powi(-64), 3.5 * 2f64.powi(-64)];
+        values.extend([2f64.powi(64), 2f64.powi(127) * 1.5, 2f64.powi(128), 1e30]);
         for e in [52, 53, 63, 64, 65] {
             let edge = 2f64.powi(e - 64);
             values.extend([
@@ -303,14 +547,192 @@ mod tests {
         rows.add(0, &logits, 2, [None, None]);
         for t in [1.0f32, 0.37] {
             let got = shift_scores(&rows, 2, Modes { raw: t, ts: t }).unwrap().raw;
-            let mut want = Sums::zeros(2);
+            assert_eq!(got, reference_scores(&logits, 2, t), "t = {t}");
+        }
+    }
+
+    /// `grid_halves` gives `on_grid`'s integer (at `bits = 0`) over [0, 2^65): the
+    /// edges of its two cases (2^52 - 1/2 rounding up to 2^52), exact halves, each power
+    /// of two from 2^-1 to 2^64 with its neighbours, and seeded values at every exponent.
+    #[test]
+    fn grid_halves_equal_on_grid() {
+        let mut values = vec![
+            0.0,
+            -0.0,
+            0.5,
+            1.5,
+            2.5,
+            2f64.powi(52) - 0.5,
+            2f64.powi(52) - 1.5,
+        ];
+        for e in -1..=64 {
+            let x = 2f64.powi(e);
+            values.extend([x, x * (1.0 - f64::EPSILON / 2.0), x * (1.0 + f64::EPSILON)]);
+        }
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(13);
+        for _ in 0..20000 {
+            let e = rng.random_range(-10..64);
+            values.push(rng.random::<f64>() * 2f64.powi(e));
+        }
+        for &y in values.iter().filter(|&&y| y < 2f64.powi(65)) {
+            let (high, low) = grid_halves(y);
+            assert!(low < 1 << 32, "{y:e}");
+            assert_eq!(((high as u128) << 32) + low as u128, on_grid(y, 0), "{y:e}");
+        }
+    }
+
+    /// At K = 2 the vector loop's Gram and fourth-power sums are the row loop's integers
+    /// and its delta bounds hold the exact delta sum: three blocks' worth of rows with
+    /// saturated rows (probability 1 and 0, fourth powers on 2^64), ties, -0.0, and
+    /// subnormal probabilities (logit gaps past 87 at T = 1).
+    #[test]
+    fn two_class_sums_equal_the_row_loop() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(14);
+        let n = 3 * BLOCK_ROWS + 5;
+        let mut logits = Vec::with_capacity(2 * n);
+        for i in 0..n {
+            let a = rng.random_range(-20f32..20.0);
+            let b = match i % 6 {
+                0 => a,
+                1 => a - 95.0,
+                2 => -0.0,
+                3 => a + rng.random_range(-0.001f32..0.001),
+                _ => rng.random_range(-20f32..20.0),
+            };
+            logits.extend([a, b]);
+        }
+        for t in [1.0f32, 0.37, 4.0] {
             let probs = softmax(&logits, 2, t);
+            let got = two_class_sums(&logits, &probs, t);
+            let mut want = Sums::zeros(2);
             let (mut v, mut parts) = (vec![0f64; 2], vec![(0u64, 0i32); 2]);
             for (z, p) in logits.chunks_exact(2).zip(probs.chunks_exact(2)) {
                 want.row(z, t, p, &mut v, &mut parts);
             }
-            assert_eq!(got, want.scores(n, 2), "t = {t}");
+            assert_eq!(got.gram, want.gram, "t = {t}");
+            assert_eq!(got.softmax4, want.softmax4, "t = {t}");
+            assert_eq!(got.taylor4, want.taylor4, "t = {t}");
+            let exact: i128 = logits
+                .chunks_exact(2)
+                .map(|z| delta_term(z, t, &mut v))
+                .sum();
+            assert!(!got.delta_far, "t = {t}");
+            assert!(got.delta_low <= exact && exact <= got.delta_high, "t = {t}");
         }
+    }
+
+    /// The scores by the slice-scratch row loop and MaNo's branch from the exact delta
+    /// sum (libm's `exp` and `ln` on every row), with whether the bounds decided it.
+    fn reference(logits: &[f32], k: usize, t: f32) -> (ShiftScores, Option<bool>) {
+        let n = logits.len() / k;
+        let mut sums = Sums::zeros(k);
+        let probs = softmax(logits, k, t);
+        let (mut v, mut parts) = (vec![0f64; k], vec![(0u64, 0i32); k]);
+        for (z, p) in logits.chunks_exact(k).zip(probs.chunks_exact(k)) {
+            sums.row(z, t, p, &mut v, &mut parts);
+        }
+        let exact: i128 = logits
+            .chunks_exact(k)
+            .map(|z| delta_term(z, t, &mut v))
+            .sum();
+        let by_bounds = sums.softmax_branch(n);
+        let branch = delta_above_five(exact, n);
+        if let Some(b) = by_bounds {
+            assert_eq!(b, branch, "bounds decided the branch wrongly");
+        }
+        (sums.scores(n, k, branch), by_bounds)
+    }
+
+    fn reference_scores(logits: &[f32], k: usize, t: f32) -> ShiftScores {
+        reference(logits, k, t).0
+    }
+
+    /// Every row's exact delta term lies within its polynomial bounds, on the grid:
+    /// K = 2, 3, 10 and 100 (the `ln` branch above S = 2), temperatures below and above
+    /// one, spreads from ties (x = 0, -0.0) through the `x < 12` edge of the lower bound
+    /// to saturated rows, and magnitudes up to 1e6 (where the margin's `|m|` term counts).
+    #[test]
+    fn delta_bounds_hold_the_exact_term() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+        for k in [2usize, 3, 10, 100] {
+            let mut v = vec![0f64; k];
+            for t in [1.0f32, 0.37, 5.0] {
+                for case in 0..4000 {
+                    let scale = [0.0f32, 1e-6, 1.0, 6.0, 12.0 * t, 30.0, 1e6][case % 7];
+                    let shift = [0.0f32, -0.0, 3.0, -1e5][case % 4];
+                    let z: Vec<f32> = (0..k)
+                        .map(|_| shift + scale * rng.random_range(-1f32..1.0))
+                        .collect();
+                    let exact = delta_term(&z, t, &mut v);
+                    let m = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                    let mean = v.iter().copied().sum::<f64>() / k as f64;
+                    let (low, high) = delta_bounds(&v, m, mean);
+                    let far = high >= DELTA_FAR;
+                    let (low, high) = (
+                        on_grid(low, DELTA_BITS) as i128,
+                        on_grid(high, DELTA_BITS) as i128,
+                    );
+                    assert!(
+                        low <= exact && exact <= high,
+                        "{z:?} t {t}: {low} {exact} {high}"
+                    );
+                    if k == 2 {
+                        // The vector path's own bounds, on a block of this one row.
+                        let sums = two_class_sums(&z, &softmax(&z, 2, t), t);
+                        assert_eq!(sums.delta_far, far, "{z:?} t {t}");
+                        if !far {
+                            let (low, high) = (sums.delta_low, sums.delta_high);
+                            assert!(
+                                low <= exact && exact <= high,
+                                "two-class {z:?} t {t}: {low} {exact} {high}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The branch taken with the bounds equals the exact delta's, and so do the scores,
+    /// for K = 2 targets whose mean delta walks across 5 in steps finer than the bounds'
+    /// gap (so some are decided by the bounds and some by the exact pass, both asserted to
+    /// occur), and for rows whose delta is past `DELTA_FAR` (the exact pass).
+    #[test]
+    fn branch_with_bounds_equals_the_exact_branch() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(12);
+        let (mut decided, mut undecided) = (0, 0);
+        for step in -40i32..=40 {
+            // Rows (a, a - d): delta = d/2 + ln(1 + e^-d), near 5 + step 1e-4 on average.
+            let n = 2000 + step.unsigned_abs() as usize;
+            let mut logits = Vec::with_capacity(2 * n);
+            for i in 0..n {
+                let a = rng.random_range(-3f32..3.0);
+                let jitter = if i % 2 == 0 { 1.5f32 } else { -1.5 };
+                let d = 10.0 + step as f32 * 2e-4 + jitter;
+                logits.extend([a, a - d]);
+            }
+            let (want, by_bounds) = reference(&logits, 2, 1.0);
+            match by_bounds {
+                Some(_) => decided += 1,
+                None => undecided += 1,
+            }
+            let mut rows = CotRows::default();
+            rows.add(0, &logits, 2, [None, None]);
+            let got = shift_scores(&rows, 2, Modes { raw: 1.0, ts: 1.0 }).unwrap();
+            assert_eq!(got.raw, want, "step {step}");
+        }
+        assert!(
+            decided > 0 && undecided > 0,
+            "{decided} decided, {undecided} not"
+        );
+        // Far rows: the exact pass decides.
+        let logits = [1e30f32, -1e30, 0.0, 1.0];
+        let (want, by_bounds) = reference(&logits, 2, 1.0);
+        assert_eq!(by_bounds, None);
+        let mut rows = CotRows::default();
+        rows.add(0, &logits, 2, [None, None]);
+        let got = shift_scores(&rows, 2, Modes { raw: 1.0, ts: 1.0 }).unwrap();
+        assert_eq!(got.raw, want);
     }
 
     /// The integer product equals the f64 path's rounding on every kind of f32: zero,
