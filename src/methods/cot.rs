@@ -374,9 +374,26 @@ impl CotRows {
         if logits.is_empty() || k == 0 {
             return;
         }
+        let rows = (logits.len() / k) as u64;
+        // A chunk that follows on from the last (the usual stream, in row order) joins
+        // it in place, as `insert` would join it, with no copy of its own.
+        if let Some(last) = self.chunks.last_mut() {
+            if last.row_offset + last.rows == row_offset
+                && last.groups.each_ref().map(Option::is_some) == groups.map(|g| g.is_some())
+            {
+                last.rows += rows;
+                last.logits.extend_from_slice(logits);
+                for (a, b) in last.groups.iter_mut().zip(groups) {
+                    if let (Some(a), Some(b)) = (a, b) {
+                        a.extend_from_slice(b);
+                    }
+                }
+                return;
+            }
+        }
         let chunk = CotChunk {
             row_offset,
-            rows: (logits.len() / k) as u64,
+            rows,
             logits: logits.to_vec(),
             groups: groups.map(|g| g.map(<[i64]>::to_vec)),
         };
@@ -1746,6 +1763,45 @@ mod tests {
                 assert_eq!(m.raw, cot(&p, 2, &counts).unwrap());
             }
         }
+    }
+
+    /// Chunks added in row order join the last chunk in place; out of order, or after a
+    /// gap, or with other group arrays, they go through `insert`: every way gives the
+    /// rows (and the JSON) of one whole add.
+    #[test]
+    fn adds_in_any_order_give_the_whole_rows() {
+        let (logits, ids) = logit_rows(5, 10);
+        let mut whole = CotRows::default();
+        whole.add(0, &logits, 2, [Some(&ids), Some(&ids)]);
+        let json = serde_json::to_string(&whole).unwrap();
+        let add = |r: &mut CotRows, a: usize, b: usize| {
+            r.add(
+                a as u64,
+                &logits[2 * a..2 * b],
+                2,
+                [Some(&ids[a..b]), Some(&ids[a..b])],
+            )
+        };
+        for order in [
+            [(0, 3), (3, 7), (7, 10)],
+            [(7, 10), (0, 3), (3, 7)],
+            [(3, 7), (7, 10), (0, 3)],
+        ] {
+            let mut r = CotRows::default();
+            for (a, b) in order {
+                add(&mut r, a, b);
+            }
+            assert_eq!(r.chunks.len(), 1, "{order:?}");
+            assert_eq!(r, whole, "{order:?}");
+            assert_eq!(serde_json::to_string(&r).unwrap(), json, "{order:?}");
+        }
+        // A gap, and a chunk without the hospital array, stay apart.
+        let mut r = CotRows::default();
+        add(&mut r, 0, 3);
+        add(&mut r, 4, 6);
+        r.add(6, &logits[12..14], 2, [None, Some(&ids[6..7])]);
+        assert_eq!(r.chunks.len(), 3);
+        assert_eq!(r.chunks[1].logits, &logits[8..12]);
     }
 
     /// COT rows that do not match their tally (a gap, an overlap, a group array missing,

@@ -10,6 +10,7 @@
 use nalgebra::DMatrix;
 use rayon::prelude::*;
 
+use crate::cpu::math::exp;
 use crate::cpu::softmax::softmax;
 use crate::methods::cot::CotRows;
 use crate::report::estimates::Modes;
@@ -143,14 +144,15 @@ impl Halves {
 }
 
 /// The sums of a block of K = 2 rows (fewer than 2^30), the same integers as
-/// [`Sums::row`] row by row, in one branch-free loop that the AVX2 build vectorises:
+/// [`Sums::row`] row by row on the CPU softmax's probabilities, in one branch-free loop
+/// that the AVX2 build vectorises:
 /// - the Gram products by `grid_halves` of their exact f64 products (`product_on_grid`'s
 ///   integers, see its test);
 /// - both branches' fourth powers by the row's own f64 operations, in its order (a
 ///   two-term `sum` from -0.0 adds exactly the two terms);
 /// - the delta bounds of [`delta_bounds`] at K = 2: with `x = max - min` the row's
 ///   terms are 1 and `e^-x`.
-fn two_class_sums(block: &[f32], probs: &[f32], t: f32) -> Sums {
+fn two_class_sums(block: &[f32], t: f32) -> Sums {
     crate::cpu::math::with_avx2(
         #[inline(always)]
         || {
@@ -161,8 +163,20 @@ fn two_class_sums(block: &[f32], probs: &[f32], t: f32) -> Sums {
             let (mut softmax4, mut taylor4) = (Halves::default(), Halves::default());
             let (mut delta_low, mut delta_high) = (0u64, 0u64);
             let mut far = false;
-            for (z, p) in block.chunks_exact(2).zip(probs.chunks_exact(2)) {
-                let (p0, p1) = (p[0] as f64, p[1] as f64);
+            for z in block.chunks_exact(2) {
+                // The CPU softmax's bits with one exponential: the larger logit's term
+                // is exp(0) = 1 (the first of tied maxima is the max), the other's `e`,
+                // their f32 sum `1 + e` either way round.
+                let one_max = z[1] > z[0];
+                let e = exp(if one_max {
+                    (z[0] - z[1]) / t
+                } else {
+                    (z[1] - z[0]) / t
+                });
+                let sum = e + 1.0;
+                let (other, max) = (e / sum, 1.0 / sum);
+                let (p0, p1) = if one_max { (other, max) } else { (max, other) };
+                let (p0, p1) = (p0 as f64, p1 as f64);
                 gram[0].add(grid_halves(p0 * p0 * scale));
                 gram[1].add(grid_halves(p0 * p1 * scale));
                 gram[2].add(grid_halves(p1 * p1 * scale));
@@ -452,16 +466,15 @@ pub fn shift_scores(rows: &CotRows, k: usize, t: Modes<f32>) -> Option<Modes<Shi
         let sums = blocks
             .par_iter()
             .map(|block| {
+                if k == 2 {
+                    return two_class_sums(block, t);
+                }
                 let mut s = Sums::zeros(k);
                 // The block's probabilities at once (vectorised exp; `softmax_row`'s bits).
                 let probs = softmax(block, k, t);
-                if k == 2 {
-                    s = two_class_sums(block, &probs, t);
-                } else {
-                    let (mut v, mut parts) = (vec![0f64; k], vec![(0u64, 0i32); k]);
-                    for (z, p) in block.chunks_exact(k).zip(probs.chunks_exact(k)) {
-                        s.row(z, t, p, &mut v, &mut parts);
-                    }
+                let (mut v, mut parts) = (vec![0f64; k], vec![(0u64, 0i32); k]);
+                for (z, p) in block.chunks_exact(k).zip(probs.chunks_exact(k)) {
+                    s.row(z, t, p, &mut v, &mut parts);
                 }
                 s
             })
@@ -583,8 +596,9 @@ mod tests {
 
     /// At K = 2 the vector loop's Gram and fourth-power sums are the row loop's integers
     /// and its delta bounds hold the exact delta sum: three blocks' worth of rows with
-    /// saturated rows (probability 1 and 0, fourth powers on 2^64), ties, -0.0, and
-    /// subnormal probabilities (logit gaps past 87 at T = 1).
+    /// saturated rows (probability 1 and 0, fourth powers on 2^64), ties (-0.0 against
+    /// 0.0 both ways), and subnormal probabilities (logit gaps past 87 at T = 1). Its
+    /// probabilities (one exponential a row) are thus the CPU softmax's.
     #[test]
     fn two_class_sums_equal_the_row_loop() {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(14);
@@ -601,9 +615,11 @@ mod tests {
             };
             logits.extend([a, b]);
         }
+        // Signed-zero ties either way round, and a subnormal gap.
+        logits.extend([0.0, -0.0, -0.0, 0.0, f32::from_bits(1), 0.0]);
         for t in [1.0f32, 0.37, 4.0] {
             let probs = softmax(&logits, 2, t);
-            let got = two_class_sums(&logits, &probs, t);
+            let got = two_class_sums(&logits, t);
             let mut want = Sums::zeros(2);
             let (mut v, mut parts) = (vec![0f64; 2], vec![(0u64, 0i32); 2]);
             for (z, p) in logits.chunks_exact(2).zip(probs.chunks_exact(2)) {
@@ -678,7 +694,7 @@ mod tests {
                     );
                     if k == 2 {
                         // The vector path's own bounds, on a block of this one row.
-                        let sums = two_class_sums(&z, &softmax(&z, 2, t), t);
+                        let sums = two_class_sums(&z, t);
                         assert_eq!(sums.delta_far, far, "{z:?} t {t}");
                         if !far {
                             let (low, high) = (sums.delta_low, sums.delta_high);
