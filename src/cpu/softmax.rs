@@ -3,7 +3,7 @@
 use rayon::prelude::*;
 
 use super::common::row_max;
-use super::math::{exp, exp_in_place};
+use super::math::{exp, exp_in_place, with_avx2};
 use crate::kernel::class_sum::{class_sum, class_sum_of};
 
 /// Softmax of one row at temperature `t` into `out` (shift, then scale; f32 as the shader;
@@ -29,6 +29,12 @@ pub fn softmax(logits: &[f32], k: usize, t: f32) -> Vec<f32> {
     if k == 0 {
         return out;
     }
+    if k == 2 {
+        out.par_chunks_mut(2 * 4096)
+            .zip(logits.par_chunks(2 * 4096))
+            .for_each(|(o, l)| two_class(l, t, o));
+        return out;
+    }
     // Per chunk of rows: every x_k, then every exp at once (vectorised, see `math`), then
     // the sums over classes and the divisions: the bits of `softmax_row`, row by row.
     out.par_chunks_mut(k * 4096)
@@ -51,19 +57,61 @@ pub fn softmax(logits: &[f32], k: usize, t: f32) -> Vec<f32> {
     out
 }
 
+/// K = 2 rows: `softmax_row`'s bits with one exponential a row, in a loop the AVX2
+/// build vectorises. The larger logit's term is `exp(0) = 1` (the first of tied maxima
+/// is the max, as `row_max`), the other's `e`; the f32 sum `1 + e` is the same either
+/// way round, and each term is divided by it.
+fn two_class(logits: &[f32], t: f32, out: &mut [f32]) {
+    with_avx2(
+        #[inline(always)]
+        || {
+            for (o, z) in out.chunks_exact_mut(2).zip(logits.chunks_exact(2)) {
+                let one_max = z[1] > z[0];
+                let e = exp(if one_max {
+                    (z[0] - z[1]) / t
+                } else {
+                    (z[1] - z[0]) / t
+                });
+                let sum = e + 1.0;
+                let (other, max) = (e / sum, 1.0 / sum);
+                o[0] = if one_max { other } else { max };
+                o[1] = if one_max { max } else { other };
+            }
+        },
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// The bulk path (all x, then all exps) gives `softmax_row`'s bits, across the
-    /// 4096-row chunks; logits with ties and a huge spread (exp underflows to 0).
+    /// The bulk path (all x, then all exps; at K = 2 one exp a row) gives
+    /// `softmax_row`'s bits, across the 4096-row chunks; logits with ties, a huge spread
+    /// (exp underflows to 0), and at K = 2 signed-zero ties both ways round, subnormal
+    /// gaps and the f32 extremes.
     #[test]
     fn bulk_equals_rows_bit_for_bit() {
         for k in [2usize, 3, 1000] {
             for n in [0usize, 1, 4095, 4096, 4097] {
-                let logits: Vec<f32> = (0..n * k)
+                let mut logits: Vec<f32> = (0..n * k)
                     .map(|i| ((i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 56) as f32 - 128.0)
                     .collect();
+                if k == 2 && n > 0 {
+                    logits.extend([
+                        0.0,
+                        -0.0,
+                        -0.0,
+                        0.0,
+                        f32::from_bits(1),
+                        0.0,
+                        f32::MAX,
+                        -f32::MAX,
+                        -f32::MAX,
+                        f32::MAX,
+                        1e-30,
+                        -1e-30,
+                    ]);
+                }
                 let got = softmax(&logits, k, 0.37);
                 let mut want = vec![0.0f32; k];
                 for (i, row) in logits.chunks_exact(k).enumerate() {
