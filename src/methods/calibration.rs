@@ -617,6 +617,14 @@ pub struct TallyStream<'a, B: Backend> {
 }
 
 impl<B: Backend> TallyStream<'_, B> {
+    /// A hint that about `rows` rows will be added: COT's copy of the rows makes room
+    /// for them at once.
+    pub fn reserve_rows(&mut self, rows: usize) {
+        if let Some(cot) = self.tally.cot.as_mut() {
+            cot.reserve_rows(rows);
+        }
+    }
+
     /// Counts one chunk (validated first; see [`Calibration::tally`]).
     pub fn add(&mut self, rows: &TargetRows<'_>) -> Result<()> {
         rows.validate(self.cal.k)?;

@@ -343,6 +343,9 @@ struct CotChunk {
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct CotRows {
     chunks: Vec<CotChunk>,
+    /// Rows to make room for when the first chunk comes (a hint: see `reserve_rows`).
+    #[serde(skip)]
+    room: usize,
 }
 
 impl PartialEq for CotRows {
@@ -369,6 +372,14 @@ impl CotRows {
         self.chunks.iter().map(|c| c.logits.as_slice())
     }
 
+    /// Makes the first chunk added next hold room for `rows` rows, so a target's rows
+    /// streamed in chunks grow in place instead of being copied at each doubling (and
+    /// their pages faulted in again). A hint: wrong or failing to allocate, it only
+    /// costs the growth it would have saved.
+    pub fn reserve_rows(&mut self, rows: usize) {
+        self.room = rows;
+    }
+
     /// Adds a chunk of `logits` (`rows x k`) whose first row is `row_offset`.
     pub fn add(&mut self, row_offset: u64, logits: &[f32], k: usize, groups: [Option<&[i64]>; 2]) {
         if logits.is_empty() || k == 0 {
@@ -391,11 +402,13 @@ impl CotRows {
                 return;
             }
         }
+        let room = std::mem::take(&mut self.room);
+        let width = |v: usize| v / rows as usize;
         let chunk = CotChunk {
             row_offset,
             rows,
-            logits: logits.to_vec(),
-            groups: groups.map(|g| g.map(<[i64]>::to_vec)),
+            logits: with_room(logits, room.saturating_mul(width(logits.len()))),
+            groups: groups.map(|g| g.map(|g| with_room(g, room.saturating_mul(width(g.len()))))),
         };
         self.insert(vec![chunk]);
     }
@@ -1413,6 +1426,14 @@ pub(crate) fn probability_cost(p: f32) -> i64 {
     ((floor + M).to_bits() - M.to_bits()) as i64
 }
 
+/// `v` copied into a vector with room for `room` values, if the allocator grants it.
+fn with_room<T: Copy>(v: &[T], room: usize) -> Vec<T> {
+    let mut out = Vec::new();
+    let _ = out.try_reserve_exact(v.len().max(room));
+    out.extend_from_slice(v);
+    out
+}
+
 /// Every replicate's COT per mode, and with thresholds every replicate's COTT.
 type ReplicateValues = (Modes<Vec<f64>>, Option<Modes<Vec<f64>>>);
 
@@ -1794,6 +1815,21 @@ mod tests {
             assert_eq!(r.chunks.len(), 1, "{order:?}");
             assert_eq!(r, whole, "{order:?}");
             assert_eq!(serde_json::to_string(&r).unwrap(), json, "{order:?}");
+        }
+        // A room hint changes nothing but the capacity, whatever its size: the rows'
+        // exact count, a wrong one, and one no allocator grants (no panic, no abort).
+        for room in [10usize, 3, usize::MAX / 4] {
+            let mut r = CotRows::default();
+            r.reserve_rows(room);
+            add(&mut r, 0, 3);
+            if room == 10 {
+                assert!(r.chunks[0].logits.capacity() >= 20);
+                assert!(r.chunks[0].groups[1].as_ref().unwrap().capacity() >= 10);
+            }
+            add(&mut r, 3, 7);
+            add(&mut r, 7, 10);
+            assert_eq!(r, whole, "room {room}");
+            assert_eq!(serde_json::to_string(&r).unwrap(), json, "room {room}");
         }
         // A gap, and a chunk without the hospital array, stay apart.
         let mut r = CotRows::default();

@@ -109,6 +109,16 @@ pub fn tally_files<B: Backend>(
         .iter()
         .map(|j| j.reader.path().display().to_string())
         .collect();
+    // Each job's rows, as a hint for what its tally keeps (capped by the file's size:
+    // a header is untrusted, and a hint must not allocate what the file cannot hold).
+    let hints: Vec<usize> = jobs
+        .iter()
+        .map(|j| {
+            let n = j.rows.as_ref().map_or(j.reader.n(), |r| r.len());
+            let bytes = std::fs::metadata(j.reader.path()).map_or(0, |m| m.len());
+            n.min(usize::try_from(bytes / 4).unwrap_or(usize::MAX))
+        })
+        .collect();
     let chunk_rows = chunk_rows.max(1);
     let (full_tx, full_rx) = mpsc::sync_channel::<Result<Decoded>>(BUFFERS - 1);
     let (free_tx, free_rx) = mpsc::channel::<RowChunk>();
@@ -151,7 +161,10 @@ pub fn tally_files<B: Backend>(
         for (i, f) in out.iter().enumerate() {
             let groups = GROUP_ARRAYS.map(|g| f.tally.group_arrays.iter().any(|x| x == g));
             match cal.tally_stream(backend, &names[i], groups) {
-                Ok(s) => streams.push(Some(s)),
+                Ok(mut s) => {
+                    s.reserve_rows(hints[i]);
+                    streams.push(Some(s));
+                }
                 Err(e) => {
                     failure = Some(e);
                     break;
