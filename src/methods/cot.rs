@@ -664,41 +664,44 @@ impl CotRows {
         ))
     }
 
-    /// The rows of group array `g` partitioned by id (`None` without that array).
+    /// The rows of group array `g` partitioned by id (`None` without that array). Ids
+    /// come in runs (a slide's patches together): each step goes a run at a time.
     fn partition(&self, g: usize, k: usize) -> Option<Partition> {
         let mut distinct = std::collections::BTreeSet::new();
         for c in &self.chunks {
-            // Ids come in runs (a slide's patches together): one insert a run.
-            let mut last = None;
-            for &id in c.groups[g].as_ref()? {
-                if last != Some(id) {
-                    distinct.insert(id);
-                    last = Some(id);
-                }
+            for (id, _) in id_runs(c.groups[g].as_ref()?) {
+                distinct.insert(id);
             }
         }
         let ids: Vec<i64> = distinct.into_iter().collect();
         let mut slot = Vec::with_capacity(self.rows(k));
-        for c in &self.chunks {
-            let mut last: Option<(i64, u32)> = None;
-            for &id in c.groups[g].iter().flatten() {
-                let s = match last {
-                    Some((l, s)) if l == id => s,
-                    _ => ids.binary_search(&id).unwrap_or(0) as u32,
-                };
-                last = Some((id, s));
-                slot.push(s);
-            }
-        }
         let mut start = vec![0usize; ids.len() + 1];
-        for &s in &slot {
-            start[s as usize + 1] += 1;
+        for c in &self.chunks {
+            for (id, len) in id_runs(c.groups[g].as_deref().unwrap_or(&[])) {
+                let s = ids.binary_search(&id).unwrap_or(0);
+                slot.extend(std::iter::repeat_n(s as u32, len));
+                start[s + 1] += len;
+            }
         }
         for i in 0..ids.len() {
             start[i + 1] += start[i];
         }
         Some(Partition { ids, slot, start })
     }
+}
+
+/// The runs of equal values of `ids`, in order, as (value, length).
+fn id_runs(ids: &[i64]) -> impl Iterator<Item = (i64, usize)> + '_ {
+    let mut at = 0;
+    std::iter::from_fn(move || {
+        let &id = ids.get(at)?;
+        let len = ids[at..]
+            .iter()
+            .position(|&x| x != id)
+            .unwrap_or(ids.len() - at);
+        at += len;
+        Some((id, len))
+    })
 }
 
 /// The bootstrap's draws of a target: its weights' key and each replicate's source
@@ -1784,6 +1787,48 @@ mod tests {
                 assert_eq!(m.raw, cot(&p, 2, &counts).unwrap());
             }
         }
+    }
+
+    /// The partition by runs is the row-by-row one: ids in long runs, alternating every
+    /// row, negative and extreme, across chunks (a gap between them keeps them apart);
+    /// a chunk without the array gives none.
+    #[test]
+    fn partition_by_runs_equals_row_by_row() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(21);
+        let n = 3000;
+        let mut ids: Vec<i64> = Vec::with_capacity(n);
+        while ids.len() < n {
+            let id = [i64::MIN, -3, 0, 7, i64::MAX][rng.random_range(0..5)];
+            let len = if rng.random_bool(0.5) {
+                1
+            } else {
+                rng.random_range(1..400)
+            };
+            ids.extend(std::iter::repeat_n(id, len.min(n - ids.len())));
+        }
+        let logits = vec![0.5f32; 2 * n];
+        let mut rows = CotRows::default();
+        rows.add(0, &logits[..2000], 2, [None, Some(&ids[..1000])]);
+        rows.add(1001, &logits[2002..], 2, [None, Some(&ids[1001..])]);
+        let p = rows.partition(1, 2).unwrap();
+        let kept: Vec<i64> = ids[..1000].iter().chain(&ids[1001..]).copied().collect();
+        let mut want_ids = kept.clone();
+        want_ids.sort_unstable();
+        want_ids.dedup();
+        assert_eq!(p.ids, want_ids);
+        let want_slot: Vec<u32> = kept
+            .iter()
+            .map(|id| want_ids.binary_search(id).unwrap() as u32)
+            .collect();
+        assert_eq!(p.slot, want_slot);
+        for (s, w) in p.start.windows(2).enumerate() {
+            assert_eq!(
+                w[1] - w[0],
+                want_slot.iter().filter(|&&x| x == s as u32).count()
+            );
+        }
+        assert!(rows.partition(0, 2).is_none());
     }
 
     /// Chunks added in row order join the last chunk in place; out of order, or after a
