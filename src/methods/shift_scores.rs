@@ -221,8 +221,9 @@ fn two_class_sums(block: &[f32], t: f32) -> Sums {
                     const M: f64 = (1u64 << 52) as f64;
                     (x * delta_scale + M).to_bits().wrapping_sub(M.to_bits())
                 };
-                delta_low += grid(low);
-                delta_high += grid(high);
+                // Wrapping: a far row's values may overflow, and then go unused.
+                delta_low = delta_low.wrapping_add(grid(low));
+                delta_high = delta_high.wrapping_add(grid(high));
                 // The Taylor branch, as `Sums::row`.
                 let (w0, w1) = (1.0 + v0 + v0 * v0 / 2.0, 1.0 + v1 + v1 * v1 / 2.0);
                 let w_min = w0.min(w1);
@@ -749,8 +750,10 @@ mod tests {
             decided > 0 && undecided > 0,
             "{decided} decided, {undecided} not"
         );
-        // Far rows: the exact pass decides.
-        let logits = [1e30f32, -1e30, 0.0, 1.0];
+        // Far rows: the exact pass decides (and past a block's worth of them, the vector
+        // path's bound sums wrap, unused).
+        let mut logits = [3e38f32, -3e38].repeat(BLOCK_ROWS + 1);
+        logits.extend([1e30f32, -1e30, 0.0, 1.0]);
         let (want, by_bounds) = reference(&logits, 2, 1.0);
         assert_eq!(by_bounds, None);
         let mut rows = CotRows::default();
