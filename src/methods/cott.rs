@@ -541,10 +541,12 @@ pub(crate) fn two_class_sets_in(
 ) -> Result<Vec<TwoClassSet>> {
     let n = costs.len() / 2;
     // Rows come in runs of one set (a group's rows together; one run without groups):
-    // each pass goes a run at a time, its set's sums in registers.
+    // each pass goes a run at a time, its set's sums in registers. The runs are found
+    // once.
+    let runs: Vec<(usize, std::ops::Range<usize>)> = set_runs(slot, n).collect();
     let mut size = vec![0usize; sets];
-    for (s, rows) in set_runs(slot, n) {
-        size[s] += rows.len();
+    for (s, rows) in &runs {
+        size[*s] += rows.len();
     }
     let mut start = vec![0usize; sets + 1];
     for s in 0..sets {
@@ -555,7 +557,7 @@ pub(crate) fn two_class_sets_in(
     gains.resize(n, 0);
     let mut base = vec![0i128; sets];
     let mut next = start.clone();
-    for (s, rows) in set_runs(slot, n) {
+    for &(s, ref rows) in &runs {
         let run = &costs[2 * rows.start..2 * rows.end];
         base[s] += gains_and_class0_sum(run, &mut gains[next[s]..next[s] + rows.len()]);
         next[s] += rows.len();
@@ -598,7 +600,7 @@ pub(crate) fn two_class_sets_in(
     // Tied rows per set, in row order: (class-1 edge above t minus class-0 edge above t,
     // c0, c1).
     let mut tied: Vec<Vec<(i8, i64, i64)>> = vec![Vec::new(); sets];
-    for (s, rows) in set_runs(slot, n) {
+    for &(s, ref rows) in &runs {
         let run = &costs[2 * rows.start..2 * rows.end];
         let Some(b) = boundary[s] else {
             // Every row at class 0.
