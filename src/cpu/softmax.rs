@@ -57,25 +57,34 @@ pub fn softmax(logits: &[f32], k: usize, t: f32) -> Vec<f32> {
     out
 }
 
-/// K = 2 rows: `softmax_row`'s bits with one exponential a row, in a loop the AVX2
-/// build vectorises. The larger logit's term is `exp(0) = 1` (the first of tied maxima
-/// is the max, as `row_max`), the other's `e`; the f32 sum `1 + e` is the same either
-/// way round, and each term is divided by it.
+/// One K = 2 row's probabilities `(p0, p1)`: `softmax_row`'s bits with one exponential
+/// and no branch (inlined into loops the AVX2 build vectorises). The larger logit's term
+/// is `exp(0) = 1` (the first of tied maxima is the max, as `row_max`), the other's `e`;
+/// the f32 sum `1 + e` is the same either way round, and each term is divided by it.
+#[inline(always)]
+pub fn two_class_row(z0: f32, z1: f32, t: f32) -> (f32, f32) {
+    let one_max = z1 > z0;
+    let e = exp(if one_max {
+        (z0 - z1) / t
+    } else {
+        (z1 - z0) / t
+    });
+    let sum = e + 1.0;
+    let (other, max) = (e / sum, 1.0 / sum);
+    if one_max {
+        (other, max)
+    } else {
+        (max, other)
+    }
+}
+
+/// K = 2 rows by [`two_class_row`], in a loop the AVX2 build vectorises.
 fn two_class(logits: &[f32], t: f32, out: &mut [f32]) {
     with_avx2(
         #[inline(always)]
         || {
             for (o, z) in out.chunks_exact_mut(2).zip(logits.chunks_exact(2)) {
-                let one_max = z[1] > z[0];
-                let e = exp(if one_max {
-                    (z[0] - z[1]) / t
-                } else {
-                    (z[1] - z[0]) / t
-                });
-                let sum = e + 1.0;
-                let (other, max) = (e / sum, 1.0 / sum);
-                o[0] = if one_max { other } else { max };
-                o[1] = if one_max { max } else { other };
+                (o[0], o[1]) = two_class_row(z[0], z[1], t);
             }
         },
     )

@@ -18,8 +18,7 @@
 use nalgebra::DMatrix;
 use rayon::prelude::*;
 
-use crate::cpu::math::exp;
-use crate::cpu::softmax::softmax;
+use crate::cpu::softmax::{softmax, two_class_row};
 use crate::methods::cot::CotRows;
 use crate::report::estimates::Modes;
 use crate::report::model::ShiftScores;
@@ -172,18 +171,8 @@ fn two_class_sums(block: &[f32], t: f32) -> Sums {
             let (mut delta_low, mut delta_high) = (0u64, 0u64);
             let mut far = false;
             for z in block.chunks_exact(2) {
-                // The CPU softmax's bits with one exponential: the larger logit's term
-                // is exp(0) = 1 (the first of tied maxima is the max), the other's `e`,
-                // their f32 sum `1 + e` either way round.
-                let one_max = z[1] > z[0];
-                let e = exp(if one_max {
-                    (z[0] - z[1]) / t
-                } else {
-                    (z[1] - z[0]) / t
-                });
-                let sum = e + 1.0;
-                let (other, max) = (e / sum, 1.0 / sum);
-                let (p0, p1) = if one_max { (other, max) } else { (max, other) };
+                // The CPU softmax's bits, one exponential a row.
+                let (p0, p1) = two_class_row(z[0], z[1], t);
                 let (p0, p1) = (p0 as f64, p1 as f64);
                 gram[0].add(grid_halves(p0 * p0 * scale));
                 gram[1].add(grid_halves(p0 * p1 * scale));
