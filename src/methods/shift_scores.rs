@@ -183,24 +183,8 @@ fn two_class_sums(block: &[f32], t: f32) -> Sums {
                 let (m, min) = if v0 >= v1 { (v0, v1) } else { (v1, v0) };
                 let mean = (v0 + v1) * 0.5;
                 let x = m - min;
-                let p6 = 1.0
-                    + x * (1.0
-                        + x * (1.0 / 2.0
-                            + x * (1.0 / 6.0
-                                + x * (1.0 / 24.0 + x * (1.0 / 120.0 + x * (1.0 / 720.0))))));
-                let s_high = 1.0 / p6;
-                let c = {
-                    let y = x * 0.125;
-                    1.0 - y * (1.0 - y * (0.5 - y * (1.0 / 6.0)))
-                };
-                let c8 = {
-                    let c2 = c * c;
-                    let c4 = c2 * c2;
-                    c4 * c4
-                };
-                let s_low = if x < 12.0 { c8 } else { 0.0 };
-                let ln_high = s_high - s_high * s_high * (0.5 - s_high * (1.0 / 3.0));
-                let ln_low = s_low - s_low * s_low * 0.5;
+                let (s_low, s_high) = exp_neg_bounds(x);
+                let (ln_low, ln_high) = (ln_1p_low(s_low), ln_1p_high(s_high));
                 let margin = (m.abs() + mean.abs() + 8.0) * tiny;
                 let a = m - mean;
                 let high = (a + ln_high + margin).max(0.0);
@@ -280,6 +264,40 @@ fn delta_term(z: &[f32], t: f32, v: &mut [f64]) -> i128 {
     on_grid((lse - mean).max(0.0), DELTA_BITS) as i128
 }
 
+/// Bounds `(low, high)` of `e^-x` for `x >= 0` from polynomials (see [`delta_bounds`]):
+/// above, one over a partial sum of `e^x` to `x^6/6!`; below, `c(x/8)^8` for
+/// `c(y) = 1 - y + y^2/2 - y^3/6` where `c > 0` (`x < 12`), else 0. Reciprocal factorials
+/// are constants: multiplies, not divides (their rounding is far inside the margin).
+#[inline(always)]
+fn exp_neg_bounds(x: f64) -> (f64, f64) {
+    let p6 = 1.0
+        + x * (1.0
+            + x * (1.0 / 2.0
+                + x * (1.0 / 6.0 + x * (1.0 / 24.0 + x * (1.0 / 120.0 + x * (1.0 / 720.0))))));
+    let c = {
+        let y = x * 0.125;
+        1.0 - y * (1.0 - y * (0.5 - y * (1.0 / 6.0)))
+    };
+    let c8 = {
+        let c2 = c * c;
+        let c4 = c2 * c2;
+        c4 * c4
+    };
+    (if x < 12.0 { c8 } else { 0.0 }, 1.0 / p6)
+}
+
+/// A lower bound of `ln(1 + s)` for `0 <= s <= 1`: `s - s^2/2`.
+#[inline(always)]
+fn ln_1p_low(s: f64) -> f64 {
+    s - s * s * 0.5
+}
+
+/// An upper bound of `ln(1 + s)` for `s >= 0`: `s - s^2/2 + s^3/3`.
+#[inline(always)]
+fn ln_1p_high(s: f64) -> f64 {
+    s - s * s * (0.5 - s * (1.0 / 3.0))
+}
+
 /// Bounds `(low, high)` of [`delta_term`]'s value (before the grid) for the row `v = z / T` (max `m`,
 /// mean `mean`, as `delta_term` computes them), from polynomials alone: MaNo needs only
 /// the side of 5 its mean delta lies on, and over a target these bounds are a few
@@ -296,35 +314,18 @@ fn delta_term(z: &[f32], t: f32, v: &mut [f64]) -> i128 {
 fn delta_bounds(v: &[f64], m: f64, mean: f64) -> (f64, f64) {
     let (mut high, mut low) = (0.0f64, 0.0f64);
     for &y in v {
-        let x = m - y;
-        // Reciprocal factorials as constants: multiplies, not divides (their rounding
-        // is far inside the margin).
-        let p6 = 1.0
-            + x * (1.0
-                + x * (1.0 / 2.0
-                    + x * (1.0 / 6.0 + x * (1.0 / 24.0 + x * (1.0 / 120.0 + x * (1.0 / 720.0))))));
-        high += 1.0 / p6;
-        let c = {
-            let y = x * 0.125;
-            1.0 - y * (1.0 - y * (0.5 - y * (1.0 / 6.0)))
-        };
-        let c8 = {
-            let c2 = c * c;
-            let c4 = c2 * c2;
-            c4 * c4
-        };
-        low += if x < 12.0 { c8 } else { 0.0 };
+        let (l, h) = exp_neg_bounds(m - y);
+        low += l;
+        high += h;
     }
     let ln_high = if high <= 2.0 {
         // Exact: `high` is in [1, 2].
-        let s = high - 1.0;
-        s - s * s * (0.5 - s * (1.0 / 3.0))
+        ln_1p_high(high - 1.0)
     } else {
         high.ln()
     };
     let ln_low = if low <= 2.0 {
-        let s = (low - 1.0).max(0.0);
-        s - s * s * 0.5
+        ln_1p_low((low - 1.0).max(0.0))
     } else {
         low.ln()
     };
@@ -535,25 +536,34 @@ mod tests {
         }
     }
 
-    /// At K = 2 the block path (scratch arrays of a constant K, so the class loops
-    /// unroll) gives the scores of the slice-scratch row loop, bit for bit: rows spanning
-    /// several blocks, saturated rows (probabilities 1 and 0, fourth powers on 2^64),
-    /// ties and -0.0.
-    #[test]
-    fn two_class_block_path_equals_the_row_loop() {
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
-        let n = 3 * BLOCK_ROWS + 17;
-        let mut logits = Vec::with_capacity(2 * n);
+    /// Seeded K = 2 rows over three blocks and `extra` rows past them: saturated rows
+    /// (logit gaps past 87 at T = 1: probabilities 1 and a subnormal or 0, fourth powers
+    /// on 2^64), exact ties, near ties, -0.0, and at the end signed-zero ties either way
+    /// round and a subnormal gap.
+    fn two_class_logits(seed: u64, extra: usize) -> Vec<f32> {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let n = 3 * BLOCK_ROWS + extra;
+        let mut logits = Vec::with_capacity(2 * n + 6);
         for i in 0..n {
             let a = rng.random_range(-30f32..30.0);
-            let b = match i % 5 {
+            let b = match i % 6 {
                 0 => a,
-                1 => a - 80.0,
+                1 => a - 95.0,
                 2 => -0.0,
+                3 => a + rng.random_range(-0.001f32..0.001),
                 _ => rng.random_range(-30f32..30.0),
             };
             logits.extend([a, b]);
         }
+        logits.extend([0.0, -0.0, -0.0, 0.0, f32::from_bits(1), 0.0]);
+        logits
+    }
+
+    /// At K = 2 the block path (one vectorised loop a block) gives the scores of the
+    /// slice-scratch row loop, bit for bit, on [`two_class_logits`].
+    #[test]
+    fn two_class_block_path_equals_the_row_loop() {
+        let logits = two_class_logits(9, 17);
         let mut rows = CotRows::default();
         rows.add(0, &logits, 2, [None, None]);
         for t in [1.0f32, 0.37] {
@@ -593,28 +603,11 @@ mod tests {
     }
 
     /// At K = 2 the vector loop's Gram and fourth-power sums are the row loop's integers
-    /// and its delta bounds hold the exact delta sum: three blocks' worth of rows with
-    /// saturated rows (probability 1 and 0, fourth powers on 2^64), ties (-0.0 against
-    /// 0.0 both ways), and subnormal probabilities (logit gaps past 87 at T = 1). Its
+    /// and its delta bounds hold the exact delta sum, on [`two_class_logits`]. Its
     /// probabilities (one exponential a row) are thus the CPU softmax's.
     #[test]
     fn two_class_sums_equal_the_row_loop() {
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(14);
-        let n = 3 * BLOCK_ROWS + 5;
-        let mut logits = Vec::with_capacity(2 * n);
-        for i in 0..n {
-            let a = rng.random_range(-20f32..20.0);
-            let b = match i % 6 {
-                0 => a,
-                1 => a - 95.0,
-                2 => -0.0,
-                3 => a + rng.random_range(-0.001f32..0.001),
-                _ => rng.random_range(-20f32..20.0),
-            };
-            logits.extend([a, b]);
-        }
-        // Signed-zero ties either way round, and a subnormal gap.
-        logits.extend([0.0, -0.0, -0.0, 0.0, f32::from_bits(1), 0.0]);
+        let logits = two_class_logits(14, 5);
         for t in [1.0f32, 0.37, 4.0] {
             let probs = softmax(&logits, 2, t);
             let got = two_class_sums(&logits, t);
