@@ -78,7 +78,9 @@ pub fn two_class_row(z0: f32, z1: f32, t: f32) -> (f32, f32) {
     }
 }
 
-/// K = 2 rows by [`two_class_row`], in a loop the AVX2 build vectorises.
+/// K = 2 rows by [`two_class_row`], in a loop the AVX2 build vectorises. A trailing
+/// value short of a row (callers validate rows, so only a direct call has one) gets what
+/// the bulk path of other K gives it, `exp(0) = 1`.
 fn two_class(logits: &[f32], t: f32, out: &mut [f32]) {
     with_avx2(
         #[inline(always)]
@@ -87,7 +89,10 @@ fn two_class(logits: &[f32], t: f32, out: &mut [f32]) {
                 (o[0], o[1]) = two_class_row(z[0], z[1], t);
             }
         },
-    )
+    );
+    if out.len() % 2 == 1 {
+        out[out.len() - 1] = 1.0;
+    }
 }
 
 #[cfg(test)]
@@ -122,6 +127,14 @@ mod tests {
                     ]);
                 }
                 let got = softmax(&logits, k, 0.37);
+                if k == 2 {
+                    // A value short of a row: what the bulk path of other K gives it.
+                    let mut odd = logits.clone();
+                    odd.push(3.0);
+                    let with_odd = softmax(&odd, 2, 0.37);
+                    assert_eq!(with_odd[..got.len()], got[..], "n={n}");
+                    assert_eq!(with_odd[got.len()], 1.0, "n={n}");
+                }
                 let mut want = vec![0.0f32; k];
                 for (i, row) in logits.chunks_exact(k).enumerate() {
                     softmax_row(row, 0.37, &mut want);

@@ -403,7 +403,8 @@ impl CotRows {
             }
         }
         let room = std::mem::take(&mut self.room);
-        let width = |v: usize| v / rows as usize;
+        // Values a row (none for a chunk shorter than a row, kept as it comes).
+        let width = |v: usize| v.checked_div(rows as usize).unwrap_or(0);
         let chunk = CotChunk {
             row_offset,
             rows,
@@ -1863,6 +1864,11 @@ mod tests {
         }
         // A room hint changes nothing but the capacity, whatever its size: the rows'
         // exact count, a wrong one, and one no allocator grants (no panic, no abort).
+        // A chunk shorter than one row (no row count to scale the room by) is kept.
+        let mut short = CotRows::default();
+        short.reserve_rows(10);
+        short.add(0, &logits[..1], 2, [None, None]);
+        assert_eq!(short.chunks[0].logits, &logits[..1]);
         for room in [10usize, 3, usize::MAX / 4] {
             let mut r = CotRows::default();
             r.reserve_rows(room);

@@ -109,14 +109,16 @@ pub fn tally_files<B: Backend>(
         .iter()
         .map(|j| j.reader.path().display().to_string())
         .collect();
-    // Each job's rows, as a hint for what its tally keeps (capped by the file's size:
-    // a header is untrusted, and a hint must not allocate what the file cannot hold).
+    // Each job's rows, as a hint for what its tally keeps (capped by the rows of f32
+    // logits the file's size can hold: a header is untrusted, and a hint must not make
+    // room for more logits than the file has bytes for).
     let hints: Vec<usize> = jobs
         .iter()
         .map(|j| {
             let n = j.rows.as_ref().map_or(j.reader.n(), |r| r.len());
             let bytes = std::fs::metadata(j.reader.path()).map_or(0, |m| m.len());
-            n.min(usize::try_from(bytes / 4).unwrap_or(usize::MAX))
+            let row_bytes = 4 * j.reader.k().max(1) as u64;
+            n.min(usize::try_from(bytes / row_bytes).unwrap_or(usize::MAX))
         })
         .collect();
     let chunk_rows = chunk_rows.max(1);
