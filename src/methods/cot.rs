@@ -25,7 +25,7 @@ use crate::cpu::softmax::softmax;
 use crate::kernel::bootstrap::REPS_PER_DRAW;
 use crate::kernel::cot_two_class::TwoClassSums;
 use crate::methods::cott::{
-    two_class_sets_in, two_class_sets_with_cot, CottThreshold, TwoClassSet,
+    equal_runs, two_class_sets_in, two_class_sets_with_cot, CottThreshold, TwoClassSet,
 };
 use crate::methods::transport::{self, grid_cost, COST_GRID_BITS};
 use crate::report::estimates::Modes;
@@ -670,7 +670,7 @@ impl CotRows {
     fn partition(&self, g: usize, k: usize) -> Option<Partition> {
         let mut distinct = std::collections::BTreeSet::new();
         for c in &self.chunks {
-            for (id, _) in id_runs(c.groups[g].as_ref()?) {
+            for (id, _) in equal_runs(c.groups[g].as_ref()?) {
                 distinct.insert(id);
             }
         }
@@ -678,10 +678,10 @@ impl CotRows {
         let mut slot = Vec::with_capacity(self.rows(k));
         let mut start = vec![0usize; ids.len() + 1];
         for c in &self.chunks {
-            for (id, len) in id_runs(c.groups[g].as_deref().unwrap_or(&[])) {
+            for (id, rows) in equal_runs(c.groups[g].as_deref().unwrap_or(&[])) {
                 let s = ids.binary_search(&id).unwrap_or(0);
-                slot.extend(std::iter::repeat_n(s as u32, len));
-                start[s + 1] += len;
+                slot.extend(std::iter::repeat_n(s as u32, rows.len()));
+                start[s + 1] += rows.len();
             }
         }
         for i in 0..ids.len() {
@@ -689,20 +689,6 @@ impl CotRows {
         }
         Some(Partition { ids, slot, start })
     }
-}
-
-/// The runs of equal values of `ids`, in order, as (value, length).
-fn id_runs(ids: &[i64]) -> impl Iterator<Item = (i64, usize)> + '_ {
-    let mut at = 0;
-    std::iter::from_fn(move || {
-        let &id = ids.get(at)?;
-        let len = ids[at..]
-            .iter()
-            .position(|&x| x != id)
-            .unwrap_or(ids.len() - at);
-        at += len;
-        Some((id, len))
-    })
 }
 
 /// The bootstrap's draws of a target: its weights' key and each replicate's source

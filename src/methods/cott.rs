@@ -391,23 +391,29 @@ pub fn two_class_sets(
 }
 
 /// The runs of rows of one set: `(set, rows)` in row order (`slot[i]`: row `i`'s set;
-/// `None`: every row in set 0). Found as they are walked (nothing is allocated, so rows
-/// whose sets alternate cost a run a row, not a list of them).
+/// `None`: every row in set 0).
 fn set_runs(
     slot: Option<&[u32]>,
     n: usize,
 ) -> impl Iterator<Item = (usize, std::ops::Range<usize>)> + '_ {
+    let whole = (slot.is_none() && n > 0).then_some((0, 0..n));
+    let runs = slot
+        .into_iter()
+        .flat_map(move |s| equal_runs(&s[..n]).map(|(set, rows)| (set as usize, rows)));
+    whole.into_iter().chain(runs)
+}
+
+/// The runs of equal values of `values`, in order, as `(value, range)`: found as they
+/// are walked (nothing is allocated, so values that alternate cost a run each).
+pub(crate) fn equal_runs<T: PartialEq + Copy>(
+    values: &[T],
+) -> impl Iterator<Item = (T, std::ops::Range<usize>)> + '_ {
     let mut at = 0;
     std::iter::from_fn(move || {
-        if at >= n {
-            return None;
-        }
+        let &v = values.get(at)?;
         let start = at;
-        let set = slot.map_or(0, |s| s[start]);
-        at = slot.map_or(n, |s| {
-            start + 1 + s[start + 1..n].iter().take_while(|&&x| x == set).count()
-        });
-        Some((set as usize, start..at))
+        at += values[at..].iter().take_while(|&&x| x == v).count();
+        Some((v, start..at))
     })
 }
 
